@@ -1,0 +1,247 @@
+//! Free space: an in-memory set of free block runs, rebuilt at mount from the extent maps.
+//!
+//! Nothing about free space is stored on the medium, so allocation and freeing write nothing.
+//! One rule keeps that safe: a freed block is not handed out again until the journal checkpoint
+//! has passed the transaction that freed it, because until then recovery may replay older
+//! records that write into it (a directory or extent block that used to live there).
+
+use std::collections::{BTreeMap, VecDeque};
+
+use crate::error::{Error, Result};
+use crate::layout::Geometry;
+
+/// A run of device blocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Run {
+    pub start: u64,
+    pub len: u64,
+}
+
+#[derive(Debug)]
+pub struct Allocator {
+    /// start -> length, coalesced, non-overlapping.
+    free: BTreeMap<u64, u64>,
+    free_blocks: u64,
+    /// Freed runs waiting for the checkpoint to pass the given journal position.
+    pending: VecDeque<(u64, Run)>,
+    pending_blocks: u64,
+    /// Where the next search without a goal starts.
+    cursor: u64,
+    total: u64,
+}
+
+impl Allocator {
+    /// Builds the free set as the complement of `used` within the data area. Overlapping runs in
+    /// `used` are corruption (a block owned twice); the error names the block.
+    pub fn from_used(geo: &Geometry, mut used: Vec<Run>) -> Result<Allocator> {
+        used.sort_unstable_by_key(|r| r.start);
+        let mut free = BTreeMap::new();
+        let mut at = geo.data_start;
+        let mut free_blocks = 0;
+        for r in used {
+            if r.start < at {
+                return Err(Error::Corrupt { what: "block owned twice", at: geo.block_at(r.start) });
+            }
+            if r.start > at {
+                free.insert(at, r.start - at);
+                free_blocks += r.start - at;
+            }
+            at = r.start + r.len;
+        }
+        if at < geo.data_end() {
+            free.insert(at, geo.data_end() - at);
+            free_blocks += geo.data_end() - at;
+        }
+        Ok(Allocator {
+            free,
+            free_blocks,
+            pending: VecDeque::new(),
+            pending_blocks: 0,
+            cursor: geo.data_start,
+            total: geo.data_blocks,
+        })
+    }
+
+    /// Blocks free now.
+    pub fn free_blocks(&self) -> u64 {
+        self.free_blocks
+    }
+
+    /// Blocks free now or once the checkpoint passes their free.
+    pub fn available_blocks(&self) -> u64 {
+        self.free_blocks + self.pending_blocks
+    }
+
+    pub fn total_blocks(&self) -> u64 {
+        self.total
+    }
+
+    /// Whether freed blocks wait for a checkpoint (a caller short of space checkpoints, then
+    /// calls [`Allocator::release`]).
+    pub fn has_pending(&self) -> bool {
+        self.pending_blocks > 0
+    }
+
+    /// Allocates exactly `want` blocks in as few runs as it can find, preferring to start at
+    /// `goal` (the block after the file's last one, for sequential growth). All or nothing.
+    pub fn alloc(&mut self, goal: Option<u64>, want: u64) -> Result<Vec<Run>> {
+        if want == 0 {
+            return Ok(Vec::new());
+        }
+        if want > self.free_blocks {
+            return Err(Error::NoSpace);
+        }
+        let mut out = Vec::new();
+        if let Some(g) = goal {
+            if let Some((&s, &l)) = self.free.range(..=g).next_back() {
+                if g < s + l {
+                    out.push(self.take(s, l, g, want.min(s + l - g)));
+                }
+            }
+        }
+        let mut need = want - out.iter().map(|r| r.len).sum::<u64>();
+        if need > 0 {
+            // One run that fits the rest whole, searching from the cursor, else pieces.
+            let fit = self
+                .free
+                .range(self.cursor..)
+                .chain(self.free.range(..self.cursor))
+                .find(|(_, &l)| l >= need)
+                .map(|(&s, &l)| (s, l));
+            if let Some((s, l)) = fit {
+                out.push(self.take(s, l, s, need));
+                need = 0;
+            }
+        }
+        while need > 0 {
+            let (&s, &l) = self.free.iter().next_back().expect("free_blocks covers the request");
+            let n = need.min(l);
+            out.push(self.take(s, l, s + l - n, n));
+            need -= n;
+        }
+        if let Some(last) = out.last() {
+            self.cursor = last.start + last.len;
+        }
+        Ok(out)
+    }
+
+    /// Allocates one run of `want` blocks starting at a multiple of `align` blocks, if any.
+    pub fn alloc_aligned(&mut self, want: u64, align: u64) -> Option<Run> {
+        let (s, l, at) = self.free.iter().find_map(|(&s, &l)| {
+            let at = s.next_multiple_of(align);
+            (at + want <= s + l).then_some((s, l, at))
+        })?;
+        Some(self.take(s, l, at, want))
+    }
+
+    /// Removes `[at, at+n)` from the free run `(s, l)` that contains it.
+    fn take(&mut self, s: u64, l: u64, at: u64, n: u64) -> Run {
+        debug_assert!(at >= s && at + n <= s + l);
+        self.free.remove(&s);
+        if at > s {
+            self.free.insert(s, at - s);
+        }
+        if at + n < s + l {
+            self.free.insert(at + n, s + l - at - n);
+        }
+        self.free_blocks -= n;
+        Run { start: at, len: n }
+    }
+
+    /// Frees runs that the journal position `pos` made unreachable; they are reusable once the
+    /// checkpoint reaches `pos`.
+    pub fn free_after(&mut self, pos: u64, runs: impl IntoIterator<Item = Run>) {
+        for r in runs {
+            self.pending_blocks += r.len;
+            self.pending.push_back((pos, r));
+        }
+    }
+
+    /// Returns runs that were allocated but never linked by a committed transaction.
+    pub fn unreserve(&mut self, runs: impl IntoIterator<Item = Run>) {
+        for r in runs {
+            self.insert_free(r);
+        }
+    }
+
+    /// Makes runs freed at or before checkpoint position `checkpoint` reusable.
+    pub fn release(&mut self, checkpoint: u64) {
+        while let Some(&(pos, r)) = self.pending.front() {
+            if pos > checkpoint {
+                break;
+            }
+            self.pending.pop_front();
+            self.pending_blocks -= r.len;
+            self.insert_free(r);
+        }
+    }
+
+    fn insert_free(&mut self, r: Run) {
+        if r.len == 0 {
+            return;
+        }
+        let mut start = r.start;
+        let mut len = r.len;
+        if let Some((&ps, &pl)) = self.free.range(..start).next_back() {
+            debug_assert!(ps + pl <= start, "double free of block {start}");
+            if ps + pl == start {
+                self.free.remove(&ps);
+                start = ps;
+                len += pl;
+            }
+        }
+        if let Some(&nl) = self.free.get(&(r.start + r.len)) {
+            self.free.remove(&(r.start + r.len));
+            len += nl;
+        }
+        self.free.insert(start, len);
+        self.free_blocks += r.len;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn geo() -> Geometry {
+        Geometry::plan(8 << 20, 4096, 64, 64 << 10).unwrap()
+    }
+
+    #[test]
+    fn allocates_contiguously_at_the_goal_and_frees_after_checkpoint() {
+        let g = geo();
+        let mut a = Allocator::from_used(&g, vec![]).unwrap();
+        let total = a.free_blocks();
+        let r1 = a.alloc(None, 10).unwrap();
+        assert_eq!(r1.len(), 1);
+        let r2 = a.alloc(Some(r1[0].start + 10), 5).unwrap();
+        assert_eq!(r2, vec![Run { start: r1[0].start + 10, len: 5 }]);
+        a.free_after(100, r1.clone());
+        assert_eq!(a.free_blocks(), total - 15);
+        a.release(99);
+        assert_eq!(a.free_blocks(), total - 15);
+        a.release(100);
+        assert_eq!(a.free_blocks(), total - 5);
+        assert!(matches!(a.alloc(None, total), Err(Error::NoSpace)));
+        let all = a.alloc(None, total - 5).unwrap();
+        assert_eq!(all.iter().map(|r| r.len).sum::<u64>(), total - 5);
+        assert_eq!(a.free_blocks(), 0);
+    }
+
+    #[test]
+    fn overlapping_owners_are_corruption() {
+        let g = geo();
+        let s = g.data_start;
+        let used = vec![Run { start: s, len: 4 }, Run { start: s + 3, len: 2 }];
+        assert!(matches!(Allocator::from_used(&g, used), Err(Error::Corrupt { .. })));
+    }
+
+    #[test]
+    fn aligned_runs_start_on_the_alignment() {
+        let g = geo();
+        let mut a = Allocator::from_used(&g, vec![Run { start: g.data_start, len: 1 }]).unwrap();
+        let r = a.alloc_aligned(8, 512).unwrap();
+        assert_eq!(r.start % 512, 0);
+        assert_eq!(r.len, 8);
+    }
+}

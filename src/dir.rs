@@ -1,0 +1,274 @@
+//! Directories: entries on the medium, and the in-memory index that makes lookup O(1).
+//!
+//! A directory's data is an array of 32-byte units; an entry (16-byte header and the name) fills
+//! one to nine consecutive units inside one block, and a unit whose `ino` is zero is free. On the
+//! medium nothing is sorted or hashed: the index — a hash map by name, a position-ordered map for
+//! readdir, and free lists by unit count — is rebuilt when the directory is loaded. Insert and
+//! remove return the bytes to log; the caller commits them.
+
+use std::collections::{BTreeMap, HashMap};
+
+use zerocopy::{FromBytes, IntoBytes};
+
+use crate::error::{Error, Result};
+use crate::layout::{check_name, dirent_units, RawDirent, DIRENT_HEADER, DIRENT_UNIT, NAME_MAX};
+
+const MAX_UNITS: usize = (DIRENT_HEADER + NAME_MAX).div_ceil(DIRENT_UNIT as usize);
+
+/// One entry as the index keeps it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entry {
+    pub ino: u64,
+    pub dtype: u8,
+    /// Byte position in the directory's data.
+    pub pos: u64,
+    pub units: u64,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct DirIndex {
+    names: HashMap<Box<[u8]>, Entry>,
+    by_pos: BTreeMap<u64, Box<[u8]>>,
+    /// Free spans by unit count (index = units), each inside one block.
+    free: [Vec<u64>; MAX_UNITS + 1],
+    /// Directory data length in bytes (whole blocks).
+    size: u64,
+    /// Subdirectories, for the link count.
+    subdirs: u64,
+}
+
+/// Where a new entry goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Slot {
+    /// Inside the existing data, at this byte position.
+    At(u64),
+    /// The directory must grow by one block; the entry goes at its start.
+    Grow(u64),
+}
+
+impl DirIndex {
+    /// Indexes the data of a directory; `blocks` yields `(position, block bytes)` for each of
+    /// its blocks in order, `at` maps a position to a device offset for error reports.
+    pub fn load<'a>(
+        blocks: impl Iterator<Item = (u64, &'a [u8])>,
+        size: u64,
+        inode_count: u64,
+        at: impl Fn(u64) -> u64,
+    ) -> Result<DirIndex> {
+        let mut d = DirIndex { size, ..Default::default() };
+        for (base, data) in blocks {
+            let units = data.len() as u64 / DIRENT_UNIT;
+            let mut u = 0;
+            let mut free_from = None;
+            while u < units {
+                let off = (u * DIRENT_UNIT) as usize;
+                let hdr = RawDirent::read_from_prefix(&data[off..]).expect("block holds whole units").0;
+                let ino = hdr.ino.get();
+                if ino == 0 {
+                    free_from.get_or_insert(u);
+                    u += 1;
+                    continue;
+                }
+                if let Some(f) = free_from.take() {
+                    d.add_free(base + f * DIRENT_UNIT, u - f);
+                }
+                let pos = base + u * DIRENT_UNIT;
+                let name_len = hdr.name_len.get() as usize;
+                let n = u64::from(hdr.units);
+                if ino > inode_count {
+                    return Err(Error::Corrupt { what: "directory entry inode number", at: at(pos) });
+                }
+                if name_len == 0 || name_len > NAME_MAX || n != dirent_units(name_len) || u + n > units {
+                    return Err(Error::Corrupt { what: "directory entry length", at: at(pos) });
+                }
+                let name = &data[off + DIRENT_HEADER..off + DIRENT_HEADER + name_len];
+                if check_name(name).is_err() {
+                    return Err(Error::Corrupt { what: "directory entry name", at: at(pos) });
+                }
+                if !crate::layout::mode::is_valid_type(u32::from(hdr.file_type) << 12) {
+                    return Err(Error::Corrupt { what: "directory entry type", at: at(pos) });
+                }
+                let e = Entry { ino, dtype: hdr.file_type, pos, units: n };
+                if d.names.insert(name.into(), e).is_some() {
+                    return Err(Error::Corrupt { what: "duplicate directory entry", at: at(pos) });
+                }
+                d.by_pos.insert(pos, name.into());
+                if e.dtype == DT_DIR {
+                    d.subdirs += 1;
+                }
+                u += n;
+            }
+            if let Some(f) = free_from {
+                d.add_free(base + f * DIRENT_UNIT, units - f);
+            }
+        }
+        Ok(d)
+    }
+
+    fn add_free(&mut self, mut pos: u64, mut units: u64) {
+        while units > 0 {
+            let n = units.min(MAX_UNITS as u64);
+            self.free[n as usize].push(pos);
+            pos += n * DIRENT_UNIT;
+            units -= n;
+        }
+    }
+
+    pub fn get(&self, name: &[u8]) -> Option<&Entry> {
+        self.names.get(name)
+    }
+
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+
+    pub fn subdirs(&self) -> u64 {
+        self.subdirs
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Picks space for a name of `name_len` bytes without taking it yet.
+    pub fn find_slot(&self, name_len: usize) -> Slot {
+        let n = dirent_units(name_len) as usize;
+        for units in n..=MAX_UNITS {
+            if let Some(&pos) = self.free[units].last() {
+                return Slot::At(pos);
+            }
+        }
+        Slot::Grow(self.size)
+    }
+
+    /// Records a new entry at `slot` (from [`DirIndex::find_slot`] just before, under the same
+    /// lock); `block_size` says how much a `Grow` adds. Returns the bytes to log at `pos`.
+    pub fn insert(&mut self, name: &[u8], ino: u64, dtype: u8, slot: Slot, block_size: u64) -> (u64, Vec<u8>) {
+        let n = dirent_units(name.len());
+        let pos = match slot {
+            Slot::At(pos) => {
+                let units = (n as usize..=MAX_UNITS)
+                    .find(|&u| self.free[u].last() == Some(&pos))
+                    .expect("slot came from find_slot");
+                self.free[units].pop();
+                if units as u64 > n {
+                    self.add_free(pos + n * DIRENT_UNIT, units as u64 - n);
+                }
+                pos
+            }
+            Slot::Grow(pos) => {
+                self.size += block_size;
+                self.add_free(pos + n * DIRENT_UNIT, block_size / DIRENT_UNIT - n);
+                pos
+            }
+        };
+        let e = Entry { ino, dtype, pos, units: n };
+        self.names.insert(name.into(), e);
+        self.by_pos.insert(pos, name.into());
+        if dtype == DT_DIR {
+            self.subdirs += 1;
+        }
+        (pos, encode(name, ino, dtype))
+    }
+
+    /// Forgets `name`; returns its entry and the zero bytes to log over it.
+    pub fn remove(&mut self, name: &[u8]) -> Option<(Entry, Vec<u8>)> {
+        let e = self.names.remove(name)?;
+        self.by_pos.remove(&e.pos);
+        self.add_free(e.pos, e.units);
+        if e.dtype == DT_DIR {
+            self.subdirs -= 1;
+        }
+        Some((e, vec![0; (e.units * DIRENT_UNIT) as usize]))
+    }
+
+    /// Points an existing entry at another inode (rename over a target); returns the new
+    /// header bytes to log at the entry's position.
+    pub fn retarget(&mut self, name: &[u8], ino: u64, dtype: u8) -> Option<(Entry, Vec<u8>)> {
+        let e = self.names.get_mut(name)?;
+        let was_dir = e.dtype == DT_DIR;
+        e.ino = ino;
+        e.dtype = dtype;
+        let e = *e;
+        match (was_dir, dtype == DT_DIR) {
+            (true, false) => self.subdirs -= 1,
+            (false, true) => self.subdirs += 1,
+            _ => {}
+        }
+        let hdr = &encode(name, ino, dtype)[..DIRENT_HEADER];
+        Some((e, hdr.to_vec()))
+    }
+
+    /// Entries in position order after byte position `after` (exclusive; `None` from the start).
+    pub fn entries_after(&self, after: Option<u64>) -> impl Iterator<Item = (&[u8], &Entry)> {
+        let range = match after {
+            Some(p) => self.by_pos.range(p + 1..),
+            None => self.by_pos.range(..),
+        };
+        range.map(|(_, name)| (&name[..], &self.names[name]))
+    }
+}
+
+/// DT_DIR as readdir reports it.
+pub const DT_DIR: u8 = 4;
+
+/// The on-media bytes of an entry, padded to whole units.
+pub fn encode(name: &[u8], ino: u64, dtype: u8) -> Vec<u8> {
+    let n = dirent_units(name.len());
+    let hdr = RawDirent {
+        ino: ino.into(),
+        name_len: (name.len() as u16).into(),
+        file_type: dtype,
+        units: n as u8,
+        reserved: 0.into(),
+    };
+    let mut v = Vec::with_capacity((n * DIRENT_UNIT) as usize);
+    v.extend_from_slice(hdr.as_bytes());
+    v.extend_from_slice(name);
+    v.resize((n * DIRENT_UNIT) as usize, 0);
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn insert_remove_reuse_and_reload() {
+        let bs = 1024;
+        let mut d = DirIndex::default();
+        let mut data = vec![0u8; 0];
+        for i in 0..200u32 {
+            let name = format!("file-{i}-{}", "x".repeat((i % 50) as usize));
+            let slot = d.find_slot(name.len());
+            if let Slot::Grow(_) = slot {
+                data.resize(data.len() + bs as usize, 0);
+            }
+            let (pos, bytes) = d.insert(name.as_bytes(), u64::from(i) + 2, 8, slot, bs);
+            assert_eq!(pos / bs, (pos + bytes.len() as u64 - 1) / bs, "entry crosses a block");
+            data[pos as usize..pos as usize + bytes.len()].copy_from_slice(&bytes);
+        }
+        for i in (0..200u32).step_by(3) {
+            let name = format!("file-{i}-{}", "x".repeat((i % 50) as usize));
+            let (e, z) = d.remove(name.as_bytes()).unwrap();
+            data[e.pos as usize..e.pos as usize + z.len()].copy_from_slice(&z);
+        }
+        let size_before = d.size();
+        let slot = d.find_slot(5);
+        assert!(matches!(slot, Slot::At(_)), "freed space is reused");
+        let (pos, bytes) = d.insert(b"again", 999, 8, slot, bs);
+        data[pos as usize..pos as usize + bytes.len()].copy_from_slice(&bytes);
+        assert_eq!(d.size(), size_before);
+        let blocks = data.chunks(bs as usize).enumerate().map(|(i, b)| (i as u64 * bs, b));
+        let back = DirIndex::load(blocks, d.size(), 1000, |p| p).unwrap();
+        assert_eq!(back.len(), d.len());
+        assert_eq!(back.get(b"again").unwrap().ino, 999);
+        let names: Vec<_> = d.entries_after(None).map(|(n, _)| n.to_vec()).collect();
+        let back_names: Vec<_> = back.entries_after(None).map(|(n, _)| n.to_vec()).collect();
+        assert_eq!(names, back_names);
+    }
+}

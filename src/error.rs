@@ -1,0 +1,97 @@
+//! The one error type of udax, and the errno a kernel file system would return for each case.
+
+use std::fmt;
+
+/// Every failure udax reports. Front ends turn it into an errno with [`Error::errno`].
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("no such file or directory")]
+    NotFound,
+    #[error("file exists")]
+    Exists,
+    #[error("no space left on device")]
+    NoSpace,
+    #[error("no free inodes left on device")]
+    NoInodes,
+    #[error("file name too long (more than 255 bytes)")]
+    NameTooLong,
+    #[error("invalid file name {0:?}")]
+    BadName(String),
+    #[error("not a directory")]
+    NotDir,
+    #[error("is a directory")]
+    IsDir,
+    #[error("directory not empty")]
+    NotEmpty,
+    #[error("too many links")]
+    TooManyLinks,
+    #[error("too many levels of symbolic links")]
+    Loop,
+    #[error("operation not permitted: {0}")]
+    NotPermitted(&'static str),
+    #[error("invalid argument: {0}")]
+    InvalidArgument(&'static str),
+    #[error("file too large")]
+    FileTooBig,
+    #[error("image is in use by another process (it holds the image lock)")]
+    Busy,
+    #[error("not a udax image: {0}")]
+    NotUdax(String),
+    #[error("unsupported image: {0}")]
+    Unsupported(String),
+    #[error("corrupt image: bad {what} at byte {at:#x}")]
+    Corrupt { what: &'static str, at: u64 },
+    #[error("device access out of bounds: {len} bytes at {off:#x}")]
+    OutOfBounds { off: u64, len: u64 },
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Shorthand used across the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// The errno a kernel file system would give for this error.
+    pub fn errno(&self) -> i32 {
+        match self {
+            Error::NotFound => libc::ENOENT,
+            Error::Exists => libc::EEXIST,
+            Error::NoSpace => libc::ENOSPC,
+            Error::NoInodes => libc::ENOSPC,
+            Error::NameTooLong => libc::ENAMETOOLONG,
+            Error::BadName(_) => libc::EINVAL,
+            Error::NotDir => libc::ENOTDIR,
+            Error::IsDir => libc::EISDIR,
+            Error::NotEmpty => libc::ENOTEMPTY,
+            Error::TooManyLinks => libc::EMLINK,
+            Error::Loop => libc::ELOOP,
+            Error::NotPermitted(_) => libc::EPERM,
+            Error::InvalidArgument(_) => libc::EINVAL,
+            Error::FileTooBig => libc::EFBIG,
+            Error::Busy => libc::EBUSY,
+            Error::NotUdax(_) => libc::EINVAL,
+            Error::Unsupported(_) => libc::EOPNOTSUPP,
+            Error::Corrupt { .. } => libc::EUCLEAN,
+            Error::OutOfBounds { .. } => libc::EIO,
+            Error::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
+        }
+    }
+
+    /// Wraps an OS error with what was being done.
+    pub fn io(context: impl fmt::Display, source: std::io::Error) -> Self {
+        Error::Io { context: context.to_string(), source }
+    }
+}
+
+impl From<Error> for std::io::Error {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Io { source, .. } => source,
+            other => std::io::Error::from_raw_os_error(other.errno()),
+        }
+    }
+}

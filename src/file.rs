@@ -1,0 +1,337 @@
+//! Open files and path-based access: `Fs::open` and friends, and `File` with std::io Read,
+//! Write and Seek.
+//!
+//! Paths are absolute within the image ("/a/b"; a missing leading slash means the same).
+//! Symbolic links are followed in every component but, where the call says so, the last.
+
+use std::ffi::OsStr;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use crate::error::{Error, Result};
+use crate::fs::{Creds, DirEntry, Fs, RenameMode, SetAttr, Stat};
+use crate::layout::{mode, ROOT_INO};
+
+/// How [`Fs::open`] opens a file, like std's `OpenOptions`.
+#[derive(Debug, Clone, Copy)]
+pub struct OpenOptions {
+    pub read: bool,
+    pub write: bool,
+    pub append: bool,
+    pub create: bool,
+    pub create_new: bool,
+    pub truncate: bool,
+    /// Permission bits for a created file.
+    pub mode: u32,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions { read: true, write: false, append: false, create: false, create_new: false, truncate: false, mode: 0o644 }
+    }
+}
+
+impl OpenOptions {
+    pub fn read_only() -> Self {
+        Self::default()
+    }
+    /// Read-write, creating the file if missing (like `xfs_io -f`).
+    pub fn create() -> Self {
+        OpenOptions { write: true, create: true, ..Self::default() }
+    }
+    pub fn read_write() -> Self {
+        OpenOptions { write: true, ..Self::default() }
+    }
+}
+
+/// An open regular file. Closing (drop) lets an unlinked file's space go.
+#[derive(Debug)]
+pub struct File {
+    fs: Fs,
+    ino: u64,
+    pos: u64,
+    opts: OpenOptions,
+}
+
+/// Most symbolic links followed while resolving one path.
+const MAX_SYMLINKS: u32 = 40;
+
+impl Fs {
+    /// Resolves `path` to an inode, following symbolic links (the last one too if `follow`).
+    pub fn resolve(&self, path: impl AsRef<Path>, follow: bool) -> Result<u64> {
+        let mut budget = MAX_SYMLINKS;
+        self.walk(ROOT_INO, path.as_ref().as_os_str().as_bytes(), follow, &mut budget)
+    }
+
+    fn walk(&self, start: u64, path: &[u8], follow: bool, budget: &mut u32) -> Result<u64> {
+        let mut at = if path.first() == Some(&b'/') { ROOT_INO } else { start };
+        let parts: Vec<&[u8]> = path.split(|&b| b == b'/').filter(|p| !p.is_empty()).collect();
+        for (i, part) in parts.iter().enumerate() {
+            let st = self.getattr(at)?;
+            if !mode::is_dir(st.mode) {
+                return Err(Error::NotDir);
+            }
+            let dir = at;
+            at = self.lookup_ino(dir, part)?;
+            let last = i + 1 == parts.len();
+            if (!last || follow) && mode::is_symlink(self.getattr(at)?.mode) {
+                if *budget == 0 {
+                    return Err(Error::Loop);
+                }
+                *budget -= 1;
+                let target = self.readlink(at)?;
+                at = self.walk(dir, &target, true, budget)?;
+            }
+        }
+        if path.ends_with(b"/") && !mode::is_dir(self.getattr(at)?.mode) {
+            return Err(Error::NotDir);
+        }
+        Ok(at)
+    }
+
+    /// The directory that holds `path`'s last component, and that component.
+    pub fn resolve_parent<'p>(&self, path: &'p Path) -> Result<(u64, &'p [u8])> {
+        let bytes = path.as_os_str().as_bytes();
+        let trimmed = match bytes.iter().rposition(|&b| b != b'/') {
+            Some(i) => &bytes[..=i],
+            None => return Err(Error::InvalidArgument("the root has no parent")),
+        };
+        let (dir, name) = match trimmed.iter().rposition(|&b| b == b'/') {
+            Some(i) => (&trimmed[..i], &trimmed[i + 1..]),
+            None => (&b""[..], trimmed),
+        };
+        let parent = self.resolve(Path::new(OsStr::from_bytes(dir)), true)?;
+        Ok((parent, name))
+    }
+
+    /// Opens (and maybe creates) the file at `path`.
+    pub fn open(&self, path: impl AsRef<Path>, opts: OpenOptions) -> Result<File> {
+        self.open_as(path, opts, Creds::current())
+    }
+
+    /// As [`Fs::open`], creating files owned by `who`.
+    pub fn open_as(&self, path: impl AsRef<Path>, opts: OpenOptions, who: Creds) -> Result<File> {
+        let path = path.as_ref();
+        let ino = match self.resolve(path, true) {
+            Ok(_) if opts.create_new => return Err(Error::Exists),
+            Ok(ino) => ino,
+            Err(Error::NotFound) if opts.create || opts.create_new => {
+                let (parent, name) = self.resolve_parent(path)?;
+                self.create(parent, name, opts.mode, who)?.ino
+            }
+            Err(e) => return Err(e),
+        };
+        let st = self.getattr(ino)?;
+        if mode::is_dir(st.mode) && (opts.write || opts.append) {
+            return Err(Error::IsDir);
+        }
+        if opts.truncate && (opts.write || opts.append) && st.size > 0 {
+            self.truncate(ino, 0)?;
+        }
+        self.open_ino(ino)?;
+        Ok(File { fs: self.clone(), ino, pos: 0, opts })
+    }
+
+    /// stat(2) of `path`.
+    pub fn stat(&self, path: impl AsRef<Path>) -> Result<Stat> {
+        self.getattr(self.resolve(path, true)?)
+    }
+
+    /// lstat(2) of `path`.
+    pub fn lstat(&self, path: impl AsRef<Path>) -> Result<Stat> {
+        self.getattr(self.resolve(path, false)?)
+    }
+
+    pub fn mkdir_path(&self, path: impl AsRef<Path>, perm: u32) -> Result<Stat> {
+        let (parent, name) = self.resolve_parent(path.as_ref())?;
+        self.mkdir(parent, name, perm, Creds::current())
+    }
+
+    /// mkdir -p: creates missing directories along `path`.
+    pub fn mkdir_all(&self, path: impl AsRef<Path>, perm: u32) -> Result<u64> {
+        let mut at = ROOT_INO;
+        for part in path.as_ref().as_os_str().as_bytes().split(|&b| b == b'/').filter(|p| !p.is_empty()) {
+            at = match self.lookup_ino(at, part) {
+                Ok(i) => {
+                    let i = if mode::is_symlink(self.getattr(i)?.mode) {
+                        let mut budget = MAX_SYMLINKS;
+                        self.walk(at, &self.readlink(i)?, true, &mut budget)?
+                    } else {
+                        i
+                    };
+                    if !mode::is_dir(self.getattr(i)?.mode) {
+                        return Err(Error::NotDir);
+                    }
+                    i
+                }
+                Err(Error::NotFound) => match self.mkdir(at, part, perm, Creds::current()) {
+                    Ok(st) => st.ino,
+                    Err(Error::Exists) => self.lookup_ino(at, part)?,
+                    Err(e) => return Err(e),
+                },
+                Err(e) => return Err(e),
+            };
+        }
+        Ok(at)
+    }
+
+    pub fn unlink_path(&self, path: impl AsRef<Path>) -> Result<()> {
+        let (parent, name) = self.resolve_parent(path.as_ref())?;
+        self.unlink(parent, name)
+    }
+
+    pub fn rmdir_path(&self, path: impl AsRef<Path>) -> Result<()> {
+        let (parent, name) = self.resolve_parent(path.as_ref())?;
+        self.rmdir(parent, name)
+    }
+
+    /// rm -r: removes `path` and everything under it.
+    pub fn remove_all(&self, path: impl AsRef<Path>) -> Result<()> {
+        let (parent, name) = self.resolve_parent(path.as_ref())?;
+        self.remove_tree(parent, name)
+    }
+
+    fn remove_tree(&self, parent: u64, name: &[u8]) -> Result<()> {
+        let ino = self.lookup_ino(parent, name)?;
+        if mode::is_dir(self.getattr(ino)?.mode) {
+            for e in self.readdir(ino, 0)? {
+                self.remove_tree(ino, &e.name)?;
+            }
+            self.rmdir(parent, name)
+        } else {
+            self.unlink(parent, name)
+        }
+    }
+
+    pub fn rename_path(&self, from: impl AsRef<Path>, to: impl AsRef<Path>) -> Result<()> {
+        let (sp, sn) = self.resolve_parent(from.as_ref())?;
+        let (dp, dn) = self.resolve_parent(to.as_ref())?;
+        self.rename(sp, sn, dp, dn, RenameMode::Replace)
+    }
+
+    pub fn link_path(&self, existing: impl AsRef<Path>, new: impl AsRef<Path>) -> Result<Stat> {
+        let ino = self.resolve(existing, false)?;
+        let (dp, dn) = self.resolve_parent(new.as_ref())?;
+        self.link(ino, dp, dn)
+    }
+
+    pub fn symlink_path(&self, target: impl AsRef<Path>, link: impl AsRef<Path>) -> Result<Stat> {
+        let (dp, dn) = self.resolve_parent(link.as_ref())?;
+        self.symlink(dp, dn, target.as_ref().as_os_str().as_bytes(), Creds::current())
+    }
+
+    pub fn readlink_path(&self, path: impl AsRef<Path>) -> Result<Vec<u8>> {
+        self.readlink(self.resolve(path, false)?)
+    }
+
+    pub fn read_dir_path(&self, path: impl AsRef<Path>) -> Result<Vec<DirEntry>> {
+        self.readdir(self.resolve(path, true)?, 0)
+    }
+
+    pub fn setattr_path(&self, path: impl AsRef<Path>, follow: bool, set: &SetAttr) -> Result<Stat> {
+        self.setattr(self.resolve(path, follow)?, set)
+    }
+
+    /// Reads a whole file.
+    pub fn read_file(&self, path: impl AsRef<Path>) -> Result<Vec<u8>> {
+        let ino = self.resolve(path, true)?;
+        let size = self.getattr(ino)?.size;
+        let mut buf = vec![0; usize::try_from(size).map_err(|_| Error::FileTooBig)?];
+        let n = self.read(ino, 0, &mut buf)?;
+        buf.truncate(n);
+        Ok(buf)
+    }
+
+    /// Creates or replaces the contents of a file.
+    pub fn write_file(&self, path: impl AsRef<Path>, data: &[u8]) -> Result<()> {
+        let f = self.open(path, OpenOptions { truncate: true, ..OpenOptions::create() })?;
+        let n = f.write_at(data, 0)?;
+        if n < data.len() {
+            return Err(Error::NoSpace);
+        }
+        Ok(())
+    }
+}
+
+impl File {
+    pub fn ino(&self) -> u64 {
+        self.ino
+    }
+
+    pub fn fs(&self) -> &Fs {
+        &self.fs
+    }
+
+    pub fn read_at(&self, buf: &mut [u8], off: u64) -> Result<usize> {
+        if !self.opts.read {
+            return Err(Error::Io { context: "read".into(), source: io::Error::from_raw_os_error(libc::EBADF) });
+        }
+        self.fs.read(self.ino, off, buf)
+    }
+
+    /// Writes at `off` (at EOF when opened for append). Durable on return.
+    pub fn write_at(&self, buf: &[u8], off: u64) -> Result<usize> {
+        if !(self.opts.write || self.opts.append) {
+            return Err(Error::Io { context: "write".into(), source: io::Error::from_raw_os_error(libc::EBADF) });
+        }
+        if self.opts.append {
+            self.fs.append(self.ino, buf)
+        } else {
+            self.fs.write(self.ino, off, buf)
+        }
+    }
+
+    pub fn set_len(&self, size: u64) -> Result<()> {
+        self.fs.truncate(self.ino, size)
+    }
+
+    pub fn metadata(&self) -> Result<Stat> {
+        self.fs.getattr(self.ino)
+    }
+
+    /// fsync(2): durable across power loss too.
+    pub fn sync_all(&self) -> Result<()> {
+        self.fs.fsync(self.ino)
+    }
+}
+
+impl Drop for File {
+    fn drop(&mut self) {
+        // A failure here (the device went away) cannot be reported; the orphan is freed at the
+        // next mount instead.
+        let _ = self.fs.release(self.ino);
+    }
+}
+
+impl io::Read for File {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.read_at(buf, self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl io::Write for File {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.write_at(buf, self.pos)?;
+        self.pos = if self.opts.append { self.metadata()?.size } else { self.pos + n as u64 };
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl io::Seek for File {
+    fn seek(&mut self, pos: io::SeekFrom) -> io::Result<u64> {
+        let base = match pos {
+            io::SeekFrom::Start(p) => Some(p),
+            io::SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+            io::SeekFrom::End(d) => self.metadata()?.size.checked_add_signed(d),
+        };
+        self.pos = base.ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+        Ok(self.pos)
+    }
+}

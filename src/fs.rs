@@ -1,0 +1,1075 @@
+//! The `Fs` facade: mkfs, mount and every namespace operation, and the locking that orders them.
+//!
+//! Lock order (SPEC §5, kept from the kernel): the rename lock (cross-directory renames only) →
+//! inode locks (parents before children; unrelated inodes by ascending number) → the inode-number
+//! table → the allocator → the journal. Each operation builds one transaction, fences the new
+//! content it links, commits — durable from here — and only then frees blocks (which become
+//! reusable after the next checkpoint, see `alloc`).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use crate::alloc::{Allocator, Run};
+use crate::device::{Device, Persisted};
+use crate::dir::{DirIndex, Slot};
+use crate::error::{Error, Result};
+use crate::extent::{ExtentMap, Piece, State};
+use crate::inode::{Attr, Inode, InodeTable, Timespec};
+use crate::journal::{Journal, RecoveryReport, Tx};
+use crate::layout::{self, check_name, mode, Geometry, ROOT_INO};
+
+/// Most hard links one inode may have.
+pub const LINK_MAX: u32 = 65000;
+
+/// Who is acting: owner of what gets created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Creds {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl Creds {
+    pub const ROOT: Creds = Creds { uid: 0, gid: 0 };
+
+    /// The effective ids of this process.
+    pub fn current() -> Creds {
+        Creds { uid: rustix::process::geteuid().as_raw(), gid: rustix::process::getegid().as_raw() }
+    }
+}
+
+/// mkfs parameters.
+#[derive(Debug, Clone)]
+pub struct MkfsOptions {
+    pub block_size: u32,
+    /// 0: one inode per 16 KiB.
+    pub inodes: u64,
+    /// 0: chosen by size.
+    pub journal_bytes: u64,
+    pub label: String,
+}
+
+impl Default for MkfsOptions {
+    fn default() -> Self {
+        MkfsOptions { block_size: 4096, inodes: 0, journal_bytes: 0, label: String::new() }
+    }
+}
+
+/// What stat(2) reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Stat {
+    pub ino: u64,
+    pub generation: u32,
+    pub mode: u32,
+    pub nlink: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    /// 512-byte units allocated.
+    pub blocks: u64,
+    pub blksize: u32,
+    pub rdev: u64,
+    pub atime: Timespec,
+    pub mtime: Timespec,
+    pub ctime: Timespec,
+    pub crtime: Timespec,
+}
+
+/// One directory entry as readdir reports it. `cookie` resumes after this entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirEntry {
+    pub name: Vec<u8>,
+    pub ino: u64,
+    /// DT_* type.
+    pub dtype: u8,
+    pub cookie: u64,
+}
+
+/// A time to set: a given one, or now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SetTime {
+    Now,
+    At(Timespec),
+}
+
+/// Attribute changes for [`Fs::setattr`]; `None` leaves a field alone.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<SetTime>,
+    pub mtime: Option<SetTime>,
+}
+
+/// Space and inode counts, as statfs(2) reports them.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct StatFs {
+    pub block_size: u64,
+    pub blocks: u64,
+    pub blocks_free: u64,
+    pub inodes: u64,
+    pub inodes_free: u64,
+    pub name_max: u32,
+}
+
+/// rename(2) flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RenameMode {
+    #[default]
+    Replace,
+    NoReplace,
+    Exchange,
+}
+
+/// An inode and its lock. `parent` mirrors a directory's parent outside the lock so the
+/// rename loop check can walk up without taking inode locks (it changes only under `rename`).
+#[derive(Debug)]
+pub(crate) struct Node {
+    pub(crate) inode: RwLock<Inode>,
+    pub(crate) parent: AtomicU64,
+}
+
+/// A mounted udax image. Cheap to clone; `Send + Sync`.
+#[derive(Debug, Clone)]
+pub struct Fs {
+    pub(crate) inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Inner {
+    pub(crate) dev: Device,
+    pub(crate) geo: Geometry,
+    journal: Mutex<Journal>,
+    alloc: Mutex<Allocator>,
+    itable: Mutex<InodeTable>,
+    nodes: RwLock<HashMap<u64, Arc<Node>>>,
+    rename: Mutex<()>,
+    recovery: RecoveryReport,
+    uuid: [u8; 16],
+    label: String,
+    mkfs_time: i64,
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+pub(crate) fn rd<T>(m: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    m.read().unwrap_or_else(|e| e.into_inner())
+}
+pub(crate) fn wr<T>(m: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    m.write().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Facts about a mounted image, for `udax info`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FsInfo {
+    pub geometry: Geometry,
+    pub device: crate::device::DeviceInfo,
+    pub uuid: String,
+    pub label: String,
+    pub mkfs_time: i64,
+    pub statfs: StatFs,
+    pub recovery: RecoveryReport,
+    pub durability: &'static str,
+}
+
+impl Fs {
+    /// Formats `dev` and mounts it.
+    pub fn mkfs(dev: Device, opts: &MkfsOptions) -> Result<Fs> {
+        Self::mkfs_with_progress(dev, opts, &mut |_, _| {})
+    }
+
+    /// As [`Fs::mkfs`], reporting `(bytes done, bytes total)` while the inode table is cleared.
+    pub fn mkfs_with_progress(dev: Device, opts: &MkfsOptions, progress: &mut dyn FnMut(u64, u64)) -> Result<Fs> {
+        let geo = Geometry::plan(dev.len(), opts.block_size, opts.inodes, opts.journal_bytes)?;
+        // Invalidate any old superblock first, so a crash mid-mkfs leaves no half-made image
+        // that looks valid.
+        dev.zero(0, 4096)?;
+        let _ = dev.fence();
+        Journal::format(&dev, &geo)?;
+        let table = geo.inode_count * layout::INODE_SIZE;
+        let chunk = 8 << 20;
+        let mut done = 0;
+        while done < table {
+            let n = chunk.min(table - done);
+            dev.zero(geo.inode_off + done, n)?;
+            done += n;
+            progress(done, table);
+        }
+        let now = Timespec::now();
+        let mut root = Inode::new(ROOT_INO, Attr::new(mode::S_IFDIR | 0o755, 0, 0, 1), &geo);
+        root.attr.parent = ROOT_INO;
+        let raw_root = {
+            let mut tx = Tx::new();
+            root.log_new(&geo, &mut tx);
+            tx
+        };
+        for (off, bytes) in raw_root.entries() {
+            dev.write(off, bytes)?;
+        }
+        let _ = dev.fence();
+        let uuid = uuid_from(now);
+        let sb = geo.superblock(now.sec, uuid, &opts.label);
+        dev.write_obj(layout::SUPERBLOCK_OFF, &sb)?;
+        let _ = dev.fence();
+        dev.sync()?;
+        Fs::mount(dev)
+    }
+
+    /// Opens an image file (or device-dax) and mounts it.
+    pub fn open_image(path: &std::path::Path) -> Result<Fs> {
+        Fs::mount(Device::open(path)?)
+    }
+
+    /// Mounts: checks the superblock, replays the journal, loads every inode, rebuilds free
+    /// space, and frees orphans (inodes unlinked while open when the last mount ended).
+    pub fn mount(dev: Device) -> Result<Fs> {
+        if dev.len() < 4096 {
+            return Err(Error::NotUdax(format!("{} bytes is too small to hold a udax image", dev.len())));
+        }
+        let sb: layout::RawSuperblock = dev.read_obj(layout::SUPERBLOCK_OFF)?;
+        let geo = Geometry::from_superblock(&sb, dev.len())?;
+        let (journal, recovery) = Journal::recover(&dev, &geo)?;
+        let mut itable = InodeTable::new(geo.inode_count);
+        let mut nodes = HashMap::new();
+        let mut used = Vec::new();
+        for ino in 1..=geo.inode_count {
+            match Inode::load(&dev, &geo, ino)? {
+                Some(mut inode) => {
+                    itable.mark_used(ino);
+                    used.extend(inode.ext.owned_runs());
+                    if inode.is_dir() {
+                        inode.dir = Some(load_dir(&dev, &geo, &inode)?);
+                    }
+                    let parent = AtomicU64::new(inode.attr.parent);
+                    nodes.insert(ino, Arc::new(Node { inode: RwLock::new(inode), parent }));
+                }
+                None => {
+                    let raw: layout::RawInode = dev.read_obj(geo.inode_at(ino))?;
+                    itable.remember_generation(ino, raw.generation.get());
+                }
+            }
+        }
+        match nodes.get(&ROOT_INO) {
+            Some(n) if rd(&n.inode).is_dir() => {}
+            _ => return Err(Error::Corrupt { what: "root directory", at: geo.inode_at(ROOT_INO) }),
+        }
+        let alloc = Allocator::from_used(&geo, used)?;
+        let fs = Fs {
+            inner: Arc::new(Inner {
+                dev,
+                geo,
+                journal: Mutex::new(journal),
+                alloc: Mutex::new(alloc),
+                itable: Mutex::new(itable),
+                nodes: RwLock::new(nodes),
+                rename: Mutex::new(()),
+                recovery,
+                uuid: sb.uuid,
+                label: String::from_utf8_lossy(&sb.label).trim_end_matches('\0').to_string(),
+                mkfs_time: sb.mkfs_time.get(),
+            }),
+        };
+        let orphans: Vec<u64> = {
+            let nodes = rd(&fs.inner.nodes);
+            nodes.iter().filter(|(_, n)| rd(&n.inode).attr.nlink == 0).map(|(&i, _)| i).collect()
+        };
+        for ino in orphans {
+            let node = fs.node(ino)?;
+            let mut g = wr(&node.inode);
+            fs.free_inode(&mut g)?;
+        }
+        Ok(fs)
+    }
+
+    /// Flushes everything to the medium (msync for page-cache-backed images) and, when this is
+    /// the last handle, hands the device back.
+    pub fn unmount(self) -> Result<Option<Device>> {
+        self.sync()?;
+        match Arc::try_unwrap(self.inner) {
+            Ok(inner) => Ok(Some(inner.dev)),
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// Makes the image durable across power loss where the medium needs it (msync).
+    pub fn sync(&self) -> Result<()> {
+        let _ = self.inner.dev.fence();
+        self.inner.dev.sync()
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.inner.dev
+    }
+
+    pub fn geometry(&self) -> &Geometry {
+        &self.inner.geo
+    }
+
+    pub fn recovery(&self) -> RecoveryReport {
+        self.inner.recovery
+    }
+
+    pub fn statfs(&self) -> StatFs {
+        let g = &self.inner.geo;
+        let free = lock(&self.inner.alloc).available_blocks();
+        StatFs {
+            block_size: g.block_size,
+            blocks: g.data_blocks,
+            blocks_free: free,
+            inodes: g.inode_count,
+            inodes_free: lock(&self.inner.itable).free_count(),
+            name_max: layout::NAME_MAX as u32,
+        }
+    }
+
+    pub fn info(&self) -> FsInfo {
+        let dev = self.inner.dev.info();
+        let durability = if dev.map_sync {
+            "MAP_SYNC held: flush+fence reach the persistence domain"
+        } else if dev.backend == "anonymous" {
+            "anonymous memory: gone when the process exits"
+        } else {
+            "no MAP_SYNC: every return is crash-safe for the process; power-loss safe after sync (udax msyncs at unmount)"
+        };
+        FsInfo {
+            geometry: self.inner.geo,
+            device: dev,
+            uuid: self.inner.uuid.iter().map(|b| format!("{b:02x}")).collect(),
+            label: self.inner.label.clone(),
+            mkfs_time: self.inner.mkfs_time,
+            statfs: self.statfs(),
+            recovery: self.inner.recovery,
+            durability,
+        }
+    }
+
+    // ---- internal helpers ----
+
+    pub(crate) fn node(&self, ino: u64) -> Result<Arc<Node>> {
+        rd(&self.inner.nodes).get(&ino).cloned().ok_or(Error::NotFound)
+    }
+
+    pub(crate) fn stat_of(&self, i: &Inode) -> Stat {
+        let a = &i.attr;
+        Stat {
+            ino: i.ino,
+            generation: a.generation,
+            mode: a.mode,
+            nlink: a.nlink,
+            uid: a.uid,
+            gid: a.gid,
+            size: a.size,
+            blocks: i.blocks_512(&self.inner.geo),
+            blksize: self.inner.geo.block_size.max(4096) as u32,
+            rdev: a.rdev,
+            atime: a.atime,
+            mtime: a.mtime,
+            ctime: a.ctime,
+            crtime: a.crtime,
+        }
+    }
+
+    /// Commits `tx`; returns the journal position after it (for [`Allocator::free_after`]).
+    pub(crate) fn commit(&self, tx: &Tx, content: Persisted) -> Result<u64> {
+        let mut j = lock(&self.inner.journal);
+        let done = j.commit(&self.inner.dev, tx, content)?;
+        let head = j.head();
+        drop(j);
+        if let Some(cp) = done.checkpoint {
+            lock(&self.inner.alloc).release(cp);
+        }
+        Ok(head)
+    }
+
+    /// Commits `tx` on behalf of `inode` (recording that its attributes are in the log).
+    pub(crate) fn commit_for(&self, inode: &mut Inode, tx: &Tx, content: Persisted) -> Result<u64> {
+        let head = self.commit(tx, content)?;
+        inode.logged_at = head;
+        Ok(head)
+    }
+
+    /// Makes in-place attribute stores to `inode` safe: no replay may rewrite them afterwards.
+    pub(crate) fn ensure_checkpointed(&self, inode: &Inode) -> Result<()> {
+        let mut j = lock(&self.inner.journal);
+        if j.checkpoint_pos() < inode.logged_at {
+            let cp = j.checkpoint(&self.inner.dev)?;
+            drop(j);
+            lock(&self.inner.alloc).release(cp);
+        }
+        Ok(())
+    }
+
+    /// Allocates `n` blocks (all or nothing), checkpointing first if only freed-but-pending
+    /// blocks would satisfy it.
+    pub(crate) fn alloc_blocks(&self, goal: Option<u64>, n: u64) -> Result<Vec<Run>> {
+        let mut a = lock(&self.inner.alloc);
+        match a.alloc(goal, n) {
+            Err(Error::NoSpace) if a.has_pending() && a.available_blocks() >= n => {
+                drop(a);
+                let cp = lock(&self.inner.journal).checkpoint(&self.inner.dev)?;
+                let mut a = lock(&self.inner.alloc);
+                a.release(cp);
+                a.alloc(goal, n)
+            }
+            r => r,
+        }
+    }
+
+    pub(crate) fn unreserve(&self, runs: Vec<Run>) {
+        if !runs.is_empty() {
+            lock(&self.inner.alloc).unreserve(runs);
+        }
+    }
+
+    pub(crate) fn free_after(&self, pos: u64, runs: Vec<Run>) {
+        if !runs.is_empty() {
+            lock(&self.inner.alloc).free_after(pos, runs);
+        }
+    }
+
+    /// Device offset of byte `pos` of a directory's data.
+    fn dir_off(&self, dir: &Inode, pos: u64) -> Result<u64> {
+        let bs = self.inner.geo.block_size;
+        match dir.ext.pieces(pos / bs, 1).first() {
+            Some(Piece::Mapped(e)) if e.state == State::Written => Ok(self.inner.geo.block_at(e.physical) + pos % bs),
+            _ => Err(Error::Corrupt { what: "directory data not mapped", at: self.inner.geo.inode_at(dir.ino) }),
+        }
+    }
+
+    /// Reserves `slots` extent slots on `inode`, allocating overflow blocks (zeroed and headed,
+    /// fenced by the caller before commit). Returns the blocks it took. All or nothing.
+    pub(crate) fn reserve_slots(&self, inode: &mut Inode, slots: usize, tx: &mut Tx) -> Result<Vec<Run>> {
+        let inner = &self.inner;
+        let goal = inode.ext.last().map(|e| e.physical + e.len);
+        let mut runs = Vec::new();
+        inode.ext.reserve_slots(slots, &inner.dev, &inner.geo, inode.ino, tx, &mut |n| {
+            runs = self.alloc_blocks(goal, n)?;
+            Ok(runs.iter().flat_map(|r| r.start..r.start + r.len).collect())
+        })?;
+        Ok(runs)
+    }
+
+    /// Adds `name -> child` to `dir`, growing it by a zeroed block when full. Logs the entry and
+    /// extent changes; the caller logs the directory's attributes. Returns blocks allocated.
+    fn add_entry(&self, dir: &mut Inode, name: &[u8], child: u64, dtype: u8, tx: &mut Tx) -> Result<Vec<Run>> {
+        let bs = self.inner.geo.block_size;
+        let slot = dir.dir()?.find_slot(name.len());
+        let mut runs = Vec::new();
+        if let Slot::Grow(pos) = slot {
+            let goal = dir.ext.last().map(|e| e.physical + e.len);
+            let blk = self.alloc_blocks(goal, 1)?[0];
+            // Reserving slots is the last fallible step: it changes the map only on success.
+            match self.reserve_slots(dir, ExtentMap::slots_needed(1), tx) {
+                Ok(r) => runs = r,
+                Err(e) => {
+                    self.unreserve(vec![blk]);
+                    return Err(e);
+                }
+            }
+            runs.push(blk);
+            self.inner.dev.zero(self.inner.geo.block_at(blk.start), bs)?;
+            let e = crate::extent::Extent { logical: pos / bs, physical: blk.start, len: 1, state: State::Written };
+            dir.ext.insert(e, tx)?;
+            dir.attr.size += bs;
+        }
+        let (pos, bytes) = dir.dir_mut()?.insert(name, child, dtype, slot, bs);
+        tx.put(self.dir_off(dir, pos)?, &bytes);
+        Ok(runs)
+    }
+
+    /// Frees an inode with no links and no open handles: one transaction clears the slot, then
+    /// its blocks are freed.
+    pub(crate) fn free_inode(&self, inode: &mut Inode) -> Result<()> {
+        let mut tx = Tx::new();
+        inode.log_free(&self.inner.geo, &mut tx);
+        let runs: Vec<Run> = inode.ext.owned_runs().collect();
+        let head = self.commit(&tx, self.inner.dev.fence())?;
+        self.free_after(head, runs);
+        inode.ext = ExtentMap::empty(self.inner.geo.inode_at(inode.ino));
+        inode.attr.size = 0;
+        wr(&self.inner.nodes).remove(&inode.ino);
+        lock(&self.inner.itable).release(inode.ino, inode.attr.generation);
+        Ok(())
+    }
+
+    // ---- namespace ----
+
+    /// Attributes of inode `ino`.
+    pub fn getattr(&self, ino: u64) -> Result<Stat> {
+        let n = self.node(ino)?;
+        let g = rd(&n.inode);
+        Ok(self.stat_of(&g))
+    }
+
+    /// Looks `name` up in directory `parent` ("." and ".." included).
+    pub fn lookup(&self, parent: u64, name: &[u8]) -> Result<Stat> {
+        let ino = self.lookup_ino(parent, name)?;
+        self.getattr(ino)
+    }
+
+    pub(crate) fn lookup_ino(&self, parent: u64, name: &[u8]) -> Result<u64> {
+        let p = self.node(parent)?;
+        let g = rd(&p.inode);
+        let dir = g.dir()?;
+        match name {
+            b"." => Ok(parent),
+            b".." => Ok(g.attr.parent),
+            _ => {
+                if name.len() > layout::NAME_MAX {
+                    return Err(Error::NameTooLong);
+                }
+                dir.get(name).map(|e| e.ino).ok_or(Error::NotFound)
+            }
+        }
+    }
+
+    /// Creates a regular file.
+    pub fn create(&self, parent: u64, name: &[u8], perm: u32, who: Creds) -> Result<Stat> {
+        self.make_node(parent, name, mode::S_IFREG | (perm & 0o7777), 0, who, None)
+    }
+
+    /// Creates a directory.
+    pub fn mkdir(&self, parent: u64, name: &[u8], perm: u32, who: Creds) -> Result<Stat> {
+        self.make_node(parent, name, mode::S_IFDIR | (perm & 0o7777), 0, who, None)
+    }
+
+    /// Creates a special file (FIFO, socket, device) or a regular file: an inode without data.
+    pub fn mknod(&self, parent: u64, name: &[u8], mode_bits: u32, rdev: u64, who: Creds) -> Result<Stat> {
+        if mode::is_dir(mode_bits) || mode::is_symlink(mode_bits) || !mode::is_valid_type(mode_bits) {
+            return Err(Error::InvalidArgument("mknod makes files, FIFOs, sockets and devices"));
+        }
+        self.make_node(parent, name, mode_bits & (mode::S_IFMT | 0o7777), rdev, who, None)
+    }
+
+    /// Creates a symbolic link to `target`.
+    pub fn symlink(&self, parent: u64, name: &[u8], target: &[u8], who: Creds) -> Result<Stat> {
+        if target.is_empty() || target.contains(&0) {
+            return Err(Error::InvalidArgument("symlink target is empty or holds a NUL"));
+        }
+        if target.len() > layout::SYMLINK_MAX {
+            return Err(Error::NameTooLong);
+        }
+        self.make_node(parent, name, mode::S_IFLNK | 0o777, 0, who, Some(target))
+    }
+
+    fn make_node(
+        &self,
+        parent: u64,
+        name: &[u8],
+        mode_bits: u32,
+        rdev: u64,
+        who: Creds,
+        target: Option<&[u8]>,
+    ) -> Result<Stat> {
+        check_name(name)?;
+        let geo = self.inner.geo;
+        let p = self.node(parent)?;
+        let mut pg = wr(&p.inode);
+        let dir = pg.dir()?;
+        if pg.attr.nlink == 0 {
+            return Err(Error::NotFound);
+        }
+        if dir.get(name).is_some() {
+            return Err(Error::Exists);
+        }
+        let is_dir = mode::is_dir(mode_bits);
+        if is_dir && pg.attr.nlink >= LINK_MAX {
+            return Err(Error::TooManyLinks);
+        }
+        let (ino, generation) = lock(&self.inner.itable).alloc()?;
+        let mut inode = Inode::new(ino, Attr::new(mode_bits, who.uid, who.gid, generation), &geo);
+        inode.attr.rdev = rdev;
+        if is_dir {
+            inode.attr.parent = parent;
+        }
+        // Everything fallible comes first: symlink blocks, then the directory slot.
+        let mut tx = Tx::new();
+        let mut data_runs = Vec::new();
+        if let Some(t) = target {
+            match self.alloc_blocks(None, (t.len() as u64).div_ceil(geo.block_size)) {
+                Ok(r) => data_runs = r,
+                Err(e) => {
+                    lock(&self.inner.itable).release(ino, generation.wrapping_sub(1));
+                    return Err(e);
+                }
+            }
+        }
+        let dir_runs = match self.add_entry(&mut pg, name, ino, mode::dtype(mode_bits), &mut tx) {
+            Ok(r) => r,
+            Err(e) => {
+                self.unreserve(data_runs);
+                lock(&self.inner.itable).release(ino, generation.wrapping_sub(1));
+                return Err(e);
+            }
+        };
+        drop(dir_runs);
+        inode.attr.size = target.map_or(0, |t| t.len() as u64);
+        inode.log_new(&geo, &mut tx);
+        if let Some(t) = target {
+            let mut at = 0usize;
+            for run in &data_runs {
+                let bytes = (run.len * geo.block_size) as usize;
+                let off = geo.block_at(run.start);
+                let n = bytes.min(t.len() - at);
+                self.inner.dev.write(off, &t[at..at + n])?;
+                self.inner.dev.zero(off + n as u64, (bytes - n) as u64)?;
+                at += n;
+            }
+            for e in ExtentMap::extents_for(0, &data_runs, State::Written) {
+                inode.ext.insert(e, &mut tx)?;
+            }
+        }
+        let now = Timespec::now();
+        pg.attr.mtime = now;
+        pg.attr.ctime = now;
+        if is_dir {
+            pg.attr.nlink += 1;
+        }
+        pg.log_attr(&geo, &mut tx);
+        let content = self.inner.dev.fence();
+        let head = self.commit_for(&mut pg, &tx, content)?;
+        inode.logged_at = head;
+        let st = self.stat_of(&inode);
+        let parent_ptr = AtomicU64::new(inode.attr.parent);
+        wr(&self.inner.nodes).insert(ino, Arc::new(Node { inode: RwLock::new(inode), parent: parent_ptr }));
+        Ok(st)
+    }
+
+    /// Reads a symbolic link's target.
+    pub fn readlink(&self, ino: u64) -> Result<Vec<u8>> {
+        let n = self.node(ino)?;
+        let g = rd(&n.inode);
+        if !mode::is_symlink(g.attr.mode) {
+            return Err(Error::InvalidArgument("not a symbolic link"));
+        }
+        let mut buf = vec![0; g.attr.size as usize];
+        self.read_locked(&g, 0, &mut buf)?;
+        Ok(buf)
+    }
+
+    /// Adds a hard link `newparent/newname` to `ino`.
+    pub fn link(&self, ino: u64, newparent: u64, newname: &[u8]) -> Result<Stat> {
+        check_name(newname)?;
+        let geo = self.inner.geo;
+        let p = self.node(newparent)?;
+        let mut pg = wr(&p.inode);
+        let dir = pg.dir()?;
+        if pg.attr.nlink == 0 {
+            return Err(Error::NotFound);
+        }
+        if dir.get(newname).is_some() {
+            return Err(Error::Exists);
+        }
+        let c = self.node(ino)?;
+        let mut cg = wr(&c.inode);
+        if cg.is_dir() {
+            return Err(Error::NotPermitted("hard links to directories are not allowed"));
+        }
+        if cg.attr.nlink == 0 {
+            return Err(Error::NotFound);
+        }
+        if cg.attr.nlink >= LINK_MAX {
+            return Err(Error::TooManyLinks);
+        }
+        let mut tx = Tx::new();
+        self.add_entry(&mut pg, newname, ino, mode::dtype(cg.attr.mode), &mut tx)?;
+        let now = Timespec::now();
+        pg.attr.mtime = now;
+        pg.attr.ctime = now;
+        pg.log_attr(&geo, &mut tx);
+        cg.attr.nlink += 1;
+        cg.attr.ctime = now;
+        cg.log_attr(&geo, &mut tx);
+        let head = self.commit_for(&mut pg, &tx, self.inner.dev.fence())?;
+        cg.logged_at = head;
+        Ok(self.stat_of(&cg))
+    }
+
+    /// Removes a non-directory entry.
+    pub fn unlink(&self, parent: u64, name: &[u8]) -> Result<()> {
+        self.remove_entry(parent, name, false)
+    }
+
+    /// Removes an empty directory.
+    pub fn rmdir(&self, parent: u64, name: &[u8]) -> Result<()> {
+        if name == b"." {
+            return Err(Error::InvalidArgument("cannot remove '.'"));
+        }
+        if name == b".." {
+            return Err(Error::NotEmpty);
+        }
+        self.remove_entry(parent, name, true)
+    }
+
+    fn remove_entry(&self, parent: u64, name: &[u8], want_dir: bool) -> Result<()> {
+        if name.len() > layout::NAME_MAX {
+            return Err(Error::NameTooLong);
+        }
+        let geo = self.inner.geo;
+        let p = self.node(parent)?;
+        let mut pg = wr(&p.inode);
+        let e = *pg.dir()?.get(name).ok_or(Error::NotFound)?;
+        let c = self.node(e.ino)?;
+        let mut cg = wr(&c.inode);
+        match (want_dir, cg.is_dir()) {
+            (true, false) => return Err(Error::NotDir),
+            (false, true) => return Err(Error::IsDir),
+            (true, true) if !cg.dir()?.is_empty() => return Err(Error::NotEmpty),
+            _ => {}
+        }
+        let mut tx = Tx::new();
+        let (_, zeros) = pg.dir_mut()?.remove(name).expect("entry looked up under the same lock");
+        tx.put(self.dir_off(&pg, e.pos)?, &zeros);
+        let now = Timespec::now();
+        pg.attr.mtime = now;
+        pg.attr.ctime = now;
+        if want_dir {
+            pg.attr.nlink -= 1;
+        }
+        pg.log_attr(&geo, &mut tx);
+        cg.attr.nlink = if want_dir { 0 } else { cg.attr.nlink - 1 };
+        cg.attr.ctime = now;
+        let free_now = cg.attr.nlink == 0 && cg.open == 0;
+        if free_now {
+            cg.log_free(&geo, &mut tx);
+        } else {
+            cg.log_attr(&geo, &mut tx);
+        }
+        let head = self.commit_for(&mut pg, &tx, self.inner.dev.fence())?;
+        cg.logged_at = head;
+        if free_now {
+            self.forget_freed(&mut cg, head);
+        }
+        Ok(())
+    }
+
+    /// Drops a freed inode from memory after the transaction that cleared its slot (at `head`).
+    fn forget_freed(&self, inode: &mut Inode, head: u64) {
+        let runs: Vec<Run> = inode.ext.owned_runs().collect();
+        self.free_after(head, runs);
+        inode.ext = ExtentMap::empty(self.inner.geo.inode_at(inode.ino));
+        wr(&self.inner.nodes).remove(&inode.ino);
+        lock(&self.inner.itable).release(inode.ino, inode.attr.generation);
+    }
+
+    /// Renames `parent/name` to `newparent/newname` atomically, replacing a target unless
+    /// `mode` says otherwise.
+    pub fn rename(&self, parent: u64, name: &[u8], newparent: u64, newname: &[u8], how: RenameMode) -> Result<()> {
+        check_name(newname)?;
+        if name.len() > layout::NAME_MAX {
+            return Err(Error::NameTooLong);
+        }
+        check_name(name)?;
+        let geo = self.inner.geo;
+        let cross = parent != newparent;
+        let _rename_guard = cross.then(|| lock(&self.inner.rename));
+        let sp = self.node(parent)?;
+        let dp = self.node(newparent)?;
+        // Parents: an ancestor before its descendant, else in ascending inode order (the
+        // rename lock keeps the tree's shape still while this is decided).
+        let source_first = cross && (self.is_ancestor(parent, newparent)? || (!self.is_ancestor(newparent, parent)? && parent < newparent));
+        let (mut sg, mut dg_own) = if !cross {
+            (wr(&sp.inode), None)
+        } else if source_first {
+            let s = wr(&sp.inode);
+            (s, Some(wr(&dp.inode)))
+        } else {
+            let d = wr(&dp.inode);
+            (wr(&sp.inode), Some(d))
+        };
+        let src = *sg.dir()?.get(name).ok_or(Error::NotFound)?;
+        let dst = match &dg_own {
+            Some(d) => d.dir()?.get(newname).copied(),
+            None => {
+                if name == newname {
+                    return Ok(());
+                }
+                sg.dir()?.get(newname).copied()
+            }
+        };
+        if dg_own.as_ref().is_some_and(|d| d.attr.nlink == 0) {
+            return Err(Error::NotFound);
+        }
+        let src_is_dir = src.dtype == crate::dir::DT_DIR;
+        if cross && src_is_dir && self.is_ancestor(src.ino, newparent)? {
+            return Err(Error::InvalidArgument("cannot move a directory into itself"));
+        }
+        if let Some(d) = dst {
+            if how == RenameMode::NoReplace {
+                return Err(Error::Exists);
+            }
+            if d.ino == src.ino {
+                return Ok(());
+            }
+            // A target that is an ancestor of the source is never empty.
+            if cross && d.dtype == crate::dir::DT_DIR && self.is_ancestor(d.ino, parent)? {
+                return Err(match how {
+                    RenameMode::Exchange => Error::InvalidArgument("cannot move a directory into itself"),
+                    _ => Error::NotEmpty,
+                });
+            }
+        } else if how == RenameMode::Exchange {
+            return Err(Error::NotFound);
+        }
+        // Children in ascending order.
+        let sc = self.node(src.ino)?;
+        let dc = dst.map(|d| self.node(d.ino)).transpose()?;
+        let (mut scg, mut dcg) = match &dc {
+            None => (wr(&sc.inode), None),
+            Some(dcn) if Some(src.ino) < dst.map(|d| d.ino) => {
+                let a = wr(&sc.inode);
+                (a, Some(wr(&dcn.inode)))
+            }
+            Some(dcn) => {
+                let b = wr(&dcn.inode);
+                (wr(&sc.inode), Some(b))
+            }
+        };
+        if how == RenameMode::Replace {
+            if let Some(v) = dcg.as_ref() {
+                match (src_is_dir, v.is_dir()) {
+                    (true, false) => return Err(Error::NotDir),
+                    (false, true) => return Err(Error::IsDir),
+                    (true, true) if !v.dir()?.is_empty() => return Err(Error::NotEmpty),
+                    _ => {}
+                }
+            }
+        }
+        if how != RenameMode::Exchange && dst.is_none() && cross && src_is_dir {
+            let d = dg_own.as_ref().expect("cross rename holds the destination");
+            if d.attr.nlink >= LINK_MAX {
+                return Err(Error::TooManyLinks);
+            }
+        }
+
+        let now = Timespec::now();
+        let mut tx = Tx::new();
+        let src_dtype = src.dtype;
+        match how {
+            RenameMode::Exchange => {
+                let d = dst.expect("checked above");
+                let dcg = dcg.as_mut().expect("exchange holds both");
+                // Point each name at the other inode.
+                let (e1, h1) = sg.dir_mut()?.retarget(name, d.ino, d.dtype).expect("present");
+                tx.put(self.dir_off(&sg, e1.pos)?, &h1);
+                let dg = dg_own.as_deref_mut().unwrap_or(&mut sg);
+                let (e2, h2) = dg.dir_mut()?.retarget(newname, src.ino, src_dtype).expect("present");
+                tx.put(self.dir_off(dg, e2.pos)?, &h2);
+                if cross {
+                    let dg = dg_own.as_deref_mut().expect("cross");
+                    let s_dir = scg.is_dir();
+                    let d_dir = dcg.is_dir();
+                    if s_dir {
+                        scg.attr.parent = newparent;
+                    }
+                    if d_dir {
+                        dcg.attr.parent = parent;
+                    }
+                    match (s_dir, d_dir) {
+                        (true, false) => {
+                            sg.attr.nlink -= 1;
+                            dg.attr.nlink += 1;
+                        }
+                        (false, true) => {
+                            sg.attr.nlink += 1;
+                            dg.attr.nlink -= 1;
+                        }
+                        _ => {}
+                    }
+                }
+                dcg.attr.ctime = now;
+                dcg.log_attr(&geo, &mut tx);
+            }
+            RenameMode::Replace | RenameMode::NoReplace => {
+                // The new name first: adding may fail (ENOSPC) and must leave nothing changed.
+                {
+                    let dg = dg_own.as_deref_mut().unwrap_or(&mut sg);
+                    match dst {
+                        Some(_) => {
+                            let (e, h) = dg.dir_mut()?.retarget(newname, src.ino, src_dtype).expect("present");
+                            tx.put(self.dir_off(dg, e.pos)?, &h);
+                        }
+                        None => {
+                            self.add_entry(dg, newname, src.ino, src_dtype, &mut tx)?;
+                        }
+                    }
+                }
+                let (removed, zeros) = sg.dir_mut()?.remove(name).expect("present");
+                tx.put(self.dir_off(&sg, removed.pos)?, &zeros);
+                let dg = dg_own.as_deref_mut().unwrap_or(&mut sg);
+                if let Some(v) = dcg.as_mut() {
+                    if v.is_dir() {
+                        v.attr.nlink = 0;
+                        dg.attr.nlink -= 1;
+                    } else {
+                        v.attr.nlink -= 1;
+                    }
+                    v.attr.ctime = now;
+                    if v.attr.nlink == 0 && v.open == 0 {
+                        v.log_free(&geo, &mut tx);
+                    } else {
+                        v.log_attr(&geo, &mut tx);
+                    }
+                }
+                if src_is_dir && cross {
+                    scg.attr.parent = newparent;
+                    sg.attr.nlink -= 1;
+                    dg_own.as_deref_mut().expect("cross").attr.nlink += 1;
+                }
+            }
+        }
+        scg.attr.ctime = now;
+        scg.log_attr(&geo, &mut tx);
+        sg.attr.mtime = now;
+        sg.attr.ctime = now;
+        sg.log_attr(&geo, &mut tx);
+        if let Some(d) = dg_own.as_deref_mut() {
+            d.attr.mtime = now;
+            d.attr.ctime = now;
+            d.log_attr(&geo, &mut tx);
+        }
+        let head = self.commit_for(&mut sg, &tx, self.inner.dev.fence())?;
+        if let Some(d) = dg_own.as_deref_mut() {
+            d.logged_at = head;
+        }
+        scg.logged_at = head;
+        sc.parent.store(scg.attr.parent, Ordering::Release);
+        if let (Some(v), Some(dcn)) = (dcg.as_mut(), dc.as_ref()) {
+            v.logged_at = head;
+            dcn.parent.store(v.attr.parent, Ordering::Release);
+            if how != RenameMode::Exchange && v.attr.nlink == 0 && v.open == 0 {
+                self.forget_freed(v, head);
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether directory `a` is `b` or one of its ancestors (walks `b`'s parent pointers; the
+    /// caller holds the rename lock, so they do not move).
+    fn is_ancestor(&self, a: u64, b: u64) -> Result<bool> {
+        let mut at = b;
+        for _ in 0..=self.inner.geo.inode_count {
+            if at == a {
+                return Ok(true);
+            }
+            if at == ROOT_INO {
+                return Ok(false);
+            }
+            at = self.node(at)?.parent.load(Ordering::Acquire);
+        }
+        Err(Error::Corrupt { what: "directory parent loop", at: self.inner.geo.inode_at(b) })
+    }
+
+    /// Entries of directory `ino` after `cookie` (0 from the start), without "." and "..".
+    pub fn readdir(&self, ino: u64, cookie: u64) -> Result<Vec<DirEntry>> {
+        let n = self.node(ino)?;
+        let g = rd(&n.inode);
+        let dir = g.dir()?;
+        let after = cookie.checked_sub(1);
+        Ok(dir
+            .entries_after(after)
+            .map(|(name, e)| DirEntry { name: name.to_vec(), ino: e.ino, dtype: e.dtype, cookie: e.pos + 1 })
+            .collect())
+    }
+
+    /// Changes attributes; `size` truncates or extends (SPEC §4). Returns the new attributes.
+    pub fn setattr(&self, ino: u64, set: &SetAttr) -> Result<Stat> {
+        if let Some(size) = set.size {
+            self.truncate(ino, size)?;
+        }
+        let geo = self.inner.geo;
+        let n = self.node(ino)?;
+        let mut g = wr(&n.inode);
+        if set.mode.is_none() && set.uid.is_none() && set.gid.is_none() && set.atime.is_none() && set.mtime.is_none() {
+            return Ok(self.stat_of(&g));
+        }
+        let now = Timespec::now();
+        if let Some(m) = set.mode {
+            g.attr.mode = (g.attr.mode & mode::S_IFMT) | (m & 0o7777);
+        }
+        if let Some(u) = set.uid {
+            g.attr.uid = u;
+        }
+        if let Some(gid) = set.gid {
+            g.attr.gid = gid;
+        }
+        let pick = |t: SetTime| match t {
+            SetTime::Now => now,
+            SetTime::At(t) => t,
+        };
+        if let Some(t) = set.atime {
+            g.attr.atime = pick(t);
+        }
+        if let Some(t) = set.mtime {
+            g.attr.mtime = pick(t);
+        }
+        g.attr.ctime = now;
+        let mut tx = Tx::new();
+        g.log_attr(&geo, &mut tx);
+        self.commit_for(&mut g, &tx, self.inner.dev.fence())?;
+        Ok(self.stat_of(&g))
+    }
+
+    /// Marks `ino` open (an unlinked inode lives until its last close).
+    pub fn open_ino(&self, ino: u64) -> Result<Stat> {
+        let n = self.node(ino)?;
+        let mut g = wr(&n.inode);
+        g.open += 1;
+        Ok(self.stat_of(&g))
+    }
+
+    /// Closes one open of `ino`, freeing it if it was the last and the inode has no links.
+    pub fn release(&self, ino: u64) -> Result<()> {
+        let n = self.node(ino)?;
+        let mut g = wr(&n.inode);
+        g.open = g.open.saturating_sub(1);
+        if g.open == 0 && g.attr.nlink == 0 {
+            self.free_inode(&mut g)?;
+        }
+        Ok(())
+    }
+
+    /// Every in-use inode number (for fsck and tests).
+    pub fn inode_numbers(&self) -> Vec<u64> {
+        let mut v: Vec<u64> = rd(&self.inner.nodes).keys().copied().collect();
+        v.sort_unstable();
+        v
+    }
+}
+
+/// Indexes a directory's entries from its blocks.
+fn load_dir(dev: &Device, geo: &Geometry, inode: &Inode) -> Result<DirIndex> {
+    let bs = geo.block_size;
+    let at = geo.inode_at(inode.ino);
+    let size = inode.attr.size;
+    if size % bs != 0 {
+        return Err(Error::Corrupt { what: "directory size", at: at + 16 });
+    }
+    let mut data = vec![0u8; size as usize];
+    for p in inode.ext.pieces(0, size / bs) {
+        match p {
+            Piece::Mapped(e) if e.state == State::Written => {
+                let start = (e.logical * bs) as usize;
+                dev.read(geo.block_at(e.physical), &mut data[start..start + (e.len * bs) as usize])?;
+            }
+            _ => return Err(Error::Corrupt { what: "directory data not mapped", at: at + 128 }),
+        }
+    }
+    if inode.ext.iter().any(|e| e.end() * bs > size) {
+        return Err(Error::Corrupt { what: "directory extent past its size", at: at + 128 });
+    }
+    let blocks = data.chunks(bs as usize).enumerate().map(|(i, b)| (i as u64 * bs, b));
+    DirIndex::load(blocks, size, geo.inode_count, |pos| at + pos)
+}
+
+fn uuid_from(t: Timespec) -> [u8; 16] {
+    let mut u = [0u8; 16];
+    let a = crc32c::crc32c(&t.sec.to_le_bytes()) as u64;
+    let b = u64::from(std::process::id()) ^ u64::from(t.nsec) << 32;
+    u[..8].copy_from_slice(&(a << 32 | u64::from(t.nsec)).to_le_bytes());
+    u[8..].copy_from_slice(&b.to_le_bytes());
+    u
+}

@@ -1,0 +1,298 @@
+//! Inodes: attributes in memory and on the medium, and the table of free inode numbers.
+//!
+//! Every in-use inode is loaded at mount: its attributes, its extent map and, for directories,
+//! the name index. Changes are logged as the 128 attribute bytes of the slot (plus extent-slot
+//! and directory-entry entries made by their own modules).
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use zerocopy::IntoBytes;
+
+use crate::device::Device;
+use crate::dir::DirIndex;
+use crate::error::{Error, Result};
+use crate::extent::ExtentMap;
+use crate::journal::Tx;
+use crate::layout::{mode, Geometry, RawInode, RawTime, INODE_ATTR_LEN};
+
+/// A point in time with nanoseconds, as stat(2) reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, serde::Serialize)]
+pub struct Timespec {
+    pub sec: i64,
+    pub nsec: u32,
+}
+
+impl Timespec {
+    pub fn now() -> Timespec {
+        match SystemTime::now().duration_since(UNIX_EPOCH) {
+            Ok(d) => Timespec { sec: d.as_secs() as i64, nsec: d.subsec_nanos() },
+            Err(e) => {
+                let d = e.duration();
+                let (sec, nsec) = if d.subsec_nanos() == 0 {
+                    (-(d.as_secs() as i64), 0)
+                } else {
+                    (-(d.as_secs() as i64) - 1, 1_000_000_000 - d.subsec_nanos())
+                };
+                Timespec { sec, nsec }
+            }
+        }
+    }
+
+    pub fn from_system(t: SystemTime) -> Timespec {
+        match t.duration_since(UNIX_EPOCH) {
+            Ok(d) => Timespec { sec: d.as_secs() as i64, nsec: d.subsec_nanos() },
+            Err(_) => Timespec::default(),
+        }
+    }
+
+    pub(crate) fn raw(self) -> RawTime {
+        RawTime { sec: self.sec.into(), nsec: self.nsec.into(), reserved: 0.into() }
+    }
+
+    fn decode(r: &RawTime, at: u64) -> Result<Timespec> {
+        if r.nsec.get() >= 1_000_000_000 {
+            return Err(Error::Corrupt { what: "inode timestamp nanoseconds", at });
+        }
+        Ok(Timespec { sec: r.sec.get(), nsec: r.nsec.get() })
+    }
+}
+
+/// The attributes of an inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attr {
+    pub mode: u32,
+    pub nlink: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    pub generation: u32,
+    pub mtime: Timespec,
+    pub ctime: Timespec,
+    pub atime: Timespec,
+    pub crtime: Timespec,
+    pub rdev: u64,
+    pub parent: u64,
+}
+
+impl Attr {
+    pub fn new(mode: u32, uid: u32, gid: u32, generation: u32) -> Attr {
+        let now = Timespec::now();
+        Attr {
+            mode,
+            nlink: if mode::is_dir(mode) { 2 } else { 1 },
+            uid,
+            gid,
+            size: 0,
+            generation,
+            mtime: now,
+            ctime: now,
+            atime: now,
+            crtime: now,
+            rdev: 0,
+            parent: 0,
+        }
+    }
+}
+
+/// A loaded inode.
+#[derive(Debug)]
+pub struct Inode {
+    pub ino: u64,
+    pub attr: Attr,
+    pub ext: ExtentMap,
+    pub dir: Option<DirIndex>,
+    /// Open handles; an unlinked inode is freed at the last close.
+    pub open: u32,
+    /// Journal position after the last record that logged this inode's attributes; in-place
+    /// attribute stores wait for the checkpoint to pass it (DESIGN.md §In-place updates).
+    pub logged_at: u64,
+}
+
+impl Inode {
+    pub fn new(ino: u64, attr: Attr, geo: &Geometry) -> Inode {
+        let dir = mode::is_dir(attr.mode).then(DirIndex::default);
+        Inode { ino, attr, ext: ExtentMap::empty(geo.inode_at(ino)), dir, open: 0, logged_at: 0 }
+    }
+
+    /// Decodes slot `ino`; `Ok(None)` for a free slot. Every field is checked; directory
+    /// contents are indexed separately (they need the extent map first).
+    pub fn load(dev: &Device, geo: &Geometry, ino: u64) -> Result<Option<Inode>> {
+        let at = geo.inode_at(ino);
+        let raw: RawInode = dev.read_obj(at)?;
+        let m = raw.mode.get();
+        if m == 0 {
+            return Ok(None);
+        }
+        if !mode::is_valid_type(m) || m & !(mode::S_IFMT | 0o7777) != 0 {
+            return Err(Error::Corrupt { what: "inode mode", at });
+        }
+        if raw.size.get() > crate::MAX_FILE_SIZE {
+            return Err(Error::Corrupt { what: "inode size", at: at + 16 });
+        }
+        if raw.flags.get() != 0 || raw.xattr.get() != 0 {
+            return Err(Error::Corrupt { what: "inode flags", at: at + 28 });
+        }
+        let parent = raw.parent.get();
+        if mode::is_dir(m) && (parent == 0 || parent > geo.inode_count) {
+            return Err(Error::Corrupt { what: "directory parent", at: at + 104 });
+        }
+        let attr = Attr {
+            mode: m,
+            nlink: raw.nlink.get(),
+            uid: raw.uid.get(),
+            gid: raw.gid.get(),
+            size: raw.size.get(),
+            generation: raw.generation.get(),
+            mtime: Timespec::decode(&raw.mtime, at + 32)?,
+            ctime: Timespec::decode(&raw.ctime, at + 48)?,
+            atime: Timespec::decode(&raw.atime, at + 64)?,
+            crtime: Timespec::decode(&raw.crtime, at + 80)?,
+            rdev: raw.rdev.get(),
+            parent,
+        };
+        let ext = ExtentMap::load(dev, geo, &raw, ino, at)?;
+        if !mode::has_data(m) && !ext.is_empty() {
+            return Err(Error::Corrupt { what: "extents on a special file", at: at + 128 });
+        }
+        Ok(Some(Inode { ino, attr, ext, dir: None, open: 0, logged_at: 0 }))
+    }
+
+    fn raw(&self) -> RawInode {
+        let a = &self.attr;
+        let mut r = RawInode {
+            mode: a.mode.into(),
+            nlink: a.nlink.into(),
+            uid: a.uid.into(),
+            gid: a.gid.into(),
+            size: a.size.into(),
+            generation: a.generation.into(),
+            flags: 0.into(),
+            mtime: a.mtime.raw(),
+            ctime: a.ctime.raw(),
+            atime: a.atime.raw(),
+            crtime: a.crtime.raw(),
+            rdev: a.rdev.into(),
+            parent: a.parent.into(),
+            ext_next: self.ext.first_block().into(),
+            xattr: 0.into(),
+            extents: Default::default(),
+            reserved: [0; 8],
+        };
+        r.extents = Default::default();
+        r
+    }
+
+    /// Logs the attribute half of the slot.
+    pub fn log_attr(&self, geo: &Geometry, tx: &mut Tx) {
+        tx.put(geo.inode_at(self.ino), &self.raw().as_bytes()[..INODE_ATTR_LEN]);
+    }
+
+    /// Logs the whole slot of a new inode (clearing whatever a previous owner left in it).
+    pub fn log_new(&self, geo: &Geometry, tx: &mut Tx) {
+        tx.put_obj(geo.inode_at(self.ino), &self.raw());
+    }
+
+    /// Logs the slot as free.
+    pub fn log_free(&self, geo: &Geometry, tx: &mut Tx) {
+        // Keep the generation so the next owner of the slot gets a higher one.
+        let mut r = RawInode { mode: 0.into(), nlink: 0.into(), ..self.raw() };
+        r.size = 0.into();
+        r.ext_next = 0.into();
+        tx.put(geo.inode_at(self.ino), &r.as_bytes()[..INODE_ATTR_LEN]);
+    }
+
+    /// 512-byte units allocated, as stat(2) counts them.
+    pub fn blocks_512(&self, geo: &Geometry) -> u64 {
+        self.ext.owned_blocks() * geo.block_size / 512
+    }
+
+    pub fn is_dir(&self) -> bool {
+        mode::is_dir(self.attr.mode)
+    }
+
+    pub fn dir(&self) -> Result<&DirIndex> {
+        self.dir.as_ref().ok_or(Error::NotDir)
+    }
+
+    pub fn dir_mut(&mut self) -> Result<&mut DirIndex> {
+        self.dir.as_mut().ok_or(Error::NotDir)
+    }
+}
+
+/// Free inode numbers: a bitmap rebuilt at mount.
+#[derive(Debug)]
+pub struct InodeTable {
+    used: Vec<u64>,
+    count: u64,
+    free: u64,
+    hint: usize,
+    /// Generation of each freed slot's last owner, so reuse bumps it.
+    generations: std::collections::HashMap<u64, u32>,
+}
+
+impl InodeTable {
+    pub fn new(count: u64) -> InodeTable {
+        InodeTable {
+            used: vec![0; count.div_ceil(64) as usize],
+            count,
+            free: count,
+            hint: 0,
+            generations: Default::default(),
+        }
+    }
+
+    pub fn mark_used(&mut self, ino: u64) {
+        let i = ino - 1;
+        let w = &mut self.used[(i / 64) as usize];
+        if *w & (1 << (i % 64)) == 0 {
+            *w |= 1 << (i % 64);
+            self.free -= 1;
+        }
+    }
+
+    pub fn remember_generation(&mut self, ino: u64, generation: u32) {
+        if generation != 0 {
+            self.generations.insert(ino, generation);
+        }
+    }
+
+    /// Takes the lowest free inode number at or after the hint; returns it with the generation
+    /// its new owner gets.
+    pub fn alloc(&mut self) -> Result<(u64, u32)> {
+        if self.free == 0 {
+            return Err(Error::NoInodes);
+        }
+        let n = self.used.len();
+        for k in 0..n {
+            let wi = (self.hint + k) % n;
+            let w = self.used[wi];
+            if w != u64::MAX {
+                let bit = (!w).trailing_zeros() as u64;
+                let ino = wi as u64 * 64 + bit + 1;
+                if ino > self.count {
+                    continue;
+                }
+                self.hint = wi;
+                self.mark_used(ino);
+                let generation = self.generations.remove(&ino).map_or(1, |g| g.wrapping_add(1).max(1));
+                return Ok((ino, generation));
+            }
+        }
+        Err(Error::NoInodes)
+    }
+
+    pub fn release(&mut self, ino: u64, generation: u32) {
+        let i = ino - 1;
+        let w = &mut self.used[(i / 64) as usize];
+        if *w & (1 << (i % 64)) != 0 {
+            *w &= !(1 << (i % 64));
+            self.free += 1;
+            self.generations.insert(ino, generation);
+            self.hint = self.hint.min((i / 64) as usize);
+        }
+    }
+
+    pub fn free_count(&self) -> u64 {
+        self.free
+    }
+}

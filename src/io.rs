@@ -1,0 +1,261 @@
+//! The data path: read, write and truncate, copying straight between the caller and the device.
+//!
+//! A write that only overwrites written blocks inside the file stores the data (non-temporal),
+//! stores mtime/ctime in place, and fences once. A write that needs blocks (holes, unwritten
+//! extents, growth) fills every new block whole — its data and zeros around it — fences, and
+//! only then commits the transaction that links the blocks and sets the size (SPEC §3.3).
+
+use crate::alloc::Run;
+use crate::error::{Error, Result};
+use crate::extent::{Extent, ExtentMap, Piece, State};
+use crate::fs::{rd, wr, Fs};
+use crate::inode::{Inode, Timespec};
+use crate::journal::Tx;
+use crate::layout::INODE_TIMES_OFF;
+use crate::MAX_FILE_SIZE;
+
+/// Largest part of one write committed as one transaction; longer writes are a series, so a
+/// full device cuts them short at a chunk boundary (a short write, as on Linux).
+const WRITE_CHUNK: usize = 8 << 20;
+
+impl Fs {
+    /// Reads up to `buf.len()` bytes at `off`; stops at EOF. Holes and unwritten extents read
+    /// as zeros.
+    pub fn read(&self, ino: u64, off: u64, buf: &mut [u8]) -> Result<usize> {
+        let n = self.node(ino)?;
+        let g = rd(&n.inode);
+        if g.is_dir() {
+            return Err(Error::IsDir);
+        }
+        self.read_locked(&g, off, buf)
+    }
+
+    pub(crate) fn read_locked(&self, g: &Inode, off: u64, buf: &mut [u8]) -> Result<usize> {
+        let size = g.attr.size;
+        if off >= size || buf.is_empty() {
+            return Ok(0);
+        }
+        let len = (buf.len() as u64).min(size - off);
+        let end = off + len;
+        let geo = &self.inner.geo;
+        let bs = geo.block_size;
+        let first = off / bs;
+        let last = (end - 1) / bs;
+        for p in g.ext.pieces(first, last - first + 1) {
+            let (logical, plen) = match p {
+                Piece::Hole { logical, len } => (logical, len),
+                Piece::Mapped(e) => (e.logical, e.len),
+            };
+            let s = (logical * bs).max(off);
+            let e = ((logical + plen) * bs).min(end);
+            let dst = &mut buf[(s - off) as usize..(e - off) as usize];
+            match p {
+                Piece::Mapped(x) if x.state == State::Written => {
+                    self.inner.dev.read(geo.block_at(x.physical) + (s - logical * bs), dst)?;
+                }
+                _ => dst.fill(0),
+            }
+        }
+        Ok(len as usize)
+    }
+
+    /// Writes `data` at `off` (growing the file past EOF); durable on return. Returns the
+    /// bytes written, short only when the device filled after some of them.
+    pub fn write(&self, ino: u64, off: u64, data: &[u8]) -> Result<usize> {
+        self.write_impl(ino, Some(off), data)
+    }
+
+    /// Appends `data` at EOF atomically with respect to other writers (O_APPEND).
+    pub fn append(&self, ino: u64, data: &[u8]) -> Result<usize> {
+        self.write_impl(ino, None, data)
+    }
+
+    fn write_impl(&self, ino: u64, off: Option<u64>, data: &[u8]) -> Result<usize> {
+        let n = self.node(ino)?;
+        let mut g = wr(&n.inode);
+        if g.is_dir() {
+            return Err(Error::IsDir);
+        }
+        let off = off.unwrap_or(g.attr.size);
+        if off.checked_add(data.len() as u64).is_none_or(|e| e > MAX_FILE_SIZE) {
+            return Err(Error::FileTooBig);
+        }
+        let mut done = 0;
+        while done < data.len() {
+            let n = (data.len() - done).min(WRITE_CHUNK);
+            match self.write_chunk(&mut g, off + done as u64, &data[done..done + n]) {
+                Ok(()) => done += n,
+                Err(Error::NoSpace) if done > 0 => break,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(done)
+    }
+
+    fn write_chunk(&self, g: &mut Inode, off: u64, data: &[u8]) -> Result<()> {
+        let inner = &self.inner;
+        let geo = inner.geo;
+        let dev = &inner.dev;
+        let bs = geo.block_size;
+        let end = off + data.len() as u64;
+        let first = off / bs;
+        let last = (end - 1) / bs;
+        let pieces = g.ext.pieces(first, last - first + 1);
+        let need: u64 = pieces.iter().map(|p| if let Piece::Hole { len, .. } = p { *len } else { 0 }).sum();
+        let unwritten = pieces.iter().filter(|p| matches!(p, Piece::Mapped(e) if e.state == State::Unwritten)).count();
+        let metadata = need > 0 || unwritten > 0 || end > g.attr.size;
+
+        let mut tx = Tx::new();
+        let mut runs = if need > 0 { self.alloc_blocks(g.ext.goal_for(first), need)? } else { Vec::new() };
+        if metadata {
+            let holes = pieces.iter().filter(|p| matches!(p, Piece::Hole { .. })).count();
+            let slots = ExtentMap::slots_needed(runs.len() + holes + 2 * unwritten);
+            match self.reserve_slots(g, slots, &mut tx) {
+                Ok(extra) => {
+                    // Overflow blocks are linked by this transaction too.
+                    let _ = extra;
+                }
+                Err(e) => {
+                    self.unreserve(runs);
+                    return Err(e);
+                }
+            }
+        } else {
+            self.ensure_checkpointed(g)?;
+        }
+
+        // Store the data: new blocks whole (data and zeros), written blocks in place.
+        let mut new_exts: Vec<Extent> = Vec::new();
+        let mut converted: Vec<Extent> = Vec::new();
+        let mut queue = runs.drain(..).collect::<std::collections::VecDeque<Run>>();
+        for p in &pieces {
+            match *p {
+                Piece::Mapped(e) if e.state == State::Written => {
+                    let s = (e.logical * bs).max(off);
+                    let t = (e.end() * bs).min(end);
+                    let at = geo.block_at(e.physical) + (s - e.logical * bs);
+                    dev.write(at, &data[(s - off) as usize..(t - off) as usize])?;
+                }
+                Piece::Mapped(e) => {
+                    self.fill_new(e.logical, e.physical, e.len, off, data)?;
+                    converted.push(e);
+                }
+                Piece::Hole { logical, len } => {
+                    let mut l = logical;
+                    let mut left = len;
+                    while left > 0 {
+                        let r = queue.front_mut().expect("allocated as many blocks as the holes hold");
+                        let n = r.len.min(left);
+                        self.fill_new(l, r.start, n, off, data)?;
+                        new_exts.push(Extent { logical: l, physical: r.start, len: n, state: State::Written });
+                        r.start += n;
+                        r.len -= n;
+                        if r.len == 0 {
+                            queue.pop_front();
+                        }
+                        l += n;
+                        left -= n;
+                    }
+                }
+            }
+        }
+        let now = Timespec::now();
+        g.attr.mtime = now;
+        g.attr.ctime = now;
+        if !metadata {
+            // Pure overwrite: times in place (one line, fenced with the data). Safe because
+            // the checkpoint has passed every record that logged this inode.
+            let t = [now.raw(), now.raw()];
+            dev.write(geo.inode_at(g.ino) + INODE_TIMES_OFF, zerocopy::IntoBytes::as_bytes(&t))?;
+            let _ = dev.fence();
+            return Ok(());
+        }
+        for e in new_exts {
+            g.ext.insert(e, &mut tx)?;
+        }
+        for e in converted {
+            g.ext.remove_range(e.logical, e.len, &mut tx)?;
+            g.ext.insert(Extent { state: State::Written, ..e }, &mut tx)?;
+        }
+        g.attr.size = g.attr.size.max(end);
+        g.log_attr(&geo, &mut tx);
+        let content = dev.fence();
+        self.commit_for(g, &tx, content)?;
+        Ok(())
+    }
+
+    /// Fills new blocks `[logical, logical+len)` at device block `physical`: the part of the
+    /// write `(off, data)` that falls in them, zeros around it.
+    fn fill_new(&self, logical: u64, physical: u64, len: u64, off: u64, data: &[u8]) -> Result<()> {
+        let geo = &self.inner.geo;
+        let bs = geo.block_size;
+        let dev = &self.inner.dev;
+        let start = logical * bs;
+        let stop = (logical + len) * bs;
+        let end = off + data.len() as u64;
+        let s = start.max(off);
+        let t = stop.min(end);
+        let base = geo.block_at(physical);
+        if s > start {
+            dev.zero(base, s - start)?;
+        }
+        dev.write(base + (s - start), &data[(s - off) as usize..(t - off) as usize])?;
+        if t < stop {
+            dev.zero(base + (t - start), stop - t)?;
+        }
+        Ok(())
+    }
+
+    /// Sets the size of a regular file (SPEC §4): down zeroes the tail of the new last block and
+    /// frees whole blocks past it; up leaves `[old EOF, new EOF)` reading zero.
+    pub fn truncate(&self, ino: u64, size: u64) -> Result<()> {
+        if size > MAX_FILE_SIZE {
+            return Err(Error::FileTooBig);
+        }
+        let geo = self.inner.geo;
+        let dev = &self.inner.dev;
+        let bs = geo.block_size;
+        let n = self.node(ino)?;
+        let mut g = wr(&n.inode);
+        if g.is_dir() {
+            return Err(Error::IsDir);
+        }
+        if !crate::layout::mode::is_reg(g.attr.mode) {
+            return Err(Error::InvalidArgument("only regular files can be truncated"));
+        }
+        let mut tx = Tx::new();
+        let mut freed = Vec::new();
+        if size < g.attr.size {
+            if size % bs != 0 {
+                if let Some(Piece::Mapped(e)) = g.ext.pieces(size / bs, 1).first() {
+                    if e.state == State::Written {
+                        dev.zero(geo.block_at(e.physical) + size % bs, bs - size % bs)?;
+                    }
+                }
+            }
+            let keep = size.div_ceil(bs);
+            if let Some(last) = g.ext.last().map(|e| e.end()) {
+                if last > keep {
+                    // Cutting extents only shortens or removes them: no new slot is needed.
+                    freed = g.ext.remove_range(keep, last - keep, &mut tx)?;
+                }
+            }
+        }
+        let now = Timespec::now();
+        g.attr.size = size;
+        g.attr.mtime = now;
+        g.attr.ctime = now;
+        g.log_attr(&geo, &mut tx);
+        let content = dev.fence();
+        let head = self.commit_for(&mut g, &tx, content)?;
+        self.free_after(head, freed.iter().map(|e| Run { start: e.physical, len: e.len }).collect());
+        Ok(())
+    }
+
+    /// Makes a file's data and metadata durable across power loss (every return is already
+    /// durable against a process crash).
+    pub fn fsync(&self, ino: u64) -> Result<()> {
+        self.node(ino)?;
+        self.sync()
+    }
+}

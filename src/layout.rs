@@ -1,0 +1,420 @@
+//! On-media format v1: plain little-endian structs with fixed sizes, and the geometry that places
+//! them. Byte tables and the reasoning behind them: DESIGN.md §Format.
+//!
+//! ```text
+//! 0            4 KiB              8 KiB               8 KiB+J        inode_off       data_start*B
+//! | superblock | journal header   | journal ring (J) | pad          | inode table   | data blocks …
+//! ```
+//!
+//! Only the superblock carries a checksum of its own (it never changes after mkfs); every other
+//! structure is changed through the journal, whose records are checksummed.
+
+use zerocopy::little_endian::{I64, U16, U32, U64};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
+use crate::error::{Error, Result};
+
+pub const MAGIC: [u8; 8] = *b"udaxFS\x00\x01";
+pub const VERSION: u32 = 1;
+/// Feature-flag words: a reader refuses an image with an incompat bit it does not know, opens
+/// read-only one with an unknown ro_compat bit, and ignores unknown compat bits.
+pub const FEATURES_COMPAT_KNOWN: u64 = 0;
+pub const FEATURES_INCOMPAT_KNOWN: u64 = 0;
+pub const FEATURES_RO_COMPAT_KNOWN: u64 = 0;
+
+pub const SUPERBLOCK_OFF: u64 = 0;
+pub const JOURNAL_HEADER_OFF: u64 = 4096;
+pub const JOURNAL_RING_OFF: u64 = 8192;
+pub const INODE_SIZE: u64 = 256;
+pub const ROOT_INO: u64 = 1;
+pub const NAME_MAX: usize = 255;
+pub const SYMLINK_MAX: usize = 4095;
+pub const BLOCK_SIZES: [u32; 3] = [1024, 2048, 4096];
+/// The data area starts 2 MiB-aligned on images big enough, so 2 MiB mappings are possible.
+pub const HUGE: u64 = 2 << 20;
+
+/// Superblock, 256 bytes at offset 0. Never rewritten after mkfs.
+#[repr(C)]
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug)]
+pub struct RawSuperblock {
+    pub magic: [u8; 8],
+    pub version: U32,
+    pub block_size: U32,
+    pub features_compat: U64,
+    pub features_incompat: U64,
+    pub features_ro_compat: U64,
+    pub size_bytes: U64,
+    pub journal_len: U64,
+    pub inode_off: U64,
+    pub inode_count: U64,
+    pub data_start: U64,
+    pub data_blocks: U64,
+    pub root_ino: U64,
+    pub mkfs_time: I64,
+    pub uuid: [u8; 16],
+    pub label: [u8; 32],
+    pub reserved: [u8; 100],
+    pub crc: U32,
+}
+const _: () = assert!(core::mem::size_of::<RawSuperblock>() == 256);
+
+/// Journal header, 64 bytes at 4 KiB. `checkpoint` is changed by one 8-byte atomic store.
+#[repr(C)]
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug)]
+pub struct RawJournalHeader {
+    pub magic: U64,
+    pub checkpoint: U64,
+    pub reserved: [u8; 48],
+}
+const _: () = assert!(core::mem::size_of::<RawJournalHeader>() == 64);
+pub const JOURNAL_MAGIC: u64 = 0x6c6e_726a_7864_7501; // "\x01udxjrnl"
+
+/// Journal record header, 32 bytes; records are 64-byte aligned in the ring.
+#[repr(C)]
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug)]
+pub struct RawRecordHeader {
+    pub magic: U32,
+    /// crc32c of the whole record with this field zero.
+    pub crc: U32,
+    /// Log position of this record (monotonic bytes; ring offset = pos % ring length).
+    pub pos: U64,
+    /// Total record length in bytes, header included, a multiple of 64.
+    pub len: U32,
+    pub entries: U32,
+    pub reserved: U64,
+}
+const _: () = assert!(core::mem::size_of::<RawRecordHeader>() == 32);
+pub const RECORD_MAGIC: u32 = 0x5244_5855; // "UXDR"
+
+/// One redo entry of a record: `len` bytes to write at device offset `off`, padded to 8.
+#[repr(C)]
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug)]
+pub struct RawEntryHeader {
+    pub off: U64,
+    pub len: U32,
+    pub reserved: U32,
+}
+const _: () = assert!(core::mem::size_of::<RawEntryHeader>() == 16);
+
+/// A timestamp: seconds since the epoch and nanoseconds.
+#[repr(C)]
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, Default)]
+pub struct RawTime {
+    pub sec: I64,
+    pub nsec: U32,
+    pub reserved: U32,
+}
+const _: () = assert!(core::mem::size_of::<RawTime>() == 16);
+
+/// Inline extent slots in an inode.
+pub const INLINE_EXTENTS: usize = 5;
+
+/// Inode, 256 bytes. Bytes 0..128 are the attributes (one journal entry when they change); the
+/// rest are the inline extent slots. mtime and ctime share the first cache line with size so the
+/// overwrite path writes back one line.
+#[repr(C)]
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug)]
+pub struct RawInode {
+    pub mode: U32,
+    pub nlink: U32,
+    pub uid: U32,
+    pub gid: U32,
+    pub size: U64,
+    /// Bumped each time the slot is reused, so (ino, generation) names one file forever.
+    pub generation: U32,
+    pub flags: U32,
+    pub mtime: RawTime,
+    pub ctime: RawTime,
+    pub atime: RawTime,
+    pub crtime: RawTime,
+    pub rdev: U64,
+    /// Directories: the parent directory's inode number.
+    pub parent: U64,
+    /// First overflow extent block (block number), 0 when none.
+    pub ext_next: U64,
+    /// Reserved for the extended-attribute block; 0 in v1.
+    pub xattr: U64,
+    pub extents: [RawExtent; INLINE_EXTENTS],
+    pub reserved: [u8; 8],
+}
+const _: () = assert!(core::mem::size_of::<RawInode>() == INODE_SIZE as usize);
+pub const INODE_ATTR_LEN: usize = 128;
+pub const INODE_EXTENTS_OFF: u64 = 128;
+/// Offset of mtime within the inode; mtime and ctime are 32 contiguous bytes.
+pub const INODE_TIMES_OFF: u64 = 32;
+
+/// Extent record, 24 bytes. All-zero means an empty slot.
+#[repr(C)]
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RawExtent {
+    /// First file block.
+    pub logical: U64,
+    /// First device block.
+    pub physical: U64,
+    /// Length in blocks.
+    pub len: U32,
+    pub flags: U32,
+}
+const _: () = assert!(core::mem::size_of::<RawExtent>() == 24);
+pub const EXTENT_IN_USE: u32 = 1;
+pub const EXTENT_UNWRITTEN: u32 = 2;
+pub const EXTENT_SIZE: u64 = 24;
+
+/// Header of an overflow extent block; slots follow at byte 32.
+#[repr(C)]
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug)]
+pub struct RawExtentBlockHeader {
+    pub magic: U32,
+    pub reserved0: U32,
+    /// Inode that owns the block (fsck cross-checks it).
+    pub owner: U64,
+    /// Next overflow block, 0 at the end of the chain.
+    pub next: U64,
+    pub reserved: U64,
+}
+const _: () = assert!(core::mem::size_of::<RawExtentBlockHeader>() == 32);
+pub const EXTENT_BLOCK_MAGIC: u32 = 0x4b4c_4258; // "XBLK"
+pub const EXTENT_BLOCK_HEADER: u64 = 32;
+/// Offset of `next` within an extent block.
+pub const EXTENT_BLOCK_NEXT_OFF: u64 = 16;
+
+/// Directory entry header, 16 bytes, followed by the name; an entry fills `units` 32-byte units
+/// and never crosses a block boundary. `ino == 0` is a free unit.
+#[repr(C)]
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug)]
+pub struct RawDirent {
+    pub ino: U64,
+    pub name_len: U16,
+    pub file_type: u8,
+    pub units: u8,
+    pub reserved: U32,
+}
+const _: () = assert!(core::mem::size_of::<RawDirent>() == 16);
+pub const DIRENT_UNIT: u64 = 32;
+pub const DIRENT_HEADER: usize = 16;
+
+/// Units an entry with a name of `name_len` bytes fills.
+pub fn dirent_units(name_len: usize) -> u64 {
+    (DIRENT_HEADER + name_len).div_ceil(DIRENT_UNIT as usize) as u64
+}
+
+/// File type bits of `mode`, as in stat(2).
+pub mod mode {
+    pub const S_IFMT: u32 = 0o170000;
+    pub const S_IFREG: u32 = 0o100000;
+    pub const S_IFDIR: u32 = 0o040000;
+    pub const S_IFLNK: u32 = 0o120000;
+    pub const S_IFIFO: u32 = 0o010000;
+    pub const S_IFCHR: u32 = 0o020000;
+    pub const S_IFBLK: u32 = 0o060000;
+    pub const S_IFSOCK: u32 = 0o140000;
+
+    pub fn is_valid_type(m: u32) -> bool {
+        matches!(m & S_IFMT, S_IFREG | S_IFDIR | S_IFLNK | S_IFIFO | S_IFCHR | S_IFBLK | S_IFSOCK)
+    }
+    pub fn is_dir(m: u32) -> bool {
+        m & S_IFMT == S_IFDIR
+    }
+    pub fn is_reg(m: u32) -> bool {
+        m & S_IFMT == S_IFREG
+    }
+    pub fn is_symlink(m: u32) -> bool {
+        m & S_IFMT == S_IFLNK
+    }
+    /// Types that own data blocks.
+    pub fn has_data(m: u32) -> bool {
+        matches!(m & S_IFMT, S_IFREG | S_IFDIR | S_IFLNK)
+    }
+    /// The directory-entry type byte (DT_* of readdir).
+    pub fn dtype(m: u32) -> u8 {
+        ((m & S_IFMT) >> 12) as u8
+    }
+}
+
+/// Where everything is, derived from a checked superblock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Geometry {
+    pub size_bytes: u64,
+    pub block_size: u64,
+    pub journal_len: u64,
+    pub inode_off: u64,
+    pub inode_count: u64,
+    pub data_start: u64,
+    pub data_blocks: u64,
+}
+
+impl Geometry {
+    /// Lays out an image of `size_bytes` with `block_size` and `inode_count` inodes (0 picks one
+    /// inode per 16 KiB), and a journal of `journal_len` bytes (0 picks by size).
+    pub fn plan(size_bytes: u64, block_size: u32, inode_count: u64, journal_len: u64) -> Result<Geometry> {
+        if !BLOCK_SIZES.contains(&block_size) {
+            return Err(Error::InvalidArgument("block size must be 1024, 2048 or 4096"));
+        }
+        let bs = u64::from(block_size);
+        let journal_len = if journal_len == 0 {
+            (size_bytes / 64).clamp(256 << 10, 16 << 20).next_power_of_two().min(16 << 20)
+        } else {
+            journal_len
+        };
+        if journal_len % 4096 != 0 || journal_len < (64 << 10) {
+            return Err(Error::InvalidArgument("journal size must be a multiple of 4 KiB, at least 64 KiB"));
+        }
+        let inode_count = if inode_count == 0 { (size_bytes / 16384).max(64) } else { inode_count };
+        let inode_off = JOURNAL_RING_OFF + journal_len;
+        let itab_end = inode_off
+            .checked_add(inode_count.checked_mul(INODE_SIZE).ok_or(Error::InvalidArgument("too many inodes"))?)
+            .ok_or(Error::InvalidArgument("too many inodes"))?;
+        let align = if size_bytes >= 64 << 20 { HUGE } else { 4096 };
+        let data_off = itab_end.div_ceil(align) * align;
+        let data_blocks = size_bytes.saturating_sub(data_off) / bs;
+        if data_blocks < 16 {
+            return Err(Error::InvalidArgument("image too small: the metadata leaves fewer than 16 data blocks"));
+        }
+        Ok(Geometry {
+            size_bytes,
+            block_size: bs,
+            journal_len,
+            inode_off,
+            inode_count,
+            data_start: data_off / bs,
+            data_blocks,
+        })
+    }
+
+    /// Checks a superblock and derives the geometry; every field is checked.
+    pub fn from_superblock(sb: &RawSuperblock, device_len: u64) -> Result<Geometry> {
+        if sb.magic != MAGIC {
+            return Err(Error::NotUdax("no udax magic at byte 0".into()));
+        }
+        let at = SUPERBLOCK_OFF;
+        let crc = superblock_crc(sb);
+        if crc != sb.crc.get() {
+            return Err(Error::Corrupt { what: "superblock checksum", at: at + 252 });
+        }
+        if sb.version.get() != VERSION {
+            return Err(Error::Unsupported(format!("format version {} (this udax reads {VERSION})", sb.version)));
+        }
+        let unknown = sb.features_incompat.get() & !FEATURES_INCOMPAT_KNOWN;
+        if unknown != 0 {
+            return Err(Error::Unsupported(format!("incompatible feature flags {unknown:#x}")));
+        }
+        let bs = sb.block_size.get();
+        if !BLOCK_SIZES.contains(&bs) {
+            return Err(Error::Corrupt { what: "superblock block size", at: at + 12 });
+        }
+        let size = sb.size_bytes.get();
+        if size > device_len {
+            return Err(Error::Corrupt { what: "superblock size (image is truncated)", at: at + 40 });
+        }
+        let g = Geometry::plan(size, bs, sb.inode_count.get(), sb.journal_len.get())
+            .map_err(|_| Error::Corrupt { what: "superblock geometry", at: at + 48 })?;
+        if g.inode_off != sb.inode_off.get() {
+            return Err(Error::Corrupt { what: "superblock inode table offset", at: at + 56 });
+        }
+        if g.data_start != sb.data_start.get() || g.data_blocks != sb.data_blocks.get() {
+            return Err(Error::Corrupt { what: "superblock data area", at: at + 72 });
+        }
+        if sb.root_ino.get() != ROOT_INO {
+            return Err(Error::Corrupt { what: "superblock root inode", at: at + 88 });
+        }
+        Ok(g)
+    }
+
+    pub fn superblock(&self, mkfs_time: i64, uuid: [u8; 16], label: &str) -> RawSuperblock {
+        let mut l = [0u8; 32];
+        let n = label.len().min(31);
+        l[..n].copy_from_slice(&label.as_bytes()[..n]);
+        let mut sb = RawSuperblock {
+            magic: MAGIC,
+            version: VERSION.into(),
+            block_size: (self.block_size as u32).into(),
+            features_compat: 0.into(),
+            features_incompat: 0.into(),
+            features_ro_compat: 0.into(),
+            size_bytes: self.size_bytes.into(),
+            journal_len: self.journal_len.into(),
+            inode_off: self.inode_off.into(),
+            inode_count: self.inode_count.into(),
+            data_start: self.data_start.into(),
+            data_blocks: self.data_blocks.into(),
+            root_ino: ROOT_INO.into(),
+            mkfs_time: mkfs_time.into(),
+            uuid,
+            label: l,
+            reserved: [0; 100],
+            crc: 0.into(),
+        };
+        sb.crc = superblock_crc(&sb).into();
+        sb
+    }
+
+    /// Device offset of inode `ino` (1-based).
+    pub fn inode_at(&self, ino: u64) -> u64 {
+        debug_assert!(ino >= 1 && ino <= self.inode_count);
+        self.inode_off + (ino - 1) * INODE_SIZE
+    }
+
+    /// Device offset of block `blk`.
+    pub fn block_at(&self, blk: u64) -> u64 {
+        blk * self.block_size
+    }
+
+    /// First block past the data area.
+    pub fn data_end(&self) -> u64 {
+        self.data_start + self.data_blocks
+    }
+
+    /// Whether `[blk, blk+len)` lies inside the data area.
+    pub fn contains(&self, blk: u64, len: u64) -> bool {
+        len > 0 && blk >= self.data_start && blk.checked_add(len).is_some_and(|e| e <= self.data_end())
+    }
+
+    /// Extent slots in one overflow block.
+    pub fn extents_per_block(&self) -> u64 {
+        (self.block_size - EXTENT_BLOCK_HEADER) / EXTENT_SIZE
+    }
+}
+
+pub fn superblock_crc(sb: &RawSuperblock) -> u32 {
+    crc32c::crc32c(&sb.as_bytes()[..252])
+}
+
+/// Checks a name for a directory entry.
+pub fn check_name(name: &[u8]) -> Result<()> {
+    if name.len() > NAME_MAX {
+        return Err(Error::NameTooLong);
+    }
+    if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0) {
+        return Err(Error::BadName(String::from_utf8_lossy(name).into_owned()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plan_places_regions_in_order() {
+        let g = Geometry::plan(256 << 20, 4096, 0, 0).unwrap();
+        assert!(g.inode_off >= JOURNAL_RING_OFF + g.journal_len);
+        assert_eq!(g.data_start * 4096 % HUGE, 0);
+        assert!(g.data_end() * 4096 <= 256 << 20);
+        let sb = g.superblock(0, [1; 16], "t");
+        assert_eq!(Geometry::from_superblock(&sb, 256 << 20).unwrap(), g);
+        assert!(Geometry::plan(1 << 16, 4096, 0, 0).is_err());
+        assert!(Geometry::plan(64 << 20, 512, 0, 0).is_err());
+    }
+
+    #[test]
+    fn every_superblock_bit_is_covered() {
+        let g = Geometry::plan(16 << 20, 1024, 0, 0).unwrap();
+        let sb = g.superblock(5, [2; 16], "x");
+        for bit in 0..256 * 8 {
+            let mut bytes = sb.as_bytes().to_vec();
+            bytes[bit / 8] ^= 1 << (bit % 8);
+            let bad = RawSuperblock::read_from_bytes(&bytes).unwrap();
+            assert!(Geometry::from_superblock(&bad, 16 << 20).is_err(), "bit {bit} went unnoticed");
+        }
+    }
+}

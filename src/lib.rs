@@ -1,0 +1,45 @@
+//! udax: a crash-consistent direct-access (DAX) file system for persistent and CXL memory, in
+//! user space.
+//!
+//! The device is memory: reads and writes copy straight between the caller's buffer and the
+//! mapped medium, and every metadata change is atomic and durable when the call returns
+//! (a checksummed redo journal, one fence per commit). [`Fs`] is the whole API; the CLI and
+//! other front ends only translate.
+//!
+//! ```
+//! use udax::{Device, Fs, MkfsOptions, OpenOptions};
+//! use std::io::{Read, Write};
+//!
+//! let fs = Fs::mkfs(Device::anonymous(64 << 20)?, &MkfsOptions::default())?;
+//! fs.mkdir_all("/docs", 0o755)?;
+//! let mut f = fs.open("/docs/hello.txt", OpenOptions::create())?;
+//! f.write_all(b"hello, persistent memory")?;   // durable when it returns
+//! let mut back = String::new();
+//! fs.open("/docs/hello.txt", OpenOptions::read_only())?.read_to_string(&mut back)?;
+//! assert_eq!(back, "hello, persistent memory");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+#![deny(unsafe_code)]
+
+pub mod alloc;
+pub mod check;
+#[allow(unsafe_code)]
+pub mod device;
+pub mod dir;
+pub mod error;
+pub mod extent;
+mod file;
+pub mod fs;
+pub mod inode;
+mod io;
+pub mod journal;
+pub mod layout;
+
+pub use device::{Backend, Counters, Device};
+pub use error::{Error, Result};
+pub use file::{File, OpenOptions};
+pub use fs::{Creds, DirEntry, Fs, MkfsOptions, RenameMode, SetAttr, SetTime, Stat, StatFs};
+pub use inode::Timespec;
+
+/// Largest file size udax accepts (16 TiB).
+pub const MAX_FILE_SIZE: u64 = 1 << 44;
