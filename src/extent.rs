@@ -14,8 +14,8 @@ use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::journal::Tx;
 use crate::layout::{
-    Geometry, RawExtent, RawExtentBlockHeader, RawInode, EXTENT_BLOCK_HEADER, EXTENT_BLOCK_MAGIC, EXTENT_BLOCK_NEXT_OFF, EXTENT_IN_USE,
-    EXTENT_SIZE, EXTENT_UNWRITTEN, INLINE_EXTENTS, INODE_EXTENTS_OFF,
+    Geometry, RawExtent, RawExtentBlockHeader, RawInode, EXTENT_BLOCK_HEADER, EXTENT_BLOCK_MAGIC,
+    EXTENT_BLOCK_NEXT_OFF, EXTENT_IN_USE, EXTENT_SIZE, EXTENT_UNWRITTEN, INLINE_EXTENTS, INODE_EXTENTS_OFF,
 };
 
 /// Longest extent one slot can describe.
@@ -91,7 +91,8 @@ pub struct ExtentMap {
 impl ExtentMap {
     /// The map of a fresh inode at `inode_off`: five empty inline slots.
     pub fn empty(inode_off: u64) -> ExtentMap {
-        let free_slots = (0..INLINE_EXTENTS as u64).rev().map(|i| inode_off + INODE_EXTENTS_OFF + i * EXTENT_SIZE).collect();
+        let free_slots =
+            (0..INLINE_EXTENTS as u64).rev().map(|i| inode_off + INODE_EXTENTS_OFF + i * EXTENT_SIZE).collect();
         ExtentMap { exts: Vec::new(), free_slots, blocks: Vec::new() }
     }
 

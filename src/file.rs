@@ -28,7 +28,15 @@ pub struct OpenOptions {
 
 impl Default for OpenOptions {
     fn default() -> Self {
-        OpenOptions { read: true, write: false, append: false, create: false, create_new: false, truncate: false, mode: 0o644 }
+        OpenOptions {
+            read: true,
+            write: false,
+            append: false,
+            create: false,
+            create_new: false,
+            truncate: false,
+            mode: 0o644,
+        }
     }
 }
 

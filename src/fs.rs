@@ -770,7 +770,8 @@ impl Fs {
         let dp = self.node(newparent)?;
         // Parents: an ancestor before its descendant, else in ascending inode order (the
         // rename lock keeps the tree's shape still while this is decided).
-        let source_first = cross && (self.is_ancestor(parent, newparent)? || (!self.is_ancestor(newparent, parent)? && parent < newparent));
+        let source_first = cross
+            && (self.is_ancestor(parent, newparent)? || (!self.is_ancestor(newparent, parent)? && parent < newparent));
         let (mut sg, mut dg_own) = if !cross {
             (wr(&sp.inode), None)
         } else if source_first {

@@ -14,8 +14,8 @@ use zerocopy::{FromBytes, IntoBytes};
 use crate::device::{Device, Persisted};
 use crate::error::{Error, Result};
 use crate::layout::{
-    Geometry, RawEntryHeader, RawJournalHeader, RawRecordHeader, JOURNAL_HEADER_OFF, JOURNAL_MAGIC,
-    JOURNAL_RING_OFF, RECORD_MAGIC,
+    Geometry, RawEntryHeader, RawJournalHeader, RawRecordHeader, JOURNAL_HEADER_OFF, JOURNAL_MAGIC, JOURNAL_RING_OFF,
+    RECORD_MAGIC,
 };
 
 const HEADER_LEN: usize = std::mem::size_of::<RawRecordHeader>();

@@ -118,7 +118,10 @@ impl Device {
         lock_exclusive(&file)?;
         let len = if is_dax { devdax_size(&meta)? } else { meta.len() };
         if !meta.file_type().is_file() && !is_dax {
-            return Err(Error::NotUdax(format!("{} is neither a regular file nor a device-dax device", path.display())));
+            return Err(Error::NotUdax(format!(
+                "{} is neither a regular file nor a device-dax device",
+                path.display()
+            )));
         }
         let backend = if is_dax { Backend::DevDax(path.into()) } else { Backend::File(path.into()) };
         Self::map(file, len, backend)
