@@ -1,9 +1,24 @@
 //! fsck: every invariant of a udax image, checked from the raw medium.
 //!
-//! The checker reads the on-media structures itself rather than trusting the mounted `Fs`'s
-//! in-memory state, so it catches a mount that built a wrong picture as well as a bad image.
+//! The checker decodes the on-media structures itself (with the same checked decoders mount
+//! uses) rather than trusting the mounted `Fs`'s in-memory state, and then also compares the two,
+//! so it catches a mount that built a wrong picture as well as a bad image. Invariants:
+//!
+//! - every inode slot in use decodes (mode, times, extents, overflow chain, directory entries);
+//! - every data block is owned at most once, and the free count matches what is owned;
+//! - extents are sorted and disjoint, and no written extent lies past the block holding EOF;
+//!   bytes past EOF in that block are zero; directories are whole written blocks;
+//! - link counts: files = entries naming them, directories = 2 + subdirectories, each directory
+//!   named exactly once (the root never), with `parent` naming the directory that holds it;
+//! - the tree is connected: every inode in use is reachable from the root;
+//! - every entry names an inode in use, with the matching type.
 
-use crate::fs::Fs;
+use std::collections::VecDeque;
+
+use crate::dir::DT_DIR;
+use crate::fs::{rd, Fs};
+use crate::inode::Inode;
+use crate::layout::{mode, ROOT_INO, SYMLINK_MAX};
 
 /// One problem found.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -35,10 +50,236 @@ impl Report {
     pub fn is_clean(&self) -> bool {
         self.findings.is_empty()
     }
+
+    fn find(&mut self, kind: &'static str, ino: Option<u64>, at: Option<u64>, detail: impl Into<String>) {
+        self.findings.push(Finding { kind, ino, at, detail: detail.into() });
+    }
 }
 
 /// Checks the image under `fs`; `progress(done, total)` counts inodes.
 pub fn check(fs: &Fs, progress: &mut dyn FnMut(u64, u64)) -> Report {
-    let _ = (fs, progress);
-    Report::default()
+    let dev = fs.device();
+    let geo = *fs.geometry();
+    let bs = geo.block_size;
+    let mut r = Report::default();
+    let mut owner = vec![0u64; geo.data_blocks as usize];
+    let mut inodes: Vec<Option<Inode>> = Vec::with_capacity(geo.inode_count as usize + 1);
+    inodes.push(None);
+
+    // Pass 1: decode every slot, claim blocks, check extents against sizes.
+    for ino in 1..=geo.inode_count {
+        if ino % 4096 == 0 {
+            progress(ino, geo.inode_count);
+        }
+        let at = geo.inode_at(ino);
+        let mut inode = match Inode::load(dev, &geo, ino) {
+            Ok(Some(i)) => i,
+            Ok(None) => {
+                inodes.push(None);
+                continue;
+            }
+            Err(e) => {
+                r.find("inode", Some(ino), Some(at), e.to_string());
+                inodes.push(None);
+                continue;
+            }
+        };
+        r.inodes += 1;
+        let a = inode.attr;
+        match a.mode & mode::S_IFMT {
+            mode::S_IFDIR => r.directories += 1,
+            mode::S_IFREG => r.regular_files += 1,
+            mode::S_IFLNK => r.symlinks += 1,
+            _ => r.special_files += 1,
+        }
+        if a.generation == 0 {
+            r.find("inode", Some(ino), Some(at + 24), "generation 0 on an inode in use");
+        }
+        for run in inode.ext.owned_runs() {
+            for b in run.start..run.start + run.len {
+                let slot = &mut owner[(b - geo.data_start) as usize];
+                if *slot != 0 {
+                    r.find(
+                        "block owned twice",
+                        Some(ino),
+                        Some(geo.block_at(b)),
+                        format!("block {b} also belongs to inode {}", *slot),
+                    );
+                } else {
+                    *slot = ino;
+                }
+            }
+        }
+        r.extents += inode.ext.len() as u64;
+        let eof_block = a.size.div_ceil(bs);
+        for e in inode.ext.iter() {
+            if e.state == crate::extent::State::Written && e.end() > eof_block {
+                r.find(
+                    "extent past EOF",
+                    Some(ino),
+                    Some(at + 128),
+                    format!("written blocks {}..{} but size {} ends in block {eof_block}", e.logical, e.end(), a.size),
+                );
+            }
+        }
+        if mode::is_reg(a.mode) && a.size % bs != 0 {
+            check_eof_tail(fs, &inode, &mut r);
+        }
+        if mode::is_symlink(a.mode) {
+            let covered: u64 = inode.ext.iter().map(|e| e.len).sum();
+            if a.size == 0 || a.size > SYMLINK_MAX as u64 || covered != eof_block {
+                r.find("symlink", Some(ino), Some(at), format!("size {} with {covered} blocks", a.size));
+            }
+        }
+        if inode.is_dir() {
+            match load_dir_checked(fs, &inode) {
+                Ok(d) => inode.dir = Some(d),
+                Err(e) => r.find("directory", Some(ino), Some(at), e.to_string()),
+            }
+        }
+        compare_with_memory(fs, &inode, &mut r);
+        inodes.push(Some(inode));
+    }
+    progress(geo.inode_count, geo.inode_count);
+
+    // Pass 2: directory entries, link counts, parent pointers, connectivity.
+    let mut refs = vec![0u64; inodes.len()];
+    let mut held_by = vec![0u64; inodes.len()];
+    for inode in inodes.iter().flatten() {
+        let Some(dir) = &inode.dir else { continue };
+        for (name, e) in dir.entries_after(None) {
+            let name = String::from_utf8_lossy(name);
+            let Some(Some(target)) = inodes.get(e.ino as usize) else {
+                r.find("dangling entry", Some(inode.ino), None, format!("{name:?} names free inode {}", e.ino));
+                continue;
+            };
+            refs[e.ino as usize] += 1;
+            if mode::dtype(target.attr.mode) != e.dtype {
+                r.find(
+                    "entry type",
+                    Some(inode.ino),
+                    None,
+                    format!("{name:?} says type {} for inode {}", e.dtype, e.ino),
+                );
+            }
+            if e.dtype == DT_DIR {
+                held_by[e.ino as usize] = inode.ino;
+                if target.attr.parent != inode.ino {
+                    r.find(
+                        "directory parent",
+                        Some(e.ino),
+                        None,
+                        format!("held by {} but its parent says {}", inode.ino, target.attr.parent),
+                    );
+                }
+            }
+        }
+    }
+    for inode in inodes.iter().flatten() {
+        let ino = inode.ino;
+        let n = refs[ino as usize];
+        if inode.is_dir() {
+            let want_refs = u64::from(ino != ROOT_INO);
+            if n != want_refs {
+                r.find("directory links", Some(ino), None, format!("named by {n} entries, expected {want_refs}"));
+            }
+            if let Some(d) = &inode.dir {
+                let want = 2 + d.subdirs();
+                if u64::from(inode.attr.nlink) != want {
+                    r.find(
+                        "link count",
+                        Some(ino),
+                        None,
+                        format!("nlink {} but 2 + {} subdirectories", inode.attr.nlink, d.subdirs()),
+                    );
+                }
+            }
+        } else if u64::from(inode.attr.nlink) != n {
+            r.find("link count", Some(ino), None, format!("nlink {} but named by {n} entries", inode.attr.nlink));
+        }
+    }
+    let mut seen = vec![false; inodes.len()];
+    let mut queue = VecDeque::from([ROOT_INO]);
+    match inodes.get(ROOT_INO as usize) {
+        Some(Some(root)) if root.is_dir() => seen[ROOT_INO as usize] = true,
+        _ => {
+            r.find("root", Some(ROOT_INO), None, "the root is not a directory in use");
+            queue.clear();
+        }
+    }
+    while let Some(d) = queue.pop_front() {
+        let Some(Some(inode)) = inodes.get(d as usize) else { continue };
+        let Some(dir) = &inode.dir else { continue };
+        for (_, e) in dir.entries_after(None) {
+            let i = e.ino as usize;
+            if i < seen.len() && !seen[i] && inodes[i].is_some() {
+                seen[i] = true;
+                if e.dtype == DT_DIR {
+                    queue.push_back(e.ino);
+                }
+            }
+        }
+    }
+    for inode in inodes.iter().flatten() {
+        if !seen[inode.ino as usize] {
+            r.find("disconnected", Some(inode.ino), None, "not reachable from the root");
+        }
+    }
+
+    let mounted = fs.inode_numbers().len() as u64;
+    if mounted != r.inodes {
+        r.find("memory", None, None, format!("{} inodes in use on the medium, {mounted} in the mount", r.inodes));
+    }
+
+    // Free space.
+    r.blocks_used = owner.iter().filter(|&&o| o != 0).count() as u64;
+    r.blocks_free = geo.data_blocks - r.blocks_used;
+    let mounted_free = fs.statfs().blocks_free;
+    if mounted_free != r.blocks_free {
+        r.find(
+            "free space",
+            None,
+            None,
+            format!("{} blocks unowned on the medium but the mount counts {mounted_free} free", r.blocks_free),
+        );
+    }
+    r
+}
+
+/// Bytes between EOF and the end of its block must be zero (a later extend shows them).
+fn check_eof_tail(fs: &Fs, inode: &Inode, r: &mut Report) {
+    let geo = fs.geometry();
+    let bs = geo.block_size;
+    let size = inode.attr.size;
+    if let Some(crate::extent::Piece::Mapped(e)) = inode.ext.pieces(size / bs, 1).first() {
+        if e.state != crate::extent::State::Written {
+            return;
+        }
+        let mut tail = vec![0u8; (bs - size % bs) as usize];
+        let at = geo.block_at(e.physical) + size % bs;
+        if fs.device().read(at, &mut tail).is_ok() && tail.iter().any(|&b| b != 0) {
+            r.find("data past EOF", Some(inode.ino), Some(at), "the EOF block holds nonzero bytes past the size");
+        }
+    }
+}
+
+fn load_dir_checked(fs: &Fs, inode: &Inode) -> crate::Result<crate::dir::DirIndex> {
+    crate::fs::load_dir(fs.device(), fs.geometry(), inode)
+}
+
+/// The mount's in-memory picture must agree with the medium.
+fn compare_with_memory(fs: &Fs, inode: &Inode, r: &mut Report) {
+    let Ok(node) = fs.node(inode.ino) else {
+        r.find("memory", Some(inode.ino), None, "in use on the medium but unknown to the mount");
+        return;
+    };
+    let g = rd(&node.inode);
+    if g.attr != inode.attr {
+        r.find("memory", Some(inode.ino), None, format!("medium {:?} vs mount {:?}", inode.attr, g.attr));
+    }
+    let a: Vec<_> = g.ext.iter().collect();
+    let b: Vec<_> = inode.ext.iter().collect();
+    if a != b {
+        r.find("memory", Some(inode.ino), None, "extent map differs between medium and mount");
+    }
 }

@@ -110,6 +110,9 @@ impl Fs {
             None => (&b""[..], trimmed),
         };
         let parent = self.resolve(Path::new(OsStr::from_bytes(dir)), true)?;
+        if !mode::is_dir(self.getattr(parent)?.mode) {
+            return Err(Error::NotDir);
+        }
         Ok((parent, name))
     }
 

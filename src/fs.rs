@@ -663,6 +663,10 @@ impl Fs {
         if dir.get(newname).is_some() {
             return Err(Error::Exists);
         }
+        if ino == newparent {
+            // Linking a directory (into itself): refuse before locking it a second time.
+            return Err(Error::NotPermitted("hard links to directories are not allowed"));
+        }
         let c = self.node(ino)?;
         let mut cg = wr(&c.inode);
         if cg.is_dir() {
@@ -768,6 +772,9 @@ impl Fs {
         let _rename_guard = cross.then(|| lock(&self.inner.rename));
         let sp = self.node(parent)?;
         let dp = self.node(newparent)?;
+        if !rd(&sp.inode).is_dir() || !rd(&dp.inode).is_dir() {
+            return Err(Error::NotDir);
+        }
         // Parents: an ancestor before its descendant, else in ascending inode order (the
         // rename lock keeps the tree's shape still while this is decided).
         let source_first = cross
@@ -1042,7 +1049,7 @@ impl Fs {
 }
 
 /// Indexes a directory's entries from its blocks.
-fn load_dir(dev: &Device, geo: &Geometry, inode: &Inode) -> Result<DirIndex> {
+pub(crate) fn load_dir(dev: &Device, geo: &Geometry, inode: &Inode) -> Result<DirIndex> {
     let bs = geo.block_size;
     let at = geo.inode_at(inode.ino);
     let size = inode.attr.size;

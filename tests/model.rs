@@ -1,0 +1,499 @@
+//! Model-based test: random operation sequences run against udax and an in-memory model of
+//! POSIX semantics, comparing every result (data, errno) and, at each remount, the whole tree
+//! (kinds, contents, sizes, modes, link counts, symlink targets, hard-link identity) with fsck
+//! clean. Runs for every block size.
+
+use std::collections::{BTreeMap, HashMap};
+
+use proptest::prelude::*;
+use udax::{Device, Error, Fs, MkfsOptions, OpenOptions, SetAttr};
+
+const PATHS: &[&str] = &[
+    "/a", "/b", "/c", "/d1", "/d2", "/d1/a", "/d1/b", "/d1/d3", "/d1/d3/a", "/d1/d3/b", "/d2/a", "/d2/d1", "/d2/d1/a",
+];
+
+#[derive(Debug, Clone)]
+enum Op {
+    Create(usize),
+    Write { path: usize, off: u64, len: usize, seed: u8 },
+    Read { path: usize, off: u64, len: usize },
+    Truncate { path: usize, size: u64 },
+    Unlink(usize),
+    Rename(usize, usize),
+    Mkdir(usize),
+    Rmdir(usize),
+    Link(usize, usize),
+    Symlink(usize, u8),
+    Chmod(usize, u32),
+    Remount,
+}
+
+fn offset() -> impl Strategy<Value = u64> {
+    prop_oneof![4 => 0u64..20_000, 2 => 0u64..300_000, 1 => 900_000u64..1_100_000]
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let p = 0..PATHS.len();
+    prop_oneof![
+        4 => p.clone().prop_map(Op::Create),
+        8 => (p.clone(), offset(), 0usize..20_000, any::<u8>()).prop_map(|(path, off, len, seed)| Op::Write { path, off, len, seed }),
+        4 => (p.clone(), offset(), 0usize..30_000).prop_map(|(path, off, len)| Op::Read { path, off, len }),
+        3 => (p.clone(), offset()).prop_map(|(path, size)| Op::Truncate { path, size }),
+        2 => p.clone().prop_map(Op::Unlink),
+        3 => (p.clone(), p.clone()).prop_map(|(a, b)| Op::Rename(a, b)),
+        3 => p.clone().prop_map(Op::Mkdir),
+        2 => p.clone().prop_map(Op::Rmdir),
+        2 => (p.clone(), p.clone()).prop_map(|(a, b)| Op::Link(a, b)),
+        1 => (p.clone(), any::<u8>()).prop_map(|(a, t)| Op::Symlink(a, t)),
+        1 => (p.clone(), 0u32..0o7777).prop_map(|(a, m)| Op::Chmod(a, m)),
+        1 => Just(Op::Remount),
+    ]
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Kind {
+    File(Vec<u8>),
+    Dir,
+    Symlink(Vec<u8>),
+}
+
+#[derive(Debug, Clone)]
+struct Node {
+    kind: Kind,
+    mode: u32,
+    nlink: u32,
+}
+
+/// POSIX as udax's path API implements it, over a flat map of absolute paths.
+#[derive(Debug, Default)]
+struct Model {
+    paths: BTreeMap<String, u64>,
+    nodes: HashMap<u64, Node>,
+    next: u64,
+}
+
+type R<T> = Result<T, i32>;
+
+fn parent_of(p: &str) -> &str {
+    match p.rfind('/') {
+        Some(0) => "/",
+        Some(i) => &p[..i],
+        None => "/",
+    }
+}
+
+impl Model {
+    fn get(&self, p: &str) -> Option<&Node> {
+        self.paths.get(p).map(|id| &self.nodes[id])
+    }
+
+    /// Resolves the parent directory of `p` (symlinks in this universe dangle: ENOENT).
+    fn parent_ok(&self, p: &str) -> R<()> {
+        let mut at = String::new();
+        let parent = parent_of(p);
+        if parent == "/" {
+            return Ok(());
+        }
+        for part in parent[1..].split('/') {
+            at.push('/');
+            at.push_str(part);
+            match self.get(&at).map(|n| &n.kind) {
+                None | Some(Kind::Symlink(_)) => return Err(libc::ENOENT),
+                Some(Kind::File(_)) => return Err(libc::ENOTDIR),
+                Some(Kind::Dir) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Resolves `p` itself, following a final symlink (which dangles).
+    fn lookup(&self, p: &str) -> R<u64> {
+        self.parent_ok(p)?;
+        match self.paths.get(p) {
+            None => Err(libc::ENOENT),
+            Some(id) if matches!(self.nodes[id].kind, Kind::Symlink(_)) => Err(libc::ENOENT),
+            Some(&id) => Ok(id),
+        }
+    }
+
+    fn add(&mut self, p: &str, kind: Kind, mode: u32) {
+        let id = self.next;
+        self.next += 1;
+        let nlink = if kind == Kind::Dir { 2 } else { 1 };
+        self.nodes.insert(id, Node { kind, mode, nlink });
+        self.paths.insert(p.to_string(), id);
+        if self.get(p).is_some_and(|n| n.kind == Kind::Dir) && parent_of(p) != "/" {
+            let pid = self.paths[parent_of(p)];
+            self.nodes.get_mut(&pid).unwrap().nlink += 1;
+        }
+    }
+
+    fn children(&self, p: &str) -> Vec<String> {
+        let prefix = format!("{p}/");
+        self.paths.keys().filter(|k| k.starts_with(&prefix) && !k[prefix.len()..].contains('/')).cloned().collect()
+    }
+
+    fn drop_link(&mut self, p: &str) {
+        let id = self.paths.remove(p).unwrap();
+        let n = self.nodes.get_mut(&id).unwrap();
+        if n.kind == Kind::Dir {
+            n.nlink = 0;
+            if parent_of(p) != "/" {
+                let pid = self.paths[parent_of(p)];
+                self.nodes.get_mut(&pid).unwrap().nlink -= 1;
+            }
+        } else {
+            n.nlink -= 1;
+        }
+        if self.nodes[&id].nlink == 0 {
+            self.nodes.remove(&id);
+        }
+    }
+
+    fn create(&mut self, p: &str) -> R<()> {
+        self.parent_ok(p)?;
+        match self.get(p).map(|n| &n.kind) {
+            Some(Kind::Dir) => Err(libc::EISDIR),
+            Some(Kind::Symlink(_)) => Err(libc::EEXIST),
+            Some(Kind::File(_)) => Ok(()),
+            None => {
+                self.add(p, Kind::File(Vec::new()), 0o644);
+                Ok(())
+            }
+        }
+    }
+
+    fn file_mut(&mut self, p: &str) -> R<&mut Vec<u8>> {
+        let id = self.lookup(p)?;
+        match &mut self.nodes.get_mut(&id).unwrap().kind {
+            Kind::File(d) => Ok(d),
+            _ => Err(libc::EISDIR),
+        }
+    }
+
+    fn write(&mut self, p: &str, off: u64, data: &[u8]) -> R<usize> {
+        let d = self.file_mut(p)?;
+        if data.is_empty() {
+            return Ok(0);
+        }
+        let end = off as usize + data.len();
+        if d.len() < end {
+            d.resize(end, 0);
+        }
+        d[off as usize..end].copy_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn read(&mut self, p: &str, off: u64, len: usize) -> R<Vec<u8>> {
+        let d = self.file_mut(p)?;
+        let s = (off as usize).min(d.len());
+        let e = (off as usize + len).min(d.len());
+        Ok(d[s..e].to_vec())
+    }
+
+    fn truncate(&mut self, p: &str, size: u64) -> R<()> {
+        self.file_mut(p)?.resize(size as usize, 0);
+        Ok(())
+    }
+
+    fn unlink(&mut self, p: &str) -> R<()> {
+        self.parent_ok(p)?;
+        match self.get(p).map(|n| &n.kind) {
+            None => Err(libc::ENOENT),
+            Some(Kind::Dir) => Err(libc::EISDIR),
+            Some(_) => {
+                self.drop_link(p);
+                Ok(())
+            }
+        }
+    }
+
+    fn mkdir(&mut self, p: &str) -> R<()> {
+        self.parent_ok(p)?;
+        if self.paths.contains_key(p) {
+            return Err(libc::EEXIST);
+        }
+        self.add(p, Kind::Dir, 0o755);
+        Ok(())
+    }
+
+    fn rmdir(&mut self, p: &str) -> R<()> {
+        self.parent_ok(p)?;
+        match self.get(p).map(|n| &n.kind) {
+            None => Err(libc::ENOENT),
+            Some(Kind::Dir) if !self.children(p).is_empty() => Err(libc::ENOTEMPTY),
+            Some(Kind::Dir) => {
+                self.drop_link(p);
+                Ok(())
+            }
+            Some(_) => Err(libc::ENOTDIR),
+        }
+    }
+
+    fn symlink(&mut self, p: &str, target: &[u8]) -> R<()> {
+        self.parent_ok(p)?;
+        if self.paths.contains_key(p) {
+            return Err(libc::EEXIST);
+        }
+        self.add(p, Kind::Symlink(target.to_vec()), 0o777);
+        Ok(())
+    }
+
+    fn link(&mut self, a: &str, b: &str) -> R<()> {
+        self.parent_ok(a)?;
+        let id = *self.paths.get(a).ok_or(libc::ENOENT)?;
+        self.parent_ok(b)?;
+        if self.paths.contains_key(b) {
+            return Err(libc::EEXIST);
+        }
+        if self.nodes[&id].kind == Kind::Dir {
+            return Err(libc::EPERM);
+        }
+        self.nodes.get_mut(&id).unwrap().nlink += 1;
+        self.paths.insert(b.to_string(), id);
+        Ok(())
+    }
+
+    fn chmod(&mut self, p: &str, mode: u32) -> R<()> {
+        let id = self.lookup(p)?;
+        self.nodes.get_mut(&id).unwrap().mode = mode;
+        Ok(())
+    }
+
+    fn rename(&mut self, a: &str, b: &str) -> R<()> {
+        self.parent_ok(a)?;
+        self.parent_ok(b)?;
+        let src = *self.paths.get(a).ok_or(libc::ENOENT)?;
+        if a == b {
+            return Ok(());
+        }
+        let src_dir = self.nodes[&src].kind == Kind::Dir;
+        let cross = parent_of(a) != parent_of(b);
+        if cross && src_dir && b.starts_with(&format!("{a}/")) {
+            return Err(libc::EINVAL);
+        }
+        if let Some(&dst) = self.paths.get(b) {
+            if dst == src {
+                return Ok(());
+            }
+            let dst_dir = self.nodes[&dst].kind == Kind::Dir;
+            if cross && dst_dir && a.starts_with(&format!("{b}/")) {
+                return Err(libc::ENOTEMPTY);
+            }
+            match (src_dir, dst_dir) {
+                (true, false) => return Err(libc::ENOTDIR),
+                (false, true) => return Err(libc::EISDIR),
+                (true, true) if !self.children(b).is_empty() => return Err(libc::ENOTEMPTY),
+                _ => {}
+            }
+            self.drop_link(b);
+        }
+        // Move `a` and everything under it.
+        let prefix = format!("{a}/");
+        let moved: Vec<(String, u64)> = self
+            .paths
+            .iter()
+            .filter(|(k, _)| *k == a || k.starts_with(&prefix))
+            .map(|(k, &v)| (k.clone(), v))
+            .collect();
+        for (k, _) in &moved {
+            self.paths.remove(k);
+        }
+        for (k, v) in moved {
+            self.paths.insert(format!("{b}{}", &k[a.len()..]), v);
+        }
+        if src_dir && cross {
+            if parent_of(a) != "/" {
+                let pid = self.paths[parent_of(a)];
+                self.nodes.get_mut(&pid).unwrap().nlink -= 1;
+            }
+            if parent_of(b) != "/" {
+                let pid = self.paths[parent_of(b)];
+                self.nodes.get_mut(&pid).unwrap().nlink += 1;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn errno<T>(r: udax::Result<T>) -> R<T> {
+    r.map_err(|e: Error| e.errno())
+}
+
+fn fill(len: usize, seed: u8) -> Vec<u8> {
+    (0..len).map(|i| seed.wrapping_add((i / 7) as u8) | 1).collect()
+}
+
+struct Sut {
+    fs: Option<Fs>,
+}
+
+impl Sut {
+    fn fs(&self) -> &Fs {
+        self.fs.as_ref().unwrap()
+    }
+
+    fn apply(&mut self, op: &Op, m: &mut Model) -> Result<(), TestCaseError> {
+        let fs = self.fs().clone();
+        let p = |i: usize| PATHS[i];
+        match op {
+            Op::Create(i) => {
+                let got = errno(fs.open(p(*i), OpenOptions::create()).map(drop));
+                prop_assert_eq!(got, m.create(p(*i)), "create {}", p(*i));
+            }
+            Op::Write { path, off, len, seed } => {
+                let data = fill(*len, *seed);
+                let got = errno(fs.open(p(*path), OpenOptions::read_write()).and_then(|f| f.write_at(&data, *off)));
+                prop_assert_eq!(got, m.write(p(*path), *off, &data), "write {} at {}", p(*path), off);
+            }
+            Op::Read { path, off, len } => {
+                let got = errno(fs.open(p(*path), OpenOptions::read_only()).and_then(|f| {
+                    let mut b = vec![0xee; *len];
+                    let n = f.read_at(&mut b, *off)?;
+                    b.truncate(n);
+                    Ok(b)
+                }));
+                let want = m.read(p(*path), *off, *len);
+                prop_assert!(
+                    got == want,
+                    "read {} at {} len {}: {:?} vs {:?}",
+                    p(*path),
+                    off,
+                    len,
+                    got.as_ref().map(|v| v.len()),
+                    want.as_ref().map(|v| v.len())
+                );
+            }
+            Op::Truncate { path, size } => {
+                let got = errno(fs.open(p(*path), OpenOptions::read_write()).and_then(|f| f.set_len(*size)));
+                prop_assert_eq!(got, m.truncate(p(*path), *size), "truncate {}", p(*path));
+            }
+            Op::Unlink(i) => prop_assert_eq!(errno(fs.unlink_path(p(*i))), m.unlink(p(*i)), "unlink {}", p(*i)),
+            Op::Rename(a, b) => {
+                prop_assert_eq!(
+                    errno(fs.rename_path(p(*a), p(*b))),
+                    m.rename(p(*a), p(*b)),
+                    "rename {} {}",
+                    p(*a),
+                    p(*b)
+                )
+            }
+            Op::Mkdir(i) => {
+                prop_assert_eq!(errno(fs.mkdir_path(p(*i), 0o755).map(drop)), m.mkdir(p(*i)), "mkdir {}", p(*i))
+            }
+            Op::Rmdir(i) => prop_assert_eq!(errno(fs.rmdir_path(p(*i))), m.rmdir(p(*i)), "rmdir {}", p(*i)),
+            Op::Link(a, b) => {
+                prop_assert_eq!(
+                    errno(fs.link_path(p(*a), p(*b)).map(drop)),
+                    m.link(p(*a), p(*b)),
+                    "link {} {}",
+                    p(*a),
+                    p(*b)
+                )
+            }
+            Op::Symlink(i, t) => {
+                let target = format!("target-{t}/{}", "seg/".repeat(*t as usize * 3));
+                prop_assert_eq!(
+                    errno(fs.symlink_path(&target, p(*i)).map(drop)),
+                    m.symlink(p(*i), target.as_bytes()),
+                    "symlink {}",
+                    p(*i)
+                );
+            }
+            Op::Chmod(i, mode) => {
+                let set = SetAttr { mode: Some(*mode), ..Default::default() };
+                prop_assert_eq!(
+                    errno(fs.setattr_path(p(*i), true, &set).map(drop)),
+                    m.chmod(p(*i), *mode),
+                    "chmod {}",
+                    p(*i)
+                );
+            }
+            Op::Remount => {
+                drop(fs);
+                let dev = self.fs.take().unwrap().unmount().unwrap().expect("last handle");
+                let fs = Fs::mount(dev).map_err(|e| TestCaseError::fail(format!("remount: {e}")))?;
+                let report = udax::check::check(&fs, &mut |_, _| {});
+                prop_assert!(report.is_clean(), "fsck after remount: {:?}", report.findings);
+                self.fs = Some(fs);
+                self.compare(m)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The whole tree against the model.
+    fn compare(&self, m: &Model) -> Result<(), TestCaseError> {
+        let fs = self.fs();
+        let mut found = BTreeMap::new();
+        let mut stack = vec![("".to_string(), 1u64)];
+        while let Some((path, ino)) = stack.pop() {
+            for e in fs.readdir(ino, 0).unwrap() {
+                let child = format!("{path}/{}", String::from_utf8(e.name).unwrap());
+                if e.dtype == 4 {
+                    stack.push((child.clone(), e.ino));
+                }
+                found.insert(child, e.ino);
+            }
+        }
+        let want: Vec<&String> = m.paths.keys().collect();
+        let got: Vec<&String> = found.keys().collect();
+        prop_assert_eq!(got, want, "tree differs");
+        let mut ino_of: HashMap<u64, u64> = HashMap::new();
+        for (path, id) in &m.paths {
+            let ino = found[path];
+            prop_assert_eq!(*ino_of.entry(*id).or_insert(ino), ino, "hard links of {} split", path);
+            let st = fs.getattr(ino).unwrap();
+            let n = &m.nodes[id];
+            prop_assert_eq!(st.nlink, n.nlink, "nlink of {}", path);
+            match &n.kind {
+                Kind::File(d) => {
+                    prop_assert_eq!(st.mode, 0o100000 | n.mode, "mode of {}", path);
+                    prop_assert_eq!(st.size, d.len() as u64, "size of {}", path);
+                    let mut b = vec![0; d.len()];
+                    fs.read(ino, 0, &mut b).unwrap();
+                    prop_assert!(&b == d, "contents of {}", path);
+                }
+                Kind::Dir => prop_assert_eq!(st.mode, 0o040000 | n.mode, "mode of {}", path),
+                Kind::Symlink(t) => prop_assert_eq!(&fs.readlink(ino).unwrap(), t, "target of {}", path),
+            }
+        }
+        Ok(())
+    }
+}
+
+fn run(block_size: u32, ops: &[Op]) -> Result<(), TestCaseError> {
+    let dev = Device::anonymous(64 << 20).unwrap();
+    let fs = Fs::mkfs(dev, &MkfsOptions { block_size, ..Default::default() }).unwrap();
+    let mut sut = Sut { fs: Some(fs) };
+    let mut model = Model::default();
+    for op in ops {
+        sut.apply(op, &mut model)?;
+    }
+    sut.apply(&Op::Remount, &mut model)
+}
+
+fn config() -> ProptestConfig {
+    let cases = std::env::var("UDAX_MODEL_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(40);
+    ProptestConfig { cases, max_shrink_iters: 2000, ..ProptestConfig::default() }
+}
+
+// 40 cases × ~300 ops × 3 block sizes ≈ 36,000 operations per run (UDAX_MODEL_CASES scales it).
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn model_4096(ops in proptest::collection::vec(op(), 200..400)) {
+        run(4096, &ops)?;
+    }
+
+    #[test]
+    fn model_2048(ops in proptest::collection::vec(op(), 200..400)) {
+        run(2048, &ops)?;
+    }
+
+    #[test]
+    fn model_1024(ops in proptest::collection::vec(op(), 200..400)) {
+        run(1024, &ops)?;
+    }
+}
