@@ -215,8 +215,8 @@ impl ExtentMap {
 
     /// Makes sure `needed` empty slots exist, each insert or split taking at most one.
     /// Overflow blocks come from `alloc_blocks(n)` (all or nothing, so a failure changes
-    /// nothing); each is written (header, zero slots) directly — it is unreachable until `tx`
-    /// links it — and the caller's fence before commit persists it. Returns the blocks taken.
+    /// nothing); each is written (header, zero slots) as content of `tx`, which links it.
+    /// Returns the blocks taken.
     pub fn reserve_slots(
         &mut self,
         needed: usize,
@@ -234,7 +234,7 @@ impl ExtentMap {
         let taken = alloc_blocks(missing.div_ceil(per))?;
         for &blk in &taken {
             let at = geo.block_at(blk);
-            dev.zero(at, geo.block_size)?;
+            tx.content_zero(dev, at, geo.block_size)?;
             let hdr = RawExtentBlockHeader {
                 magic: EXTENT_BLOCK_MAGIC.into(),
                 reserved0: 0.into(),
@@ -242,7 +242,7 @@ impl ExtentMap {
                 next: 0.into(),
                 reserved: 0.into(),
             };
-            dev.write_obj(at, &hdr)?;
+            tx.content_write(dev, at, hdr.as_bytes())?;
             // The first block hangs off the inode's ext_next, which the caller logs with the
             // attributes; later ones off the previous block's `next`.
             if let Some(&prev) = self.blocks.last() {

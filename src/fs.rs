@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::alloc::{Allocator, Run};
-use crate::device::{Device, Persisted};
+use crate::device::Device;
 use crate::dir::{DirIndex, Slot};
 use crate::error::{Error, Result};
 use crate::extent::{ExtentMap, Piece, State};
@@ -187,7 +187,7 @@ impl Fs {
         // Invalidate any old superblock first, so a crash mid-mkfs leaves no half-made image
         // that looks valid.
         dev.zero(0, 4096)?;
-        let _ = dev.fence();
+        dev.fence();
         Journal::format(&dev, &geo)?;
         let table = geo.inode_count * layout::INODE_SIZE;
         let chunk = 8 << 20;
@@ -209,11 +209,11 @@ impl Fs {
         for (off, bytes) in raw_root.entries() {
             dev.write(off, bytes)?;
         }
-        let _ = dev.fence();
+        dev.fence();
         let uuid = uuid_from(now);
         let sb = geo.superblock(now.sec, uuid, &opts.label);
         dev.write_obj(layout::SUPERBLOCK_OFF, &sb)?;
-        let _ = dev.fence();
+        dev.fence();
         dev.sync()?;
         Fs::mount(dev)
     }
@@ -296,7 +296,7 @@ impl Fs {
 
     /// Makes the image durable across power loss where the medium needs it (msync).
     pub fn sync(&self) -> Result<()> {
-        let _ = self.inner.dev.fence();
+        self.inner.dev.fence();
         self.inner.dev.sync()
     }
 
@@ -373,9 +373,9 @@ impl Fs {
     }
 
     /// Commits `tx`; returns the journal position after it (for [`Allocator::free_after`]).
-    pub(crate) fn commit(&self, tx: &Tx, content: Persisted) -> Result<u64> {
+    pub(crate) fn commit(&self, tx: &Tx) -> Result<u64> {
         let mut j = lock(&self.inner.journal);
-        let done = j.commit(&self.inner.dev, tx, content)?;
+        let done = j.commit(&self.inner.dev, tx)?;
         let head = j.head();
         drop(j);
         if let Some(cp) = done.checkpoint {
@@ -385,8 +385,8 @@ impl Fs {
     }
 
     /// Commits `tx` on behalf of `inode` (recording that its attributes are in the log).
-    pub(crate) fn commit_for(&self, inode: &mut Inode, tx: &Tx, content: Persisted) -> Result<u64> {
-        let head = self.commit(tx, content)?;
+    pub(crate) fn commit_for(&self, inode: &mut Inode, tx: &Tx) -> Result<u64> {
+        let head = self.commit(tx)?;
         inode.logged_at = head;
         Ok(head)
     }
@@ -439,8 +439,8 @@ impl Fs {
         }
     }
 
-    /// Reserves `slots` extent slots on `inode`, allocating overflow blocks (zeroed and headed,
-    /// fenced by the caller before commit). Returns the blocks it took. All or nothing.
+    /// Reserves `slots` extent slots on `inode`, allocating overflow blocks (zeroed and headed
+    /// as content of `tx`). Returns the blocks it took. All or nothing.
     pub(crate) fn reserve_slots(&self, inode: &mut Inode, slots: usize, tx: &mut Tx) -> Result<Vec<Run>> {
         let inner = &self.inner;
         let goal = inode.ext.last().map(|e| e.physical + e.len);
@@ -470,7 +470,7 @@ impl Fs {
                 }
             }
             runs.push(blk);
-            self.inner.dev.zero(self.inner.geo.block_at(blk.start), bs)?;
+            tx.content_zero(&self.inner.dev, self.inner.geo.block_at(blk.start), bs)?;
             let e = crate::extent::Extent { logical: pos / bs, physical: blk.start, len: 1, state: State::Written };
             dir.ext.insert(e, tx)?;
             dir.attr.size += bs;
@@ -486,7 +486,7 @@ impl Fs {
         let mut tx = Tx::new();
         inode.log_free(&self.inner.geo, &mut tx);
         let runs: Vec<Run> = inode.ext.owned_runs().collect();
-        let head = self.commit(&tx, self.inner.dev.fence())?;
+        let head = self.commit(&tx)?;
         self.free_after(head, runs);
         inode.ext = ExtentMap::empty(self.inner.geo.inode_at(inode.ino));
         inode.attr.size = 0;
@@ -614,8 +614,8 @@ impl Fs {
                 let bytes = (run.len * geo.block_size) as usize;
                 let off = geo.block_at(run.start);
                 let n = bytes.min(t.len() - at);
-                self.inner.dev.write(off, &t[at..at + n])?;
-                self.inner.dev.zero(off + n as u64, (bytes - n) as u64)?;
+                tx.content_write(&self.inner.dev, off, &t[at..at + n])?;
+                tx.content_zero(&self.inner.dev, off + n as u64, (bytes - n) as u64)?;
                 at += n;
             }
             for e in ExtentMap::extents_for(0, &data_runs, State::Written) {
@@ -629,8 +629,7 @@ impl Fs {
             pg.attr.nlink += 1;
         }
         pg.log_attr(&geo, &mut tx);
-        let content = self.inner.dev.fence();
-        let head = self.commit_for(&mut pg, &tx, content)?;
+        let head = self.commit_for(&mut pg, &tx)?;
         inode.logged_at = head;
         let st = self.stat_of(&inode);
         let parent_ptr = AtomicU64::new(inode.attr.parent);
@@ -687,7 +686,7 @@ impl Fs {
         cg.attr.nlink += 1;
         cg.attr.ctime = now;
         cg.log_attr(&geo, &mut tx);
-        let head = self.commit_for(&mut pg, &tx, self.inner.dev.fence())?;
+        let head = self.commit_for(&mut pg, &tx)?;
         cg.logged_at = head;
         Ok(self.stat_of(&cg))
     }
@@ -742,7 +741,7 @@ impl Fs {
         } else {
             cg.log_attr(&geo, &mut tx);
         }
-        let head = self.commit_for(&mut pg, &tx, self.inner.dev.fence())?;
+        let head = self.commit_for(&mut pg, &tx)?;
         cg.logged_at = head;
         if free_now {
             self.forget_freed(&mut cg, head);
@@ -939,7 +938,7 @@ impl Fs {
             d.attr.ctime = now;
             d.log_attr(&geo, &mut tx);
         }
-        let head = self.commit_for(&mut sg, &tx, self.inner.dev.fence())?;
+        let head = self.commit_for(&mut sg, &tx)?;
         if let Some(d) = dg_own.as_deref_mut() {
             d.logged_at = head;
         }
@@ -1017,7 +1016,7 @@ impl Fs {
         g.attr.ctime = now;
         let mut tx = Tx::new();
         g.log_attr(&geo, &mut tx);
-        self.commit_for(&mut g, &tx, self.inner.dev.fence())?;
+        self.commit_for(&mut g, &tx)?;
         Ok(self.stat_of(&g))
     }
 

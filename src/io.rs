@@ -137,7 +137,7 @@ impl Fs {
                     dev.write(at, &data[(s - off) as usize..(t - off) as usize])?;
                 }
                 Piece::Mapped(e) => {
-                    self.fill_new(e.logical, e.physical, e.len, off, data)?;
+                    self.fill_new(&mut tx, e.logical, e.physical, e.len, off, data)?;
                     converted.push(e);
                 }
                 Piece::Hole { logical, len } => {
@@ -146,7 +146,7 @@ impl Fs {
                     while left > 0 {
                         let r = queue.front_mut().expect("allocated as many blocks as the holes hold");
                         let n = r.len.min(left);
-                        self.fill_new(l, r.start, n, off, data)?;
+                        self.fill_new(&mut tx, l, r.start, n, off, data)?;
                         new_exts.push(Extent { logical: l, physical: r.start, len: n, state: State::Written });
                         r.start += n;
                         r.len -= n;
@@ -167,7 +167,7 @@ impl Fs {
             // the checkpoint has passed every record that logged this inode.
             let t = [now.raw(), now.raw()];
             dev.write(geo.inode_at(g.ino) + INODE_TIMES_OFF, zerocopy::IntoBytes::as_bytes(&t))?;
-            let _ = dev.fence();
+            dev.fence();
             return Ok(());
         }
         for e in new_exts {
@@ -179,14 +179,13 @@ impl Fs {
         }
         g.attr.size = g.attr.size.max(end);
         g.log_attr(&geo, &mut tx);
-        let content = dev.fence();
-        self.commit_for(g, &tx, content)?;
+        self.commit_for(g, &tx)?;
         Ok(())
     }
 
     /// Fills new blocks `[logical, logical+len)` at device block `physical`: the part of the
     /// write `(off, data)` that falls in them, zeros around it.
-    fn fill_new(&self, logical: u64, physical: u64, len: u64, off: u64, data: &[u8]) -> Result<()> {
+    fn fill_new(&self, tx: &mut Tx, logical: u64, physical: u64, len: u64, off: u64, data: &[u8]) -> Result<()> {
         let geo = &self.inner.geo;
         let bs = geo.block_size;
         let dev = &self.inner.dev;
@@ -197,11 +196,11 @@ impl Fs {
         let t = stop.min(end);
         let base = geo.block_at(physical);
         if s > start {
-            dev.zero(base, s - start)?;
+            tx.content_zero(dev, base, s - start)?;
         }
-        dev.write(base + (s - start), &data[(s - off) as usize..(t - off) as usize])?;
+        tx.content_write(dev, base + (s - start), &data[(s - off) as usize..(t - off) as usize])?;
         if t < stop {
-            dev.zero(base + (t - start), stop - t)?;
+            tx.content_zero(dev, base + (t - start), stop - t)?;
         }
         Ok(())
     }
@@ -229,7 +228,7 @@ impl Fs {
             if size % bs != 0 {
                 if let Some(Piece::Mapped(e)) = g.ext.pieces(size / bs, 1).first() {
                     if e.state == State::Written {
-                        dev.zero(geo.block_at(e.physical) + size % bs, bs - size % bs)?;
+                        tx.content_zero(dev, geo.block_at(e.physical) + size % bs, bs - size % bs)?;
                     }
                 }
             }
@@ -246,8 +245,7 @@ impl Fs {
         g.attr.mtime = now;
         g.attr.ctime = now;
         g.log_attr(&geo, &mut tx);
-        let content = dev.fence();
-        let head = self.commit_for(&mut g, &tx, content)?;
+        let head = self.commit_for(&mut g, &tx)?;
         self.free_after(head, freed.iter().map(|e| Run { start: e.physical, len: e.len }).collect());
         Ok(())
     }

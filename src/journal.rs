@@ -11,7 +11,7 @@
 
 use zerocopy::{FromBytes, IntoBytes};
 
-use crate::device::{Device, Persisted};
+use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::layout::{
     Geometry, RawEntryHeader, RawJournalHeader, RawRecordHeader, JOURNAL_HEADER_OFF, JOURNAL_MAGIC, JOURNAL_RING_OFF,
@@ -21,11 +21,18 @@ use crate::layout::{
 const HEADER_LEN: usize = std::mem::size_of::<RawRecordHeader>();
 
 /// A metadata transaction under construction.
+///
+/// Content the transaction makes reachable — new blocks, a zeroed tail — is stored through
+/// [`Tx::content_write`] / [`Tx::content_zero`]: stored at once, and commit then fences it
+/// before the record is written (SPEC §3.3), so a record can never persist ahead of what it
+/// links. A transaction without such content costs one fence.
 #[derive(Debug, Default)]
 pub struct Tx {
     /// Encoded entries: header then data padded to 8 bytes.
     buf: Vec<u8>,
     entries: u32,
+    /// Content was stored that must be persistent before the record.
+    content: bool,
 }
 
 impl Tx {
@@ -40,6 +47,18 @@ impl Tx {
         self.buf.extend_from_slice(bytes);
         self.buf.resize(self.buf.len().next_multiple_of(8), 0);
         self.entries += 1;
+    }
+
+    /// Stores content this transaction depends on (written back now, fenced before commit).
+    pub fn content_write(&mut self, dev: &Device, off: u64, bytes: &[u8]) -> Result<()> {
+        self.content = true;
+        dev.write(off, bytes)
+    }
+
+    /// Zero-fills content this transaction depends on (fenced before commit).
+    pub fn content_zero(&mut self, dev: &Device, off: u64, len: u64) -> Result<()> {
+        self.content = true;
+        dev.zero(off, len)
     }
 
     pub fn put_obj<T: IntoBytes + zerocopy::Immutable>(&mut self, off: u64, v: &T) {
@@ -157,9 +176,9 @@ impl Journal {
         // Replayed entries persist before the ring that held them is wiped, and the wipe before
         // the checkpoint moves: a crash anywhere in here replays the same records again or
         // finds nothing left to replay, with their effects already durable.
-        let _ = dev.fence();
+        dev.fence();
         dev.zero(JOURNAL_RING_OFF, j.ring_len)?;
-        let _ = dev.fence();
+        dev.fence();
         j.set_checkpoint(dev, j.head)?;
         Ok((j, report))
     }
@@ -222,7 +241,7 @@ impl Journal {
 
     fn set_checkpoint(&mut self, dev: &Device, pos: u64) -> Result<()> {
         dev.store_u64(JOURNAL_HEADER_OFF + 8, pos)?;
-        let _ = dev.fence();
+        dev.fence();
         self.checkpoint = pos;
         Ok(())
     }
@@ -244,15 +263,15 @@ impl Journal {
     /// the new position is stored and fenced. After it no replay rewrites anything logged so far.
     pub fn checkpoint(&mut self, dev: &Device) -> Result<u64> {
         if self.checkpoint != self.head {
-            let _ = dev.fence();
+            dev.fence();
             self.set_checkpoint(dev, self.head)?;
         }
         Ok(self.checkpoint)
     }
 
-    /// Commits `tx`: durable when this returns. `_content` proves that any new block content
-    /// the transaction links was fenced first (SPEC §3.3).
-    pub fn commit(&mut self, dev: &Device, tx: &Tx, _content: Persisted) -> Result<Committed> {
+    /// Commits `tx`: durable when this returns. Content stored through the transaction is
+    /// fenced before the record (SPEC §3.3).
+    pub fn commit(&mut self, dev: &Device, tx: &Tx) -> Result<Committed> {
         let len = tx.record_len();
         if len > self.max_record_len() {
             return Err(Error::InvalidArgument("metadata transaction larger than half the journal"));
@@ -260,6 +279,9 @@ impl Journal {
         let mut done = Committed::default();
         if self.head + len - self.checkpoint > self.ring_len {
             done.checkpoint = Some(self.checkpoint(dev)?);
+        }
+        if tx.content {
+            dev.fence();
         }
         let mut rec = std::mem::take(&mut self.scratch);
         rec.clear();
@@ -279,7 +301,7 @@ impl Journal {
         let written = self.ring_write(dev, self.head, &rec);
         self.scratch = rec;
         written?;
-        let _ = dev.fence();
+        dev.fence();
         self.head += len;
         for (off, data) in tx.entries() {
             dev.write(off, data)?;
@@ -306,13 +328,13 @@ mod tests {
         let target = g.inode_off;
         let mut tx = Tx::new();
         tx.put(target, &[1, 2, 3]);
-        j.commit(&d, &tx, d.fence()).unwrap();
+        j.commit(&d, &tx).unwrap();
         // Undo the in-place apply, as if the crash came before it was written back.
         d.write(target, &[0, 0, 0]).unwrap();
         let head = j.head();
         let mut tx2 = Tx::new();
         tx2.put(target + 8, &[9; 100]);
-        j.commit(&d, &tx2, d.fence()).unwrap();
+        j.commit(&d, &tx2).unwrap();
         d.write(target + 8, &[0; 100]).unwrap();
         // Tear the second record: flip one byte of its payload.
         let at = JOURNAL_RING_OFF + head % g.journal_len + 40;
@@ -339,7 +361,7 @@ mod tests {
             let mut tx = Tx::new();
             tx.put(g.inode_off + (i % 64) * 8, &i.to_le_bytes());
             tx.put(g.inode_off + 4096, &[i as u8; 200]);
-            if j.commit(&d, &tx, d.fence()).unwrap().checkpoint.is_some() {
+            if j.commit(&d, &tx).unwrap().checkpoint.is_some() {
                 checkpoints += 1;
             }
         }
@@ -360,7 +382,7 @@ mod tests {
         // must refuse, so restore the superblock bytes and check recovery's verdict.
         let mut sb = [0u8; 8];
         d.read(0, &mut sb).unwrap();
-        j.commit(&d, &tx, d.fence()).unwrap();
+        j.commit(&d, &tx).unwrap();
         d.write(0, &sb).unwrap();
         assert!(matches!(Journal::recover(&d, &g), Err(Error::Corrupt { what: "journal entry target", .. })));
     }

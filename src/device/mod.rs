@@ -6,8 +6,7 @@
 //! also where the counters that DESIGN.md's flush/fence table is checked against live.
 //!
 //! Every store method writes back the cache lines it touched (or used non-temporal stores), so a
-//! caller's only persistence duty is [`Device::fence`], which returns the [`Persisted`] proof that
-//! the journal asks for before it commits a transaction that links new content.
+//! caller's only persistence duty is [`Device::fence`].
 
 mod persist;
 
@@ -27,12 +26,6 @@ use crate::error::{Error, Result};
 /// Copies at least this long use non-temporal stores (SPEC §2: 4 KiB nt+sfence ≈ 200 ns vs
 /// memcpy+clwb ≈ 530 ns); shorter ones use plain stores and clwb.
 pub const NT_THRESHOLD: usize = 256;
-
-/// Proof that a fence was issued after the content it covers was stored and written back.
-/// Only [`Device::fence`] makes one; the journal's commit takes one.
-#[derive(Debug)]
-#[must_use = "a fence's proof is meant for the commit that depends on it"]
-pub struct Persisted(());
 
 /// What the device is backed by.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -316,10 +309,9 @@ impl Device {
 
     /// Orders all earlier write-backs and non-temporal stores before later stores: after it,
     /// everything stored through this device so far is persistent.
-    pub fn fence(&self) -> Persisted {
+    pub fn fence(&self) {
         persist::sfence();
         self.counters.fences.fetch_add(1, Ordering::Relaxed);
-        Persisted(())
     }
 
     /// Failure-atomic aligned 8-byte store, written back. The caller fences.

@@ -1,0 +1,70 @@
+//! DESIGN.md's table of cache-line write-backs and fences per operation is measured here on the
+//! real code: a change that adds a flush or a fence to a hot path fails this test until the
+//! table (and the reasoning next to it) is updated.
+
+use udax::{Counters, Creds, Device, Fs, MkfsOptions};
+
+/// Parses the rows `| op | flushed lines | nt-stored lines | fences |` of DESIGN.md's table.
+fn design_table() -> Vec<(String, Counters)> {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/DESIGN.md")).unwrap();
+    let start = text.find("<!-- persist-table -->").expect("DESIGN.md has the persist table marker");
+    text[start..]
+        .lines()
+        .skip_while(|l| !l.starts_with('|'))
+        .take_while(|l| l.starts_with('|'))
+        .skip(2)
+        .map(|l| {
+            let cells: Vec<&str> = l.trim_matches('|').split('|').map(str::trim).collect();
+            let n = |i: usize| cells[i].parse::<u64>().unwrap_or_else(|_| panic!("bad cell in row {l}"));
+            (cells[0].trim_matches('`').to_string(), Counters { flush_lines: n(1), nt_bytes: n(2) * 64, fences: n(3) })
+        })
+        .collect()
+}
+
+/// Runs `op` and returns the persistence work it issued.
+fn measure(fs: &Fs, op: impl FnOnce()) -> Counters {
+    let before = fs.device().counters();
+    op();
+    fs.device().counters() - before
+}
+
+fn measured() -> Vec<(String, Counters)> {
+    let fs = Fs::mkfs(Device::anonymous(64 << 20).unwrap(), &MkfsOptions::default()).unwrap();
+    let who = Creds::ROOT;
+    // Warm state: the root directory has a block, the files exist, the checkpoint is current.
+    for i in 0..4 {
+        fs.create(1, format!("warm-{i}").as_bytes(), 0o644, who).unwrap();
+    }
+    let file = fs.create(1, b"data", 0o644, who).unwrap().ino;
+    fs.write(file, 0, &[1; 8192]).unwrap();
+    fs.write(file, 0, &[2; 4096]).unwrap();
+    let block = [3u8; 4096];
+    let mut rows = vec![];
+    rows.push(("create".into(), measure(&fs, || let _ = fs.create(1, b"file-0001", 0o644, who).unwrap();)));
+    rows.push(("4k-append".into(), measure(&fs, || assert_eq!(fs.write(file, 8192, &block).unwrap(), 4096))));
+    // The first overwrite after a metadata change moves the checkpoint; the next is steady.
+    rows.push(("4k-overwrite-first".into(), measure(&fs, || assert_eq!(fs.write(file, 0, &block).unwrap(), 4096))));
+    rows.push(("4k-overwrite".into(), measure(&fs, || assert_eq!(fs.write(file, 4096, &block).unwrap(), 4096))));
+    rows.push(("rename".into(), measure(&fs, || fs.rename(1, b"file-0001", 1, b"file-0002", Default::default()).unwrap())));
+    rows.push(("unlink".into(), measure(&fs, || fs.unlink(1, b"file-0002").unwrap())));
+    rows.push(("mkdir".into(), measure(&fs, || let _ = fs.mkdir(1, b"dir-0001", 0o755, who).unwrap();)));
+    rows
+}
+
+#[test]
+fn design_table_matches_the_code() {
+    let want = design_table();
+    let got = measured();
+    let show = |rows: &[(String, Counters)]| {
+        rows.iter()
+            .map(|(op, c)| format!("| `{op}` | {} | {} | {} |", c.flush_lines, c.nt_bytes / 64, c.fences))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert_eq!(
+        want.iter().map(|(o, _)| o.as_str()).collect::<Vec<_>>(),
+        got.iter().map(|(o, _)| o.as_str()).collect::<Vec<_>>(),
+        "the table's operations"
+    );
+    assert!(want == got, "DESIGN.md says\n{}\nthe code does\n{}", show(&want), show(&got));
+}
