@@ -40,14 +40,27 @@ fn measured() -> Vec<(String, Counters)> {
     fs.write(file, 0, &[2; 4096]).unwrap();
     let block = [3u8; 4096];
     let mut rows = vec![];
-    rows.push(("create".into(), measure(&fs, || let _ = fs.create(1, b"file-0001", 0o644, who).unwrap();)));
+    rows.push((
+        "create".into(),
+        measure(&fs, || {
+            fs.create(1, b"file-0001", 0o644, who).unwrap();
+        }),
+    ));
     rows.push(("4k-append".into(), measure(&fs, || assert_eq!(fs.write(file, 8192, &block).unwrap(), 4096))));
     // The first overwrite after a metadata change moves the checkpoint; the next is steady.
     rows.push(("4k-overwrite-first".into(), measure(&fs, || assert_eq!(fs.write(file, 0, &block).unwrap(), 4096))));
     rows.push(("4k-overwrite".into(), measure(&fs, || assert_eq!(fs.write(file, 4096, &block).unwrap(), 4096))));
-    rows.push(("rename".into(), measure(&fs, || fs.rename(1, b"file-0001", 1, b"file-0002", Default::default()).unwrap())));
+    rows.push((
+        "rename".into(),
+        measure(&fs, || fs.rename(1, b"file-0001", 1, b"file-0002", Default::default()).unwrap()),
+    ));
     rows.push(("unlink".into(), measure(&fs, || fs.unlink(1, b"file-0002").unwrap())));
-    rows.push(("mkdir".into(), measure(&fs, || let _ = fs.mkdir(1, b"dir-0001", 0o755, who).unwrap();)));
+    rows.push((
+        "mkdir".into(),
+        measure(&fs, || {
+            fs.mkdir(1, b"dir-0001", 0o755, who).unwrap();
+        }),
+    ));
     rows
 }
 
