@@ -653,6 +653,12 @@ impl Fs {
     pub fn link(&self, ino: u64, newparent: u64, newname: &[u8]) -> Result<Stat> {
         check_name(newname)?;
         let geo = self.inner.geo;
+        // Refused before any lock: a directory could be an ancestor of `newparent`, and locking
+        // it after its descendant would invert the lock order. Types never change, so this
+        // check cannot go stale.
+        if rd(&self.node(ino)?.inode).is_dir() {
+            return Err(Error::NotPermitted("hard links to directories are not allowed"));
+        }
         let p = self.node(newparent)?;
         let mut pg = wr(&p.inode);
         let dir = pg.dir()?;
@@ -661,10 +667,6 @@ impl Fs {
         }
         if dir.get(newname).is_some() {
             return Err(Error::Exists);
-        }
-        if ino == newparent {
-            // Linking a directory (into itself): refuse before locking it a second time.
-            return Err(Error::NotPermitted("hard links to directories are not allowed"));
         }
         let c = self.node(ino)?;
         let mut cg = wr(&c.inode);
