@@ -1,1 +1,369 @@
-fn main() {}
+//! `udax`: the command-line front end of the udax file system.
+//!
+//! Thin by design: each subcommand parses its arguments, calls `udax::Fs`, prints, and turns
+//! errors into messages and exit statuses. No file-system logic lives here.
+#![deny(unsafe_code)]
+
+mod admin;
+mod common;
+mod copy;
+mod demo;
+mod names;
+mod size;
+mod xio;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use common::{parse_mode, CliResult};
+use size::parse_size;
+
+const ABOUT: &str = "udax: a crash-consistent DAX file system for persistent and CXL memory, in user space";
+
+const LONG_ABOUT: &str = "\
+udax: a crash-consistent DAX file system for persistent and CXL memory, in user space.
+
+udax keeps a whole file system in one memory-mapped image: a file (ideally on /dev/shm or a
+DAX-mounted pmem file system) or a device-dax character device such as /dev/dax0.0. Reads and
+writes copy straight between your buffer and the mapped medium; every metadata change is one
+journal commit, atomic and durable when the call returns.
+
+Every subcommand that works on an image takes the image path first. The image is locked while
+a command runs, so two processes never mount it at once.";
+
+const AFTER_HELP: &str = "\
+Getting started:
+  udax demo                                  a guided tour on a scratch image
+  udax mkfs /dev/shm/pm.img --size 1G        make a 1 GiB file system
+  udax put /dev/shm/pm.img ./src /           copy a host tree in (like cp -a)
+  udax ls /dev/shm/pm.img / -l               list it
+  udax fsck /dev/shm/pm.img                  check every invariant
+
+Exit status: 0 on success, 1 on an error (message on stderr), 2 on bad usage;
+fsck: 4 when problems remain, 8 when the image cannot be opened.";
+
+#[derive(Debug, Parser)]
+#[command(name = "udax", version, about = ABOUT, long_about = LONG_ABOUT, after_help = AFTER_HELP)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Create a udax file system in an image file or device-dax device
+    #[command(
+        long_about = "Create a udax file system. The image file is created (or resized) to --size;\n\
+                      a device-dax device keeps its own size. An existing udax image is only\n\
+                      overwritten with --force.",
+        after_help = "Examples:\n  udax mkfs /dev/shm/pm.img --size 1G\n  \
+                      udax mkfs img --size 0x4000000 --block-size 1024 --inodes 100000 --label scratch\n  \
+                      udax mkfs /dev/dax0.0 --force"
+    )]
+    Mkfs(MkfsArgs),
+
+    /// Check an image's consistency (replays the journal first)
+    #[command(
+        long_about = "Check every invariant of a udax image: inode and extent decoding, block\n\
+                      ownership, free-space counts, link counts, directory structure and\n\
+                      connectivity. Opening the image replays its journal, as a mount would.",
+        after_help = "Exit status: 0 clean, 4 problems found, 8 the image cannot be opened.\n\n\
+                      Examples:\n  udax fsck /dev/shm/pm.img\n  udax fsck img --json | jq .report.findings"
+    )]
+    Fsck(FsckArgs),
+
+    /// Show an image's geometry, device mapping, space use and durability
+    #[command(after_help = "Examples:\n  udax info /dev/shm/pm.img\n  udax info img --json")]
+    Info(InfoArgs),
+
+    /// List a directory (or show one file) inside the image
+    #[command(after_help = "Examples:\n  udax ls img\n  udax ls img /etc -la")]
+    Ls(LsArgs),
+
+    /// Copy a host file or tree into the image, like cp -a
+    #[command(
+        long_about = "Copy a host file or directory tree into the image, keeping permission bits\n\
+                      (setuid/setgid/sticky included), owners, access and modification times,\n\
+                      symbolic links (not followed), hard links, FIFOs and device nodes. If PATH\n\
+                      is an existing directory the copy goes inside it under the source's name;\n\
+                      otherwise PATH becomes the copy.",
+        after_help = "Examples:\n  udax put img ./project /             makes /project\n  \
+                      udax put img notes.txt /docs/n.txt   copies to that name"
+    )]
+    Put(PutArgs),
+
+    /// Copy a file or tree out of the image to the host, like cp -a
+    #[command(
+        long_about = "Copy a file or directory tree from the image to the host, keeping permission\n\
+                      bits, access and modification times, symbolic links and hard links (owners\n\
+                      too when run as root). If HOST_PATH is an existing directory the copy goes\n\
+                      inside it under the source's name; otherwise HOST_PATH becomes the copy.\n\
+                      FIFOs, sockets and device nodes are skipped with a warning.",
+        after_help = "Examples:\n  udax get img /project ./restore\n  udax get img /docs/n.txt ."
+    )]
+    Get(GetArgs),
+
+    /// Write files' contents to stdout
+    #[command(after_help = "Example:\n  udax cat img /docs/n.txt /etc/motd")]
+    Cat(CatArgs),
+
+    /// Show a file's attributes, like stat(1)
+    #[command(after_help = "Examples:\n  udax stat img /docs/n.txt\n  udax stat img /link -L --json")]
+    Stat(StatArgs),
+
+    /// Create directories
+    #[command(after_help = "Examples:\n  udax mkdir img /a /b\n  udax mkdir img -p /x/y/z -m 700")]
+    Mkdir(MkdirArgs),
+
+    /// Remove files, or trees with -r
+    #[command(after_help = "Examples:\n  udax rm img /docs/n.txt\n  udax rm img -rf /project")]
+    Rm(RmArgs),
+
+    /// Rename or move a file or directory (atomically)
+    #[command(after_help = "Examples:\n  udax mv img /a.txt /b.txt     rename (replaces /b.txt)\n  \
+                            udax mv img /a.txt /docs      move into the directory /docs")]
+    Mv(MvArgs),
+
+    /// Make a hard link, or a symbolic link with -s
+    #[command(after_help = "Examples:\n  udax ln img /data /data.bak\n  udax ln img -s ../data /docs/link")]
+    Ln(LnArgs),
+
+    /// Run xfs_io-style commands on one open file
+    #[command(
+        long_about = "Open PATH inside the image once and run each -c command on it in order, in\n\
+                      the manner of xfs_io. Offsets and lengths take K/M/G suffixes and 0x hex.\n\
+                      Without -c, commands are read from stdin, one per line.",
+        after_help = xio::AFTER_HELP
+    )]
+    Io(IoArgs),
+
+    /// A guided tour: make a scratch image, use it, and explain what happens
+    #[command(
+        long_about = "Make a 64 MiB scratch image (in /dev/shm when it is writable), then walk\n\
+                      through what udax does: mkfs, files and directories, direct reads and\n\
+                      writes, the flushes and fences behind each commit, sparse files, atomic\n\
+                      rename, and surviving an unmount. The image is removed unless --keep.",
+        after_help = "Examples:\n  udax demo\n  udax demo --dir /mnt/pmem --keep"
+    )]
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct MkfsArgs {
+    /// Image file or device-dax device
+    pub image: PathBuf,
+    /// Image size (K/M/G/T suffixes, 0x hex); defaults to an existing file's size
+    #[arg(short, long, value_parser = parse_size)]
+    pub size: Option<u64>,
+    /// Block size: 1024, 2048 or 4096
+    #[arg(short, long, default_value_t = 4096, value_parser = parse_size)]
+    pub block_size: u64,
+    /// Number of inodes (default: one per 16 KiB)
+    #[arg(short = 'N', long, value_parser = parse_size)]
+    pub inodes: Option<u64>,
+    /// Journal size (default: chosen by image size)
+    #[arg(short = 'J', long, value_parser = parse_size)]
+    pub journal_size: Option<u64>,
+    /// Volume label (at most 31 bytes)
+    #[arg(short = 'L', long, default_value = "", hide_default_value = true)]
+    pub label: String,
+    /// Overwrite an existing udax image
+    #[arg(short, long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct FsckArgs {
+    /// The udax image (a file or a device-dax device)
+    pub image: PathBuf,
+    /// Print one JSON object: {"clean": bool, "report": {...}} or {"clean": false, "error": "..."}
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct InfoArgs {
+    /// The udax image (a file or a device-dax device)
+    pub image: PathBuf,
+    /// Print JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LsArgs {
+    /// The udax image (a file or a device-dax device)
+    pub image: PathBuf,
+    /// Directory or file inside the image
+    #[arg(default_value = "/")]
+    pub path: PathBuf,
+    /// Long listing: mode, links, owner, group, size, mtime (UTC), name
+    #[arg(short = 'l')]
+    pub long: bool,
+    /// Include . and .. (other names starting with a dot are always listed)
+    #[arg(short = 'a')]
+    pub all: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PutArgs {
+    /// The udax image (a file or a device-dax device)
+    pub image: PathBuf,
+    /// Host file or directory to copy in
+    pub host_path: PathBuf,
+    /// Destination inside the image
+    pub path: PathBuf,
+    /// Print each path as it is copied
+    #[arg(short, long)]
+    pub verbose: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    /// The udax image (a file or a device-dax device)
+    pub image: PathBuf,
+    /// File or directory inside the image
+    pub path: PathBuf,
+    /// Destination on the host
+    pub host_path: PathBuf,
+    /// Print each path as it is copied
+    #[arg(short, long)]
+    pub verbose: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CatArgs {
+    /// The udax image (a file or a device-dax device)
+    pub image: PathBuf,
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct StatArgs {
+    /// The udax image (a file or a device-dax device)
+    pub image: PathBuf,
+    pub path: PathBuf,
+    /// Print JSON (udax's Stat plus "type")
+    #[arg(long)]
+    pub json: bool,
+    /// Follow a final symbolic link
+    #[arg(short = 'L', long)]
+    pub dereference: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct MkdirArgs {
+    /// The udax image (a file or a device-dax device)
+    pub image: PathBuf,
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
+    /// Make parent directories as needed; no error if it exists
+    #[arg(short, long)]
+    pub parents: bool,
+    /// Permission bits, octal (with -p, of every directory it creates)
+    #[arg(short, long, default_value = "755", value_parser = parse_mode)]
+    pub mode: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct RmArgs {
+    /// The udax image (a file or a device-dax device)
+    pub image: PathBuf,
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
+    /// Remove directories and their contents
+    #[arg(short, short_alias = 'R', long)]
+    pub recursive: bool,
+    /// Ignore missing paths
+    #[arg(short, long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct MvArgs {
+    /// The udax image (a file or a device-dax device)
+    pub image: PathBuf,
+    pub src: PathBuf,
+    /// New name, or an existing directory to move into
+    pub dst: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct LnArgs {
+    /// The udax image (a file or a device-dax device)
+    pub image: PathBuf,
+    /// Existing file (hard link) or any text (symbolic link)
+    pub target: PathBuf,
+    /// New link, or an existing directory to put it in
+    pub link: PathBuf,
+    /// Make a symbolic link
+    #[arg(short, long)]
+    pub symbolic: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct IoArgs {
+    /// Create PATH (mode 0644) if it does not exist
+    #[arg(short = 'f')]
+    pub create: bool,
+    /// Open read-only
+    #[arg(short = 'r')]
+    pub read_only: bool,
+    /// The udax image (a file or a device-dax device)
+    pub image: PathBuf,
+    /// File inside the image
+    pub path: PathBuf,
+    /// A command to run, e.g. "pwrite -S 0xab 0 64k" (repeatable; see "help")
+    #[arg(short = 'c', value_name = "CMD", allow_hyphen_values = true)]
+    pub commands: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Directory for the scratch image (default /dev/shm, else the temp directory)
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Keep the image afterwards and print its path
+    #[arg(long)]
+    pub keep: bool,
+}
+
+fn run(cli: Cli) -> CliResult {
+    match cli.cmd {
+        Cmd::Mkfs(a) => admin::mkfs(&a),
+        Cmd::Fsck(a) => admin::fsck(&a),
+        Cmd::Info(a) => admin::info(&a),
+        Cmd::Ls(a) => names::ls(&a),
+        Cmd::Put(a) => copy::put(&a),
+        Cmd::Get(a) => copy::get(&a),
+        Cmd::Cat(a) => names::cat(&a),
+        Cmd::Stat(a) => names::stat(&a),
+        Cmd::Mkdir(a) => names::mkdir(&a),
+        Cmd::Rm(a) => names::rm(&a),
+        Cmd::Mv(a) => names::mv(&a),
+        Cmd::Ln(a) => names::ln(&a),
+        Cmd::Io(a) => xio::run(&a),
+        Cmd::Demo(a) => demo::run(&a),
+    }
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => f.exit(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,230 @@
+//! Whole-image commands: mkfs, fsck, info.
+
+use std::io::{Read, Write};
+use std::path::Path;
+
+use udax::{Device, Fs, MkfsOptions};
+
+use crate::common::{
+    close_image, describe, describe_open, fmt_full, open_image, stderr_is_tty, CliResult, Failure, OutResult, Progress,
+};
+use crate::size::human;
+use crate::{FsckArgs, InfoArgs, MkfsArgs};
+
+/// Images larger than this get a progress bar while mkfs clears the inode table.
+const MKFS_PROGRESS_MIN: u64 = 256 << 20;
+
+/// fsck exit statuses (as e2fsck: 4 = errors left uncorrected, 8 = operational error).
+const FSCK_FINDINGS: u8 = 4;
+const FSCK_CANNOT_OPEN: u8 = 8;
+
+/// Whether the file at `path` already starts with the udax magic.
+fn holds_udax(path: &Path) -> bool {
+    let mut magic = [0u8; 8];
+    match std::fs::File::open(path) {
+        Ok(mut f) => f.read_exact(&mut magic).is_ok() && magic == udax::layout::MAGIC,
+        Err(_) => false,
+    }
+}
+
+pub fn mkfs(a: &MkfsArgs) -> CliResult {
+    const CMD: &str = "mkfs";
+    let img = &a.image;
+    let fail = |m: String| Failure::new(CMD, img.display(), m);
+    let existing = std::fs::metadata(img).ok();
+    if existing.is_some() && !a.force && holds_udax(img) {
+        return Err(fail("already holds a udax file system; use --force to overwrite it".into()));
+    }
+    let size = match (a.size, &existing) {
+        (Some(s), _) => s,
+        (None, Some(m)) if m.is_file() && m.len() > 0 => m.len(),
+        (None, Some(m)) if !m.is_file() => 0, // device-dax: the device's own size
+        _ => return Err(fail("--size is required to create a new image (e.g. --size 1G)".into())),
+    };
+    let block_size = u32::try_from(a.block_size)
+        .ok()
+        .filter(|b| udax::layout::BLOCK_SIZES.contains(b))
+        .ok_or_else(|| fail(format!("block size {} is not one of 1024, 2048, 4096", a.block_size)))?;
+    let opts = MkfsOptions {
+        block_size,
+        inodes: a.inodes.unwrap_or(0),
+        journal_bytes: a.journal_size.unwrap_or(0),
+        label: a.label.clone(),
+    };
+    if opts.label.len() > 31 {
+        return Err(fail(format!("label {:?} is longer than 31 bytes", opts.label)));
+    }
+    // Check the geometry before touching the file, so a bad size leaves nothing behind.
+    let table_bytes = if size > 0 {
+        let g = udax::layout::Geometry::plan(size, block_size, opts.inodes, opts.journal_bytes)
+            .map_err(|e| fail(describe(&e)))?;
+        g.inode_count * udax::layout::INODE_SIZE
+    } else {
+        0
+    };
+    let created = existing.is_none();
+    let dev = Device::create(img, size).map_err(|e| {
+        if created {
+            let _ = std::fs::remove_file(img);
+        }
+        fail(describe_open(&e))
+    })?;
+    let dev_len = dev.len();
+    let progress = Progress::new(stderr_is_tty() && dev_len > MKFS_PROGRESS_MIN, table_bytes, true, "mkfs");
+    let fs = Fs::mkfs_with_progress(dev, &opts, &mut |done, total| progress.set(done, total)).map_err(|e| {
+        if created {
+            let _ = std::fs::remove_file(img);
+        }
+        fail(describe(&e))
+    })?;
+    progress.done();
+    let info = fs.info();
+    let g = info.geometry;
+    let mut o = std::io::stdout().lock();
+    let rows = [
+        ("size", format!("{} ({} bytes)", human(g.size_bytes), g.size_bytes)),
+        ("block size", g.block_size.to_string()),
+        ("inodes", format!("{} ({} bytes each, table at {:#x})", g.inode_count, udax::layout::INODE_SIZE, g.inode_off)),
+        ("journal", format!("{} at {:#x}", human(g.journal_len), udax::layout::JOURNAL_RING_OFF)),
+        (
+            "data blocks",
+            format!("{} ({}), from block {}", g.data_blocks, human(g.data_blocks * g.block_size), g.data_start),
+        ),
+        ("uuid", info.uuid.clone()),
+        ("label", if info.label.is_empty() { "(none)".into() } else { info.label.clone() }),
+        ("MAP_SYNC", if info.device.map_sync { "yes".into() } else { "no".into() }),
+        ("durability", info.durability.into()),
+    ];
+    writeln!(o, "Creating udax file system on {}", img.display()).out()?;
+    print_rows(&mut o, &rows)?;
+    drop(o);
+    close_image(CMD, img, fs)
+}
+
+fn print_rows(o: &mut impl Write, rows: &[(&str, String)]) -> CliResult {
+    let w = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 1;
+    for (k, v) in rows {
+        writeln!(o, "{:<w$} {v}", format!("{k}:")).out()?;
+    }
+    Ok(())
+}
+
+pub fn fsck(a: &FsckArgs) -> CliResult {
+    let img = &a.image;
+    let fs = match Fs::open_image(img) {
+        Ok(fs) => fs,
+        Err(e) => {
+            let msg = describe_open(&e);
+            if a.json {
+                let v = serde_json::json!({ "clean": false, "error": msg });
+                writeln!(std::io::stdout(), "{v:#}").out()?;
+            }
+            return Err(Failure { msg: Some(format!("udax fsck: {}: {msg}", img.display())), code: FSCK_CANNOT_OPEN });
+        }
+    };
+    let progress = Progress::new(stderr_is_tty(), fs.geometry().inode_count, false, "fsck: inodes");
+    let report = udax::check::check(&fs, &mut |done, total| progress.set(done, total));
+    progress.done();
+    let clean = report.is_clean();
+    let mut o = std::io::stdout().lock();
+    if a.json {
+        let v = serde_json::json!({ "clean": clean, "report": report });
+        writeln!(o, "{v:#}").out()?;
+    } else {
+        writeln!(
+            o,
+            "{}: {} inodes ({} directories, {} files, {} symlinks, {} special), {} extents; \
+             blocks {} used, {} free",
+            img.display(),
+            report.inodes,
+            report.directories,
+            report.regular_files,
+            report.symlinks,
+            report.special_files,
+            report.extents,
+            report.blocks_used,
+            report.blocks_free
+        )
+        .out()?;
+        for f in &report.findings {
+            let ino = f.ino.map_or_else(|| "-".to_string(), |i| i.to_string());
+            let at = f.at.map_or_else(|| "-".to_string(), |at| format!("{at:#x}"));
+            writeln!(o, "{}: ino {ino} at {at}: {}", f.kind, f.detail).out()?;
+        }
+        if clean {
+            writeln!(o, "clean").out()?;
+        } else {
+            writeln!(o, "{} problem(s) found", report.findings.len()).out()?;
+        }
+    }
+    drop(o);
+    close_image("fsck", img, fs).map_err(|f| Failure { code: FSCK_CANNOT_OPEN, ..f })?;
+    if clean {
+        Ok(())
+    } else {
+        Err(Failure::status(FSCK_FINDINGS))
+    }
+}
+
+pub fn info(a: &InfoArgs) -> CliResult {
+    const CMD: &str = "info";
+    let fs = open_image(CMD, &a.image)?;
+    let i = fs.info();
+    let mut o = std::io::stdout().lock();
+    if a.json {
+        let v = serde_json::to_value(&i).map_err(|e| Failure::plain(CMD, e))?;
+        writeln!(o, "{v:#}").out()?;
+    } else {
+        let g = &i.geometry;
+        let d = &i.device;
+        let s = &i.statfs;
+        let pct = |free: u64, all: u64| if all == 0 { 0.0 } else { free as f64 * 100.0 / all as f64 };
+        let rows = [
+            ("image", d.path.as_ref().map_or_else(|| "(anonymous memory)".into(), |p| p.display().to_string())),
+            ("backend", d.backend.clone()),
+            ("size", format!("{} ({} bytes)", human(g.size_bytes), g.size_bytes)),
+            ("device size", format!("{} bytes", d.len_bytes)),
+            ("block size", g.block_size.to_string()),
+            ("journal", format!("{} ({} bytes)", human(g.journal_len), g.journal_len)),
+            ("inode table", format!("{} inodes at {:#x}", g.inode_count, g.inode_off)),
+            (
+                "data area",
+                format!(
+                    "{} blocks from block {} (byte {:#x})",
+                    g.data_blocks,
+                    g.data_start,
+                    g.data_start * g.block_size
+                ),
+            ),
+            ("uuid", i.uuid.clone()),
+            ("label", if i.label.is_empty() { "(none)".into() } else { i.label.clone() }),
+            ("created", fmt_full(udax::Timespec { sec: i.mkfs_time, nsec: 0 })),
+            ("map_sync", if d.map_sync { "yes".into() } else { "no".into() }),
+            ("flush", d.flush.into()),
+            ("nt copy", d.nt_copy.into()),
+            (
+                "blocks free",
+                format!(
+                    "{} of {} ({:.1}%, {})",
+                    s.blocks_free,
+                    s.blocks,
+                    pct(s.blocks_free, s.blocks),
+                    human(s.blocks_free * s.block_size)
+                ),
+            ),
+            ("inodes free", format!("{} of {} ({:.1}%)", s.inodes_free, s.inodes, pct(s.inodes_free, s.inodes))),
+            ("name max", s.name_max.to_string()),
+            (
+                "recovery",
+                format!(
+                    "replayed {} journal record(s), {} bytes",
+                    i.recovery.replayed_records, i.recovery.replayed_bytes
+                ),
+            ),
+            ("durability", i.durability.into()),
+        ];
+        print_rows(&mut o, &rows)?;
+    }
+    drop(o);
+    close_image(CMD, &a.image, fs)
+}

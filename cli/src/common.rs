@@ -1,0 +1,356 @@
+//! Plumbing shared by the subcommands: failures and exit codes, error messages, stdout writes
+//! that survive a closed pipe, progress bars, and the formatting of modes and times.
+
+use std::io::{IsTerminal, Write};
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use udax::layout::mode;
+use udax::{Error, Fs, Timespec};
+
+/// Why a subcommand stopped: what to print on stderr (nothing for a closed stdout) and the
+/// exit status.
+#[derive(Debug)]
+pub struct Failure {
+    pub msg: Option<String>,
+    pub code: u8,
+}
+
+pub type CliResult<T = ()> = Result<T, Failure>;
+
+impl Failure {
+    /// "udax CMD: WHAT: message", exit status 1.
+    pub fn new(cmd: &str, what: impl std::fmt::Display, msg: impl std::fmt::Display) -> Failure {
+        Failure { msg: Some(format!("udax {cmd}: {what}: {msg}")), code: 1 }
+    }
+
+    /// "udax CMD: message", exit status 1.
+    pub fn plain(cmd: &str, msg: impl std::fmt::Display) -> Failure {
+        Failure { msg: Some(format!("udax {cmd}: {msg}")), code: 1 }
+    }
+
+    /// A udax error about `what` (an image path or a path inside the image).
+    pub fn fs(cmd: &str, what: impl AsRef<Path>, e: &Error) -> Failure {
+        Failure::new(cmd, what.as_ref().display(), describe(e))
+    }
+
+    /// The status a finished subcommand leaves, having printed nothing more.
+    pub fn status(code: u8) -> Failure {
+        Failure { msg: None, code }
+    }
+
+    pub fn exit(self) -> ExitCode {
+        if let Some(m) = &self.msg {
+            let _ = writeln!(std::io::stderr(), "{m}");
+        }
+        ExitCode::from(self.code)
+    }
+}
+
+/// strerror(3) text for an errno, without std's " (os error N)" tail.
+pub fn strerror(errno: i32) -> String {
+    strip_os_error(&std::io::Error::from_raw_os_error(errno).to_string())
+}
+
+fn strip_os_error(s: &str) -> String {
+    let mut out = s.to_string();
+    while let Some(i) = out.find(" (os error ") {
+        match out[i..].find(')') {
+            Some(j) => out.replace_range(i..i + j + 1, ""),
+            None => break,
+        }
+    }
+    out
+}
+
+/// A message for a udax error: the kernel's wording for plain errno cases ("File name too
+/// long"), udax's own for those that carry detail (corruption, not an image, in use).
+pub fn describe(e: &Error) -> String {
+    match e {
+        Error::NotFound
+        | Error::Exists
+        | Error::NoSpace
+        | Error::NameTooLong
+        | Error::NotDir
+        | Error::IsDir
+        | Error::NotEmpty
+        | Error::TooManyLinks
+        | Error::Loop
+        | Error::FileTooBig => strerror(e.errno()),
+        Error::NoInodes => "No space left on device (no free inodes)".into(),
+        Error::Busy => "image is in use by another process (it holds the image lock); \
+                        close it there first"
+            .into(),
+        other => strip_os_error(&other.to_string()),
+    }
+}
+
+/// A message for a failure to open an image: an OS error is reported as its strerror text
+/// alone (the image path is already the prefix).
+pub fn describe_open(e: &Error) -> String {
+    match e {
+        Error::Io { source, .. } => match source.raw_os_error() {
+            Some(n) => strerror(n),
+            None => strip_os_error(&source.to_string()),
+        },
+        other => describe(other),
+    }
+}
+
+/// Opens and mounts an image (replaying its journal), with failures worded for `cmd`.
+pub fn open_image(cmd: &str, image: &Path) -> CliResult<Fs> {
+    Fs::open_image(image).map_err(|e| Failure::new(cmd, image.display(), describe_open(&e)))
+}
+
+/// Syncs and lets go of an image (msync for page-cache-backed files).
+pub fn close_image(cmd: &str, image: &Path, fs: Fs) -> CliResult {
+    fs.unmount().map(drop).map_err(|e| Failure::fs(cmd, image, &e))
+}
+
+/// Opens `image`, runs `f` on it, and closes it (syncing) whether or not `f` succeeded; the
+/// first failure wins.
+pub fn with_image(cmd: &str, image: &Path, f: impl FnOnce(&Fs) -> CliResult) -> CliResult {
+    let fs = open_image(cmd, image)?;
+    let r = f(&fs);
+    let c = close_image(cmd, image, fs);
+    r.and(c)
+}
+
+/// Runs `f` for each item, printing each failure as it happens and going on (like rm or cat
+/// with several operands); fails with status 1 at the end if any did.
+pub fn each<T>(items: &[T], mut f: impl FnMut(&T) -> CliResult) -> CliResult {
+    let mut status = Ok(());
+    for it in items {
+        if let Err(e) = f(it) {
+            if e.msg.is_none() {
+                return Err(e);
+            }
+            let code = e.code;
+            let _ = e.exit();
+            status = Err(Failure::status(code));
+        }
+    }
+    status
+}
+
+/// Writes to stdout: a closed pipe (`udax ls img | head`) ends the command quietly.
+pub trait OutResult<T> {
+    fn out(self) -> CliResult<T>;
+}
+
+impl<T> OutResult<T> for std::io::Result<T> {
+    fn out(self) -> CliResult<T> {
+        self.map_err(|e| {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                Failure::status(0)
+            } else {
+                Failure::plain("write", format!("stdout: {}", strip_os_error(&e.to_string())))
+            }
+        })
+    }
+}
+
+/// ls-style mode string: "drwxr-xr-x", "-rwsr-x--T".
+pub fn mode_string(m: u32) -> String {
+    let t = match m & mode::S_IFMT {
+        mode::S_IFDIR => 'd',
+        mode::S_IFLNK => 'l',
+        mode::S_IFIFO => 'p',
+        mode::S_IFSOCK => 's',
+        mode::S_IFCHR => 'c',
+        mode::S_IFBLK => 'b',
+        _ => '-',
+    };
+    let mut s = String::with_capacity(10);
+    s.push(t);
+    let bit = |b: u32, c: char| if m & b != 0 { c } else { '-' };
+    let exec = |x: u32, special: u32, set: char, unset: char| match (m & x != 0, m & special != 0) {
+        (true, true) => set,
+        (false, true) => unset,
+        (true, false) => 'x',
+        (false, false) => '-',
+    };
+    s.push(bit(0o400, 'r'));
+    s.push(bit(0o200, 'w'));
+    s.push(exec(0o100, 0o4000, 's', 'S'));
+    s.push(bit(0o040, 'r'));
+    s.push(bit(0o020, 'w'));
+    s.push(exec(0o010, 0o2000, 's', 'S'));
+    s.push(bit(0o004, 'r'));
+    s.push(bit(0o002, 'w'));
+    s.push(exec(0o001, 0o1000, 't', 'T'));
+    s
+}
+
+/// stat(1)'s words for a file type.
+pub fn type_name(m: u32, size: u64) -> &'static str {
+    match m & mode::S_IFMT {
+        mode::S_IFDIR => "directory",
+        mode::S_IFLNK => "symbolic link",
+        mode::S_IFIFO => "fifo",
+        mode::S_IFSOCK => "socket",
+        mode::S_IFCHR => "character special file",
+        mode::S_IFBLK => "block special file",
+        _ if size == 0 => "regular empty file",
+        _ => "regular file",
+    }
+}
+
+/// Short machine-friendly type names for JSON.
+pub fn type_key(m: u32) -> &'static str {
+    match m & mode::S_IFMT {
+        mode::S_IFDIR => "directory",
+        mode::S_IFLNK => "symlink",
+        mode::S_IFIFO => "fifo",
+        mode::S_IFSOCK => "socket",
+        mode::S_IFCHR => "char_device",
+        mode::S_IFBLK => "block_device",
+        _ => "regular",
+    }
+}
+
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+/// Broken-down UTC time: (year, month, day, hour, minute, second).
+fn utc(sec: i64) -> (i64, u32, u32, u32, u32, u32) {
+    let days = sec.div_euclid(86_400);
+    let s = sec.rem_euclid(86_400);
+    let (y, mo, d) = civil_from_days(days);
+    (y, mo, d, (s / 3600) as u32, (s / 60 % 60) as u32, (s % 60) as u32)
+}
+
+/// "2024-05-01 13:45" (UTC), for `ls -l`.
+pub fn fmt_minutes(t: Timespec) -> String {
+    let (y, mo, d, h, mi, _) = utc(t.sec);
+    format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}")
+}
+
+/// "2024-05-01 13:45:07.123456789 +0000", for `stat`.
+pub fn fmt_full(t: Timespec) -> String {
+    let (y, mo, d, h, mi, s) = utc(t.sec);
+    format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02}.{:09} +0000", t.nsec)
+}
+
+/// Whether stderr is a terminal (progress bars only then).
+pub fn stderr_is_tty() -> bool {
+    std::io::stderr().is_terminal()
+}
+
+/// A progress bar on stderr, or nothing when `show` is false.
+#[derive(Debug)]
+pub struct Progress {
+    bar: Option<ProgressBar>,
+}
+
+impl Progress {
+    /// `bytes`: the counts are bytes (shown as such) rather than items.
+    pub fn new(show: bool, total: u64, bytes: bool, what: &str) -> Progress {
+        if !show {
+            return Progress { bar: None };
+        }
+        let bar = ProgressBar::new(total);
+        let template = if bytes {
+            "{prefix} [{wide_bar}] {bytes}/{total_bytes} ({bytes_per_sec}) {msg}"
+        } else {
+            "{prefix} [{wide_bar}] {pos}/{len} {msg}"
+        };
+        if let Ok(style) = ProgressStyle::with_template(template) {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar.set_prefix(what.to_string());
+        bar.enable_steady_tick(Duration::from_millis(200));
+        Progress { bar: Some(bar) }
+    }
+
+    pub fn set(&self, done: u64, total: u64) {
+        if let Some(b) = &self.bar {
+            b.set_length(total);
+            b.set_position(done);
+        }
+    }
+
+    pub fn inc(&self, n: u64) {
+        if let Some(b) = &self.bar {
+            b.inc(n);
+        }
+    }
+
+    pub fn message(&self, m: String) {
+        if let Some(b) = &self.bar {
+            b.set_message(m);
+        }
+    }
+
+    pub fn done(&self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        self.done();
+    }
+}
+
+/// Parses an octal permission argument ("755", "0644", "4755").
+pub fn parse_mode(s: &str) -> Result<u32, String> {
+    let t = s.trim();
+    let t = t.strip_prefix("0o").unwrap_or(t);
+    match u32::from_str_radix(t, 8) {
+        Ok(m) if m <= 0o7777 && !t.is_empty() => Ok(m),
+        _ => Err(format!("invalid mode {s:?}: expected octal permission bits such as 755 or 0644")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modes() {
+        assert_eq!(mode_string(mode::S_IFDIR | 0o755), "drwxr-xr-x");
+        assert_eq!(mode_string(mode::S_IFREG | 0o644), "-rw-r--r--");
+        assert_eq!(mode_string(mode::S_IFREG | 0o4755), "-rwsr-xr-x");
+        assert_eq!(mode_string(mode::S_IFREG | 0o4644), "-rwSr--r--");
+        assert_eq!(mode_string(mode::S_IFDIR | 0o1777), "drwxrwxrwt");
+        assert_eq!(mode_string(mode::S_IFDIR | 0o1770), "drwxrwx--T");
+        assert_eq!(mode_string(mode::S_IFREG | 0o2750), "-rwxr-s---");
+        assert_eq!(mode_string(mode::S_IFLNK | 0o777), "lrwxrwxrwx");
+        assert_eq!(mode_string(mode::S_IFIFO | 0o600), "prw-------");
+    }
+
+    #[test]
+    fn times() {
+        assert_eq!(fmt_minutes(Timespec { sec: 0, nsec: 0 }), "1970-01-01 00:00");
+        assert_eq!(fmt_full(Timespec { sec: 951_782_400, nsec: 5 }), "2000-02-29 00:00:00.000000005 +0000");
+        assert_eq!(fmt_minutes(Timespec { sec: 1_700_000_000, nsec: 0 }), "2023-11-14 22:13");
+        assert_eq!(fmt_minutes(Timespec { sec: -1, nsec: 0 }), "1969-12-31 23:59");
+    }
+
+    #[test]
+    fn errors() {
+        assert_eq!(describe(&Error::NameTooLong), "File name too long");
+        assert_eq!(strip_os_error("x: No such file (os error 2)"), "x: No such file");
+        assert_eq!(parse_mode("0755"), Ok(0o755));
+        assert_eq!(parse_mode("4755"), Ok(0o4755));
+        assert!(parse_mode("888").is_err());
+        assert!(parse_mode("17777").is_err());
+        assert!(parse_mode("").is_err());
+    }
+}

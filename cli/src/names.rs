@@ -1,0 +1,268 @@
+//! Namespace commands: ls, cat, stat, mkdir, rm, mv, ln.
+
+use std::ffi::OsStr;
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use udax::layout::mode;
+use udax::{Creds, Error, Fs, Stat};
+
+use crate::common::{
+    describe, each, fmt_full, fmt_minutes, mode_string, type_key, type_name, with_image, CliResult, Failure, OutResult,
+};
+use crate::{CatArgs, LnArgs, LsArgs, MkdirArgs, MvArgs, RmArgs, StatArgs};
+
+/// Read size for streaming file contents.
+const CHUNK: usize = 1 << 20;
+
+/// One line of a listing.
+struct Row {
+    name: Vec<u8>,
+    st: Stat,
+    target: Option<Vec<u8>>,
+}
+
+pub fn ls(a: &LsArgs) -> CliResult {
+    const CMD: &str = "ls";
+    with_image(CMD, &a.image, |fs| {
+        let p = &a.path;
+        let err = |e: Error| Failure::fs(CMD, p, &e);
+        let lst = fs.lstat(p).map_err(err)?;
+        // Like ls: a symlink to a directory is listed as the directory unless -l.
+        let list_dir = mode::is_dir(lst.mode)
+            || (mode::is_symlink(lst.mode) && !a.long && fs.stat(p).is_ok_and(|s| mode::is_dir(s.mode)));
+        let mut rows = Vec::new();
+        if list_dir {
+            let dir = fs.resolve(p, true).map_err(err)?;
+            if a.all {
+                rows.push(Row { name: b".".to_vec(), st: fs.getattr(dir).map_err(err)?, target: None });
+                rows.push(Row { name: b"..".to_vec(), st: fs.lookup(dir, b"..").map_err(err)?, target: None });
+            }
+            for e in fs.readdir(dir, 0).map_err(err)? {
+                let st = fs.getattr(e.ino).map_err(|x| Failure::fs(CMD, p.join(OsStr::from_bytes(&e.name)), &x))?;
+                rows.push(Row { name: e.name, st, target: None });
+            }
+            rows.sort_by(|x, y| x.name.cmp(&y.name));
+        } else {
+            rows.push(Row { name: p.as_os_str().as_bytes().to_vec(), st: lst, target: None });
+        }
+        if a.long {
+            for r in &mut rows {
+                if mode::is_symlink(r.st.mode) {
+                    r.target = fs.readlink(r.st.ino).ok();
+                }
+            }
+        }
+        print_rows(&rows, a.long)
+    })
+}
+
+fn size_column(st: &Stat) -> String {
+    match st.mode & mode::S_IFMT {
+        mode::S_IFCHR | mode::S_IFBLK => {
+            format!("{}, {}", libc::major(st.rdev as libc::dev_t), libc::minor(st.rdev as libc::dev_t))
+        }
+        _ => st.size.to_string(),
+    }
+}
+
+fn print_rows(rows: &[Row], long: bool) -> CliResult {
+    let mut o = std::io::BufWriter::new(std::io::stdout().lock());
+    if !long {
+        for r in rows {
+            o.write_all(&r.name).out()?;
+            o.write_all(b"\n").out()?;
+        }
+        return o.flush().out();
+    }
+    let w = |f: &dyn Fn(&Row) -> String| rows.iter().map(|r| f(r).len()).max().unwrap_or(0);
+    let (wl, wu, wg, ws) = (
+        w(&|r| r.st.nlink.to_string()),
+        w(&|r| r.st.uid.to_string()),
+        w(&|r| r.st.gid.to_string()),
+        w(&|r| size_column(&r.st)),
+    );
+    for r in rows {
+        let st = &r.st;
+        write!(
+            o,
+            "{} {:>wl$} {:<wu$} {:<wg$} {:>ws$} {} ",
+            mode_string(st.mode),
+            st.nlink,
+            st.uid,
+            st.gid,
+            size_column(st),
+            fmt_minutes(st.mtime)
+        )
+        .out()?;
+        o.write_all(&r.name).out()?;
+        if let Some(t) = &r.target {
+            o.write_all(b" -> ").out()?;
+            o.write_all(t).out()?;
+        }
+        o.write_all(b"\n").out()?;
+    }
+    o.flush().out()
+}
+
+pub fn cat(a: &CatArgs) -> CliResult {
+    const CMD: &str = "cat";
+    with_image(CMD, &a.image, |fs| {
+        let mut o = std::io::stdout().lock();
+        let mut buf = vec![0u8; CHUNK];
+        each(&a.paths, |p| {
+            let err = |e: Error| Failure::fs(CMD, p, &e);
+            let ino = fs.resolve(p, true).map_err(err)?;
+            let mut off = 0u64;
+            loop {
+                let n = fs.read(ino, off, &mut buf).map_err(err)?;
+                if n == 0 {
+                    break;
+                }
+                o.write_all(&buf[..n]).out()?;
+                off += n as u64;
+            }
+            o.flush().out()
+        })
+    })
+}
+
+/// A name for a uid or gid from /etc/passwd or /etc/group, if there is one.
+fn id_name(file: &str, id: u32) -> Option<String> {
+    let text = std::fs::read_to_string(file).ok()?;
+    text.lines().find_map(|l| {
+        let mut f = l.split(':');
+        let name = f.next()?;
+        let _pw = f.next()?;
+        (f.next()?.parse::<u32>().ok()? == id).then(|| name.to_string())
+    })
+}
+
+pub fn stat(a: &StatArgs) -> CliResult {
+    const CMD: &str = "stat";
+    with_image(CMD, &a.image, |fs| {
+        let p = &a.path;
+        let err = |e: Error| Failure::fs(CMD, p, &e);
+        let st = if a.dereference { fs.stat(p) } else { fs.lstat(p) }.map_err(err)?;
+        let target = if mode::is_symlink(st.mode) { Some(fs.readlink(st.ino).map_err(err)?) } else { None };
+        let mut o = std::io::stdout().lock();
+        if a.json {
+            let mut v = serde_json::to_value(st).map_err(|e| Failure::plain(CMD, e))?;
+            if let Some(m) = v.as_object_mut() {
+                m.insert("type".into(), type_key(st.mode).into());
+                m.insert("path".into(), p.to_string_lossy().into());
+                if let Some(t) = &target {
+                    m.insert("target".into(), String::from_utf8_lossy(t).into());
+                }
+            }
+            return writeln!(o, "{v:#}").out();
+        }
+        let mut name = p.as_os_str().as_bytes().to_vec();
+        if let Some(t) = &target {
+            name.extend_from_slice(b" -> ");
+            name.extend_from_slice(t);
+        }
+        o.write_all(b"  File: ").out()?;
+        o.write_all(&name).out()?;
+        writeln!(o).out()?;
+        writeln!(
+            o,
+            "  Size: {:<10}\tBlocks: {:<10} IO Block: {:<6} {}",
+            st.size,
+            st.blocks,
+            st.blksize,
+            type_name(st.mode, st.size)
+        )
+        .out()?;
+        let dev = match st.mode & mode::S_IFMT {
+            mode::S_IFCHR | mode::S_IFBLK => {
+                format!(" Device type: {},{}", libc::major(st.rdev as libc::dev_t), libc::minor(st.rdev as libc::dev_t))
+            }
+            _ => String::new(),
+        };
+        writeln!(o, "Device: {}\tInode: {:<11} Links: {:<5}{dev}", a.image.display(), st.ino, st.nlink).out()?;
+        let uname = id_name("/etc/passwd", st.uid).unwrap_or_else(|| "UNKNOWN".into());
+        let gname = id_name("/etc/group", st.gid).unwrap_or_else(|| "UNKNOWN".into());
+        writeln!(
+            o,
+            "Access: ({:04o}/{})  Uid: ({:>5}/{:>8})   Gid: ({:>5}/{:>8})",
+            st.mode & 0o7777,
+            mode_string(st.mode),
+            st.uid,
+            uname,
+            st.gid,
+            gname
+        )
+        .out()?;
+        writeln!(o, "Access: {}", fmt_full(st.atime)).out()?;
+        writeln!(o, "Modify: {}", fmt_full(st.mtime)).out()?;
+        writeln!(o, "Change: {}", fmt_full(st.ctime)).out()?;
+        writeln!(o, " Birth: {}", fmt_full(st.crtime)).out()
+    })
+}
+
+pub fn mkdir(a: &MkdirArgs) -> CliResult {
+    const CMD: &str = "mkdir";
+    with_image(CMD, &a.image, |fs| {
+        each(&a.paths, |p| {
+            let r = if a.parents {
+                fs.mkdir_all(p, a.mode).map(drop)
+            } else {
+                fs.resolve_parent(p)
+                    .and_then(|(parent, name)| fs.mkdir(parent, name, a.mode, Creds::current()))
+                    .map(drop)
+            };
+            r.map_err(|e| Failure::fs(CMD, p, &e))
+        })
+    })
+}
+
+pub fn rm(a: &RmArgs) -> CliResult {
+    const CMD: &str = "rm";
+    with_image(CMD, &a.image, |fs| {
+        each(&a.paths, |p| {
+            let err = |e: Error| Failure::fs(CMD, p, &e);
+            let st = match fs.lstat(p) {
+                Err(Error::NotFound) if a.force => return Ok(()),
+                r => r.map_err(err)?,
+            };
+            if mode::is_dir(st.mode) {
+                if !a.recursive {
+                    return Err(Failure::new(CMD, p.display(), describe(&Error::IsDir)));
+                }
+                fs.remove_all(p).map_err(err)
+            } else {
+                fs.unlink_path(p).map_err(err)
+            }
+        })
+    })
+}
+
+/// Where `src` lands when the destination is `dst`: inside it when it is an existing directory
+/// (following symlinks, as mv and ln do), else `dst` itself.
+fn into_dir(fs: &Fs, src: &Path, dst: &Path) -> PathBuf {
+    match (fs.stat(dst), src.file_name()) {
+        (Ok(st), Some(base)) if mode::is_dir(st.mode) => dst.join(base),
+        _ => dst.to_path_buf(),
+    }
+}
+
+pub fn mv(a: &MvArgs) -> CliResult {
+    const CMD: &str = "mv";
+    with_image(CMD, &a.image, |fs| {
+        let dst = into_dir(fs, &a.src, &a.dst);
+        fs.rename_path(&a.src, &dst)
+            .map_err(|e| Failure::new(CMD, format!("{} -> {}", a.src.display(), dst.display()), describe(&e)))
+    })
+}
+
+pub fn ln(a: &LnArgs) -> CliResult {
+    const CMD: &str = "ln";
+    with_image(CMD, &a.image, |fs| {
+        let link = into_dir(fs, &a.target, &a.link);
+        let r = if a.symbolic { fs.symlink_path(&a.target, &link) } else { fs.link_path(&a.target, &link) };
+        r.map(drop)
+            .map_err(|e| Failure::new(CMD, format!("{} -> {}", link.display(), a.target.display()), describe(&e)))
+    })
+}

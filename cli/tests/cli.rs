@@ -1,0 +1,493 @@
+//! End-to-end tests of the `udax` binary on scratch images.
+
+use std::ffi::OsStr;
+use std::fs::{File, FileTimes};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, UNIX_EPOCH};
+
+use tempfile::TempDir;
+
+fn tmp() -> TempDir {
+    if Path::new("/dev/shm").is_dir() {
+        if let Ok(d) = tempfile::tempdir_in("/dev/shm") {
+            return d;
+        }
+    }
+    tempfile::tempdir().unwrap()
+}
+
+fn udax<S: AsRef<OsStr>>(args: &[S]) -> Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_udax")).args(args).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "udax panicked: {err}");
+    out
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Runs udax and expects success; returns stdout.
+#[track_caller]
+fn ok<S: AsRef<OsStr> + std::fmt::Debug>(args: &[S]) -> String {
+    let out = udax(args);
+    assert!(out.status.success(), "udax {args:?} failed ({}): {}", out.status, text(&out.stderr));
+    text(&out.stdout)
+}
+
+/// Runs udax and expects failure; returns (exit code, stderr).
+#[track_caller]
+fn fails<S: AsRef<OsStr> + std::fmt::Debug>(args: &[S]) -> (i32, String) {
+    let out = udax(args);
+    assert!(!out.status.success(), "udax {args:?} succeeded: {}", text(&out.stdout));
+    (out.status.code().unwrap_or(-1), text(&out.stderr))
+}
+
+fn mkfs(dir: &Path, size: &str) -> PathBuf {
+    let img = dir.join("img");
+    ok(&[OsStr::new("mkfs"), img.as_os_str(), OsStr::new("--size"), OsStr::new(size)]);
+    img
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn mkfs_info_ls() {
+    let d = tmp();
+    let img = d.path().join("img");
+    let out = ok(&["mkfs", s(&img), "--size", "16M", "--label", "scratch"]);
+    assert!(out.contains("block size:  4096"), "{out}");
+    assert!(out.contains("data blocks:"), "{out}");
+    assert_eq!(std::fs::metadata(&img).unwrap().len(), 16 << 20);
+
+    let info = ok(&["info", s(&img)]);
+    for key in ["block size:", "map_sync:", "flush:", "nt copy:", "uuid:", "durability:", "recovery:"] {
+        assert!(info.contains(key), "{key} missing from {info}");
+    }
+    assert!(info.contains("label:       scratch"), "{info}");
+    let j: serde_json::Value = serde_json::from_str(&ok(&["info", s(&img), "--json"])).unwrap();
+    assert_eq!(j["geometry"]["block_size"], 4096);
+    assert_eq!(j["geometry"]["size_bytes"], 16 << 20);
+    assert_eq!(j["label"], "scratch");
+    assert!(j["device"]["map_sync"].is_boolean());
+
+    assert_eq!(ok(&["ls", s(&img)]), "");
+    assert_eq!(ok(&["ls", s(&img), "/", "-a"]), ".\n..\n");
+    let long = ok(&["ls", s(&img), "-la"]);
+    assert!(long.starts_with("drwxr-xr-x 2 "), "{long}");
+
+    // Hex sizes, other block sizes; refusing to overwrite without --force.
+    let (_, err) = fails(&["mkfs", s(&img), "--size", "0x1000000", "--block-size", "1024"]);
+    assert!(err.contains("--force"), "{err}");
+    let out = ok(&["mkfs", s(&img), "--size", "0x1000000", "--block-size", "1k", "--force"]);
+    assert!(out.contains("block size:  1024"), "{out}");
+    let (_, err) = fails(&["mkfs", s(&d.path().join("new")), "--size", "16M", "--block-size", "512"]);
+    assert!(err.contains("block size"), "{err}");
+    let (_, err) = fails(&["mkfs", s(&d.path().join("tiny")), "--size", "8k"]);
+    assert!(err.contains("too small"), "{err}");
+    assert!(!d.path().join("tiny").exists(), "a refused mkfs left a file behind");
+    let (_, err) = fails(&["mkfs", s(&d.path().join("nosize"))]);
+    assert!(err.contains("--size"), "{err}");
+}
+
+/// xorshift bytes: incompressible enough, reproducible.
+fn noise(n: usize, mut x: u64) -> Vec<u8> {
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+fn set_mtime(p: &Path, sec: u64, nsec: u32) {
+    let t = UNIX_EPOCH + Duration::new(sec, nsec);
+    File::open(p).unwrap().set_times(FileTimes::new().set_modified(t).set_accessed(t)).unwrap();
+}
+
+fn chmod(p: &Path, m: u32) {
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+}
+
+/// Builds a host tree with varied modes, times, a symlink, an empty file, a hard link, a
+/// non-UTF-8 name and a 3 MiB file.
+fn host_tree(root: &Path) {
+    std::fs::create_dir_all(root.join("sub/deeper")).unwrap();
+    std::fs::create_dir(root.join("sticky")).unwrap();
+    std::fs::write(root.join("plain.txt"), b"hello\n").unwrap();
+    std::fs::write(root.join("secret"), b"s3cret").unwrap();
+    std::fs::write(root.join("tool"), b"#!/bin/sh\necho hi\n").unwrap();
+    std::fs::write(root.join("suid"), b"x").unwrap();
+    std::fs::write(root.join("empty"), b"").unwrap();
+    std::fs::write(root.join("sub/deeper/big.bin"), noise(3 << 20, 0x9e37_79b9_7f4a_7c15)).unwrap();
+    let mut sparse = noise(1 << 20, 7);
+    sparse.extend(vec![0u8; 2 << 20]);
+    sparse.extend(noise(1000, 8));
+    std::fs::write(root.join("sub/holes.bin"), &sparse).unwrap();
+    std::fs::write(root.join(OsStr::from_bytes(b"caf\xe9")), b"latin-1 name").unwrap();
+    std::os::unix::fs::symlink("sub/deeper/big.bin", root.join("link")).unwrap();
+    std::os::unix::fs::symlink("/nowhere/at/all", root.join("dangling")).unwrap();
+    std::fs::hard_link(root.join("plain.txt"), root.join("sub/plain-again")).unwrap();
+    chmod(&root.join("secret"), 0o600);
+    chmod(&root.join("tool"), 0o755);
+    chmod(&root.join("suid"), 0o4751);
+    chmod(&root.join("sticky"), 0o1777);
+    chmod(&root.join("sub/deeper"), 0o750);
+    for (i, p) in
+        ["plain.txt", "secret", "tool", "suid", "empty", "sub/deeper/big.bin", "sub/holes.bin"].iter().enumerate()
+    {
+        set_mtime(&root.join(p), 1_000_000_000 + i as u64 * 1000, 123_456_789 + i as u32);
+    }
+    // Directories last: their contents are done.
+    for (i, p) in ["sub/deeper", "sub", "sticky", ""].iter().enumerate() {
+        set_mtime(&root.join(p), 1_500_000_000 + i as u64, 42 + i as u32);
+    }
+}
+
+/// Compares two host trees: names, types, bytes, permission bits, symlink targets, mtimes.
+fn same_tree(a: &Path, b: &Path) {
+    let ma = std::fs::symlink_metadata(a).unwrap();
+    let mb = std::fs::symlink_metadata(b).unwrap_or_else(|e| panic!("{}: {e}", b.display()));
+    assert_eq!(ma.file_type(), mb.file_type(), "type of {}", b.display());
+    if ma.file_type().is_symlink() {
+        assert_eq!(std::fs::read_link(a).unwrap(), std::fs::read_link(b).unwrap(), "target of {}", b.display());
+        return;
+    }
+    assert_eq!(ma.mode() & 0o7777, mb.mode() & 0o7777, "mode of {}", b.display());
+    assert_eq!((ma.mtime(), ma.mtime_nsec()), (mb.mtime(), mb.mtime_nsec()), "mtime of {}", b.display());
+    if ma.is_dir() {
+        let names = |p: &Path| {
+            let mut v: Vec<_> = std::fs::read_dir(p).unwrap().map(|e| e.unwrap().file_name()).collect();
+            v.sort();
+            v
+        };
+        let (na, nb) = (names(a), names(b));
+        assert_eq!(na, nb, "entries of {}", b.display());
+        for n in na {
+            same_tree(&a.join(&n), &b.join(&n));
+        }
+    } else {
+        assert_eq!(ma.len(), mb.len(), "size of {}", b.display());
+        assert!(std::fs::read(a).unwrap() == std::fs::read(b).unwrap(), "bytes of {}", b.display());
+    }
+}
+
+#[test]
+fn put_get_round_trip() {
+    let d = tmp();
+    let img = mkfs(d.path(), "64M");
+    let src = d.path().join("src");
+    host_tree(&src);
+
+    // Destination missing: it becomes the copy.
+    ok(&["put", s(&img), s(&src), "/copy"]);
+    // Destination an existing directory: the copy goes inside under the source's name.
+    ok(&["mkdir", s(&img), "/into"]);
+    ok(&["put", s(&img), s(&src), "/into"]);
+    let ls = ok(&["ls", s(&img), "/into"]);
+    assert_eq!(ls, "src\n");
+    let ls = ok(&["ls", s(&img), "/copy", "-l"]);
+    assert!(ls.contains("-rwsr-x--x "), "{ls}");
+    assert!(ls.contains("drwxrwxrwt "), "{ls}");
+    assert!(ls.contains("link -> sub/deeper/big.bin"), "{ls}");
+    assert!(ls.contains(" 2001-09-09 01:46 plain.txt"), "{ls}");
+
+    // The hard link is one inode in the image; holes stay holes.
+    let a: serde_json::Value = serde_json::from_str(&ok(&["stat", s(&img), "/copy/plain.txt", "--json"])).unwrap();
+    let b: serde_json::Value =
+        serde_json::from_str(&ok(&["stat", s(&img), "/copy/sub/plain-again", "--json"])).unwrap();
+    assert_eq!(a["ino"], b["ino"]);
+    assert_eq!(a["nlink"], 2);
+    let h: serde_json::Value = serde_json::from_str(&ok(&["stat", s(&img), "/copy/sub/holes.bin", "--json"])).unwrap();
+    assert!(h["blocks"].as_u64().unwrap() * 512 < 2 << 20, "holes were filled: {h}");
+    assert_eq!(h["size"], (3 << 20) + 1000);
+
+    // Back out: into a missing path, then into an existing directory.
+    let out = d.path().join("out");
+    ok(&["get", s(&img), "/copy", s(&out)]);
+    same_tree(&src, &out);
+    let out2 = d.path().join("out2");
+    std::fs::create_dir(&out2).unwrap();
+    ok(&["get", s(&img), "/into/src", s(&out2)]);
+    same_tree(&src, &out2.join("src"));
+    let m1 = std::fs::metadata(out.join("plain.txt")).unwrap();
+    let m2 = std::fs::metadata(out.join("sub/plain-again")).unwrap();
+    assert_eq!(m1.ino(), m2.ino(), "the hard link came back as two files");
+
+    // Single files both ways, and cat.
+    ok(&["put", s(&img), s(&src.join("plain.txt")), "/one.txt"]);
+    assert_eq!(ok(&["cat", s(&img), "/one.txt", "/copy/secret"]), "hello\ns3cret");
+    ok(&["get", s(&img), "/one.txt", s(d.path())]);
+    assert_eq!(std::fs::read(d.path().join("one.txt")).unwrap(), b"hello\n");
+    // Overwriting an existing file on either side.
+    ok(&["put", s(&img), s(&src.join("secret")), "/one.txt"]);
+    assert_eq!(ok(&["cat", s(&img), "/one.txt"]), "s3cret");
+    ok(&["get", s(&img), "/one.txt", s(&d.path().join("one.txt"))]);
+    assert_eq!(std::fs::read(d.path().join("one.txt")).unwrap(), b"s3cret");
+
+    let out = udax(&["fsck", s(&img)]);
+    assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
+
+    let (_, err) = fails(&["get", s(&img), "/one.txt", s(&img)]);
+    assert!(err.contains("image itself"), "{err}");
+    assert!(ok(&["fsck", s(&img)]).contains("clean"));
+    let (_, err) = fails(&["put", s(&img), s(&d.path().join("missing")), "/x"]);
+    assert!(err.contains("No such file or directory"), "{err}");
+    let (_, err) = fails(&["get", s(&img), "/missing", s(&d.path().join("x"))]);
+    assert!(err.contains("udax get: /missing: No such file or directory"), "{err}");
+}
+
+#[test]
+fn fsck_clean_and_json() {
+    let d = tmp();
+    let img = mkfs(d.path(), "16M");
+    ok(&["mkdir", s(&img), "-p", "/a/b/c"]);
+    let out = ok(&["fsck", s(&img)]);
+    assert!(out.contains("4 inodes (4 directories"), "{out}");
+    assert!(out.contains("clean"), "{out}");
+    let j: serde_json::Value = serde_json::from_str(&ok(&["fsck", s(&img), "--json"])).unwrap();
+    assert_eq!(j["clean"], true);
+    assert_eq!(j["report"]["inodes"], 4);
+    assert!(j["report"]["findings"].as_array().unwrap().is_empty());
+}
+
+#[test]
+fn io_pwrite_then_pread() {
+    let d = tmp();
+    let img = mkfs(d.path(), "16M");
+    let out = ok(&["io", "-f", s(&img), "/f", "-c", "pwrite -S 0x41 0 4k", "-c", "pread -v 4064 0x40", "-c", "stat"]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "wrote 4096/4096 bytes at offset 0");
+    assert!(lines[1].starts_with("4 KiB, 1 ops; "), "{out}");
+    assert_eq!(lines[2], "00000fe0:  41 41 41 41 41 41 41 41 41 41 41 41 41 41 41 41  AAAAAAAAAAAAAAAA");
+    assert_eq!(lines[3], "00000ff0:  41 41 41 41 41 41 41 41 41 41 41 41 41 41 41 41  AAAAAAAAAAAAAAAA");
+    assert_eq!(lines[4], "read 32/64 bytes at offset 4064");
+    assert!(out.contains("fd.path = \"/f\"\n"), "{out}");
+    assert!(out.contains("stat.type = regular file\nstat.size = 4096\nstat.blocks = 8\n"), "{out}");
+
+    // Default fill byte, truncate, reading a hole.
+    let out =
+        ok(&["io", s(&img), "/f", "-c", "pwrite 8k 16", "-c", "pread -v 8k 16", "-c", "truncate 1M", "-c", "stat"]);
+    assert!(out.contains("00002000:  cd cd cd cd cd cd cd cd cd cd cd cd cd cd cd cd  ................\n"), "{out}");
+    assert!(out.contains("stat.size = 1048576"), "{out}");
+    let out = ok(&["io", s(&img), "/f", "-c", "pread -v 0x10000 16", "-c", "fsync"]);
+    assert!(out.starts_with("00010000:  00 00 00"), "{out}");
+
+    // Without -f a missing file is an error; an unknown verb or bad argument runs nothing.
+    let (_, err) = fails(&["io", s(&img), "/nope", "-c", "stat"]);
+    assert!(err.contains("/nope: No such file or directory"), "{err}");
+    let (_, err) = fails(&["io", s(&img), "/f", "-c", "truncate 0", "-c", "frob 1 2"]);
+    assert!(err.contains("\"frob\""), "{err}");
+    let (_, err) = fails(&["io", s(&img), "/f", "-c", "pwrite -S 300 0 1"]);
+    assert!(err.contains("pwrite"), "{err}");
+    let (_, err) = fails(&["io", s(&img), "/f", "-c", "pread 0"]);
+    assert!(err.contains("usage: pread"), "{err}");
+    assert!(ok(&["io", s(&img), "/f", "-c", "stat"]).contains("stat.size = 1048576"));
+
+    // A file-system error prints like xfs_io and the next command still runs.
+    let out = udax(&["io", s(&img), "/f", "-c", "pwrite 0 64M", "-c", "stat"]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("pwrite: No space left on device"), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("stat.ino"), "{}", text(&out.stdout));
+    assert!(ok(&["io", s(&img), "/f", "-c", "help"]).contains("pwrite"));
+}
+
+#[test]
+fn stat_json_and_text() {
+    let d = tmp();
+    let img = mkfs(d.path(), "16M");
+    ok(&["io", "-f", s(&img), "/f", "-c", "pwrite 0 5000"]);
+    ok(&["ln", s(&img), "-s", "f", "/l"]);
+    let j: serde_json::Value = serde_json::from_str(&ok(&["stat", s(&img), "/f", "--json"])).unwrap();
+    for k in ["ino", "mode", "nlink", "uid", "gid", "size", "blocks", "atime", "mtime", "ctime", "type"] {
+        assert!(j.get(k).is_some(), "{k} missing from {j}");
+    }
+    assert!(j["mtime"]["sec"].is_i64() && j["mtime"]["nsec"].is_u64(), "{j}");
+    assert_eq!(j["size"], 5000);
+    assert_eq!(j["blocks"], 16);
+    assert_eq!(j["type"], "regular");
+    assert_eq!(j["mode"].as_u64().unwrap() & 0o7777, 0o644);
+
+    let l: serde_json::Value = serde_json::from_str(&ok(&["stat", s(&img), "/l", "--json"])).unwrap();
+    assert_eq!(l["type"], "symlink");
+    assert_eq!(l["target"], "f");
+    let l: serde_json::Value = serde_json::from_str(&ok(&["stat", s(&img), "/l", "--json", "-L"])).unwrap();
+    assert_eq!(l["type"], "regular");
+    assert_eq!(l["ino"], j["ino"]);
+
+    let t = ok(&["stat", s(&img), "/f"]);
+    assert!(t.contains("  File: /f\n"), "{t}");
+    assert!(t.contains("Size: 5000"), "{t}");
+    assert!(t.contains("Blocks: 16"), "{t}");
+    assert!(t.contains("IO Block: 4096"), "{t}");
+    assert!(t.contains("regular file"), "{t}");
+    assert!(t.contains("Access: (0644/-rw-r--r--)"), "{t}");
+    assert!(t.contains("Modify: ") && t.contains(" Birth: "), "{t}");
+    let t = ok(&["stat", s(&img), "/l"]);
+    assert!(t.contains("  File: /l -> f\n") && t.contains("symbolic link"), "{t}");
+}
+
+#[test]
+fn namespace_commands() {
+    let d = tmp();
+    let img = mkfs(d.path(), "16M");
+    ok(&["mkdir", s(&img), "-p", "/a/b/c", "-m", "700"]);
+    ok(&["mkdir", s(&img), "-p", "/a/b"]); // exists: fine with -p
+    let (_, err) = fails(&["mkdir", s(&img), "/a"]);
+    assert!(err.contains("udax mkdir: /a: File exists"), "{err}");
+    let (_, err) = fails(&["mkdir", s(&img), "/no/such"]);
+    assert!(err.contains("No such file or directory"), "{err}");
+    assert!(ok(&["ls", s(&img), "/a", "-l"]).starts_with("drwx------ 3 "));
+
+    ok(&["io", "-f", s(&img), "/a/f", "-c", "pwrite 0 10"]);
+    // mv into an existing directory, then rename.
+    ok(&["mv", s(&img), "/a/f", "/a/b"]);
+    assert_eq!(ok(&["ls", s(&img), "/a/b"]), "c\nf\n");
+    ok(&["mv", s(&img), "/a/b/f", "/g"]);
+    assert_eq!(ok(&["ls", s(&img)]), "a\ng\n");
+    let (_, err) = fails(&["mv", s(&img), "/a", "/a/b/c"]);
+    assert!(err.contains("udax mv:"), "{err}");
+
+    // Links.
+    ok(&["ln", s(&img), "-s", "../g", "/a/sym"]);
+    ok(&["ln", s(&img), "/g", "/a"]);
+    let ls = ok(&["ls", s(&img), "/a", "-l"]);
+    assert!(ls.contains("sym -> ../g"), "{ls}");
+    assert!(ls.contains("-rw-r--r-- 2 "), "{ls}");
+    assert_eq!(udax(&["cat", s(&img), "/a/sym"]).stdout, vec![0xcd; 10]);
+    let (_, err) = fails(&["ln", s(&img), "/a", "/dirlink"]);
+    assert!(err.contains("udax ln:"), "{err}");
+
+    // rm: a directory needs -r; -f ignores missing paths.
+    let (_, err) = fails(&["rm", s(&img), "/a"]);
+    assert!(err.contains("udax rm: /a: Is a directory"), "{err}");
+    let (_, err) = fails(&["rm", s(&img), "/missing", "/g"]);
+    assert!(err.contains("/missing: No such file or directory"), "{err}");
+    // ... and the other operand was still removed.
+    assert_eq!(ok(&["ls", s(&img)]), "a\n");
+    ok(&["rm", s(&img), "-f", "/missing"]);
+    ok(&["rm", s(&img), "-r", "/a"]);
+    assert_eq!(ok(&["ls", s(&img)]), "");
+    assert!(ok(&["fsck", s(&img)]).contains("clean"));
+}
+
+#[test]
+fn long_names_are_refused() {
+    let d = tmp();
+    let img = mkfs(d.path(), "16M");
+    let name = format!("/{}", "n".repeat(256));
+    let (code, err) = fails(&["mkdir", s(&img), &name]);
+    assert_eq!(code, 1);
+    assert!(err.contains("File name too long"), "{err}");
+    let (_, err) = fails(&["mkdir", s(&img), "-p", &name]);
+    assert!(err.contains("File name too long"), "{err}");
+    let ok255 = format!("/{}", "n".repeat(255));
+    ok(&["mkdir", s(&img), &ok255]);
+}
+
+#[test]
+fn non_udax_files_are_refused() {
+    let d = tmp();
+    let zeros = d.path().join("zeros");
+    std::fs::write(&zeros, vec![0u8; 1 << 20]).unwrap();
+    let txt = d.path().join("notes.txt");
+    std::fs::write(&txt, "just some text\n").unwrap();
+    for f in [&zeros, &txt] {
+        let (code, err) = fails(&["fsck", s(f)]);
+        assert_eq!(code, 8, "{err}");
+        assert!(err.starts_with(&format!("udax fsck: {}: ", f.display())), "{err}");
+        assert!(err.contains("not a udax image"), "{err}");
+        let (code, err) = fails(&["ls", s(f)]);
+        assert_eq!(code, 1);
+        assert!(err.contains("not a udax image"), "{err}");
+        let (_, err) = fails(&["io", s(f), "/x", "-f", "-c", "pwrite 0 1"]);
+        assert!(err.contains("not a udax image"), "{err}");
+    }
+    let j: serde_json::Value = serde_json::from_slice(&udax(&["fsck", s(&zeros), "--json"]).stdout).unwrap();
+    assert_eq!(j["clean"], false);
+    assert!(j["error"].as_str().unwrap().contains("not a udax image"));
+    let (code, err) = fails(&["fsck", s(&d.path().join("absent"))]);
+    assert_eq!(code, 8);
+    assert!(err.contains("No such file or directory"), "{err}");
+    // The zeros were not touched.
+    assert!(std::fs::read(&zeros).unwrap().iter().all(|&b| b == 0));
+}
+
+#[test]
+fn truncated_image_is_refused() {
+    let d = tmp();
+    let img = mkfs(d.path(), "16M");
+    File::options().write(true).open(&img).unwrap().set_len(8 << 10).unwrap();
+    let (code, err) = fails(&["fsck", s(&img)]);
+    assert_eq!(code, 8);
+    assert!(err.contains("truncated"), "{err}");
+    let (_, err) = fails(&["ls", s(&img)]);
+    assert!(err.contains("truncated"), "{err}");
+}
+
+#[test]
+fn flipped_superblock_bit_is_refused() {
+    let d = tmp();
+    let img = mkfs(d.path(), "16M");
+    let mut bytes = std::fs::read(&img).unwrap();
+    bytes[40] ^= 0x10;
+    std::fs::write(&img, &bytes).unwrap();
+    let (code, err) = fails(&["fsck", s(&img)]);
+    assert_eq!(code, 8);
+    assert!(err.contains("superblock"), "{err}");
+    let (_, err) = fails(&["info", s(&img)]);
+    assert!(err.contains("superblock"), "{err}");
+}
+
+#[test]
+fn image_in_use_is_refused() {
+    let d = tmp();
+    let img = mkfs(d.path(), "16M");
+    let fs = udax::Fs::open_image(&img).unwrap();
+    let (code, err) = fails(&["io", s(&img), "/f", "-f", "-c", "pwrite 0 4k"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("in use"), "{err}");
+    let (code, err) = fails(&["fsck", s(&img)]);
+    assert_eq!(code, 8);
+    assert!(err.contains("in use"), "{err}");
+    let (_, err) = fails(&["mkfs", s(&img), "--size", "16M", "--force"]);
+    assert!(err.contains("in use"), "{err}");
+    drop(fs);
+    ok(&["io", s(&img), "/f", "-f", "-c", "pwrite 0 4k"]);
+}
+
+#[test]
+fn demo_runs_and_cleans_up() {
+    let d = tmp();
+    let out = ok(&["demo", "--dir", s(d.path())]);
+    for word in ["mkfs", "MAP_SYNC", "fence", "sparse", "rename", "clean"] {
+        assert!(out.contains(word), "{word} missing from the demo:\n{out}");
+    }
+    assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0, "the demo left its image behind");
+    let out = ok(&["demo", "--dir", s(d.path()), "--keep"]);
+    let kept: Vec<_> = std::fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(kept.len(), 1);
+    assert!(out.contains(&kept[0].display().to_string()), "{out}");
+    assert!(ok(&["fsck", s(&kept[0])]).contains("clean"));
+}
+
+#[test]
+fn help_teaches() {
+    let top = ok(&["--help"]);
+    assert!(top.contains("udax demo"), "{top}");
+    for cmd in ["mkfs", "fsck", "info", "ls", "put", "get", "cat", "stat", "mkdir", "rm", "mv", "ln", "io", "demo"] {
+        let h = ok(&[cmd, "--help"]);
+        assert!(h.contains("Example"), "udax {cmd} --help has no example:\n{h}");
+    }
+    let (code, _) = fails(&["mkfs"]);
+    assert_eq!(code, 2);
+    let (code, _) = fails(&["mkfs", "x", "--size", "12Q"]);
+    assert_eq!(code, 2);
+}
