@@ -4,14 +4,14 @@
 //! Paths are absolute within the image ("/a/b"; a missing leading slash means the same).
 //! Symbolic links are followed in every component but, where the call says so, the last.
 
-use std::ffi::OsStr;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use crate::error::{Error, Result};
-use crate::fs::{Creds, DirEntry, Fs, RenameMode, SetAttr, Stat};
+use crate::fs::{Creds, DirEntry, Fs, Node, RenameMode, SetAttr, Stat};
 use crate::layout::{mode, ROOT_INO};
+use std::sync::Arc;
 
 /// How [`Fs::open`] opens a file, like std's `OpenOptions`.
 #[derive(Debug, Clone, Copy)]
@@ -57,6 +57,8 @@ impl OpenOptions {
 #[derive(Debug)]
 pub struct File {
     fs: Fs,
+    /// The inode itself, not its number: the number can be reused once the inode is freed.
+    node: Arc<Node>,
     ino: u64,
     pos: u64,
     opts: OpenOptions,
@@ -100,7 +102,12 @@ impl Fs {
 
     /// The directory that holds `path`'s last component, and that component.
     pub fn resolve_parent<'p>(&self, path: &'p Path) -> Result<(u64, &'p [u8])> {
-        let bytes = path.as_os_str().as_bytes();
+        let mut budget = MAX_SYMLINKS;
+        self.parent_at(ROOT_INO, path.as_os_str().as_bytes(), &mut budget)
+    }
+
+    /// As [`Fs::resolve_parent`], for a path relative to directory `start`.
+    fn parent_at<'p>(&self, start: u64, bytes: &'p [u8], budget: &mut u32) -> Result<(u64, &'p [u8])> {
         let trimmed = match bytes.iter().rposition(|&b| b != b'/') {
             Some(i) => &bytes[..=i],
             None => return Err(Error::InvalidArgument("the root has no parent")),
@@ -109,11 +116,38 @@ impl Fs {
             Some(i) => (&trimmed[..i], &trimmed[i + 1..]),
             None => (&b""[..], trimmed),
         };
-        let parent = self.resolve(Path::new(OsStr::from_bytes(dir)), true)?;
+        let from = if bytes.first() == Some(&b'/') { ROOT_INO } else { start };
+        let parent = if dir.is_empty() { from } else { self.walk(from, dir, true, budget)? };
         if !mode::is_dir(self.getattr(parent)?.mode) {
             return Err(Error::NotDir);
         }
         Ok((parent, name))
+    }
+
+    /// Creates the file `path` names for an O_CREAT open that found nothing; like Linux, a
+    /// dangling symbolic link in the last component is followed and its target created.
+    fn create_for_open(&self, path: &Path, opts: &OpenOptions, who: Creds) -> Result<u64> {
+        let mut budget = MAX_SYMLINKS;
+        let (mut parent, name) = self.parent_at(ROOT_INO, path.as_os_str().as_bytes(), &mut budget)?;
+        let mut name = name.to_vec();
+        loop {
+            match self.create(parent, &name, opts.mode, who) {
+                Err(Error::Exists) if !opts.create_new => {
+                    let link = self.lookup_ino(parent, &name)?;
+                    if !mode::is_symlink(self.getattr(link)?.mode) {
+                        return Ok(link);
+                    }
+                    if budget == 0 {
+                        return Err(Error::Loop);
+                    }
+                    budget -= 1;
+                    let target = self.readlink(link)?;
+                    let (p, n) = self.parent_at(parent, &target, &mut budget)?;
+                    (parent, name) = (p, n.to_vec());
+                }
+                r => return r.map(|st| st.ino),
+            }
+        }
     }
 
     /// Opens (and maybe creates) the file at `path`.
@@ -127,21 +161,19 @@ impl Fs {
         let ino = match self.resolve(path, true) {
             Ok(_) if opts.create_new => return Err(Error::Exists),
             Ok(ino) => ino,
-            Err(Error::NotFound) if opts.create || opts.create_new => {
-                let (parent, name) = self.resolve_parent(path)?;
-                self.create(parent, name, opts.mode, who)?.ino
-            }
+            Err(Error::NotFound) if opts.create || opts.create_new => self.create_for_open(path, &opts, who)?,
             Err(e) => return Err(e),
         };
-        let st = self.getattr(ino)?;
+        let node = self.node(ino)?;
+        let st = self.open_node(&node)?;
+        let file = File { fs: self.clone(), node, ino, pos: 0, opts };
         if mode::is_dir(st.mode) && (opts.write || opts.append) {
             return Err(Error::IsDir);
         }
         if opts.truncate && (opts.write || opts.append) && st.size > 0 {
-            self.truncate(ino, 0)?;
+            file.set_len(0)?;
         }
-        self.open_ino(ino)?;
-        Ok(File { fs: self.clone(), ino, pos: 0, opts })
+        Ok(file)
     }
 
     /// stat(2) of `path`.
@@ -278,7 +310,7 @@ impl File {
         if !self.opts.read {
             return Err(Error::Io { context: "read".into(), source: io::Error::from_raw_os_error(libc::EBADF) });
         }
-        self.fs.read(self.ino, off, buf)
+        self.fs.read_node(&self.node, off, buf)
     }
 
     /// Writes at `off` (at EOF when opened for append). Durable on return.
@@ -286,19 +318,15 @@ impl File {
         if !(self.opts.write || self.opts.append) {
             return Err(Error::Io { context: "write".into(), source: io::Error::from_raw_os_error(libc::EBADF) });
         }
-        if self.opts.append {
-            self.fs.append(self.ino, buf)
-        } else {
-            self.fs.write(self.ino, off, buf)
-        }
+        self.fs.write_node(&self.node, (!self.opts.append).then_some(off), buf)
     }
 
     pub fn set_len(&self, size: u64) -> Result<()> {
-        self.fs.truncate(self.ino, size)
+        self.fs.truncate_node(&self.node, size)
     }
 
     pub fn metadata(&self) -> Result<Stat> {
-        self.fs.getattr(self.ino)
+        self.fs.getattr_node(&self.node)
     }
 
     /// fsync(2): durable across power loss too.
@@ -311,7 +339,7 @@ impl Drop for File {
     fn drop(&mut self) {
         // A failure here (the device went away) cannot be reported; the orphan is freed at the
         // next mount instead.
-        let _ = self.fs.release(self.ino);
+        let _ = self.fs.release_node(&self.node);
     }
 }
 

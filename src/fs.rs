@@ -124,11 +124,21 @@ pub enum RenameMode {
 }
 
 /// An inode and its lock. `parent` mirrors a directory's parent outside the lock so the
-/// rename loop check can walk up without taking inode locks (it changes only under `rename`).
+/// rename loop check can walk up without taking inode locks (it changes only under `rename`);
+/// `is_dir` never changes, so checks that must not lock (lock order) can read it.
 #[derive(Debug)]
 pub(crate) struct Node {
     pub(crate) inode: RwLock<Inode>,
     pub(crate) parent: AtomicU64,
+    pub(crate) is_dir: bool,
+}
+
+impl Node {
+    fn new(inode: Inode) -> Arc<Node> {
+        let parent = AtomicU64::new(inode.attr.parent);
+        let is_dir = inode.is_dir();
+        Arc::new(Node { inode: RwLock::new(inode), parent, is_dir })
+    }
 }
 
 /// A mounted udax image. Cheap to clone; `Send + Sync`.
@@ -243,8 +253,7 @@ impl Fs {
                     if inode.is_dir() {
                         inode.dir = Some(load_dir(&dev, &geo, &inode)?);
                     }
-                    let parent = AtomicU64::new(inode.attr.parent);
-                    nodes.insert(ino, Arc::new(Node { inode: RwLock::new(inode), parent }));
+                    nodes.insert(ino, Node::new(inode));
                 }
                 None => {
                     let raw: layout::RawInode = dev.read_obj(geo.inode_at(ino))?;
@@ -287,6 +296,9 @@ impl Fs {
     /// Flushes everything to the medium (msync for page-cache-backed images) and, when this is
     /// the last handle, hands the device back.
     pub fn unmount(self) -> Result<Option<Device>> {
+        // A checkpoint first, so the next mount has nothing to replay.
+        let cp = lock(&self.inner.journal).checkpoint(&self.inner.dev)?;
+        lock(&self.inner.alloc).release(cp);
         self.sync()?;
         match Arc::try_unwrap(self.inner) {
             Ok(inner) => Ok(Some(inner.dev)),
@@ -485,13 +497,8 @@ impl Fs {
     pub(crate) fn free_inode(&self, inode: &mut Inode) -> Result<()> {
         let mut tx = Tx::new();
         inode.log_free(&self.inner.geo, &mut tx);
-        let runs: Vec<Run> = inode.ext.owned_runs().collect();
         let head = self.commit(&tx)?;
-        self.free_after(head, runs);
-        inode.ext = ExtentMap::empty(self.inner.geo.inode_at(inode.ino));
-        inode.attr.size = 0;
-        wr(&self.inner.nodes).remove(&inode.ino);
-        lock(&self.inner.itable).release(inode.ino, inode.attr.generation);
+        self.forget_freed(inode, head);
         Ok(())
     }
 
@@ -499,8 +506,12 @@ impl Fs {
 
     /// Attributes of inode `ino`.
     pub fn getattr(&self, ino: u64) -> Result<Stat> {
-        let n = self.node(ino)?;
+        self.getattr_node(&*self.node(ino)?)
+    }
+
+    pub(crate) fn getattr_node(&self, n: &Node) -> Result<Stat> {
         let g = rd(&n.inode);
+        g.live()?;
         Ok(self.stat_of(&g))
     }
 
@@ -632,8 +643,7 @@ impl Fs {
         let head = self.commit_for(&mut pg, &tx)?;
         inode.logged_at = head;
         let st = self.stat_of(&inode);
-        let parent_ptr = AtomicU64::new(inode.attr.parent);
-        wr(&self.inner.nodes).insert(ino, Arc::new(Node { inode: RwLock::new(inode), parent: parent_ptr }));
+        wr(&self.inner.nodes).insert(ino, Node::new(inode));
         Ok(st)
     }
 
@@ -641,6 +651,7 @@ impl Fs {
     pub fn readlink(&self, ino: u64) -> Result<Vec<u8>> {
         let n = self.node(ino)?;
         let g = rd(&n.inode);
+        g.live()?;
         if !mode::is_symlink(g.attr.mode) {
             return Err(Error::InvalidArgument("not a symbolic link"));
         }
@@ -653,12 +664,6 @@ impl Fs {
     pub fn link(&self, ino: u64, newparent: u64, newname: &[u8]) -> Result<Stat> {
         check_name(newname)?;
         let geo = self.inner.geo;
-        // Refused before any lock: a directory could be an ancestor of `newparent`, and locking
-        // it after its descendant would invert the lock order. Types never change, so this
-        // check cannot go stale.
-        if rd(&self.node(ino)?.inode).is_dir() {
-            return Err(Error::NotPermitted("hard links to directories are not allowed"));
-        }
         let p = self.node(newparent)?;
         let mut pg = wr(&p.inode);
         let dir = pg.dir()?;
@@ -669,10 +674,12 @@ impl Fs {
             return Err(Error::Exists);
         }
         let c = self.node(ino)?;
-        let mut cg = wr(&c.inode);
-        if cg.is_dir() {
+        // Checked before locking the child: a directory could be an ancestor of `newparent`,
+        // and locking it after its descendant would invert the lock order.
+        if c.is_dir {
             return Err(Error::NotPermitted("hard links to directories are not allowed"));
         }
+        let mut cg = wr(&c.inode);
         if cg.attr.nlink == 0 {
             return Err(Error::NotFound);
         }
@@ -755,6 +762,7 @@ impl Fs {
     fn forget_freed(&self, inode: &mut Inode, head: u64) {
         let runs: Vec<Run> = inode.ext.owned_runs().collect();
         self.free_after(head, runs);
+        inode.freed = true;
         inode.ext = ExtentMap::empty(self.inner.geo.inode_at(inode.ino));
         wr(&self.inner.nodes).remove(&inode.ino);
         lock(&self.inner.itable).release(inode.ino, inode.attr.generation);
@@ -992,6 +1000,7 @@ impl Fs {
         let geo = self.inner.geo;
         let n = self.node(ino)?;
         let mut g = wr(&n.inode);
+        g.live()?;
         if set.mode.is_none() && set.uid.is_none() && set.gid.is_none() && set.atime.is_none() && set.mtime.is_none() {
             return Ok(self.stat_of(&g));
         }
@@ -1024,16 +1033,26 @@ impl Fs {
 
     /// Marks `ino` open (an unlinked inode lives until its last close).
     pub fn open_ino(&self, ino: u64) -> Result<Stat> {
-        let n = self.node(ino)?;
+        self.open_node(&*self.node(ino)?)
+    }
+
+    pub(crate) fn open_node(&self, n: &Node) -> Result<Stat> {
         let mut g = wr(&n.inode);
+        g.live()?;
         g.open += 1;
         Ok(self.stat_of(&g))
     }
 
     /// Closes one open of `ino`, freeing it if it was the last and the inode has no links.
     pub fn release(&self, ino: u64) -> Result<()> {
-        let n = self.node(ino)?;
+        self.release_node(&*self.node(ino)?)
+    }
+
+    pub(crate) fn release_node(&self, n: &Node) -> Result<()> {
         let mut g = wr(&n.inode);
+        if g.freed {
+            return Ok(());
+        }
         g.open = g.open.saturating_sub(1);
         if g.open == 0 && g.attr.nlink == 0 {
             self.free_inode(&mut g)?;

@@ -106,12 +106,15 @@ pub struct Inode {
     /// Journal position after the last record that logged this inode's attributes; in-place
     /// attribute stores wait for the checkpoint to pass it (DESIGN.md §In-place updates).
     pub logged_at: u64,
+    /// Set when the slot was freed. A thread that found this inode before it was freed and
+    /// locked it after sees this and must not touch the slot (it may belong to a new inode).
+    pub freed: bool,
 }
 
 impl Inode {
     pub fn new(ino: u64, attr: Attr, geo: &Geometry) -> Inode {
         let dir = mode::is_dir(attr.mode).then(DirIndex::default);
-        Inode { ino, attr, ext: ExtentMap::empty(geo.inode_at(ino)), dir, open: 0, logged_at: 0 }
+        Inode { ino, attr, ext: ExtentMap::empty(geo.inode_at(ino)), dir, open: 0, logged_at: 0, freed: false }
     }
 
     /// Decodes slot `ino`; `Ok(None)` for a free slot. Every field is checked; directory
@@ -154,7 +157,7 @@ impl Inode {
         if !mode::has_data(m) && !ext.is_empty() {
             return Err(Error::Corrupt { what: "extents on a special file", at: at + 128 });
         }
-        Ok(Some(Inode { ino, attr, ext, dir: None, open: 0, logged_at: 0 }))
+        Ok(Some(Inode { ino, attr, ext, dir: None, open: 0, logged_at: 0, freed: false }))
     }
 
     fn raw(&self) -> RawInode {
@@ -204,6 +207,15 @@ impl Inode {
     /// 512-byte units allocated, as stat(2) counts them.
     pub fn blocks_512(&self, geo: &Geometry) -> u64 {
         self.ext.owned_blocks() * geo.block_size / 512
+    }
+
+    /// `NotFound` once the inode has been freed (see [`Inode::freed`]).
+    pub fn live(&self) -> Result<()> {
+        if self.freed {
+            Err(Error::NotFound)
+        } else {
+            Ok(())
+        }
     }
 
     pub fn is_dir(&self) -> bool {

@@ -8,7 +8,7 @@
 use crate::alloc::Run;
 use crate::error::{Error, Result};
 use crate::extent::{Extent, ExtentMap, Piece, State};
-use crate::fs::{rd, wr, Fs};
+use crate::fs::{rd, wr, Fs, Node};
 use crate::inode::{Inode, Timespec};
 use crate::journal::Tx;
 use crate::layout::INODE_TIMES_OFF;
@@ -22,8 +22,12 @@ impl Fs {
     /// Reads up to `buf.len()` bytes at `off`; stops at EOF. Holes and unwritten extents read
     /// as zeros.
     pub fn read(&self, ino: u64, off: u64, buf: &mut [u8]) -> Result<usize> {
-        let n = self.node(ino)?;
+        self.read_node(&*self.node(ino)?, off, buf)
+    }
+
+    pub(crate) fn read_node(&self, n: &Node, off: u64, buf: &mut [u8]) -> Result<usize> {
         let g = rd(&n.inode);
+        g.live()?;
         if g.is_dir() {
             return Err(Error::IsDir);
         }
@@ -62,17 +66,18 @@ impl Fs {
     /// Writes `data` at `off` (growing the file past EOF); durable on return. Returns the
     /// bytes written, short only when the device filled after some of them.
     pub fn write(&self, ino: u64, off: u64, data: &[u8]) -> Result<usize> {
-        self.write_impl(ino, Some(off), data)
+        self.write_node(&*self.node(ino)?, Some(off), data)
     }
 
     /// Appends `data` at EOF atomically with respect to other writers (O_APPEND).
     pub fn append(&self, ino: u64, data: &[u8]) -> Result<usize> {
-        self.write_impl(ino, None, data)
+        self.write_node(&*self.node(ino)?, None, data)
     }
 
-    fn write_impl(&self, ino: u64, off: Option<u64>, data: &[u8]) -> Result<usize> {
-        let n = self.node(ino)?;
+    /// Writes at `off`, or at EOF when `off` is `None`.
+    pub(crate) fn write_node(&self, n: &Node, off: Option<u64>, data: &[u8]) -> Result<usize> {
         let mut g = wr(&n.inode);
+        g.live()?;
         if g.is_dir() {
             return Err(Error::IsDir);
         }
@@ -208,14 +213,18 @@ impl Fs {
     /// Sets the size of a regular file (SPEC §4): down zeroes the tail of the new last block and
     /// frees whole blocks past it; up leaves `[old EOF, new EOF)` reading zero.
     pub fn truncate(&self, ino: u64, size: u64) -> Result<()> {
+        self.truncate_node(&*self.node(ino)?, size)
+    }
+
+    pub(crate) fn truncate_node(&self, n: &Node, size: u64) -> Result<()> {
         if size > MAX_FILE_SIZE {
             return Err(Error::FileTooBig);
         }
         let geo = self.inner.geo;
         let dev = &self.inner.dev;
         let bs = geo.block_size;
-        let n = self.node(ino)?;
         let mut g = wr(&n.inode);
+        g.live()?;
         if g.is_dir() {
             return Err(Error::IsDir);
         }

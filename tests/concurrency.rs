@@ -50,12 +50,13 @@ fn racing_namespace_operations_stay_consistent() {
         fs.mkdir_all(d, 0o755).unwrap();
     }
     let (tx, rx) = mpsc::channel();
+    let base = seed();
     let threads: Vec<_> = (0..6u64)
         .map(|t| {
             let fs = fs.clone();
             let tx = tx.clone();
             std::thread::spawn(move || {
-                worker(fs, seed() ^ (t + 1) * 0x1234_5678, ops());
+                worker(fs, base ^ ((t + 1) * 0x1234_5678), ops());
                 tx.send(()).unwrap();
             })
         })

@@ -154,7 +154,8 @@ impl Model {
         self.parent_ok(p)?;
         match self.get(p).map(|n| &n.kind) {
             Some(Kind::Dir) => Err(libc::EISDIR),
-            Some(Kind::Symlink(_)) => Err(libc::EEXIST),
+            // O_CREAT follows the (dangling) link; its target's directory never exists here.
+            Some(Kind::Symlink(_)) => Err(libc::ENOENT),
             Some(Kind::File(_)) => Ok(()),
             None => {
                 self.add(p, Kind::File(Vec::new()), 0o644);
