@@ -1,8 +1,10 @@
 //! The `Fs` facade: mkfs, mount and every namespace operation, and the locking that orders them.
 //!
 //! Lock order (SPEC §5, kept from the kernel): the rename lock (cross-directory renames only) →
-//! inode locks (parents before children; unrelated inodes by ascending number) → the inode-number
-//! table → the allocator → the journal. Each operation builds one transaction, fences the new
+//! inode locks (directories before non-directories; among directories an ancestor before its
+//! descendant, unrelated ones by ascending number; non-directories by ascending number) → the
+//! inode-number table → the allocator → the journal. Only cross-directory renames hold two
+//! unrelated directories, and the rename lock makes them one at a time. Each operation builds one transaction, fences the new
 //! content it links, commits — durable from here — and only then frees blocks (which become
 //! reusable after the next checkpoint, see `alloc`).
 
@@ -831,12 +833,13 @@ impl Fs {
         } else if how == RenameMode::Exchange {
             return Err(Error::NotFound);
         }
-        // Children in ascending order.
+        // Children: directories before non-directories (a file hard-linked into a directory
+        // that is another operation's parent must come after it), then ascending number.
         let sc = self.node(src.ino)?;
         let dc = dst.map(|d| self.node(d.ino)).transpose()?;
         let (mut scg, mut dcg) = match &dc {
             None => (wr(&sc.inode), None),
-            Some(dcn) if Some(src.ino) < dst.map(|d| d.ino) => {
+            Some(dcn) if (!sc.is_dir, src.ino) < (!dcn.is_dir, dcn_ino(&dst)) => {
                 let a = wr(&sc.inode);
                 (a, Some(wr(&dcn.inode)))
             }
@@ -1066,6 +1069,10 @@ impl Fs {
         v.sort_unstable();
         v
     }
+}
+
+fn dcn_ino(dst: &Option<crate::dir::Entry>) -> u64 {
+    dst.map_or(0, |d| d.ino)
 }
 
 /// Indexes a directory's entries from its blocks.
