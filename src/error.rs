@@ -33,6 +33,8 @@ pub enum Error {
     InvalidArgument(&'static str),
     #[error("file too large")]
     FileTooBig,
+    #[error("no data or hole at or past that offset")]
+    NoSuchOffset,
     #[error("image is in use by another process (it holds the image lock)")]
     Busy,
     #[error("not a udax image: {0}")]
@@ -72,6 +74,7 @@ impl Error {
             Error::NotPermitted(_) => libc::EPERM,
             Error::InvalidArgument(_) => libc::EINVAL,
             Error::FileTooBig => libc::EFBIG,
+            Error::NoSuchOffset => libc::ENXIO,
             Error::Busy => libc::EBUSY,
             Error::NotUdax(_) => libc::EINVAL,
             Error::Unsupported(_) => libc::EOPNOTSUPP,

@@ -321,6 +321,14 @@ impl File {
         self.fs.write_node(&self.node, (!self.opts.append).then_some(off), buf)
     }
 
+    /// fallocate(2): preallocate, punch a hole or zero a range.
+    pub fn fallocate(&self, off: u64, len: u64, how: crate::FallocMode) -> Result<()> {
+        if !(self.opts.write || self.opts.append) {
+            return Err(Error::Io { context: "fallocate".into(), source: io::Error::from_raw_os_error(libc::EBADF) });
+        }
+        self.fs.fallocate_node(&self.node, off, len, how)
+    }
+
     pub fn set_len(&self, size: u64) -> Result<()> {
         self.fs.truncate_node(&self.node, size)
     }

@@ -34,12 +34,14 @@ pub mod inode;
 mod io;
 pub mod journal;
 pub mod layout;
+mod space;
 
 pub use device::{Backend, Counters, Device};
 pub use error::{Error, Result};
 pub use file::{File, OpenOptions};
 pub use fs::{Creds, DirEntry, Fs, MkfsOptions, RenameMode, SetAttr, SetTime, Stat, StatFs};
 pub use inode::Timespec;
+pub use space::{ExtentInfo, FallocMode};
 
 /// Largest file size udax accepts (16 TiB).
 pub const MAX_FILE_SIZE: u64 = 1 << 44;

@@ -1,0 +1,232 @@
+//! Space management on a file: fallocate (allocate, punch hole, zero range), SEEK_DATA /
+//! SEEK_HOLE, and the extent listing.
+//!
+//! Preallocated blocks are unwritten extents: they own their blocks but read as zeros without
+//! touching them, so allocation writes no data. A later write fills each block it touches whole
+//! (data and zeros, see `io`), which is why an unwritten block's stale device bytes can never
+//! show. Each call is one transaction.
+
+use std::collections::VecDeque;
+
+use crate::alloc::Run;
+use crate::error::{Error, Result};
+use crate::extent::{Extent, ExtentMap, Piece, State};
+use crate::fs::{rd, wr, Fs, Node};
+use crate::inode::{Inode, Timespec};
+use crate::journal::Tx;
+use crate::layout::mode;
+use crate::MAX_FILE_SIZE;
+
+/// What [`Fs::fallocate`] does, as fallocate(2)'s modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FallocMode {
+    /// Allocate unwritten blocks over holes; grow the size unless `keep_size`.
+    Allocate { keep_size: bool },
+    /// Free whole blocks in the range, zero the partial ones; the size is unchanged.
+    PunchHole,
+    /// Make the range read zero (whole blocks become unwritten); grow the size unless
+    /// `keep_size`.
+    ZeroRange { keep_size: bool },
+}
+
+/// One extent as `udax extents` and `bmap` show it, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct ExtentInfo {
+    pub logical: u64,
+    pub physical: u64,
+    pub length: u64,
+    /// "written" or "unwritten".
+    pub state: &'static str,
+}
+
+impl Fs {
+    /// fallocate(2) on `ino` over `[off, off+len)`.
+    pub fn fallocate(&self, ino: u64, off: u64, len: u64, how: FallocMode) -> Result<()> {
+        self.fallocate_node(&*self.node(ino)?, off, len, how)
+    }
+
+    pub(crate) fn fallocate_node(&self, n: &Node, off: u64, len: u64, how: FallocMode) -> Result<()> {
+        if len == 0 {
+            return Err(Error::InvalidArgument("fallocate length must be positive"));
+        }
+        let end = off.checked_add(len).filter(|&e| e <= MAX_FILE_SIZE).ok_or(Error::FileTooBig)?;
+        let mut g = wr(&n.inode);
+        g.live()?;
+        if g.is_dir() {
+            return Err(Error::IsDir);
+        }
+        if !mode::is_reg(g.attr.mode) {
+            return Err(Error::InvalidArgument("fallocate needs a regular file"));
+        }
+        let bs = self.inner.geo.block_size;
+        let mut tx = Tx::new();
+        let mut freed = Vec::new();
+        match how {
+            FallocMode::Allocate { keep_size } => {
+                self.preallocate(&mut g, off / bs, end.div_ceil(bs), false, &mut tx)?;
+                if !keep_size {
+                    g.attr.size = g.attr.size.max(end);
+                }
+            }
+            FallocMode::PunchHole => {
+                let (whole_start, whole_end) = (off.div_ceil(bs), end / bs);
+                if whole_end > whole_start {
+                    let slots = self.reserve_slots(&mut g, ExtentMap::slots_needed(0), &mut tx)?;
+                    debug_assert!(slots.len() <= 1);
+                }
+                self.zero_partial_blocks(&g, off, end, &mut tx)?;
+                if whole_end > whole_start {
+                    freed = g.ext.remove_range(whole_start, whole_end - whole_start, &mut tx)?;
+                }
+            }
+            FallocMode::ZeroRange { keep_size } => {
+                let (whole_start, whole_end) = (off.div_ceil(bs), end / bs);
+                if whole_end > whole_start {
+                    self.preallocate(&mut g, whole_start, whole_end, true, &mut tx)?;
+                }
+                self.zero_partial_blocks(&g, off, end, &mut tx)?;
+                if !keep_size {
+                    g.attr.size = g.attr.size.max(end);
+                }
+            }
+        }
+        let now = Timespec::now();
+        g.attr.mtime = now;
+        g.attr.ctime = now;
+        g.log_attr(&self.inner.geo, &mut tx);
+        let head = self.commit_for(&mut g, &tx)?;
+        self.free_after(head, freed.iter().map(|e| Run { start: e.physical, len: e.len }).collect());
+        Ok(())
+    }
+
+    /// Makes blocks `[first, end)` unwritten where they are holes (allocating, all or nothing)
+    /// and, with `convert`, where they are written too.
+    fn preallocate(&self, g: &mut Inode, first: u64, end: u64, convert: bool, tx: &mut Tx) -> Result<()> {
+        let pieces = g.ext.pieces(first, end - first);
+        let need: u64 = pieces.iter().map(|p| if let Piece::Hole { len, .. } = p { *len } else { 0 }).sum();
+        let holes = pieces.iter().filter(|p| matches!(p, Piece::Hole { .. })).count();
+        let written: Vec<Extent> = pieces
+            .iter()
+            .filter_map(|p| match p {
+                Piece::Mapped(e) if convert && e.state == State::Written => Some(*e),
+                _ => None,
+            })
+            .collect();
+        let runs = if need > 0 { self.alloc_blocks(g.ext.goal_for(first), need)? } else { Vec::new() };
+        let slots = ExtentMap::slots_needed(runs.len() + holes + 2 * written.len());
+        if let Err(e) = self.reserve_slots(g, slots, tx) {
+            self.unreserve(runs);
+            return Err(e);
+        }
+        let mut queue: VecDeque<Run> = runs.into();
+        for p in &pieces {
+            if let Piece::Hole { logical, len } = *p {
+                let mut l = logical;
+                let mut left = len;
+                while left > 0 {
+                    let r = queue.front_mut().expect("allocated as many blocks as the holes hold");
+                    let k = r.len.min(left);
+                    g.ext.insert(Extent { logical: l, physical: r.start, len: k, state: State::Unwritten }, tx)?;
+                    r.start += k;
+                    r.len -= k;
+                    if r.len == 0 {
+                        queue.pop_front();
+                    }
+                    l += k;
+                    left -= k;
+                }
+            }
+        }
+        for e in written {
+            g.ext.remove_range(e.logical, e.len, tx)?;
+            g.ext.insert(Extent { state: State::Unwritten, ..e }, tx)?;
+        }
+        Ok(())
+    }
+
+    /// Zeroes, in place, the bytes of `[off, end)` that lie in written blocks only partly
+    /// covered by the range (whole blocks are the caller's).
+    fn zero_partial_blocks(&self, g: &Inode, off: u64, end: u64, tx: &mut Tx) -> Result<()> {
+        let geo = &self.inner.geo;
+        let bs = geo.block_size;
+        let mut edges = vec![];
+        if off % bs != 0 {
+            edges.push((off, end.min((off / bs + 1) * bs)));
+        }
+        if end % bs != 0 && (end / bs > off / bs || off % bs == 0) {
+            edges.push(((end / bs * bs).max(off), end));
+        }
+        for (s, t) in edges {
+            if let Some(Piece::Mapped(e)) = g.ext.pieces(s / bs, 1).first() {
+                if e.state == State::Written {
+                    tx.content_zero(&self.inner.dev, geo.block_at(e.physical) + s % bs, t - s)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// lseek(SEEK_DATA): the first offset at or after `off` holding written data. Unwritten
+    /// extents count as holes, as on ext4 and XFS. ENXIO at or past EOF.
+    pub fn seek_data(&self, ino: u64, off: u64) -> Result<u64> {
+        let n = self.node(ino)?;
+        let g = rd(&n.inode);
+        g.live()?;
+        let size = g.attr.size;
+        if off >= size {
+            return Err(Error::NoSuchOffset);
+        }
+        let bs = self.inner.geo.block_size;
+        let first = off / bs;
+        let data = g
+            .ext
+            .pieces(first, size.div_ceil(bs) - first)
+            .into_iter()
+            .find_map(|p| match p {
+                Piece::Mapped(e) if e.state == State::Written => Some((e.logical * bs).max(off)),
+                _ => None,
+            })
+            .filter(|&at| at < size);
+        data.ok_or(Error::NoSuchOffset)
+    }
+
+    /// lseek(SEEK_HOLE): the first offset at or after `off` in a hole or unwritten extent, or EOF
+    /// (every file ends in a hole). ENXIO at or past EOF.
+    pub fn seek_hole(&self, ino: u64, off: u64) -> Result<u64> {
+        let n = self.node(ino)?;
+        let g = rd(&n.inode);
+        g.live()?;
+        let size = g.attr.size;
+        if off >= size {
+            return Err(Error::NoSuchOffset);
+        }
+        let bs = self.inner.geo.block_size;
+        let first = off / bs;
+        let hole = g.ext.pieces(first, size.div_ceil(bs) - first).into_iter().find_map(|p| match p {
+            Piece::Hole { logical, .. } => Some((logical * bs).max(off)),
+            Piece::Mapped(e) if e.state == State::Unwritten => Some((e.logical * bs).max(off)),
+            Piece::Mapped(_) => None,
+        });
+        Ok(hole.unwrap_or(size).min(size))
+    }
+
+    /// The file's extents in logical order, in bytes.
+    pub fn extents(&self, ino: u64) -> Result<Vec<ExtentInfo>> {
+        let n = self.node(ino)?;
+        let g = rd(&n.inode);
+        g.live()?;
+        let bs = self.inner.geo.block_size;
+        Ok(g.ext
+            .iter()
+            .map(|e| ExtentInfo {
+                logical: e.logical * bs,
+                physical: e.physical * bs,
+                length: e.len * bs,
+                state: match e.state {
+                    State::Written => "written",
+                    State::Unwritten => "unwritten",
+                },
+            })
+            .collect())
+    }
+}
