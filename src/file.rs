@@ -143,6 +143,10 @@ impl Fs {
                     budget -= 1;
                     let target = self.readlink(link)?;
                     let (p, n) = self.parent_at(parent, &target, &mut budget)?;
+                    if target.ends_with(b"/") {
+                        // A regular file cannot be created under a name that ends in a slash.
+                        return Err(Error::IsDir);
+                    }
                     (parent, name) = (p, n.to_vec());
                 }
                 r => return r.map(|st| st.ino),
