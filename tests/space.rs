@@ -4,6 +4,8 @@
 use udax::{Creds, Device, ExtentInfo, FallocMode, Fs, MkfsOptions, OpenOptions};
 
 const BLOCK_SIZES: [u32; 3] = [1024, 2048, 4096];
+/// One way of growing a file, for S6.
+type Step = Box<dyn Fn(&Fs) -> udax::Result<()>>;
 const KEEP: FallocMode = FallocMode::Allocate { keep_size: true };
 const GROW: FallocMode = FallocMode::Allocate { keep_size: false };
 
@@ -107,7 +109,7 @@ fn s6_stale_data_never_shows() {
         'fill: loop {
             round += 1;
             let f = file(&fs, &format!("grow{round}"));
-            let steps: Vec<(&str, Box<dyn Fn(&Fs) -> udax::Result<()>>)> = vec![
+            let steps: Vec<(&str, Step)> = vec![
                 ("extending write", Box::new(move |fs| fs.write(f, 3000, &[1; 10]).map(drop))),
                 ("fallocate", Box::new(move |fs| fs.fallocate(f, 0, 96 << 10, GROW))),
                 ("fallocate keep-size", Box::new(move |fs| fs.fallocate(f, 96 << 10, 64 << 10, KEEP))),
