@@ -8,6 +8,7 @@ mod admin;
 mod common;
 mod copy;
 mod demo;
+mod extents;
 mod names;
 mod size;
 mod xio;
@@ -129,6 +130,19 @@ enum Cmd {
     /// Make a hard link, or a symbolic link with -s
     #[command(after_help = "Examples:\n  udax ln img /data /data.bak\n  udax ln img -s ../data /docs/link")]
     Ln(LnArgs),
+
+    /// Show a file's extent map (written, unwritten and holes), like xfs_bmap -v
+    #[command(
+        long_about = "Show where a file's data lives, like xfs_bmap -v: one row per extent, with\n\
+                      the holes between extents (and up to EOF) as rows of their own.\n\
+                      FILE-OFFSET and BLOCK-RANGE are inclusive ranges of 512-byte units (file\n\
+                      offset and device offset), TOTAL the same count, LENGTH the bytes; STATE is\n\
+                      written, or unwritten for preallocated blocks that read as zeros.",
+        after_help = "Examples:\n  udax extents img /data\n  udax extents img /data --json | jq '.[].state'\n\n\
+                      --json prints a list of {\"logical\", \"physical\", \"length\", \"state\"} objects,\n\
+                      offsets and lengths in bytes; holes are not listed."
+    )]
+    Extents(ExtentsArgs),
 
     /// Run xfs_io-style commands on one open file
     #[command(
@@ -305,6 +319,17 @@ pub struct LnArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct ExtentsArgs {
+    /// The udax image (a file or a device-dax device)
+    pub image: PathBuf,
+    /// Regular file inside the image (a final symbolic link is followed)
+    pub path: PathBuf,
+    /// Print the extents as JSON (bytes; no holes)
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
 pub struct IoArgs {
     /// Create PATH (mode 0644) if it does not exist
     #[arg(short = 'f')]
@@ -345,6 +370,7 @@ fn run(cli: Cli) -> CliResult {
         Cmd::Rm(a) => names::rm(&a),
         Cmd::Mv(a) => names::mv(&a),
         Cmd::Ln(a) => names::ln(&a),
+        Cmd::Extents(a) => extents::run(&a),
         Cmd::Io(a) => xio::run(&a),
         Cmd::Demo(a) => demo::run(&a),
     }

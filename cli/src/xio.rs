@@ -12,9 +12,10 @@ use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use udax::{Error, File, OpenOptions};
+use udax::{Error, FallocMode, File, OpenOptions};
 
 use crate::common::{strerror, type_name, with_image, CliResult, Failure, OutResult};
+use crate::extents::print_map;
 use crate::size::{cvtstr, parse_size};
 use crate::IoArgs;
 
@@ -24,13 +25,22 @@ Commands (-c \"help\" lists them too):
   pwrite [-S byte] [-q] [-b bsize] off len
                                        write len bytes of byte (default 0xcd) at off
   truncate size                        set the file's size
+  falloc [-k] off len                  preallocate (unwritten blocks that read as zeros);
+                                       grows the size unless -k (keep size)
+  fpunch off len                       punch a hole: free the blocks, zero partial ones
+  fzero [-k] off len                   make the range read zeros; grows the size unless -k
+  seek -a | -d | -h [-r] [-s] off      next data (-d), hole (-h) or both (-a) at or after
+                                       off; -r all of them to EOF, -s also print the start
+  bmap [-v]                            the extent map, xfs_bmap style (-v: the table of
+                                       `udax extents`, with each extent's state)
   fsync                                make the file durable across power loss
   stat                                 show the inode number, type, size and blocks
   help                                 list the commands
 
 Examples:
   udax io -f img /f -c \"pwrite -S 0xab 0 64k\" -c \"pread -v 0 32\"
-  udax io img /f -c \"truncate 1M\" -c stat";
+  udax io img /f -c \"truncate 1M\" -c stat
+  udax io -f img /f -c \"falloc 0 1m\" -c \"pwrite 512k 4k\" -c \"bmap -v\" -c \"seek -a -r 0\"";
 
 /// Default I/O buffer size, as xfs_io's.
 const BSIZE: u64 = 64 << 10;
@@ -41,6 +51,9 @@ enum Op {
     Pread { off: u64, len: u64, bsize: u64, verbose: bool, quiet: bool },
     Pwrite { off: u64, len: u64, bsize: u64, seed: u8, quiet: bool },
     Truncate { size: u64 },
+    Falloc { off: u64, len: u64, mode: FallocMode },
+    Seek { off: u64, data: bool, hole: bool, recurse: bool, start: bool },
+    Bmap { verbose: bool },
     Fsync,
     Stat,
     Help,
@@ -68,6 +81,31 @@ const VERBS: &[Verb] = &[
         parse: parse_pwrite,
     },
     Verb { name: "truncate", usage: "size", help: "sets the file's size", parse: parse_truncate },
+    Verb {
+        name: "falloc",
+        usage: "[-k] off len",
+        help: "allocates unwritten space (reads as zeros); -k keeps the size",
+        parse: |a| parse_falloc(a, |keep_size| FallocMode::Allocate { keep_size }),
+    },
+    Verb {
+        name: "fpunch",
+        usage: "off len",
+        help: "de-allocates space (punches a hole)",
+        parse: |a| parse_falloc(a, |_| FallocMode::PunchHole),
+    },
+    Verb {
+        name: "fzero",
+        usage: "[-k] off len",
+        help: "zeroes space; -k keeps the size",
+        parse: |a| parse_falloc(a, |keep_size| FallocMode::ZeroRange { keep_size }),
+    },
+    Verb {
+        name: "seek",
+        usage: "-a | -d | -h [-r] [-s] off",
+        help: "locates the next data and/or hole (-r: all to EOF, -s: print the start)",
+        parse: parse_seek,
+    },
+    Verb { name: "bmap", usage: "[-v]", help: "prints the file's extent map", parse: parse_bmap },
     Verb {
         name: "fsync",
         usage: "",
@@ -174,6 +212,45 @@ fn parse_truncate(args: &[&str]) -> Result<Op, String> {
     }
 }
 
+/// falloc, fpunch and fzero: `-k` (keep size) where the mode has it, then offset and length.
+fn parse_falloc(args: &[&str], mode: fn(bool) -> FallocMode) -> Result<Op, String> {
+    let spec = if matches!(mode(false), FallocMode::PunchHole) { "" } else { "k" };
+    let (opts, rest) = getopt(args, spec)?;
+    let keep = opts.iter().any(|&(c, _)| c == 'k');
+    let (off, len) = two_operands(&rest)?;
+    Ok(Op::Falloc { off, len, mode: mode(keep) })
+}
+
+fn parse_seek(args: &[&str]) -> Result<Op, String> {
+    let (opts, rest) = getopt(args, "adhrs")?;
+    let (mut data, mut hole, mut recurse, mut start) = (false, false, false, false);
+    for (c, _) in opts {
+        match c {
+            'a' => (data, hole) = (true, true),
+            'd' => data = true,
+            'h' => hole = true,
+            'r' => recurse = true,
+            's' => start = true,
+            _ => unreachable!("getopt only returns letters from the spec"),
+        }
+    }
+    if !(data || hole) {
+        return Err("needs -a, -d or -h".into());
+    }
+    match rest[..] {
+        [off] => Ok(Op::Seek { off: num("offset", off)?, data, hole, recurse, start }),
+        _ => Err(format!("expected one offset, got {} argument(s)", rest.len())),
+    }
+}
+
+fn parse_bmap(args: &[&str]) -> Result<Op, String> {
+    let (opts, rest) = getopt(args, "v")?;
+    if !rest.is_empty() {
+        return Err(format!("takes no operands, got {:?}", rest.join(" ")));
+    }
+    Ok(Op::Bmap { verbose: !opts.is_empty() })
+}
+
 fn no_args(args: &[&str], op: Op) -> Result<Op, String> {
     if args.is_empty() {
         Ok(op)
@@ -255,7 +332,78 @@ fn io_times(o: &mut impl Write, bytes: u64, ops: u64, d: Duration) -> std::io::R
     )
 }
 
+/// Indexes into `seek`'s pairs: what SEEK_DATA and SEEK_HOLE find.
+const DATA: usize = 0;
+const HOLE: usize = 1;
+const WHENCE: [&str; 2] = ["DATA", "HOLE"];
+
 impl Session {
+    /// lseek(SEEK_DATA or SEEK_HOLE); None for ENXIO (at or past EOF, or no data follows).
+    fn lseek(&self, at: u64, what: usize) -> Result<Option<u64>, Error> {
+        let (fs, ino) = (self.file.fs(), self.file.ino());
+        let r = if what == DATA { fs.seek_data(ino, at) } else { fs.seek_hole(ino, at) };
+        match r {
+            Ok(x) => Ok(Some(x)),
+            Err(Error::NoSuchOffset) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// xfs_io's seek: find which kind of region `off` starts, then alternate data and hole
+    /// boundaries, printing the kinds asked for: the first of each, or with `recurse` all of
+    /// them until EOF. ENXIO on the first lookup prints "EOF".
+    fn seek(
+        &self,
+        o: &mut impl Write,
+        off: u64,
+        mut want: [bool; 2],
+        recurse: bool,
+        start: bool,
+    ) -> Result<(), CmdError> {
+        let bad = |from: u64, what: usize, got: u64| {
+            CmdError::Msg(format!("Invalid seek result: lseek(<fd>, {from}, SEEK_{}) = {got}", WHENCE[what]))
+        };
+        let mut cur = HOLE;
+        let mut res = if want[HOLE] { self.lseek(off, HOLE)? } else { None };
+        if !want[HOLE] || (want[DATA] && res != Some(off)) {
+            cur = DATA;
+            res = self.lseek(off, DATA)?;
+        }
+        if let Some(r) = res.filter(|&r| r < off) {
+            return Err(bad(off, cur, r));
+        }
+        writeln!(o, "{}", if start { "Whence\tStart\tResult" } else { "Whence\tResult" }).out()?;
+        let mut from = off;
+        let mut first = true;
+        while want[DATA] || want[HOLE] {
+            let Some(at) = res else {
+                if first {
+                    let s = if start { format!("{from}\t") } else { String::new() };
+                    writeln!(o, "{}\t{s}EOF", WHENCE[cur]).out()?;
+                }
+                break;
+            };
+            if want[cur] {
+                let s = if start { format!("{from}\t") } else { String::new() };
+                writeln!(o, "{}\t{s}{at}", WHENCE[cur]).out()?;
+            }
+            if !recurse {
+                want[cur] = false;
+                if !(want[DATA] || want[HOLE]) {
+                    break;
+                }
+            }
+            cur ^= 1;
+            from = at;
+            res = self.lseek(from, cur)?;
+            if let Some(r) = res.filter(|&r| r <= from) {
+                return Err(bad(from, cur, r));
+            }
+            first = false;
+        }
+        Ok(())
+    }
+
     fn exec(&mut self, op: &Op) -> Result<(), CmdError> {
         let mut o = std::io::stdout().lock();
         match *op {
@@ -301,6 +449,14 @@ impl Session {
                 }
             }
             Op::Truncate { size } => self.file.set_len(size)?,
+            Op::Falloc { off, len, mode } => self.file.fallocate(off, len, mode)?,
+            Op::Seek { off, data, hole, recurse, start } => self.seek(&mut o, off, [data, hole], recurse, start)?,
+            Op::Bmap { verbose } => {
+                let fs = self.file.fs();
+                let exts = fs.extents(self.file.ino())?;
+                let size = self.file.metadata()?.size;
+                print_map(&mut o, &self.path, &exts, size, fs.statfs().block_size, verbose).out()?;
+            }
             Op::Fsync => self.file.sync_all()?,
             Op::Stat => {
                 let st = self.file.metadata()?;
@@ -406,6 +562,34 @@ mod tests {
         assert!(parse("truncate").is_err());
         assert!(parse("fsync now").is_err());
         assert!(parse("pread -b 0 0 1").is_err());
+    }
+
+    #[test]
+    fn parses_space_commands() {
+        let falloc = |off, len, mode| Some(("falloc", Op::Falloc { off, len, mode }));
+        assert_eq!(parse("falloc 0 1m").unwrap(), falloc(0, 1 << 20, FallocMode::Allocate { keep_size: false }));
+        assert_eq!(parse("falloc -k 4k 0x10").unwrap(), falloc(4096, 16, FallocMode::Allocate { keep_size: true }));
+        assert_eq!(
+            parse("fpunch 1k 2k").unwrap(),
+            Some(("fpunch", Op::Falloc { off: 1024, len: 2048, mode: FallocMode::PunchHole }))
+        );
+        assert_eq!(
+            parse("fzero -k 0 1").unwrap(),
+            Some(("fzero", Op::Falloc { off: 0, len: 1, mode: FallocMode::ZeroRange { keep_size: true } }))
+        );
+        assert!(parse("fpunch -k 0 1").unwrap_err().contains("invalid option -k"));
+        assert!(parse("falloc 0").unwrap_err().contains("usage: falloc [-k] off len"));
+        let seek = |off, data, hole, recurse, start| Some(("seek", Op::Seek { off, data, hole, recurse, start }));
+        assert_eq!(parse("seek -d 512").unwrap(), seek(512, true, false, false, false));
+        assert_eq!(parse("seek -h 4k").unwrap(), seek(4096, false, true, false, false));
+        assert_eq!(parse("seek -a -r 0").unwrap(), seek(0, true, true, true, false));
+        assert_eq!(parse("seek -drs 0x10").unwrap(), seek(16, true, false, true, true));
+        assert!(parse("seek 0").unwrap_err().contains("-a, -d or -h"));
+        assert!(parse("seek -d").is_err());
+        assert!(parse("seek -d 0 1").is_err());
+        assert_eq!(parse("bmap").unwrap(), Some(("bmap", Op::Bmap { verbose: false })));
+        assert_eq!(parse("bmap -v").unwrap(), Some(("bmap", Op::Bmap { verbose: true })));
+        assert!(parse("bmap 0").is_err());
     }
 
     #[test]

@@ -299,6 +299,243 @@ fn io_pwrite_then_pread() {
     assert!(ok(&["io", s(&img), "/f", "-c", "help"]).contains("pwrite"));
 }
 
+/// `udax extents IMG PATH --json` as (logical, length, state) triples, checking each object has
+/// exactly the keys logical, physical, length and state and a block-aligned physical offset.
+#[track_caller]
+fn extent_list(img: &Path, path: &str, bs: u64) -> Vec<(u64, u64, String)> {
+    let j: serde_json::Value = serde_json::from_str(&ok(&["extents", s(img), path, "--json"])).unwrap();
+    j.as_array()
+        .unwrap_or_else(|| panic!("not a list: {j}"))
+        .iter()
+        .map(|e| {
+            let mut keys: Vec<&str> = e.as_object().unwrap().keys().map(String::as_str).collect();
+            keys.sort_unstable();
+            assert_eq!(keys, ["length", "logical", "physical", "state"], "{e}");
+            assert_eq!(e["physical"].as_u64().unwrap() % bs, 0, "{e}");
+            (e["logical"].as_u64().unwrap(), e["length"].as_u64().unwrap(), e["state"].as_str().unwrap().to_string())
+        })
+        .collect()
+}
+
+fn ext(logical: u64, length: u64, state: &str) -> (u64, u64, String) {
+    (logical, length, state.to_string())
+}
+
+const K: u64 = 1024;
+
+/// fallocate, punch, zero range, SEEK_DATA/SEEK_HOLE and the extent map through the CLI, on
+/// 4 KiB and 1 KiB block images.
+#[test]
+fn io_fallocate_seek_and_extents() {
+    for bs in [4096u64, 1024] {
+        let d = tmp();
+        let img = d.path().join("img");
+        ok(&["mkfs", s(&img), "--size", "16M", "--block-size", &bs.to_string()]);
+
+        // Preallocate 1 MiB, write 4 KiB in the middle: unwritten, written, unwritten.
+        let out = ok(&["io", "-f", s(&img), "/f", "-c", "falloc 0 1m", "-c", "pwrite 512k 4k"]);
+        assert!(out.starts_with("wrote 4096/4096 bytes at offset 524288\n"), "{out}");
+        assert_eq!(
+            extent_list(&img, "/f", bs),
+            [ext(0, 512 * K, "unwritten"), ext(512 * K, 4 * K, "written"), ext(516 * K, 508 * K, "unwritten")]
+        );
+        let out = ok(&["io", s(&img), "/f", "-c", "pread -v 4k 16", "-c", "pread -v 512k 16", "-c", "stat"]);
+        assert!(
+            out.contains("00001000:  00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00  ................\n"),
+            "{out}"
+        );
+        assert!(out.contains("00080000:  cd cd cd cd"), "{out}");
+        assert!(out.contains("stat.size = 1048576\n"), "{out}");
+        let table = ok(&["extents", s(&img), "/f"]);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 5, "{table}");
+        assert_eq!(lines[0], "/f:");
+        assert!(lines[1].starts_with(" EXT: FILE-OFFSET"), "{table}");
+        assert!(lines[2].starts_with("   0: [0..1023]:") && lines[2].ends_with(" 1024 524288 unwritten"), "{table}");
+        assert!(lines[3].starts_with("   1: [1024..1031]:") && lines[3].ends_with(" 8   4096 written"), "{table}");
+        assert!(lines[4].starts_with("   2: [1032..2047]:") && lines[4].ends_with(" unwritten"), "{table}");
+        // io bmap -v is the same table; plain bmap is xfs_bmap's short form.
+        assert_eq!(ok(&["io", s(&img), "/f", "-c", "bmap -v"]), table);
+        let short = ok(&["io", s(&img), "/f", "-c", "bmap"]);
+        assert!(short.starts_with("/f:\n\t0: [0..1023]: "), "{short}");
+        assert_eq!(short.lines().count(), 4, "{short}");
+        // Unwritten extents are holes to SEEK_DATA/SEEK_HOLE.
+        assert_eq!(
+            ok(&["io", s(&img), "/f", "-c", "seek -a -r 0"]),
+            "Whence\tResult\nHOLE\t0\nDATA\t524288\nHOLE\t528384\n"
+        );
+
+        // -k keeps the size: the blocks are allocated past EOF, and there is no data.
+        let out = ok(&["io", "-f", s(&img), "/k", "-c", "falloc -k 0 64k", "-c", "stat", "-c", "seek -d 0"]);
+        assert!(out.contains("stat.size = 0\n"), "{out}");
+        assert!(out.contains("stat.blocks = 128\n"), "{out}");
+        assert!(out.ends_with("Whence\tResult\nDATA\tEOF\n"), "{out}");
+        assert_eq!(extent_list(&img, "/k", bs), [ext(0, 64 * K, "unwritten")]);
+        assert!(ok(&["stat", s(&img), "/k"]).contains("Size: 0 "));
+
+        // Punching a hole frees the blocks; SEEK_HOLE finds it and the map shows the gap.
+        let out = ok(&[
+            "io",
+            "-f",
+            s(&img),
+            "/p",
+            "-c",
+            "pwrite -q -S 0x61 0 16k",
+            "-c",
+            "fpunch 4k 4k",
+            "-c",
+            "seek -h 0",
+            "-c",
+            "seek -d 4k",
+            "-c",
+            "pread -v 4k 16",
+            "-c",
+            "pread -v 8k 16",
+            "-c",
+            "stat",
+        ]);
+        assert!(out.contains("Whence\tResult\nHOLE\t4096\nWhence\tResult\nDATA\t8192\n"), "{out}");
+        assert!(
+            out.contains("00001000:  00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00  ................\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("00002000:  61 61 61 61 61 61 61 61 61 61 61 61 61 61 61 61  aaaaaaaaaaaaaaaa\n"),
+            "{out}"
+        );
+        assert!(out.contains("stat.size = 16384\nstat.blocks = 24\n"), "{out}");
+        let exts = extent_list(&img, "/p", bs);
+        assert_eq!(exts.first(), Some(&ext(0, 4 * K, "written")), "{exts:?}");
+        assert!(exts.iter().all(|e| e.0 >= 8 * K || e.0 + e.1 <= 4 * K), "{exts:?}");
+        assert_eq!(exts.iter().map(|e| e.1).sum::<u64>(), 12 * K, "{exts:?}");
+        let table = ok(&["extents", s(&img), "/p"]);
+        assert!(table.lines().any(|l| l.starts_with("   1: [8..15]:") && l.contains(" hole ")), "{table}");
+        // A punch inside one block only zeroes bytes.
+        let out = ok(&["io", s(&img), "/p", "-c", "fpunch 9000 100", "-c", "pread -v 8992 16"]);
+        assert!(
+            out.starts_with("00002320:  61 61 61 61 61 61 61 61 00 00 00 00 00 00 00 00  aaaaaaaa........\n"),
+            "{out}"
+        );
+
+        // Zero range: partial blocks zeroed in place, whole blocks turned unwritten; the size
+        // grows unless -k.
+        let out = ok(&[
+            "io",
+            s(&img),
+            "/p",
+            "-c",
+            "fzero 1000 100",
+            "-c",
+            "fzero 12k 4k",
+            "-c",
+            "pread -v 992 16",
+            "-c",
+            "pread -v 12k 16",
+            "-c",
+            "fzero -k 64k 4k",
+            "-c",
+            "stat",
+            "-c",
+            "fzero 16k 100",
+            "-c",
+            "stat",
+        ]);
+        assert!(
+            out.contains("000003e0:  61 61 61 61 61 61 61 61 00 00 00 00 00 00 00 00  aaaaaaaa........\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("00003000:  00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00  ................\n"),
+            "{out}"
+        );
+        assert!(out.contains("stat.size = 16384\n"), "{out}");
+        assert!(out.contains("stat.size = 16484\n"), "{out}");
+        let exts = extent_list(&img, "/p", bs);
+        assert!(exts.contains(&ext(12 * K, 4 * K, "unwritten")), "{exts:?}");
+        assert!(exts.contains(&ext(64 * K, 4 * K, "unwritten")), "{exts:?}");
+        assert_eq!(
+            ok(&["io", s(&img), "/p", "-c", "seek -a -r 0"]),
+            "Whence\tResult\nDATA\t0\nHOLE\t4096\nDATA\t8192\nHOLE\t12288\n"
+        );
+
+        // SEEK_DATA / SEEK_HOLE on a sparse file; past EOF, or with no data after, is EOF.
+        let out = ok(&[
+            "io",
+            "-f",
+            s(&img),
+            "/s",
+            "-c",
+            "truncate 1m",
+            "-c",
+            "pwrite -q 256k 4k",
+            "-c",
+            "seek -d 0",
+            "-c",
+            "seek -h 256k",
+            "-c",
+            "seek -d 300k",
+            "-c",
+            "seek -h 1m",
+            "-c",
+            "seek -a 2m",
+            "-c",
+            "seek -s -a -r 0",
+        ]);
+        assert_eq!(
+            out,
+            "Whence\tResult\nDATA\t262144\n\
+             Whence\tResult\nHOLE\t266240\n\
+             Whence\tResult\nDATA\tEOF\n\
+             Whence\tResult\nHOLE\tEOF\n\
+             Whence\tResult\nDATA\tEOF\n\
+             Whence\tStart\tResult\nHOLE\t0\t0\nDATA\t0\t262144\nHOLE\t262144\t266240\n"
+        );
+        let table = ok(&["extents", s(&img), "/s"]);
+        assert!(table.contains("   0: [0..511]:"), "{table}");
+        assert!(table.lines().last().unwrap().starts_with("   2: [520..2047]:"), "{table}");
+        assert!(ok(&["fsck", s(&img)]).contains("clean"));
+    }
+}
+
+/// Errors of the new commands, worded like xfs_io's and the other subcommands'.
+#[test]
+fn fallocate_and_extents_errors() {
+    let d = tmp();
+    let img = mkfs(d.path(), "16M");
+    ok(&["mkdir", s(&img), "/dir"]);
+    let (code, err) = fails(&["extents", s(&img), "/dir"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("udax extents: /dir: Is a directory"), "{err}");
+    let (_, err) = fails(&["extents", s(&img), "/missing", "--json"]);
+    assert!(err.contains("udax extents: /missing: No such file or directory"), "{err}");
+    ok(&["io", "-f", s(&img), "/e", "-c", "stat"]);
+    assert_eq!(ok(&["extents", s(&img), "/e"]), "/e: no extents\n");
+    assert_eq!(ok(&["extents", s(&img), "/e", "--json"]).trim(), "[]");
+
+    // No space: nothing allocated (all or nothing), and the next command still runs.
+    let out = udax(&["io", s(&img), "/e", "-c", "falloc 0 64m", "-c", "falloc 0 0", "-c", "stat"]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("falloc: No space left on device\n"), "{err}");
+    assert!(err.contains("falloc: Invalid argument\n"), "{err}");
+    assert!(text(&out.stdout).contains("stat.size = 0\nstat.blocks = 0\n"), "{}", text(&out.stdout));
+    // Read-only: EBADF, as fallocate(2) on an O_RDONLY descriptor.
+    let out = udax(&["io", "-r", s(&img), "/e", "-c", "fzero 0 4k", "-c", "fpunch 0 4k"]);
+    assert!(!out.status.success());
+    assert_eq!(text(&out.stderr), "fzero: Bad file descriptor\nfpunch: Bad file descriptor\n");
+    // Bad arguments run nothing.
+    let (_, err) = fails(&["io", s(&img), "/e", "-c", "falloc 0 4k", "-c", "fpunch -k 0 4k"]);
+    assert!(err.contains("invalid option -k") && err.contains("usage: fpunch off len"), "{err}");
+    let (_, err) = fails(&["io", s(&img), "/e", "-c", "seek 0"]);
+    assert!(err.contains("usage: seek -a | -d | -h"), "{err}");
+    assert!(ok(&["extents", s(&img), "/e"]).contains("no extents"));
+    let help = ok(&["io", s(&img), "/e", "-c", "help"]);
+    for verb in ["falloc", "fpunch", "fzero", "seek", "bmap"] {
+        assert!(help.contains(&format!("\n{verb} ")), "{verb} missing from {help}");
+    }
+    assert!(ok(&["fsck", s(&img)]).contains("clean"));
+}
+
 #[test]
 fn stat_json_and_text() {
     let d = tmp();
@@ -482,7 +719,9 @@ fn demo_runs_and_cleans_up() {
 fn help_teaches() {
     let top = ok(&["--help"]);
     assert!(top.contains("udax demo"), "{top}");
-    for cmd in ["mkfs", "fsck", "info", "ls", "put", "get", "cat", "stat", "mkdir", "rm", "mv", "ln", "io", "demo"] {
+    for cmd in
+        ["mkfs", "fsck", "info", "ls", "put", "get", "cat", "stat", "mkdir", "rm", "mv", "ln", "extents", "io", "demo"]
+    {
         let h = ok(&[cmd, "--help"]);
         assert!(h.contains("Example"), "udax {cmd} --help has no example:\n{h}");
     }
