@@ -25,8 +25,6 @@ pub struct Allocator {
     /// Freed runs waiting for the checkpoint to pass the given journal position.
     pending: VecDeque<(u64, Run)>,
     pending_blocks: u64,
-    /// Where the next search without a goal starts.
-    cursor: u64,
     total: u64,
 }
 
@@ -52,14 +50,7 @@ impl Allocator {
             free.insert(at, geo.data_end() - at);
             free_blocks += geo.data_end() - at;
         }
-        Ok(Allocator {
-            free,
-            free_blocks,
-            pending: VecDeque::new(),
-            pending_blocks: 0,
-            cursor: geo.data_start,
-            total: geo.data_blocks,
-        })
+        Ok(Allocator { free, free_blocks, pending: VecDeque::new(), pending_blocks: 0, total: geo.data_blocks })
     }
 
     /// Blocks free now.
@@ -82,9 +73,10 @@ impl Allocator {
         self.pending_blocks > 0
     }
 
-    /// Allocates exactly `want` blocks in as few runs as it can find, preferring to start at
-    /// `goal` (the block after the file's last one, for sequential growth). All or nothing.
-    pub fn alloc(&mut self, goal: Option<u64>, want: u64) -> Result<Vec<Run>> {
+    /// Allocates exactly `want` blocks in as few runs as it can find, starting at `goal` when
+    /// it is free (the block after the file's last one, for sequential growth) and otherwise
+    /// as near after it as a run that fits allows. All or nothing.
+    pub fn alloc(&mut self, goal: u64, want: u64) -> Result<Vec<Run>> {
         if want == 0 {
             return Ok(Vec::new());
         }
@@ -92,22 +84,16 @@ impl Allocator {
             return Err(Error::NoSpace);
         }
         let mut out = Vec::new();
-        if let Some(g) = goal {
-            if let Some((&s, &l)) = self.free.range(..=g).next_back() {
-                if g < s + l {
-                    out.push(self.take(s, l, g, want.min(s + l - g)));
-                }
+        if let Some((&s, &l)) = self.free.range(..=goal).next_back() {
+            if goal < s + l {
+                out.push(self.take(s, l, goal, want.min(s + l - goal)));
             }
         }
         let mut need = want - out.iter().map(|r| r.len).sum::<u64>();
         if need > 0 {
-            // One run that fits the rest whole, searching from the cursor, else pieces.
-            let fit = self
-                .free
-                .range(self.cursor..)
-                .chain(self.free.range(..self.cursor))
-                .find(|(_, &l)| l >= need)
-                .map(|(&s, &l)| (s, l));
+            // One run that fits the rest whole, searching forward from the goal, else pieces.
+            let fit =
+                self.free.range(goal..).chain(self.free.range(..goal)).find(|(_, &l)| l >= need).map(|(&s, &l)| (s, l));
             if let Some((s, l)) = fit {
                 out.push(self.take(s, l, s, need));
                 need = 0;
@@ -118,9 +104,6 @@ impl Allocator {
             let n = need.min(l);
             out.push(self.take(s, l, s + l - n, n));
             need -= n;
-        }
-        if let Some(last) = out.last() {
-            self.cursor = last.start + last.len;
         }
         Ok(out)
     }
@@ -212,9 +195,9 @@ mod tests {
         let g = geo();
         let mut a = Allocator::from_used(&g, vec![]).unwrap();
         let total = a.free_blocks();
-        let r1 = a.alloc(None, 10).unwrap();
+        let r1 = a.alloc(g.data_start, 10).unwrap();
         assert_eq!(r1.len(), 1);
-        let r2 = a.alloc(Some(r1[0].start + 10), 5).unwrap();
+        let r2 = a.alloc(r1[0].start + 10, 5).unwrap();
         assert_eq!(r2, vec![Run { start: r1[0].start + 10, len: 5 }]);
         a.free_after(100, r1.clone());
         assert_eq!(a.free_blocks(), total - 15);
@@ -222,8 +205,8 @@ mod tests {
         assert_eq!(a.free_blocks(), total - 15);
         a.release(100);
         assert_eq!(a.free_blocks(), total - 5);
-        assert!(matches!(a.alloc(None, total), Err(Error::NoSpace)));
-        let all = a.alloc(None, total - 5).unwrap();
+        assert!(matches!(a.alloc(g.data_start, total), Err(Error::NoSpace)));
+        let all = a.alloc(g.data_start + 100, total - 5).unwrap();
         assert_eq!(all.iter().map(|r| r.len).sum::<u64>(), total - 5);
         assert_eq!(a.free_blocks(), 0);
     }

@@ -186,7 +186,7 @@ impl ExtentMap {
     pub fn goal_for(&self, lblk: u64) -> Option<u64> {
         let i = self.first_after(lblk);
         let (e, _) = self.exts.get(i.checked_sub(1)?)?;
-        Some(e.physical + e.len + (lblk - e.end()))
+        Some((e.physical + e.len).saturating_add(lblk - e.end()))
     }
 
     /// Describes `[lblk, lblk+count)` as holes and (clipped) extents, in order.

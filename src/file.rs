@@ -333,6 +333,21 @@ impl File {
         self.fs.fallocate_node(&self.node, off, len, how)
     }
 
+    /// lseek(SEEK_DATA) from `off` (ENXIO at or past EOF).
+    pub fn seek_data(&self, off: u64) -> Result<u64> {
+        self.fs.seek_data_node(&self.node, off)
+    }
+
+    /// lseek(SEEK_HOLE) from `off` (EOF counts as a hole; ENXIO at or past EOF).
+    pub fn seek_hole(&self, off: u64) -> Result<u64> {
+        self.fs.seek_hole_node(&self.node, off)
+    }
+
+    /// The file's extents, in bytes.
+    pub fn extents(&self) -> Result<Vec<crate::ExtentInfo>> {
+        self.fs.extents_node(&self.node)
+    }
+
     pub fn set_len(&self, size: u64) -> Result<()> {
         self.fs.truncate_node(&self.node, size)
     }

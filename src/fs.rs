@@ -21,6 +21,9 @@ use crate::inode::{Attr, Inode, InodeTable, Timespec};
 use crate::journal::{Journal, RecoveryReport, Tx};
 use crate::layout::{self, check_name, mode, Geometry, ROOT_INO};
 
+/// Size of the allocation groups that spread new files over the device.
+const GROUP_BYTES: u64 = 8 << 20;
+
 /// Most hard links one inode may have.
 pub const LINK_MAX: u32 = 65000;
 
@@ -418,7 +421,7 @@ impl Fs {
 
     /// Allocates `n` blocks (all or nothing), checkpointing first if only freed-but-pending
     /// blocks would satisfy it.
-    pub(crate) fn alloc_blocks(&self, goal: Option<u64>, n: u64) -> Result<Vec<Run>> {
+    pub(crate) fn alloc_blocks(&self, goal: u64, n: u64) -> Result<Vec<Run>> {
         let mut a = lock(&self.inner.alloc);
         match a.alloc(goal, n) {
             Err(Error::NoSpace) if a.has_pending() && a.available_blocks() >= n => {
@@ -430,6 +433,17 @@ impl Fs {
             }
             r => r,
         }
+    }
+
+    /// Where file block `lblk` of `inode` should go: right after the extent before it, or for
+    /// a file with nothing before it, at the start of the inode's allocation group (8 MiB
+    /// groups chosen by inode number), so files growing side by side do not interleave.
+    pub(crate) fn goal(&self, inode: &Inode, lblk: u64) -> u64 {
+        let geo = &self.inner.geo;
+        inode.ext.goal_for(lblk).unwrap_or_else(|| {
+            let group = (GROUP_BYTES / geo.block_size).min(geo.data_blocks);
+            geo.data_start + (inode.ino % (geo.data_blocks / group)) * group
+        })
     }
 
     pub(crate) fn unreserve(&self, runs: Vec<Run>) {
@@ -457,7 +471,7 @@ impl Fs {
     /// as content of `tx`). Returns the blocks it took. All or nothing.
     pub(crate) fn reserve_slots(&self, inode: &mut Inode, slots: usize, tx: &mut Tx) -> Result<Vec<Run>> {
         let inner = &self.inner;
-        let goal = inode.ext.last().map(|e| e.physical + e.len);
+        let goal = self.goal(inode, inode.ext.last().map_or(0, |e| e.end()));
         let mut runs = Vec::new();
         inode.ext.reserve_slots(slots, &inner.dev, &inner.geo, inode.ino, tx, &mut |n| {
             runs = self.alloc_blocks(goal, n)?;
@@ -473,8 +487,7 @@ impl Fs {
         let slot = dir.dir()?.find_slot(name.len());
         let mut runs = Vec::new();
         if let Slot::Grow(pos) = slot {
-            let goal = dir.ext.last().map(|e| e.physical + e.len);
-            let blk = self.alloc_blocks(goal, 1)?[0];
+            let blk = self.alloc_blocks(self.goal(dir, pos / bs), 1)?[0];
             // Reserving slots is the last fallible step: it changes the map only on success.
             match self.reserve_slots(dir, ExtentMap::slots_needed(1), tx) {
                 Ok(r) => runs = r,
@@ -602,7 +615,7 @@ impl Fs {
         let mut tx = Tx::new();
         let mut data_runs = Vec::new();
         if let Some(t) = target {
-            match self.alloc_blocks(None, (t.len() as u64).div_ceil(geo.block_size)) {
+            match self.alloc_blocks(self.goal(&inode, 0), (t.len() as u64).div_ceil(geo.block_size)) {
                 Ok(r) => data_runs = r,
                 Err(e) => {
                     lock(&self.inner.itable).release(ino, generation.wrapping_sub(1));

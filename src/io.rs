@@ -111,7 +111,7 @@ impl Fs {
         let metadata = need > 0 || unwritten > 0 || end > g.attr.size;
 
         let mut tx = Tx::new();
-        let mut runs = if need > 0 { self.alloc_blocks(g.ext.goal_for(first), need)? } else { Vec::new() };
+        let mut runs = if need > 0 { self.alloc_blocks(self.goal(g, first), need)? } else { Vec::new() };
         if metadata {
             let holes = pieces.iter().filter(|p| matches!(p, Piece::Hole { .. })).count();
             let slots = ExtentMap::slots_needed(runs.len() + holes + 2 * unwritten);

@@ -112,7 +112,7 @@ impl Fs {
                 _ => None,
             })
             .collect();
-        let runs = if need > 0 { self.alloc_blocks(g.ext.goal_for(first), need)? } else { Vec::new() };
+        let runs = if need > 0 { self.alloc_blocks(self.goal(g, first), need)? } else { Vec::new() };
         let slots = ExtentMap::slots_needed(runs.len() + holes + 2 * written.len());
         if let Err(e) = self.reserve_slots(g, slots, tx) {
             self.unreserve(runs);
@@ -169,7 +169,10 @@ impl Fs {
     /// lseek(SEEK_DATA): the first offset at or after `off` holding written data. Unwritten
     /// extents count as holes, as on ext4 and XFS. ENXIO at or past EOF.
     pub fn seek_data(&self, ino: u64, off: u64) -> Result<u64> {
-        let n = self.node(ino)?;
+        self.seek_data_node(&*self.node(ino)?, off)
+    }
+
+    pub(crate) fn seek_data_node(&self, n: &Node, off: u64) -> Result<u64> {
         let g = rd(&n.inode);
         g.live()?;
         let size = g.attr.size;
@@ -193,7 +196,10 @@ impl Fs {
     /// lseek(SEEK_HOLE): the first offset at or after `off` in a hole or unwritten extent, or EOF
     /// (every file ends in a hole). ENXIO at or past EOF.
     pub fn seek_hole(&self, ino: u64, off: u64) -> Result<u64> {
-        let n = self.node(ino)?;
+        self.seek_hole_node(&*self.node(ino)?, off)
+    }
+
+    pub(crate) fn seek_hole_node(&self, n: &Node, off: u64) -> Result<u64> {
         let g = rd(&n.inode);
         g.live()?;
         let size = g.attr.size;
@@ -212,7 +218,10 @@ impl Fs {
 
     /// The file's extents in logical order, in bytes.
     pub fn extents(&self, ino: u64) -> Result<Vec<ExtentInfo>> {
-        let n = self.node(ino)?;
+        self.extents_node(&*self.node(ino)?)
+    }
+
+    pub(crate) fn extents_node(&self, n: &Node) -> Result<Vec<ExtentInfo>> {
         let g = rd(&n.inode);
         g.live()?;
         let bs = self.inner.geo.block_size;

@@ -278,3 +278,23 @@ fn fallocate_on_a_full_device_is_enospc_with_nothing_done() {
         assert_eq!(g.write_at(&[1], 20_000).unwrap_err().errno(), libc::ENOSPC);
     }
 }
+
+/// Sequential growth stays contiguous: appends continue the last extent on the device, so a file
+/// written in many pieces is still one extent (and one slot update per append).
+#[test]
+fn sequential_appends_stay_one_extent() {
+    for bs in BLOCK_SIZES {
+        let fs = fresh(64 << 20, bs);
+        let a = file(&fs, "a");
+        let b = file(&fs, "b");
+        for i in 0..200u64 {
+            // Two files growing in turn must not interleave each other's blocks into runs of one.
+            fs.write(a, i * 10_000, &[1; 10_000]).unwrap();
+            fs.write(b, i * 3_000, &[2; 3_000]).unwrap();
+        }
+        let ea = fs.extents(a).unwrap();
+        let eb = fs.extents(b).unwrap();
+        assert!(ea.len() <= 8 && eb.len() <= 8, "bs {bs}: {} and {} extents", ea.len(), eb.len());
+        remount(fs);
+    }
+}

@@ -340,8 +340,7 @@ const WHENCE: [&str; 2] = ["DATA", "HOLE"];
 impl Session {
     /// lseek(SEEK_DATA or SEEK_HOLE); None for ENXIO (at or past EOF, or no data follows).
     fn lseek(&self, at: u64, what: usize) -> Result<Option<u64>, Error> {
-        let (fs, ino) = (self.file.fs(), self.file.ino());
-        let r = if what == DATA { fs.seek_data(ino, at) } else { fs.seek_hole(ino, at) };
+        let r = if what == DATA { self.file.seek_data(at) } else { self.file.seek_hole(at) };
         match r {
             Ok(x) => Ok(Some(x)),
             Err(Error::NoSuchOffset) => Ok(None),
@@ -452,10 +451,10 @@ impl Session {
             Op::Falloc { off, len, mode } => self.file.fallocate(off, len, mode)?,
             Op::Seek { off, data, hole, recurse, start } => self.seek(&mut o, off, [data, hole], recurse, start)?,
             Op::Bmap { verbose } => {
-                let fs = self.file.fs();
-                let exts = fs.extents(self.file.ino())?;
+                let exts = self.file.extents()?;
                 let size = self.file.metadata()?.size;
-                print_map(&mut o, &self.path, &exts, size, fs.statfs().block_size, verbose).out()?;
+                let block_size = self.file.fs().statfs().block_size;
+                print_map(&mut o, &self.path, &exts, size, block_size, verbose).out()?;
             }
             Op::Fsync => self.file.sync_all()?,
             Op::Stat => {
