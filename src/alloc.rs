@@ -17,6 +17,24 @@ pub struct Run {
     pub len: u64,
 }
 
+/// Takes the first `len` blocks of `queue` (runs allocated together for several holes), as the
+/// runs that back one hole, in order.
+pub fn take_front(queue: &mut std::collections::VecDeque<Run>, mut len: u64) -> Vec<Run> {
+    let mut out = Vec::new();
+    while len > 0 {
+        let r = queue.front_mut().expect("allocated as many blocks as the holes hold");
+        let n = r.len.min(len);
+        out.push(Run { start: r.start, len: n });
+        r.start += n;
+        r.len -= n;
+        if r.len == 0 {
+            queue.pop_front();
+        }
+        len -= n;
+    }
+    out
+}
+
 #[derive(Debug)]
 pub struct Allocator {
     /// start -> length, coalesced, non-overlapping.

@@ -40,6 +40,11 @@ impl Extent {
         self.logical + self.len
     }
 
+    /// The device blocks it covers.
+    pub fn run(&self) -> Run {
+        Run { start: self.physical, len: self.len }
+    }
+
     fn raw(&self) -> RawExtent {
         let flags = EXTENT_IN_USE | if self.state == State::Unwritten { EXTENT_UNWRITTEN } else { 0 };
         RawExtent {

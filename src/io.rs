@@ -111,7 +111,7 @@ impl Fs {
         let metadata = need > 0 || unwritten > 0 || end > g.attr.size;
 
         let mut tx = Tx::new();
-        let mut runs = if need > 0 { self.alloc_blocks(self.goal(g, first), need)? } else { Vec::new() };
+        let runs = if need > 0 { self.alloc_blocks(self.goal(g, first), need)? } else { Vec::new() };
         if metadata {
             let holes = pieces.iter().filter(|p| matches!(p, Piece::Hole { .. })).count();
             let slots = ExtentMap::slots_needed(runs.len() + holes + 2 * unwritten);
@@ -132,7 +132,7 @@ impl Fs {
         // Store the data: new blocks whole (data and zeros), written blocks in place.
         let mut new_exts: Vec<Extent> = Vec::new();
         let mut converted: Vec<Extent> = Vec::new();
-        let mut queue = runs.drain(..).collect::<std::collections::VecDeque<Run>>();
+        let mut queue: std::collections::VecDeque<Run> = runs.into();
         for p in &pieces {
             match *p {
                 Piece::Mapped(e) if e.state == State::Written => {
@@ -146,20 +146,10 @@ impl Fs {
                     converted.push(e);
                 }
                 Piece::Hole { logical, len } => {
-                    let mut l = logical;
-                    let mut left = len;
-                    while left > 0 {
-                        let r = queue.front_mut().expect("allocated as many blocks as the holes hold");
-                        let n = r.len.min(left);
-                        self.fill_new(&mut tx, l, r.start, n, off, data)?;
-                        new_exts.push(Extent { logical: l, physical: r.start, len: n, state: State::Written });
-                        r.start += n;
-                        r.len -= n;
-                        if r.len == 0 {
-                            queue.pop_front();
-                        }
-                        l += n;
-                        left -= n;
+                    let runs = crate::alloc::take_front(&mut queue, len);
+                    for e in ExtentMap::extents_for(logical, &runs, State::Written) {
+                        self.fill_new(&mut tx, e.logical, e.physical, e.len, off, data)?;
+                        new_exts.push(e);
                     }
                 }
             }
@@ -255,7 +245,7 @@ impl Fs {
         g.attr.ctime = now;
         g.log_attr(&geo, &mut tx);
         let head = self.commit_for(&mut g, &tx)?;
-        self.free_after(head, freed.iter().map(|e| Run { start: e.physical, len: e.len }).collect());
+        self.free_after(head, freed.iter().map(Extent::run).collect());
         Ok(())
     }
 

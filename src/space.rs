@@ -95,7 +95,7 @@ impl Fs {
         g.attr.ctime = now;
         g.log_attr(&self.inner.geo, &mut tx);
         let head = self.commit_for(&mut g, &tx)?;
-        self.free_after(head, freed.iter().map(|e| Run { start: e.physical, len: e.len }).collect());
+        self.free_after(head, freed.iter().map(Extent::run).collect());
         Ok(())
     }
 
@@ -121,19 +121,9 @@ impl Fs {
         let mut queue: VecDeque<Run> = runs.into();
         for p in &pieces {
             if let Piece::Hole { logical, len } = *p {
-                let mut l = logical;
-                let mut left = len;
-                while left > 0 {
-                    let r = queue.front_mut().expect("allocated as many blocks as the holes hold");
-                    let k = r.len.min(left);
-                    g.ext.insert(Extent { logical: l, physical: r.start, len: k, state: State::Unwritten }, tx)?;
-                    r.start += k;
-                    r.len -= k;
-                    if r.len == 0 {
-                        queue.pop_front();
-                    }
-                    l += k;
-                    left -= k;
+                let runs = crate::alloc::take_front(&mut queue, len);
+                for e in ExtentMap::extents_for(logical, &runs, State::Unwritten) {
+                    g.ext.insert(e, tx)?;
                 }
             }
         }
@@ -173,24 +163,8 @@ impl Fs {
     }
 
     pub(crate) fn seek_data_node(&self, n: &Node, off: u64) -> Result<u64> {
-        let g = rd(&n.inode);
-        g.live()?;
-        let size = g.attr.size;
-        if off >= size {
-            return Err(Error::NoSuchOffset);
-        }
-        let bs = self.inner.geo.block_size;
-        let first = off / bs;
-        let data = g
-            .ext
-            .pieces(first, size.div_ceil(bs) - first)
-            .into_iter()
-            .find_map(|p| match p {
-                Piece::Mapped(e) if e.state == State::Written => Some((e.logical * bs).max(off)),
-                _ => None,
-            })
-            .filter(|&at| at < size);
-        data.ok_or(Error::NoSuchOffset)
+        let (at, size) = self.seek_first(n, off, |e| e.is_some_and(|e| e.state == State::Written))?;
+        at.filter(|&a| a < size).ok_or(Error::NoSuchOffset)
     }
 
     /// lseek(SEEK_HOLE): the first offset at or after `off` in a hole or unwritten extent, or EOF
@@ -200,6 +174,13 @@ impl Fs {
     }
 
     pub(crate) fn seek_hole_node(&self, n: &Node, off: u64) -> Result<u64> {
+        let (at, size) = self.seek_first(n, off, |e| e.is_none_or(|e| e.state == State::Unwritten))?;
+        Ok(at.unwrap_or(size).min(size))
+    }
+
+    /// The first offset at or after `off`, before EOF, in a piece `wanted` accepts (`None` for a
+    /// hole); also the size. ENXIO at or past EOF.
+    fn seek_first(&self, n: &Node, off: u64, wanted: impl Fn(Option<&Extent>) -> bool) -> Result<(Option<u64>, u64)> {
         let g = rd(&n.inode);
         g.live()?;
         let size = g.attr.size;
@@ -208,12 +189,14 @@ impl Fs {
         }
         let bs = self.inner.geo.block_size;
         let first = off / bs;
-        let hole = g.ext.pieces(first, size.div_ceil(bs) - first).into_iter().find_map(|p| match p {
-            Piece::Hole { logical, .. } => Some((logical * bs).max(off)),
-            Piece::Mapped(e) if e.state == State::Unwritten => Some((e.logical * bs).max(off)),
-            Piece::Mapped(_) => None,
+        let at = g.ext.pieces(first, size.div_ceil(bs) - first).into_iter().find_map(|p| {
+            let (logical, ext) = match &p {
+                Piece::Hole { logical, .. } => (*logical, None),
+                Piece::Mapped(e) => (e.logical, Some(e)),
+            };
+            wanted(ext).then_some((logical * bs).max(off))
         });
-        Ok(hole.unwrap_or(size).min(size))
+        Ok((at, size))
     }
 
     /// The file's extents in logical order, in bytes.
