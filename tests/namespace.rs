@@ -1,0 +1,155 @@
+//! Namespace semantics the random model does not reach: RENAME_EXCHANGE and RENAME_NOREPLACE,
+//! directory link counts across moves, attribute changes (utimens, chown, chmod) and their
+//! ctime rules, readdir cookies, and the std::io view of a file.
+
+use std::io::{Read, Seek, SeekFrom, Write};
+
+use udax::{Creds, Device, Fs, MkfsOptions, OpenOptions, RenameMode, SetAttr, SetTime, Timespec};
+
+fn fresh() -> Fs {
+    Fs::mkfs(Device::anonymous(32 << 20).unwrap(), &MkfsOptions::default()).unwrap()
+}
+
+fn clean_remount(fs: Fs) -> Fs {
+    let fs = Fs::mount(fs.unmount().unwrap().expect("last handle")).unwrap();
+    let r = udax::check::check(&fs, &mut |_, _| {});
+    assert!(r.is_clean(), "{:?}", r.findings);
+    fs
+}
+
+#[test]
+fn exchange_swaps_two_names_atomically_across_directories() {
+    let fs = fresh();
+    fs.mkdir_all("/a/sub", 0o755).unwrap();
+    fs.mkdir_all("/b", 0o755).unwrap();
+    fs.write_file("/b/file", b"file").unwrap();
+    let a = fs.resolve("/a", true).unwrap();
+    let b = fs.resolve("/b", true).unwrap();
+    let sub = fs.resolve("/a/sub", true).unwrap();
+    let file = fs.resolve("/b/file", true).unwrap();
+    fs.rename(a, b"sub", b, b"file", RenameMode::Exchange).unwrap();
+    assert_eq!(fs.resolve("/a/sub", true).unwrap(), file);
+    assert_eq!(fs.resolve("/b/file", true).unwrap(), sub);
+    // The directory moved from a to b: link counts follow, and its ".." is b now.
+    assert_eq!(fs.getattr(a).unwrap().nlink, 2);
+    assert_eq!(fs.getattr(b).unwrap().nlink, 3);
+    assert_eq!(fs.lookup(sub, b"..").unwrap().ino, b);
+    assert_eq!(fs.rename(a, b"missing", b, b"file", RenameMode::Exchange).unwrap_err().errno(), libc::ENOENT);
+    assert_eq!(fs.rename(a, b"sub", b, b"missing", RenameMode::Exchange).unwrap_err().errno(), libc::ENOENT);
+    // A directory cannot be exchanged into itself.
+    fs.mkdir_all("/b/file/inner", 0o755).unwrap();
+    let inner = fs.resolve("/b/file/inner", true).unwrap();
+    fs.write_file("/b/file/inner/x", b"").unwrap();
+    assert_eq!(fs.rename(b, b"file", inner, b"x", RenameMode::Exchange).unwrap_err().errno(), libc::EINVAL);
+    let fs = clean_remount(fs);
+    assert_eq!(fs.read_file("/a/sub").unwrap(), b"file");
+}
+
+#[test]
+fn noreplace_and_replace_rules() {
+    let fs = fresh();
+    fs.write_file("/f", b"1").unwrap();
+    fs.write_file("/g", b"2").unwrap();
+    fs.mkdir_all("/d/e", 0o755).unwrap();
+    fs.mkdir_all("/empty", 0o755).unwrap();
+    assert_eq!(fs.rename(1, b"f", 1, b"g", RenameMode::NoReplace).unwrap_err().errno(), libc::EEXIST);
+    assert_eq!(fs.rename_path("/f", "/d").unwrap_err().errno(), libc::EISDIR);
+    assert_eq!(fs.rename_path("/d", "/f").unwrap_err().errno(), libc::ENOTDIR);
+    assert_eq!(fs.rename_path("/empty", "/d").unwrap_err().errno(), libc::ENOTEMPTY);
+    assert_eq!(fs.rename_path("/d", "/d/e/x").unwrap_err().errno(), libc::EINVAL);
+    assert_eq!(fs.rename_path("/d/e", "/d").unwrap_err().errno(), libc::ENOTEMPTY);
+    // Over an empty directory, and a file over a file: the victim is gone, its space freed.
+    fs.rename_path("/d/e", "/empty").unwrap();
+    assert_eq!(fs.getattr(1).unwrap().nlink, 4, "root holds d and empty");
+    let free = fs.statfs().blocks_free;
+    fs.write_file("/big", &vec![3; 1 << 20]).unwrap();
+    fs.rename_path("/f", "/big").unwrap();
+    assert_eq!(fs.read_file("/big").unwrap(), b"1");
+    assert!(fs.statfs().blocks_free >= free, "the replaced file's blocks were freed");
+    // Hard links to one inode: renaming one onto the other does nothing.
+    fs.link_path("/g", "/g2").unwrap();
+    fs.rename_path("/g", "/g2").unwrap();
+    assert!(fs.stat("/g").is_ok() && fs.stat("/g2").is_ok());
+    clean_remount(fs);
+}
+
+#[test]
+fn attributes_and_their_ctime_rules() {
+    let fs = fresh();
+    fs.write_file("/f", b"abc").unwrap();
+    let ino = fs.resolve("/f", true).unwrap();
+    let before = fs.getattr(ino).unwrap();
+    assert_eq!(before.nlink, 1);
+    assert_eq!(before.blocks, 8, "one 4 KiB block is 8 units of 512 bytes");
+    let when = Timespec { sec: 1_234_567_890, nsec: 123_456_789 };
+    let st = fs
+        .setattr(ino, &SetAttr { atime: Some(SetTime::At(when)), mtime: Some(SetTime::At(when)), ..Default::default() })
+        .unwrap();
+    assert_eq!((st.atime, st.mtime), (when, when));
+    assert!(st.ctime >= before.ctime, "utimens changes ctime");
+    let st = fs
+        .setattr(ino, &SetAttr { uid: Some(1000), gid: Some(100), mode: Some(0o4750), ..Default::default() })
+        .unwrap();
+    assert_eq!((st.uid, st.gid, st.mode), (1000, 100, 0o104750));
+    let now = fs.setattr(ino, &SetAttr { mtime: Some(SetTime::Now), ..Default::default() }).unwrap();
+    assert!(now.mtime > when && now.atime == when);
+    // Times before the epoch and far in the future survive a remount.
+    let old = Timespec { sec: -1_000_000_000, nsec: 5 };
+    let far = Timespec { sec: 1 << 40, nsec: 999_999_999 };
+    fs.setattr(ino, &SetAttr { atime: Some(SetTime::At(old)), mtime: Some(SetTime::At(far)), ..Default::default() })
+        .unwrap();
+    let fs = clean_remount(fs);
+    let st = fs.stat("/f").unwrap();
+    assert_eq!((st.atime, st.mtime, st.uid, st.mode), (old, far, 1000, 0o104750));
+    // A write changes mtime and ctime; so does a create in a directory, for the directory.
+    let dir_before = fs.getattr(1).unwrap();
+    fs.create(1, b"new", 0o600, Creds { uid: 7, gid: 8 }).unwrap();
+    let dir_after = fs.getattr(1).unwrap();
+    assert!(dir_after.mtime >= dir_before.mtime && dir_after.ctime >= dir_before.ctime);
+    assert_eq!((fs.stat("/new").unwrap().uid, fs.stat("/new").unwrap().gid), (7, 8));
+}
+
+#[test]
+fn readdir_cookies_resume_where_they_left_off() {
+    let fs = fresh();
+    for i in 0..500 {
+        fs.create(1, format!("entry-{i:04}").as_bytes(), 0o644, Creds::ROOT).unwrap();
+    }
+    let mut seen = Vec::new();
+    let mut cookie = 0;
+    loop {
+        let page: Vec<_> = fs.readdir(1, cookie).unwrap().into_iter().take(37).collect();
+        let Some(last) = page.last() else { break };
+        cookie = last.cookie;
+        seen.extend(page.into_iter().map(|e| e.name));
+    }
+    seen.sort();
+    let want: Vec<Vec<u8>> = (0..500).map(|i| format!("entry-{i:04}").into_bytes()).collect();
+    assert_eq!(seen, want);
+}
+
+#[test]
+fn a_file_is_read_write_seek() {
+    let fs = fresh();
+    let mut f = fs.open("/log", OpenOptions { append: true, ..OpenOptions::create() }).unwrap();
+    f.write_all(b"one ").unwrap();
+    f.seek(SeekFrom::Start(0)).unwrap();
+    f.write_all(b"two").unwrap(); // O_APPEND: still goes to the end
+    drop(f);
+    let mut f = fs.open("/log", OpenOptions::read_only()).unwrap();
+    let mut s = String::new();
+    f.read_to_string(&mut s).unwrap();
+    assert_eq!(s, "one two");
+    assert_eq!(f.seek(SeekFrom::End(-3)).unwrap(), 4);
+    let mut t = String::new();
+    f.read_to_string(&mut t).unwrap();
+    assert_eq!(t, "two");
+    assert_eq!(f.write(b"x").unwrap_err().raw_os_error(), Some(libc::EBADF));
+    assert!(f.seek(SeekFrom::Current(-100)).is_err());
+    let trunc = fs.open("/log", OpenOptions { truncate: true, ..OpenOptions::read_write() }).unwrap();
+    assert_eq!(trunc.metadata().unwrap().size, 0);
+    assert_eq!(
+        fs.open("/log", OpenOptions { create_new: true, ..OpenOptions::create() }).unwrap_err().errno(),
+        libc::EEXIST
+    );
+}
