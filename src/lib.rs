@@ -35,6 +35,8 @@ mod io;
 pub mod journal;
 pub mod layout;
 mod space;
+#[allow(unsafe_code)]
+pub mod uffd;
 
 pub use device::{Backend, Counters, Device};
 pub use error::{Error, Result};

@@ -1,0 +1,493 @@
+//! userfaultfd, declared by hand: the kernel interface the mmap fault service is built on.
+//!
+//! A `Uffd` owns one userfaultfd descriptor and the list of address ranges registered through it.
+//! Every operation that installs or protects pages first checks that its range lies inside a
+//! registered range of this `Uffd`, so the only memory these calls can change is memory the
+//! caller handed over at registration (a reservation it owns for the life of the registration).
+//! Constants and struct layouts follow `include/uapi/linux/userfaultfd.h`; the machine's headers
+//! are older than its kernel, so they are written out here rather than generated.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::Mutex;
+
+use crate::error::{Error, Result};
+
+const UFFD_API: u64 = 0xAA;
+const UFFDIO: u64 = 0xAA;
+
+const fn iowr(nr: u64, size: usize) -> u64 {
+    (3 << 30) | ((size as u64) << 16) | (UFFDIO << 8) | nr
+}
+const fn ior(nr: u64, size: usize) -> u64 {
+    (2 << 30) | ((size as u64) << 16) | (UFFDIO << 8) | nr
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct UffdioApi {
+    api: u64,
+    features: u64,
+    ioctls: u64,
+}
+
+#[repr(C)]
+#[derive(Default, Clone, Copy)]
+struct UffdioRange {
+    start: u64,
+    len: u64,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct UffdioRegister {
+    range: UffdioRange,
+    mode: u64,
+    ioctls: u64,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct UffdioCopy {
+    dst: u64,
+    src: u64,
+    len: u64,
+    mode: u64,
+    copy: i64,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct UffdioZeropage {
+    range: UffdioRange,
+    mode: u64,
+    zeropage: i64,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct UffdioWriteprotect {
+    range: UffdioRange,
+    mode: u64,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct UffdioPoison {
+    range: UffdioRange,
+    mode: u64,
+    updated: i64,
+}
+
+/// `struct uffd_msg`, 32 bytes, packed in the kernel's header (every field here is naturally
+/// aligned, so `repr(C)` gives the same layout).
+#[repr(C)]
+#[derive(Default)]
+struct UffdMsg {
+    event: u8,
+    reserved1: u8,
+    reserved2: u16,
+    reserved3: u32,
+    flags: u64,
+    address: u64,
+    ptid: u32,
+    pad: u32,
+}
+const _: () = assert!(std::mem::size_of::<UffdMsg>() == 32);
+
+const UFFDIO_API: u64 = iowr(0x3F, std::mem::size_of::<UffdioApi>());
+const UFFDIO_REGISTER: u64 = iowr(0x00, std::mem::size_of::<UffdioRegister>());
+const UFFDIO_UNREGISTER: u64 = ior(0x01, std::mem::size_of::<UffdioRange>());
+const UFFDIO_WAKE: u64 = ior(0x02, std::mem::size_of::<UffdioRange>());
+const UFFDIO_COPY: u64 = iowr(0x03, std::mem::size_of::<UffdioCopy>());
+const UFFDIO_ZEROPAGE: u64 = iowr(0x04, std::mem::size_of::<UffdioZeropage>());
+const UFFDIO_WRITEPROTECT: u64 = iowr(0x06, std::mem::size_of::<UffdioWriteprotect>());
+const UFFDIO_POISON: u64 = iowr(0x08, std::mem::size_of::<UffdioPoison>());
+
+const UFFD_EVENT_PAGEFAULT: u8 = 0x12;
+const UFFD_PAGEFAULT_FLAG_WRITE: u64 = 1 << 0;
+const UFFD_PAGEFAULT_FLAG_WP: u64 = 1 << 1;
+
+/// Registration modes.
+pub const MODE_MISSING: u64 = 1 << 0;
+pub const MODE_WP: u64 = 1 << 1;
+/// Flag for the resolving calls: do not wake the faulting thread yet.
+const MODE_DONTWAKE: u64 = 1 << 0;
+/// UFFDIO_WRITEPROTECT: set (rather than clear) protection.
+const MODE_WP_SET: u64 = 1 << 0;
+const MODE_WP_DONTWAKE: u64 = 1 << 1;
+/// UFFDIO_COPY: map the copied page write-protected.
+const MODE_COPY_WP: u64 = 1 << 1;
+
+/// Feature bits asked for at the API handshake.
+pub const FEATURE_THREAD_ID: u64 = 1 << 8;
+pub const FEATURE_WP_UNPOPULATED: u64 = 1 << 13;
+pub const FEATURE_POISON: u64 = 1 << 14;
+
+/// A page fault the kernel handed over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fault {
+    /// Faulting address (page-aligned by the kernel unless exact addresses were asked for).
+    pub addr: u64,
+    /// A store (including one that hit a write-protected page).
+    pub write: bool,
+    /// A store into a page this `Uffd` write-protected.
+    pub wp: bool,
+    /// The faulting thread.
+    pub tid: u32,
+}
+
+/// One userfaultfd and the ranges registered through it.
+#[derive(Debug)]
+pub struct Uffd {
+    fd: OwnedFd,
+    features: u64,
+    registered: Mutex<Vec<(u64, u64)>>,
+}
+
+fn last_err(what: &str) -> Error {
+    Error::io(format!("userfaultfd {what}"), std::io::Error::last_os_error())
+}
+
+impl Uffd {
+    /// Opens a userfaultfd (close-on-exec, non-blocking reads) and negotiates `features`; every
+    /// asked-for feature must be granted.
+    pub fn new(features: u64) -> Result<Uffd> {
+        // SAFETY: userfaultfd(2) takes only flags and returns a new descriptor or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC | libc::O_NONBLOCK) };
+        if fd < 0 {
+            return Err(last_err("open"));
+        }
+        // SAFETY: `fd` was just returned by the kernel and is owned by nothing else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+        let mut api = UffdioApi { api: UFFD_API, features, ioctls: 0 };
+        // SAFETY: UFFDIO_API reads and writes exactly one `UffdioApi`, which `api` is.
+        if unsafe { libc::ioctl(fd.as_raw_fd(), UFFDIO_API as _, &mut api) } != 0 {
+            return Err(last_err("API handshake"));
+        }
+        if api.features & features != features {
+            return Err(Error::Unsupported(format!(
+                "userfaultfd features {:#x} not granted",
+                features & !api.features
+            )));
+        }
+        Ok(Uffd { fd, features: api.features, registered: Mutex::new(Vec::new()) })
+    }
+
+    /// Features the kernel reported.
+    pub fn features(&self) -> u64 {
+        self.features
+    }
+
+    /// Registers `[start, start+len)` with `mode` (MODE_MISSING and/or MODE_WP).
+    ///
+    /// # Safety
+    /// The range must be a mapping the caller owns (a reservation) and keeps mapped until it
+    /// unregisters it: the resolving calls of this `Uffd` install and protect pages in it.
+    pub unsafe fn register(&self, start: u64, len: u64, mode: u64) -> Result<()> {
+        let mut reg = UffdioRegister { range: UffdioRange { start, len }, mode, ioctls: 0 };
+        // SAFETY: UFFDIO_REGISTER reads and writes one `UffdioRegister`; the caller vouches for
+        // the range (this function's contract).
+        if unsafe { libc::ioctl(self.fd.as_raw_fd(), UFFDIO_REGISTER as _, &mut reg) } != 0 {
+            return Err(last_err("register"));
+        }
+        self.registered.lock().unwrap_or_else(|e| e.into_inner()).push((start, len));
+        Ok(())
+    }
+
+    /// Unregisters a range registered before (the whole of it).
+    pub fn unregister(&self, start: u64, len: u64) -> Result<()> {
+        let mut regs = self.registered.lock().unwrap_or_else(|e| e.into_inner());
+        let i = regs
+            .iter()
+            .position(|&r| r == (start, len))
+            .ok_or(Error::InvalidArgument("unregistering a range that was not registered"))?;
+        let mut range = UffdioRange { start, len };
+        // SAFETY: the range was registered through this `Uffd` (found just above); the ioctl
+        // reads one `UffdioRange`.
+        if unsafe { libc::ioctl(self.fd.as_raw_fd(), UFFDIO_UNREGISTER as _, &mut range) } != 0 {
+            return Err(last_err("unregister"));
+        }
+        regs.swap_remove(i);
+        Ok(())
+    }
+
+    /// Checks that `[start, start+len)` lies inside one registered range.
+    fn check(&self, start: u64, len: u64) -> Result<()> {
+        let end = start.checked_add(len).ok_or(Error::InvalidArgument("range overflows"))?;
+        let regs = self.registered.lock().unwrap_or_else(|e| e.into_inner());
+        if regs.iter().any(|&(s, l)| start >= s && end <= s + l) {
+            Ok(())
+        } else {
+            Err(Error::InvalidArgument("range is not registered with this userfaultfd"))
+        }
+    }
+
+    /// Maps the shared zero page over `[start, start+len)` (read faults on holes).
+    pub fn zeropage(&self, start: u64, len: u64, wake: bool) -> Result<()> {
+        self.check(start, len)?;
+        let mut z = UffdioZeropage {
+            range: UffdioRange { start, len },
+            mode: if wake { 0 } else { MODE_DONTWAKE },
+            zeropage: 0,
+        };
+        // SAFETY: `check` proved the range is registered here, so only pages of the caller's
+        // reservation change; the ioctl reads and writes one `UffdioZeropage`.
+        if unsafe { libc::ioctl(self.fd.as_raw_fd(), UFFDIO_ZEROPAGE as _, &mut z) } != 0 {
+            return Err(last_err("zeropage"));
+        }
+        Ok(())
+    }
+
+    /// Copies `src` (whole pages) into `[dst, dst+len)`, optionally write-protected.
+    pub fn copy(&self, dst: u64, src: &[u8], wake: bool, write_protect: bool) -> Result<()> {
+        let len = src.len() as u64;
+        self.check(dst, len)?;
+        let mode = if wake { 0 } else { MODE_DONTWAKE } | if write_protect { MODE_COPY_WP } else { 0 };
+        let mut c = UffdioCopy { dst, src: src.as_ptr() as u64, len, mode, copy: 0 };
+        // SAFETY: `check` proved the destination is registered here; `src` is a live slice of
+        // exactly `len` bytes that the kernel only reads.
+        if unsafe { libc::ioctl(self.fd.as_raw_fd(), UFFDIO_COPY as _, &mut c) } != 0 {
+            return Err(last_err("copy"));
+        }
+        Ok(())
+    }
+
+    /// Sets or clears write protection on `[start, start+len)`. Clearing wakes the faulting
+    /// thread unless `wake` is false; setting never wakes (the kernel refuses DONTWAKE with it).
+    pub fn writeprotect(&self, start: u64, len: u64, protect: bool, wake: bool) -> Result<()> {
+        self.check(start, len)?;
+        let mode = if protect {
+            MODE_WP_SET
+        } else if wake {
+            0
+        } else {
+            MODE_WP_DONTWAKE
+        };
+        let mut w = UffdioWriteprotect { range: UffdioRange { start, len }, mode };
+        // SAFETY: `check` proved the range is registered here; the ioctl reads one
+        // `UffdioWriteprotect` and only changes protection of those pages.
+        if unsafe { libc::ioctl(self.fd.as_raw_fd(), UFFDIO_WRITEPROTECT as _, &mut w) } != 0 {
+            return Err(last_err("writeprotect"));
+        }
+        Ok(())
+    }
+
+    /// Wakes threads waiting on faults in `[start, start+len)`.
+    pub fn wake(&self, start: u64, len: u64) -> Result<()> {
+        self.check(start, len)?;
+        let mut r = UffdioRange { start, len };
+        // SAFETY: `check` proved the range is registered here; the ioctl reads one
+        // `UffdioRange` and touches no memory.
+        if unsafe { libc::ioctl(self.fd.as_raw_fd(), UFFDIO_WAKE as _, &mut r) } != 0 {
+            return Err(last_err("wake"));
+        }
+        Ok(())
+    }
+
+    /// Marks `[start, start+len)` poisoned: any access raises SIGBUS in the accessing thread, and
+    /// a system call touching it fails with EFAULT (pages at or past EOF).
+    pub fn poison(&self, start: u64, len: u64, wake: bool) -> Result<()> {
+        self.check(start, len)?;
+        let mut p =
+            UffdioPoison { range: UffdioRange { start, len }, mode: if wake { 0 } else { MODE_DONTWAKE }, updated: 0 };
+        // SAFETY: `check` proved the range is registered here; the ioctl reads and writes one
+        // `UffdioPoison`.
+        if unsafe { libc::ioctl(self.fd.as_raw_fd(), UFFDIO_POISON as _, &mut p) } != 0 {
+            return Err(last_err("poison"));
+        }
+        Ok(())
+    }
+
+    /// Waits up to `timeout_ms` (-1: forever) for the next page fault; `None` on timeout.
+    /// Events other than page faults are skipped.
+    pub fn next_fault(&self, timeout_ms: i32) -> Result<Option<Fault>> {
+        loop {
+            let mut pfd = libc::pollfd { fd: self.fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+            // SAFETY: poll(2) reads and writes exactly the one `pollfd` passed.
+            let n = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+            if n < 0 {
+                if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                    continue;
+                }
+                return Err(last_err("poll"));
+            }
+            if n == 0 {
+                return Ok(None);
+            }
+            let mut msg = UffdMsg::default();
+            let len = std::mem::size_of::<UffdMsg>();
+            // SAFETY: `msg` is a live, writable buffer of `len` bytes.
+            let got = unsafe { libc::read(self.fd.as_raw_fd(), (&mut msg as *mut UffdMsg).cast(), len) };
+            if got < 0 {
+                if std::io::Error::last_os_error().raw_os_error() == Some(libc::EAGAIN) {
+                    continue;
+                }
+                return Err(last_err("read"));
+            }
+            if got as usize != len {
+                return Err(Error::io("userfaultfd read", std::io::Error::from_raw_os_error(libc::EIO)));
+            }
+            if msg.event == UFFD_EVENT_PAGEFAULT {
+                return Ok(Some(Fault {
+                    addr: msg.address,
+                    write: msg.flags & UFFD_PAGEFAULT_FLAG_WRITE != 0,
+                    wp: msg.flags & UFFD_PAGEFAULT_FLAG_WP != 0,
+                    tid: msg.ptid,
+                }));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    const PAGE: u64 = 4096;
+
+    /// An anonymous reservation the test owns.
+    struct Reservation {
+        base: u64,
+        len: u64,
+    }
+
+    impl Reservation {
+        fn new(pages: u64) -> Reservation {
+            let len = pages * PAGE;
+            // SAFETY: a fresh private anonymous mapping with no address hint, checked below.
+            let p = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    len as usize,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                )
+            };
+            assert_ne!(p, libc::MAP_FAILED);
+            Reservation { base: p as u64, len }
+        }
+
+        fn page(&self, i: u64) -> *mut u8 {
+            (self.base + i * PAGE) as *mut u8
+        }
+    }
+
+    impl Drop for Reservation {
+        fn drop(&mut self) {
+            // SAFETY: exactly the mapping made in `new`.
+            unsafe { libc::munmap(self.base as *mut libc::c_void, self.len as usize) };
+        }
+    }
+
+    /// Resolves faults the way the fault service will: zero page for reads, a filled page for
+    /// stores into missing pages, un-protect for stores into protected pages.
+    fn serve(uffd: Arc<Uffd>, stop: Arc<AtomicBool>, seen: Arc<Mutex<Vec<Fault>>>) -> std::thread::JoinHandle<()> {
+        std::thread::spawn(move || {
+            let fill = vec![0xabu8; PAGE as usize];
+            while !stop.load(Ordering::Acquire) {
+                let Some(f) = uffd.next_fault(50).unwrap() else { continue };
+                seen.lock().unwrap().push(f);
+                let page = f.addr & !(PAGE - 1);
+                if f.wp {
+                    uffd.writeprotect(page, PAGE, false, true).unwrap();
+                } else if f.write {
+                    uffd.copy(page, &fill, true, false).unwrap();
+                } else {
+                    uffd.zeropage(page, PAGE, false).unwrap();
+                    uffd.writeprotect(page, PAGE, true, false).unwrap();
+                    uffd.wake(page, PAGE).unwrap();
+                }
+            }
+        })
+    }
+
+    #[test]
+    fn faults_are_delivered_and_resolved() {
+        let r = Reservation::new(8);
+        let uffd = Arc::new(Uffd::new(FEATURE_THREAD_ID).unwrap());
+        // SAFETY: `r` is this test's own reservation and outlives the registration.
+        unsafe { uffd.register(r.base, r.len, MODE_MISSING | MODE_WP).unwrap() };
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let server = serve(uffd.clone(), stop.clone(), seen.clone());
+
+        // SAFETY: the pages lie inside `r`; every access below is resolved by the server.
+        let (read0, read1_after) = unsafe {
+            let read0 = std::ptr::read_volatile(r.page(0));
+            std::ptr::write_volatile(r.page(0).add(10), 7); // store into the zero page: WP fault
+            std::ptr::write_volatile(r.page(1), 1); // store into a missing page: filled page
+            (read0, std::ptr::read_volatile(r.page(1).add(1)))
+        };
+        assert_eq!(read0, 0);
+        assert_eq!(read1_after, 0xab);
+        // A fault raised inside the kernel (read(2) into an unpopulated page) reaches us too.
+        let mut pipe = [0; 2];
+        // SAFETY: pipe(2) writes two descriptors into `pipe`.
+        assert_eq!(unsafe { libc::pipe(pipe.as_mut_ptr()) }, 0);
+        // SAFETY: plain write/read on the pipe; the read buffer is page 3 of `r`.
+        let n = unsafe {
+            libc::write(pipe[1], b"hello".as_ptr().cast(), 5);
+            libc::read(pipe[0], r.page(3).cast(), 5)
+        };
+        assert_eq!(n, 5);
+        // SAFETY: page 3 is now populated by the kernel's copy.
+        assert_eq!(unsafe { std::slice::from_raw_parts(r.page(3), 5) }, b"hello");
+        // SAFETY: closing the pipe's own descriptors.
+        unsafe {
+            libc::close(pipe[0]);
+            libc::close(pipe[1]);
+        }
+        stop.store(true, Ordering::Release);
+        server.join().unwrap();
+        let seen = seen.lock().unwrap();
+        let kinds: Vec<(bool, bool)> = seen.iter().map(|f| (f.write, f.wp)).collect();
+        assert_eq!(&kinds[..3], &[(false, false), (true, true), (true, false)], "{seen:?}");
+        assert!(seen.iter().all(|f| f.tid != 0), "thread ids were asked for");
+        uffd.unregister(r.base, r.len).unwrap();
+    }
+
+    #[test]
+    fn ranges_outside_the_registration_are_refused() {
+        let r = Reservation::new(2);
+        let uffd = Uffd::new(0).unwrap();
+        // SAFETY: the test's own reservation.
+        unsafe { uffd.register(r.base, PAGE, MODE_MISSING).unwrap() };
+        assert!(uffd.zeropage(r.base + PAGE, PAGE, true).is_err());
+        assert!(uffd.copy(r.base, &[0; 8192], true, false).is_err());
+        assert!(uffd.unregister(r.base, 2 * PAGE).is_err());
+        uffd.unregister(r.base, PAGE).unwrap();
+    }
+
+    /// Run as a child process by `poisoned_pages_raise_sigbus`.
+    #[test]
+    fn poison_child() {
+        if std::env::var_os("UDAX_UFFD_POISON_CHILD").is_none() {
+            return;
+        }
+        let r = Reservation::new(1);
+        let uffd = Uffd::new(FEATURE_POISON).unwrap();
+        // SAFETY: the test's own reservation.
+        unsafe { uffd.register(r.base, r.len, MODE_MISSING).unwrap() };
+        uffd.poison(r.base, PAGE, true).unwrap();
+        // SAFETY: the page is inside `r`; the access is meant to raise SIGBUS.
+        unsafe { std::ptr::read_volatile(r.page(0)) };
+        std::process::exit(0);
+    }
+
+    #[test]
+    fn poisoned_pages_raise_sigbus() {
+        use std::os::unix::process::ExitStatusExt;
+        let status = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "uffd::tests::poison_child", "--nocapture", "--test-threads=1"])
+            .env("UDAX_UFFD_POISON_CHILD", "1")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert_eq!(status.signal(), Some(libc::SIGBUS), "{status:?}");
+    }
+}
