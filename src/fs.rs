@@ -796,7 +796,7 @@ impl Fs {
         let _rename_guard = cross.then(|| lock(&self.inner.rename));
         let sp = self.node(parent)?;
         let dp = self.node(newparent)?;
-        if !rd(&sp.inode).is_dir() || !rd(&dp.inode).is_dir() {
+        if !sp.is_dir || !dp.is_dir {
             return Err(Error::NotDir);
         }
         // Parents: an ancestor before its descendant, else in ascending inode order (the
