@@ -35,6 +35,12 @@ pub fn take_front(queue: &mut std::collections::VecDeque<Run>, mut len: u64) -> 
     out
 }
 
+/// How many extents carving `runs` into holes of `hole_lens` (in order) makes.
+pub fn carved_extents(runs: &[Run], hole_lens: impl Iterator<Item = u64>) -> usize {
+    let mut queue: std::collections::VecDeque<Run> = runs.iter().copied().collect();
+    hole_lens.map(|len| take_front(&mut queue, len).len()).sum()
+}
+
 #[derive(Debug)]
 pub struct Allocator {
     /// start -> length, coalesced, non-overlapping.

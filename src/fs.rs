@@ -21,6 +21,12 @@ use crate::inode::{Attr, Inode, InodeTable, Timespec};
 use crate::journal::{Journal, RecoveryReport, Tx};
 use crate::layout::{self, check_name, mode, Geometry, ROOT_INO};
 
+/// Worst-case journal bytes per block a data transaction touches: a conversion rewrites two
+/// extent slots and fills a third (3 × 40-byte entries), plus a share of overflow-block links.
+const TX_BYTES_PER_BLOCK: u64 = 160;
+/// Room for the record header, the inode's attributes and a directory's worth of entries.
+const TX_FIXED_BYTES: u64 = 2048;
+
 /// Size of the allocation groups that spread new files over the device.
 const GROUP_BYTES: u64 = 8 << 20;
 
@@ -408,6 +414,13 @@ impl Fs {
         Ok(head)
     }
 
+    /// Most blocks one data transaction may touch: every block can cost a few extent-slot entries
+    /// (a split, a conversion) and the record must fit in half the journal.
+    pub(crate) fn max_tx_blocks(&self) -> u64 {
+        let record = lock(&self.inner.journal).max_record_len();
+        (record.saturating_sub(TX_FIXED_BYTES) / TX_BYTES_PER_BLOCK).max(16)
+    }
+
     /// Makes in-place attribute stores to `inode` safe: no replay may rewrite them afterwards.
     pub(crate) fn ensure_checkpointed(&self, inode: &Inode) -> Result<()> {
         let mut j = lock(&self.inner.journal);
@@ -444,6 +457,11 @@ impl Fs {
             let group = (GROUP_BYTES / geo.block_size).min(geo.data_blocks);
             geo.data_start + (inode.ino % (geo.data_blocks / group)) * group
         })
+    }
+
+    /// Blocks free now or after the next checkpoint.
+    pub(crate) fn available_blocks(&self) -> u64 {
+        lock(&self.inner.alloc).available_blocks()
     }
 
     pub(crate) fn unreserve(&self, runs: Vec<Run>) {

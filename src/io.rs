@@ -14,9 +14,15 @@ use crate::journal::Tx;
 use crate::layout::INODE_TIMES_OFF;
 use crate::MAX_FILE_SIZE;
 
-/// Largest part of one write committed as one transaction; longer writes are a series, so a
-/// full device cuts them short at a chunk boundary (a short write, as on Linux).
-const WRITE_CHUNK: usize = 8 << 20;
+/// Largest part of one write committed as one transaction (less on a small journal, see
+/// `Fs::max_tx_blocks`); longer writes are a series, so a full device cuts them short at a
+/// chunk boundary (a short write, as on Linux).
+const WRITE_CHUNK: u64 = 8 << 20;
+
+/// Lengths of the holes among `pieces`, in order.
+pub(crate) fn hole_lens(pieces: &[Piece]) -> impl Iterator<Item = u64> + '_ {
+    pieces.iter().filter_map(|p| if let Piece::Hole { len, .. } = p { Some(*len) } else { None })
+}
 
 impl Fs {
     /// Reads up to `buf.len()` bytes at `off`; stops at EOF. Holes and unwritten extents read
@@ -85,9 +91,11 @@ impl Fs {
         if off.checked_add(data.len() as u64).is_none_or(|e| e > MAX_FILE_SIZE) {
             return Err(Error::FileTooBig);
         }
+        let bs = self.inner.geo.block_size;
+        let chunk = WRITE_CHUNK.min((self.max_tx_blocks() - 1) * bs) as usize;
         let mut done = 0;
         while done < data.len() {
-            let n = (data.len() - done).min(WRITE_CHUNK);
+            let n = (data.len() - done).min(chunk);
             match self.write_chunk(&mut g, off + done as u64, &data[done..done + n]) {
                 Ok(()) => done += n,
                 Err(Error::NoSpace) if done > 0 => break,
@@ -106,15 +114,15 @@ impl Fs {
         let first = off / bs;
         let last = (end - 1) / bs;
         let pieces = g.ext.pieces(first, last - first + 1);
-        let need: u64 = pieces.iter().map(|p| if let Piece::Hole { len, .. } = p { *len } else { 0 }).sum();
+        let need: u64 = hole_lens(&pieces).sum();
         let unwritten = pieces.iter().filter(|p| matches!(p, Piece::Mapped(e) if e.state == State::Unwritten)).count();
         let metadata = need > 0 || unwritten > 0 || end > g.attr.size;
 
         let mut tx = Tx::new();
         let runs = if need > 0 { self.alloc_blocks(self.goal(g, first), need)? } else { Vec::new() };
         if metadata {
-            let holes = pieces.iter().filter(|p| matches!(p, Piece::Hole { .. })).count();
-            let slots = ExtentMap::slots_needed(runs.len() + holes + 2 * unwritten);
+            let inserts = crate::alloc::carved_extents(&runs, hole_lens(&pieces));
+            let slots = ExtentMap::slots_needed(inserts + 2 * unwritten);
             match self.reserve_slots(g, slots, &mut tx) {
                 Ok(extra) => {
                     // Overflow blocks are linked by this transaction too.

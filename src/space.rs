@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 use crate::extent::{Extent, ExtentMap, Piece, State};
 use crate::fs::{rd, wr, Fs, Node};
 use crate::inode::{Inode, Timespec};
+use crate::io::hole_lens;
 use crate::journal::Tx;
 use crate::layout::mode;
 use crate::MAX_FILE_SIZE;
@@ -59,52 +60,62 @@ impl Fs {
             return Err(Error::InvalidArgument("fallocate needs a regular file"));
         }
         let bs = self.inner.geo.block_size;
-        let mut tx = Tx::new();
-        let mut freed = Vec::new();
-        match how {
-            FallocMode::Allocate { keep_size } => {
-                self.preallocate(&mut g, off / bs, end.div_ceil(bs), false, &mut tx)?;
-                if !keep_size {
-                    g.attr.size = g.attr.size.max(end);
-                }
-            }
-            FallocMode::PunchHole => {
-                let (whole_start, whole_end) = (off.div_ceil(bs), end / bs);
-                if whole_end > whole_start {
-                    let slots = self.reserve_slots(&mut g, ExtentMap::slots_needed(0), &mut tx)?;
-                    debug_assert!(slots.len() <= 1);
-                }
-                self.zero_partial_blocks(&g, off, end, &mut tx)?;
-                if whole_end > whole_start {
-                    freed = g.ext.remove_range(whole_start, whole_end - whole_start, &mut tx)?;
-                }
-            }
-            FallocMode::ZeroRange { keep_size } => {
-                let (whole_start, whole_end) = (off.div_ceil(bs), end / bs);
-                if whole_end > whole_start {
-                    self.preallocate(&mut g, whole_start, whole_end, true, &mut tx)?;
-                }
-                self.zero_partial_blocks(&g, off, end, &mut tx)?;
-                if !keep_size {
-                    g.attr.size = g.attr.size.max(end);
-                }
+        // The blocks the mode works on whole, and the bytes it zeroes in partial edge blocks.
+        let (first, last, edges) = match how {
+            FallocMode::Allocate { .. } => (off / bs, end.div_ceil(bs), false),
+            FallocMode::PunchHole | FallocMode::ZeroRange { .. } => (off.div_ceil(bs), end / bs, true),
+        };
+        if !matches!(how, FallocMode::PunchHole) && last > first {
+            // All or nothing for space: refuse before changing anything.
+            let need: u64 = hole_lens(&g.ext.pieces(first, last - first)).sum();
+            if need > self.available_blocks() {
+                return Err(Error::NoSpace);
             }
         }
-        let now = Timespec::now();
-        g.attr.mtime = now;
-        g.attr.ctime = now;
-        g.log_attr(&self.inner.geo, &mut tx);
-        let head = self.commit_for(&mut g, &tx)?;
-        self.free_after(head, freed.iter().map(Extent::run).collect());
-        Ok(())
+        // One transaction per window of blocks, so each fits in the journal.
+        let window = self.max_tx_blocks() - 2;
+        let mut at = first;
+        loop {
+            let stop = last.min(at.saturating_add(window));
+            let mut tx = Tx::new();
+            let mut freed = Vec::new();
+            if edges && at == first {
+                self.zero_partial_blocks(&g, off, end, &mut tx)?;
+            }
+            if stop > at {
+                match how {
+                    FallocMode::Allocate { .. } => self.preallocate(&mut g, at, stop, false, &mut tx)?,
+                    FallocMode::ZeroRange { .. } => self.preallocate(&mut g, at, stop, true, &mut tx)?,
+                    FallocMode::PunchHole => {
+                        self.reserve_slots(&mut g, ExtentMap::slots_needed(0), &mut tx)?;
+                        freed = g.ext.remove_range(at, stop - at, &mut tx)?;
+                    }
+                }
+            }
+            let done = stop >= last;
+            if done {
+                if let FallocMode::Allocate { keep_size: false } | FallocMode::ZeroRange { keep_size: false } = how {
+                    g.attr.size = g.attr.size.max(end);
+                }
+                let now = Timespec::now();
+                g.attr.mtime = now;
+                g.attr.ctime = now;
+            }
+            g.log_attr(&self.inner.geo, &mut tx);
+            let head = self.commit_for(&mut g, &tx)?;
+            self.free_after(head, freed.iter().map(Extent::run).collect());
+            if done {
+                return Ok(());
+            }
+            at = stop;
+        }
     }
 
     /// Makes blocks `[first, end)` unwritten where they are holes (allocating, all or nothing)
     /// and, with `convert`, where they are written too.
     fn preallocate(&self, g: &mut Inode, first: u64, end: u64, convert: bool, tx: &mut Tx) -> Result<()> {
         let pieces = g.ext.pieces(first, end - first);
-        let need: u64 = pieces.iter().map(|p| if let Piece::Hole { len, .. } = p { *len } else { 0 }).sum();
-        let holes = pieces.iter().filter(|p| matches!(p, Piece::Hole { .. })).count();
+        let need: u64 = hole_lens(&pieces).sum();
         let written: Vec<Extent> = pieces
             .iter()
             .filter_map(|p| match p {
@@ -113,7 +124,8 @@ impl Fs {
             })
             .collect();
         let runs = if need > 0 { self.alloc_blocks(self.goal(g, first), need)? } else { Vec::new() };
-        let slots = ExtentMap::slots_needed(runs.len() + holes + 2 * written.len());
+        let inserts = crate::alloc::carved_extents(&runs, hole_lens(&pieces));
+        let slots = ExtentMap::slots_needed(inserts + 2 * written.len());
         if let Err(e) = self.reserve_slots(g, slots, tx) {
             self.unreserve(runs);
             return Err(e);

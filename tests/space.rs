@@ -271,7 +271,9 @@ fn fallocate_on_a_full_device_is_enospc_with_nothing_done() {
             assert_eq!(fs.statfs().blocks_free, free, "bs {bs} {how:?} leaked blocks");
         }
         // Exactly what is free still works.
-        fs.fallocate(f, 1 << 20, free * u64::from(bs), KEEP).unwrap();
+        if let Err(e) = fs.fallocate(f, 1 << 20, free * u64::from(bs), KEEP) {
+            panic!("bs {bs} free {free} now {} extents {:?}: {e}", fs.statfs().blocks_free, fs.extents(f).unwrap());
+        }
         assert_eq!(fs.statfs().blocks_free, 0);
         let fs = remount(fs);
         let g = fs.open("/full", OpenOptions::read_write()).unwrap();
@@ -297,4 +299,46 @@ fn sequential_appends_stay_one_extent() {
         assert!(ea.len() <= 8 && eb.len() <= 8, "bs {bs}: {} and {} extents", ea.len(), eb.len());
         remount(fs);
     }
+}
+
+/// Fragmented free space makes one request need thousands of extents: writes and fallocate must
+/// still work (split into transactions the journal can hold) and leave a clean image.
+#[test]
+fn fragmented_free_space_does_not_overflow_a_transaction() {
+    let opts = MkfsOptions { block_size: 1024, journal_bytes: 64 << 10, inodes: 30_000, ..Default::default() };
+    let fs = Fs::mkfs(Device::anonymous(24 << 20).unwrap(), &opts).unwrap();
+    // Fill the device with one-block files, then delete every third (files alternate between
+    // allocation groups, so every other would free whole groups).
+    let mut names = Vec::new();
+    for i in 0.. {
+        let name = format!("f{i}");
+        match fs.create(1, name.as_bytes(), 0o644, Creds::ROOT) {
+            Ok(st) => {
+                if fs.write(st.ino, 0, &[1; 1000]).is_err() {
+                    fs.unlink(1, name.as_bytes()).unwrap();
+                    break;
+                }
+                names.push(name);
+            }
+            Err(_) => break,
+        }
+    }
+    for name in names.iter().step_by(3) {
+        fs.unlink(1, name.as_bytes()).unwrap();
+    }
+    let free = fs.statfs().blocks_free;
+    assert!(free > 4000, "{free} blocks free");
+    let w = file(&fs, "w");
+    let n = fs.write(w, 0, &vec![7; (free as usize / 2) * 1024]).unwrap();
+    assert_eq!(n, (free as usize / 2) * 1024);
+    assert!(fs.extents(w).unwrap().len() > 1000, "the test did not fragment the write");
+    let a = file(&fs, "a");
+    // Leave room for the overflow extent blocks thousands of extents need.
+    let left = fs.statfs().blocks_free * 9 / 10;
+    fs.fallocate(a, 0, left * 1024, GROW).unwrap();
+    assert!(fs.extents(a).unwrap().len() > 1000, "the test did not fragment the allocation");
+    fs.fallocate(a, 0, left * 1024, FallocMode::PunchHole).unwrap();
+    clean(&fs);
+    let fs = remount(fs);
+    assert!(read_all(&fs, w).iter().all(|&b| b == 7));
 }
