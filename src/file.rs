@@ -283,8 +283,12 @@ impl Fs {
     /// Reads a whole file.
     pub fn read_file(&self, path: impl AsRef<Path>) -> Result<Vec<u8>> {
         let ino = self.resolve(path, true)?;
-        let size = self.getattr(ino)?.size;
-        let mut buf = vec![0; usize::try_from(size).map_err(|_| Error::FileTooBig)?];
+        let size = usize::try_from(self.getattr(ino)?.size).map_err(|_| Error::FileTooBig)?;
+        // A sparse file can be far larger than memory: fail, do not abort.
+        let mut buf = Vec::new();
+        buf.try_reserve_exact(size)
+            .map_err(|_| Error::io("read_file", std::io::Error::from_raw_os_error(libc::ENOMEM)))?;
+        buf.resize(size, 0);
         let n = self.read(ino, 0, &mut buf)?;
         buf.truncate(n);
         Ok(buf)

@@ -757,6 +757,9 @@ impl Fs {
         let p = self.node(parent)?;
         let mut pg = wr(&p.inode);
         let e = *pg.dir()?.get(name).ok_or(Error::NotFound)?;
+        if e.ino == parent {
+            return Err(Error::Corrupt { what: "directory entry names its own directory", at: geo.inode_at(parent) });
+        }
         let c = self.node(e.ino)?;
         let mut cg = wr(&c.inode);
         match (want_dir, cg.is_dir()) {
@@ -772,10 +775,10 @@ impl Fs {
         pg.attr.mtime = now;
         pg.attr.ctime = now;
         if want_dir {
-            pg.attr.nlink -= 1;
+            pg.attr.nlink = pg.attr.nlink.saturating_sub(1);
         }
         pg.log_attr(&geo, &mut tx);
-        cg.attr.nlink = if want_dir { 0 } else { cg.attr.nlink - 1 };
+        cg.attr.nlink = if want_dir { 0 } else { cg.attr.nlink.saturating_sub(1) };
         cg.attr.ctime = now;
         let free_now = cg.attr.nlink == 0 && cg.open == 0;
         if free_now {
@@ -811,12 +814,20 @@ impl Fs {
         check_name(name)?;
         let geo = self.inner.geo;
         let cross = parent != newparent;
-        let _rename_guard = cross.then(|| lock(&self.inner.rename));
         let sp = self.node(parent)?;
         let dp = self.node(newparent)?;
         if !sp.is_dir || !dp.is_dir {
             return Err(Error::NotDir);
         }
+        // Any rename that holds two directories besides one parent takes the rename lock: a
+        // cross-directory one (two parents), and one that moves or replaces a directory (a
+        // directory child). Peek at the entries first, one lock at a time; if they change
+        // before the real locking, that is noticed below and the rename starts over.
+        let is_dir_entry = |n: &Node, nm: &[u8]| {
+            rd(&n.inode).dir().ok().and_then(|d| d.get(nm)).is_some_and(|e| e.dtype == crate::dir::DT_DIR)
+        };
+        let exclusive = cross || is_dir_entry(&sp, name) || is_dir_entry(&dp, newname);
+        let _rename_guard = exclusive.then(|| lock(&self.inner.rename));
         // Parents: an ancestor before its descendant, else in ascending inode order (the
         // rename lock keeps the tree's shape still while this is decided).
         let source_first = cross
@@ -844,6 +855,13 @@ impl Fs {
             return Err(Error::NotFound);
         }
         let src_is_dir = src.dtype == crate::dir::DT_DIR;
+        if !exclusive && (src_is_dir || dst.is_some_and(|d| d.dtype == crate::dir::DT_DIR)) {
+            drop((sg, dg_own));
+            return self.rename(parent, name, newparent, newname, how);
+        }
+        if src.ino == parent || dst.is_some_and(|d| d.ino == newparent) {
+            return Err(Error::Corrupt { what: "directory entry names its own directory", at: geo.inode_at(parent) });
+        }
         if cross && src_is_dir && self.is_ancestor(src.ino, newparent)? {
             return Err(Error::InvalidArgument("cannot move a directory into itself"));
         }
@@ -1028,37 +1046,19 @@ impl Fs {
 
     /// Changes attributes; `size` truncates or extends (SPEC §4). Returns the new attributes.
     pub fn setattr(&self, ino: u64, set: &SetAttr) -> Result<Stat> {
-        if let Some(size) = set.size {
-            self.truncate(ino, size)?;
-        }
         let geo = self.inner.geo;
         let n = self.node(ino)?;
         let mut g = wr(&n.inode);
         g.live()?;
+        if let Some(size) = set.size {
+            // The size and every other change commit together.
+            self.truncate_locked(&mut g, size, &|g| apply_attrs(g, set))?;
+            return Ok(self.stat_of(&g));
+        }
         if set.mode.is_none() && set.uid.is_none() && set.gid.is_none() && set.atime.is_none() && set.mtime.is_none() {
             return Ok(self.stat_of(&g));
         }
-        let now = Timespec::now();
-        if let Some(m) = set.mode {
-            g.attr.mode = (g.attr.mode & mode::S_IFMT) | (m & 0o7777);
-        }
-        if let Some(u) = set.uid {
-            g.attr.uid = u;
-        }
-        if let Some(gid) = set.gid {
-            g.attr.gid = gid;
-        }
-        let pick = |t: SetTime| match t {
-            SetTime::Now => now,
-            SetTime::At(t) => t,
-        };
-        if let Some(t) = set.atime {
-            g.attr.atime = pick(t);
-        }
-        if let Some(t) = set.mtime {
-            g.attr.mtime = pick(t);
-        }
-        g.attr.ctime = now;
+        apply_attrs(&mut g, set);
         let mut tx = Tx::new();
         g.log_attr(&geo, &mut tx);
         self.commit_for(&mut g, &tx)?;
@@ -1100,6 +1100,31 @@ impl Fs {
         v.sort_unstable();
         v
     }
+}
+
+/// Applies the changes of `set` other than the size to `g`, and sets ctime.
+fn apply_attrs(g: &mut Inode, set: &SetAttr) {
+    let now = Timespec::now();
+    if let Some(m) = set.mode {
+        g.attr.mode = (g.attr.mode & mode::S_IFMT) | (m & 0o7777);
+    }
+    if let Some(u) = set.uid {
+        g.attr.uid = u;
+    }
+    if let Some(gid) = set.gid {
+        g.attr.gid = gid;
+    }
+    let pick = |t: SetTime| match t {
+        SetTime::Now => now,
+        SetTime::At(t) => t,
+    };
+    if let Some(t) = set.atime {
+        g.attr.atime = pick(t);
+    }
+    if let Some(t) = set.mtime {
+        g.attr.mtime = pick(t);
+    }
+    g.attr.ctime = now;
 }
 
 fn dcn_ino(dst: &Option<crate::dir::Entry>) -> u64 {

@@ -153,7 +153,17 @@ impl Inode {
             rdev: raw.rdev.get(),
             parent,
         };
+        if mode::is_symlink(m) && (attr.size == 0 || attr.size > crate::layout::SYMLINK_MAX as u64) {
+            return Err(Error::Corrupt { what: "symlink size", at: at + 16 });
+        }
         let ext = ExtentMap::load(dev, geo, &raw, ino, at)?;
+        if mode::is_dir(m) {
+            // The directory is read whole at mount: its size must be exactly what it owns.
+            let owned: u64 = ext.iter().map(|e| e.len).sum();
+            if attr.size % geo.block_size != 0 || attr.size / geo.block_size != owned {
+                return Err(Error::Corrupt { what: "directory size", at: at + 16 });
+            }
+        }
         if !mode::has_data(m) && !ext.is_empty() {
             return Err(Error::Corrupt { what: "extents on a special file", at: at + 128 });
         }

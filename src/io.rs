@@ -138,16 +138,27 @@ impl Fs {
         }
 
         // Store the data: new blocks whole (data and zeros), written blocks in place.
+        let old_size = g.attr.size;
+        // The part of an in-place store that lies past the old EOF (at most one block's worth:
+        // only the EOF block can be written and extend past it).
+        let mut past_eof = None;
         let mut new_exts: Vec<Extent> = Vec::new();
         let mut converted: Vec<Extent> = Vec::new();
         let mut queue: std::collections::VecDeque<Run> = runs.into();
         for p in &pieces {
             match *p {
                 Piece::Mapped(e) if e.state == State::Written => {
+                    // In place, but only below the old EOF: bytes past it must not persist
+                    // before the record that makes them part of the file (a crash would leave
+                    // them past EOF, where a later extend would show them).
                     let s = (e.logical * bs).max(off);
                     let t = (e.end() * bs).min(end);
-                    let at = geo.block_at(e.physical) + (s - e.logical * bs);
-                    dev.write(at, &data[(s - off) as usize..(t - off) as usize])?;
+                    let cut = t.min(old_size).max(s);
+                    let base = geo.block_at(e.physical) - e.logical * bs;
+                    dev.write(base + s, &data[(s - off) as usize..(cut - off) as usize])?;
+                    if cut < t {
+                        past_eof = Some((base + cut, (cut - off) as usize..(t - off) as usize));
+                    }
                 }
                 Piece::Mapped(e) => {
                     self.fill_new(&mut tx, e.logical, e.physical, e.len, off, data)?;
@@ -183,6 +194,12 @@ impl Fs {
         g.attr.size = g.attr.size.max(end);
         g.log_attr(&geo, &mut tx);
         self.commit_for(g, &tx)?;
+        if let Some((at, range)) = past_eof {
+            // Until this is fenced a crash shows zeros there, which a write that has not
+            // returned may leave (SPEC §3.2).
+            dev.write(at, &data[range])?;
+            dev.fence();
+        }
         Ok(())
     }
 
@@ -215,23 +232,49 @@ impl Fs {
     }
 
     pub(crate) fn truncate_node(&self, n: &Node, size: u64) -> Result<()> {
+        let mut g = wr(&n.inode);
+        g.live()?;
+        self.truncate_locked(&mut g, size, &|_| {})
+    }
+
+    /// Truncates the locked inode `g`; `finish` makes further attribute changes that commit in
+    /// the same (last) transaction as the new size (setattr). Extents past the new end are cut
+    /// from the tail, at most a journal's worth per transaction; the size changes in the last
+    /// one, so a crash in between leaves the old size with a tail that reads zero.
+    pub(crate) fn truncate_locked(&self, g: &mut Inode, size: u64, finish: &dyn Fn(&mut Inode)) -> Result<()> {
         if size > MAX_FILE_SIZE {
             return Err(Error::FileTooBig);
         }
-        let geo = self.inner.geo;
-        let dev = &self.inner.dev;
-        let bs = geo.block_size;
-        let mut g = wr(&n.inode);
-        g.live()?;
         if g.is_dir() {
             return Err(Error::IsDir);
         }
         if !crate::layout::mode::is_reg(g.attr.mode) {
             return Err(Error::InvalidArgument("only regular files can be truncated"));
         }
+        let geo = self.inner.geo;
+        let dev = &self.inner.dev;
+        let bs = geo.block_size;
+        let keep = size.div_ceil(bs);
+        let shrinking = size < g.attr.size;
+        if shrinking {
+            let limit = self.max_tx_blocks() as usize;
+            loop {
+                let tail: Vec<&Extent> = g.ext.iter().filter(|e| e.end() > keep).collect();
+                if tail.len() <= limit {
+                    break;
+                }
+                // Whole extents only (each one slot entry), never the one straddling `keep`.
+                let (from, to) = (tail[tail.len() - limit].logical, tail[tail.len() - 1].end());
+                let mut tx = Tx::new();
+                let freed = g.ext.remove_range(from, to - from, &mut tx)?;
+                g.log_attr(&geo, &mut tx);
+                let head = self.commit_for(g, &tx)?;
+                self.free_after(head, freed.iter().map(Extent::run).collect());
+            }
+        }
         let mut tx = Tx::new();
         let mut freed = Vec::new();
-        if size < g.attr.size {
+        if shrinking {
             if size % bs != 0 {
                 if let Some(Piece::Mapped(e)) = g.ext.pieces(size / bs, 1).first() {
                     if e.state == State::Written {
@@ -239,7 +282,6 @@ impl Fs {
                     }
                 }
             }
-            let keep = size.div_ceil(bs);
             if let Some(last) = g.ext.last().map(|e| e.end()) {
                 if last > keep {
                     // Cutting extents only shortens or removes them: no new slot is needed.
@@ -251,8 +293,9 @@ impl Fs {
         g.attr.size = size;
         g.attr.mtime = now;
         g.attr.ctime = now;
+        finish(g);
         g.log_attr(&geo, &mut tx);
-        let head = self.commit_for(&mut g, &tx)?;
+        let head = self.commit_for(g, &tx)?;
         self.free_after(head, freed.iter().map(Extent::run).collect());
         Ok(())
     }

@@ -237,3 +237,38 @@ proptest! {
         }
     }
 }
+
+/// Sizes read from a damaged medium used to drive allocations: a directory or symlink inode
+/// claiming 8 TiB made mount or readlink abort the process.
+#[test]
+fn absurd_sizes_on_the_medium_are_corruption_not_aborts() {
+    for (make_dir, what) in [(true, "directory size"), (false, "symlink size")] {
+        let fs = small_fs(16 << 20, 4096, 0);
+        let ino = if make_dir {
+            fs.mkdir(1, b"d", 0o755, Creds::ROOT).unwrap().ino
+        } else {
+            fs.symlink(1, b"l", b"target", Creds::ROOT).unwrap().ino
+        };
+        let geo = *fs.geometry();
+        let dev = fs.unmount().unwrap().expect("last handle");
+        dev.write(geo.inode_at(ino) + 16, &(1u64 << 43).to_le_bytes()).unwrap();
+        match Fs::mount(dev) {
+            Err(Error::Corrupt { what: w, .. }) => assert_eq!(w, what),
+            other => panic!("{what}: {:?}", other.map(|_| ())),
+        }
+    }
+}
+
+/// A superblock with a valid checksum but an inode count whose table would overflow the address
+/// arithmetic used to panic (debug) or wrap (release).
+#[test]
+fn a_crafted_geometry_is_refused() {
+    let size = 16u64 << 20;
+    let geo = udax::layout::Geometry::plan(size, 4096, 0, 0).unwrap();
+    let mut sb = geo.superblock(0, [0; 16], "");
+    sb.inode_count = (u64::MAX / 256 - 10).into();
+    sb.crc = udax::layout::superblock_crc(&sb).into();
+    let dev = Device::anonymous(size).unwrap();
+    dev.write_obj(0, &sb).unwrap();
+    assert!(matches!(Fs::mount(dev), Err(Error::Corrupt { .. })));
+}
