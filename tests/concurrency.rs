@@ -89,3 +89,45 @@ fn seed() -> u64 {
     println!("UDAX_STRESS_SEED={s}");
     s
 }
+
+/// A same-directory exchange of two sibling directories, an unlink inside one of them, and a
+/// cross-directory rename between two others used to deadlock three ways: the exchange held one
+/// directory child while waiting for the other, which the unlink held as a parent while waiting
+/// for its child, whose lock the cross rename held while waiting for the first.
+#[test]
+fn sibling_directory_renames_do_not_deadlock() {
+    let fs = Fs::mkfs(Device::anonymous(16 << 20).unwrap(), &MkfsOptions::default()).unwrap();
+    let who = udax::Creds::ROOT;
+    let x = fs.mkdir(1, b"tmpx", 0o755, who).unwrap().ino;
+    let d = fs.mkdir(1, b"d", 0o755, who).unwrap().ino;
+    let s = fs.mkdir(1, b"s", 0o755, who).unwrap().ino;
+    fs.rename(1, b"tmpx", s, b"x", udax::RenameMode::Replace).unwrap();
+    fs.create(x, b"a", 0o644, who).unwrap();
+    let (tx, rx) = mpsc::channel();
+    let jobs: Vec<Box<dyn Fn(&Fs) + Send>> = vec![
+        Box::new(|fs| drop(fs.rename(1, b"d", 1, b"s", udax::RenameMode::Exchange))),
+        Box::new(move |fs| drop(fs.unlink(s, b"x"))),
+        Box::new(move |fs| {
+            let _ = fs.rename(x, b"a", d, b"b", udax::RenameMode::Replace);
+            let _ = fs.rename(d, b"b", x, b"a", udax::RenameMode::Replace);
+        }),
+    ];
+    let threads: Vec<_> = jobs
+        .into_iter()
+        .map(|job| {
+            let (fs, tx) = (fs.clone(), tx.clone());
+            std::thread::spawn(move || {
+                for _ in 0..20_000 {
+                    job(&fs);
+                }
+                tx.send(()).unwrap();
+            })
+        })
+        .collect();
+    for _ in 0..threads.len() {
+        rx.recv_timeout(Duration::from_secs(60)).expect("no progress for a minute: deadlock");
+    }
+    threads.into_iter().for_each(|t| t.join().unwrap());
+    let report = udax::check::check(&fs, &mut |_, _| {});
+    assert!(report.is_clean(), "{:?}", report.findings);
+}

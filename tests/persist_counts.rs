@@ -47,6 +47,11 @@ fn measured() -> Vec<(String, Counters)> {
         }),
     ));
     rows.push(("4k-append".into(), measure(&fs, || assert_eq!(fs.write(file, 8192, &block).unwrap(), 4096))));
+    rows.push(("100b-append".into(), measure(&fs, || assert_eq!(fs.write(file, 12288, &block[..100]).unwrap(), 100))));
+    rows.push((
+        "100b-append-in-block".into(),
+        measure(&fs, || assert_eq!(fs.write(file, 12388, &block[..100]).unwrap(), 100)),
+    ));
     // The first overwrite after a metadata change moves the checkpoint; the next is steady.
     rows.push(("4k-overwrite-first".into(), measure(&fs, || assert_eq!(fs.write(file, 0, &block).unwrap(), 4096))));
     rows.push(("4k-overwrite".into(), measure(&fs, || assert_eq!(fs.write(file, 4096, &block).unwrap(), 4096))));
