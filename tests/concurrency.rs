@@ -75,6 +75,9 @@ fn racing_namespace_operations_stay_consistent() {
     assert!(report.is_clean(), "after remount: {:?}", report.findings);
 }
 
+/// One thread's repeated operation.
+type Job = Box<dyn Fn(&Fs) + Send>;
+
 /// `UDAX_STRESS_OPS` scales the run (default 4,000 operations per thread).
 fn ops() -> usize {
     std::env::var("UDAX_STRESS_OPS").ok().and_then(|v| v.parse().ok()).unwrap_or(4000)
@@ -104,7 +107,7 @@ fn sibling_directory_renames_do_not_deadlock() {
     fs.rename(1, b"tmpx", s, b"x", udax::RenameMode::Replace).unwrap();
     fs.create(x, b"a", 0o644, who).unwrap();
     let (tx, rx) = mpsc::channel();
-    let jobs: Vec<Box<dyn Fn(&Fs) + Send>> = vec![
+    let jobs: Vec<Job> = vec![
         Box::new(|fs| drop(fs.rename(1, b"d", 1, b"s", udax::RenameMode::Exchange))),
         Box::new(move |fs| drop(fs.unlink(s, b"x"))),
         Box::new(move |fs| {
