@@ -110,10 +110,10 @@ impl ExtentMap {
         let mut next = raw.ext_next.get();
         let per = geo.extents_per_block();
         while next != 0 {
-            let at = geo.block_at(next);
             if !geo.contains(next, 1) || map.blocks.len() as u64 >= geo.data_blocks || map.blocks.contains(&next) {
                 return Err(Error::Corrupt { what: "extent block chain", at: inode_off });
             }
+            let at = geo.block_at(next);
             let hdr: RawExtentBlockHeader = dev.read_obj(at)?;
             if hdr.magic.get() != EXTENT_BLOCK_MAGIC {
                 return Err(Error::Corrupt { what: "extent block magic", at });

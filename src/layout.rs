@@ -260,13 +260,13 @@ impl Geometry {
             return Err(Error::InvalidArgument("journal size must be a multiple of 4 KiB, at least 64 KiB"));
         }
         let inode_count = if inode_count == 0 { (size_bytes / 16384).max(64) } else { inode_count };
-        let too_big = Error::InvalidArgument("the journal and inode table do not fit in the image");
-        let inode_off = JOURNAL_RING_OFF.checked_add(journal_len).ok_or(too_big)?;
+        let too_small = Error::InvalidArgument("image too small for its journal and inode table");
+        let inode_off = JOURNAL_RING_OFF.checked_add(journal_len).ok_or(too_small)?;
         let itab_end = inode_count
             .checked_mul(INODE_SIZE)
             .and_then(|t| inode_off.checked_add(t))
             .filter(|&e| e < size_bytes)
-            .ok_or(Error::InvalidArgument("too many inodes for the image size"))?;
+            .ok_or(Error::InvalidArgument("image too small for its journal and inode table"))?;
         let align = if size_bytes >= 64 << 20 { HUGE } else { 4096 };
         let data_off = itab_end.div_ceil(align) * align;
         let data_blocks = size_bytes.saturating_sub(data_off) / bs;

@@ -272,3 +272,15 @@ fn a_crafted_geometry_is_refused() {
     dev.write_obj(0, &sb).unwrap();
     assert!(matches!(Fs::mount(dev), Err(Error::Corrupt { .. })));
 }
+
+/// A damaged overflow-extent pointer used to overflow the block-to-offset multiplication before
+/// it was range-checked (found by `damaged_images_never_panic`).
+#[test]
+fn a_wild_extent_chain_pointer_is_corruption() {
+    let fs = small_fs(16 << 20, 4096, 0);
+    let ino = fs.create(1, b"f", 0o644, Creds::ROOT).unwrap().ino;
+    let geo = *fs.geometry();
+    let dev = fs.unmount().unwrap().expect("last handle");
+    dev.write(geo.inode_at(ino) + 112, &(u64::MAX / 3).to_le_bytes()).unwrap();
+    assert!(matches!(Fs::mount(dev), Err(Error::Corrupt { what: "extent block chain", .. })));
+}
