@@ -3,8 +3,10 @@
 //! A directory's data is an array of 32-byte units; an entry (16-byte header and the name) fills
 //! one to nine consecutive units inside one block, and a unit whose `ino` is zero is free. On the
 //! medium nothing is sorted or hashed: the index — a hash map by name, a position-ordered map for
-//! readdir, and free lists by unit count — is rebuilt when the directory is loaded. Insert and
-//! remove return the bytes to log; the caller commits them.
+//! readdir, and the free spans — is rebuilt when the directory is loaded. Free units are kept
+//! as maximal spans inside a block (a removed entry merges with free neighbours), found by size
+//! through buckets that may hold stale positions (checked against the span map when used).
+//! Insert and remove return the bytes to log; the caller commits them.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -12,8 +14,6 @@ use zerocopy::{FromBytes, IntoBytes};
 
 use crate::error::{Error, Result};
 use crate::layout::{check_name, dirent_units, RawDirent, DIRENT_HEADER, DIRENT_UNIT, NAME_MAX};
-
-const MAX_UNITS: usize = (DIRENT_HEADER + NAME_MAX).div_ceil(DIRENT_UNIT as usize);
 
 /// One entry as the index keeps it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,8 +29,12 @@ pub struct Entry {
 pub struct DirIndex {
     names: HashMap<Box<[u8]>, Entry>,
     by_pos: BTreeMap<u64, Box<[u8]>>,
-    /// Free spans by unit count (index = units), each inside one block.
-    free: [Vec<u64>; MAX_UNITS + 1],
+    /// Free spans: position -> units, maximal within a block.
+    free: BTreeMap<u64, u64>,
+    /// Positions of free spans by unit count; an entry is stale unless `free` agrees.
+    by_units: Vec<Vec<u64>>,
+    /// Block size (spans never cross a block).
+    block: u64,
     /// Directory data length in bytes (whole blocks).
     size: u64,
     /// Subdirectories, for the link count.
@@ -57,6 +61,7 @@ impl DirIndex {
     ) -> Result<DirIndex> {
         let mut d = DirIndex { size, ..Default::default() };
         for (base, data) in blocks {
+            d.block = data.len() as u64;
             let units = data.len() as u64 / DIRENT_UNIT;
             let mut u = 0;
             let mut free_from = None;
@@ -105,13 +110,32 @@ impl DirIndex {
         Ok(d)
     }
 
+    /// Records `[pos, pos + units)` as free, merging it with free neighbours in its block.
     fn add_free(&mut self, mut pos: u64, mut units: u64) {
-        while units > 0 {
-            let n = units.min(MAX_UNITS as u64);
-            self.free[n as usize].push(pos);
-            pos += n * DIRENT_UNIT;
-            units -= n;
+        if units == 0 {
+            return;
         }
+        let block_of = |p: u64| p / self.block.max(1);
+        if let Some((&p, &u)) = self.free.range(..pos).next_back() {
+            if p + u * DIRENT_UNIT == pos && block_of(p) == block_of(pos) {
+                self.free.remove(&p);
+                pos = p;
+                units += u;
+            }
+        }
+        let next = pos + units * DIRENT_UNIT;
+        if let Some(&u) = self.free.get(&next) {
+            if block_of(next) == block_of(pos) {
+                self.free.remove(&next);
+                units += u;
+            }
+        }
+        self.free.insert(pos, units);
+        let i = units as usize;
+        if self.by_units.len() <= i {
+            self.by_units.resize(i + 1, Vec::new());
+        }
+        self.by_units[i].push(pos);
     }
 
     pub fn get(&self, name: &[u8]) -> Option<&Entry> {
@@ -135,11 +159,14 @@ impl DirIndex {
     }
 
     /// Picks space for a name of `name_len` bytes without taking it yet.
-    pub fn find_slot(&self, name_len: usize) -> Slot {
+    pub fn find_slot(&mut self, name_len: usize) -> Slot {
         let n = dirent_units(name_len) as usize;
-        for units in n..=MAX_UNITS {
-            if let Some(&pos) = self.free[units].last() {
-                return Slot::At(pos);
+        for units in n..self.by_units.len() {
+            while let Some(&pos) = self.by_units[units].last() {
+                if self.free.get(&pos) == Some(&(units as u64)) {
+                    return Slot::At(pos);
+                }
+                self.by_units[units].pop();
             }
         }
         Slot::Grow(self.size)
@@ -151,16 +178,14 @@ impl DirIndex {
         let n = dirent_units(name.len());
         let pos = match slot {
             Slot::At(pos) => {
-                let units = (n as usize..=MAX_UNITS)
-                    .find(|&u| self.free[u].last() == Some(&pos))
-                    .expect("slot came from find_slot");
-                self.free[units].pop();
-                if units as u64 > n {
-                    self.add_free(pos + n * DIRENT_UNIT, units as u64 - n);
+                let units = self.free.remove(&pos).expect("slot came from find_slot");
+                if units > n {
+                    self.add_free(pos + n * DIRENT_UNIT, units - n);
                 }
                 pos
             }
             Slot::Grow(pos) => {
+                self.block = block_size;
                 self.size += block_size;
                 self.add_free(pos + n * DIRENT_UNIT, block_size / DIRENT_UNIT - n);
                 pos
@@ -236,6 +261,38 @@ pub fn encode(name: &[u8], ino: u64, dtype: u8) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Removed entries' units used to stay separate spans, so after short names were removed,
+    /// long names could not use their space and every round of churn grew the directory.
+    #[test]
+    fn churn_reuses_merged_space_and_does_not_grow() {
+        let bs = 4096;
+        let mut d = DirIndex::default();
+        let mut names = Vec::new();
+        loop {
+            let name = format!("s{}", names.len());
+            let slot = d.find_slot(name.len());
+            if matches!(slot, Slot::Grow(_)) && d.size() > 0 {
+                break;
+            }
+            d.insert(name.as_bytes(), 2, 8, slot, bs);
+            names.push(name);
+        }
+        for n in &names {
+            d.remove(n.as_bytes()).unwrap();
+        }
+        for round in 0..50 {
+            let long: Vec<String> = (0..4).map(|i| format!("{round}-{i}-{}", "L".repeat(240))).collect();
+            for n in &long {
+                let slot = d.find_slot(n.len());
+                d.insert(n.as_bytes(), 3, 8, slot, bs);
+            }
+            for n in &long {
+                d.remove(n.as_bytes()).unwrap();
+            }
+            assert_eq!(d.size(), bs, "round {round} grew the directory");
+        }
+    }
 
     #[test]
     fn insert_remove_reuse_and_reload() {

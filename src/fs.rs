@@ -502,7 +502,7 @@ impl Fs {
     /// extent changes; the caller logs the directory's attributes. Returns blocks allocated.
     fn add_entry(&self, dir: &mut Inode, name: &[u8], child: u64, dtype: u8, tx: &mut Tx) -> Result<Vec<Run>> {
         let bs = self.inner.geo.block_size;
-        let slot = dir.dir()?.find_slot(name.len());
+        let slot = dir.dir_mut()?.find_slot(name.len());
         let mut runs = Vec::new();
         if let Slot::Grow(pos) = slot {
             let blk = self.alloc_blocks(self.goal(dir, pos / bs), 1)?[0];
@@ -939,12 +939,12 @@ impl Fs {
                     }
                     match (s_dir, d_dir) {
                         (true, false) => {
-                            sg.attr.nlink -= 1;
-                            dg.attr.nlink += 1;
+                            sg.attr.nlink = sg.attr.nlink.saturating_sub(1);
+                            dg.attr.nlink = dg.attr.nlink.saturating_add(1);
                         }
                         (false, true) => {
-                            sg.attr.nlink += 1;
-                            dg.attr.nlink -= 1;
+                            sg.attr.nlink = sg.attr.nlink.saturating_add(1);
+                            dg.attr.nlink = dg.attr.nlink.saturating_sub(1);
                         }
                         _ => {}
                     }
@@ -972,9 +972,9 @@ impl Fs {
                 if let Some(v) = dcg.as_mut() {
                     if v.is_dir() {
                         v.attr.nlink = 0;
-                        dg.attr.nlink -= 1;
+                        dg.attr.nlink = dg.attr.nlink.saturating_sub(1);
                     } else {
-                        v.attr.nlink -= 1;
+                        v.attr.nlink = v.attr.nlink.saturating_sub(1);
                     }
                     v.attr.ctime = now;
                     if v.attr.nlink == 0 && v.open == 0 {
@@ -985,8 +985,9 @@ impl Fs {
                 }
                 if src_is_dir && cross {
                     scg.attr.parent = newparent;
-                    sg.attr.nlink -= 1;
-                    dg_own.as_deref_mut().expect("cross").attr.nlink += 1;
+                    sg.attr.nlink = sg.attr.nlink.saturating_sub(1);
+                    let d = dg_own.as_deref_mut().expect("cross");
+                    d.attr.nlink = d.attr.nlink.saturating_add(1);
                 }
             }
         }
