@@ -276,6 +276,7 @@ impl Fs {
             Some(n) if rd(&n.inode).is_dir() => {}
             _ => return Err(Error::Corrupt { what: "root directory", at: geo.inode_at(ROOT_INO) }),
         }
+        check_tree(&nodes, &geo)?;
         let alloc = Allocator::from_used(&geo, used)?;
         let fs = Fs {
             inner: Arc::new(Inner {
@@ -1130,6 +1131,48 @@ fn apply_attrs(g: &mut Inode, set: &SetAttr) {
 
 fn dcn_ino(dst: &Option<crate::dir::Entry>) -> u64 {
     dst.map_or(0, |d| d.ino)
+}
+
+/// Refuses directory trees the locking and recursion rely on being trees: every directory is
+/// named by exactly one entry (the root by none), in the directory its parent field names, is
+/// reachable from the root, and every entry's type matches its inode. Other damage (link counts,
+/// entries naming free inodes) mounts and is reported by fsck.
+fn check_tree(nodes: &HashMap<u64, Arc<Node>>, geo: &Geometry) -> Result<()> {
+    let mut named_by: HashMap<u64, u64> = HashMap::new();
+    for (&holder, node) in nodes {
+        let g = rd(&node.inode);
+        let Some(dir) = &g.dir else { continue };
+        for (_, e) in dir.entries_after(None) {
+            let Some(target) = nodes.get(&e.ino) else { continue };
+            let at = geo.inode_at(holder);
+            if (e.dtype == crate::dir::DT_DIR) != target.is_dir || e.ino == holder {
+                return Err(Error::Corrupt { what: "directory entry type", at });
+            }
+            if target.is_dir {
+                if target.parent.load(Ordering::Relaxed) != holder {
+                    return Err(Error::Corrupt { what: "directory parent", at: geo.inode_at(e.ino) });
+                }
+                if named_by.insert(e.ino, holder).is_some() || e.ino == ROOT_INO {
+                    return Err(Error::Corrupt { what: "directory named twice", at: geo.inode_at(e.ino) });
+                }
+            }
+        }
+    }
+    // Every directory but the root is named once, by its parent; walking parents from each must
+    // reach the root (a cycle never does).
+    for (&ino, _) in nodes.iter().filter(|(_, n)| n.is_dir) {
+        let mut at = Some(ino);
+        for _ in 0..=named_by.len() {
+            match at {
+                Some(ROOT_INO) | None => break,
+                Some(i) => at = named_by.get(&i).copied(),
+            }
+        }
+        if at != Some(ROOT_INO) {
+            return Err(Error::Corrupt { what: "unreachable directory", at: geo.inode_at(ino) });
+        }
+    }
+    Ok(())
 }
 
 /// Indexes a directory's entries from its blocks.

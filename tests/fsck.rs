@@ -96,11 +96,59 @@ fn an_entry_naming_a_free_inode_is_found() {
     assert!(got.contains(&"disconnected"), "the old /d/f is now unreachable: {got:?}");
 }
 
+/// Damage that breaks the tree shape itself (which the locking relies on) is refused at mount,
+/// naming it, rather than left for fsck.
 #[test]
-fn a_wrong_parent_pointer_is_found() {
+fn a_wrong_parent_pointer_is_refused_at_mount() {
     let dev = image();
     let d = ino_of(&dev, "/d");
     let f = ino_of(&dev, "/d/f");
     edit_inode(&dev, d, |r| r.parent = f.into());
-    assert!(findings(dev).contains(&"directory parent"));
+    assert!(matches!(Fs::mount(dev), Err(udax::Error::Corrupt { what: "directory parent", .. })));
+}
+
+#[test]
+fn a_directory_cycle_is_refused_at_mount() {
+    let fs = Fs::mkfs(Device::anonymous(16 << 20).unwrap(), &MkfsOptions::default()).unwrap();
+    fs.mkdir_all("/a/b", 0o755).unwrap();
+    let a = fs.resolve("/a", true).unwrap();
+    let b = fs.resolve("/a/b", true).unwrap();
+    let dev = fs.unmount().unwrap().expect("last handle");
+    let geo = geometry(&dev);
+    // Point root's entry "a" at nothing (a free inode) and make a's parent b: a and b now form a
+    // loop that the root cannot reach.
+    let root: RawInode = dev.read_obj(geo.inode_at(1)).unwrap();
+    let at = geo.block_at(root.extents[0].physical.get());
+    let mut e: RawDirent = dev.read_obj(at).unwrap();
+    assert_eq!(e.ino.get(), a);
+    e.ino = (geo.inode_count - 1).into();
+    dev.write(at, e.as_bytes()).unwrap();
+    let b_raw: RawInode = dev.read_obj(geo.inode_at(b)).unwrap();
+    let b_at = geo.block_at(b_raw.extents.first().map_or(0, |x| x.physical.get()));
+    // b is empty; give it an entry naming a, with a's parent set to b.
+    let name = b"a";
+    let ent = RawDirent { ino: a.into(), name_len: 1.into(), file_type: 4, units: 1, reserved: 0.into() };
+    let mut bytes = ent.as_bytes().to_vec();
+    bytes.extend_from_slice(name);
+    let mut b_raw = b_raw;
+    if b_at == 0 {
+        // b has no block yet: borrow a's (a's only entry was b, now replaced).
+        let a_raw: RawInode = dev.read_obj(geo.inode_at(a)).unwrap();
+        b_raw.extents[0] = a_raw.extents[0];
+        b_raw.size = a_raw.size;
+        let mut a_raw = a_raw;
+        a_raw.extents[0] = Default::default();
+        a_raw.size = 0.into();
+        dev.write_obj(geo.inode_at(a), &a_raw).unwrap();
+        dev.write_obj(geo.inode_at(b), &b_raw).unwrap();
+    }
+    let b_raw: RawInode = dev.read_obj(geo.inode_at(b)).unwrap();
+    let b_block = geo.block_at(b_raw.extents[0].physical.get());
+    dev.write(b_block, &[0u8; 32]).unwrap();
+    dev.write(b_block, &bytes).unwrap();
+    edit_inode(&dev, a, |r| r.parent = b.into());
+    match Fs::mount(dev) {
+        Err(udax::Error::Corrupt { what, .. }) => assert_eq!(what, "unreachable directory"),
+        other => panic!("a directory loop mounted: {:?}", other.map(|_| ())),
+    }
 }
