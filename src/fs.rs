@@ -460,11 +460,6 @@ impl Fs {
         })
     }
 
-    /// Blocks free now or after the next checkpoint.
-    pub(crate) fn available_blocks(&self) -> u64 {
-        lock(&self.inner.alloc).available_blocks()
-    }
-
     pub(crate) fn unreserve(&self, runs: Vec<Run>) {
         if !runs.is_empty() {
             lock(&self.inner.alloc).unreserve(runs);

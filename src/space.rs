@@ -65,31 +65,48 @@ impl Fs {
             FallocMode::Allocate { .. } => (off / bs, end.div_ceil(bs), false),
             FallocMode::PunchHole | FallocMode::ZeroRange { .. } => (off.div_ceil(bs), end / bs, true),
         };
-        if !matches!(how, FallocMode::PunchHole) && last > first {
-            // All or nothing for space: refuse before changing anything.
-            let need: u64 = hole_lens(&g.ext.pieces(first, last - first)).sum();
-            if need > self.available_blocks() {
-                return Err(Error::NoSpace);
+        // All or nothing for space: every block the range needs and every extent slot its
+        // extents need are taken before anything changes; the slots' overflow blocks are linked
+        // by the first transaction, and the windows below only carve from what is held.
+        let mut tx = Tx::new();
+        let mut queue = VecDeque::new();
+        if last > first {
+            let pieces = g.ext.pieces(first, last - first);
+            let (runs, slots) = match how {
+                FallocMode::PunchHole => (Vec::new(), ExtentMap::slots_needed(0)),
+                FallocMode::Allocate { .. } | FallocMode::ZeroRange { .. } => {
+                    let need: u64 = hole_lens(&pieces).sum();
+                    let runs = if need > 0 { self.alloc_blocks(self.goal(&g, first), need)? } else { Vec::new() };
+                    let converts = match how {
+                        FallocMode::ZeroRange { .. } => {
+                            pieces.iter().filter(|p| matches!(p, Piece::Mapped(e) if e.state == State::Written)).count()
+                        }
+                        _ => 0,
+                    };
+                    let inserts = crate::alloc::carved_extents(&runs, hole_lens(&pieces));
+                    (runs, ExtentMap::slots_needed(inserts + 2 * converts))
+                }
+            };
+            if let Err(e) = self.reserve_slots(&mut g, slots, &mut tx) {
+                self.unreserve(runs);
+                return Err(e);
             }
+            queue = runs.into();
         }
         // One transaction per window of blocks, so each fits in the journal.
         let window = self.max_tx_blocks() - 2;
         let mut at = first;
         loop {
             let stop = last.min(at.saturating_add(window));
-            let mut tx = Tx::new();
             let mut freed = Vec::new();
             if edges && at == first {
                 self.zero_partial_blocks(&g, off, end, &mut tx)?;
             }
             if stop > at {
                 match how {
-                    FallocMode::Allocate { .. } => self.preallocate(&mut g, at, stop, false, &mut tx)?,
-                    FallocMode::ZeroRange { .. } => self.preallocate(&mut g, at, stop, true, &mut tx)?,
-                    FallocMode::PunchHole => {
-                        self.reserve_slots(&mut g, ExtentMap::slots_needed(0), &mut tx)?;
-                        freed = g.ext.remove_range(at, stop - at, &mut tx)?;
-                    }
+                    FallocMode::Allocate { .. } => self.preallocate(&mut g, at, stop, false, &mut queue, &mut tx)?,
+                    FallocMode::ZeroRange { .. } => self.preallocate(&mut g, at, stop, true, &mut queue, &mut tx)?,
+                    FallocMode::PunchHole => freed = g.ext.remove_range(at, stop - at, &mut tx)?,
                 }
             }
             let done = stop >= last;
@@ -105,17 +122,26 @@ impl Fs {
             let head = self.commit_for(&mut g, &tx)?;
             self.free_after(head, freed.iter().map(Extent::run).collect());
             if done {
+                debug_assert!(queue.is_empty(), "every allocated block was placed");
                 return Ok(());
             }
+            tx = Tx::new();
             at = stop;
         }
     }
 
-    /// Makes blocks `[first, end)` unwritten where they are holes (allocating, all or nothing)
-    /// and, with `convert`, where they are written too.
-    fn preallocate(&self, g: &mut Inode, first: u64, end: u64, convert: bool, tx: &mut Tx) -> Result<()> {
+    /// Makes blocks `[first, end)` unwritten where they are holes (taking blocks from `queue`,
+    /// allocated and slot-reserved by the caller) and, with `convert`, where they are written.
+    fn preallocate(
+        &self,
+        g: &mut Inode,
+        first: u64,
+        end: u64,
+        convert: bool,
+        queue: &mut VecDeque<Run>,
+        tx: &mut Tx,
+    ) -> Result<()> {
         let pieces = g.ext.pieces(first, end - first);
-        let need: u64 = hole_lens(&pieces).sum();
         let written: Vec<Extent> = pieces
             .iter()
             .filter_map(|p| match p {
@@ -123,17 +149,9 @@ impl Fs {
                 _ => None,
             })
             .collect();
-        let runs = if need > 0 { self.alloc_blocks(self.goal(g, first), need)? } else { Vec::new() };
-        let inserts = crate::alloc::carved_extents(&runs, hole_lens(&pieces));
-        let slots = ExtentMap::slots_needed(inserts + 2 * written.len());
-        if let Err(e) = self.reserve_slots(g, slots, tx) {
-            self.unreserve(runs);
-            return Err(e);
-        }
-        let mut queue: VecDeque<Run> = runs.into();
         for p in &pieces {
             if let Piece::Hole { logical, len } = *p {
-                let runs = crate::alloc::take_front(&mut queue, len);
+                let runs = crate::alloc::take_front(queue, len);
                 for e in ExtentMap::extents_for(logical, &runs, State::Unwritten) {
                     g.ext.insert(e, tx)?;
                 }
