@@ -482,35 +482,29 @@ impl Fs {
     }
 
     /// Reserves `slots` extent slots on `inode`, allocating overflow blocks (zeroed and headed
-    /// as content of `tx`). Returns the blocks it took. All or nothing.
-    pub(crate) fn reserve_slots(&self, inode: &mut Inode, slots: usize, tx: &mut Tx) -> Result<Vec<Run>> {
+    /// as content of `tx`, which links them). All or nothing.
+    pub(crate) fn reserve_slots(&self, inode: &mut Inode, slots: usize, tx: &mut Tx) -> Result<()> {
         let inner = &self.inner;
         let goal = self.goal(inode, inode.ext.last().map_or(0, |e| e.end()));
-        let mut runs = Vec::new();
         inode.ext.reserve_slots(slots, &inner.dev, &inner.geo, inode.ino, tx, &mut |n| {
-            runs = self.alloc_blocks(goal, n)?;
+            let runs = self.alloc_blocks(goal, n)?;
             Ok(runs.iter().flat_map(|r| r.start..r.start + r.len).collect())
         })?;
-        Ok(runs)
+        Ok(())
     }
 
     /// Adds `name -> child` to `dir`, growing it by a zeroed block when full. Logs the entry and
-    /// extent changes; the caller logs the directory's attributes. Returns blocks allocated.
-    fn add_entry(&self, dir: &mut Inode, name: &[u8], child: u64, dtype: u8, tx: &mut Tx) -> Result<Vec<Run>> {
+    /// extent changes; the caller logs the directory's attributes.
+    fn add_entry(&self, dir: &mut Inode, name: &[u8], child: u64, dtype: u8, tx: &mut Tx) -> Result<()> {
         let bs = self.inner.geo.block_size;
         let slot = dir.dir_mut()?.find_slot(name.len());
-        let mut runs = Vec::new();
         if let Slot::Grow(pos) = slot {
             let blk = self.alloc_blocks(self.goal(dir, pos / bs), 1)?[0];
             // Reserving slots is the last fallible step: it changes the map only on success.
-            match self.reserve_slots(dir, ExtentMap::slots_needed(1), tx) {
-                Ok(r) => runs = r,
-                Err(e) => {
-                    self.unreserve(vec![blk]);
-                    return Err(e);
-                }
+            if let Err(e) = self.reserve_slots(dir, ExtentMap::slots_needed(1), tx) {
+                self.unreserve(vec![blk]);
+                return Err(e);
             }
-            runs.push(blk);
             tx.content_zero(&self.inner.dev, self.inner.geo.block_at(blk.start), bs)?;
             let e = crate::extent::Extent { logical: pos / bs, physical: blk.start, len: 1, state: State::Written };
             dir.ext.insert(e, tx)?;
@@ -518,7 +512,7 @@ impl Fs {
         }
         let (pos, bytes) = dir.dir_mut()?.insert(name, child, dtype, slot, bs);
         tx.put(self.dir_off(dir, pos)?, &bytes);
-        Ok(runs)
+        Ok(())
     }
 
     /// Frees an inode with no links and no open handles: one transaction clears the slot, then
@@ -637,15 +631,11 @@ impl Fs {
                 }
             }
         }
-        let dir_runs = match self.add_entry(&mut pg, name, ino, mode::dtype(mode_bits), &mut tx) {
-            Ok(r) => r,
-            Err(e) => {
-                self.unreserve(data_runs);
-                lock(&self.inner.itable).release(ino, generation.wrapping_sub(1));
-                return Err(e);
-            }
-        };
-        drop(dir_runs);
+        if let Err(e) = self.add_entry(&mut pg, name, ino, mode::dtype(mode_bits), &mut tx) {
+            self.unreserve(data_runs);
+            lock(&self.inner.itable).release(ino, generation.wrapping_sub(1));
+            return Err(e);
+        }
         inode.attr.size = target.map_or(0, |t| t.len() as u64);
         inode.log_new(&geo, &mut tx);
         if let Some(t) = target {
@@ -884,7 +874,7 @@ impl Fs {
         let dc = dst.map(|d| self.node(d.ino)).transpose()?;
         let (mut scg, mut dcg) = match &dc {
             None => (wr(&sc.inode), None),
-            Some(dcn) if (!sc.is_dir, src.ino) < (!dcn.is_dir, dcn_ino(&dst)) => {
+            Some(dcn) if (!sc.is_dir, src.ino) < (!dcn.is_dir, dst.map_or(0, |d| d.ino)) => {
                 let a = wr(&sc.inode);
                 (a, Some(wr(&dcn.inode)))
             }
@@ -1122,10 +1112,6 @@ fn apply_attrs(g: &mut Inode, set: &SetAttr) {
         g.attr.mtime = pick(t);
     }
     g.attr.ctime = now;
-}
-
-fn dcn_ino(dst: &Option<crate::dir::Entry>) -> u64 {
-    dst.map_or(0, |d| d.ino)
 }
 
 /// Refuses directory trees the locking and recursion rely on being trees: every directory is

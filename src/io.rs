@@ -123,15 +123,9 @@ impl Fs {
         if metadata {
             let inserts = crate::alloc::carved_extents(&runs, hole_lens(&pieces));
             let slots = ExtentMap::slots_needed(inserts + 2 * unwritten);
-            match self.reserve_slots(g, slots, &mut tx) {
-                Ok(extra) => {
-                    // Overflow blocks are linked by this transaction too.
-                    let _ = extra;
-                }
-                Err(e) => {
-                    self.unreserve(runs);
-                    return Err(e);
-                }
+            if let Err(e) = self.reserve_slots(g, slots, &mut tx) {
+                self.unreserve(runs);
+                return Err(e);
             }
         } else {
             self.ensure_checkpointed(g)?;
