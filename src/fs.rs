@@ -324,6 +324,13 @@ impl Fs {
         self.inner.dev.sync()
     }
 
+    /// Test-only sabotage switch for the crash explorer: commits stop fencing their content
+    /// before their record. Never use it on data you keep.
+    #[doc(hidden)]
+    pub fn sabotage_content_fence(&self, on: bool) {
+        lock(&self.inner.journal).sabotage_content_fence(on);
+    }
+
     pub fn device(&self) -> &Device {
         &self.inner.dev
     }

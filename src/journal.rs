@@ -128,6 +128,9 @@ pub struct Journal {
     scratch: Vec<u8>,
     meta_start: u64,
     meta_end: u64,
+    /// Test-only sabotage: skip the fence between a transaction's content and its record (the
+    /// bug class the crash explorer must catch).
+    skip_content_fence: bool,
 }
 
 /// What recovery found.
@@ -159,6 +162,7 @@ impl Journal {
             scratch: Vec::new(),
             meta_start: geo.inode_off,
             meta_end: geo.size_bytes,
+            skip_content_fence: false,
         };
         let mut report = RecoveryReport::default();
         while let Some(len) = j.read_record(dev, j.head)? {
@@ -246,6 +250,12 @@ impl Journal {
         Ok(())
     }
 
+    /// Test-only: drop (`true`) or restore the content fence before each record.
+    #[doc(hidden)]
+    pub fn sabotage_content_fence(&mut self, on: bool) {
+        self.skip_content_fence = on;
+    }
+
     /// Largest transaction (in ring bytes) a commit accepts.
     pub fn max_record_len(&self) -> u64 {
         self.ring_len / 2
@@ -280,7 +290,7 @@ impl Journal {
         if self.head + len - self.checkpoint > self.ring_len {
             done.checkpoint = Some(self.checkpoint(dev)?);
         }
-        if tx.content {
+        if tx.content && !self.skip_content_fence {
             dev.fence();
         }
         let mut rec = std::mem::take(&mut self.scratch);

@@ -12,12 +12,14 @@ mod persist;
 
 pub use persist::{FlushInsn, NtInsn, LINE};
 
+use std::collections::BTreeSet;
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
 
 use zerocopy::{FromBytes, Immutable, IntoBytes};
 
@@ -86,6 +88,25 @@ pub struct Device {
     /// Holds the exclusive advisory lock for as long as the device lives.
     file: Option<File>,
     counters: AtomicCounters,
+    /// Crash-state recording (see [`Device::record`]); off unless a test turns it on.
+    recording: AtomicBool,
+    recorder: Mutex<Option<Recorder>>,
+}
+
+/// Called at every fence while recording, with the device and the cache lines stored since the
+/// previous fence (device offsets, ascending). Between two fences any subset of those lines may
+/// have reached the medium; at the fence all have.
+pub type FenceHook = Box<dyn FnMut(&Device, &[u64]) + Send>;
+
+struct Recorder {
+    inflight: BTreeSet<u64>,
+    on_fence: FenceHook,
+}
+
+impl std::fmt::Debug for Recorder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Recorder").field("inflight", &self.inflight.len()).finish()
+    }
 }
 
 // SAFETY: the mapping is process-wide memory that stays valid until `Drop`; all access goes
@@ -169,6 +190,8 @@ impl Device {
             flush: persist::flush_insn(),
             file: None,
             counters: AtomicCounters::default(),
+            recording: AtomicBool::new(false),
+            recorder: Mutex::new(None),
         })
     }
 
@@ -198,6 +221,8 @@ impl Device {
             flush: persist::flush_insn(),
             file: Some(file),
             counters: AtomicCounters::default(),
+            recording: AtomicBool::new(false),
+            recorder: Mutex::new(None),
         })
     }
 
@@ -278,6 +303,7 @@ impl Device {
             }
         };
         self.counters.flush_lines.fetch_add(lines, Ordering::Relaxed);
+        self.note(off, src.len() as u64);
         Ok(())
     }
 
@@ -294,6 +320,7 @@ impl Device {
         // SAFETY: `check` proved `[at, at+n)` lies inside the mapping.
         let lines = unsafe { persist::nt_zero(self.base.as_ptr().add(at), n, self.flush) };
         self.counters.flush_lines.fetch_add(lines, Ordering::Relaxed);
+        self.note(off, len);
         Ok(())
     }
 
@@ -304,6 +331,7 @@ impl Device {
         // SAFETY: `check` proved the range lies inside the mapping.
         let lines = unsafe { persist::flush_range(self.base.as_ptr().add(at), n, self.flush) };
         self.counters.flush_lines.fetch_add(lines, Ordering::Relaxed);
+        self.note(off, len);
         Ok(())
     }
 
@@ -312,6 +340,40 @@ impl Device {
     pub fn fence(&self) {
         persist::sfence();
         self.counters.fences.fetch_add(1, Ordering::Relaxed);
+        if self.recording.load(Ordering::Relaxed) {
+            let mut guard = self.recorder.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(r) = guard.as_mut() {
+                let lines: Vec<u64> = std::mem::take(&mut r.inflight).into_iter().collect();
+                (r.on_fence)(self, &lines);
+            }
+        }
+    }
+
+    /// Starts recording for crash-state exploration: `on_fence` runs at every later fence with
+    /// the lines stored since the previous one. Recording costs one relaxed load per store when
+    /// off.
+    pub fn record(&self, on_fence: FenceHook) {
+        *self.recorder.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(Recorder { inflight: BTreeSet::new(), on_fence });
+        self.recording.store(true, Ordering::Release);
+    }
+
+    /// Stops recording and drops the hook.
+    pub fn stop_recording(&self) {
+        self.recording.store(false, Ordering::Release);
+        *self.recorder.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    /// Notes the lines `[off, off+len)` touched, while recording.
+    fn note(&self, off: u64, len: u64) {
+        if len == 0 || !self.recording.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut guard = self.recorder.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(r) = guard.as_mut() {
+            let line = LINE as u64;
+            r.inflight.extend((off / line..(off + len).div_ceil(line)).map(|l| l * line));
+        }
     }
 
     /// Failure-atomic aligned 8-byte store, written back. The caller fences.
@@ -328,6 +390,7 @@ impl Device {
             persist::flush_range(p, 8, self.flush)
         };
         self.counters.flush_lines.fetch_add(lines, Ordering::Relaxed);
+        self.note(off, 8);
         Ok(())
     }
 
