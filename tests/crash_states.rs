@@ -1,7 +1,8 @@
 //! Power-cut crash states at cache-line granularity. The device records which lines each
 //! operation stores; at every fence the test builds the images a power cut could leave — the
 //! state after the previous fence plus any subset of the lines stored since (none, all, only the
-//! journal's, all but the journal's, random ones) — then recovers each, requires a clean fsck and
+//! journal's, all but the journal's, random ones, and torn lines whose 8-byte words persist
+//! independently) — then recovers each, requires a clean fsck and
 //! readable files, and requires that no file shows the poison byte the free space was filled with
 //! (a block linked before its content was persistent). The sabotage switch drops the fence
 //! between content and record; the same exploration must then find violations.
@@ -30,6 +31,13 @@ impl Explorer {
         self.rng
     }
 
+    fn check(&mut self, img: &[u8], what: &str, lines: usize) {
+        self.images += 1;
+        if let Err(e) = check_image(img) {
+            self.violations.push(format!("{what} of {lines} lines: {e}"));
+        }
+    }
+
     fn at_fence(&mut self, dev: &Device, lines: &[u64]) {
         let mut live = vec![0u8; SIZE as usize];
         dev.read(0, &mut live).unwrap();
@@ -51,10 +59,22 @@ impl Explorer {
                     let r = l as usize..l as usize + 64;
                     img[r.clone()].copy_from_slice(&live[r]);
                 }
-                self.images += 1;
-                if let Err(e) = check_image(&img) {
-                    self.violations.push(format!("{what} of {} lines: {e}", lines.len()));
+                self.check(&img, what, lines.len());
+            }
+            // Torn lines: each in-flight line reaches the medium as any subset of its eight
+            // 8-byte words (the failure-atomic unit).
+            for _ in 0..2 {
+                let mut img = self.snapshot.clone();
+                for &l in lines {
+                    let words = self.next();
+                    for w in 0..8 {
+                        if words >> w & 1 == 1 {
+                            let r = l as usize + w * 8..l as usize + w * 8 + 8;
+                            img[r.clone()].copy_from_slice(&live[r]);
+                        }
+                    }
                 }
+                self.check(&img, "torn", lines.len());
             }
         }
         self.snapshot = live;
