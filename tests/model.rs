@@ -273,7 +273,9 @@ impl Model {
         Ok(())
     }
 
-    fn punch(&mut self, p: &str, off: u64, len: u64) -> R<()> {
+    /// Punch (`to` = hole, never grows) and zero range (`to` = unwritten): the range reads zero,
+    /// whole blocks inside it take state `to`, partial ones keep theirs.
+    fn clear(&mut self, p: &str, off: u64, len: u64, to: Blk, grow: bool) -> R<()> {
         let bs = self.bs;
         let f = self.file_mut(p)?;
         if len == 0 {
@@ -283,24 +285,9 @@ impl Model {
         f.zero(off, end);
         let (ws, we) = (off.div_ceil(bs), end / bs);
         if we > ws {
-            f.set(ws, we, |_| Blk::Hole);
+            f.set(ws, we, |_| to);
         }
-        Ok(())
-    }
-
-    fn zero_range(&mut self, p: &str, off: u64, len: u64, keep: bool) -> R<()> {
-        let bs = self.bs;
-        let f = self.file_mut(p)?;
-        if len == 0 {
-            return Err(libc::EINVAL);
-        }
-        let end = off + len;
-        f.zero(off, end);
-        let (ws, we) = (off.div_ceil(bs), end / bs);
-        if we > ws {
-            f.set(ws, we, |_| Blk::Unwritten);
-        }
-        if !keep && f.data.len() < end as usize {
+        if grow && f.data.len() < end as usize {
             f.data.resize(end as usize, 0);
         }
         Ok(())
@@ -544,13 +531,27 @@ impl Sut {
                 let how = FallocMode::PunchHole;
                 let got =
                     errno(fs.open(p(*path), OpenOptions::read_write()).and_then(|f| f.fallocate(*off, *len, how)));
-                prop_assert_eq!(got, m.punch(p(*path), *off, *len), "punch {} {} {}", p(*path), off, len);
+                prop_assert_eq!(
+                    got,
+                    m.clear(p(*path), *off, *len, Blk::Hole, false),
+                    "punch {} {} {}",
+                    p(*path),
+                    off,
+                    len
+                );
             }
             Op::Zero { path, off, len, keep } => {
                 let how = FallocMode::ZeroRange { keep_size: *keep };
                 let got =
                     errno(fs.open(p(*path), OpenOptions::read_write()).and_then(|f| f.fallocate(*off, *len, how)));
-                prop_assert_eq!(got, m.zero_range(p(*path), *off, *len, *keep), "fzero {} {} {}", p(*path), off, len);
+                prop_assert_eq!(
+                    got,
+                    m.clear(p(*path), *off, *len, Blk::Unwritten, !*keep),
+                    "fzero {} {} {}",
+                    p(*path),
+                    off,
+                    len
+                );
             }
             Op::Seek { path, off, data } => {
                 let got = errno(fs.open(p(*path), OpenOptions::read_only()).and_then(|f| {
