@@ -6,8 +6,9 @@
 //!
 //! - every inode slot in use decodes (mode, times, extents, overflow chain, directory entries);
 //! - every data block is owned at most once, and the free count matches what is owned;
-//! - extents are sorted and disjoint, and no written extent lies past the block holding EOF;
-//!   bytes past EOF in that block are zero; directories are whole written blocks;
+//! - extents are sorted and disjoint, and no written extent lies past the page holding EOF (a
+//!   mapped EOF page owns its whole page of blocks); directories are whole written blocks.
+//!   Bytes past EOF may be anything (a mapping may store there): growing the file zeroes them;
 //! - link counts: files = entries naming them, directories = 2 + subdirectories, each directory
 //!   named exactly once (the root never), with `parent` naming the directory that holds it;
 //! - the tree is connected: every inode in use is reachable from the root;
@@ -112,18 +113,21 @@ pub fn check(fs: &Fs, progress: &mut dyn FnMut(u64, u64)) -> Report {
         }
         r.extents += inode.ext.len() as u64;
         let eof_block = a.size.div_ceil(bs);
+        let eof_page_end = a.size.next_multiple_of(crate::PAGE.max(bs)) / bs;
         for e in inode.ext.iter() {
-            if e.state == crate::extent::State::Written && e.end() > eof_block {
+            if e.state == crate::extent::State::Written && e.end() > eof_page_end {
                 r.find(
                     "extent past EOF",
                     Some(ino),
                     Some(at + 128),
-                    format!("written blocks {}..{} but size {} ends in block {eof_block}", e.logical, e.end(), a.size),
+                    format!(
+                        "written blocks {}..{} but size {} ends in the page ending at block {eof_page_end}",
+                        e.logical,
+                        e.end(),
+                        a.size
+                    ),
                 );
             }
-        }
-        if mode::is_reg(a.mode) && a.size % bs != 0 {
-            check_eof_tail(fs, &inode, &mut r);
         }
         if mode::is_symlink(a.mode) {
             let covered: u64 = inode.ext.iter().map(|e| e.len).sum();
@@ -244,23 +248,6 @@ pub fn check(fs: &Fs, progress: &mut dyn FnMut(u64, u64)) -> Report {
         );
     }
     r
-}
-
-/// Bytes between EOF and the end of its block must be zero (a later extend shows them).
-fn check_eof_tail(fs: &Fs, inode: &Inode, r: &mut Report) {
-    let geo = fs.geometry();
-    let bs = geo.block_size;
-    let size = inode.attr.size;
-    if let Some(crate::extent::Piece::Mapped(e)) = inode.ext.pieces(size / bs, 1).first() {
-        if e.state != crate::extent::State::Written {
-            return;
-        }
-        let mut tail = vec![0u8; (bs - size % bs) as usize];
-        let at = geo.block_at(e.physical) + size % bs;
-        if fs.device().read(at, &mut tail).is_ok() && tail.iter().any(|&b| b != 0) {
-            r.find("data past EOF", Some(inode.ino), Some(at), "the EOF block holds nonzero bytes past the size");
-        }
-    }
 }
 
 fn load_dir_checked(fs: &Fs, inode: &Inode) -> crate::Result<crate::dir::DirIndex> {

@@ -29,6 +29,8 @@ pub enum Error {
     Loop,
     #[error("operation not permitted: {0}")]
     NotPermitted(&'static str),
+    #[error("permission denied: {0}")]
+    AccessDenied(&'static str),
     #[error("invalid argument: {0}")]
     InvalidArgument(&'static str),
     #[error("file too large")]
@@ -72,6 +74,7 @@ impl Error {
             Error::TooManyLinks => libc::EMLINK,
             Error::Loop => libc::ELOOP,
             Error::NotPermitted(_) => libc::EPERM,
+            Error::AccessDenied(_) => libc::EACCES,
             Error::InvalidArgument(_) => libc::EINVAL,
             Error::FileTooBig => libc::EFBIG,
             Error::NoSuchOffset => libc::ENXIO,

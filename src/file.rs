@@ -360,9 +360,22 @@ impl File {
         self.fs.getattr_node(&self.node)
     }
 
-    /// fsync(2): durable across power loss too.
+    /// fsync(2): durable across power loss too, stores through the file's mappings included.
     pub fn sync_all(&self) -> Result<()> {
         self.fs.fsync(self.ino)
+    }
+
+    /// mmap(2) of `[off, off+len)` (`off` page-aligned; `len` rounded up to pages). Pages are
+    /// the device's own: loads and stores reach the medium with no copy (see [`Mapping`]).
+    /// A shared writable mapping needs the file open for writing (EACCES otherwise).
+    pub fn mmap(&self, off: u64, len: u64, prot: crate::Prot, share: crate::Share) -> Result<crate::Mapping> {
+        if !self.opts.read {
+            return Err(Error::AccessDenied("mmap needs the file open for reading"));
+        }
+        if prot == crate::Prot::ReadWrite && share == crate::Share::Shared && !self.opts.write {
+            return Err(Error::AccessDenied("a shared writable mapping needs the file open for writing"));
+        }
+        self.fs.mmap_node(&self.node, off, len, prot, share)
     }
 }
 

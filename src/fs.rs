@@ -142,13 +142,15 @@ pub(crate) struct Node {
     pub(crate) inode: RwLock<Inode>,
     pub(crate) parent: AtomicU64,
     pub(crate) is_dir: bool,
+    /// Live mappings of the file (`mmap`), pruned as they go.
+    pub(crate) maps: Mutex<Vec<std::sync::Weak<crate::mmap::MapState>>>,
 }
 
 impl Node {
     fn new(inode: Inode) -> Arc<Node> {
         let parent = AtomicU64::new(inode.attr.parent);
         let is_dir = inode.is_dir();
-        Arc::new(Node { inode: RwLock::new(inode), parent, is_dir })
+        Arc::new(Node { inode: RwLock::new(inode), parent, is_dir, maps: Mutex::new(Vec::new()) })
     }
 }
 
@@ -171,6 +173,7 @@ pub(crate) struct Inner {
     uuid: [u8; 16],
     label: String,
     mkfs_time: i64,
+    pub(crate) mmap: crate::mmap::ServiceSlot,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -291,6 +294,7 @@ impl Fs {
                 uuid: sb.uuid,
                 label: String::from_utf8_lossy(&sb.label).trim_end_matches('\0').to_string(),
                 mkfs_time: sb.mkfs_time.get(),
+                mmap: Default::default(),
             }),
         };
         let orphans: Vec<u64> = {
@@ -312,9 +316,20 @@ impl Fs {
         let cp = lock(&self.inner.journal).checkpoint(&self.inner.dev)?;
         lock(&self.inner.alloc).release(cp);
         self.sync()?;
-        match Arc::try_unwrap(self.inner) {
-            Ok(inner) => Ok(Some(inner.dev)),
-            Err(_) => Ok(None),
+        let mut inner = self.inner;
+        let mut retried = false;
+        loop {
+            match Arc::try_unwrap(inner) {
+                Ok(inner) => return Ok(Some(inner.dev)),
+                // The fault handler may still hold the file system for a moment after waking
+                // the thread that is unmounting.
+                Err(back) if back.mmap.busy() || !retried => {
+                    retried = !back.mmap.busy();
+                    inner = back;
+                    std::thread::yield_now();
+                }
+                Err(_) => return Ok(None),
+            }
         }
     }
 
@@ -454,6 +469,23 @@ impl Fs {
             }
             r => r,
         }
+    }
+
+    /// Allocates one run of `n` blocks starting at a multiple of `align` blocks (a device offset
+    /// aligned to `align` blocks), checkpointing first if pending frees might make room.
+    pub(crate) fn alloc_aligned_blocks(&self, n: u64, align: u64) -> Result<Run> {
+        let mut a = lock(&self.inner.alloc);
+        if let Some(r) = a.alloc_aligned(n, align) {
+            return Ok(r);
+        }
+        if !a.has_pending() {
+            return Err(Error::NoSpace);
+        }
+        drop(a);
+        let cp = lock(&self.inner.journal).checkpoint(&self.inner.dev)?;
+        let mut a = lock(&self.inner.alloc);
+        a.release(cp);
+        a.alloc_aligned(n, align).ok_or(Error::NoSpace)
     }
 
     /// Where file block `lblk` of `inode` should go: right after the extent before it, or for
@@ -1046,7 +1078,7 @@ impl Fs {
         g.live()?;
         if let Some(size) = set.size {
             // The size and every other change commit together.
-            self.truncate_locked(&mut g, size, &|g| apply_attrs(g, set))?;
+            self.truncate_locked(&n, &mut g, size, &|g| apply_attrs(g, set))?;
             return Ok(self.stat_of(&g));
         }
         if set.mode.is_none() && set.uid.is_none() && set.gid.is_none() && set.atime.is_none() && set.mtime.is_none() {

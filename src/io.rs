@@ -12,6 +12,7 @@ use crate::fs::{rd, wr, Fs, Node};
 use crate::inode::{Inode, Timespec};
 use crate::journal::Tx;
 use crate::layout::INODE_TIMES_OFF;
+use crate::mmap::{Reach, PAGE};
 use crate::MAX_FILE_SIZE;
 
 /// Largest part of one write committed as one transaction (less on a small journal, see
@@ -32,6 +33,13 @@ impl Fs {
     }
 
     pub(crate) fn read_node(&self, n: &Node, off: u64, buf: &mut [u8]) -> Result<usize> {
+        if self.overlaps_mapping(buf.as_ptr() as usize, buf.len()) {
+            // Filled outside the lock: storing into the mapping may fault (see `mmap`).
+            let mut bounce = vec![0u8; buf.len()];
+            let got = self.read_node(n, off, &mut bounce)?;
+            buf[..got].copy_from_slice(&bounce[..got]);
+            return Ok(got);
+        }
         let g = rd(&n.inode);
         g.live()?;
         if g.is_dir() {
@@ -82,6 +90,11 @@ impl Fs {
 
     /// Writes at `off`, or at EOF when `off` is `None`.
     pub(crate) fn write_node(&self, n: &Node, off: Option<u64>, data: &[u8]) -> Result<usize> {
+        if self.overlaps_mapping(data.as_ptr() as usize, data.len()) {
+            // Copied before the lock: loading from the mapping may fault (see `mmap`).
+            let bounce: Vec<u8> = data.to_vec();
+            return self.write_node(n, off, bounce.as_slice());
+        }
         let mut g = wr(&n.inode);
         g.live()?;
         if g.is_dir() {
@@ -93,10 +106,11 @@ impl Fs {
         }
         let bs = self.inner.geo.block_size;
         let chunk = WRITE_CHUNK.min((self.max_tx_blocks() - 1) * bs) as usize;
+        let node = n;
         let mut done = 0;
         while done < data.len() {
             let n = (data.len() - done).min(chunk);
-            match self.write_chunk(&mut g, off + done as u64, &data[done..done + n]) {
+            match self.write_chunk(node, &mut g, off + done as u64, &data[done..done + n]) {
                 Ok(()) => done += n,
                 Err(Error::NoSpace) if done > 0 => break,
                 Err(e) => return Err(e),
@@ -105,7 +119,7 @@ impl Fs {
         Ok(done)
     }
 
-    fn write_chunk(&self, g: &mut Inode, off: u64, data: &[u8]) -> Result<()> {
+    fn write_chunk(&self, n: &Node, g: &mut Inode, off: u64, data: &[u8]) -> Result<()> {
         let inner = &self.inner;
         let geo = inner.geo;
         let dev = &inner.dev;
@@ -130,28 +144,35 @@ impl Fs {
         } else {
             self.ensure_checkpointed(g)?;
         }
+        // Mappings: bytes stored past the old EOF are zeroed before the size covers them, and
+        // pages whose blocks this write fills or converts fault again to see the data.
+        if end > g.attr.size {
+            self.grow_over_tail(n, g, end, off, &mut tx)?;
+        }
+        if need > 0 || unwritten > 0 {
+            self.unmap_range(n, off, end, Reach::Shared)?;
+        } else {
+            self.unmap_copies(n, off, end)?;
+        }
 
         // Store the data: new blocks whole (data and zeros), written blocks in place.
         let old_size = g.attr.size;
-        // The part of an in-place store that lies past the old EOF (at most one block's worth:
-        // only the EOF block can be written and extend past it).
-        let mut past_eof = None;
         let mut new_exts: Vec<Extent> = Vec::new();
         let mut converted: Vec<Extent> = Vec::new();
         let mut queue: std::collections::VecDeque<Run> = runs.into();
         for p in &pieces {
             match *p {
                 Piece::Mapped(e) if e.state == State::Written => {
-                    // In place, but only below the old EOF: bytes past it must not persist
-                    // before the record that makes them part of the file (a crash would leave
-                    // them past EOF, where a later extend would show them).
+                    // In place. The part past the old EOF (only the EOF block has one) is
+                    // content of the transaction: durable before the record that makes it file
+                    // data, so a crash shows the write whole or not at all there.
                     let s = (e.logical * bs).max(off);
                     let t = (e.end() * bs).min(end);
                     let cut = t.min(old_size).max(s);
-                    let base = geo.block_at(e.physical) - e.logical * bs;
-                    dev.write(base + s, &data[(s - off) as usize..(cut - off) as usize])?;
+                    let at = |pos: u64| geo.block_at(e.physical) + (pos - e.logical * bs);
+                    dev.write(at(s), &data[(s - off) as usize..(cut - off) as usize])?;
                     if cut < t {
-                        past_eof = Some((base + cut, (cut - off) as usize..(t - off) as usize));
+                        tx.content_write(dev, at(cut), &data[(cut - off) as usize..(t - off) as usize])?;
                     }
                 }
                 Piece::Mapped(e) => {
@@ -188,12 +209,6 @@ impl Fs {
         g.attr.size = g.attr.size.max(end);
         g.log_attr(&geo, &mut tx);
         self.commit_for(g, &tx)?;
-        if let Some((at, range)) = past_eof {
-            // Until this is fenced a crash shows zeros there, which a write that has not
-            // returned may leave (SPEC §3.2).
-            dev.write(at, &data[range])?;
-            dev.fence();
-        }
         Ok(())
     }
 
@@ -228,14 +243,20 @@ impl Fs {
     pub(crate) fn truncate_node(&self, n: &Node, size: u64) -> Result<()> {
         let mut g = wr(&n.inode);
         g.live()?;
-        self.truncate_locked(&mut g, size, &|_| {})
+        self.truncate_locked(n, &mut g, size, &|_| {})
     }
 
     /// Truncates the locked inode `g`; `finish` makes further attribute changes that commit in
     /// the same (last) transaction as the new size (setattr). Extents past the new end are cut
     /// from the tail, at most a journal's worth per transaction; the size changes in the last
     /// one, so a crash in between leaves the old size with a tail that reads zero.
-    pub(crate) fn truncate_locked(&self, g: &mut Inode, size: u64, finish: &dyn Fn(&mut Inode)) -> Result<()> {
+    pub(crate) fn truncate_locked(
+        &self,
+        n: &Node,
+        g: &mut Inode,
+        size: u64,
+        finish: &dyn Fn(&mut Inode),
+    ) -> Result<()> {
         if size > MAX_FILE_SIZE {
             return Err(Error::FileTooBig);
         }
@@ -251,6 +272,9 @@ impl Fs {
         let keep = size.div_ceil(bs);
         let shrinking = size < g.attr.size;
         if shrinking {
+            // Out of every mapping before any block goes: the page holding the new EOF too (its
+            // blocks past EOF are freed when blocks are smaller than a page).
+            self.unmap_range(n, size / PAGE * PAGE, u64::MAX, Reach::All)?;
             let limit = self.max_tx_blocks() as usize;
             loop {
                 let tail: Vec<&Extent> = g.ext.iter().filter(|e| e.end() > keep).collect();
@@ -268,6 +292,7 @@ impl Fs {
         }
         let mut tx = Tx::new();
         let mut freed = Vec::new();
+        self.grow_over_tail(n, g, size, size, &mut tx)?;
         if shrinking {
             if size % bs != 0 {
                 if let Some(Piece::Mapped(e)) = g.ext.pieces(size / bs, 1).first() {
@@ -297,7 +322,7 @@ impl Fs {
     /// Makes a file's data and metadata durable across power loss (every return is already
     /// durable against a process crash).
     pub fn fsync(&self, ino: u64) -> Result<()> {
-        self.node(ino)?;
+        self.flush_mapped(&*self.node(ino)?)?;
         self.sync()
     }
 }

@@ -34,6 +34,7 @@ pub mod inode;
 mod io;
 pub mod journal;
 pub mod layout;
+mod mmap;
 mod space;
 #[allow(unsafe_code)]
 pub mod uffd;
@@ -43,6 +44,7 @@ pub use error::{Error, Result};
 pub use file::{File, OpenOptions};
 pub use fs::{Creds, DirEntry, Fs, MkfsOptions, RenameMode, SetAttr, SetTime, Stat, StatFs};
 pub use inode::Timespec;
+pub use mmap::{Mapping, MmapStats, Prot, Share, HUGE, PAGE};
 pub use space::{ExtentInfo, FallocMode};
 
 /// Largest file size udax accepts (16 TiB).

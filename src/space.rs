@@ -16,6 +16,7 @@ use crate::inode::{Inode, Timespec};
 use crate::io::hole_lens;
 use crate::journal::Tx;
 use crate::layout::mode;
+use crate::mmap::Reach;
 use crate::MAX_FILE_SIZE;
 
 /// What [`Fs::fallocate`] does, as fallocate(2)'s modes.
@@ -65,6 +66,10 @@ impl Fs {
             FallocMode::Allocate { .. } => (off / bs, end.div_ceil(bs), false),
             FallocMode::PunchHole | FallocMode::ZeroRange { .. } => (off.div_ceil(bs), end / bs, true),
         };
+        // Mappings lose the pages whose blocks go or turn unwritten before anything changes.
+        if matches!(how, FallocMode::PunchHole | FallocMode::ZeroRange { .. }) {
+            self.unmap_range(n, off, end, Reach::All)?;
+        }
         // All or nothing for space: every block the range needs and every extent slot its
         // extents need are taken before anything changes; the slots' overflow blocks are linked
         // by the first transaction, and the windows below only carve from what is held.
@@ -92,6 +97,9 @@ impl Fs {
                 return Err(e);
             }
             queue = runs.into();
+        }
+        if let FallocMode::Allocate { keep_size: false } | FallocMode::ZeroRange { keep_size: false } = how {
+            self.grow_over_tail(n, &g, end, end, &mut tx)?;
         }
         // One transaction per window of blocks, so each fits in the journal.
         let window = self.max_tx_blocks() - 2;

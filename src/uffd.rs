@@ -8,8 +8,9 @@
 //! are older than its kernel, so they are written out here rather than generated.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
+use crate::device::Device;
 use crate::error::{Error, Result};
 
 const UFFD_API: u64 = 0xAA;
@@ -211,6 +212,27 @@ impl Uffd {
         Ok(())
     }
 
+    /// Registers `[start, start+len)` again after it was replaced by fresh anonymous memory
+    /// (see [`Region::reset`]); it must lie inside a range registered through [`Uffd::register`].
+    fn register_within(&self, start: u64, len: u64, mode: u64) -> Result<()> {
+        self.check(start, len)?;
+        let mut reg = UffdioRegister { range: UffdioRange { start, len }, mode, ioctls: 0 };
+        // SAFETY: `check` proved the range lies inside a reservation registered through this
+        // `Uffd`, whose owner vouched for it at `register`; the ioctl reads and writes one
+        // `UffdioRegister`.
+        if unsafe { libc::ioctl(self.fd.as_raw_fd(), UFFDIO_REGISTER as _, &mut reg) } != 0 {
+            return Err(last_err("register"));
+        }
+        Ok(())
+    }
+
+    /// Drops a registered range from the list without the ioctl (its memory is being unmapped,
+    /// which ends the registration).
+    fn forget(&self, start: u64, len: u64) {
+        let mut regs = self.registered.lock().unwrap_or_else(|e| e.into_inner());
+        regs.retain(|&r| r != (start, len));
+    }
+
     /// Checks that `[start, start+len)` lies inside one registered range.
     fn check(&self, start: u64, len: u64) -> Result<()> {
         let end = start.checked_add(len).ok_or(Error::InvalidArgument("range overflows"))?;
@@ -339,13 +361,218 @@ impl Uffd {
     }
 }
 
+const PAGE: u64 = 4096;
+
+/// The address range of one file mapping: anonymous memory this process reserved and registered
+/// with a [`Uffd`]. Pages of the device are mapped into it, or zero and copied pages installed,
+/// as faults arrive; [`Region::reset`] turns any part back into registered, empty reservation.
+/// Dropping it unmaps the whole range.
+#[derive(Debug)]
+pub struct Region {
+    uffd: Arc<Uffd>,
+    start: u64,
+    len: u64,
+    prot: i32,
+    mode: u64,
+}
+
+impl Region {
+    /// Reserves `len` bytes (whole pages) at an address congruent to `phase` modulo `align` (a
+    /// power of two, at least a page), registered with `mode`; `writable` sets PROT_WRITE.
+    pub fn new(uffd: Arc<Uffd>, len: u64, align: u64, phase: u64, writable: bool, mode: u64) -> Result<Region> {
+        if len == 0 || len % PAGE != 0 || !align.is_power_of_two() || align < PAGE {
+            return Err(Error::InvalidArgument("mapping length must be whole pages"));
+        }
+        let total = len.checked_add(align).ok_or(Error::InvalidArgument("mapping too large"))?;
+        let total = usize::try_from(total).map_err(|_| Error::InvalidArgument("mapping too large"))?;
+        let prot = libc::PROT_READ | if writable { libc::PROT_WRITE } else { 0 };
+        let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
+        // SAFETY: a fresh anonymous mapping with no address hint; the result is checked below.
+        let base = unsafe { libc::mmap(std::ptr::null_mut(), total, prot, flags, -1, 0) };
+        if base == libc::MAP_FAILED {
+            return Err(Error::io("reserve mapping", std::io::Error::last_os_error()));
+        }
+        let base = base as u64;
+        let start = base + (phase.wrapping_sub(base) & (align - 1));
+        let (head, tail) = (start - base, base + total as u64 - (start + len));
+        // SAFETY: both pieces lie inside the mapping made just above, outside `[start, start+len)`.
+        unsafe {
+            if head > 0 {
+                libc::munmap(base as *mut libc::c_void, head as usize);
+            }
+            if tail > 0 {
+                libc::munmap((start + len) as *mut libc::c_void, tail as usize);
+            }
+            // Huge anonymous pages would make a fault cover more than the page it resolves.
+            libc::madvise(start as *mut libc::c_void, len as usize, libc::MADV_NOHUGEPAGE);
+        }
+        let region = Region { uffd, start, len, prot, mode };
+        // SAFETY: `[start, start+len)` is the reservation made above, owned by `region`, which
+        // unmaps it only on drop (after which no call of the `Uffd` can name it: `forget`).
+        if let Err(e) = unsafe { region.uffd.register(start, len, mode) } {
+            // SAFETY: the reservation made above, not yet registered.
+            unsafe { libc::munmap(start as *mut libc::c_void, len as usize) };
+            std::mem::forget(region);
+            return Err(e);
+        }
+        Ok(region)
+    }
+
+    pub fn start(&self) -> u64 {
+        self.start
+    }
+
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Whether `addr` lies in the region.
+    pub fn contains(&self, addr: u64) -> bool {
+        addr >= self.start && addr - self.start < self.len
+    }
+
+    fn check(&self, off: u64, len: u64) -> Result<u64> {
+        if off % PAGE != 0 || len % PAGE != 0 || len == 0 || off.checked_add(len).is_none_or(|e| e > self.len) {
+            return Err(Error::InvalidArgument("range outside the mapping"));
+        }
+        Ok(self.start + off)
+    }
+
+    /// Maps device bytes `[dev_off, dev_off+len)` over `[off, off+len)` of the region: shared
+    /// (stores reach the device) or private (stores copy on write).
+    pub fn map_device(&self, off: u64, len: u64, dev: &Device, dev_off: u64, shared: bool) -> Result<()> {
+        let addr = self.check(off, len)?;
+        if dev_off % PAGE != 0 || dev_off.checked_add(len).is_none_or(|e| e > dev.len()) {
+            return Err(Error::InvalidArgument("device range outside the device"));
+        }
+        let fd = dev.fd().ok_or(Error::Unsupported("this device cannot be mapped into files".into()))?;
+        let flags = libc::MAP_FIXED | if shared { libc::MAP_SHARED } else { libc::MAP_PRIVATE };
+        // SAFETY: `check` proved `[addr, addr+len)` lies inside this region, whose memory the
+        // region owns (no Rust reference into it is kept by udax); the device range was checked
+        // against the device's length just above.
+        let p = unsafe {
+            libc::mmap(
+                addr as *mut libc::c_void,
+                len as usize,
+                self.prot,
+                flags,
+                fd.as_raw_fd(),
+                dev_off as libc::off_t,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(Error::io("map device pages", std::io::Error::last_os_error()));
+        }
+        Ok(())
+    }
+
+    /// Turns `[off, off+len)` back into empty, registered reservation: whatever was mapped or
+    /// installed there is gone and the next touch faults again.
+    pub fn reset(&self, off: u64, len: u64) -> Result<()> {
+        let addr = self.check(off, len)?;
+        let flags = libc::MAP_FIXED | libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
+        // SAFETY: `check` proved the range lies inside this region, which owns it.
+        let p = unsafe { libc::mmap(addr as *mut libc::c_void, len as usize, self.prot, flags, -1, 0) };
+        if p == libc::MAP_FAILED {
+            return Err(Error::io("reset mapping", std::io::Error::last_os_error()));
+        }
+        // SAFETY: as above; advice only.
+        unsafe { libc::madvise(addr as *mut libc::c_void, len as usize, libc::MADV_NOHUGEPAGE) };
+        self.uffd.register_within(addr, len, self.mode)
+    }
+
+    /// Installs the shared zero page over `[off, off+len)`.
+    pub fn zeropage(&self, off: u64, len: u64, wake: bool) -> Result<()> {
+        self.uffd.zeropage(self.check(off, len)?, len, wake)
+    }
+
+    /// Installs a copy of `src` at `off`.
+    pub fn copy(&self, off: u64, src: &[u8], wake: bool, write_protect: bool) -> Result<()> {
+        self.uffd.copy(self.check(off, src.len() as u64)?, src, wake, write_protect)
+    }
+
+    pub fn writeprotect(&self, off: u64, len: u64, protect: bool, wake: bool) -> Result<()> {
+        self.uffd.writeprotect(self.check(off, len)?, len, protect, wake)
+    }
+
+    pub fn wake(&self, off: u64, len: u64) -> Result<()> {
+        self.uffd.wake(self.check(off, len)?, len)
+    }
+
+    pub fn poison(&self, off: u64, len: u64, wake: bool) -> Result<()> {
+        self.uffd.poison(self.check(off, len)?, len, wake)
+    }
+
+    /// Copies mapped bytes at `off` into `buf`. Touching pages may fault (the fault service
+    /// resolves them); a page past EOF raises SIGBUS, as a load would.
+    pub fn read(&self, off: u64, buf: &mut [u8]) -> Result<()> {
+        let end = off.checked_add(buf.len() as u64).filter(|&e| e <= self.len);
+        end.ok_or(Error::InvalidArgument("range outside the mapping"))?;
+        // SAFETY: `[start+off, start+off+len)` lies inside the region (checked above), which stays
+        // mapped while `self` lives; a volatile-free byte copy is fine because the bytes are
+        // plain data that other mappings may change at any time (no reference is formed).
+        unsafe { std::ptr::copy_nonoverlapping((self.start + off) as *const u8, buf.as_mut_ptr(), buf.len()) };
+        Ok(())
+    }
+
+    /// Stores `data` at `off` through the mapping (see [`Region::read`] for faults).
+    pub fn write(&self, off: u64, data: &[u8]) -> Result<()> {
+        let end = off.checked_add(data.len() as u64).filter(|&e| e <= self.len);
+        end.ok_or(Error::InvalidArgument("range outside the mapping"))?;
+        if self.prot & libc::PROT_WRITE == 0 {
+            return Err(Error::AccessDenied("the mapping is read-only"));
+        }
+        // SAFETY: as in `read`; the range is writable memory of this region (PROT_WRITE checked).
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), (self.start + off) as *mut u8, data.len()) };
+        Ok(())
+    }
+
+    /// Lends `[off, off+len)` of the mapping as a byte slice for the length of `f` (for handing
+    /// mapped memory to code that takes slices, such as read(2)). Other mappings of the same file
+    /// may change the bytes meanwhile, as with any shared memory.
+    pub fn with_slice_mut<R>(&self, off: u64, len: u64, f: impl FnOnce(&mut [u8]) -> R) -> Result<R> {
+        let end = off.checked_add(len).filter(|&e| e <= self.len);
+        end.ok_or(Error::InvalidArgument("range outside the mapping"))?;
+        if self.prot & libc::PROT_WRITE == 0 {
+            return Err(Error::AccessDenied("the mapping is read-only"));
+        }
+        // SAFETY: the range lies inside the region (checked above), which stays mapped and
+        // writable while `self` lives, and `&self` outlives the closure; the slice is the only
+        // reference this process forms to those bytes while `f` runs.
+        let slice = unsafe { std::slice::from_raw_parts_mut((self.start + off) as *mut u8, len as usize) };
+        Ok(f(slice))
+    }
+
+    /// Fills `[off, off+len)` with `byte` through the mapping.
+    pub fn fill(&self, off: u64, len: u64, byte: u8) -> Result<()> {
+        let end = off.checked_add(len).filter(|&e| e <= self.len);
+        end.ok_or(Error::InvalidArgument("range outside the mapping"))?;
+        if self.prot & libc::PROT_WRITE == 0 {
+            return Err(Error::AccessDenied("the mapping is read-only"));
+        }
+        // SAFETY: as in `write`.
+        unsafe { std::ptr::write_bytes((self.start + off) as *mut u8, byte, len as usize) };
+        Ok(())
+    }
+}
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        self.uffd.forget(self.start, self.len);
+        // SAFETY: the region's own range, reserved in `new`; nothing refers to it any more.
+        unsafe { libc::munmap(self.start as *mut libc::c_void, self.len as usize) };
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
-
-    const PAGE: u64 = 4096;
 
     /// An anonymous reservation the test owns.
     struct Reservation {

@@ -162,37 +162,21 @@ impl Device {
         Self::map(file, len_bytes, Backend::File(path.into()))
     }
 
-    /// Anonymous shared memory of `len_bytes`, zero-filled.
+    /// Anonymous shared memory of `len_bytes`, zero-filled (a memfd, so mappings of files can
+    /// map its pages too).
     pub fn anonymous(len_bytes: u64) -> Result<Device> {
-        let len = usize::try_from(len_bytes).map_err(|_| Error::InvalidArgument("device too large"))?;
-        if len == 0 {
+        if len_bytes == 0 {
             return Err(Error::InvalidArgument("device size is zero"));
         }
-        // SAFETY: a fresh anonymous mapping with no address hint; the result is checked below.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(Error::io("mmap anonymous device", std::io::Error::last_os_error()));
+        // SAFETY: memfd_create(2) reads the NUL-terminated name and returns a new descriptor or -1.
+        let fd = unsafe { libc::memfd_create(c"udax-anonymous".as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(Error::io("memfd_create", std::io::Error::last_os_error()));
         }
-        Ok(Device {
-            base: NonNull::new(p.cast()).ok_or(Error::InvalidArgument("mmap returned null"))?,
-            len,
-            backend: Backend::Anonymous,
-            map_sync: false,
-            flush: persist::flush_insn(),
-            file: None,
-            counters: AtomicCounters::default(),
-            recording: AtomicBool::new(false),
-            recorder: Mutex::new(None),
-        })
+        // SAFETY: `fd` was just returned by the kernel and is owned by nothing else.
+        let file = unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        file.set_len(len_bytes).map_err(|e| Error::io("size anonymous device", e))?;
+        Self::map(file, len_bytes, Backend::Anonymous)
     }
 
     fn map(file: File, len_bytes: u64, backend: Backend) -> Result<Device> {
@@ -224,6 +208,11 @@ impl Device {
             recording: AtomicBool::new(false),
             recorder: Mutex::new(None),
         })
+    }
+
+    /// The descriptor the device is mapped from, for mapping its pages elsewhere (file mmap).
+    pub fn fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.file.as_ref().map(std::os::fd::AsFd::as_fd)
     }
 
     /// Size of the device in bytes.

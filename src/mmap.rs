@@ -1,0 +1,699 @@
+//! DAX file mappings: [`crate::File::mmap`] and the userfaultfd fault service behind it.
+//!
+//! A mapping is a [`Region`]: anonymous memory reserved for the mapping's length and registered
+//! with the file system's one userfaultfd. At mmap time every written, page-aligned run of the
+//! file is mapped straight from the device (`mmap(MAP_FIXED)` of the device's descriptor), so
+//! loads and stores to existing data never fault. What is left faults to the handler thread,
+//! which plays the kernel's `fault` / `page_mkwrite` roles (SPEC §5):
+//!
+//! - a load from a page with no written block gets the shared zero page, write-protected;
+//!   nothing is allocated;
+//! - a store there (a missing page, or a write-protect fault on the zero page) allocates and
+//!   zeroes the page's blocks, or zeroes and converts its unwritten ones, commits (durable
+//!   before the store can happen: every shared mapping behaves as MAP_SYNC), then maps the
+//!   device page writable; into a 2 MiB-aligned hole that the mapping and the file cover whole,
+//!   it allocates and maps 2 MiB at once;
+//! - a page whose blocks are written but not one page-aligned device run (blocks smaller than a
+//!   page) is moved to a fresh aligned run of blocks first, so every mapped page is one device
+//!   page;
+//! - a page at or past the one holding EOF is poisoned: the access raises SIGBUS (a system call
+//!   touching it gets EFAULT);
+//! - a private mapping gets copies (its stores copy on write into anonymous memory); written
+//!   runs are mapped from the device privately at mmap time.
+//!
+//! Truncate, punch and zero range first reset the affected pages of every mapping (they fault
+//! again), then free blocks; a write that fills holes resets those pages too, so every mapping
+//! sees the data. Bytes a mapping stored past EOF are zeroed when the file grows over them.
+//!
+//! Locking: the handler takes the inode lock like any operation. A thread that holds an inode
+//! lock never touches memory of a mapping of the same file system: `read` and `write` whose
+//! buffer lies in one go through a bounce buffer (see [`Fs::overlaps_mapping`]), so a fault is
+//! never raised while a lock the handler needs is held.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
+
+use crate::error::{Error, Result};
+use crate::extent::{Extent, ExtentMap, Piece, State};
+use crate::fs::{lock, rd, wr, Fs, Inner, Node};
+use crate::inode::{Inode, Timespec};
+use crate::journal::Tx;
+use crate::uffd::{Region, Uffd, FEATURE_POISON, FEATURE_THREAD_ID, MODE_MISSING, MODE_WP};
+
+/// The page size mappings work in.
+pub const PAGE: u64 = 4096;
+/// Size of a large first-store allocation.
+pub const HUGE: u64 = 2 << 20;
+/// Device pieces mapped into the process (eagerly or at read faults) before further read faults
+/// on written pages are served with write-protected copies: each piece can cost a VMA, and the
+/// process may hold only vm.max_map_count (65530) of them.
+const MAP_BUDGET: u64 = 30_000;
+
+/// What a mapping's pages allow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prot {
+    Read,
+    ReadWrite,
+}
+
+/// Whether stores reach the file (`Shared`) or copy on write (`Private`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Share {
+    Shared,
+    Private,
+}
+
+/// Fault-service counters since mount (`udax io stats`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct MmapStats {
+    /// Loads from pages with no data, served with the shared zero page.
+    pub faults_zero_page: u64,
+    /// First stores (and loads of partly written pages) that allocated or converted a page.
+    pub faults_first_store: u64,
+    /// First stores that allocated and mapped 2 MiB at once.
+    pub faults_huge: u64,
+    /// Faults at or past the page holding EOF, and faults that could not be served: SIGBUS.
+    pub faults_sigbus: u64,
+    /// Faults on written pages mapped from the device at fault time.
+    pub faults_mapped: u64,
+    /// Faults served with a copy (private mappings, or written pages past the map budget).
+    pub faults_copied: u64,
+    /// Pages mapped from the device at mmap time.
+    pub pages_mapped_eagerly: u64,
+    /// Pages reset in live mappings by truncate, punch, zero range and writes into holes.
+    pub pages_invalidated: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    zero_page: AtomicU64,
+    first_store: AtomicU64,
+    huge: AtomicU64,
+    sigbus: AtomicU64,
+    mapped: AtomicU64,
+    copied: AtomicU64,
+    eager: AtomicU64,
+    invalidated: AtomicU64,
+}
+
+fn bump(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Ordering::Relaxed);
+}
+
+/// The fault service of one mounted file system: its userfaultfd, the live mappings by address
+/// and the handler thread (started with the first mapping).
+#[derive(Debug)]
+pub(crate) struct Service {
+    uffd: Arc<Uffd>,
+    regions: RwLock<BTreeMap<u64, Arc<MapState>>>,
+    counters: Counters,
+    /// Device pieces mapped by live mappings (see [`MAP_BUDGET`]).
+    pieces: AtomicU64,
+    stop: AtomicBool,
+    /// The handler holds a strong reference to the file system (serving a fault).
+    busy: AtomicBool,
+}
+
+/// Where `Inner` keeps the service; dropping it (the file system going away) stops the thread.
+#[derive(Debug, Default)]
+pub(crate) struct ServiceSlot {
+    svc: OnceLock<Arc<Service>>,
+    init: Mutex<()>,
+}
+
+impl ServiceSlot {
+    /// Whether the handler thread is serving a fault (and so holds the file system alive for a
+    /// moment after waking the faulting thread).
+    pub(crate) fn busy(&self) -> bool {
+        self.svc.get().is_some_and(|s| s.busy.load(Ordering::Acquire))
+    }
+}
+
+impl Drop for ServiceSlot {
+    fn drop(&mut self) {
+        if let Some(s) = self.svc.get() {
+            s.stop.store(true, Ordering::Release);
+        }
+    }
+}
+
+/// One live mapping, shared by its [`Mapping`] handle, the service's address index and (weakly)
+/// its inode's list.
+#[derive(Debug)]
+pub(crate) struct MapState {
+    region: Region,
+    node: Arc<Node>,
+    /// File offset of the region's first byte (page-aligned).
+    file_off: u64,
+    share: Share,
+    svc: Arc<Service>,
+    /// Some pages hold copies of written data (past the map budget): overwrites reset them.
+    copies: AtomicBool,
+    /// Device pieces this mapping counted against the budget.
+    pieces: AtomicU64,
+}
+
+impl Drop for MapState {
+    fn drop(&mut self) {
+        self.svc.pieces.fetch_sub(self.pieces.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
+}
+
+impl MapState {
+    /// Takes one device piece from the budget.
+    fn take_piece(&self) -> bool {
+        let ok = self.svc.pieces.fetch_add(1, Ordering::Relaxed) < MAP_BUDGET;
+        if ok {
+            self.pieces.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.svc.pieces.fetch_sub(1, Ordering::Relaxed);
+        }
+        ok
+    }
+
+    /// Resets the pages of `[from, to)` (file bytes, widened to pages) that this mapping covers.
+    fn reset_bytes(&self, from: u64, to: u64) -> Result<u64> {
+        let s = (from / PAGE * PAGE).max(self.file_off);
+        let e = to.div_ceil(PAGE).saturating_mul(PAGE).min(self.file_off + self.region.len());
+        if s >= e {
+            return Ok(0);
+        }
+        self.region.reset(s - self.file_off, e - s)?;
+        Ok((e - s) / PAGE)
+    }
+}
+
+/// Which mappings an invalidation reaches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reach {
+    /// Shared mappings only (new data under a zero page; private copies keep what they have).
+    Shared,
+    /// Every mapping (the pages' blocks go away).
+    All,
+}
+
+/// A live file mapping. Unmapped on drop; keeps the file open (an unlinked file's blocks stay
+/// until every mapping of it is gone).
+#[derive(Debug)]
+pub struct Mapping {
+    fs: Fs,
+    state: Arc<MapState>,
+    len: u64,
+    prot: Prot,
+}
+
+/// How a page of a shared mapping can be served.
+enum PageState {
+    /// No written block: zero page on loads.
+    Empty,
+    /// Every block written, one page-aligned device run starting here.
+    Mappable(u64),
+    /// Anything else: needs blocks allocated, converted or moved first.
+    Mixed,
+}
+
+impl Fs {
+    fn service(&self) -> Result<Arc<Service>> {
+        let slot = &self.inner.mmap;
+        if let Some(s) = slot.svc.get() {
+            return Ok(s.clone());
+        }
+        let _g = lock(&slot.init);
+        if let Some(s) = slot.svc.get() {
+            return Ok(s.clone());
+        }
+        let uffd = Arc::new(Uffd::new(FEATURE_THREAD_ID | FEATURE_POISON)?);
+        let svc = Arc::new(Service {
+            uffd,
+            regions: RwLock::new(BTreeMap::new()),
+            counters: Counters::default(),
+            pieces: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+            busy: AtomicBool::new(false),
+        });
+        let (s2, weak) = (svc.clone(), Arc::downgrade(&self.inner));
+        std::thread::Builder::new()
+            .name("udax-faults".into())
+            .spawn(move || serve(s2, weak))
+            .map_err(|e| Error::io("start the fault service", e))?;
+        let _ = slot.svc.set(svc.clone());
+        Ok(svc)
+    }
+
+    /// Fault-service counters since mount.
+    pub fn mmap_stats(&self) -> MmapStats {
+        let Some(s) = self.inner.mmap.svc.get() else { return MmapStats::default() };
+        let c = &s.counters;
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        MmapStats {
+            faults_zero_page: g(&c.zero_page),
+            faults_first_store: g(&c.first_store),
+            faults_huge: g(&c.huge),
+            faults_sigbus: g(&c.sigbus),
+            faults_mapped: g(&c.mapped),
+            faults_copied: g(&c.copied),
+            pages_mapped_eagerly: g(&c.eager),
+            pages_invalidated: g(&c.invalidated),
+        }
+    }
+
+    /// Whether `[addr, addr+len)` touches a live mapping of this file system. I/O between a
+    /// file and such a buffer bounces through memory of its own: copying while holding an inode
+    /// lock could raise a fault that the handler can only serve with that lock.
+    pub(crate) fn overlaps_mapping(&self, addr: usize, len: usize) -> bool {
+        let Some(s) = self.inner.mmap.svc.get() else { return false };
+        if len == 0 {
+            return false;
+        }
+        let (a, end) = (addr as u64, addr as u64 + len as u64);
+        let regions = rd(&s.regions);
+        regions.range(..end).next_back().is_some_and(|(_, m)| m.region.start() + m.region.len() > a)
+    }
+
+    /// Maps `[off, off+len)` of the open file `node` (see [`crate::File::mmap`]).
+    pub(crate) fn mmap_node(&self, node: &Arc<Node>, off: u64, len: u64, prot: Prot, share: Share) -> Result<Mapping> {
+        if off % PAGE != 0 {
+            return Err(Error::InvalidArgument("mmap offset must be a multiple of the page size"));
+        }
+        if len == 0 {
+            return Err(Error::InvalidArgument("mmap length must be positive"));
+        }
+        let len = len.checked_next_multiple_of(PAGE).ok_or(Error::InvalidArgument("mmap length too large"))?;
+        off.checked_add(len).filter(|&e| e <= crate::MAX_FILE_SIZE).ok_or(Error::FileTooBig)?;
+        if node.is_dir {
+            return Err(Error::IsDir);
+        }
+        let svc = self.service()?;
+        let writable = prot == Prot::ReadWrite;
+        let mode = match (share, writable) {
+            (Share::Shared, true) => MODE_MISSING | MODE_WP,
+            _ => MODE_MISSING,
+        };
+        // Address congruent to the file offset modulo 2 MiB, so large pages can line up.
+        let region = Region::new(svc.uffd.clone(), len, HUGE, off % HUGE, writable, mode)?;
+        let state = Arc::new(MapState {
+            region,
+            node: node.clone(),
+            file_off: off,
+            share,
+            svc: svc.clone(),
+            copies: AtomicBool::new(false),
+            pieces: AtomicU64::new(0),
+        });
+        let mut g = wr(&node.inode);
+        g.live()?;
+        if !crate::layout::mode::is_reg(g.attr.mode) {
+            return Err(Error::Unsupported("only regular files can be mapped".into()));
+        }
+        g.open += 1;
+        let eager = self.map_written(&g, &state);
+        wr(&svc.regions).insert(state.region.start(), state.clone());
+        let mut maps = lock(&node.maps);
+        maps.retain(|m| m.strong_count() > 0);
+        maps.push(Arc::downgrade(&state));
+        drop(maps);
+        drop(g);
+        let mapping = Mapping { fs: self.clone(), state, len, prot };
+        bump(&svc.counters.eager, eager?);
+        Ok(mapping)
+    }
+
+    /// Maps every written, page-aligned run of `m`'s range from the device (budget allowing);
+    /// returns the pages mapped.
+    fn map_written(&self, g: &Inode, m: &MapState) -> Result<u64> {
+        let geo = &self.inner.geo;
+        let bs = geo.block_size;
+        let (from, to) = (m.file_off, m.file_off + m.region.len());
+        let mut pages = 0;
+        for e in g.ext.iter() {
+            if e.state != State::Written || e.end() * bs <= from {
+                continue;
+            }
+            if e.logical * bs >= to {
+                break;
+            }
+            let s = (e.logical * bs).max(from).next_multiple_of(PAGE);
+            let t = (e.end() * bs).min(to) / PAGE * PAGE;
+            let dev = geo.block_at(e.physical) + s - e.logical * bs;
+            if s >= t || dev % PAGE != 0 {
+                continue;
+            }
+            if !m.take_piece() {
+                break;
+            }
+            m.region.map_device(s - from, t - s, &self.inner.dev, dev, m.share == Share::Shared)?;
+            pages += (t - s) / PAGE;
+        }
+        Ok(pages)
+    }
+
+    /// Resets `[from, to)` (file bytes) in the mappings of `n` that `reach` names, before blocks
+    /// there go away or change. The caller holds the inode lock exclusively.
+    pub(crate) fn unmap_range(&self, n: &Node, from: u64, to: u64, reach: Reach) -> Result<()> {
+        let maps: Vec<Arc<MapState>> = {
+            let mut maps = lock(&n.maps);
+            if maps.is_empty() {
+                return Ok(());
+            }
+            maps.retain(|m| m.strong_count() > 0);
+            maps.iter().filter_map(Weak::upgrade).collect()
+        };
+        for m in maps {
+            if reach == Reach::Shared && m.share == Share::Private {
+                continue;
+            }
+            let pages = m.reset_bytes(from, to)?;
+            bump(&m.svc.counters.invalidated, pages);
+        }
+        Ok(())
+    }
+
+    /// Before an overwrite of `[from, to)`: resets pages that some mapping holds as copies.
+    pub(crate) fn unmap_copies(&self, n: &Node, from: u64, to: u64) -> Result<()> {
+        let copied = lock(&n.maps).iter().filter_map(Weak::upgrade).any(|m| m.copies.load(Ordering::Relaxed));
+        if copied {
+            self.unmap_range(n, from, to, Reach::All)?;
+        }
+        Ok(())
+    }
+
+    /// A file growing from `old` to `new` bytes: zero what mappings may have stored past the
+    /// old EOF in its page (as content of `tx`, before the size commits), and reset the pages
+    /// from the old EOF page on, so loads there stop raising SIGBUS and a partly unwritten old
+    /// EOF page is faulted (and converted) again. `keep` is a range the caller writes itself.
+    pub(crate) fn grow_over_tail(&self, n: &Node, g: &Inode, new: u64, keep_from: u64, tx: &mut Tx) -> Result<()> {
+        let old = g.attr.size;
+        if new <= old {
+            return Ok(());
+        }
+        let geo = &self.inner.geo;
+        let bs = geo.block_size;
+        let stop = old.next_multiple_of(PAGE).min(keep_from).min(new);
+        if stop > old {
+            for p in g.ext.pieces(old / bs, (stop - 1) / bs - old / bs + 1) {
+                if let Piece::Mapped(e) = p {
+                    if e.state == State::Written {
+                        let s = (e.logical * bs).max(old);
+                        let t = (e.end() * bs).min(stop);
+                        tx.content_zero(&self.inner.dev, geo.block_at(e.physical) + s - e.logical * bs, t - s)?;
+                    }
+                }
+            }
+        }
+        self.unmap_range(n, old / PAGE * PAGE, new, Reach::Shared)?;
+        self.unmap_range(n, old.next_multiple_of(PAGE), new, Reach::All)
+    }
+
+    /// Flushes every written block under `n`'s shared writable mappings to the medium.
+    pub(crate) fn flush_mapped(&self, n: &Node) -> Result<()> {
+        let maps: Vec<Arc<MapState>> = lock(&n.maps).iter().filter_map(Weak::upgrade).collect();
+        for m in maps.iter().filter(|m| m.share == Share::Shared) {
+            self.flush_state(m)?;
+        }
+        Ok(())
+    }
+
+    fn flush_state(&self, m: &MapState) -> Result<()> {
+        let g = rd(&m.node.inode);
+        let geo = &self.inner.geo;
+        let bs = geo.block_size;
+        let (from, to) = (m.file_off, m.file_off + m.region.len());
+        for e in g.ext.iter().filter(|e| e.state == State::Written) {
+            let (s, t) = ((e.logical * bs).max(from), (e.end() * bs).min(to));
+            if s < t {
+                self.inner.dev.flush(geo.block_at(e.physical) + s - e.logical * bs, t - s)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Serves one fault at byte `off` of mapping `m`.
+    fn serve_fault(&self, m: &MapState, off: u64, store: bool) -> Result<()> {
+        let svc = &m.svc;
+        let c = &svc.counters;
+        let mut g = wr(&m.node.inode);
+        let fpage = (m.file_off + off) / PAGE;
+        if g.freed || fpage >= g.attr.size.div_ceil(PAGE) {
+            bump(&c.sigbus, 1);
+            return m.region.poison(off, PAGE, true);
+        }
+        let dev = &self.inner.dev;
+        if m.share == Share::Private {
+            let mut buf = vec![0u8; PAGE as usize];
+            self.read_locked(&g, fpage * PAGE, &mut buf)?;
+            bump(&c.copied, 1);
+            return m.region.copy(off, &buf, true, false);
+        }
+        match self.page_state(&g, fpage) {
+            PageState::Mappable(at) if store || m.take_piece() => {
+                m.region.map_device(off, PAGE, dev, at, true)?;
+                bump(&c.mapped, 1);
+            }
+            PageState::Mappable(at) => {
+                let mut buf = vec![0u8; PAGE as usize];
+                dev.read(at, &mut buf)?;
+                m.copies.store(true, Ordering::Relaxed);
+                bump(&c.copied, 1);
+                return m.region.copy(off, &buf, true, true);
+            }
+            PageState::Empty if !store => {
+                m.region.zeropage(off, PAGE, false)?;
+                m.region.writeprotect(off, PAGE, true, false)?;
+                bump(&c.zero_page, 1);
+            }
+            PageState::Empty if self.huge_store(&mut g, m, fpage)? => bump(&c.huge, 1),
+            _ => {
+                let at = self.make_mappable(&mut g, fpage)?;
+                // Other mappings drop their zero page (and this one its own) for the data.
+                self.unmap_range(&m.node, fpage * PAGE, (fpage + 1) * PAGE, Reach::Shared)?;
+                m.region.map_device(off, PAGE, dev, at, true)?;
+                bump(&c.first_store, 1);
+            }
+        }
+        m.region.wake(off, PAGE)
+    }
+
+    fn page_state(&self, g: &Inode, fpage: u64) -> PageState {
+        let geo = &self.inner.geo;
+        let per = PAGE / geo.block_size;
+        let pieces = g.ext.pieces(fpage * per, per);
+        let written = |p: &Piece| matches!(p, Piece::Mapped(e) if e.state == State::Written);
+        if !pieces.iter().any(written) {
+            return PageState::Empty;
+        }
+        let contiguous = pieces.windows(2).all(|w| match (w[0], w[1]) {
+            (Piece::Mapped(a), Piece::Mapped(b)) => a.physical + a.len == b.physical,
+            _ => false,
+        });
+        match pieces[0] {
+            Piece::Mapped(e) if contiguous && pieces.iter().all(written) && geo.block_at(e.physical) % PAGE == 0 => {
+                PageState::Mappable(geo.block_at(e.physical))
+            }
+            _ => PageState::Mixed,
+        }
+    }
+
+    /// Gives file page `fpage` one page-aligned run of written blocks (the page_mkwrite role):
+    /// holes and unwritten blocks are zeroed, written blocks kept (moved to a fresh aligned run
+    /// when they are not one already), all in one transaction. Returns the run's device offset.
+    fn make_mappable(&self, g: &mut Inode, fpage: u64) -> Result<u64> {
+        let geo = self.inner.geo;
+        let dev = &self.inner.dev;
+        let bs = geo.block_size;
+        let per = PAGE / bs;
+        let first = fpage * per;
+        let pieces = g.ext.pieces(first, per);
+        let mut tx = Tx::new();
+        let in_place = match pieces[0] {
+            Piece::Mapped(e) => {
+                geo.block_at(e.physical) % PAGE == 0
+                    && pieces.windows(2).all(|w| match (w[0], w[1]) {
+                        (Piece::Mapped(a), Piece::Mapped(b)) => a.physical + a.len == b.physical,
+                        _ => false,
+                    })
+                    && pieces.iter().all(|p| matches!(p, Piece::Mapped(_)))
+            }
+            Piece::Hole { .. } => false,
+        };
+        let (target, freed) = if in_place {
+            let Piece::Mapped(e) = pieces[0] else { unreachable!("checked above") };
+            let converts = pieces.iter().filter(|p| matches!(p, Piece::Mapped(x) if x.state != State::Written)).count();
+            self.reserve_slots(g, ExtentMap::slots_needed(2 * converts), &mut tx)?;
+            for p in &pieces {
+                if let Piece::Mapped(x) = p {
+                    if x.state != State::Written {
+                        tx.content_zero(dev, geo.block_at(x.physical), x.len * bs)?;
+                        g.ext.remove_range(x.logical, x.len, &mut tx)?;
+                        g.ext.insert(Extent { state: State::Written, ..*x }, &mut tx)?;
+                    }
+                }
+            }
+            (e.physical, Vec::new())
+        } else {
+            let runs = if per == 1 {
+                self.alloc_blocks(self.goal(g, first), 1)?
+            } else {
+                vec![self.alloc_aligned_blocks(per, per)?]
+            };
+            let run = runs[0];
+            if let Err(e) = self.reserve_slots(g, ExtentMap::slots_needed(1), &mut tx) {
+                self.unreserve(runs);
+                return Err(e);
+            }
+            let base = geo.block_at(run.start);
+            let mut buf = vec![0u8; bs as usize];
+            for p in &pieces {
+                match p {
+                    Piece::Mapped(x) if x.state == State::Written => {
+                        for i in 0..x.len {
+                            dev.read(geo.block_at(x.physical + i), &mut buf)?;
+                            tx.content_write(dev, base + (x.logical + i - first) * bs, &buf)?;
+                        }
+                    }
+                    Piece::Mapped(x) => tx.content_zero(dev, base + (x.logical - first) * bs, x.len * bs)?,
+                    Piece::Hole { logical, len } => tx.content_zero(dev, base + (logical - first) * bs, len * bs)?,
+                }
+            }
+            let freed = g.ext.remove_range(first, per, &mut tx)?;
+            g.ext.insert(Extent { logical: first, physical: run.start, len: per, state: State::Written }, &mut tx)?;
+            (run.start, freed)
+        };
+        let now = Timespec::now();
+        g.attr.mtime = now;
+        g.attr.ctime = now;
+        g.log_attr(&geo, &mut tx);
+        let head = self.commit_for(g, &tx)?;
+        self.free_after(head, freed.iter().map(Extent::run).collect());
+        Ok(geo.block_at(target))
+    }
+
+    /// A first store into a hole: when the 2 MiB around `fpage` is a hole wholly inside the
+    /// file and the mapping, and an aligned 2 MiB device run is free, allocates, zeroes,
+    /// commits and maps all of it. Returns whether it did.
+    fn huge_store(&self, g: &mut Inode, m: &MapState, fpage: u64) -> Result<bool> {
+        let geo = self.inner.geo;
+        let bs = geo.block_size;
+        let start = fpage * PAGE / HUGE * HUGE;
+        let (blocks, first) = (HUGE / bs, start / bs);
+        let covered = start >= m.file_off && start + HUGE <= m.file_off + m.region.len();
+        let aligned = (m.region.start() + start - m.file_off) % HUGE == 0;
+        if !covered || !aligned || start + HUGE > g.attr.size {
+            return Ok(false);
+        }
+        if !matches!(g.ext.pieces(first, blocks)[..], [Piece::Hole { .. }]) {
+            return Ok(false);
+        }
+        let Ok(run) = self.alloc_aligned_blocks(blocks, blocks) else { return Ok(false) };
+        let mut tx = Tx::new();
+        if let Err(e) = self.reserve_slots(g, ExtentMap::slots_needed(1), &mut tx) {
+            self.unreserve(vec![run]);
+            return Err(e);
+        }
+        let at = geo.block_at(run.start);
+        tx.content_zero(&self.inner.dev, at, HUGE)?;
+        g.ext.insert(Extent { logical: first, physical: run.start, len: blocks, state: State::Written }, &mut tx)?;
+        let now = Timespec::now();
+        g.attr.mtime = now;
+        g.attr.ctime = now;
+        g.log_attr(&geo, &mut tx);
+        self.commit_for(g, &tx)?;
+        self.unmap_range(&m.node, start, start + HUGE, Reach::Shared)?;
+        m.region.map_device(start - m.file_off, HUGE, &self.inner.dev, at, true)?;
+        Ok(true)
+    }
+}
+
+/// The handler thread: serves faults until the file system goes away.
+fn serve(svc: Arc<Service>, fs: Weak<Inner>) {
+    while !svc.stop.load(Ordering::Acquire) {
+        let f = match svc.uffd.next_fault(100) {
+            Ok(Some(f)) => f,
+            Ok(None) => continue,
+            Err(_) => break,
+        };
+        let found = rd(&svc.regions).range(..=f.addr).next_back().map(|(_, m)| m.clone());
+        let Some(m) = found.filter(|m| m.region.contains(f.addr)) else { continue };
+        svc.busy.store(true, Ordering::Release);
+        let Some(inner) = fs.upgrade() else { break };
+        let fs = Fs { inner };
+        let off = (f.addr - m.region.start()) / PAGE * PAGE;
+        if fs.serve_fault(&m, off, f.write).is_err() {
+            // A fault that cannot be served (no space for a first store, a device error) gets
+            // SIGBUS, as a kernel file system's failed page_mkwrite does.
+            bump(&svc.counters.sigbus, 1);
+            let _ = m.region.poison(off, PAGE, true);
+        }
+        drop((fs, m));
+        svc.busy.store(false, Ordering::Release);
+    }
+}
+
+impl Mapping {
+    /// First byte of the mapping, for callers that hand it to other code. Loads and stores
+    /// through it are served like those of [`Mapping::read`] and [`Mapping::write`].
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.state.region.start() as *mut u8
+    }
+
+    /// Mapped length (whole pages).
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// File offset of the first mapped byte.
+    pub fn offset(&self) -> u64 {
+        self.state.file_off
+    }
+
+    pub fn prot(&self) -> Prot {
+        self.prot
+    }
+
+    pub fn share(&self) -> Share {
+        self.state.share
+    }
+
+    /// Loads `buf.len()` bytes at `off` of the mapping. A page at or past the file's EOF page
+    /// raises SIGBUS, as a load would.
+    pub fn read(&self, off: u64, buf: &mut [u8]) -> Result<()> {
+        self.state.region.read(off, buf)
+    }
+
+    /// Stores `data` at `off` of the mapping (EACCES on a read-only mapping).
+    pub fn write(&self, off: u64, data: &[u8]) -> Result<()> {
+        self.state.region.write(off, data)
+    }
+
+    /// Lends `[off, off+len)` as a mutable byte slice for the length of `f` (for code that
+    /// takes slices: a read(2) into mapped memory, say). EACCES on a read-only mapping.
+    pub fn with_slice_mut<R>(&self, off: u64, len: u64, f: impl FnOnce(&mut [u8]) -> R) -> Result<R> {
+        self.state.region.with_slice_mut(off, len, f)
+    }
+
+    /// Stores `len` copies of `byte` at `off`.
+    pub fn fill(&self, off: u64, len: u64, byte: u8) -> Result<()> {
+        self.state.region.fill(off, len, byte)
+    }
+
+    /// msync: makes every store through this mapping durable across power loss.
+    pub fn flush(&self) -> Result<()> {
+        if self.state.share == Share::Shared {
+            self.fs.flush_state(&self.state)?;
+        }
+        self.fs.sync()
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        wr(&self.state.svc.regions).remove(&self.state.region.start());
+        // Unmapped before the close can free an unlinked file's blocks.
+        let _ = self.state.region.reset(0, self.len);
+        let _ = self.fs.release_node(&self.state.node);
+    }
+}

@@ -1,0 +1,468 @@
+//! DAX mmap: the seed scenarios S1, S3, S4, S5 and the mapping halves of S2 and S6 (SPEC §6),
+//! plus SIGBUS, truncate while mapped, private mappings, kernel-side faults, fragmented files
+//! and durability across a remount.
+
+use std::io::Read;
+use std::os::unix::process::ExitStatusExt;
+
+use udax::{Device, FallocMode, File, Fs, MkfsOptions, OpenOptions, Prot, Share, PAGE};
+
+const BLOCK_SIZES: [u32; 3] = [1024, 2048, 4096];
+
+fn fs_with(bs: u32, bytes: u64) -> Fs {
+    Fs::mkfs(Device::anonymous(bytes).unwrap(), &MkfsOptions { block_size: bs, ..Default::default() }).unwrap()
+}
+
+fn used_blocks(fs: &Fs) -> u64 {
+    let s = fs.statfs();
+    s.blocks - s.blocks_free
+}
+
+fn rw(fs: &Fs, path: &str) -> File {
+    fs.open(path, OpenOptions::create()).unwrap()
+}
+
+fn fsck_clean(fs: &Fs) {
+    let r = udax::check::check(fs, &mut |_, _| {});
+    assert!(r.findings.is_empty(), "{:?}", r.findings);
+}
+
+fn remount(fs: Fs) -> Fs {
+    let dev = fs.unmount().unwrap().expect("last handle");
+    Fs::mount(dev).unwrap()
+}
+
+fn read_all(fs: &Fs, path: &str) -> Vec<u8> {
+    fs.read_file(path).unwrap()
+}
+
+/// Runs this test binary's `child` test in a child process with `env` set; returns the signal
+/// that ended it, if any.
+fn child_signal(child: &str, env: &str) -> Option<i32> {
+    let status = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", child, "--nocapture", "--test-threads=1"])
+        .env(env, "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.signal().is_some() || status.success(), "child failed: {status:?}");
+    status.signal()
+}
+
+#[test]
+fn s5_zero_page_then_first_store_is_seen_by_every_mapping() {
+    for bs in BLOCK_SIZES {
+        let fs = fs_with(bs, 64 << 20);
+        let f = rw(&fs, "/s5");
+        f.set_len(16 * PAGE).unwrap();
+        let a = f.mmap(0, 16 * PAGE, Prot::ReadWrite, Share::Shared).unwrap();
+        let b = f.mmap(0, 16 * PAGE, Prot::ReadWrite, Share::Shared).unwrap();
+        let before = used_blocks(&fs);
+        let mut buf = [1u8; 64];
+        a.read(3 * PAGE, &mut buf).unwrap();
+        assert_eq!(buf, [0; 64]);
+        b.read(3 * PAGE, &mut buf).unwrap();
+        let st = fs.mmap_stats();
+        assert_eq!(st.faults_zero_page, 2, "{st:?}");
+        assert_eq!(used_blocks(&fs), before, "a load allocates nothing");
+        a.write(3 * PAGE + 5, b"dax").unwrap();
+        let st = fs.mmap_stats();
+        assert_eq!(st.faults_first_store, 1, "{st:?}");
+        assert_eq!(used_blocks(&fs), before + PAGE / bs as u64, "one page of blocks");
+        b.read(3 * PAGE + 5, &mut buf[..3]).unwrap();
+        assert_eq!(&buf[..3], b"dax", "the second mapping sees the store at once");
+        let mut via_read = [0u8; 3];
+        f.read_at(&mut via_read, 3 * PAGE + 5).unwrap();
+        assert_eq!(&via_read, b"dax");
+        drop((a, b));
+        fsck_clean(&fs);
+    }
+}
+
+#[test]
+fn sparse_store_allocates_one_page_and_loads_nothing() {
+    for bs in BLOCK_SIZES {
+        let fs = fs_with(bs, 64 << 20);
+        let f = rw(&fs, "/sparse");
+        f.set_len(64 * PAGE).unwrap();
+        let m = f.mmap(0, 64 * PAGE, Prot::ReadWrite, Share::Shared).unwrap();
+        let before = used_blocks(&fs);
+        for p in 0..64 {
+            let mut b = [9u8; 1];
+            m.read(p * PAGE + 7, &mut b).unwrap();
+            assert_eq!(b, [0]);
+        }
+        assert_eq!(used_blocks(&fs), before);
+        m.write(40 * PAGE + 1, &[0xee]).unwrap();
+        assert_eq!(used_blocks(&fs), before + PAGE / bs as u64);
+        let ext = f.extents().unwrap();
+        assert_eq!(ext.len(), 1, "{ext:?}");
+        assert_eq!((ext[0].logical, ext[0].length, ext[0].state), (40 * PAGE, PAGE, "written"));
+        let data = read_all(&fs, "/sparse");
+        assert_eq!(data.iter().filter(|&&b| b != 0).count(), 1);
+        assert_eq!(data[(40 * PAGE + 1) as usize], 0xee);
+    }
+}
+
+#[test]
+fn s1_block_smaller_than_page_stores_survive_growth_and_remount() {
+    for bs in BLOCK_SIZES {
+        for grow_by_write in [false, true] {
+            let mut fs = fs_with(bs, 64 << 20);
+            {
+                let f = rw(&fs, "/s1");
+                f.set_len(0).unwrap();
+                f.write_at(&[0x11; 1024], 0).unwrap();
+                let m = f.mmap(0, PAGE, Prot::ReadWrite, Share::Shared).unwrap();
+                m.write(0, &[0xaa]).unwrap();
+                if grow_by_write {
+                    f.write_at(&[0x22], 10000).unwrap();
+                } else {
+                    f.set_len(10000).unwrap();
+                }
+                m.write(2000, &[0xbb]).unwrap();
+                f.sync_all().unwrap();
+                fsck_clean(&fs);
+            }
+            fs = remount(fs);
+            let got = read_all(&fs, "/s1");
+            let mut want = vec![0u8; if grow_by_write { 10001 } else { 10000 }];
+            want[..1024].fill(0x11);
+            want[0] = 0xaa;
+            want[2000] = 0xbb;
+            if grow_by_write {
+                want[10000] = 0x22;
+            }
+            assert!(got == want, "bs {bs}, grow by write {grow_by_write}: contents differ");
+            fsck_clean(&fs);
+        }
+    }
+}
+
+#[test]
+fn s3_sparse_gigabyte_reads_allocate_nothing_and_one_store_allocates_one_run() {
+    for bs in BLOCK_SIZES {
+        let fs = fs_with(bs, 64 << 20);
+        let f = rw(&fs, "/s3");
+        f.set_len(1 << 30).unwrap();
+        let m = f.mmap(0, 1 << 30, Prot::ReadWrite, Share::Shared).unwrap();
+        let before = used_blocks(&fs);
+        let mut b = [0xffu8; 1];
+        for p in 0..(1u64 << 30) / PAGE {
+            m.read(p * PAGE + p % PAGE, &mut b).unwrap();
+            assert_eq!(b, [0]);
+        }
+        assert_eq!(used_blocks(&fs), before, "bs {bs}: loads allocated");
+        assert_eq!(fs.mmap_stats().faults_zero_page, (1 << 30) / PAGE);
+        m.write((300 << 20) + 12345, &[1]).unwrap();
+        let st = fs.mmap_stats();
+        assert_eq!(st.faults_huge, 1, "{st:?}");
+        assert_eq!(used_blocks(&fs) - before, udax::HUGE / bs as u64, "bs {bs}: one aligned 2 MiB run");
+        let ext = f.extents().unwrap();
+        assert_eq!(ext.len(), 1);
+        assert_eq!(ext[0].logical, 300 << 20);
+        assert_eq!(ext[0].physical % udax::HUGE, 0, "device run aligned");
+        fsck_clean(&fs);
+    }
+}
+
+#[test]
+fn s2_store_into_an_unwritten_page_converts_exactly_that_page() {
+    for bs in BLOCK_SIZES {
+        let fs = fs_with(bs, 64 << 20);
+        let f = rw(&fs, "/s2");
+        f.fallocate(0, 1 << 20, FallocMode::Allocate { keep_size: false }).unwrap();
+        f.write_at(&[7; 4096], 512 << 10).unwrap();
+        let states = |f: &File| f.extents().unwrap().iter().map(|e| (e.logical, e.length, e.state)).collect::<Vec<_>>();
+        assert_eq!(states(&f).len(), 3);
+        let m = f.mmap(0, 1 << 20, Prot::ReadWrite, Share::Shared).unwrap();
+        let mut b = [1u8; 16];
+        m.read(100 * PAGE, &mut b).unwrap();
+        assert_eq!(b, [0; 16]);
+        m.write(25 * PAGE + 10, b"x").unwrap();
+        let p = 25 * PAGE;
+        assert_eq!(
+            states(&f),
+            vec![
+                (0, p, "unwritten"),
+                (p, PAGE, "written"),
+                (p + PAGE, (512 << 10) - p - PAGE, "unwritten"),
+                (512 << 10, 4096, "written"),
+                ((512 << 10) + 4096, (512 << 10) - 4096, "unwritten"),
+            ],
+            "bs {bs}"
+        );
+        let data = read_all(&fs, "/s2");
+        assert_eq!(data.iter().filter(|&&b| b != 0).count(), 4096 + 1);
+        fsck_clean(&fs);
+    }
+}
+
+/// Fills the free space with a secret, then frees it all.
+fn plant_secret(fs: &Fs, secret: u8) {
+    let free = fs.statfs().blocks_free * fs.statfs().block_size;
+    let f = rw(fs, "/secret");
+    let chunk = vec![secret; 1 << 20];
+    let mut off = 0;
+    while off + (1 << 20) < free - (4 << 20) {
+        f.write_at(&chunk, off).unwrap();
+        off += 1 << 20;
+    }
+    drop(f);
+    fs.unlink_path("/secret").unwrap();
+}
+
+#[test]
+fn s6_mapped_stores_into_holes_never_show_stale_data() {
+    const SECRET: u8 = 0x5e;
+    for bs in BLOCK_SIZES {
+        let fs = fs_with(bs, 64 << 20);
+        plant_secret(&fs, SECRET);
+        // Store into a hole, an unwritten range, a 2 MiB hole, and past EOF before a truncate up.
+        let f = rw(&fs, "/hole");
+        f.set_len(8 << 20).unwrap();
+        let m = f.mmap(0, 8 << 20, Prot::ReadWrite, Share::Shared).unwrap();
+        m.write(3 * PAGE + 1, &[1]).unwrap();
+        m.write((4 << 20) + 5, &[2]).unwrap();
+        let g = rw(&fs, "/unwritten");
+        g.fallocate(0, 1 << 20, FallocMode::Allocate { keep_size: false }).unwrap();
+        let n = g.mmap(0, 1 << 20, Prot::ReadWrite, Share::Shared).unwrap();
+        n.write(77 * PAGE + 3, &[3]).unwrap();
+        let h = rw(&fs, "/tail");
+        h.write_at(&[4; 100], 0).unwrap();
+        let t = h.mmap(0, PAGE, Prot::ReadWrite, Share::Shared).unwrap();
+        t.write(200, &[SECRET; 50]).unwrap(); // past EOF, inside the EOF page
+        h.set_len(3 * PAGE).unwrap();
+        let pages = [(&m, 8u64 << 20), (&n, 1 << 20), (&t, PAGE)];
+        for (map, len) in pages {
+            let mut buf = vec![0u8; len as usize];
+            map.read(0, &mut buf).unwrap();
+            assert!(!buf.contains(&SECRET), "bs {bs}: a mapping shows the secret");
+        }
+        for path in ["/hole", "/unwritten", "/tail"] {
+            assert!(!read_all(&fs, path).contains(&SECRET), "bs {bs}: {path} shows the secret");
+        }
+        drop((m, n, t));
+        fsck_clean(&fs);
+    }
+}
+
+#[test]
+fn s4_write_fault_and_truncate_race_on_one_page() {
+    const SECRET: u8 = 0x5e;
+    for bs in [1024, 4096] {
+        let fs = fs_with(bs, 64 << 20);
+        plant_secret(&fs, SECRET);
+        let f = rw(&fs, "/s4");
+        f.set_len(3 * PAGE).unwrap();
+        let m = f.mmap(0, PAGE, Prot::ReadWrite, Share::Shared).unwrap();
+        let rounds = 1500;
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                for i in 0..rounds {
+                    f.write_at(&[(i % 60 + 1) as u8; 512], (i % 4) * 512).unwrap();
+                }
+            });
+            s.spawn(|| {
+                for i in 0..rounds {
+                    f.set_len(if i % 2 == 0 { 200 } else { 3 * PAGE }).unwrap();
+                }
+            });
+            s.spawn(|| {
+                let mut page = vec![0u8; PAGE as usize];
+                for _ in 0..rounds {
+                    m.write(100, &[0x77; 16]).unwrap();
+                    m.read(0, &mut page).unwrap();
+                    assert!(!page.contains(&SECRET), "bs {bs}: the mapping showed stale data");
+                }
+            });
+        });
+        let data = read_all(&fs, "/s4");
+        assert!(!data.contains(&SECRET), "bs {bs}: the file shows stale data");
+        drop(m);
+        fsck_clean(&fs);
+    }
+}
+
+#[test]
+fn private_mapping_stores_never_reach_the_file() {
+    let mut fs = fs_with(4096, 64 << 20);
+    {
+        let f = rw(&fs, "/p");
+        f.write_at(&[b'A'; 2 * PAGE as usize], 0).unwrap();
+        f.set_len(3 * PAGE).unwrap();
+        let before = used_blocks(&fs);
+        let p = f.mmap(0, 3 * PAGE, Prot::ReadWrite, Share::Private).unwrap();
+        let s = f.mmap(0, 3 * PAGE, Prot::ReadWrite, Share::Shared).unwrap();
+        p.write(10, b"private").unwrap();
+        p.write(2 * PAGE + 10, b"hole").unwrap();
+        let mut b = [0u8; 7];
+        p.read(10, &mut b).unwrap();
+        assert_eq!(&b, b"private");
+        s.read(10, &mut b).unwrap();
+        assert_eq!(&b, b"AAAAAAA", "a shared mapping never sees private stores");
+        f.read_at(&mut b, 10).unwrap();
+        assert_eq!(&b, b"AAAAAAA");
+        assert_eq!(used_blocks(&fs), before, "private stores allocate nothing in the file");
+        p.flush().unwrap();
+    }
+    fs = remount(fs);
+    let data = read_all(&fs, "/p");
+    assert!(data[..2 * PAGE as usize].iter().all(|&b| b == b'A'));
+    assert!(data[2 * PAGE as usize..].iter().all(|&b| b == 0));
+    fsck_clean(&fs);
+}
+
+#[test]
+fn read_into_an_unpopulated_mapping_of_a_hole_works() {
+    let fs = fs_with(4096, 64 << 20);
+    let f = rw(&fs, "/dst");
+    f.set_len(4 * PAGE).unwrap();
+    let m = f.mmap(0, 4 * PAGE, Prot::ReadWrite, Share::Shared).unwrap();
+    // A kernel read(2) whose buffer is the mapping: the fault is raised inside the kernel.
+    let mut host = tempfile::tempfile().unwrap();
+    std::io::Write::write_all(&mut host, b"from the kernel").unwrap();
+    std::io::Seek::rewind(&mut host).unwrap();
+    let n = m.with_slice_mut(PAGE, 15, |s| host.read(s).unwrap()).unwrap();
+    assert_eq!(n, 15);
+    // udax's own read and write with mapped buffers (same file and another one).
+    let src = rw(&fs, "/src");
+    src.write_at(b"udax data", 0).unwrap();
+    let got = m.with_slice_mut(2 * PAGE, 9, |s| src.read_at(s, 0).unwrap()).unwrap();
+    assert_eq!(got, 9);
+    let got = m.with_slice_mut(2 * PAGE, 9, |s| f.read_at(s, PAGE).unwrap()).unwrap();
+    assert_eq!(got, 9, "reading the file into its own mapping");
+    m.with_slice_mut(3 * PAGE, 100, |s| f.write_at(s, 3 * PAGE + 100).unwrap()).unwrap();
+    let data = read_all(&fs, "/dst");
+    assert_eq!(&data[PAGE as usize..PAGE as usize + 15], b"from the kernel");
+    assert_eq!(&data[2 * PAGE as usize..2 * PAGE as usize + 9], b"from the ");
+    assert!(data[3 * PAGE as usize..].iter().all(|&b| b == 0));
+    fsck_clean(&fs);
+}
+
+/// Child of `loads_past_eof_raise_sigbus`: dies by SIGBUS at the load past the EOF page.
+#[test]
+fn sigbus_child_past_eof() {
+    if std::env::var_os("UDAX_MMAP_SIGBUS_CHILD").is_none() {
+        return;
+    }
+    let fs = fs_with(4096, 16 << 20);
+    let f = rw(&fs, "/short");
+    f.write_at(&[1; 100], 0).unwrap();
+    let m = f.mmap(0, 2 * PAGE, Prot::ReadWrite, Share::Shared).unwrap();
+    let mut b = [9u8; 1];
+    m.read(200, &mut b).unwrap(); // inside the EOF page: zero
+    assert_eq!(b, [0]);
+    m.read(PAGE, &mut b).unwrap();
+    std::process::exit(3);
+}
+
+#[test]
+fn loads_past_eof_raise_sigbus() {
+    assert_eq!(child_signal("sigbus_child_past_eof", "UDAX_MMAP_SIGBUS_CHILD"), Some(libc::SIGBUS));
+}
+
+/// Child of `truncate_down_while_mapped`: the cut page raises SIGBUS.
+#[test]
+fn sigbus_child_after_truncate() {
+    if std::env::var_os("UDAX_MMAP_TRUNC_CHILD").is_none() {
+        return;
+    }
+    let fs = fs_with(4096, 16 << 20);
+    let f = rw(&fs, "/t");
+    f.write_at(&[1; 3 * PAGE as usize], 0).unwrap();
+    let m = f.mmap(0, 3 * PAGE, Prot::ReadWrite, Share::Shared).unwrap();
+    let mut b = [0u8; 1];
+    m.read(2 * PAGE, &mut b).unwrap();
+    assert_eq!(b, [1]);
+    f.set_len(100).unwrap();
+    m.read(2 * PAGE, &mut b).unwrap();
+    std::process::exit(3);
+}
+
+#[test]
+fn truncate_down_while_mapped() {
+    assert_eq!(child_signal("sigbus_child_after_truncate", "UDAX_MMAP_TRUNC_CHILD"), Some(libc::SIGBUS));
+    // The freed blocks go to another file; the old mapping neither sees nor changes them.
+    let fs = fs_with(4096, 16 << 20);
+    let f = rw(&fs, "/a");
+    f.write_at(&[b'a'; 3 * PAGE as usize], 0).unwrap();
+    let old: Vec<u64> = f.extents().unwrap().iter().map(|e| e.physical).collect();
+    let m = f.mmap(0, 3 * PAGE, Prot::ReadWrite, Share::Shared).unwrap();
+    let mut page = vec![0u8; PAGE as usize];
+    m.read(2 * PAGE, &mut page).unwrap();
+    f.set_len(PAGE).unwrap();
+    let b = rw(&fs, "/b");
+    let free = fs.statfs().blocks_free * PAGE;
+    b.fallocate(0, free, FallocMode::Allocate { keep_size: false }).unwrap();
+    b.write_at(&vec![b'b'; free as usize], 0).unwrap();
+    let reused =
+        b.extents().unwrap().iter().any(|e| e.physical <= old[0] + PAGE && old[0] + PAGE < e.physical + e.length);
+    assert!(reused, "the freed blocks were not reused: the test proves nothing");
+    m.write(0, &[b'A'; PAGE as usize]).unwrap();
+    m.read(0, &mut page).unwrap();
+    assert!(page.iter().all(|&x| x == b'A'));
+    assert!(read_all(&fs, "/b").iter().all(|&x| x == b'b'), "the old mapping changed another file's blocks");
+    drop(m);
+    fsck_clean(&fs);
+}
+
+#[test]
+fn stores_through_a_mapping_survive_flush_and_remount() {
+    for bs in BLOCK_SIZES {
+        let mut fs = fs_with(bs, 64 << 20);
+        let mut want = vec![0u8; 8 * PAGE as usize];
+        {
+            let f = rw(&fs, "/keep");
+            f.write_at(&[3; 4 * PAGE as usize], 0).unwrap();
+            want[..4 * PAGE as usize].fill(3);
+            f.set_len(8 * PAGE).unwrap();
+            let m = f.mmap(0, 8 * PAGE, Prot::ReadWrite, Share::Shared).unwrap();
+            for p in 0..8u64 {
+                let at = p * PAGE + p * 97;
+                let bytes: Vec<u8> = (0..300).map(|i| (i as u8).wrapping_mul(p as u8 + 1)).collect();
+                m.write(at, &bytes).unwrap();
+                want[at as usize..at as usize + 300].copy_from_slice(&bytes);
+            }
+            m.flush().unwrap();
+        }
+        fs = remount(fs);
+        assert!(read_all(&fs, "/keep") == want, "bs {bs}: contents differ after remount");
+        fsck_clean(&fs);
+    }
+}
+
+#[test]
+fn a_file_of_100000_extents_maps_and_reads_correctly() {
+    const EXTENTS: u64 = 100_000;
+    let fs = fs_with(4096, 512 << 20);
+    let f = rw(&fs, "/frag");
+    // Written pages with a hole between each: every written page is its own extent.
+    for i in 0..EXTENTS {
+        f.write_at(&(i as u32).to_le_bytes().repeat(PAGE as usize / 4), 2 * i * PAGE).unwrap();
+    }
+    assert_eq!(f.extents().unwrap().len() as u64, EXTENTS);
+    let m = f.mmap(0, 2 * EXTENTS * PAGE, Prot::ReadWrite, Share::Shared).unwrap();
+    let mut page = vec![0u8; PAGE as usize];
+    for i in 0..EXTENTS {
+        m.read(2 * i * PAGE, &mut page).unwrap();
+        assert!(page.chunks(4).all(|c| c == (i as u32).to_le_bytes()), "page {i}");
+    }
+    let mut hole = [1u8; 8];
+    m.read(PAGE, &mut hole).unwrap();
+    assert_eq!(hole, [0; 8]);
+    // A store into a page served as a copy goes to the file.
+    m.write(2 * (EXTENTS - 1) * PAGE, b"last").unwrap();
+    let mut back = [0u8; 4];
+    f.read_at(&mut back, 2 * (EXTENTS - 1) * PAGE).unwrap();
+    assert_eq!(&back, b"last");
+    // And an overwrite through write() reaches a page served as a copy.
+    f.write_at(b"new!", 2 * (EXTENTS - 2) * PAGE).unwrap();
+    m.read(2 * (EXTENTS - 2) * PAGE, &mut back).unwrap();
+    assert_eq!(&back, b"new!");
+    let st = fs.mmap_stats();
+    assert!(st.faults_copied > 0 && st.pages_mapped_eagerly > 0, "{st:?}");
+    drop(m);
+    fsck_clean(&fs);
+}
