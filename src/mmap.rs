@@ -120,6 +120,8 @@ pub(crate) struct Service {
 pub(crate) struct ServiceSlot {
     svc: OnceLock<Arc<Service>>,
     init: Mutex<()>,
+    /// First stores allocate 4 KiB pages only (see [`Fs::set_mmap_huge`]).
+    no_huge: AtomicBool,
 }
 
 impl ServiceSlot {
@@ -241,6 +243,12 @@ impl Fs {
         Ok(svc)
     }
 
+    /// Whether a first store into a large hole may allocate and map 2 MiB at once (on by
+    /// default; off, every first store takes one page).
+    pub fn set_mmap_huge(&self, on: bool) {
+        self.inner.mmap.no_huge.store(!on, Ordering::Relaxed);
+    }
+
     /// Fault-service counters since mount.
     pub fn mmap_stats(&self) -> MmapStats {
         let Some(s) = self.inner.mmap.svc.get() else { return MmapStats::default() };
@@ -351,6 +359,11 @@ impl Fs {
     /// Resets `[from, to)` (file bytes) in the mappings of `n` that `reach` names, before blocks
     /// there go away or change. The caller holds the inode lock exclusively.
     pub(crate) fn unmap_range(&self, n: &Node, from: u64, to: u64, reach: Reach) -> Result<()> {
+        self.unmap_others(n, from, to, reach, None)
+    }
+
+    /// [`Fs::unmap_range`] sparing the mapping `except` (one the caller maps itself).
+    fn unmap_others(&self, n: &Node, from: u64, to: u64, reach: Reach, except: Option<&MapState>) -> Result<()> {
         let maps: Vec<Arc<MapState>> = {
             let mut maps = lock(&n.maps);
             if maps.is_empty() {
@@ -360,7 +373,7 @@ impl Fs {
             maps.iter().filter_map(Weak::upgrade).collect()
         };
         for m in maps {
-            if reach == Reach::Shared && m.share == Share::Private {
+            if (reach == Reach::Shared && m.share == Share::Private) || except.is_some_and(|e| std::ptr::eq(e, &*m)) {
                 continue;
             }
             let pages = m.reset_bytes(from, to)?;
@@ -462,11 +475,15 @@ impl Fs {
                 m.region.writeprotect(off, PAGE, true, false)?;
                 bump(&c.zero_page, 1);
             }
-            PageState::Empty if self.huge_store(&mut g, m, fpage)? => bump(&c.huge, 1),
+            PageState::Empty
+                if !self.inner.mmap.no_huge.load(Ordering::Relaxed) && self.huge_store(&mut g, m, fpage)? =>
+            {
+                bump(&c.huge, 1)
+            }
             _ => {
                 let at = self.make_mappable(&mut g, fpage)?;
-                // Other mappings drop their zero page (and this one its own) for the data.
-                self.unmap_range(&m.node, fpage * PAGE, (fpage + 1) * PAGE, Reach::Shared)?;
+                // Other mappings drop their zero page for the data (this one maps over its own).
+                self.unmap_others(&m.node, fpage * PAGE, (fpage + 1) * PAGE, Reach::Shared, Some(m))?;
                 m.region.map_device(off, PAGE, dev, at, true)?;
                 bump(&c.first_store, 1);
             }
@@ -598,7 +615,7 @@ impl Fs {
         g.attr.ctime = now;
         g.log_attr(&geo, &mut tx);
         self.commit_for(g, &tx)?;
-        self.unmap_range(&m.node, start, start + HUGE, Reach::Shared)?;
+        self.unmap_others(&m.node, start, start + HUGE, Reach::Shared, Some(m))?;
         m.region.map_device(start - m.file_off, HUGE, &self.inner.dev, at, true)?;
         Ok(true)
     }
