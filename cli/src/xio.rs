@@ -5,6 +5,10 @@
 //! order on the one open file; a file-system error prints "verb: strerror" and the rest still
 //! run, as in xfs_io, with exit status 1 at the end.
 //!
+//! `mmap` keeps one current mapping of the file (a new one replaces it); `mread`, `mwrite` and
+//! `msync` go through it, at file offsets as in xfs_io. A load or store at or past the page
+//! holding EOF raises SIGBUS, which kills `udax io`, as it kills xfs_io.
+//!
 //! Adding a verb: a variant of [`Op`], a row in [`VERBS`] (name, usage, help, parser) and an
 //! arm in [`Session::exec`].
 
@@ -12,7 +16,7 @@ use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use udax::{Error, FallocMode, File, OpenOptions};
+use udax::{Error, FallocMode, File, Mapping, MmapStats, OpenOptions, Prot, Share};
 
 use crate::common::{strerror, type_name, with_image, CliResult, Failure, OutResult};
 use crate::extents::print_map;
@@ -35,17 +39,34 @@ Commands (-c \"help\" lists them too):
                                        `udax extents`, with each extent's state)
   fsync                                make the file durable across power loss
   stat                                 show the inode number, type, size and blocks
+  mmap [-r|-w] [-p] off len            map len bytes of the file at off (a multiple of 4 KiB),
+                                       replacing the current mapping: -r read-only, -w
+                                       read-write (default: as the file was opened), -p
+                                       private (stores stay in memory), else shared
+  mread [-v] [-q] off len              load len bytes at file offset off through the mapping
+                                       (-v: hexdump them)
+  mwrite [-S byte] [-q] off len        store len bytes of byte (default 0xcd) at file offset
+                                       off through the mapping
+  msync                                make the mapping's stores durable across power loss
+  munmap                               unmap the current mapping
+  stats                                the fault service's counters since the image was opened
   help                                 list the commands
+
+A load or store through the mapping at or past the page holding EOF kills udax io with
+SIGBUS, as with xfs_io; loads from holes get zeros, and the first store to one allocates it.
 
 Examples:
   udax io -f img /f -c \"pwrite -S 0xab 0 64k\" -c \"pread -v 0 32\"
   udax io img /f -c \"truncate 1M\" -c stat
-  udax io -f img /f -c \"falloc 0 1m\" -c \"pwrite 512k 4k\" -c \"bmap -v\" -c \"seek -a -r 0\"";
+  udax io -f img /f -c \"falloc 0 1m\" -c \"pwrite 512k 4k\" -c \"bmap -v\" -c \"seek -a -r 0\"
+  udax io -f img /f -c \"truncate 16k\" -c \"mmap 0 16k\" -c \"mwrite -S 0x61 4k 10\" -c stats
+  udax io img /f -c \"mmap -r 0 16k\" -c \"mread -v 4k 16\"";
 
 /// Default I/O buffer size, as xfs_io's.
 const BSIZE: u64 = 64 << 10;
 
-/// One parsed command.
+/// One parsed command. `Mmap`'s `prot` is None when neither -r nor -w was given: the mapping
+/// is then writable if the file was opened writable.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Op {
     Pread { off: u64, len: u64, bsize: u64, verbose: bool, quiet: bool },
@@ -56,6 +77,12 @@ enum Op {
     Bmap { verbose: bool },
     Fsync,
     Stat,
+    Mmap { off: u64, len: u64, prot: Option<Prot>, share: Share },
+    Mread { off: u64, len: u64, verbose: bool, quiet: bool },
+    Mwrite { off: u64, len: u64, seed: u8, quiet: bool },
+    Msync,
+    Munmap,
+    Stats,
     Help,
 }
 
@@ -113,6 +140,32 @@ const VERBS: &[Verb] = &[
         parse: |a| no_args(a, Op::Fsync),
     },
     Verb { name: "stat", usage: "", help: "shows the open file's attributes", parse: |a| no_args(a, Op::Stat) },
+    Verb {
+        name: "mmap",
+        usage: "[-r|-w] [-p] off len",
+        help: "maps a range of the file (-r read-only, -w read-write, -p private)",
+        parse: parse_mmap,
+    },
+    Verb {
+        name: "mread",
+        usage: "[-v] [-q] off len",
+        help: "loads a range of the file through the mapping",
+        parse: parse_mread,
+    },
+    Verb {
+        name: "mwrite",
+        usage: "[-S byte] [-q] off len",
+        help: "stores to a range of the file through the mapping (byte, default 0xcd)",
+        parse: parse_mwrite,
+    },
+    Verb {
+        name: "msync",
+        usage: "",
+        help: "makes the mapping's stores durable across power loss",
+        parse: |a| no_args(a, Op::Msync),
+    },
+    Verb { name: "munmap", usage: "", help: "unmaps the current mapping", parse: |a| no_args(a, Op::Munmap) },
+    Verb { name: "stats", usage: "", help: "shows the mmap fault-service counters", parse: |a| no_args(a, Op::Stats) },
     Verb { name: "help", usage: "", help: "lists the commands", parse: |_| Ok(Op::Help) },
 ];
 
@@ -187,22 +240,61 @@ fn parse_pread(args: &[&str]) -> Result<Op, String> {
     Ok(Op::Pread { off, len, bsize, verbose, quiet })
 }
 
+fn fill_byte(v: &str) -> Result<u8, String> {
+    u8::try_from(num("fill byte", v)?).map_err(|_| format!("bad fill byte {v:?}: must be 0..=255"))
+}
+
 fn parse_pwrite(args: &[&str]) -> Result<Op, String> {
     let (opts, rest) = getopt(args, "qS:b:")?;
     let (mut seed, mut quiet, mut bsize) = (0xcd, false, BSIZE);
     for (c, v) in opts {
         match (c, v) {
             ('q', _) => quiet = true,
-            ('S', Some(v)) => {
-                seed =
-                    u8::try_from(num("fill byte", v)?).map_err(|_| format!("bad fill byte {v:?}: must be 0..=255"))?
-            }
+            ('S', Some(v)) => seed = fill_byte(v)?,
             ('b', Some(v)) => bsize = bsize_of(v)?,
             _ => unreachable!("getopt only returns letters from the spec"),
         }
     }
     let (off, len) = two_operands(&rest)?;
     Ok(Op::Pwrite { off, len, bsize, seed, quiet })
+}
+
+/// `-w` anywhere asks for a writable mapping (xfs_io ORs the protection flags together).
+fn parse_mmap(args: &[&str]) -> Result<Op, String> {
+    let (opts, rest) = getopt(args, "rwp")?;
+    let (mut prot, mut share) = (None, Share::Shared);
+    for (c, _) in opts {
+        match c {
+            'r' => prot = prot.or(Some(Prot::Read)),
+            'w' => prot = Some(Prot::ReadWrite),
+            'p' => share = Share::Private,
+            _ => unreachable!("getopt only returns letters from the spec"),
+        }
+    }
+    let (off, len) = two_operands(&rest)?;
+    Ok(Op::Mmap { off, len, prot, share })
+}
+
+fn parse_mread(args: &[&str]) -> Result<Op, String> {
+    let (opts, rest) = getopt(args, "vq")?;
+    let verbose = opts.iter().any(|&(c, _)| c == 'v');
+    let quiet = opts.iter().any(|&(c, _)| c == 'q');
+    let (off, len) = two_operands(&rest)?;
+    Ok(Op::Mread { off, len, verbose, quiet })
+}
+
+fn parse_mwrite(args: &[&str]) -> Result<Op, String> {
+    let (opts, rest) = getopt(args, "qS:")?;
+    let (mut seed, mut quiet) = (0xcd, false);
+    for (c, v) in opts {
+        match (c, v) {
+            ('q', _) => quiet = true,
+            ('S', Some(v)) => seed = fill_byte(v)?,
+            _ => unreachable!("getopt only returns letters from the spec"),
+        }
+    }
+    let (off, len) = two_operands(&rest)?;
+    Ok(Op::Mwrite { off, len, seed, quiet })
 }
 
 fn parse_truncate(args: &[&str]) -> Result<Op, String> {
@@ -275,6 +367,8 @@ struct Session {
     file: File,
     path: PathBuf,
     writable: bool,
+    /// The current mapping (`mmap`), unmapped by `munmap`, the next `mmap` or the end.
+    map: Option<Mapping>,
 }
 
 /// Why a command failed: a file-system error (printed as strerror) or a plain message.
@@ -337,7 +431,51 @@ const DATA: usize = 0;
 const HOLE: usize = 1;
 const WHENCE: [&str; 2] = ["DATA", "HOLE"];
 
+/// The counters of `stats`, in [`MmapStats`]'s field order.
+fn stat_lines(st: &MmapStats) -> [(&'static str, u64); 8] {
+    let MmapStats {
+        faults_zero_page,
+        faults_first_store,
+        faults_huge,
+        faults_sigbus,
+        faults_mapped,
+        faults_copied,
+        pages_mapped_eagerly,
+        pages_invalidated,
+    } = *st;
+    [
+        ("faults_zero_page", faults_zero_page),
+        ("faults_first_store", faults_first_store),
+        ("faults_huge", faults_huge),
+        ("faults_sigbus", faults_sigbus),
+        ("faults_mapped", faults_mapped),
+        ("faults_copied", faults_copied),
+        ("pages_mapped_eagerly", pages_mapped_eagerly),
+        ("pages_invalidated", pages_invalidated),
+    ]
+}
+
 impl Session {
+    /// The current mapping, for `verb`.
+    fn current(&self, verb: &str) -> Result<&Mapping, CmdError> {
+        self.map.as_ref().ok_or_else(|| CmdError::Msg(format!("{verb}: no mapping; use mmap first")))
+    }
+
+    /// The current mapping and where file offset `off` lies in it, for `verb`; `[off, off+len)`
+    /// must lie inside the mapping (EINVAL otherwise).
+    fn mapped(&self, verb: &str, off: u64, len: u64) -> Result<(&Mapping, u64), CmdError> {
+        let m = self.current(verb)?;
+        let (start, end) = (m.offset(), m.offset() + m.len());
+        if off < start || off.checked_add(len).is_none_or(|e| e > end) {
+            return Err(CmdError::Msg(format!(
+                "{verb}: range {off}:{len} is outside the mapping {start}:{}: {}",
+                m.len(),
+                strerror(libc::EINVAL)
+            )));
+        }
+        Ok((m, off - start))
+    }
+
     /// lseek(SEEK_DATA or SEEK_HOLE); None for ENXIO (at or past EOF, or no data follows).
     fn lseek(&self, at: u64, what: usize) -> Result<Option<u64>, Error> {
         let r = if what == DATA { self.file.seek_data(at) } else { self.file.seek_hole(at) };
@@ -467,6 +605,51 @@ impl Session {
                 writeln!(o, "stat.size = {}", st.size).out()?;
                 writeln!(o, "stat.blocks = {}", st.blocks).out()?;
             }
+            Op::Mmap { off, len, prot, share } => {
+                let prot = prot.unwrap_or(if self.writable { Prot::ReadWrite } else { Prot::Read });
+                let m = self.file.mmap(off, len, prot, share)?;
+                self.map = Some(m);
+            }
+            Op::Mread { off, len, verbose, quiet } => {
+                let (m, at) = self.mapped("mread", off, len)?;
+                let mut buf = vec![0u8; BSIZE.min(len).max(1) as usize];
+                let (mut done, mut ops) = (0u64, 0u64);
+                let start = Instant::now();
+                while done < len {
+                    let n = (len - done).min(BSIZE) as usize;
+                    m.read(at + done, &mut buf[..n])?;
+                    ops += 1;
+                    if verbose && !quiet {
+                        hexdump(&mut o, off + done, &buf[..n]).out()?;
+                    }
+                    done += n as u64;
+                }
+                let took = start.elapsed();
+                if !quiet {
+                    writeln!(o, "read {done}/{len} bytes at offset {off}").out()?;
+                    io_times(&mut o, done, ops, took).out()?;
+                }
+            }
+            Op::Mwrite { off, len, seed, quiet } => {
+                let (m, at) = self.mapped("mwrite", off, len)?;
+                let start = Instant::now();
+                m.fill(at, len, seed)?;
+                let took = start.elapsed();
+                if !quiet {
+                    writeln!(o, "wrote {len}/{len} bytes at offset {off}").out()?;
+                    io_times(&mut o, len, 1, took).out()?;
+                }
+            }
+            Op::Msync => self.current("msync")?.flush()?,
+            Op::Munmap => {
+                self.current("munmap")?;
+                self.map = None;
+            }
+            Op::Stats => {
+                for (name, value) in stat_lines(&self.file.fs().mmap_stats()) {
+                    writeln!(o, "{name}: {value}").out()?;
+                }
+            }
             Op::Help => {
                 for v in VERBS {
                     let syn = if v.usage.is_empty() { v.name.to_string() } else { format!("{} {}", v.name, v.usage) };
@@ -507,7 +690,7 @@ pub fn run(a: &IoArgs) -> CliResult {
             OpenOptions::read_write()
         };
         let file = fs.open(&a.path, opts).map_err(|e| Failure::fs(CMD, &a.path, &e))?;
-        let mut s = Session { file, path: a.path.clone(), writable: !a.read_only };
+        let mut s = Session { file, path: a.path.clone(), writable: !a.read_only, map: None };
         let mut status = Ok(());
         for (name, op) in &ops {
             match s.exec(op) {
@@ -589,6 +772,52 @@ mod tests {
         assert_eq!(parse("bmap").unwrap(), Some(("bmap", Op::Bmap { verbose: false })));
         assert_eq!(parse("bmap -v").unwrap(), Some(("bmap", Op::Bmap { verbose: true })));
         assert!(parse("bmap 0").is_err());
+    }
+
+    #[test]
+    fn parses_mmap_commands() {
+        let mmap = |off, len, prot, share| Some(("mmap", Op::Mmap { off, len, prot, share }));
+        assert_eq!(parse("mmap 0 16k").unwrap(), mmap(0, 16384, None, Share::Shared));
+        assert_eq!(parse("mmap -r 4k 1").unwrap(), mmap(4096, 1, Some(Prot::Read), Share::Shared));
+        assert_eq!(parse("mmap -wp 0 1m").unwrap(), mmap(0, 1 << 20, Some(Prot::ReadWrite), Share::Private));
+        assert_eq!(parse("mmap -w -r 0 1").unwrap(), mmap(0, 1, Some(Prot::ReadWrite), Share::Shared));
+        assert!(parse("mmap 0").unwrap_err().contains("usage: mmap [-r|-w] [-p] off len"));
+        assert!(parse("mmap -x 0 1").unwrap_err().contains("invalid option -x"));
+        assert_eq!(
+            parse("mread -v 4k 10").unwrap(),
+            Some(("mread", Op::Mread { off: 4096, len: 10, verbose: true, quiet: false }))
+        );
+        assert_eq!(
+            parse("mwrite -S 0x61 4096 10").unwrap(),
+            Some(("mwrite", Op::Mwrite { off: 4096, len: 10, seed: 0x61, quiet: false }))
+        );
+        assert_eq!(
+            parse("mwrite -q -S 97 0 1").unwrap(),
+            Some(("mwrite", Op::Mwrite { off: 0, len: 1, seed: 97, quiet: true }))
+        );
+        assert_eq!(
+            parse("mwrite 0 1").unwrap(),
+            Some(("mwrite", Op::Mwrite { off: 0, len: 1, seed: 0xcd, quiet: false }))
+        );
+        assert!(parse("mwrite -S 256 0 1").unwrap_err().contains("fill byte"));
+        assert_eq!(parse("msync").unwrap(), Some(("msync", Op::Msync)));
+        assert_eq!(parse("munmap").unwrap(), Some(("munmap", Op::Munmap)));
+        assert_eq!(parse("stats").unwrap(), Some(("stats", Op::Stats)));
+        assert!(parse("stats -v").is_err());
+    }
+
+    #[test]
+    fn stats_follow_the_struct() {
+        let st = MmapStats { faults_zero_page: 3, pages_invalidated: 8, ..Default::default() };
+        let lines = stat_lines(&st);
+        assert_eq!(lines[0], ("faults_zero_page", 3));
+        assert_eq!(lines[7], ("pages_invalidated", 8));
+        let json = serde_json::to_value(st).unwrap();
+        let fields = json.as_object().unwrap();
+        assert_eq!(fields.len(), lines.len());
+        for (name, value) in lines {
+            assert_eq!(fields[name], value, "{name}");
+        }
     }
 
     #[test]

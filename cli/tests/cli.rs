@@ -299,6 +299,138 @@ fn io_pwrite_then_pread() {
     assert!(ok(&["io", s(&img), "/f", "-c", "help"]).contains("pwrite"));
 }
 
+/// The value of `name: value` in `udax io`'s `stats` output.
+#[track_caller]
+fn counter(out: &str, name: &str) -> u64 {
+    let prefix = format!("{name}: ");
+    let line = out.lines().find(|l| l.starts_with(&prefix)).unwrap_or_else(|| panic!("no {name} in {out}"));
+    line[prefix.len()..].parse().unwrap()
+}
+
+#[test]
+fn io_mmap_verbs() {
+    let d = tmp();
+    let img = mkfs(d.path(), "16M");
+    let out = ok(&[
+        "io",
+        "-f",
+        s(&img),
+        "/f",
+        "-c",
+        "truncate 16384",
+        "-c",
+        "mmap -w 0 16384",
+        "-c",
+        "mread 0 4096",
+        "-c",
+        "mwrite -S 0x61 4096 10",
+        "-c",
+        "mread -v 4096 16",
+        "-c",
+        "msync",
+        "-c",
+        "stats",
+    ]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "read 4096/4096 bytes at offset 0");
+    assert_eq!(lines[2], "wrote 10/10 bytes at offset 4096");
+    assert_eq!(lines[4], "00001000:  61 61 61 61 61 61 61 61 61 61 00 00 00 00 00 00  aaaaaaaaaa......");
+    assert_eq!(lines[5], "read 16/16 bytes at offset 4096");
+    // The load from the hole got the zero page; the store into the next hole page allocated it.
+    assert!(counter(&out, "faults_zero_page") >= 1, "{out}");
+    assert_eq!(counter(&out, "faults_first_store"), 1, "{out}");
+    assert_eq!(counter(&out, "faults_sigbus"), 0, "{out}");
+    let names: Vec<&str> = lines[7..].iter().map(|l| l.split(':').next().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "faults_zero_page",
+            "faults_first_store",
+            "faults_huge",
+            "faults_sigbus",
+            "faults_mapped",
+            "faults_copied",
+            "pages_mapped_eagerly",
+            "pages_invalidated"
+        ]
+    );
+    let mut want = vec![0u8; 16384];
+    want[4096..4106].fill(b'a');
+    let got = udax(&["cat", s(&img), "/f"]);
+    assert!(got.status.success());
+    assert!(got.stdout == want, "cat /f differs from the stores through the mapping");
+
+    // A private mapping: the stores stay in memory, the file keeps its bytes.
+    let out = ok(&[
+        "io",
+        s(&img),
+        "/f",
+        "-c",
+        "mmap -p 0 16k",
+        "-c",
+        "mwrite -S 0x62 4096 4",
+        "-c",
+        "mread -v 4096 16",
+        "-c",
+        "msync",
+        "-c",
+        "munmap",
+        "-c",
+        "pread -v 4096 16",
+    ]);
+    assert!(out.contains("00001000:  62 62 62 62 61 61 61 61 61 61 00 00 00 00 00 00  bbbbaaaaaa......\n"), "{out}");
+    assert!(out.contains("00001000:  61 61 61 61 61 61 61 61 61 61 00 00 00 00 00 00  aaaaaaaaaa......\n"), "{out}");
+    assert_eq!(udax(&["cat", s(&img), "/f"]).stdout, want);
+
+    // The page holding EOF reads zeros past EOF; the next page kills the process with SIGBUS.
+    ok(&["io", "-f", s(&img), "/g", "-c", "pwrite 0 100"]);
+    let out = ok(&["io", s(&img), "/g", "-c", "mmap -r 0 8192", "-c", "mread -v 96 8"]);
+    assert!(out.starts_with("00000060:  cd cd cd cd 00 00 00 00  ........\n"), "{out}");
+    let out = udax(&["io", s(&img), "/g", "-c", "mmap -r 0 8192", "-c", "mread 4096 1", "-c", "stat"]);
+    {
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(out.status.signal(), Some(libc::SIGBUS), "{:?}: {}", out.status, text(&out.stderr));
+    }
+    assert!(!text(&out.stdout).contains("stat.ino"), "{}", text(&out.stdout));
+    assert!(ok(&["fsck", s(&img)]).contains("clean"));
+
+    // Errors: no mapping, outside the mapping, a writable shared mapping of a read-only open,
+    // a misaligned offset, a store through a read-only mapping.
+    let (code, err) = fails(&["io", s(&img), "/f", "-c", "mread 0 16"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("mread: no mapping; use mmap first"), "{err}");
+    let out = udax(&["io", s(&img), "/f", "-c", "mmap 4k 4k", "-c", "mread 0 1", "-c", "munmap", "-c", "msync"]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("mread: range 0:1 is outside the mapping 4096:4096: Invalid argument\n"), "{err}");
+    assert!(err.contains("msync: no mapping; use mmap first\n"), "{err}");
+    let out = udax(&[
+        "io",
+        "-r",
+        s(&img),
+        "/f",
+        "-c",
+        "mmap -w 0 4k",
+        "-c",
+        "mmap 1 4k",
+        "-c",
+        "mmap 0 4k",
+        "-c",
+        "mwrite 0 1",
+    ]);
+    assert!(!out.status.success());
+    assert_eq!(text(&out.stderr), "mmap: Permission denied\nmmap: Invalid argument\nmwrite: Permission denied\n");
+    let (_, err) = fails(&["io", s(&img), "/f", "-c", "mwrite -S 0x100 0 1"]);
+    assert!(err.contains("usage: mwrite"), "{err}");
+    let help = ok(&["io", s(&img), "/f", "-c", "help"]);
+    for verb in ["mmap", "mread", "mwrite", "msync", "munmap", "stats"] {
+        assert!(help.contains(&format!("\n{verb} ")), "{verb} missing from {help}");
+    }
+    assert!(ok(&["io", "--help"]).contains("-c \"mmap 0 16k\""));
+    assert_eq!(udax(&["cat", s(&img), "/f"]).stdout, want);
+    assert!(ok(&["fsck", s(&img)]).contains("clean"));
+}
+
 /// `udax extents IMG PATH --json` as (logical, length, state) triples, checking each object has
 /// exactly the keys logical, physical, length and state and a block-aligned physical offset.
 #[track_caller]
