@@ -472,7 +472,10 @@ impl Fs {
             }
             PageState::Empty if !store => {
                 m.region.zeropage(off, PAGE, false)?;
-                m.region.writeprotect(off, PAGE, true, false)?;
+                // A store must fault again to allocate (a read-only mapping cannot store).
+                if m.region.write_protects() {
+                    m.region.writeprotect(off, PAGE, true, false)?;
+                }
                 bump(&c.zero_page, 1);
             }
             PageState::Empty
@@ -638,8 +641,11 @@ fn serve(svc: Arc<Service>, fs: Weak<Inner>) {
         if fs.serve_fault(&m, off, f.write).is_err() {
             // A fault that cannot be served (no space for a first store, a device error) gets
             // SIGBUS, as a kernel file system's failed page_mkwrite does.
+            // The page is emptied first: poison needs a page with nothing installed.
             bump(&svc.counters.sigbus, 1);
+            let _ = m.region.reset(off, PAGE);
             let _ = m.region.poison(off, PAGE, true);
+            let _ = m.region.wake(off, PAGE);
         }
         drop((fs, m));
         svc.busy.store(false, Ordering::Release);

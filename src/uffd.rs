@@ -430,6 +430,11 @@ impl Region {
         self.len == 0
     }
 
+    /// Whether the region was registered for write-protect faults (shared writable mappings).
+    pub fn write_protects(&self) -> bool {
+        self.mode & MODE_WP != 0
+    }
+
     /// Whether `addr` lies in the region.
     pub fn contains(&self, addr: u64) -> bool {
         addr >= self.start && addr - self.start < self.len

@@ -466,3 +466,48 @@ fn a_file_of_100000_extents_maps_and_reads_correctly() {
     drop(m);
     fsck_clean(&fs);
 }
+
+/// Child of `a_first_store_on_a_full_device_raises_sigbus`.
+#[test]
+fn sigbus_child_enospc() {
+    if std::env::var_os("UDAX_MMAP_ENOSPC_CHILD").is_none() {
+        return;
+    }
+    let fs = fs_with(4096, 16 << 20);
+    let f = rw(&fs, "/sparse");
+    f.set_len(4 * PAGE).unwrap();
+    let m = f.mmap(0, 4 * PAGE, Prot::ReadWrite, Share::Shared).unwrap();
+    let fill = rw(&fs, "/fill");
+    let free = fs.statfs().blocks_free * PAGE;
+    fill.fallocate(0, free, FallocMode::Allocate { keep_size: false }).unwrap();
+    assert_eq!(fs.statfs().blocks_free, 0);
+    m.write(PAGE, &[1]).unwrap();
+    std::process::exit(3);
+}
+
+#[test]
+fn a_first_store_on_a_full_device_raises_sigbus() {
+    // As a kernel file system's page_mkwrite failing with ENOSPC.
+    assert_eq!(child_signal("sigbus_child_enospc", "UDAX_MMAP_ENOSPC_CHILD"), Some(libc::SIGBUS));
+}
+
+/// A load from a hole through a read-only shared mapping hung: the zero page was installed, then
+/// write-protecting it failed (the region has no write-protect registration) and the faulting
+/// thread was never woken.
+#[test]
+fn read_only_mappings_load_holes() {
+    let fs = fs_with(4096, 16 << 20);
+    let f = rw(&fs, "/ro");
+    f.set_len(4 * PAGE).unwrap();
+    f.write_at(b"data", 2 * PAGE).unwrap();
+    for share in [Share::Shared, Share::Private] {
+        let m = f.mmap(0, 4 * PAGE, Prot::Read, share).unwrap();
+        let mut b = [9u8; 4];
+        m.read(PAGE, &mut b).unwrap();
+        assert_eq!(b, [0; 4], "{share:?}");
+        m.read(2 * PAGE, &mut b).unwrap();
+        assert_eq!(&b, b"data", "{share:?}");
+        assert!(m.write(0, b"x").is_err(), "a read-only mapping refuses stores");
+    }
+    assert_eq!(fs.mmap_stats().faults_sigbus, 0);
+}

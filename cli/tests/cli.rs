@@ -836,7 +836,7 @@ fn image_in_use_is_refused() {
 fn demo_runs_and_cleans_up() {
     let d = tmp();
     let out = ok(&["demo", "--dir", s(d.path())]);
-    for word in ["mkfs", "MAP_SYNC", "fence", "sparse", "rename", "clean"] {
+    for word in ["mkfs", "MAP_SYNC", "fence", "sparse", "mmap", "zero page", "SIGBUS", "rename", "clean"] {
         assert!(out.contains(word), "{word} missing from the demo:\n{out}");
     }
     assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0, "the demo left its image behind");
