@@ -502,12 +502,10 @@ impl Fs {
         if !pieces.iter().any(written) {
             return PageState::Empty;
         }
-        let contiguous = pieces.windows(2).all(|w| match (w[0], w[1]) {
-            (Piece::Mapped(a), Piece::Mapped(b)) => a.physical + a.len == b.physical,
-            _ => false,
-        });
         match pieces[0] {
-            Piece::Mapped(e) if contiguous && pieces.iter().all(written) && geo.block_at(e.physical) % PAGE == 0 => {
+            Piece::Mapped(e)
+                if one_run(&pieces) && pieces.iter().all(written) && geo.block_at(e.physical) % PAGE == 0 =>
+            {
                 PageState::Mappable(geo.block_at(e.physical))
             }
             _ => PageState::Mixed,
@@ -526,14 +524,7 @@ impl Fs {
         let pieces = g.ext.pieces(first, per);
         let mut tx = Tx::new();
         let in_place = match pieces[0] {
-            Piece::Mapped(e) => {
-                geo.block_at(e.physical) % PAGE == 0
-                    && pieces.windows(2).all(|w| match (w[0], w[1]) {
-                        (Piece::Mapped(a), Piece::Mapped(b)) => a.physical + a.len == b.physical,
-                        _ => false,
-                    })
-                    && pieces.iter().all(|p| matches!(p, Piece::Mapped(_)))
-            }
+            Piece::Mapped(e) => geo.block_at(e.physical) % PAGE == 0 && one_run(&pieces),
             Piece::Hole { .. } => false,
         };
         let (target, freed) = if in_place {
@@ -622,6 +613,15 @@ impl Fs {
         m.region.map_device(start - m.file_off, HUGE, &self.inner.dev, at, true)?;
         Ok(true)
     }
+}
+
+/// Whether `pieces` are all mapped and physically contiguous (one device run).
+fn one_run(pieces: &[Piece]) -> bool {
+    matches!(pieces.first(), Some(Piece::Mapped(_)))
+        && pieces.windows(2).all(|w| match (w[0], w[1]) {
+            (Piece::Mapped(a), Piece::Mapped(b)) => a.physical + a.len == b.physical,
+            _ => false,
+        })
 }
 
 /// The handler thread: serves faults until the file system goes away.
