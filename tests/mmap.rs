@@ -251,7 +251,7 @@ fn s6_mapped_stores_into_holes_never_show_stale_data() {
 #[test]
 fn s4_write_fault_and_truncate_race_on_one_page() {
     const SECRET: u8 = 0x5e;
-    for bs in [1024, 4096] {
+    for bs in BLOCK_SIZES {
         let fs = fs_with(bs, 64 << 20);
         plant_secret(&fs, SECRET);
         let f = rw(&fs, "/s4");
