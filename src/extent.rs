@@ -109,8 +109,9 @@ impl ExtentMap {
         }
         let mut next = raw.ext_next.get();
         let per = geo.extents_per_block();
+        let mut chained = std::collections::HashSet::new();
         while next != 0 {
-            if !geo.contains(next, 1) || map.blocks.len() as u64 >= geo.data_blocks || map.blocks.contains(&next) {
+            if !geo.contains(next, 1) || map.blocks.len() as u64 >= geo.data_blocks || !chained.insert(next) {
                 return Err(Error::Corrupt { what: "extent block chain", at: inode_off });
             }
             let at = geo.block_at(next);
@@ -128,6 +129,12 @@ impl ExtentMap {
                 map.load_slot(r, at + EXTENT_BLOCK_HEADER + i as u64 * EXTENT_SIZE, geo)?;
             }
             next = hdr.next.get();
+        }
+        // Blocks owned twice are found once every map is loaded; until then nothing may size
+        // memory by what the map claims, and no map can own more than the data area.
+        let owned = map.exts.iter().fold(map.blocks.len() as u64, |n, (e, _)| n.saturating_add(e.len));
+        if owned > geo.data_blocks {
+            return Err(Error::Corrupt { what: "extent map size", at: inode_off });
         }
         map.exts.sort_unstable_by_key(|(e, _)| e.logical);
         for w in map.exts.windows(2) {

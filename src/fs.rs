@@ -297,9 +297,22 @@ impl Fs {
                 mmap: Default::default(),
             }),
         };
+        // An orphan is an inode no entry names (a file unlinked while open); a named one, or
+        // the root, with nlink 0 is a wrong link count, which fsck reports, not a file to free.
         let orphans: Vec<u64> = {
             let nodes = rd(&fs.inner.nodes);
-            nodes.iter().filter(|(_, n)| rd(&n.inode).attr.nlink == 0).map(|(&i, _)| i).collect()
+            let named: std::collections::HashSet<u64> = nodes
+                .values()
+                .flat_map(|n| {
+                    let g = rd(&n.inode);
+                    g.dir.iter().flat_map(|d| d.entries_after(None).map(|(_, e)| e.ino)).collect::<Vec<_>>()
+                })
+                .collect();
+            nodes
+                .iter()
+                .filter(|&(&i, n)| rd(&n.inode).attr.nlink == 0 && i != ROOT_INO && !named.contains(&i))
+                .map(|(&i, _)| i)
+                .collect()
         };
         for ino in orphans {
             let node = fs.node(ino)?;
@@ -339,11 +352,11 @@ impl Fs {
         self.inner.dev.sync()
     }
 
-    /// Test-only sabotage switch for the crash explorer: commits stop fencing their content
-    /// before their record. Never use it on data you keep.
+    /// Test-only sabotage switch for the crash explorer: commits drop one fence of the protocol.
+    /// Never use it on data you keep.
     #[doc(hidden)]
-    pub fn sabotage_content_fence(&self, on: bool) {
-        lock(&self.inner.journal).sabotage_content_fence(on);
+    pub fn sabotage(&self, which: crate::journal::Sabotage) {
+        lock(&self.inner.journal).sabotage(which);
     }
 
     pub fn device(&self) -> &Device {
@@ -430,29 +443,11 @@ impl Fs {
         Ok(head)
     }
 
-    /// Commits `tx` on behalf of `inode` (recording that its attributes are in the log).
-    pub(crate) fn commit_for(&self, inode: &mut Inode, tx: &Tx) -> Result<u64> {
-        let head = self.commit(tx)?;
-        inode.logged_at = head;
-        Ok(head)
-    }
-
     /// Most blocks one data transaction may touch: every block can cost a few extent-slot entries
     /// (a split, a conversion) and the record must fit in half the journal.
     pub(crate) fn max_tx_blocks(&self) -> u64 {
         let record = lock(&self.inner.journal).max_record_len();
         (record.saturating_sub(TX_FIXED_BYTES) / TX_BYTES_PER_BLOCK).max(16)
-    }
-
-    /// Makes in-place attribute stores to `inode` safe: no replay may rewrite them afterwards.
-    pub(crate) fn ensure_checkpointed(&self, inode: &Inode) -> Result<()> {
-        let mut j = lock(&self.inner.journal);
-        if j.checkpoint_pos() < inode.logged_at {
-            let cp = j.checkpoint(&self.inner.dev)?;
-            drop(j);
-            lock(&self.inner.alloc).release(cp);
-        }
-        Ok(())
     }
 
     /// Allocates `n` blocks (all or nothing), checkpointing first if only freed-but-pending
@@ -698,8 +693,7 @@ impl Fs {
             pg.attr.nlink += 1;
         }
         pg.log_attr(&geo, &mut tx);
-        let head = self.commit_for(&mut pg, &tx)?;
-        inode.logged_at = head;
+        self.commit(&tx)?;
         let st = self.stat_of(&inode);
         wr(&self.inner.nodes).insert(ino, Node::new(inode));
         Ok(st)
@@ -753,8 +747,7 @@ impl Fs {
         cg.attr.nlink += 1;
         cg.attr.ctime = now;
         cg.log_attr(&geo, &mut tx);
-        let head = self.commit_for(&mut pg, &tx)?;
-        cg.logged_at = head;
+        self.commit(&tx)?;
         Ok(self.stat_of(&cg))
     }
 
@@ -811,8 +804,7 @@ impl Fs {
         } else {
             cg.log_attr(&geo, &mut tx);
         }
-        let head = self.commit_for(&mut pg, &tx)?;
-        cg.logged_at = head;
+        let head = self.commit(&tx)?;
         if free_now {
             self.forget_freed(&mut cg, head);
         }
@@ -1026,14 +1018,9 @@ impl Fs {
             d.attr.ctime = now;
             d.log_attr(&geo, &mut tx);
         }
-        let head = self.commit_for(&mut sg, &tx)?;
-        if let Some(d) = dg_own.as_deref_mut() {
-            d.logged_at = head;
-        }
-        scg.logged_at = head;
+        let head = self.commit(&tx)?;
         sc.parent.store(scg.attr.parent, Ordering::Release);
         if let (Some(v), Some(dcn)) = (dcg.as_mut(), dc.as_ref()) {
-            v.logged_at = head;
             dcn.parent.store(v.attr.parent, Ordering::Release);
             if how != RenameMode::Exchange && v.attr.nlink == 0 && v.open == 0 {
                 self.forget_freed(v, head);
@@ -1087,7 +1074,7 @@ impl Fs {
         apply_attrs(&mut g, set);
         let mut tx = Tx::new();
         g.log_attr(&geo, &mut tx);
-        self.commit_for(&mut g, &tx)?;
+        self.commit(&tx)?;
         Ok(self.stat_of(&g))
     }
 
@@ -1153,11 +1140,14 @@ fn apply_attrs(g: &mut Inode, set: &SetAttr) {
     g.attr.ctime = now;
 }
 
-/// Refuses directory trees the locking and recursion rely on being trees: every directory is
-/// named by exactly one entry (the root by none), in the directory its parent field names, is
-/// reachable from the root, and every entry's type matches its inode. Other damage (link counts,
-/// entries naming free inodes) mounts and is reported by fsck.
+/// Refuses directory trees the locking and recursion rely on being trees: the root is its own
+/// parent, every other directory is named by exactly one entry, in the directory its parent field
+/// names, and is reachable from the root (orphans aside), and every entry's type matches its
+/// inode. Other damage (link counts, entries naming free inodes) mounts and is reported by fsck.
 fn check_tree(nodes: &HashMap<u64, Arc<Node>>, geo: &Geometry) -> Result<()> {
+    if nodes.get(&ROOT_INO).is_some_and(|root| root.parent.load(Ordering::Relaxed) != ROOT_INO) {
+        return Err(Error::Corrupt { what: "root directory parent", at: geo.inode_at(ROOT_INO) + 104 });
+    }
     let mut named_by: HashMap<u64, u64> = HashMap::new();
     for (&holder, node) in nodes {
         let g = rd(&node.inode);
@@ -1179,8 +1169,12 @@ fn check_tree(nodes: &HashMap<u64, Arc<Node>>, geo: &Geometry) -> Result<()> {
         }
     }
     // Every directory but the root is named once, by its parent; walking parents from each must
-    // reach the root (a cycle never does).
-    for (&ino, _) in nodes.iter().filter(|(_, n)| n.is_dir) {
+    // reach the root (a cycle never does). An unnamed one with no links is an orphan (removed
+    // while open), which mount frees.
+    for (&ino, n) in nodes.iter().filter(|(_, n)| n.is_dir) {
+        if ino != ROOT_INO && !named_by.contains_key(&ino) && rd(&n.inode).attr.nlink == 0 {
+            continue;
+        }
         let mut at = Some(ino);
         for _ in 0..=named_by.len() {
             match at {

@@ -23,6 +23,13 @@ pub struct Timespec {
 }
 
 impl Timespec {
+    /// The coarse clock (one tick is a few milliseconds), which pure overwrites compare times
+    /// against, as Linux stamps them.
+    pub fn coarse_now() -> Timespec {
+        let t = rustix::time::clock_gettime(rustix::time::ClockId::RealtimeCoarse);
+        Timespec { sec: t.tv_sec, nsec: t.tv_nsec as u32 }
+    }
+
     pub fn now() -> Timespec {
         match SystemTime::now().duration_since(UNIX_EPOCH) {
             Ok(d) => Timespec { sec: d.as_secs() as i64, nsec: d.subsec_nanos() },
@@ -103,9 +110,6 @@ pub struct Inode {
     pub dir: Option<DirIndex>,
     /// Open handles; an unlinked inode is freed at the last close.
     pub open: u32,
-    /// Journal position after the last record that logged this inode's attributes; in-place
-    /// attribute stores wait for the checkpoint to pass it (DESIGN.md §In-place updates).
-    pub logged_at: u64,
     /// Set when the slot was freed. A thread that found this inode before it was freed and
     /// locked it after sees this and must not touch the slot (it may belong to a new inode).
     pub freed: bool,
@@ -114,7 +118,7 @@ pub struct Inode {
 impl Inode {
     pub fn new(ino: u64, attr: Attr, geo: &Geometry) -> Inode {
         let dir = mode::is_dir(attr.mode).then(DirIndex::default);
-        Inode { ino, attr, ext: ExtentMap::empty(geo.inode_at(ino)), dir, open: 0, logged_at: 0, freed: false }
+        Inode { ino, attr, ext: ExtentMap::empty(geo.inode_at(ino)), dir, open: 0, freed: false }
     }
 
     /// Decodes slot `ino`; `Ok(None)` for a free slot. Every field is checked; directory
@@ -167,7 +171,7 @@ impl Inode {
         if !mode::has_data(m) && !ext.is_empty() {
             return Err(Error::Corrupt { what: "extents on a special file", at: at + 128 });
         }
-        Ok(Some(Inode { ino, attr, ext, dir: None, open: 0, logged_at: 0, freed: false }))
+        Ok(Some(Inode { ino, attr, ext, dir: None, open: 0, freed: false }))
     }
 
     fn raw(&self) -> RawInode {

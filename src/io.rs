@@ -11,7 +11,6 @@ use crate::extent::{Extent, ExtentMap, Piece, State};
 use crate::fs::{rd, wr, Fs, Node};
 use crate::inode::{Inode, Timespec};
 use crate::journal::Tx;
-use crate::layout::INODE_TIMES_OFF;
 use crate::mmap::{Reach, PAGE};
 use crate::MAX_FILE_SIZE;
 
@@ -141,8 +140,6 @@ impl Fs {
                 self.unreserve(runs);
                 return Err(e);
             }
-        } else {
-            self.ensure_checkpointed(g)?;
         }
         // Mappings: bytes stored past the old EOF are zeroed before the size covers them, and
         // pages whose blocks this write fills or converts fault again to see the data.
@@ -188,15 +185,22 @@ impl Fs {
                 }
             }
         }
+        if !metadata {
+            // Pure overwrite: the data in place and one fence. The times change only once the
+            // coarse clock has ticked past them, and then through a transaction: a time stored
+            // in place could persist half old, half new (8-byte failure atomicity).
+            let tick = Timespec::coarse_now();
+            if tick <= g.attr.mtime && tick <= g.attr.ctime {
+                dev.fence();
+                return Ok(());
+            }
+        }
         let now = Timespec::now();
         g.attr.mtime = now;
         g.attr.ctime = now;
         if !metadata {
-            // Pure overwrite: times in place (one line, fenced with the data). Safe because
-            // the checkpoint has passed every record that logged this inode.
-            let t = [now.raw(), now.raw()];
-            dev.write(geo.inode_at(g.ino) + INODE_TIMES_OFF, zerocopy::IntoBytes::as_bytes(&t))?;
-            dev.fence();
+            g.log_attr(&geo, &mut tx);
+            self.commit(&tx)?;
             return Ok(());
         }
         for e in new_exts {
@@ -208,7 +212,7 @@ impl Fs {
         }
         g.attr.size = g.attr.size.max(end);
         g.log_attr(&geo, &mut tx);
-        self.commit_for(g, &tx)?;
+        self.commit(&tx)?;
         Ok(())
     }
 
@@ -234,8 +238,8 @@ impl Fs {
         Ok(())
     }
 
-    /// Sets the size of a regular file (SPEC §4): down zeroes the tail of the new last block and
-    /// frees whole blocks past it; up leaves `[old EOF, new EOF)` reading zero.
+    /// Sets the size of a regular file (SPEC §4): down frees whole blocks past the new last block
+    /// and then zeroes its tail; up leaves `[old EOF, new EOF)` reading zero.
     pub fn truncate(&self, ino: u64, size: u64) -> Result<()> {
         self.truncate_node(&*self.node(ino)?, size)
     }
@@ -286,7 +290,7 @@ impl Fs {
                 let mut tx = Tx::new();
                 let freed = g.ext.remove_range(from, to - from, &mut tx)?;
                 g.log_attr(&geo, &mut tx);
-                let head = self.commit_for(g, &tx)?;
+                let head = self.commit(&tx)?;
                 self.free_after(head, freed.iter().map(Extent::run).collect());
             }
         }
@@ -294,13 +298,6 @@ impl Fs {
         let mut freed = Vec::new();
         self.grow_over_tail(n, g, size, size, &mut tx)?;
         if shrinking {
-            if size % bs != 0 {
-                if let Some(Piece::Mapped(e)) = g.ext.pieces(size / bs, 1).first() {
-                    if e.state == State::Written {
-                        tx.content_zero(dev, geo.block_at(e.physical) + size % bs, bs - size % bs)?;
-                    }
-                }
-            }
             if let Some(last) = g.ext.last().map(|e| e.end()) {
                 if last > keep {
                     // Cutting extents only shortens or removes them: no new slot is needed.
@@ -314,8 +311,18 @@ impl Fs {
         g.attr.ctime = now;
         finish(g);
         g.log_attr(&geo, &mut tx);
-        let head = self.commit_for(g, &tx)?;
+        let head = self.commit(&tx)?;
         self.free_after(head, freed.iter().map(Extent::run).collect());
+        if shrinking && size % bs != 0 {
+            // The tail of the new last block is past EOF now, where bytes may hold anything
+            // (every growth zeroes them first); it is zeroed after the commit, so a crash shows
+            // the old size with the old bytes or the new size, and a later mapping sees zeros.
+            if let Some(Piece::Mapped(e)) = g.ext.pieces(size / bs, 1).first() {
+                if e.state == State::Written {
+                    dev.zero(geo.block_at(e.physical) + size % bs, bs - size % bs)?;
+                }
+            }
+        }
         Ok(())
     }
 

@@ -20,6 +20,11 @@ use crate::layout::{
 
 const HEADER_LEN: usize = std::mem::size_of::<RawRecordHeader>();
 
+/// Largest checkpoint recovery accepts. Log positions only grow, by what is committed: 2^62
+/// bytes is over a decade of commits at 10 GB/s, so a larger one is damage, and refusing it
+/// keeps `head + len` from overflowing.
+const MAX_LOG_POS: u64 = 1 << 62;
+
 /// A metadata transaction under construction.
 ///
 /// Content the transaction makes reachable — new blocks, a zeroed tail — is stored through
@@ -117,6 +122,28 @@ pub struct Committed {
     pub checkpoint: Option<u64>,
 }
 
+/// A fence of the commit protocol that a test can drop, to prove the crash explorer notices.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Sabotage {
+    #[default]
+    None,
+    /// The fence between a transaction's content and its record (step 1).
+    ContentFence,
+    /// The fence after the record: operations return before they are durable (step 3).
+    RecordFence,
+    /// The fence that makes applied entries persistent before the checkpoint passes them.
+    CheckpointFence,
+}
+
+impl Sabotage {
+    /// Every switch, with the name `udax crashtest --sabotage` takes.
+    pub const ALL: [(&'static str, Sabotage); 3] = [
+        ("content-fence", Sabotage::ContentFence),
+        ("record-fence", Sabotage::RecordFence),
+        ("checkpoint-fence", Sabotage::CheckpointFence),
+    ];
+}
+
 /// The journal of a mounted image.
 #[derive(Debug)]
 pub struct Journal {
@@ -128,9 +155,8 @@ pub struct Journal {
     scratch: Vec<u8>,
     meta_start: u64,
     meta_end: u64,
-    /// Test-only sabotage: skip the fence between a transaction's content and its record (the
-    /// bug class the crash explorer must catch).
-    skip_content_fence: bool,
+    /// Test-only: one fence of the protocol to drop (the bug class the crash explorer must catch).
+    sabotage: Sabotage,
 }
 
 /// What recovery found.
@@ -155,6 +181,9 @@ impl Journal {
         if hdr.magic.get() != JOURNAL_MAGIC {
             return Err(Error::Corrupt { what: "journal header magic", at: JOURNAL_HEADER_OFF });
         }
+        if hdr.checkpoint.get() > MAX_LOG_POS {
+            return Err(Error::Corrupt { what: "journal checkpoint", at: JOURNAL_HEADER_OFF + 8 });
+        }
         let mut j = Journal {
             ring_len: geo.journal_len,
             head: hdr.checkpoint.get(),
@@ -162,7 +191,7 @@ impl Journal {
             scratch: Vec::new(),
             meta_start: geo.inode_off,
             meta_end: geo.size_bytes,
-            skip_content_fence: false,
+            sabotage: Sabotage::None,
         };
         let mut report = RecoveryReport::default();
         while let Some(len) = j.read_record(dev, j.head)? {
@@ -177,13 +206,14 @@ impl Journal {
             report.replayed_records += 1;
             report.replayed_bytes += len as u64;
         }
-        // Replayed entries persist before the ring that held them is wiped, and the wipe before
-        // the checkpoint moves: a crash anywhere in here replays the same records again or
-        // finds nothing left to replay, with their effects already durable.
-        dev.fence();
-        dev.zero(JOURNAL_RING_OFF, j.ring_len)?;
+        // Replayed entries persist before the checkpoint passes their records, and the
+        // checkpoint moves before the ring is wiped: a crash in here replays every record again
+        // or none. (Wiping first would let a crash keep an older record and lose a newer one,
+        // and replaying the older alone rolls back bytes the newer had changed.)
         dev.fence();
         j.set_checkpoint(dev, j.head)?;
+        dev.zero(JOURNAL_RING_OFF, j.ring_len)?;
+        dev.fence();
         Ok((j, report))
     }
 
@@ -250,10 +280,10 @@ impl Journal {
         Ok(())
     }
 
-    /// Test-only: drop (`true`) or restore the content fence before each record.
+    /// Test-only: drop one fence of the commit protocol from now on (`Sabotage::None` restores it).
     #[doc(hidden)]
-    pub fn sabotage_content_fence(&mut self, on: bool) {
-        self.skip_content_fence = on;
+    pub fn sabotage(&mut self, which: Sabotage) {
+        self.sabotage = which;
     }
 
     /// Largest transaction (in ring bytes) a commit accepts.
@@ -273,7 +303,9 @@ impl Journal {
     /// the new position is stored and fenced. After it no replay rewrites anything logged so far.
     pub fn checkpoint(&mut self, dev: &Device) -> Result<u64> {
         if self.checkpoint != self.head {
-            dev.fence();
+            if self.sabotage != Sabotage::CheckpointFence {
+                dev.fence();
+            }
             self.set_checkpoint(dev, self.head)?;
         }
         Ok(self.checkpoint)
@@ -290,7 +322,7 @@ impl Journal {
         if self.head + len - self.checkpoint > self.ring_len {
             done.checkpoint = Some(self.checkpoint(dev)?);
         }
-        if tx.content && !self.skip_content_fence {
+        if tx.content && self.sabotage != Sabotage::ContentFence {
             dev.fence();
         }
         let mut rec = std::mem::take(&mut self.scratch);
@@ -311,7 +343,9 @@ impl Journal {
         let written = self.ring_write(dev, self.head, &rec);
         self.scratch = rec;
         written?;
-        dev.fence();
+        if self.sabotage != Sabotage::RecordFence {
+            dev.fence();
+        }
         self.head += len;
         for (off, data) in tx.entries() {
             dev.write(off, data)?;

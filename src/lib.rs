@@ -23,6 +23,7 @@
 
 pub mod alloc;
 pub mod check;
+pub mod crashtest;
 #[allow(unsafe_code)]
 pub mod device;
 pub mod dir;
@@ -35,11 +36,12 @@ mod io;
 pub mod journal;
 pub mod layout;
 mod mmap;
+pub mod robust;
 mod space;
 #[allow(unsafe_code)]
 pub mod uffd;
 
-pub use device::{Backend, Counters, Device};
+pub use device::{Backend, Counters, Device, InFlight};
 pub use error::{Error, Result};
 pub use file::{File, OpenOptions};
 pub use fs::{Creds, DirEntry, Fs, MkfsOptions, RenameMode, SetAttr, SetTime, Stat, StatFs};

@@ -574,7 +574,7 @@ impl Fs {
         g.attr.mtime = now;
         g.attr.ctime = now;
         g.log_attr(&geo, &mut tx);
-        let head = self.commit_for(g, &tx)?;
+        let head = self.commit(&tx)?;
         self.free_after(head, freed.iter().map(Extent::run).collect());
         Ok(geo.block_at(target))
     }
@@ -608,7 +608,7 @@ impl Fs {
         g.attr.mtime = now;
         g.attr.ctime = now;
         g.log_attr(&geo, &mut tx);
-        self.commit_for(g, &tx)?;
+        self.commit(&tx)?;
         self.unmap_others(&m.node, start, start + HUGE, Reach::Shared, Some(m))?;
         m.region.map_device(start - m.file_off, HUGE, &self.inner.dev, at, true)?;
         Ok(true)

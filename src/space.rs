@@ -127,7 +127,7 @@ impl Fs {
                 g.attr.ctime = now;
             }
             g.log_attr(&self.inner.geo, &mut tx);
-            let head = self.commit_for(&mut g, &tx)?;
+            let head = self.commit(&tx)?;
             self.free_after(head, freed.iter().map(Extent::run).collect());
             if done {
                 debug_assert!(queue.is_empty(), "every allocated block was placed");

@@ -7,6 +7,7 @@
 mod admin;
 mod common;
 mod copy;
+mod crash;
 mod demo;
 mod extents;
 mod names;
@@ -162,6 +163,29 @@ enum Cmd {
         after_help = "Examples:\n  udax demo\n  udax demo --dir /mnt/pmem --keep"
     )]
     Demo(DemoArgs),
+
+    /// Explore crash states: recover every image a power cut could leave and judge it
+    #[command(
+        long_about = "Run a workload on a small scratch image while recording every cache line the file\n\
+                      system stores, writes back and fences. At each fence, build the images a power cut\n\
+                      could leave (none, all or subsets of the lines in flight, lines in earlier states,\n\
+                      torn 8-byte words), recover each one (mount), fsck it, read it whole, and require\n\
+                      the state before or after the operation in flight, with every operation that\n\
+                      returned before it. Images whose recovery replays records are also crashed inside\n\
+                      that recovery. Violating images can be saved and replayed.\n\n\
+                      Workloads: seq1 (each operation alone: create, mkdir, mknod, writes of every kind,\n\
+                      truncate up and down, every fallocate mode, renames incl. overwrite, exchange and\n\
+                      across directories, link, unlink, symlink, rmdir, chmod, chown, utimes, stores\n\
+                      through a mapping), seq2 (every ordered pair of a reduced set on shared files),\n\
+                      random (--ops operations from --seed).",
+        after_help = "Exit status: 0 no violation, 4 violations found, 1 an error.\n\n\
+                      Examples:\n  udax crashtest                                  seq1, 4 KiB blocks\n  \
+                      udax crashtest --workload seq2 --block-size 1024\n  \
+                      udax crashtest --workload random --seed 7 --ops 500 --max-states 100000\n  \
+                      udax crashtest --workload seq2 --save /tmp/crash --json\n  \
+                      udax crashtest --replay /tmp/crash/seq2-3-0.img"
+    )]
+    Crashtest(CrashtestArgs),
 }
 
 #[derive(Debug, Args)]
@@ -347,6 +371,47 @@ pub struct IoArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct CrashtestArgs {
+    /// seq1, seq2 or random
+    #[arg(long, default_value = "seq1")]
+    pub workload: String,
+    /// Block size of the scratch image: 1024, 2048 or 4096
+    #[arg(long, default_value_t = 4096)]
+    pub block_size: u32,
+    /// Seed of the random workload and of the sampling of crash images
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Operations of the random workload
+    #[arg(long, default_value_t = 200)]
+    pub ops: usize,
+    /// Stop after this many crash states (0: no limit)
+    #[arg(long, default_value_t = 0)]
+    pub max_states: u64,
+    /// Crash images built at each fence at most (every subset when they fit)
+    #[arg(long, default_value_t = 48)]
+    pub per_fence: usize,
+    /// Crash images built at each fence of a recovery that replays records (0: none)
+    #[arg(long, default_value_t = 3)]
+    pub per_recovery_fence: usize,
+    /// Worker threads (0: one per CPU)
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// Save violating images (and their expected states) in this directory
+    #[arg(long, value_name = "DIR")]
+    pub save: Option<PathBuf>,
+    /// Recover a saved image and judge it again against the states saved beside it
+    #[arg(long, value_name = "IMAGE")]
+    pub replay: Option<PathBuf>,
+    /// Print the report as JSON
+    #[arg(long)]
+    pub json: bool,
+    /// Testing the tester: drop one fence of the commit protocol (content-fence, record-fence,
+    /// checkpoint-fence); the exploration must then report violations
+    #[arg(long, hide = true)]
+    pub sabotage: Option<String>,
+}
+
+#[derive(Debug, Args)]
 pub struct DemoArgs {
     /// Directory for the scratch image (default /dev/shm, else the temp directory)
     #[arg(long)]
@@ -373,6 +438,7 @@ fn run(cli: Cli) -> CliResult {
         Cmd::Extents(a) => extents::run(&a),
         Cmd::Io(a) => xio::run(&a),
         Cmd::Demo(a) => demo::run(&a),
+        Cmd::Crashtest(a) => crash::run(&a),
     }
 }
 

@@ -12,7 +12,7 @@ mod persist;
 
 pub use persist::{FlushInsn, NtInsn, LINE};
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
@@ -93,13 +93,23 @@ pub struct Device {
     recorder: Mutex<Option<Recorder>>,
 }
 
-/// Called at every fence while recording, with the device and the cache lines stored since the
-/// previous fence (device offsets, ascending). Between two fences any subset of those lines may
-/// have reached the medium; at the fence all have.
-pub type FenceHook = Box<dyn FnMut(&Device, &[u64]) + Send>;
+/// Called at every fence while recording, with the cache lines stored or written back since the
+/// previous fence (ascending). Between two fences each of those lines may have reached the medium
+/// in any of the states it passed through; at the fence every line has its last one.
+pub type FenceHook = Box<dyn FnMut(&[InFlight]) + Send>;
+
+/// One cache line in flight between two fences.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InFlight {
+    /// Device offset of the line (a multiple of [`LINE`]).
+    pub line: u64,
+    /// The line's bytes after each store that touched it, oldest first; the last is what the
+    /// fence makes persistent.
+    pub versions: Vec<[u8; LINE]>,
+}
 
 struct Recorder {
-    inflight: BTreeSet<u64>,
+    inflight: BTreeMap<u64, Vec<[u8; LINE]>>,
     on_fence: FenceHook,
 }
 
@@ -332,18 +342,21 @@ impl Device {
         if self.recording.load(Ordering::Relaxed) {
             let mut guard = self.recorder.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(r) = guard.as_mut() {
-                let lines: Vec<u64> = std::mem::take(&mut r.inflight).into_iter().collect();
-                (r.on_fence)(self, &lines);
+                let lines: Vec<InFlight> = std::mem::take(&mut r.inflight)
+                    .into_iter()
+                    .map(|(line, versions)| InFlight { line, versions })
+                    .collect();
+                (r.on_fence)(&lines);
             }
         }
     }
 
     /// Starts recording for crash-state exploration: `on_fence` runs at every later fence with
-    /// the lines stored since the previous one. Recording costs one relaxed load per store when
-    /// off.
+    /// the lines stored since the previous one and each state they passed through. Recording
+    /// costs one relaxed load per store when off.
     pub fn record(&self, on_fence: FenceHook) {
         *self.recorder.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some(Recorder { inflight: BTreeSet::new(), on_fence });
+            Some(Recorder { inflight: BTreeMap::new(), on_fence });
         self.recording.store(true, Ordering::Release);
     }
 
@@ -353,7 +366,7 @@ impl Device {
         *self.recorder.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 
-    /// Notes the lines `[off, off+len)` touched, while recording.
+    /// Notes the lines `[off, off+len)` touched, with their bytes now, while recording.
     fn note(&self, off: u64, len: u64) {
         if len == 0 || !self.recording.load(Ordering::Relaxed) {
             return;
@@ -361,7 +374,17 @@ impl Device {
         let mut guard = self.recorder.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(r) = guard.as_mut() {
             let line = LINE as u64;
-            r.inflight.extend((off / line..(off + len).div_ceil(line)).map(|l| l * line));
+            for l in off / line..(off + len).div_ceil(line) {
+                // The caller's range was bounds-checked; only a device whose length is not a
+                // multiple of a line has a shorter last line.
+                let mut bytes = [0u8; LINE];
+                let n = (self.len as u64 - l * line).min(line) as usize;
+                let _ = self.read(l * line, &mut bytes[..n]);
+                let versions = r.inflight.entry(l * line).or_default();
+                if versions.last() != Some(&bytes) {
+                    versions.push(bytes);
+                }
+            }
         }
     }
 

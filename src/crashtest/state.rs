@@ -1,0 +1,197 @@
+//! The semantic state of a file system — its tree, attributes and contents — and the oracle that
+//! decides whether a recovered crash image shows a state the operation in flight allows.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::Fs;
+
+const S_IFMT: u32 = 0o170000;
+const S_IFDIR: u32 = 0o040000;
+const S_IFREG: u32 = 0o100000;
+const S_IFLNK: u32 = 0o120000;
+
+/// What the oracle compares of one name: everything an operation changes atomically.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shape {
+    pub ino: u64,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub nlink: u32,
+    pub size: u64,
+    pub rdev: u64,
+    /// A symbolic link's target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+}
+
+/// Times and contents, which an in-place overwrite changes without a transaction: SPEC §3.2 lets
+/// each byte (and each time) show its value from before or after the operation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Payload {
+    /// atime, mtime, ctime as (seconds, nanoseconds).
+    pub times: [(i64, u32); 3],
+    /// A regular file's bytes (hex in JSON).
+    #[serde(default, skip_serializing_if = "Vec::is_empty", with = "hex")]
+    pub data: Vec<u8>,
+}
+
+/// A whole file system, by path ("/" first).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FsState {
+    pub shape: BTreeMap<String, Shape>,
+    /// By inode number (hard links share one).
+    pub payload: BTreeMap<u64, Payload>,
+}
+
+impl FsState {
+    /// Reads the whole tree through `fs`. A tree that loops or cannot be read is an error.
+    pub fn capture(fs: &Fs) -> Result<FsState, String> {
+        let mut st = FsState::default();
+        let mut seen_dirs = BTreeSet::new();
+        let mut stack = vec![(1u64, String::from("/"))];
+        while let Some((ino, path)) = stack.pop() {
+            let a = fs.getattr(ino).map_err(|e| format!("stat {path}: {e}"))?;
+            let kind = a.mode & S_IFMT;
+            let target = if kind == S_IFLNK {
+                let t = fs.readlink(ino).map_err(|e| format!("readlink {path}: {e}"))?;
+                Some(String::from_utf8_lossy(&t).into_owned())
+            } else {
+                None
+            };
+            let shape =
+                Shape { ino, mode: a.mode, uid: a.uid, gid: a.gid, nlink: a.nlink, size: a.size, rdev: a.rdev, target };
+            if let std::collections::btree_map::Entry::Vacant(slot) = st.payload.entry(ino) {
+                let mut data = Vec::new();
+                if kind == S_IFREG {
+                    let len = usize::try_from(a.size).ok().filter(|&n| n <= 64 << 20);
+                    let mut buf = vec![0u8; len.ok_or_else(|| format!("{path}: size {} too large", a.size))?];
+                    let n = fs.read(ino, 0, &mut buf).map_err(|e| format!("read {path}: {e}"))?;
+                    if n != buf.len() {
+                        return Err(format!("read {path}: {n} of {} bytes", buf.len()));
+                    }
+                    data = buf;
+                }
+                let t = |t: crate::Timespec| (t.sec, t.nsec);
+                slot.insert(Payload { times: [t(a.atime), t(a.mtime), t(a.ctime)], data });
+            }
+            if kind == S_IFDIR {
+                if !seen_dirs.insert(ino) {
+                    return Err(format!("directory {path} (inode {ino}) is reachable twice"));
+                }
+                let entries = fs.readdir(ino, 0).map_err(|e| format!("readdir {path}: {e}"))?;
+                for e in entries.into_iter().rev() {
+                    let name = String::from_utf8_lossy(&e.name);
+                    let child = if path == "/" { format!("/{name}") } else { format!("{path}/{name}") };
+                    stack.push((e.ino, child));
+                }
+            }
+            st.shape.insert(path, shape);
+        }
+        Ok(st)
+    }
+}
+
+/// Which allowed state a crash image showed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Matched {
+    Before,
+    After,
+}
+
+/// Decides whether `got` is a state the operation that took `before` to `after` may leave:
+/// the tree and every attribute exactly as before or as after (atomicity), and each time and
+/// each byte of each file holding its value from one of the two (SPEC §3.2: overwrites are not
+/// atomic, but never show bytes that were not written). When the tree changed, times must come
+/// from the state the tree matched: only a pure overwrite updates times outside a transaction.
+pub fn judge(before: &FsState, after: &FsState, got: &FsState) -> Result<Matched, String> {
+    let matched = if got.shape == before.shape {
+        Matched::Before
+    } else if got.shape == after.shape {
+        Matched::After
+    } else {
+        return Err(format!(
+            "the tree matches neither state: against before, {}; against after, {}",
+            first_shape_difference(&before.shape, &got.shape),
+            first_shape_difference(&after.shape, &got.shape)
+        ));
+    };
+    let shape_changed = before.shape != after.shape;
+    for (ino, p) in &got.payload {
+        let path = got.shape.iter().find(|(_, s)| s.ino == *ino).map_or("?", |(p, _)| p.as_str());
+        let (b, a) = (before.payload.get(ino), after.payload.get(ino));
+        let allowed: Vec<&Payload> = match (shape_changed, matched) {
+            (true, Matched::Before) => b.into_iter().collect(),
+            (true, Matched::After) => a.into_iter().collect(),
+            (false, _) => b.into_iter().chain(a).collect(),
+        };
+        if allowed.is_empty() {
+            return Err(format!("{path} (inode {ino}) exists in neither state"));
+        }
+        for (i, name) in ["atime", "mtime", "ctime"].iter().enumerate() {
+            if !allowed.iter().any(|x| x.times[i] == p.times[i]) {
+                return Err(format!(
+                    "{path}: {name} {:?} is neither {:?}",
+                    p.times[i],
+                    allowed.iter().map(|x| x.times[i]).collect::<Vec<_>>()
+                ));
+            }
+        }
+        // Contents: each byte from before or after (either state, whatever the tree matched: a
+        // file's bytes below its size may be overwritten in place before the commit that
+        // changes its size).
+        let sources: Vec<&[u8]> = b.into_iter().chain(a).map(|x| x.data.as_slice()).collect();
+        for (i, &byte) in p.data.iter().enumerate() {
+            if !sources.iter().any(|s| s.get(i) == Some(&byte)) {
+                let was: Vec<String> =
+                    sources.iter().map(|s| s.get(i).map_or("-".into(), |v| format!("{v:#04x}"))).collect();
+                return Err(format!("{path}: byte {i} is {byte:#04x}, neither before nor after ({})", was.join(" / ")));
+            }
+        }
+    }
+    Ok(matched)
+}
+
+fn first_shape_difference(want: &BTreeMap<String, Shape>, got: &BTreeMap<String, Shape>) -> String {
+    for (path, w) in want {
+        match got.get(path) {
+            None => return format!("{path} is missing"),
+            Some(g) if g != w => return format!("{path} is {g:?}, not {w:?}"),
+            _ => {}
+        }
+    }
+    match got.keys().find(|p| !want.contains_key(*p)) {
+        Some(p) => format!("{p} is extra"),
+        None => "no difference".into(),
+    }
+}
+
+/// Bytes as a hex string in JSON (saved states stay readable and compact).
+mod hex {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let text: String =
+            b.iter().flat_map(|v| [DIGITS[(v >> 4) as usize] as char, DIGITS[(v & 15) as usize] as char]).collect();
+        s.serialize_str(&text)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(d)?;
+        if text.len() % 2 != 0 {
+            return Err(serde::de::Error::custom("odd-length hex"));
+        }
+        text.as_bytes()
+            .chunks(2)
+            .map(|pair| {
+                std::str::from_utf8(pair)
+                    .ok()
+                    .and_then(|p| u8::from_str_radix(p, 16).ok())
+                    .ok_or_else(|| serde::de::Error::custom("not a hex digit"))
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,689 @@
+//! Damaged images: the template the robustness tests damage, the damage they do ([`Mutation`]),
+//! and [`exercise`], which drives any image through everything a medium can reach — mount
+//! (recovery included), fsck, a walk of the tree, a few changes, unmount, a second mount and
+//! fsck. `tests/corrupt.rs` (proptest) and `fuzz/fuzz_targets/image.rs` (libFuzzer) share it.
+//!
+//! The rule it holds udax to: whatever the bytes, every call returns — an error is fine —
+//! without a panic, a hang, an out-of-bounds access or an allocation sized by an unchecked
+//! on-media number; and an image that mounts and checks clean is a file system, so changing it
+//! leaves one ([`Outcome::violation`]).
+
+use std::collections::HashSet;
+use std::ops::Range;
+
+use crate::check::{self, Finding};
+use crate::error::{Error, Result};
+use crate::fs::{rd, Creds, Fs, MkfsOptions, RenameMode, SetAttr};
+use crate::layout::{
+    mode, Geometry, RawRecordHeader, INODE_SIZE, JOURNAL_HEADER_OFF, JOURNAL_RING_OFF, RECORD_MAGIC, ROOT_INO,
+};
+use crate::{Device, FallocMode, OpenOptions};
+
+/// Most bytes [`exercise`] reads from one file (half from its start, half from its end).
+const READ_CAP: u64 = 64 << 10;
+/// Most directory entries [`exercise`] visits in one walk.
+const WALK_CAP: usize = 4096;
+/// Most mutations [`Mutation::decode_list`] makes from one input.
+const MAX_MUTATIONS: usize = 16;
+/// Unit of the sparse image copies.
+const PAGE: usize = 4096;
+
+/// A part of the template image a mutation aims at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Region {
+    Anywhere,
+    Superblock,
+    JournalHeader,
+    JournalRing,
+    InodeTable,
+    /// The slots of the inodes in use.
+    UsedInodes,
+    DirBlocks,
+    /// Overflow extent blocks.
+    ExtentBlocks,
+    SymlinkBlocks,
+    FileData,
+}
+
+impl Region {
+    pub const ALL: [Region; 10] = [
+        Region::Anywhere,
+        Region::Superblock,
+        Region::JournalHeader,
+        Region::JournalRing,
+        Region::InodeTable,
+        Region::UsedInodes,
+        Region::DirBlocks,
+        Region::ExtentBlocks,
+        Region::SymlinkBlocks,
+        Region::FileData,
+    ];
+}
+
+/// A small mkfs'd image with a tree that reaches every on-media structure: nested directories,
+/// a directory of several blocks, small files, a fragmented file with overflow extent blocks, a
+/// sparse file, preallocated (unwritten) extents, symbolic links, a FIFO, hard links, an orphan
+/// (unlinked while open), and journal records the checkpoint has not passed yet.
+#[derive(Debug, Clone)]
+pub struct Template {
+    pub image: Vec<u8>,
+    pub geometry: Geometry,
+    /// Byte ranges of each [`Region`], indexed like [`Region::ALL`].
+    regions: Vec<Vec<Range<u64>>>,
+}
+
+impl Template {
+    /// Builds the template with `block_size` blocks (1024: a 1 MiB image; else 2 MiB).
+    pub fn build(block_size: u32) -> Result<Template> {
+        let size = if block_size == 1024 { 1 << 20 } else { 2 << 20 };
+        let opts = MkfsOptions { block_size, inodes: 64, journal_bytes: 64 << 10, label: "robust".into() };
+        let fs = Fs::mkfs(Device::anonymous(size)?, &opts)?;
+        let bs = u64::from(block_size);
+        fs.mkdir_all("/a/b/c", 0o755)?;
+        for i in 0..8u8 {
+            fs.write_file(format!("/a/f{i}"), &vec![b'a' + i; 100 + 700 * usize::from(i)])?;
+        }
+        fs.symlink_path("f1", "/a/link")?;
+        fs.symlink_path("/a/b", "/abs")?;
+        fs.symlink_path("x".repeat(1500), "/a/b/long")?;
+        fs.mknod(ROOT_INO, b"fifo", mode::S_IFIFO | 0o644, 0, Creds::ROOT)?;
+        // A directory of several blocks: one file under many names.
+        let big = fs.mkdir_all("/big", 0o755)?;
+        let target = fs.create(big, b"target", 0o644, Creds::ROOT)?.ino;
+        fs.write(target, 0, b"linked many times")?;
+        let names = if bs == 1024 { 90 } else { 150 };
+        for i in 0..names {
+            fs.link(target, big, format!("name-{i:03}-{}", "n".repeat(i % 40)).as_bytes())?;
+        }
+        // A fragmented file: one block at every other block, so every block is an extent and
+        // the map needs overflow blocks (41 slots each at 1 KiB, 169 at 4 KiB).
+        let frag = fs.create(ROOT_INO, b"frag", 0o644, Creds::ROOT)?.ino;
+        let pieces = if bs == 1024 { 100 } else { 200 };
+        for i in 0..pieces {
+            fs.write(frag, 2 * i * bs, &[i as u8 | 1; 300])?;
+        }
+        let sparse = fs.create(ROOT_INO, b"sparse", 0o644, Creds::ROOT)?.ino;
+        fs.truncate(sparse, 1 << 30)?;
+        fs.write(sparse, 1 << 29, b"middle")?;
+        let pre = fs.create(ROOT_INO, b"prealloc", 0o644, Creds::ROOT)?.ino;
+        fs.write(pre, 0, &[7; 5000])?;
+        fs.fallocate(pre, 8192, 20_000, FallocMode::Allocate { keep_size: false })?;
+        fs.fallocate(pre, 1000, 2000, FallocMode::PunchHole)?;
+
+        // Remount, then leave records past the checkpoint and an orphan behind.
+        let dev = fs.unmount()?.ok_or(Error::InvalidArgument("template still in use"))?;
+        let fs = Fs::mount(dev)?;
+        fs.rename_path("/a/f7", "/a/b/moved")?;
+        fs.write_file("/a/b/c/late", b"after the remount")?;
+        fs.mkdir_path("/a/b/c/d", 0o700)?;
+        let orphan = fs.open("/orphan", OpenOptions::create())?;
+        orphan.write_at(&[9; 3000], 0)?;
+        fs.unlink_path("/orphan")?;
+
+        let geo = *fs.geometry();
+        let mut image = vec![0u8; geo.size_bytes as usize];
+        fs.device().read(0, &mut image)?;
+        let mut regions = vec![Vec::new(); Region::ALL.len()];
+        let mut add = |r: Region, range: Range<u64>| regions[r as usize].push(range);
+        add(Region::Anywhere, 0..geo.size_bytes);
+        add(Region::Superblock, 0..256);
+        add(Region::JournalHeader, JOURNAL_HEADER_OFF..JOURNAL_HEADER_OFF + 64);
+        add(Region::JournalRing, JOURNAL_RING_OFF..JOURNAL_RING_OFF + geo.journal_len);
+        add(Region::InodeTable, geo.inode_off..geo.inode_off + geo.inode_count * INODE_SIZE);
+        for ino in fs.inode_numbers() {
+            add(Region::UsedInodes, geo.inode_at(ino)..geo.inode_at(ino) + INODE_SIZE);
+            let node = fs.node(ino)?;
+            let g = rd(&node.inode);
+            let kind = match g.attr.mode & mode::S_IFMT {
+                mode::S_IFDIR => Region::DirBlocks,
+                mode::S_IFLNK => Region::SymlinkBlocks,
+                _ => Region::FileData,
+            };
+            for e in g.ext.iter() {
+                add(kind, geo.block_at(e.physical)..geo.block_at(e.physical + e.len));
+            }
+            for &b in g.ext.overflow_blocks() {
+                add(Region::ExtentBlocks, geo.block_at(b)..geo.block_at(b + 1));
+            }
+        }
+        drop(orphan);
+        Ok(Template { image, geometry: geo, regions })
+    }
+
+    /// The absolute offset `offset` names inside `region` (taken modulo its length).
+    pub fn locate(&self, region: Region, offset: u64) -> Option<u64> {
+        let ranges = &self.regions[region as usize];
+        let total: u64 = ranges.iter().map(|r| r.end - r.start).sum();
+        if total == 0 {
+            return None;
+        }
+        let mut at = offset % total;
+        for r in ranges {
+            let len = r.end - r.start;
+            if at < len {
+                return Some(r.start + at);
+            }
+            at -= len;
+        }
+        None
+    }
+
+    /// A copy of the image with `mutations` applied in order.
+    pub fn damaged(&self, mutations: &[Mutation]) -> Vec<u8> {
+        // Zeroed memory costs nothing until touched: copy only the pages that hold something.
+        let mut image = vec![0u8; self.image.len()];
+        for (to, from) in image.chunks_mut(PAGE).zip(self.image.chunks(PAGE)) {
+            if !is_zero(from) {
+                to.copy_from_slice(from);
+            }
+        }
+        for m in mutations {
+            m.apply(self, &mut image);
+        }
+        image
+    }
+}
+
+/// A value planted in an on-media field: small numbers and the boundaries that checks sit on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Value {
+    Small(u8),
+    AllOnes,
+    HighBit,
+    /// The image size in bytes, plus a delta.
+    SizeBytes(i16),
+    /// The first block past the data area, plus a delta.
+    DataEnd(i16),
+    /// The first data block, plus a delta.
+    DataStart(i16),
+    /// The inode count, plus a delta.
+    Inodes(i16),
+    /// The journal ring length, plus a delta.
+    JournalLen(i16),
+    Raw(u64),
+}
+
+impl Value {
+    fn resolve(self, geo: &Geometry) -> u64 {
+        let plus = |base: u64, d: i16| base.wrapping_add_signed(i64::from(d));
+        match self {
+            Value::Small(v) => u64::from(v),
+            Value::AllOnes => u64::MAX,
+            Value::HighBit => 1 << 63,
+            Value::SizeBytes(d) => plus(geo.size_bytes, d),
+            Value::DataEnd(d) => plus(geo.data_end(), d),
+            Value::DataStart(d) => plus(geo.data_start, d),
+            Value::Inodes(d) => plus(geo.inode_count, d),
+            Value::JournalLen(d) => plus(geo.journal_len, d),
+            Value::Raw(v) => v,
+        }
+    }
+}
+
+/// One redo entry of a planted journal record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlantedEntry {
+    pub region: Region,
+    pub offset: u64,
+    /// 1, 2, 4 or 8 bytes of `value`, or `bytes` when set.
+    pub width: u8,
+    pub value: Value,
+    pub bytes: Option<Vec<u8>>,
+}
+
+/// What a planted record carries after its header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecordBody {
+    /// Well-formed entries (recovery replays them).
+    Entries(Vec<PlantedEntry>),
+    /// Arbitrary bytes under a valid checksum, with this `entries` count in the header.
+    Garbage { entries: u32, bytes: Vec<u8> },
+}
+
+/// One piece of damage to an image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mutation {
+    /// XORs `mask` (never 0) into the byte at `offset` in `region`.
+    Flip { region: Region, offset: u64, mask: u8 },
+    /// Zeroes the block (or, unless `block`, the 64-byte line) holding `offset` in `region`.
+    Zero { region: Region, offset: u64, block: bool },
+    /// Cuts the image to `len` bytes (modulo its length).
+    Truncate { len: u64 },
+    /// Stores `width` (1, 2, 4, 8) little-endian bytes of `value` at `offset` in `region`,
+    /// aligned down to the width as every on-media field is.
+    Store { region: Region, offset: u64, width: u8, value: Value },
+    /// Copies `bytes` to `offset` in `region`.
+    Splice { region: Region, offset: u64, bytes: Vec<u8> },
+    /// Writes a journal record with a valid checksum and the right position, so recovery
+    /// replays it: at the checkpoint, or after the chain of valid records already there.
+    Record { after_chain: bool, body: RecordBody },
+    /// Recomputes the superblock checksum, so damage to its fields reaches the field checks.
+    FixSuperblockCrc,
+}
+
+impl Mutation {
+    /// Applies the mutation to `image` (a damaged copy of `t.image`); out-of-range parts are
+    /// skipped.
+    pub fn apply(&self, t: &Template, image: &mut Vec<u8>) {
+        let geo = &t.geometry;
+        match self {
+            Mutation::Flip { region, offset, mask } => {
+                if let Some(b) = t.locate(*region, *offset).and_then(|at| image.get_mut(at as usize)) {
+                    *b ^= (*mask).max(1);
+                }
+            }
+            Mutation::Zero { region, offset, block } => {
+                if let Some(at) = t.locate(*region, *offset) {
+                    let unit = if *block { geo.block_size } else { 64 };
+                    let start = at / unit * unit;
+                    put(image, start, &vec![0; unit as usize]);
+                }
+            }
+            Mutation::Truncate { len } => {
+                let n = len % (image.len() as u64).max(1);
+                image.truncate(n as usize);
+            }
+            Mutation::Store { region, offset, width, value } => {
+                if let Some(at) = t.locate(*region, *offset) {
+                    let w = width_of(*width);
+                    let v = value.resolve(geo).to_le_bytes();
+                    put(image, at / w as u64 * w as u64, &v[..w]);
+                }
+            }
+            Mutation::Splice { region, offset, bytes } => {
+                if let Some(at) = t.locate(*region, *offset) {
+                    put(image, at, bytes);
+                }
+            }
+            Mutation::Record { after_chain, body } => plant_record(t, image, *after_chain, body),
+            Mutation::FixSuperblockCrc => {
+                if image.len() >= 256 {
+                    let crc = crc32c::crc32c(&image[..252]);
+                    image[252..256].copy_from_slice(&crc.to_le_bytes());
+                }
+            }
+        }
+    }
+
+    /// Decodes a fuzzer's input into at most 16 mutations; every input decodes.
+    pub fn decode_list(input: &[u8]) -> Vec<Mutation> {
+        let mut r = Reader(input);
+        let mut out = Vec::new();
+        while !r.0.is_empty() && out.len() < MAX_MUTATIONS {
+            out.push(Mutation::decode(&mut r));
+        }
+        out
+    }
+
+    fn decode(r: &mut Reader) -> Mutation {
+        match r.u8() % 10 {
+            0 | 1 => Mutation::Flip { region: r.region(), offset: r.u32().into(), mask: r.u8() },
+            2 => Mutation::Zero { region: r.region(), offset: r.u32().into(), block: r.u8() % 2 == 0 },
+            3 => Mutation::Truncate { len: r.u32().into() },
+            4 | 5 => Mutation::Store { region: r.region(), offset: r.u32().into(), width: r.u8(), value: r.value() },
+            6 => {
+                let (region, offset) = (r.region(), r.u32().into());
+                let n = usize::from(r.u8() % 64);
+                Mutation::Splice { region, offset, bytes: r.bytes(n) }
+            }
+            7 | 8 => {
+                let after_chain = r.u8() % 2 == 1;
+                let body = if r.u8() % 3 == 0 {
+                    let entries = r.u32();
+                    let n = usize::from(r.u16() % 1024);
+                    RecordBody::Garbage { entries, bytes: r.bytes(n) }
+                } else {
+                    let n = 1 + r.u8() % 6;
+                    let entries = (0..n)
+                        .map(|_| {
+                            let (region, offset, width) = (r.region(), r.u32().into(), r.u8());
+                            let bytes = (width >= 0xf0).then(|| {
+                                let n = usize::from(r.u8());
+                                r.bytes(n)
+                            });
+                            PlantedEntry { region, offset, width, value: r.value(), bytes }
+                        })
+                        .collect();
+                    RecordBody::Entries(entries)
+                };
+                Mutation::Record { after_chain, body }
+            }
+            _ => Mutation::FixSuperblockCrc,
+        }
+    }
+}
+
+/// Whether `bytes` (at most a page) are all zero. One memcmp, not a comparison per byte: the
+/// fuzzer's instrumentation traces each of those.
+fn is_zero(bytes: &[u8]) -> bool {
+    static ZEROS: [u8; PAGE] = [0; PAGE];
+    bytes == &ZEROS[..bytes.len()]
+}
+
+fn width_of(w: u8) -> usize {
+    1 << (w % 4)
+}
+
+/// Copies `bytes` into `image` at `at`, clipped to its end.
+fn put(image: &mut [u8], at: u64, bytes: &[u8]) {
+    let Ok(at) = usize::try_from(at) else { return };
+    if at >= image.len() {
+        return;
+    }
+    let n = bytes.len().min(image.len() - at);
+    image[at..at + n].copy_from_slice(&bytes[..n]);
+}
+
+/// Reads `buf.len()` ring bytes at log position `pos` of the template's ring (wrapping).
+fn ring_get(geo: &Geometry, image: &[u8], pos: u64, buf: &mut [u8]) {
+    for (i, b) in buf.iter_mut().enumerate() {
+        let at = JOURNAL_RING_OFF + pos.wrapping_add(i as u64) % geo.journal_len;
+        *b = image.get(at as usize).copied().unwrap_or(0);
+    }
+}
+
+fn ring_put(geo: &Geometry, image: &mut [u8], pos: u64, bytes: &[u8]) {
+    for (i, &b) in bytes.iter().enumerate() {
+        let at = JOURNAL_RING_OFF + pos.wrapping_add(i as u64) % geo.journal_len;
+        if let Some(slot) = image.get_mut(at as usize) {
+            *slot = b;
+        }
+    }
+}
+
+/// Writes a record that passes recovery's checks (magic, position, length, checksum) at the
+/// checkpoint, or after the valid records that follow it.
+fn plant_record(t: &Template, image: &mut [u8], after_chain: bool, body: &RecordBody) {
+    let geo = &t.geometry;
+    let hdr_len = std::mem::size_of::<RawRecordHeader>();
+    let mut cp = [0u8; 8];
+    put(&mut cp, 0, image.get(JOURNAL_HEADER_OFF as usize + 8..JOURNAL_HEADER_OFF as usize + 16).unwrap_or(&[]));
+    let mut pos = u64::from_le_bytes(cp);
+    if after_chain {
+        for _ in 0..geo.journal_len / 64 {
+            let mut h = [0u8; 32];
+            ring_get(geo, image, pos, &mut h);
+            let len = u64::from(u32::from_le_bytes([h[16], h[17], h[18], h[19]]));
+            let ok = u32::from_le_bytes([h[0], h[1], h[2], h[3]]) == RECORD_MAGIC
+                && u64::from_le_bytes(h[8..16].try_into().expect("8 bytes")) == pos
+                && len >= 64
+                && len % 64 == 0
+                && len <= geo.journal_len / 2;
+            if !ok {
+                break;
+            }
+            let mut rec = vec![0u8; len as usize];
+            ring_get(geo, image, pos, &mut rec);
+            let stored = u32::from_le_bytes([rec[4], rec[5], rec[6], rec[7]]);
+            rec[4..8].fill(0);
+            if crc32c::crc32c(&rec) != stored {
+                break;
+            }
+            pos = pos.wrapping_add(len);
+        }
+    }
+    let (entries, mut payload) = match body {
+        RecordBody::Garbage { entries, bytes } => (*entries, bytes.clone()),
+        RecordBody::Entries(list) => {
+            let mut buf = Vec::new();
+            let mut n = 0u32;
+            for e in list {
+                let Some(at) = t.locate(e.region, e.offset) else { continue };
+                let data = match &e.bytes {
+                    Some(b) => b.clone(),
+                    None => {
+                        let w = width_of(e.width);
+                        e.value.resolve(geo).to_le_bytes()[..w].to_vec()
+                    }
+                };
+                let at = if e.bytes.is_some() { at } else { at / data.len() as u64 * data.len() as u64 };
+                buf.extend_from_slice(&at.to_le_bytes());
+                buf.extend_from_slice(&(data.len() as u32).to_le_bytes());
+                buf.extend_from_slice(&[0; 4]);
+                buf.extend_from_slice(&data);
+                buf.resize(buf.len().next_multiple_of(8), 0);
+                n += 1;
+            }
+            (n, buf)
+        }
+    };
+    payload.truncate((geo.journal_len / 2) as usize - hdr_len);
+    let len = (hdr_len + payload.len()).next_multiple_of(64);
+    let mut rec = Vec::with_capacity(len);
+    rec.extend_from_slice(&RECORD_MAGIC.to_le_bytes());
+    rec.extend_from_slice(&[0; 4]);
+    rec.extend_from_slice(&pos.to_le_bytes());
+    rec.extend_from_slice(&(len as u32).to_le_bytes());
+    rec.extend_from_slice(&entries.to_le_bytes());
+    rec.extend_from_slice(&[0; 8]);
+    rec.extend_from_slice(&payload);
+    rec.resize(len, 0);
+    let crc = crc32c::crc32c(&rec);
+    rec[4..8].copy_from_slice(&crc.to_le_bytes());
+    ring_put(geo, image, pos, &rec);
+}
+
+/// Reads fields from a fuzzer's input; past its end every field reads zero.
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn bytes(&mut self, n: usize) -> Vec<u8> {
+        let n = n.min(self.0.len());
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        head.to_vec()
+    }
+    fn fixed<const N: usize>(&mut self) -> [u8; N] {
+        let mut b = [0u8; N];
+        let got = self.bytes(N);
+        b[..got.len()].copy_from_slice(&got);
+        b
+    }
+    fn u8(&mut self) -> u8 {
+        self.fixed::<1>()[0]
+    }
+    fn u16(&mut self) -> u16 {
+        u16::from_le_bytes(self.fixed())
+    }
+    fn u32(&mut self) -> u32 {
+        u32::from_le_bytes(self.fixed())
+    }
+    fn u64(&mut self) -> u64 {
+        u64::from_le_bytes(self.fixed())
+    }
+    fn region(&mut self) -> Region {
+        Region::ALL[usize::from(self.u8()) % Region::ALL.len()]
+    }
+    fn value(&mut self) -> Value {
+        let tag = self.u8();
+        let d = self.u16() as i16 % 64;
+        match tag % 10 {
+            0 => Value::Small(self.u8() % 16),
+            1 => Value::AllOnes,
+            2 => Value::HighBit,
+            3 => Value::SizeBytes(d),
+            4 => Value::DataEnd(d),
+            5 => Value::DataStart(d),
+            6 => Value::Inodes(d),
+            7 => Value::JournalLen(d),
+            8 => Value::Small(self.u8()),
+            _ => Value::Raw(self.u64()),
+        }
+    }
+}
+
+/// What [`exercise`] saw.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// Why the first mount refused the image.
+    pub refused: Option<Error>,
+    /// fsck's findings after the first mount.
+    pub findings: Option<Vec<Finding>>,
+    /// After the changes and an unmount: the second mount's error, or its fsck findings.
+    pub remount: Option<Result<Vec<Finding>>>,
+}
+
+impl Outcome {
+    /// An image that mounted and checked clean is a file system: changing it must leave one
+    /// that mounts and checks clean. Says how it did not.
+    pub fn violation(&self) -> Option<String> {
+        if !self.findings.as_ref().is_some_and(|f| f.is_empty()) {
+            return None;
+        }
+        match &self.remount {
+            Some(Ok(f)) if f.is_empty() => None,
+            Some(Ok(f)) => Some(format!("clean image checks dirty after changes: {f:?}")),
+            Some(Err(e)) => Some(format!("clean image fails to mount after changes: {e}")),
+            None => Some("clean image could not be unmounted".into()),
+        }
+    }
+}
+
+/// Mounts a copy of `image` and, if it mounts, checks it, walks it, changes it, unmounts it,
+/// mounts it again and checks it again (fsck decodes everything the second mount loaded). Errors are expected; a panic or a hang is a bug.
+pub fn exercise(image: &[u8]) -> Outcome {
+    let mut out = Outcome::default();
+    let fs = match load(image) {
+        Ok(fs) => fs,
+        Err(e) => {
+            out.refused = Some(e);
+            return out;
+        }
+    };
+    out.findings = Some(check::check(&fs, &mut |_, _| {}).findings);
+    let found = walk(&fs);
+    change(&fs, &found);
+    out.remount = match fs.unmount() {
+        Ok(Some(dev)) => Some(Fs::mount(dev).map(|fs| check::check(&fs, &mut |_, _| {}).findings)),
+        Ok(None) => None,
+        Err(e) => Some(Err(e)),
+    };
+    out
+}
+
+fn load(image: &[u8]) -> Result<Fs> {
+    let dev = Device::anonymous(image.len() as u64)?;
+    // The device starts zeroed: pages of zeros need no copy (or page fault).
+    for (i, page) in image.chunks(PAGE).enumerate() {
+        if !is_zero(page) {
+            dev.write((i * PAGE) as u64, page)?;
+        }
+    }
+    Fs::mount(dev)
+}
+
+/// What the walk found to change: one of each kind, with the directory holding it.
+#[derive(Debug, Default)]
+struct Found {
+    file: Option<(u64, u64, Vec<u8>)>,
+    dir: Option<(u64, u64, Vec<u8>)>,
+    other: Option<(u64, u64, Vec<u8>)>,
+}
+
+/// Reads everything reachable: every directory, every entry's attributes, every file (up to
+/// [`READ_CAP`] bytes), every link, and paths through links.
+fn walk(fs: &Fs) -> Found {
+    let mut found = Found::default();
+    let mut seen = HashSet::new();
+    let mut stack = vec![(ROOT_INO, String::from("/"))];
+    let mut budget = WALK_CAP;
+    while let Some((dir, path)) = stack.pop() {
+        if !seen.insert(dir) || budget == 0 {
+            continue;
+        }
+        let _ = fs.lookup(dir, b"..");
+        let Ok(entries) = fs.readdir(dir, 0) else { continue };
+        if let Some(mid) = entries.get(entries.len() / 2) {
+            let _ = fs.readdir(dir, mid.cookie);
+        }
+        for e in entries.into_iter().take(budget) {
+            budget -= 1;
+            let _ = fs.lookup(dir, &e.name);
+            let Ok(st) = fs.getattr(e.ino) else { continue };
+            let child = format!("{path}{}", String::from_utf8_lossy(&e.name));
+            let here = Some((dir, e.ino, e.name.clone()));
+            match st.mode & mode::S_IFMT {
+                mode::S_IFDIR => {
+                    found.dir = found.dir.or(here);
+                    stack.push((e.ino, format!("{child}/")));
+                }
+                mode::S_IFREG => {
+                    read_capped(fs, e.ino, st.size);
+                    let _ = fs.extents(e.ino);
+                    let _ = fs.seek_data(e.ino, 0);
+                    let _ = fs.seek_hole(e.ino, st.size / 2);
+                    found.file = found.file.or(here);
+                }
+                mode::S_IFLNK => {
+                    let _ = fs.readlink(e.ino);
+                    let _ = fs.stat(&child);
+                    let _ = fs.read_dir_path(&child);
+                    found.other = found.other.or(here);
+                }
+                _ => found.other = found.other.or(here),
+            }
+        }
+    }
+    found
+}
+
+fn read_capped(fs: &Fs, ino: u64, size: u64) {
+    let half = READ_CAP / 2;
+    let mut buf = vec![0u8; size.min(READ_CAP) as usize];
+    if size <= READ_CAP {
+        let _ = fs.read(ino, 0, &mut buf);
+    } else {
+        let (a, b) = buf.split_at_mut(half as usize);
+        let _ = fs.read(ino, 0, a);
+        let _ = fs.read(ino, size - half, b);
+    }
+}
+
+/// A few changes of every kind, on new names and on what the walk found; errors are ignored.
+fn change(fs: &Fs, found: &Found) {
+    let who = Creds::ROOT;
+    let r = ROOT_INO;
+    if let Ok(st) = fs.create(r, b"robust-new", 0o644, who) {
+        let f = st.ino;
+        let _ = fs.write(f, 3000, &[0x5a; 5000]);
+        let _ = fs.truncate(f, 1000);
+        let _ = fs.fallocate(f, 0, 20_000, FallocMode::Allocate { keep_size: false });
+        let _ = fs.fallocate(f, 2000, 4000, FallocMode::PunchHole);
+        let _ = fs.fallocate(f, 9000, 3000, FallocMode::ZeroRange { keep_size: true });
+        let _ = fs.write(f, 100_000, b"far");
+        let _ = fs.link(f, r, b"robust-link");
+        let _ = fs.rename(r, b"robust-new", r, b"robust-renamed", RenameMode::Replace);
+        let _ = fs.unlink(r, b"robust-link");
+    }
+    if let Ok(d) = fs.mkdir(r, b"robust-dir", 0o755, who) {
+        let _ = fs.create(d.ino, b"inner", 0o600, who);
+        let _ = fs.symlink(d.ino, b"sym", b"../robust-renamed", who);
+        let _ = fs.rmdir(r, b"robust-dir");
+        if let Some((_, into, _)) = &found.dir {
+            let _ = fs.rename(r, b"robust-dir", *into, b"robust-moved", RenameMode::NoReplace);
+        }
+    }
+    if let Some((parent, ino, name)) = &found.file {
+        let _ = fs.write(*ino, 0, b"overwrite in place");
+        let _ = fs.append(*ino, &[1; 5000]);
+        if let Ok(st) = fs.getattr(*ino) {
+            let _ = fs.truncate(*ino, st.size / 2);
+            let _ = fs.fallocate(*ino, st.size / 4, 4096, FallocMode::PunchHole);
+        }
+        let _ = fs.setattr(*ino, &SetAttr { mode: Some(0o600), ..Default::default() });
+        let _ = fs.rename(*parent, name, r, b"robust-file", RenameMode::Replace);
+        let _ = fs.link(*ino, r, b"robust-file-link");
+        let _ = fs.unlink(r, b"robust-file");
+    }
+    if let Some((parent, ino, name)) = &found.dir {
+        let _ = fs.create(*ino, b"robust-child", 0o644, who);
+        let _ = fs.rename(*parent, name, r, b"robust-up", RenameMode::Replace);
+        let _ = fs.rename(r, b"robust-up", r, b"robust-renamed", RenameMode::Exchange);
+        let _ = fs.unlink(*ino, b"robust-child");
+        let _ = fs.rmdir(r, b"robust-up");
+    }
+    if let Some((parent, _, name)) = &found.other {
+        let _ = fs.unlink(*parent, name);
+    }
+    let _ = fs.unlink(r, b"robust-renamed");
+}
