@@ -1,7 +1,8 @@
 //! The data path: read, write and truncate, copying straight between the caller and the device.
 //!
-//! A write that only overwrites written blocks inside the file stores the data (non-temporal),
-//! stores mtime/ctime in place, and fences once. A write that needs blocks (holes, unwritten
+//! A write that only overwrites written blocks inside the file stores the data (non-temporal)
+//! and fences once; it logs new mtime/ctime (in a record, never in place) only when the coarse
+//! clock has ticked past them. A write that needs blocks (holes, unwritten
 //! extents, growth) fills every new block whole — its data and zeros around it — fences, and
 //! only then commits the transaction that links the blocks and sets the size (SPEC §3.3).
 

@@ -10,6 +10,7 @@ mod copy;
 mod crash;
 mod demo;
 mod extents;
+mod mount;
 mod names;
 mod size;
 mod xio;
@@ -163,6 +164,25 @@ enum Cmd {
         after_help = "Examples:\n  udax demo\n  udax demo --dir /mnt/pmem --keep"
     )]
     Demo(DemoArgs),
+
+    /// Serve an image to every program through FUSE
+    #[command(
+        long_about = "Mount a udax image on a directory through FUSE (no libfuse needed). Every\n\
+                      program can then use it; each write that returns is durable in the image (no\n\
+                      writeback caching). Data goes through the kernel's page cache, so the mount is\n\
+                      correct but not DAX: the library gives direct access. Without -f the command\n\
+                      returns once the mount is ready and a server process keeps it; SIGINT, SIGTERM\n\
+                      or `umount DIR` unmount cleanly, with everything durable.\n\n\
+                      Options (-o, comma-separated): ro, rw, allow_other (other users may enter),\n\
+                      default_permissions (the kernel checks permissions; on by default),\n\
+                      no_default_permissions, nonempty (mount over a non-empty directory),\n\
+                      threads=N (request threads, default one per CPU up to 8), max_read=N.",
+        after_help = "Examples:\n  udax mount /dev/shm/pm.img /mnt/pm\n  \
+                      udax mount img /mnt/pm -o ro,allow_other\n  \
+                      udax mount img /mnt/pm -f            (foreground; Ctrl-C unmounts)\n  \
+                      umount /mnt/pm"
+    )]
+    Mount(MountArgs),
 
     /// Explore crash states: recover every image a power cut could leave and judge it
     #[command(
@@ -371,6 +391,20 @@ pub struct IoArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct MountArgs {
+    /// The udax image (a file or a device-dax device)
+    pub image: PathBuf,
+    /// An empty directory to mount on
+    pub dir: PathBuf,
+    /// Stay in the foreground until unmounted
+    #[arg(short = 'f', long)]
+    pub foreground: bool,
+    /// Mount options, comma-separated (see above)
+    #[arg(short = 'o', value_name = "OPTS")]
+    pub options: Vec<String>,
+}
+
+#[derive(Debug, Args)]
 pub struct CrashtestArgs {
     /// seq1, seq2 or random
     #[arg(long, default_value = "seq1")]
@@ -439,6 +473,7 @@ fn run(cli: Cli) -> CliResult {
         Cmd::Io(a) => xio::run(&a),
         Cmd::Demo(a) => demo::run(&a),
         Cmd::Crashtest(a) => crash::run(&a),
+        Cmd::Mount(a) => mount::run(&a),
     }
 }
 

@@ -1,0 +1,592 @@
+//! `udax mount`: a udax image served to every program through FUSE (the `fuser` crate, pure
+//! Rust, no libfuse).
+//!
+//! Thin by design: each request is translated to one [`udax::Fs`] call and its error to the
+//! errno a kernel file system gives. Node ids are the image's inode numbers and generations come
+//! from the image, so handles stay valid across remounts. Data goes through the kernel's page
+//! cache (write-through: writeback caching stays off, so every `write(2)` that returns is durable
+//! in the image); true DAX access is the library's.
+#![deny(unsafe_code)]
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{
+    AccessFlags, Config, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
+    INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
+    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs,
+    ReplyWrite, Request, SessionACL, TimeOrNow, WriteFlags,
+};
+use udax::{Creds, FallocMode, Fs, RenameMode, SetAttr, SetTime, Stat, Timespec};
+
+/// How long the kernel may trust attributes and names. Every change goes through this process,
+/// and the kernel drops what each of its own requests changes, so a short timeout costs nothing
+/// in correctness.
+const TTL: Duration = Duration::from_secs(1);
+
+/// What `-o` asked for.
+#[derive(Debug, Clone, Default)]
+pub struct MountOptions {
+    pub read_only: bool,
+    /// Let other users in (and have the kernel check permissions with `default_permissions`).
+    pub allow_other: bool,
+    /// Leave permission checks to the kernel (on by default).
+    pub default_permissions: bool,
+    /// Worker threads serving requests (0: one per CPU, at most 8).
+    pub threads: usize,
+    /// Options passed to the kernel as they are (`-o max_read=…`).
+    pub other: Vec<String>,
+}
+
+impl MountOptions {
+    /// Parses a comma-separated `-o` list on top of the defaults (default_permissions on).
+    pub fn parse(list: &[String]) -> Result<MountOptions, String> {
+        let mut o = MountOptions { default_permissions: true, ..Default::default() };
+        for opt in list.iter().flat_map(|l| l.split(',')).filter(|s| !s.is_empty()) {
+            match opt {
+                "ro" => o.read_only = true,
+                "rw" => o.read_only = false,
+                "allow_other" => o.allow_other = true,
+                "default_permissions" => o.default_permissions = true,
+                "no_default_permissions" => o.default_permissions = false,
+                "nonempty" => {}
+                s if s.starts_with("threads=") => {
+                    o.threads = s["threads=".len()..].parse().map_err(|_| format!("bad thread count in {s:?}"))?;
+                }
+                s if s.starts_with("max_read=") || s.starts_with("blksize=") => o.other.push(s.to_string()),
+                s => return Err(format!("unknown mount option {s:?}")),
+            }
+        }
+        Ok(o)
+    }
+
+    fn config(&self) -> Config {
+        let mut c = Config::default();
+        c.mount_options = vec![MountOption::FSName("udax".into()), MountOption::Subtype("udax".into())];
+        c.mount_options.push(if self.read_only { MountOption::RO } else { MountOption::RW });
+        if self.default_permissions {
+            c.mount_options.push(MountOption::DefaultPermissions);
+        }
+        // Device nodes and setuid programs on the image behave as on a kernel file system.
+        c.mount_options.push(MountOption::Dev);
+        c.mount_options.push(MountOption::Suid);
+        c.mount_options.extend(self.other.iter().map(|s| MountOption::CUSTOM(s.clone())));
+        if self.allow_other {
+            c.acl = SessionACL::All;
+        }
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        c.n_threads = Some(if self.threads == 0 { cpus.min(8) } else { self.threads });
+        c
+    }
+}
+
+/// Mounts `fs` on `dir`. The returned session serves requests when run; it holds the mount
+/// until it ends (an unmount from outside, or [`fuser::SessionUnmounter`]).
+pub fn session(fs: Fs, dir: &Path, opts: &MountOptions) -> std::io::Result<fuser::Session<UdaxFuse>> {
+    let ro = opts.read_only;
+    fuser::Session::new(UdaxFuse { fs, read_only: ro }, dir, &opts.config())
+}
+
+/// The file system as FUSE sees it.
+#[derive(Debug)]
+pub struct UdaxFuse {
+    fs: Fs,
+    read_only: bool,
+}
+
+impl UdaxFuse {
+    /// The image, for unmounting when the session ends.
+    pub fn into_fs(self) -> Fs {
+        self.fs
+    }
+}
+
+fn errno(e: &udax::Error) -> Errno {
+    Errno::from_i32(e.errno())
+}
+
+fn time(t: Timespec) -> SystemTime {
+    if t.sec >= 0 {
+        UNIX_EPOCH + Duration::new(t.sec as u64, t.nsec)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(t.sec.unsigned_abs()) + Duration::from_nanos(u64::from(t.nsec))
+    }
+}
+
+fn timespec(t: SystemTime) -> Timespec {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => Timespec { sec: d.as_secs() as i64, nsec: d.subsec_nanos() },
+        Err(e) => {
+            let d = e.duration();
+            let (sec, nsec) = if d.subsec_nanos() == 0 {
+                (-(d.as_secs() as i64), 0)
+            } else {
+                (-(d.as_secs() as i64) - 1, 1_000_000_000 - d.subsec_nanos())
+            };
+            Timespec { sec, nsec }
+        }
+    }
+}
+
+fn kind(mode: u32) -> FileType {
+    match mode & libc::S_IFMT {
+        libc::S_IFDIR => FileType::Directory,
+        libc::S_IFLNK => FileType::Symlink,
+        libc::S_IFIFO => FileType::NamedPipe,
+        libc::S_IFSOCK => FileType::Socket,
+        libc::S_IFCHR => FileType::CharDevice,
+        libc::S_IFBLK => FileType::BlockDevice,
+        _ => FileType::RegularFile,
+    }
+}
+
+fn dtype_kind(dtype: u8) -> FileType {
+    match dtype {
+        libc::DT_DIR => FileType::Directory,
+        libc::DT_LNK => FileType::Symlink,
+        libc::DT_FIFO => FileType::NamedPipe,
+        libc::DT_SOCK => FileType::Socket,
+        libc::DT_CHR => FileType::CharDevice,
+        libc::DT_BLK => FileType::BlockDevice,
+        _ => FileType::RegularFile,
+    }
+}
+
+fn attr(st: &Stat) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(st.ino),
+        size: st.size,
+        blocks: st.blocks,
+        atime: time(st.atime),
+        mtime: time(st.mtime),
+        ctime: time(st.ctime),
+        crtime: time(st.crtime),
+        kind: kind(st.mode),
+        perm: (st.mode & 0o7777) as u16,
+        nlink: st.nlink,
+        uid: st.uid,
+        gid: st.gid,
+        rdev: st.rdev as u32,
+        blksize: st.blksize,
+        flags: 0,
+    }
+}
+
+fn who(req: &Request) -> Creds {
+    Creds { uid: req.uid(), gid: req.gid() }
+}
+
+fn set_time(t: TimeOrNow) -> SetTime {
+    match t {
+        TimeOrNow::Now => SetTime::Now,
+        TimeOrNow::SpecificTime(t) => SetTime::At(timespec(t)),
+    }
+}
+
+impl UdaxFuse {
+    fn entry(&self, r: udax::Result<Stat>, reply: ReplyEntry) {
+        match r {
+            Ok(st) => reply.entry(&TTL, &attr(&st), Generation(u64::from(st.generation))),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn writable(&self) -> Result<(), Errno> {
+        if self.read_only {
+            Err(Errno::EROFS)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+macro_rules! writable {
+    ($self:ident, $reply:ident) => {
+        if let Err(e) = $self.writable() {
+            return $reply.error(e);
+        }
+    };
+}
+
+impl Filesystem for UdaxFuse {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let _ = config.set_max_write(1 << 20);
+        let _ = config.set_max_readahead(1 << 20);
+        // Each on its own: add_capabilities refuses the whole set if one is missing.
+        for cap in [InitFlags::FUSE_DO_READDIRPLUS, InitFlags::FUSE_READDIRPLUS_AUTO, InitFlags::FUSE_PARALLEL_DIROPS] {
+            let _ = config.add_capabilities(cap);
+        }
+        Ok(())
+    }
+
+    fn destroy(&mut self) {
+        let _ = self.fs.sync();
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        self.entry(self.fs.lookup(parent.0, name.as_bytes()), reply);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.fs.getattr(ino.0) {
+            Ok(st) => reply.attr(&TTL, &attr(&st)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        writable!(self, reply);
+        let set = SetAttr {
+            mode: mode.map(|m| m & 0o7777),
+            uid,
+            gid,
+            size,
+            atime: atime.map(set_time),
+            mtime: mtime.map(set_time),
+        };
+        match self.fs.setattr(ino.0, &set) {
+            Ok(st) => reply.attr(&TTL, &attr(&st)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.fs.readlink(ino.0) {
+            Ok(t) => reply.data(&t),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, rdev: u32, reply: ReplyEntry) {
+        writable!(self, reply);
+        let mode = mode & !(umask & 0o777);
+        let r = if mode & libc::S_IFMT == libc::S_IFREG || mode & libc::S_IFMT == 0 {
+            self.fs.create(parent.0, name.as_bytes(), mode & 0o7777, who(req))
+        } else {
+            self.fs.mknod(parent.0, name.as_bytes(), mode, u64::from(rdev), who(req))
+        };
+        self.entry(r, reply);
+    }
+
+    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
+        writable!(self, reply);
+        self.entry(self.fs.mkdir(parent.0, name.as_bytes(), mode & !umask & 0o7777, who(req)), reply);
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        writable!(self, reply);
+        match self.fs.unlink(parent.0, name.as_bytes()) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        writable!(self, reply);
+        match self.fs.rmdir(parent.0, name.as_bytes()) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+        writable!(self, reply);
+        self.entry(self.fs.symlink(parent.0, link_name.as_bytes(), target.as_os_str().as_bytes(), who(req)), reply);
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        writable!(self, reply);
+        let how = if flags.contains(RenameFlags::RENAME_EXCHANGE) {
+            RenameMode::Exchange
+        } else if flags.contains(RenameFlags::RENAME_NOREPLACE) {
+            RenameMode::NoReplace
+        } else if flags.is_empty() {
+            RenameMode::Replace
+        } else {
+            return reply.error(Errno::EINVAL);
+        };
+        match self.fs.rename(parent.0, name.as_bytes(), newparent.0, newname.as_bytes(), how) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+        writable!(self, reply);
+        self.entry(self.fs.link(ino.0, newparent.0, newname.as_bytes()), reply);
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if self.read_only && flags.0 & libc::O_ACCMODE != libc::O_RDONLY {
+            return reply.error(Errno::EROFS);
+        }
+        match self.fs.open_ino(ino.0) {
+            Ok(_) => reply.opened(FileHandle(0), FopenFlags::empty()),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        _flags: i32,
+        reply: ReplyCreate,
+    ) {
+        writable!(self, reply);
+        let made = self.fs.create(parent.0, name.as_bytes(), mode & !umask & 0o7777, who(req));
+        match made.and_then(|st| self.fs.open_ino(st.ino)) {
+            Ok(st) => reply.created(
+                &TTL,
+                &attr(&st),
+                Generation(u64::from(st.generation)),
+                FileHandle(0),
+                FopenFlags::empty(),
+            ),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let mut buf = vec![0u8; size as usize];
+        match self.fs.read(ino.0, offset, &mut buf) {
+            Ok(n) => reply.data(&buf[..n]),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        writable!(self, reply);
+        match self.fs.write(ino.0, offset, data) {
+            Ok(n) => reply.written(n as u32),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+        // Every write is durable when it returns; nothing waits for close.
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        match self.fs.release(ino.0) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn fsync(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        match self.fs.fsync(ino.0) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        match self.fs.sync() {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.fs.getattr(ino.0) {
+            Ok(st) if kind(st.mode) == FileType::Directory => reply.opened(FileHandle(0), FopenFlags::empty()),
+            Ok(_) => reply.error(Errno::ENOTDIR),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        // Offsets: 1 is ".", 2 is "..", and an entry's udax cookie c is c + 2.
+        if offset < 1 && reply.add(ino, 1, FileType::Directory, ".") {
+            return reply.ok();
+        }
+        if offset < 2 {
+            let parent = self.fs.lookup(ino.0, b"..").map_or(ino.0, |st| st.ino);
+            if reply.add(INodeNo(parent), 2, FileType::Directory, "..") {
+                return reply.ok();
+            }
+        }
+        match self.fs.readdir(ino.0, offset.saturating_sub(2)) {
+            Ok(entries) => {
+                for e in entries {
+                    if reply.add(INodeNo(e.ino), e.cookie + 2, dtype_kind(e.dtype), OsStr::from_bytes(&e.name)) {
+                        break;
+                    }
+                }
+                reply.ok();
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn readdirplus(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+        let dot = |i: u64| self.fs.getattr(i).map(|st| (attr(&st), Generation(u64::from(st.generation))));
+        if offset < 1 {
+            match dot(ino.0) {
+                Ok((a, g)) if reply.add(ino, 1, ".", &TTL, &a, g) => return reply.ok(),
+                Ok(_) => {}
+                Err(e) => return reply.error(errno(&e)),
+            }
+        }
+        if offset < 2 {
+            let parent = self.fs.lookup(ino.0, b"..").map_or(ino.0, |st| st.ino);
+            match dot(parent) {
+                Ok((a, g)) if reply.add(INodeNo(parent), 2, "..", &TTL, &a, g) => return reply.ok(),
+                Ok(_) => {}
+                Err(e) => return reply.error(errno(&e)),
+            }
+        }
+        match self.fs.readdir(ino.0, offset.saturating_sub(2)) {
+            Ok(entries) => {
+                for e in entries {
+                    // An entry removed since the listing is skipped.
+                    let Ok(st) = self.fs.getattr(e.ino) else { continue };
+                    let g = Generation(u64::from(st.generation));
+                    if reply.add(INodeNo(e.ino), e.cookie + 2, OsStr::from_bytes(&e.name), &TTL, &attr(&st), g) {
+                        break;
+                    }
+                }
+                reply.ok();
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let s = self.fs.statfs();
+        let bs = s.block_size as u32;
+        reply.statfs(s.blocks, s.blocks_free, s.blocks_free, s.inodes, s.inodes_free, bs, s.name_max, bs);
+    }
+
+    fn access(&self, _req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        // With default_permissions the kernel has checked; this only says the inode exists.
+        match self.fs.getattr(ino.0) {
+            Ok(_) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        writable!(self, reply);
+        let keep = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
+        let how = match mode & !libc::FALLOC_FL_KEEP_SIZE {
+            0 => FallocMode::Allocate { keep_size: keep },
+            libc::FALLOC_FL_PUNCH_HOLE if keep => FallocMode::PunchHole,
+            libc::FALLOC_FL_ZERO_RANGE => FallocMode::ZeroRange { keep_size: keep },
+            _ => return reply.error(Errno::EOPNOTSUPP),
+        };
+        match self.fs.fallocate(ino.0, offset, length, how) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn lseek(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: i64, whence: i32, reply: ReplyLseek) {
+        let Ok(off) = u64::try_from(offset) else { return reply.error(Errno::ENXIO) };
+        let r = match whence {
+            libc::SEEK_DATA => self.fs.seek_data(ino.0, off),
+            libc::SEEK_HOLE => self.fs.seek_hole(ino.0, off),
+            _ => return reply.error(Errno::EINVAL),
+        };
+        match r {
+            Ok(at) => reply.offset(at as i64),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        ino_in: INodeNo,
+        _fh_in: FileHandle,
+        offset_in: u64,
+        ino_out: INodeNo,
+        _fh_out: FileHandle,
+        offset_out: u64,
+        len: u64,
+        _flags: CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        writable!(self, reply);
+        // One chunk per request, at most 1 MiB: the caller loops, as with a short write.
+        let mut buf = vec![0u8; len.min(1 << 20) as usize];
+        let r =
+            self.fs.read(ino_in.0, offset_in, &mut buf).and_then(|n| self.fs.write(ino_out.0, offset_out, &buf[..n]));
+        match r {
+            Ok(n) => reply.written(n as u32),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+}
