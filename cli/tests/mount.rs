@@ -1,0 +1,220 @@
+//! `udax mount` end to end: the mount serves real programs (cp -a, tar, git), refuses bad input
+//! with clear errors, unmounts cleanly on SIGTERM or umount with everything durable, and a
+//! SIGKILLed server leaves an image that recovers with every returned write present.
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+fn tmp() -> TempDir {
+    tempfile::tempdir_in("/dev/shm").or_else(|_| tempfile::tempdir()).unwrap()
+}
+
+fn udax<S: AsRef<OsStr>>(args: &[S]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_udax")).args(args).output().unwrap()
+}
+
+#[track_caller]
+fn ok<S: AsRef<OsStr> + std::fmt::Debug>(args: &[S]) -> String {
+    let out = udax(args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "udax {args:?} failed ({}): {err}", out.status);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[track_caller]
+fn sh(cmd: &str, dir: &Path) -> String {
+    let out = Command::new("sh").arg("-c").arg(cmd).current_dir(dir).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "`{cmd}` failed ({}): {err}", out.status);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn is_mounted(dir: &Path) -> bool {
+    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    std::fs::read_to_string("/proc/self/mounts")
+        .unwrap()
+        .lines()
+        .any(|l| l.split(' ').nth(1) == Some(dir.to_str().unwrap()))
+}
+
+/// A scratch image mounted on a scratch directory; unmounted (lazily if need be) on drop.
+struct Mounted {
+    _dir: TempDir,
+    img: PathBuf,
+    mnt: PathBuf,
+}
+
+impl Mounted {
+    fn new(size: &str) -> Mounted {
+        let dir = tmp();
+        let img = dir.path().join("img");
+        let mnt = dir.path().join("mnt");
+        std::fs::create_dir(&mnt).unwrap();
+        ok(&[OsStr::new("mkfs"), img.as_os_str(), OsStr::new("--size"), OsStr::new(size)]);
+        ok(&[OsStr::new("mount"), img.as_os_str(), mnt.as_os_str()]);
+        assert!(is_mounted(&mnt));
+        Mounted { _dir: dir, img, mnt }
+    }
+
+    /// Unmounts and waits for the server to let go of the image.
+    fn unmount(&self) {
+        sh(&format!("umount {}", self.mnt.display()), Path::new("/"));
+        wait_released(&self.img);
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if is_mounted(&self.mnt) {
+            let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+            wait_released(&self.img);
+        }
+    }
+}
+
+/// The server holds the image's lock until it has checkpointed and synced it.
+fn wait_released(img: &Path) {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(20) {
+        if udax(&[OsStr::new("info"), img.as_os_str()]).status.success() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("the server kept {} for 20 s after unmount", img.display());
+}
+
+#[test]
+fn a_real_tree_round_trips_through_the_mount_and_back() {
+    let m = Mounted::new("256M");
+    let src = Path::new("/usr/share/doc");
+    sh(&format!("cp -a {} {}/doc", src.display(), m.mnt.display()), Path::new("/"));
+    sh(&format!("diff -r --no-dereference {} {}/doc", src.display(), m.mnt.display()), Path::new("/"));
+    m.unmount();
+    assert_eq!(ok(&[OsStr::new("fsck"), m.img.as_os_str()]).trim_end().lines().last(), Some("clean"));
+    // Read back with the library, not the mount.
+    let out = m._dir.path().join("out");
+    ok(&[OsStr::new("get"), m.img.as_os_str(), OsStr::new("/doc"), out.as_os_str()]);
+    sh(&format!("diff -r --no-dereference {} {}", src.display(), out.display()), Path::new("/"));
+    // The reverse: a tree put in with the library reads back through the mount.
+    ok(&[OsStr::new("put"), m.img.as_os_str(), OsStr::new("/usr/share/doc/bash"), OsStr::new("/bash")]);
+    ok(&[OsStr::new("mount"), m.img.as_os_str(), m.mnt.as_os_str()]);
+    sh(&format!("diff -r /usr/share/doc/bash {}/bash", m.mnt.display()), Path::new("/"));
+    m.unmount();
+}
+
+#[test]
+fn tar_and_git_work_on_the_mount() {
+    let m = Mounted::new("256M");
+    let work = m.mnt.join("w");
+    std::fs::create_dir(&work).unwrap();
+    sh("tar -C /usr/share/doc -cf - bash | tar -xf -", &work);
+    sh("diff -r /usr/share/doc/bash bash", &work);
+    sh(
+        "git init -q repo && cd repo && cp -a ../bash . && git add -A && \
+         git -c user.name=t -c user.email=t@e commit -qm one && git fsck --strict && git log --oneline | wc -l",
+        &work,
+    );
+    m.unmount();
+    assert_eq!(ok(&[OsStr::new("fsck"), m.img.as_os_str()]).trim_end().lines().last(), Some("clean"));
+}
+
+#[test]
+fn bad_mount_points_and_busy_images_get_clear_errors() {
+    let dir = tmp();
+    let img = dir.path().join("img");
+    ok(&[OsStr::new("mkfs"), img.as_os_str(), OsStr::new("--size"), OsStr::new("16M")]);
+    let missing = dir.path().join("missing");
+    let out = udax(&[OsStr::new("mount"), img.as_os_str(), missing.as_os_str()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("No such file"), "{out:?}");
+    let full = dir.path().join("full");
+    std::fs::create_dir(&full).unwrap();
+    std::fs::write(full.join("x"), b"x").unwrap();
+    let out = udax(&[OsStr::new("mount"), img.as_os_str(), full.as_os_str()]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not empty"), "{out:?}");
+    let out = udax(&[OsStr::new("mount"), img.as_os_str(), full.as_os_str(), OsStr::new("-o"), OsStr::new("bogus")]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown mount option"), "{out:?}");
+    // The image in use by another process.
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    ok(&[OsStr::new("mount"), img.as_os_str(), mnt.as_os_str()]);
+    let mnt2 = dir.path().join("mnt2");
+    std::fs::create_dir(&mnt2).unwrap();
+    let out = udax(&[OsStr::new("mount"), img.as_os_str(), mnt2.as_os_str()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("in use"), "{out:?}");
+    assert!(!is_mounted(&mnt2));
+    sh(&format!("umount {}", mnt.display()), Path::new("/"));
+    wait_released(&img);
+    // A corrupt image.
+    std::fs::write(&img, vec![0x5a; 1 << 20]).unwrap();
+    let out = udax(&[OsStr::new("mount"), img.as_os_str(), mnt.as_os_str()]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(!is_mounted(&mnt));
+}
+
+#[test]
+fn sigterm_unmounts_with_everything_durable() {
+    let m = Mounted::new("64M");
+    std::fs::write(m.mnt.join("f"), b"kept").unwrap();
+    // The server is the process holding the image lock.
+    let server = server_pid(&m.img).expect("a server holds the image");
+    sh(&format!("kill -TERM {server}"), Path::new("/"));
+    wait_released(&m.img);
+    assert!(!is_mounted(&m.mnt));
+    assert_eq!(ok(&[OsStr::new("cat"), m.img.as_os_str(), OsStr::new("/f")]), "kept");
+}
+
+#[test]
+fn a_killed_server_leaves_every_returned_write_in_the_image() {
+    let m = Mounted::new("64M");
+    let server = server_pid(&m.img).expect("a server holds the image");
+    // A writer appends numbered records, printing each one's number after write(2) returns;
+    // the server is killed in the middle.
+    let f = m.mnt.join("log");
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "i=0; while [ $i -lt 100000 ]; do printf 'record %06d\\n' $i >> {f} || exit 1; echo $i; i=$((i+1)); done",
+            f = f.display()
+        ))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+    sh(&format!("kill -KILL {server}"), Path::new("/"));
+    let out = child.wait_with_output().unwrap();
+    let returned: Vec<u64> = String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.parse().ok()).collect();
+    let _ = Command::new("umount").arg("-l").arg(&m.mnt).status();
+    wait_released(&m.img);
+    assert!(returned.len() > 10, "only {} appends before the kill", returned.len());
+    let fsck = ok(&[OsStr::new("fsck"), m.img.as_os_str()]);
+    assert_eq!(fsck.trim_end().lines().last(), Some("clean"), "{fsck}");
+    let log = ok(&[OsStr::new("cat"), m.img.as_os_str(), OsStr::new("/log")]);
+    for (i, line) in log.lines().enumerate() {
+        assert_eq!(line, format!("record {i:06}"), "record {i} is damaged");
+    }
+    let last = *returned.last().unwrap() as usize;
+    assert!(log.lines().count() > last, "record {last} returned but the image has {} records", log.lines().count());
+}
+
+/// The pid of the process holding `img` open (the mount server), from /proc.
+fn server_pid(img: &Path) -> Option<u32> {
+    let want = std::fs::canonicalize(img).ok()?;
+    for p in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = p.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else { continue };
+        for fd in fds.flatten() {
+            if std::fs::read_link(fd.path()).ok().as_deref() == Some(want.as_path()) {
+                return Some(pid);
+            }
+        }
+    }
+    None
+}
