@@ -177,7 +177,7 @@ fn a_killed_server_leaves_every_returned_write_in_the_image() {
     // A writer appends numbered records, printing each one's number after write(2) returns;
     // the server is killed in the middle.
     let f = m.mnt.join("log");
-    let mut child = Command::new("sh")
+    let child = Command::new("sh")
         .arg("-c")
         .arg(format!(
             "i=0; while [ $i -lt 100000 ]; do printf 'record %06d\\n' $i >> {f} || exit 1; echo $i; i=$((i+1)); done",
