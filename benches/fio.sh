@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# fio through `udax mount` and on tmpfs, in the same run: 4 KiB random read and write, 1 MiB
+# sequential read and write (psync, buffered, as programs use a mount). Prints each figure and
+# its ratio to tmpfs. Needs root, /dev/fuse and fio (apt-get install fio).
+#
+#   bash benches/fio.sh [SIZE_MB=512] [SECONDS=10] [JOBS=1]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+size_mb=${1:-512}
+secs=${2:-10}
+jobs=${3:-1}
+command -v fio >/dev/null || { echo "fio is not installed (apt-get install fio)" >&2; exit 1; }
+cargo build --release -q -p udax-cli
+udax="$PWD/target/release/udax"
+
+work=$(mktemp -d /dev/shm/udax-fio.XXXXXX)
+mnt=$(mktemp -d /tmp/udax-fio-mnt.XXXXXX)
+cleanup() {
+  umount "$mnt" 2>/dev/null || true
+  rmdir "$mnt" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+mkdir "$work/tmpfs"
+"$udax" mkfs "$work/img" --size $((size_mb * jobs * 2 + 256))M >/dev/null
+"$udax" mount "$work/img" "$mnt"
+
+run() {  # run DIR NAME RW BS: prints "bandwidth_MiB/s iops"
+  fio --name="$2" --directory="$1" --rw="$3" --bs="$4" --size="${size_mb}M" --numjobs="$jobs" \
+    --ioengine=psync --time_based --runtime="$secs" --group_reporting --output-format=json \
+    | python3 -c '
+import json, sys
+j = json.load(sys.stdin)["jobs"][0]
+side = j["read"] if j["read"]["io_bytes"] > 0 else j["write"]
+print("%.1f %.0f" % (side["bw_bytes"] / 2**20, side["iops"]))'
+  rm -f "$1/$2".*
+}
+
+printf "%-22s %14s %14s %8s\n" "job ($jobs thread(s))" "udax mount" "tmpfs" "ratio"
+for spec in "randread 4k" "randwrite 4k" "read 1m" "write 1m"; do
+  set -- $spec
+  # Lay the file out first so reads read data, then measure both targets.
+  u=$(run "$mnt" "$1-$2" "$1" "$2")
+  t=$(run "$work/tmpfs" "$1-$2" "$1" "$2")
+  read -r ubw uiops <<<"$u"
+  read -r tbw tiops <<<"$t"
+  ratio=$(python3 -c "print('%.2f' % ($ubw / $tbw))")
+  printf "%-22s %8s MiB/s %8s MiB/s %7s×   (%s vs %s IOPS)\n" "$1 $2" "$ubw" "$tbw" "$ratio" "$uiops" "$tiops"
+done
+"$udax" --version >/dev/null
