@@ -281,6 +281,17 @@ impl Fs {
         }
         check_tree(&nodes, &geo)?;
         let alloc = Allocator::from_used(&geo, used)?;
+        // Entries that disagree with the inodes they name are damage mount keeps for fsck to
+        // report; their inode numbers are never handed out again while mounted, so a stale entry
+        // can never come to name a new inode (of another type: the next mount would refuse it).
+        let refs = count_entries(&nodes);
+        for (&ino, &n) in &refs {
+            match nodes.get(&ino) {
+                None => itable.quarantine(ino),
+                Some(node) if !node.is_dir && u64::from(rd(&node.inode).attr.nlink) != n => itable.quarantine(ino),
+                Some(_) => {}
+            }
+        }
         let fs = Fs {
             inner: Arc::new(Inner {
                 dev,
@@ -299,21 +310,11 @@ impl Fs {
         };
         // An orphan is an inode no entry names (a file unlinked while open); a named one, or
         // the root, with nlink 0 is a wrong link count, which fsck reports, not a file to free.
-        let orphans: Vec<u64> = {
-            let nodes = rd(&fs.inner.nodes);
-            let named: std::collections::HashSet<u64> = nodes
-                .values()
-                .flat_map(|n| {
-                    let g = rd(&n.inode);
-                    g.dir.iter().flat_map(|d| d.entries_after(None).map(|(_, e)| e.ino)).collect::<Vec<_>>()
-                })
-                .collect();
-            nodes
-                .iter()
-                .filter(|&(&i, n)| rd(&n.inode).attr.nlink == 0 && i != ROOT_INO && !named.contains(&i))
-                .map(|(&i, _)| i)
-                .collect()
-        };
+        let orphans: Vec<u64> = rd(&fs.inner.nodes)
+            .iter()
+            .filter(|&(&i, n)| rd(&n.inode).attr.nlink == 0 && i != ROOT_INO && !refs.contains_key(&i))
+            .map(|(&i, _)| i)
+            .collect();
         for ino in orphans {
             let node = fs.node(ino)?;
             let mut g = wr(&node.inode);
@@ -650,6 +651,20 @@ impl Fs {
         let (ino, generation) = lock(&self.inner.itable).alloc()?;
         let mut inode = Inode::new(ino, Attr::new(mode_bits, who.uid, who.gid, generation), &geo);
         inode.attr.rdev = rdev;
+        // As Linux does: a set-group-ID directory gives what is made in it its group, and new
+        // directories the bit; a new executable file keeps the bit only for a member (root
+        // counts) of that group.
+        if pg.attr.mode & mode::S_ISGID != 0 {
+            inode.attr.gid = pg.attr.gid;
+            if is_dir {
+                inode.attr.mode |= mode::S_ISGID;
+            } else if inode.attr.mode & (mode::S_ISGID | 0o010) == mode::S_ISGID | 0o010
+                && who.uid != 0
+                && who.gid != pg.attr.gid
+            {
+                inode.attr.mode &= !mode::S_ISGID;
+            }
+        }
         if is_dir {
             inode.attr.parent = parent;
         }
@@ -778,7 +793,9 @@ impl Fs {
         if e.ino == parent {
             return Err(Error::Corrupt { what: "directory entry names its own directory", at: geo.inode_at(parent) });
         }
-        let c = self.node(e.ino)?;
+        let Ok(c) = self.node(e.ino) else {
+            return self.remove_dangling(&mut pg, name, want_dir);
+        };
         let mut cg = wr(&c.inode);
         match (want_dir, cg.is_dir()) {
             (true, false) => return Err(Error::NotDir),
@@ -808,6 +825,29 @@ impl Fs {
         if free_now {
             self.forget_freed(&mut cg, head);
         }
+        Ok(())
+    }
+
+    /// Removes an entry that names a free inode (damage mount keeps and fsck reports): removing
+    /// the name is the repair. Its type says whether it is unlink's or rmdir's to remove.
+    fn remove_dangling(&self, pg: &mut Inode, name: &[u8], want_dir: bool) -> Result<()> {
+        let is_dir = pg.dir()?.get(name).ok_or(Error::NotFound)?.dtype == crate::dir::DT_DIR;
+        match (want_dir, is_dir) {
+            (true, false) => return Err(Error::NotDir),
+            (false, true) => return Err(Error::IsDir),
+            _ => {}
+        }
+        let mut tx = Tx::new();
+        let (e, zeros) = pg.dir_mut()?.remove(name).expect("entry looked up under the same lock");
+        tx.put(self.dir_off(pg, e.pos)?, &zeros);
+        let now = Timespec::now();
+        pg.attr.mtime = now;
+        pg.attr.ctime = now;
+        if is_dir {
+            pg.attr.nlink = pg.attr.nlink.saturating_sub(1);
+        }
+        pg.log_attr(&self.inner.geo, &mut tx);
+        self.commit(&tx)?;
         Ok(())
     }
 
@@ -1187,6 +1227,18 @@ fn check_tree(nodes: &HashMap<u64, Arc<Node>>, geo: &Geometry) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// How many directory entries name each inode number.
+fn count_entries(nodes: &HashMap<u64, Arc<Node>>) -> HashMap<u64, u64> {
+    let mut refs = HashMap::new();
+    for node in nodes.values() {
+        let g = rd(&node.inode);
+        for (_, e) in g.dir.iter().flat_map(|d| d.entries_after(None)) {
+            *refs.entry(e.ino).or_insert(0) += 1;
+        }
+    }
+    refs
 }
 
 /// Indexes a directory's entries from its blocks.

@@ -208,6 +208,7 @@ pub mod mode {
     pub const S_IFCHR: u32 = 0o020000;
     pub const S_IFBLK: u32 = 0o060000;
     pub const S_IFSOCK: u32 = 0o140000;
+    pub const S_ISGID: u32 = 0o2000;
 
     pub fn is_valid_type(m: u32) -> bool {
         matches!(m & S_IFMT, S_IFREG | S_IFDIR | S_IFLNK | S_IFIFO | S_IFCHR | S_IFBLK | S_IFSOCK)

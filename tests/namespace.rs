@@ -153,3 +153,27 @@ fn a_file_is_read_write_seek() {
         libc::EEXIST
     );
 }
+
+#[test]
+fn a_set_group_id_directory_passes_on_its_group() {
+    // What broke: entries made in a set-group-ID directory took the creator's group (and new
+    // directories lost the bit), unlike Linux; FUSE leaves this rule to the file system.
+    let fs = fresh();
+    let d = fs.mkdir(1, b"shared", 0o2775, Creds::ROOT).unwrap();
+    fs.setattr(d.ino, &SetAttr { gid: Some(500), ..Default::default() }).unwrap();
+    let user = Creds { uid: 1000, gid: 1000 };
+    let f = fs.create(d.ino, b"f", 0o644, user).unwrap();
+    assert_eq!((f.uid, f.gid), (1000, 500));
+    let sub = fs.mkdir(d.ino, b"sub", 0o755, user).unwrap();
+    assert_eq!((sub.gid, sub.mode & 0o2000), (500, 0o2000));
+    // An executable set-group-ID file made by a non-member loses the bit; root keeps it.
+    let x = fs.create(d.ino, b"x", 0o2755, user).unwrap();
+    assert_eq!(x.mode & 0o7777, 0o755);
+    let y = fs.create(d.ino, b"y", 0o2755, Creds::ROOT).unwrap();
+    assert_eq!(y.mode & 0o7777, 0o2755);
+    // Outside such a directory nothing changes.
+    let g = fs.create(1, b"g", 0o644, user).unwrap();
+    assert_eq!(g.gid, 1000);
+    let fs = clean_remount(fs);
+    assert_eq!(fs.stat("/shared/sub/").unwrap().gid, 500);
+}
