@@ -180,10 +180,14 @@ impl Model {
         }
     }
 
-    fn add(&mut self, p: &str, kind: Kind, mode: u32) {
+    fn add(&mut self, p: &str, kind: Kind, mut mode: u32) {
         let id = self.next;
         self.next += 1;
         let nlink = if kind == Kind::Dir { 2 } else { 1 };
+        // A set-group-ID directory passes the bit on to new directories.
+        if kind == Kind::Dir && parent_of(p) != "/" && self.get(parent_of(p)).is_some_and(|n| n.mode & 0o2000 != 0) {
+            mode |= 0o2000;
+        }
         self.nodes.insert(id, Node { kind, mode, nlink });
         self.paths.insert(p.to_string(), id);
         if self.get(p).is_some_and(|n| n.kind == Kind::Dir) && parent_of(p) != "/" {
