@@ -254,6 +254,8 @@ pub struct InodeTable {
     hint: usize,
     /// Generation of each freed slot's last owner, so reuse bumps it.
     generations: std::collections::HashMap<u64, u32>,
+    /// Numbers that stay in use until the next mount even when freed (see [`InodeTable::quarantine`]).
+    quarantined: std::collections::HashSet<u64>,
 }
 
 impl InodeTable {
@@ -264,7 +266,16 @@ impl InodeTable {
             free: count,
             hint: 0,
             generations: Default::default(),
+            quarantined: Default::default(),
         }
+    }
+
+    /// Keeps `ino` from being handed out until the next mount: mount found directory entries
+    /// that disagree with it (naming it while it is free, or more or fewer times than its link
+    /// count), so one may still name it after it is freed.
+    pub fn quarantine(&mut self, ino: u64) {
+        self.mark_used(ino);
+        self.quarantined.insert(ino);
     }
 
     pub fn mark_used(&mut self, ino: u64) {
@@ -308,6 +319,9 @@ impl InodeTable {
     }
 
     pub fn release(&mut self, ino: u64, generation: u32) {
+        if self.quarantined.contains(&ino) {
+            return;
+        }
         let i = ino - 1;
         let w = &mut self.used[(i / 64) as usize];
         if *w & (1 << (i % 64)) != 0 {
