@@ -31,7 +31,12 @@ impl Timespec {
     }
 
     pub fn now() -> Timespec {
-        match SystemTime::now().duration_since(UNIX_EPOCH) {
+        Timespec::from_system(SystemTime::now())
+    }
+
+    /// A `SystemTime`, before the epoch too (negative seconds, nanoseconds counted forward).
+    pub fn from_system(t: SystemTime) -> Timespec {
+        match t.duration_since(UNIX_EPOCH) {
             Ok(d) => Timespec { sec: d.as_secs() as i64, nsec: d.subsec_nanos() },
             Err(e) => {
                 let d = e.duration();
@@ -42,13 +47,6 @@ impl Timespec {
                 };
                 Timespec { sec, nsec }
             }
-        }
-    }
-
-    pub fn from_system(t: SystemTime) -> Timespec {
-        match t.duration_since(UNIX_EPOCH) {
-            Ok(d) => Timespec { sec: d.as_secs() as i64, nsec: d.subsec_nanos() },
-            Err(_) => Timespec::default(),
         }
     }
 

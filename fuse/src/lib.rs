@@ -115,21 +115,6 @@ fn time(t: Timespec) -> SystemTime {
     }
 }
 
-fn timespec(t: SystemTime) -> Timespec {
-    match t.duration_since(UNIX_EPOCH) {
-        Ok(d) => Timespec { sec: d.as_secs() as i64, nsec: d.subsec_nanos() },
-        Err(e) => {
-            let d = e.duration();
-            let (sec, nsec) = if d.subsec_nanos() == 0 {
-                (-(d.as_secs() as i64), 0)
-            } else {
-                (-(d.as_secs() as i64) - 1, 1_000_000_000 - d.subsec_nanos())
-            };
-            Timespec { sec, nsec }
-        }
-    }
-}
-
 fn kind(mode: u32) -> FileType {
     match mode & libc::S_IFMT {
         libc::S_IFDIR => FileType::Directory,
@@ -181,7 +166,7 @@ fn who(req: &Request) -> Creds {
 fn set_time(t: TimeOrNow) -> SetTime {
     match t {
         TimeOrNow::Now => SetTime::Now,
-        TimeOrNow::SpecificTime(t) => SetTime::At(timespec(t)),
+        TimeOrNow::SpecificTime(t) => SetTime::At(Timespec::from_system(t)),
     }
 }
 
