@@ -4,6 +4,7 @@
 # its ratio to tmpfs. Needs root, /dev/fuse and fio (apt-get install fio).
 #
 #   bash benches/fio.sh [SIZE_MB=512] [SECONDS=10] [JOBS=1]
+#   UDAX_MOUNT_OPTS=threads=1 bash benches/fio.sh ...   (mount options, e.g. to compare threads)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 size_mb=${1:-512}
@@ -23,7 +24,7 @@ cleanup() {
 trap cleanup EXIT
 mkdir "$work/tmpfs"
 "$udax" mkfs "$work/img" --size $((size_mb * jobs * 2 + 256))M >/dev/null
-"$udax" mount "$work/img" "$mnt"
+"$udax" mount "$work/img" "$mnt" ${UDAX_MOUNT_OPTS:+-o "$UDAX_MOUNT_OPTS"}
 
 run() {  # run DIR NAME RW BS: prints "bandwidth_MiB/s iops"
   fio --name="$2" --directory="$1" --rw="$3" --bs="$4" --size="${size_mb}M" --numjobs="$jobs" \
