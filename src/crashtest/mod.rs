@@ -243,9 +243,7 @@ impl Explorer<'_> {
         let mut base = vec![0u8; prepared.len()];
         fs.device().read(0, &mut base)?;
         let mut base = Arc::new(base);
-        let fences: Arc<Mutex<Vec<Vec<InFlight>>>> = Arc::default();
-        let hook = fences.clone();
-        fs.device().record(Box::new(move |lines| hook.lock().unwrap_or_else(|e| e.into_inner()).push(lines.to_vec())));
+        let fences = record_fences(fs.device());
         let take = || std::mem::take(&mut *fences.lock().unwrap_or_else(|e| e.into_inner()));
         let result = (|| {
             for (k, step) in steps.iter().enumerate() {
@@ -310,10 +308,7 @@ impl Explorer<'_> {
             }
             self.report.max_images_per_fence = self.report.max_images_per_fence.max(built);
             let mut next = (*base).clone();
-            for l in lines {
-                let at = l.line as usize;
-                next[at..at + LINE].copy_from_slice(l.versions.last().expect("a line has a version"));
-            }
+            persist(&mut next, lines);
             base = Arc::new(next);
         }
         if self.opts.max_states > 0 {
@@ -407,9 +402,7 @@ struct Outcome {
 
 fn check_task(task: &Task, op: &Op<'_>, per_recovery_fence: usize, rng: &mut Rng) -> Outcome {
     let mut img = (*task.base).clone();
-    for (l, bytes) in &task.patches {
-        img[*l as usize..*l as usize + LINE].copy_from_slice(bytes);
-    }
+    overlay(&mut img, &task.patches);
     let mut recovery_fences = Vec::new();
     let verdict = recover_and_judge(&img, op.before, op.after, per_recovery_fence > 0, &mut recovery_fences);
     if let Err(reason) = verdict {
@@ -423,21 +416,39 @@ fn check_task(task: &Task, op: &Op<'_>, per_recovery_fence: usize, rng: &mut Rng
         // The first image takes no line: the state already checked.
         for (label, patches) in images.into_iter().skip(1) {
             let mut nested = base.clone();
-            for (l, bytes) in &patches {
-                nested[*l as usize..*l as usize + LINE].copy_from_slice(bytes);
-            }
+            overlay(&mut nested, &patches);
             states += 1;
             if let Err(reason) = recover_and_judge(&nested, op.before, op.after, false, &mut Vec::new()) {
                 let reason = format!("crash at fence {f} of the recovery ({label}): {reason}");
                 return Outcome { recovery_states: states, violation: Some((reason, nested)) };
             }
         }
-        for l in lines {
-            let at = l.line as usize;
-            base[at..at + LINE].copy_from_slice(l.versions.last().expect("a line has a version"));
-        }
+        persist(&mut base, lines);
     }
     Outcome { recovery_states: states, violation: None }
+}
+
+/// Starts recording on `dev`; each fence appends the lines it made persistent.
+fn record_fences(dev: &Device) -> Arc<Mutex<Vec<Vec<InFlight>>>> {
+    let fences: Arc<Mutex<Vec<Vec<InFlight>>>> = Arc::default();
+    let hook = fences.clone();
+    dev.record(Box::new(move |lines| hook.lock().unwrap_or_else(|e| e.into_inner()).push(lines.to_vec())));
+    fences
+}
+
+/// Lays cache lines over an image.
+fn overlay(img: &mut [u8], patches: &Patches) {
+    for (l, bytes) in patches {
+        img[*l as usize..*l as usize + LINE].copy_from_slice(bytes);
+    }
+}
+
+/// What a fence leaves on the medium: each in-flight line in its last state.
+fn persist(img: &mut [u8], lines: &[InFlight]) {
+    for l in lines {
+        let at = l.line as usize;
+        img[at..at + LINE].copy_from_slice(l.versions.last().expect("a line has a version"));
+    }
 }
 
 /// Mounts a copy of `img`, fscks it and judges its state. With `record`, the fences of a
@@ -451,11 +462,7 @@ fn recover_and_judge(
 ) -> std::result::Result<Matched, String> {
     let dev = Device::anonymous(img.len() as u64).map_err(|e| format!("device: {e}"))?;
     dev.write(0, img).map_err(|e| format!("device: {e}"))?;
-    let seen: Arc<Mutex<Vec<Vec<InFlight>>>> = Arc::default();
-    if record {
-        let hook = seen.clone();
-        dev.record(Box::new(move |lines| hook.lock().unwrap_or_else(|e| e.into_inner()).push(lines.to_vec())));
-    }
+    let seen = if record { record_fences(&dev) } else { Arc::default() };
     let fs = Fs::mount(dev).map_err(|e| format!("mount: {e}"))?;
     fs.device().stop_recording();
     if fs.recovery().replayed_records > 0 {
