@@ -4,7 +4,8 @@
 //! uses) rather than trusting the mounted `Fs`'s in-memory state, and then also compares the two,
 //! so it catches a mount that built a wrong picture as well as a bad image. Invariants:
 //!
-//! - every inode slot in use decodes (mode, times, extents, overflow chain, directory entries);
+//! - every inode slot in use decodes (mode, times, extents, overflow chain, attribute block,
+//!   directory entries);
 //! - every data block is owned at most once, and the free count matches what is owned;
 //! - extents are sorted and disjoint, and no written extent lies past the page holding EOF (a
 //!   mapped EOF page owns its whole page of blocks); directories are whole written blocks.
@@ -96,7 +97,7 @@ pub fn check(fs: &Fs, progress: &mut dyn FnMut(u64, u64)) -> Report {
         if a.generation == 0 {
             r.find("inode", Some(ino), Some(at + 24), "generation 0 on an inode in use");
         }
-        for run in inode.ext.owned_runs() {
+        for run in inode.owned_runs() {
             for b in run.start..run.start + run.len {
                 let slot = &mut owner[(b - geo.data_start) as usize];
                 if *slot != 0 {
@@ -264,9 +265,12 @@ fn compare_with_memory(fs: &Fs, inode: &Inode, r: &mut Report) {
     if g.attr != inode.attr {
         r.find("memory", Some(inode.ino), None, format!("medium {:?} vs mount {:?}", inode.attr, g.attr));
     }
-    let a: Vec<_> = g.ext.owned_runs().collect();
-    let b: Vec<_> = inode.ext.owned_runs().collect();
+    let a: Vec<_> = g.owned_runs().collect();
+    let b: Vec<_> = inode.owned_runs().collect();
     if a != b || !g.ext.iter().eq(inode.ext.iter()) {
         r.find("memory", Some(inode.ino), None, format!("blocks differ: medium {b:?}, mount {a:?}"));
+    }
+    if g.xattr != inode.xattr {
+        r.find("memory", Some(inode.ino), None, "extended attributes differ between medium and mount");
     }
 }

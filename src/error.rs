@@ -37,6 +37,12 @@ pub enum Error {
     FileTooBig,
     #[error("no data or hole at or past that offset")]
     NoSuchOffset,
+    #[error("no such attribute")]
+    NoAttr,
+    #[error("result out of range: {0}")]
+    Range(&'static str),
+    #[error("argument list too long: {0}")]
+    TooBig(&'static str),
     #[error("image is in use by another process (it holds the image lock)")]
     Busy,
     #[error("not a udax image: {0}")]
@@ -78,6 +84,9 @@ impl Error {
             Error::InvalidArgument(_) => libc::EINVAL,
             Error::FileTooBig => libc::EFBIG,
             Error::NoSuchOffset => libc::ENXIO,
+            Error::NoAttr => libc::ENODATA,
+            Error::Range(_) => libc::ERANGE,
+            Error::TooBig(_) => libc::E2BIG,
             Error::Busy => libc::EBUSY,
             Error::NotUdax(_) => libc::EINVAL,
             Error::Unsupported(_) => libc::EOPNOTSUPP,

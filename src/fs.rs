@@ -263,7 +263,7 @@ impl Fs {
             match Inode::load(&dev, &geo, ino)? {
                 Some(mut inode) => {
                     itable.mark_used(ino);
-                    used.extend(inode.ext.owned_runs());
+                    used.extend(inode.owned_runs());
                     if inode.is_dir() {
                         inode.dir = Some(load_dir(&dev, &geo, &inode)?);
                     }
@@ -853,10 +853,11 @@ impl Fs {
 
     /// Drops a freed inode from memory after the transaction that cleared its slot (at `head`).
     fn forget_freed(&self, inode: &mut Inode, head: u64) {
-        let runs: Vec<Run> = inode.ext.owned_runs().collect();
+        let runs: Vec<Run> = inode.owned_runs().collect();
         self.free_after(head, runs);
         inode.freed = true;
         inode.ext = ExtentMap::empty(self.inner.geo.inode_at(inode.ino));
+        inode.xattr = Default::default();
         wr(&self.inner.nodes).remove(&inode.ino);
         lock(&self.inner.itable).release(inode.ino, inode.attr.generation);
     }

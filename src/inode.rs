@@ -8,12 +8,14 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use zerocopy::IntoBytes;
 
+use crate::alloc::Run;
 use crate::device::Device;
 use crate::dir::DirIndex;
 use crate::error::{Error, Result};
 use crate::extent::ExtentMap;
 use crate::journal::Tx;
 use crate::layout::{mode, Geometry, RawInode, RawTime, INODE_ATTR_LEN};
+use crate::xattr::Xattrs;
 
 /// A point in time with nanoseconds, as stat(2) reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, serde::Serialize)]
@@ -106,6 +108,7 @@ pub struct Inode {
     pub attr: Attr,
     pub ext: ExtentMap,
     pub dir: Option<DirIndex>,
+    pub xattr: Xattrs,
     /// Open handles; an unlinked inode is freed at the last close.
     pub open: u32,
     /// Set when the slot was freed. A thread that found this inode before it was freed and
@@ -116,7 +119,15 @@ pub struct Inode {
 impl Inode {
     pub fn new(ino: u64, attr: Attr, geo: &Geometry) -> Inode {
         let dir = mode::is_dir(attr.mode).then(DirIndex::default);
-        Inode { ino, attr, ext: ExtentMap::empty(geo.inode_at(ino)), dir, open: 0, freed: false }
+        Inode {
+            ino,
+            attr,
+            ext: ExtentMap::empty(geo.inode_at(ino)),
+            dir,
+            xattr: Xattrs::default(),
+            open: 0,
+            freed: false,
+        }
     }
 
     /// Decodes slot `ino`; `Ok(None)` for a free slot. Every field is checked; directory
@@ -134,7 +145,7 @@ impl Inode {
         if raw.size.get() > crate::MAX_FILE_SIZE {
             return Err(Error::Corrupt { what: "inode size", at: at + 16 });
         }
-        if raw.flags.get() != 0 || raw.xattr.get() != 0 {
+        if raw.flags.get() != 0 {
             return Err(Error::Corrupt { what: "inode flags", at: at + 28 });
         }
         let parent = raw.parent.get();
@@ -169,7 +180,8 @@ impl Inode {
         if !mode::has_data(m) && !ext.is_empty() {
             return Err(Error::Corrupt { what: "extents on a special file", at: at + 128 });
         }
-        Ok(Some(Inode { ino, attr, ext, dir: None, open: 0, freed: false }))
+        let xattr = Xattrs::load(dev, geo, raw.xattr.get(), ino, at + 120)?;
+        Ok(Some(Inode { ino, attr, ext, dir: None, xattr, open: 0, freed: false }))
     }
 
     fn raw(&self) -> RawInode {
@@ -189,7 +201,7 @@ impl Inode {
             rdev: a.rdev.into(),
             parent: a.parent.into(),
             ext_next: self.ext.first_block().into(),
-            xattr: 0.into(),
+            xattr: self.xattr.block.into(),
             extents: Default::default(),
             reserved: [0; 8],
         };
@@ -213,12 +225,19 @@ impl Inode {
         let mut r = RawInode { mode: 0.into(), nlink: 0.into(), ..self.raw() };
         r.size = 0.into();
         r.ext_next = 0.into();
+        r.xattr = 0.into();
         tx.put(geo.inode_at(self.ino), &r.as_bytes()[..INODE_ATTR_LEN]);
     }
 
-    /// 512-byte units allocated, as stat(2) counts them.
+    /// Every block the inode owns: data, overflow extent blocks, the attribute block.
+    pub fn owned_runs(&self) -> impl Iterator<Item = Run> + '_ {
+        let xattr = (self.xattr.block != 0).then_some(Run { start: self.xattr.block, len: 1 });
+        self.ext.owned_runs().chain(xattr)
+    }
+
+    /// 512-byte units allocated, as stat(2) counts them (the attribute block too, as ext4 does).
     pub fn blocks_512(&self, geo: &Geometry) -> u64 {
-        self.ext.owned_blocks() * geo.block_size / 512
+        (self.ext.owned_blocks() + u64::from(self.xattr.block != 0)) * geo.block_size / 512
     }
 
     /// `NotFound` once the inode has been freed (see [`Inode::freed`]).

@@ -19,7 +19,10 @@ pub const VERSION: u32 = 1;
 /// Feature-flag words: a reader refuses an image with an incompat bit it does not know, opens
 /// read-only one with an unknown ro_compat bit, and ignores unknown compat bits.
 pub const FEATURES_COMPAT_KNOWN: u64 = 0;
-pub const FEATURES_INCOMPAT_KNOWN: u64 = 0;
+/// Inodes may name an extended-attribute block (`RawInode::xattr`). Incompatible: a reader
+/// without it would take such an inode for damage.
+pub const FEATURE_INCOMPAT_XATTR: u64 = 1;
+pub const FEATURES_INCOMPAT_KNOWN: u64 = FEATURE_INCOMPAT_XATTR;
 pub const FEATURES_RO_COMPAT_KNOWN: u64 = 0;
 
 pub const SUPERBLOCK_OFF: u64 = 0;
@@ -132,7 +135,8 @@ pub struct RawInode {
     pub parent: U64,
     /// First overflow extent block (block number), 0 when none.
     pub ext_next: U64,
-    /// Reserved for the extended-attribute block; 0 in v1.
+    /// Extended-attribute block (block number), 0 when none. Nonzero only on images with
+    /// [`FEATURE_INCOMPAT_XATTR`].
     pub xattr: U64,
     pub extents: [RawExtent; INLINE_EXTENTS],
     pub reserved: [u8; 8],
@@ -177,6 +181,33 @@ pub const EXTENT_BLOCK_MAGIC: u32 = 0x4b4c_4258; // "XBLK"
 pub const EXTENT_BLOCK_HEADER: u64 = 32;
 /// Offset of `next` within an extent block.
 pub const EXTENT_BLOCK_NEXT_OFF: u64 = 16;
+
+/// Header of an extended-attribute block; entries follow at byte 16, each a
+/// [`RawXattrEntry`], its name and its value, padded to 4 bytes. Bytes after the last entry are
+/// not read.
+#[repr(C)]
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug)]
+pub struct RawXattrHeader {
+    pub magic: U32,
+    /// Entries in the block, in ascending name order.
+    pub count: U16,
+    pub reserved: U16,
+    /// Inode that owns the block.
+    pub owner: U64,
+}
+const _: () = assert!(core::mem::size_of::<RawXattrHeader>() == 16);
+pub const XATTR_BLOCK_MAGIC: u32 = 0x4158_5855; // "UXXA"
+
+/// One extended attribute: lengths, then `name_len` bytes of full name (namespace prefix
+/// included) and `value_len` bytes of value.
+#[repr(C)]
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug)]
+pub struct RawXattrEntry {
+    pub name_len: u8,
+    pub reserved: u8,
+    pub value_len: U16,
+}
+const _: () = assert!(core::mem::size_of::<RawXattrEntry>() == 4);
 
 /// Directory entry header, 16 bytes, followed by the name; an entry fills `units` 32-byte units
 /// and never crosses a block boundary. `ino == 0` is a free unit.
@@ -242,6 +273,8 @@ pub struct Geometry {
     pub inode_count: u64,
     pub data_start: u64,
     pub data_blocks: u64,
+    /// The image carries [`FEATURE_INCOMPAT_XATTR`] (every image mkfs makes now does).
+    pub xattr: bool,
 }
 
 impl Geometry {
@@ -282,6 +315,7 @@ impl Geometry {
             inode_count,
             data_start: data_off / bs,
             data_blocks,
+            xattr: true,
         })
     }
 
@@ -321,7 +355,7 @@ impl Geometry {
         if sb.root_ino.get() != ROOT_INO {
             return Err(Error::Corrupt { what: "superblock root inode", at: at + 88 });
         }
-        Ok(g)
+        Ok(Geometry { xattr: sb.features_incompat.get() & FEATURE_INCOMPAT_XATTR != 0, ..g })
     }
 
     pub fn superblock(&self, mkfs_time: i64, uuid: [u8; 16], label: &str) -> RawSuperblock {
@@ -333,7 +367,7 @@ impl Geometry {
             version: VERSION.into(),
             block_size: (self.block_size as u32).into(),
             features_compat: 0.into(),
-            features_incompat: 0.into(),
+            features_incompat: if self.xattr { FEATURE_INCOMPAT_XATTR } else { 0 }.into(),
             features_ro_compat: 0.into(),
             size_bytes: self.size_bytes.into(),
             journal_len: self.journal_len.into(),

@@ -40,6 +40,7 @@ pub mod robust;
 mod space;
 #[allow(unsafe_code)]
 pub mod uffd;
+pub mod xattr;
 
 pub use device::{Backend, Counters, Device, InFlight};
 pub use error::{Error, Result};
@@ -48,6 +49,7 @@ pub use fs::{Creds, DirEntry, Fs, MkfsOptions, RenameMode, SetAttr, SetTime, Sta
 pub use inode::Timespec;
 pub use mmap::{Mapping, MmapStats, Prot, Share, HUGE, PAGE};
 pub use space::{ExtentInfo, FallocMode};
+pub use xattr::XattrFlags;
 
 /// Largest file size udax accepts (16 TiB).
 pub const MAX_FILE_SIZE: u64 = 1 << 44;

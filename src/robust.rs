@@ -44,10 +44,11 @@ pub enum Region {
     ExtentBlocks,
     SymlinkBlocks,
     FileData,
+    XattrBlocks,
 }
 
 impl Region {
-    pub const ALL: [Region; 10] = [
+    pub const ALL: [Region; 11] = [
         Region::Anywhere,
         Region::Superblock,
         Region::JournalHeader,
@@ -58,13 +59,15 @@ impl Region {
         Region::ExtentBlocks,
         Region::SymlinkBlocks,
         Region::FileData,
+        Region::XattrBlocks,
     ];
 }
 
 /// A small mkfs'd image with a tree that reaches every on-media structure: nested directories,
 /// a directory of several blocks, small files, a fragmented file with overflow extent blocks, a
-/// sparse file, preallocated (unwritten) extents, symbolic links, a FIFO, hard links, an orphan
-/// (unlinked while open), and journal records the checkpoint has not passed yet.
+/// sparse file, preallocated (unwritten) extents, symbolic links, a FIFO, hard links, extended
+/// attributes, an orphan (unlinked while open), and journal records the checkpoint has not
+/// passed yet.
 #[derive(Debug, Clone)]
 pub struct Template {
     pub image: Vec<u8>,
@@ -110,6 +113,15 @@ impl Template {
         fs.write(pre, 0, &[7; 5000])?;
         fs.fallocate(pre, 8192, 20_000, FallocMode::Allocate { keep_size: false })?;
         fs.fallocate(pre, 1000, 2000, FallocMode::PunchHole)?;
+        let xattrs = [
+            ("/a/f2", "user.one", 10),
+            ("/a/f2", "user.two", 300),
+            ("/a/b", "user.dir", 5),
+            ("/fifo", "trusted.t", 40),
+        ];
+        for (path, name, len) in xattrs {
+            fs.setxattr(fs.resolve(path, false)?, name.as_bytes(), &vec![len as u8; len], Default::default())?;
+        }
 
         // Remount, then leave records past the checkpoint and an orphan behind.
         let dev = fs.unmount()?.ok_or(Error::InvalidArgument("template still in use"))?;
@@ -117,8 +129,10 @@ impl Template {
         fs.rename_path("/a/f7", "/a/b/moved")?;
         fs.write_file("/a/b/c/late", b"after the remount")?;
         fs.mkdir_path("/a/b/c/d", 0o700)?;
+        fs.setxattr(fs.resolve("/a/f3", false)?, b"security.late", b"after the remount", Default::default())?;
         let orphan = fs.open("/orphan", OpenOptions::create())?;
         orphan.write_at(&[9; 3000], 0)?;
+        fs.setxattr(orphan.ino(), b"user.orphan", b"freed with it", Default::default())?;
         fs.unlink_path("/orphan")?;
 
         let geo = *fs.geometry();
@@ -145,6 +159,9 @@ impl Template {
             }
             for &b in g.ext.overflow_blocks() {
                 add(Region::ExtentBlocks, geo.block_at(b)..geo.block_at(b + 1));
+            }
+            if g.xattr.block != 0 {
+                add(Region::XattrBlocks, geo.block_at(g.xattr.block)..geo.block_at(g.xattr.block + 1));
             }
         }
         drop(orphan);
@@ -605,6 +622,11 @@ fn walk(fs: &Fs) -> Found {
             budget -= 1;
             let _ = fs.lookup(dir, &e.name);
             let Ok(st) = fs.getattr(e.ino) else { continue };
+            if let Ok(names) = fs.listxattr(e.ino) {
+                for name in names.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+                    let _ = fs.getxattr(e.ino, name);
+                }
+            }
             let child = format!("{path}{}", String::from_utf8_lossy(&e.name));
             let here = Some((dir, e.ino, e.name.clone()));
             match st.mode & mode::S_IFMT {
@@ -676,6 +698,9 @@ fn change(fs: &Fs, found: &Found) {
             let _ = fs.fallocate(*ino, st.size / 4, 4096, FallocMode::PunchHole);
         }
         let _ = fs.setattr(*ino, &SetAttr { mode: Some(0o600), ..Default::default() });
+        let _ = fs.setxattr(*ino, b"user.robust", &[3; 200], Default::default());
+        let _ = fs.setxattr(*ino, b"user.robust", &[4; 20], Default::default());
+        let _ = fs.removexattr(*ino, b"user.two");
         let _ = fs.rename(*parent, name, r, b"robust-file", RenameMode::Replace);
         let _ = fs.link(*ino, r, b"robust-file-link");
         let _ = fs.unlink(r, b"robust-file");

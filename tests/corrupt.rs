@@ -86,6 +86,7 @@ fn region() -> impl Strategy<Value = Region> {
         4 => Just(Region::ExtentBlocks),
         1 => Just(Region::SymlinkBlocks),
         1 => Just(Region::FileData),
+        3 => Just(Region::XattrBlocks),
     ]
 }
 
@@ -117,6 +118,7 @@ fn target() -> impl Strategy<Value = Region> {
         3 => Just(Region::ExtentBlocks),
         1 => Just(Region::SymlinkBlocks),
         1 => Just(Region::FileData),
+        3 => Just(Region::XattrBlocks),
     ]
 }
 

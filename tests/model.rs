@@ -40,8 +40,14 @@ enum Op {
     MapLoad { path: usize, off: u64, len: usize },
     Remap(usize),
     PrivateStore { path: usize, off: u64, len: usize, seed: u8 },
+    SetXattr { path: usize, name: usize, len: usize, seed: u8, create: bool, replace: bool },
+    GetXattr { path: usize, name: usize },
+    RemoveXattr { path: usize, name: usize },
     Remount,
 }
+
+/// Attribute names the ops use: a few user ones and one each of the other stored namespaces.
+const XNAMES: &[&str] = &["user.a", "user.bb", "user.ccc", "trusted.t", "security.s"];
 
 fn offset() -> impl Strategy<Value = u64> {
     prop_oneof![4 => 0u64..20_000, 2 => 0u64..300_000, 1 => 900_000u64..1_100_000]
@@ -69,6 +75,10 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (p.clone(), offset(), 0usize..12_000).prop_map(|(path, off, len)| Op::MapLoad { path, off, len }),
         1 => p.clone().prop_map(Op::Remap),
         1 => (p.clone(), offset(), 0usize..6000, any::<u8>()).prop_map(|(path, off, len, seed)| Op::PrivateStore { path, off, len, seed }),
+        3 => (p.clone(), 0..XNAMES.len(), prop_oneof![3 => 0usize..300, 1 => 0usize..2500], any::<u8>(), any::<bool>(), any::<bool>())
+            .prop_map(|(path, name, len, seed, create, replace)| Op::SetXattr { path, name, len, seed, create: create && seed % 4 == 0, replace: replace && seed % 4 == 1 }),
+        2 => (p.clone(), 0..XNAMES.len()).prop_map(|(path, name)| Op::GetXattr { path, name }),
+        1 => (p.clone(), 0..XNAMES.len()).prop_map(|(path, name)| Op::RemoveXattr { path, name }),
         1 => Just(Op::Remount),
     ]
 }
@@ -125,6 +135,7 @@ struct Node {
     kind: Kind,
     mode: u32,
     nlink: u32,
+    xattrs: BTreeMap<String, Vec<u8>>,
 }
 
 /// POSIX as udax's path API implements it, over a flat map of absolute paths.
@@ -188,7 +199,7 @@ impl Model {
         if kind == Kind::Dir && parent_of(p) != "/" && self.get(parent_of(p)).is_some_and(|n| n.mode & 0o2000 != 0) {
             mode |= 0o2000;
         }
-        self.nodes.insert(id, Node { kind, mode, nlink });
+        self.nodes.insert(id, Node { kind, mode, nlink, xattrs: BTreeMap::new() });
         self.paths.insert(p.to_string(), id);
         if self.get(p).is_some_and(|n| n.kind == Kind::Dir) && parent_of(p) != "/" {
             let pid = self.paths[parent_of(p)];
@@ -418,6 +429,54 @@ impl Model {
         self.nodes.get_mut(&id).unwrap().nlink += 1;
         self.paths.insert(b.to_string(), id);
         Ok(())
+    }
+
+    /// Resolves `p` without following a final symlink (lsetxattr and friends).
+    fn lookup_nofollow(&self, p: &str) -> R<u64> {
+        self.parent_ok(p)?;
+        self.paths.get(p).copied().ok_or(libc::ENOENT)
+    }
+
+    /// The node at `p` for an attribute op on `name`: `user.` ones only on files and directories.
+    fn xattr_node(&mut self, p: &str, name: &str, denied: i32) -> R<&mut Node> {
+        let id = self.lookup_nofollow(p)?;
+        let n = self.nodes.get_mut(&id).unwrap();
+        if name.starts_with("user.") && matches!(n.kind, Kind::Symlink(_)) {
+            return Err(denied);
+        }
+        Ok(n)
+    }
+
+    fn setxattr(&mut self, p: &str, name: &str, value: &[u8], create: bool, replace: bool) -> R<()> {
+        let bs = self.bs as usize;
+        let n = self.xattr_node(p, name, libc::EPERM)?;
+        let exists = n.xattrs.contains_key(name);
+        if create && exists {
+            return Err(libc::EEXIST);
+        }
+        if replace && !exists {
+            return Err(libc::ENODATA);
+        }
+        let mut after = n.xattrs.clone();
+        after.insert(name.to_string(), value.to_vec());
+        // Everything must fit in one block: a 16-byte header, then per attribute 4 bytes of
+        // lengths, the name and the value, padded to 4.
+        let used: usize = 16 + after.iter().map(|(k, v)| (4 + k.len() + v.len()).next_multiple_of(4)).sum::<usize>();
+        if used > bs {
+            return Err(libc::ENOSPC);
+        }
+        n.xattrs = after;
+        Ok(())
+    }
+
+    fn getxattr(&mut self, p: &str, name: &str) -> R<Vec<u8>> {
+        let n = self.xattr_node(p, name, libc::ENODATA)?;
+        n.xattrs.get(name).cloned().ok_or(libc::ENODATA)
+    }
+
+    fn removexattr(&mut self, p: &str, name: &str) -> R<()> {
+        let n = self.xattr_node(p, name, libc::EPERM)?;
+        n.xattrs.remove(name).map(drop).ok_or(libc::ENODATA)
     }
 
     fn chmod(&mut self, p: &str, mode: u32) -> R<()> {
@@ -657,6 +716,31 @@ impl Sut {
                 f.read_at(&mut got, off).unwrap();
                 prop_assert!(got == want, "a private store reached {}", p(*path));
             }
+            Op::SetXattr { path, name, len, seed, create, replace } => {
+                let value = fill(*len, *seed);
+                let flags = udax::XattrFlags { create: *create, replace: *replace };
+                let got = errno(
+                    fs.resolve(p(*path), false)
+                        .and_then(|ino| fs.setxattr(ino, XNAMES[*name].as_bytes(), &value, flags)),
+                );
+                let want = m.setxattr(p(*path), XNAMES[*name], &value, *create, *replace);
+                prop_assert_eq!(got, want, "setxattr {} {} len {}", p(*path), XNAMES[*name], len);
+            }
+            Op::GetXattr { path, name } => {
+                let got = errno(fs.resolve(p(*path), false).and_then(|ino| fs.getxattr(ino, XNAMES[*name].as_bytes())));
+                prop_assert_eq!(got, m.getxattr(p(*path), XNAMES[*name]), "getxattr {} {}", p(*path), XNAMES[*name]);
+            }
+            Op::RemoveXattr { path, name } => {
+                let got =
+                    errno(fs.resolve(p(*path), false).and_then(|ino| fs.removexattr(ino, XNAMES[*name].as_bytes())));
+                prop_assert_eq!(
+                    got,
+                    m.removexattr(p(*path), XNAMES[*name]),
+                    "removexattr {} {}",
+                    p(*path),
+                    XNAMES[*name]
+                );
+            }
             Op::Remount => {
                 self.maps.clear();
                 drop(fs);
@@ -706,6 +790,13 @@ impl Sut {
             let st = fs.getattr(ino).unwrap();
             let n = &m.nodes[id];
             prop_assert_eq!(st.nlink, n.nlink, "nlink of {}", path);
+            let mut names = Vec::new();
+            for (k, v) in &n.xattrs {
+                prop_assert_eq!(&fs.getxattr(ino, k.as_bytes()).unwrap(), v, "xattr {} of {}", k, path);
+                names.extend_from_slice(k.as_bytes());
+                names.push(0);
+            }
+            prop_assert_eq!(fs.listxattr(ino).unwrap(), names, "xattr names of {}", path);
             match &n.kind {
                 Kind::File(FileM { data: d, blocks }) => {
                     let bs = m.bs;

@@ -177,3 +177,43 @@ fn a_set_group_id_directory_passes_on_its_group() {
     let fs = clean_remount(fs);
     assert_eq!(fs.stat("/shared/sub/").unwrap().gid, 500);
 }
+
+#[test]
+fn extended_attributes_survive_remount_and_go_with_their_inode() {
+    let fs = fresh();
+    fs.write_file("/f", b"x").unwrap();
+    // The root directory keeps the block its first entry took.
+    let free = fs.statfs().blocks_free + 1;
+    let f = fs.resolve("/f", false).unwrap();
+    fs.setxattr(f, b"user.a", b"one", Default::default()).unwrap();
+    fs.setxattr(f, b"security.b", &[2; 1000], Default::default()).unwrap();
+    assert_eq!(fs.getattr(f).unwrap().blocks, 2 * 8, "a data block and the attribute block");
+    let fs = clean_remount(fs);
+    assert_eq!(fs.listxattr(f).unwrap(), b"security.b\0user.a\0");
+    assert_eq!(fs.getxattr(f, b"user.a").unwrap(), b"one");
+    // Unlinking frees the attribute block with the data (after the next checkpoint).
+    fs.unlink_path("/f").unwrap();
+    let fs = clean_remount(fs);
+    assert_eq!(fs.statfs().blocks_free, free);
+}
+
+/// Images made before extended attributes existed lack the XATTR feature bit: they still mount,
+/// and setxattr is EOPNOTSUPP instead of writing a block their readers would take for damage.
+#[test]
+fn images_without_the_xattr_feature_refuse_attributes() {
+    use udax::layout::{superblock_crc, RawSuperblock, FEATURE_INCOMPAT_XATTR};
+    let fs = fresh();
+    fs.write_file("/f", b"x").unwrap();
+    let dev = fs.unmount().unwrap().unwrap();
+    let mut sb: RawSuperblock = dev.read_obj(0).unwrap();
+    assert_eq!(sb.features_incompat.get(), FEATURE_INCOMPAT_XATTR);
+    sb.features_incompat = 0.into();
+    sb.crc = superblock_crc(&sb).into();
+    dev.write_obj(0, &sb).unwrap();
+    let fs = Fs::mount(dev).unwrap();
+    let f = fs.resolve("/f", false).unwrap();
+    let e = fs.setxattr(f, b"user.a", b"1", Default::default()).unwrap_err();
+    assert_eq!(e.errno(), libc::EOPNOTSUPP, "{e}");
+    assert_eq!(fs.listxattr(f).unwrap(), b"");
+    assert_eq!(fs.getxattr(f, b"user.a").unwrap_err().errno(), libc::ENODATA);
+}

@@ -104,6 +104,76 @@ fn a_real_tree_round_trips_through_the_mount_and_back() {
 }
 
 #[test]
+fn extended_attributes_are_stored_in_the_image_with_ext4_errors() {
+    use rustix::fs::{getxattr, listxattr, removexattr, setxattr, XattrFlags};
+    use rustix::io::Errno;
+    use std::os::unix::fs::MetadataExt;
+    let m = Mounted::new("64M");
+    let f = m.mnt.join("f");
+    std::fs::write(&f, b"data").unwrap();
+    let before = std::fs::metadata(&f).unwrap();
+    setxattr(&f, "user.small", b"1", XattrFlags::empty()).unwrap();
+    setxattr(&f, "user.empty", b"", XattrFlags::empty()).unwrap();
+    setxattr(&f, "trusted.t", b"root only", XattrFlags::CREATE).unwrap();
+    setxattr(&f, "user.small", b"22", XattrFlags::REPLACE).unwrap();
+    let after = std::fs::metadata(&f).unwrap();
+    let ctime = |m: &std::fs::Metadata| (m.ctime(), m.ctime_nsec());
+    assert!(ctime(&after) > ctime(&before), "setxattr left ctime alone");
+    assert_eq!(after.modified().unwrap(), before.modified().unwrap(), "setxattr moved mtime");
+
+    let err = |r: rustix::io::Result<()>| r.unwrap_err();
+    assert_eq!(err(setxattr(&f, "user.small", b"x", XattrFlags::CREATE)), Errno::EXIST);
+    assert_eq!(err(setxattr(&f, "user.none", b"x", XattrFlags::REPLACE)), Errno::NODATA);
+    assert_eq!(err(setxattr(&f, "system.other", b"x", XattrFlags::empty())), Errno::OPNOTSUPP);
+    assert_eq!(err(setxattr(&f, "nonamespace", b"x", XattrFlags::empty())), Errno::OPNOTSUPP);
+    assert_eq!(err(setxattr(&f, "user.".to_string() + &"n".repeat(251), b"x", XattrFlags::empty())), Errno::RANGE);
+    assert_eq!(err(setxattr(&f, "user.huge", &[1; 70_000], XattrFlags::empty())), Errno::TOOBIG);
+    // Everything an inode holds fits in one 4 KiB block, as ext4 without large attributes.
+    assert_eq!(err(setxattr(&f, "user.big", &[1; 5000], XattrFlags::empty())), Errno::NOSPC);
+    setxattr(&f, "user.big", &[7; 3000], XattrFlags::empty()).unwrap();
+    assert_eq!(err(setxattr(&f, "user.big2", &[7; 1500], XattrFlags::empty())), Errno::NOSPC);
+    let fifo = m.mnt.join("p");
+    sh(&format!("mkfifo {}", fifo.display()), Path::new("/"));
+    assert_eq!(err(setxattr(&fifo, "user.x", b"x", XattrFlags::empty())), Errno::PERM);
+    setxattr(&fifo, "trusted.x", b"x", XattrFlags::empty()).unwrap();
+
+    let mut small = [0u8; 1];
+    assert_eq!(getxattr(&f, "user.small", &mut small[..]).unwrap_err(), Errno::RANGE);
+    assert_eq!(getxattr(&f, "user.gone", &mut small[..]).unwrap_err(), Errno::NODATA);
+    removexattr(&f, "user.empty").unwrap();
+    assert_eq!(removexattr(&f, "user.empty").unwrap_err(), Errno::NODATA);
+
+    // cp -a carries them, and they outlive the mount.
+    sh(&format!("cp -a {0}/f {0}/g", m.mnt.display()), Path::new("/"));
+    m.unmount();
+    assert_eq!(ok(&[OsStr::new("fsck"), m.img.as_os_str()]).trim_end().lines().last(), Some("clean"));
+    ok(&[OsStr::new("mount"), m.img.as_os_str(), m.mnt.as_os_str()]);
+    for name in ["f", "g"] {
+        let p = m.mnt.join(name);
+        let mut list = vec![0u8; 256];
+        let n = listxattr(&p, &mut list[..]).unwrap();
+        assert_eq!(&list[..n], b"trusted.t\0user.big\0user.small\0", "{name}");
+        let mut v = vec![0u8; 4096];
+        let n = getxattr(&p, "user.big", &mut v[..]).unwrap();
+        assert_eq!(&v[..n], &[7; 3000][..]);
+        let n = getxattr(&p, "user.small", &mut v[..]).unwrap();
+        assert_eq!(&v[..n], b"22");
+    }
+    // Removing the last one gives the block back; unlinking frees one too.
+    let used = |m: &Mounted| rustix::fs::statfs(&m.mnt).unwrap().f_bfree;
+    let free_before = used(&m);
+    for name in ["trusted.t", "user.big", "user.small"] {
+        removexattr(m.mnt.join("f"), name).unwrap();
+    }
+    std::fs::remove_file(m.mnt.join("g")).unwrap();
+    m.unmount();
+    assert_eq!(ok(&[OsStr::new("fsck"), m.img.as_os_str()]).trim_end().lines().last(), Some("clean"));
+    ok(&[OsStr::new("mount"), m.img.as_os_str(), m.mnt.as_os_str()]);
+    assert!(used(&m) >= free_before + 2, "{} free blocks, {free_before} before", used(&m));
+    m.unmount();
+}
+
+#[test]
 fn tar_and_git_work_on_the_mount() {
     let m = Mounted::new("256M");
     let work = m.mnt.join("w");

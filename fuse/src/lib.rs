@@ -17,9 +17,9 @@ use fuser::{
     AccessFlags, Config, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
     INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
     ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs,
-    ReplyWrite, Request, SessionACL, TimeOrNow, WriteFlags,
+    ReplyWrite, ReplyXattr, Request, SessionACL, TimeOrNow, WriteFlags,
 };
-use udax::{Creds, FallocMode, Fs, RenameMode, SetAttr, SetTime, Stat, Timespec};
+use udax::{Creds, FallocMode, Fs, RenameMode, SetAttr, SetTime, Stat, Timespec, XattrFlags};
 
 /// How long the kernel may trust attributes and names. Every change goes through this process,
 /// and the kernel drops what each of its own requests changes, so a short timeout costs nothing
@@ -105,6 +105,18 @@ impl UdaxFuse {
 
 fn errno(e: &udax::Error) -> Errno {
     Errno::from_i32(e.errno())
+}
+
+/// Answers getxattr/listxattr: the size alone when asked with size 0, ERANGE when the caller's
+/// buffer is too small.
+fn xattr_reply(bytes: &[u8], size: u32, reply: ReplyXattr) {
+    if size == 0 {
+        reply.size(bytes.len() as u32)
+    } else if bytes.len() > size as usize {
+        reply.error(Errno::ERANGE)
+    } else {
+        reply.data(bytes)
+    }
 }
 
 fn time(t: Timespec) -> SystemTime {
@@ -504,6 +516,60 @@ impl Filesystem for UdaxFuse {
         let s = self.fs.statfs();
         let bs = s.block_size as u32;
         reply.statfs(s.blocks, s.blocks_free, s.blocks_free, s.inodes, s.inodes_free, bs, s.name_max, bs);
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        position: u32,
+        reply: ReplyEmpty,
+    ) {
+        writable!(self, reply);
+        if position != 0 || flags & !(libc::XATTR_CREATE | libc::XATTR_REPLACE) != 0 {
+            return reply.error(Errno::EINVAL);
+        }
+        let how = XattrFlags { create: flags & libc::XATTR_CREATE != 0, replace: flags & libc::XATTR_REPLACE != 0 };
+        match self.fs.setxattr(ino.0, name.as_bytes(), value, how) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        match self.fs.getxattr(ino.0, name.as_bytes()) {
+            Ok(v) => xattr_reply(&v, size, reply),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        match self.fs.listxattr(ino.0) {
+            // The kernel passes the list on as it is; ext4 leaves trusted.* out for callers
+            // without CAP_SYS_ADMIN, which over FUSE is as close as root.
+            Ok(list) if req.uid() != 0 => {
+                let shown: Vec<u8> = list
+                    .split_inclusive(|&b| b == 0)
+                    .filter(|n| !n.starts_with(b"trusted."))
+                    .flatten()
+                    .copied()
+                    .collect();
+                xattr_reply(&shown, size, reply)
+            }
+            Ok(list) => xattr_reply(&list, size, reply),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        writable!(self, reply);
+        match self.fs.removexattr(ino.0, name.as_bytes()) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {

@@ -25,6 +25,9 @@ pub struct Shape {
     /// A symbolic link's target.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
+    /// Extended attributes, values in hex.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub xattrs: BTreeMap<String, String>,
 }
 
 /// Times and contents, which an in-place overwrite changes without a transaction: SPEC §3.2 lets
@@ -61,8 +64,23 @@ impl FsState {
             } else {
                 None
             };
-            let shape =
-                Shape { ino, mode: a.mode, uid: a.uid, gid: a.gid, nlink: a.nlink, size: a.size, rdev: a.rdev, target };
+            let mut xattrs = BTreeMap::new();
+            let names = fs.listxattr(ino).map_err(|e| format!("listxattr {path}: {e}"))?;
+            for name in names.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+                let v = fs.getxattr(ino, name).map_err(|e| format!("getxattr {path}: {e}"))?;
+                xattrs.insert(String::from_utf8_lossy(name).into_owned(), hex::encode(&v));
+            }
+            let shape = Shape {
+                ino,
+                mode: a.mode,
+                uid: a.uid,
+                gid: a.gid,
+                nlink: a.nlink,
+                size: a.size,
+                rdev: a.rdev,
+                target,
+                xattrs,
+            };
             if let std::collections::btree_map::Entry::Vacant(slot) = st.payload.entry(ino) {
                 let mut data = Vec::new();
                 if kind == S_IFREG {
@@ -172,11 +190,13 @@ fn first_shape_difference(want: &BTreeMap<String, Shape>, got: &BTreeMap<String,
 mod hex {
     use serde::{Deserialize, Deserializer, Serializer};
 
-    pub fn serialize<S: Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
+    pub fn encode(b: &[u8]) -> String {
         const DIGITS: &[u8; 16] = b"0123456789abcdef";
-        let text: String =
-            b.iter().flat_map(|v| [DIGITS[(v >> 4) as usize] as char, DIGITS[(v & 15) as usize] as char]).collect();
-        s.serialize_str(&text)
+        b.iter().flat_map(|v| [DIGITS[(v >> 4) as usize] as char, DIGITS[(v & 15) as usize] as char]).collect()
+    }
+
+    pub fn serialize<S: Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&encode(b))
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {

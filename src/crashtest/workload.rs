@@ -57,6 +57,17 @@ pub enum Step {
         path: String,
         sec: i64,
     },
+    /// Sets extended attribute `name` to `len` pattern bytes.
+    SetXattr {
+        path: String,
+        name: String,
+        len: u64,
+        seed: u8,
+    },
+    RemoveXattr {
+        path: String,
+        name: String,
+    },
     /// Stores `len` bytes at `off` through a shared mapping of the pages around them, then msync.
     MapStore {
         path: String,
@@ -94,6 +105,8 @@ impl Step {
             Step::Chown { path, uid, gid } => format!("chown {uid}:{gid} {path}"),
             Step::Utimes { path, sec } => format!("utimes {path} {sec}"),
             Step::MapStore { path, off, len, .. } => format!("mmap store {path} {off}+{len}"),
+            Step::SetXattr { path, name, len, .. } => format!("setxattr {path} {name} {len} bytes"),
+            Step::RemoveXattr { path, name } => format!("removexattr {path} {name}"),
         }
     }
 
@@ -143,6 +156,11 @@ impl Step {
                 map.write(off - start, &bytes(*seed, *off, *len))?;
                 map.flush()
             }
+            Step::SetXattr { path, name, len, seed } => {
+                let ino = fs.resolve(path, false)?;
+                fs.setxattr(ino, name.as_bytes(), &bytes(*seed, 0, *len), Default::default())
+            }
+            Step::RemoveXattr { path, name } => fs.removexattr(fs.resolve(path, false)?, name.as_bytes()),
         }
     }
 }
@@ -151,7 +169,7 @@ impl Step {
 ///
 /// | name | what |
 /// |---|---|
-/// | `/a` | 2.5 blocks of data |
+/// | `/a` | 2.5 blocks of data, attribute `user.p` (40 bytes) |
 /// | `/b` | 4 blocks: written, hole, unwritten (preallocated), written |
 /// | `/d/c` | 100 bytes, also linked as `/h` |
 /// | `/d/e` | an empty directory |
@@ -170,6 +188,7 @@ pub fn prepare(fs: &Fs) -> crate::Result<()> {
     write("/d/c", 0, 100, 3)?;
     fs.link_path("/d/c", "/h")?;
     fs.symlink_path("a", "/s")?;
+    Step::SetXattr { path: s("/a"), name: s("user.p"), len: 40, seed: 4 }.apply(fs)?;
     Step::Mkfifo("/q".into()).apply(fs)
 }
 
@@ -183,6 +202,7 @@ pub fn seq1(bs: u64) -> Vec<Step> {
     let falloc = |path: &str, off, len, mode| Step::Falloc { path: s(path), off, len, mode };
     let write = |path: &str, off, len| Step::Write { path: s(path), off, len, seed: 9 };
     let rename = |from: &str, to: &str, mode| Step::Rename { from: s(from), to: s(to), mode };
+    let setx = |path: &str, name: &str, len| Step::SetXattr { path: s(path), name: s(name), len, seed: 9 };
     vec![
         Step::Create(s("/n")),
         Step::Create(s("/d/n")),
@@ -222,6 +242,12 @@ pub fn seq1(bs: u64) -> Vec<Step> {
         Step::Utimes { path: s("/a"), sec: 1_000_000_000 },
         Step::MapStore { path: s("/b"), off: bs + 10, len: 100, seed: 9 }, // first store into a hole
         Step::MapStore { path: s("/a"), off: 20, len: 64, seed: 9 },       // a written page
+        setx("/b", "user.n", 100),                                         // the first: a new block
+        setx("/a", "user.n", 30),                                          // a second, same block
+        setx("/a", "user.p", bs / 2),                                      // a larger value
+        setx("/q", "trusted.t", 8),                                        // on a FIFO
+        setx("/d", "user.n", 8),                                           // on a directory
+        Step::RemoveXattr { path: s("/a"), name: s("user.p") },            // the last: frees the block
     ]
 }
 
@@ -238,6 +264,7 @@ pub fn pair_set(bs: u64) -> Vec<Step> {
         Step::Unlink(s("/a")),
         Step::Create(s("/a")),
         Step::MapStore { path: s("/a"), off: 2 * bs + 5, len: 2 * bs, seed: 11 },
+        Step::SetXattr { path: s("/a"), name: s("user.p"), len: bs / 2, seed: 12 },
     ]
 }
 
@@ -269,7 +296,7 @@ pub fn random(bs: u64, seed: u64, ops: usize) -> Vec<Step> {
         let (p, q) = (name(), name());
         let seed = (i % 200) as u8;
         let (off, len) = (next(6 * bs), 1 + next(2 * bs));
-        out.push(match next(17) {
+        out.push(match next(19) {
             0..=2 => Step::Write { path: p, off, len, seed },
             16 => Step::Create(p),
             3 => Step::Truncate { path: p, size: next(6 * bs) },
@@ -285,8 +312,33 @@ pub fn random(bs: u64, seed: u64, ops: usize) -> Vec<Step> {
             12 => Step::Chmod { path: p, mode: 0o600 + next(0o100) as u32 },
             13 => Step::Mkdir(p),
             14 => Step::Rmdir(p),
+            17 => Step::SetXattr { path: p, name: format!("user.{}", next(3)), len: next(bs / 2), seed },
+            18 => Step::RemoveXattr { path: p, name: format!("user.{}", next(3)) },
             _ => Step::Symlink { target: q, link: p },
         });
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Device;
+
+    /// A step that fails changes nothing and leaves its crash states trivially allowed, so every
+    /// step of `seq1` must really run.
+    #[test]
+    fn every_seq1_step_succeeds_on_the_prepared_tree() {
+        for bs in [1024u32, 4096] {
+            for step in seq1(u64::from(bs)) {
+                let opts =
+                    crate::MkfsOptions { block_size: bs, inodes: 64, journal_bytes: 64 << 10, ..Default::default() };
+                let fs = Fs::mkfs(Device::anonymous(2 << 20).unwrap(), &opts).unwrap();
+                prepare(&fs).unwrap();
+                if let Err(e) = step.apply(&fs) {
+                    panic!("{} at block size {bs}: {e}", step.describe());
+                }
+            }
+        }
+    }
 }
