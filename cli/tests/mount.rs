@@ -50,12 +50,16 @@ struct Mounted {
 
 impl Mounted {
     fn new(size: &str) -> Mounted {
+        Mounted::with_options(size, "rw")
+    }
+
+    fn with_options(size: &str, opts: &str) -> Mounted {
         let dir = tmp();
         let img = dir.path().join("img");
         let mnt = dir.path().join("mnt");
         std::fs::create_dir(&mnt).unwrap();
         ok(&[OsStr::new("mkfs"), img.as_os_str(), OsStr::new("--size"), OsStr::new(size)]);
-        ok(&[OsStr::new("mount"), img.as_os_str(), mnt.as_os_str()]);
+        ok(&[OsStr::new("mount"), img.as_os_str(), mnt.as_os_str(), OsStr::new("-o"), OsStr::new(opts)]);
         assert!(is_mounted(&mnt));
         Mounted { _dir: dir, img, mnt }
     }
@@ -170,6 +174,50 @@ fn extended_attributes_are_stored_in_the_image_with_ext4_errors() {
     assert_eq!(ok(&[OsStr::new("fsck"), m.img.as_os_str()]).trim_end().lines().last(), Some("clean"));
     ok(&[OsStr::new("mount"), m.img.as_os_str(), m.mnt.as_os_str()]);
     assert!(used(&m) >= free_before + 2, "{} free blocks, {free_before} before", used(&m));
+    m.unmount();
+}
+
+/// Set-ID bits after writes, truncates and chowns, through the mount and on tmpfs (a kernel file
+/// system) side by side: the server drops them itself (FUSE_HANDLE_KILLPRIV_V2), so it must drop
+/// exactly what the kernel would.
+#[test]
+fn writes_truncates_and_chowns_drop_set_id_bits_as_a_kernel_file_system_does() {
+    let m = Mounted::with_options("64M", "allow_other");
+    let kernel = tmp();
+    for d in [kernel.path(), m._dir.path(), m.mnt.as_path()] {
+        sh(&format!("chmod 755 {}", d.display()), Path::new("/"));
+    }
+    // (mode, command; `$f` is the file, `nobody` runs it as an unprivileged user)
+    let cases: &[(u32, &str)] = &[
+        (0o6777, "nobody dd if=/dev/zero of=$f bs=100 count=1 conv=notrunc"),
+        (0o6755, "dd if=/dev/zero of=$f bs=100 count=1 conv=notrunc"),
+        (0o2776, "nobody dd if=/dev/zero of=$f bs=100 count=1 conv=notrunc"),
+        (0o4777, "nobody truncate -s 10 $f"),
+        (0o6777, "nobody sh -c ': > $f'"),
+        (0o6755, "truncate -s 10 $f"),
+        (0o6755, "chown 0:0 $f"),
+        (0o2744, "chown 0:0 $f"),
+        (0o4744, "chown -h 0 $f"),
+    ];
+    let mut modes = Vec::new();
+    for dir in [kernel.path(), m.mnt.as_path()] {
+        let mut got = Vec::new();
+        for (i, (mode, cmd)) in cases.iter().enumerate() {
+            let f = dir.join(format!("f{i}"));
+            std::fs::write(&f, b"0123456789abcdef").unwrap();
+            sh(&format!("chmod {mode:o} {}", f.display()), dir);
+            let cmd = cmd
+                .replace("nobody ", "setpriv --reuid=65534 --regid=65534 --clear-groups ")
+                .replace("$f", &f.display().to_string());
+            sh(&cmd, dir);
+            let st = std::fs::metadata(&f).unwrap();
+            let mode = std::os::unix::fs::PermissionsExt::mode(&st.permissions()) & 0o7777;
+            got.push(format!("{:o} after `{}`", mode, cmd.replace(&dir.display().to_string(), "DIR")));
+        }
+        modes.push(got);
+    }
+    assert!(modes[0][0].starts_with("777 "), "the kernel file system should drop both bits here");
+    assert_eq!(modes[1], modes[0], "through the mount (right) against tmpfs (left)");
     m.unmount();
 }
 
