@@ -405,13 +405,7 @@ impl Filesystem for UdaxFuse {
         writable!(self, reply);
         let made = self.fs.create(parent.0, name.as_bytes(), mode & !umask & 0o7777, who(req));
         match made.and_then(|st| self.fs.open_ino(st.ino)) {
-            Ok(st) => reply.created(
-                &TTL,
-                &attr(&st),
-                Generation(u64::from(st.generation)),
-                FileHandle(0),
-                OPEN_FLAGS,
-            ),
+            Ok(st) => reply.created(&TTL, &attr(&st), Generation(u64::from(st.generation)), FileHandle(0), OPEN_FLAGS),
             Err(e) => reply.error(errno(&e)),
         }
     }
