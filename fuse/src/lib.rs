@@ -207,6 +207,15 @@ impl UdaxFuse {
         }
     }
 
+    /// The mode `ino` takes when it drops its set-ID bits (see [`killed_privs`]) on a write or
+    /// truncate, or a chown by `chown_by`; `None` when there is nothing to drop.
+    fn mode_dropping_set_id(&self, ino: u64, chown_by: Option<&Request>) -> Result<Option<u32>, Errno> {
+        let st = self.fs.getattr(ino).map_err(|e| errno(&e))?;
+        let outsider = chown_by.is_some_and(|r| r.uid() != 0 && r.gid() != st.gid);
+        let kill = killed_privs(st.mode, outsider);
+        Ok((kill != 0).then_some(st.mode & 0o7777 & !kill))
+    }
+
     fn writable(&self) -> Result<(), Errno> {
         if self.read_only {
             Err(Errno::EROFS)
@@ -290,15 +299,9 @@ impl Filesystem for UdaxFuse {
         // the set-ID bits as they would on a kernel file system.
         let chown = uid.is_some() || gid.is_some();
         if mode.is_none() && (chown || (size.is_some() && req.uid() != 0)) {
-            match self.fs.getattr(ino.0) {
-                Ok(st) => {
-                    let outsider = chown && req.uid() != 0 && req.gid() != st.gid;
-                    let kill = killed_privs(st.mode, outsider);
-                    if kill != 0 {
-                        set.mode = Some(st.mode & 0o7777 & !kill);
-                    }
-                }
-                Err(e) => return reply.error(errno(&e)),
+            match self.mode_dropping_set_id(ino.0, chown.then_some(req)) {
+                Ok(m) => set.mode = m,
+                Err(e) => return reply.error(e),
             }
         }
         match self.fs.setattr(ino.0, &set) {
@@ -443,16 +446,16 @@ impl Filesystem for UdaxFuse {
         writable!(self, reply);
         if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
             // Sent with every write by a caller without CAP_FSETID; the bits are rarely set.
-            let mode = match self.fs.getattr(ino.0) {
-                Ok(st) => st.mode,
-                Err(e) => return reply.error(errno(&e)),
-            };
-            let kill = killed_privs(mode, false);
-            if kill != 0 {
-                let set = SetAttr { mode: Some(mode & 0o7777 & !kill), ..Default::default() };
-                if let Err(e) = self.fs.setattr(ino.0, &set) {
-                    return reply.error(errno(&e));
-                }
+            let dropped = self.mode_dropping_set_id(ino.0, None).and_then(|mode| match mode {
+                Some(m) => self
+                    .fs
+                    .setattr(ino.0, &SetAttr { mode: Some(m), ..Default::default() })
+                    .map(drop)
+                    .map_err(|e| errno(&e)),
+                None => Ok(()),
+            });
+            if let Err(e) = dropped {
+                return reply.error(e);
             }
         }
         match self.fs.write(ino.0, offset, data) {
