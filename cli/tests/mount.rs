@@ -221,6 +221,54 @@ fn writes_truncates_and_chowns_drop_set_id_bits_as_a_kernel_file_system_does() {
     m.unmount();
 }
 
+/// name_to_handle_at and open_by_handle_at through python3's ctypes (the calls an NFS server
+/// makes; no tool here reaches them without unsafe code). `get PATH` prints a handle in hex,
+/// `open MOUNT HEX` prints the file's first bytes or `error ERRNO`.
+const HANDLES_PY: &str = r#"
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+class Handle(ctypes.Structure):
+    _fields_ = [("bytes", ctypes.c_uint), ("type", ctypes.c_int), ("data", ctypes.c_ubyte * 128)]
+if sys.argv[1] == "get":
+    h, mount_id = Handle(128), ctypes.c_int()
+    if libc.name_to_handle_at(-100, sys.argv[2].encode(), ctypes.byref(h), ctypes.byref(mount_id), 0):
+        sys.exit("name_to_handle_at: " + os.strerror(ctypes.get_errno()))
+    print(bytes(h)[:8 + h.bytes].hex())
+else:
+    h = Handle.from_buffer_copy(bytes.fromhex(sys.argv[3]).ljust(ctypes.sizeof(Handle), b"\0"))
+    mount_fd = os.open(sys.argv[2], os.O_RDONLY | os.O_DIRECTORY)
+    fd = libc.open_by_handle_at(mount_fd, ctypes.byref(h), os.O_RDONLY)
+    print("error %d" % ctypes.get_errno() if fd < 0 else os.read(fd, 100).decode())
+"#;
+
+/// File handles carry the inode number and generation (FUSE export support): they open the same
+/// file after a remount, and a removed file, or its number reused by a new file, gives ESTALE.
+#[test]
+fn file_handles_survive_remounts_and_go_stale_with_their_inode() {
+    let m = Mounted::new("64M");
+    let script = m._dir.path().join("handles.py");
+    std::fs::write(&script, HANDLES_PY).unwrap();
+    let py = |args: &str| sh(&format!("python3 {} {args}", script.display()), Path::new("/")).trim().to_string();
+    std::fs::create_dir(m.mnt.join("d")).unwrap();
+    std::fs::write(m.mnt.join("d/kept"), "kept\n").unwrap();
+    std::fs::write(m.mnt.join("gone"), "gone\n").unwrap();
+    let kept = py(&format!("get {}/d/kept", m.mnt.display()));
+    let gone = py(&format!("get {}/gone", m.mnt.display()));
+    m.unmount();
+    ok(&[OsStr::new("mount"), m.img.as_os_str(), m.mnt.as_os_str()]);
+    let open = |h: &str| py(&format!("open {} {h}", m.mnt.display()));
+    assert_eq!(open(&kept), "kept", "a handle from before the remount");
+    assert_eq!(open(&gone), "gone");
+    let ino = |p: &str| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(m.mnt.join(p)).unwrap());
+    let gone_ino = ino("gone");
+    std::fs::remove_file(m.mnt.join("gone")).unwrap();
+    assert_eq!(open(&gone), format!("error {}", libc::ESTALE), "a removed file");
+    std::fs::write(m.mnt.join("new"), "new\n").unwrap();
+    assert_eq!(ino("new"), gone_ino, "the test expects the new file to reuse the removed one's number");
+    assert_eq!(open(&gone), format!("error {}", libc::ESTALE), "a reused inode number");
+    m.unmount();
+}
+
 #[test]
 fn tar_and_git_work_on_the_mount() {
     let m = Mounted::new("256M");
