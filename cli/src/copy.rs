@@ -1,7 +1,9 @@
 //! `put` and `get`: recursive copies between the host and the image, like `cp -a`.
 //!
 //! Contents first, attributes after (directories after their children), so the times that
-//! land are the source's. Hard links are kept; runs of zeros are left as holes.
+//! land are the source's. Hard links and extended attributes are kept; runs of zeros are left as
+//! holes. An attribute the other side refuses (a `system.` ACL, `trusted.` as a non-root user)
+//! is reported and skipped, as `cp -a` does.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -63,6 +65,32 @@ fn system_time(t: Timespec) -> Option<SystemTime> {
             .checked_sub(Duration::from_secs(t.sec.unsigned_abs()))?
             .checked_add(Duration::from_nanos(t.nsec.into()))
     }
+}
+
+/// A host path's extended attributes (of a symlink itself, not its target); none where the host
+/// file system has none.
+fn host_xattrs(p: &Path) -> std::io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let mut list = vec![0u8; 64 << 10];
+    let n = match rustix::fs::llistxattr(p, &mut list[..]) {
+        Ok(n) => n,
+        Err(rustix::io::Errno::OPNOTSUPP) => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
+    let mut value = vec![0u8; udax::xattr::VALUE_MAX];
+    let mut out = Vec::new();
+    for name in list[..n].split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        match rustix::fs::lgetxattr(p, OsStr::from_bytes(name), &mut value[..]) {
+            Ok(k) => out.push((name.to_vec(), value[..k].to_vec())),
+            // Removed since the listing.
+            Err(rustix::io::Errno::NODATA) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(out)
+}
+
+fn attribute_skipped(cmd: &str, dst: &Path, name: &[u8], why: impl std::fmt::Display) {
+    eprintln!("udax {cmd}: {}: attribute {} not copied: {why}", dst.display(), String::from_utf8_lossy(name));
 }
 
 // ---- put ----
@@ -133,7 +161,13 @@ pub fn put(a: &PutArgs) -> CliResult {
 }
 
 impl Put<'_> {
-    fn attrs(&self, ino: u64, m: &Metadata, with_mode: bool, dst: &Path) -> CliResult {
+    /// Extended attributes, owner, mode (unless a symlink's) and times of host `src`.
+    fn attrs(&self, src: &Path, ino: u64, m: &Metadata, with_mode: bool, dst: &Path) -> CliResult {
+        for (name, value) in host_xattrs(src).map_err(|e| host_err("put", src, &e))? {
+            if let Err(e) = self.fs.setxattr(ino, &name, &value, Default::default()) {
+                attribute_skipped("put", dst, &name, e);
+            }
+        }
         let set = SetAttr {
             mode: with_mode.then_some(m.mode() & 0o7777),
             uid: Some(m.uid()),
@@ -198,7 +232,7 @@ impl Put<'_> {
         if m.nlink() > 1 && !ft.is_symlink() {
             self.links.insert((m.dev(), m.ino()), ino);
         }
-        self.attrs(ino, m, !ft.is_symlink(), dst)
+        self.attrs(src, ino, m, !ft.is_symlink(), dst)
     }
 
     /// Copies the children of host directory `src` into image directory `ino`, then its
@@ -216,7 +250,7 @@ impl Put<'_> {
             let cm = std::fs::symlink_metadata(&child).map_err(|e| host_err("put", &child, &e))?;
             self.copy(&child, &cm, ino, k.as_bytes(), &dst.join(&k))?;
         }
-        self.attrs(ino, m, true, dst)
+        self.attrs(src, ino, m, true, dst)
     }
 
     /// Writes a host file's bytes into image file `ino` in 1 MiB chunks, skipping all-zero
@@ -356,7 +390,7 @@ impl Get<'_> {
             if self.root {
                 std::os::unix::fs::lchown(dst, Some(st.uid), Some(st.gid)).map_err(herr)?;
             }
-            return Ok(());
+            return self.xattrs(st, src, dst);
         }
         if st.nlink > 1 {
             if let Some(first) = self.links.get(&st.ino) {
@@ -365,7 +399,7 @@ impl Get<'_> {
         }
         let f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(dst).map_err(herr)?;
         self.copy_data(st, src, &f, dst)?;
-        self.attrs(st, dst, Some(&f))?;
+        self.attrs(st, src, dst, Some(&f))?;
         if st.nlink > 1 {
             self.links.insert(st.ino, dst.to_path_buf());
         }
@@ -382,7 +416,7 @@ impl Get<'_> {
             self.copy(&cst, &csrc, &dst.join(name))?;
         }
         let d = File::open(dst).map_err(|e| host_err("get", dst, &e))?;
-        self.attrs(st, dst, Some(&d))
+        self.attrs(st, src, dst, Some(&d))
     }
 
     /// Reads image file `st` in 1 MiB chunks into host file `f`, leaving zero chunks as holes.
@@ -403,12 +437,27 @@ impl Get<'_> {
         f.set_len(off).map_err(|e| host_err("get", dst, &e))
     }
 
-    /// Owner (as root), permission bits, then times.
-    fn attrs(&self, st: &Stat, dst: &Path, f: Option<&File>) -> CliResult {
+    /// Extended attributes of image inode `st` onto host path `dst` (after any chown, which
+    /// would drop a file capability).
+    fn xattrs(&self, st: &Stat, src: &Path, dst: &Path) -> CliResult {
+        let names = self.fs.listxattr(st.ino).map_err(|e| Failure::fs("get", src, &e))?;
+        for name in names.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+            let value = self.fs.getxattr(st.ino, name).map_err(|e| Failure::fs("get", src, &e))?;
+            let flags = rustix::fs::XattrFlags::empty();
+            if let Err(e) = rustix::fs::lsetxattr(dst, OsStr::from_bytes(name), &value, flags) {
+                attribute_skipped("get", dst, name, std::io::Error::from(e));
+            }
+        }
+        Ok(())
+    }
+
+    /// Owner (as root), extended attributes, permission bits, then times.
+    fn attrs(&self, st: &Stat, src: &Path, dst: &Path, f: Option<&File>) -> CliResult {
         let herr = |e: std::io::Error| host_err("get", dst, &e);
         if self.root {
             std::os::unix::fs::lchown(dst, Some(st.uid), Some(st.gid)).map_err(herr)?;
         }
+        self.xattrs(st, src, dst)?;
         std::fs::set_permissions(dst, std::fs::Permissions::from_mode(st.mode & 0o7777)).map_err(herr)?;
         if let Some(f) = f {
             let mut t = FileTimes::new();

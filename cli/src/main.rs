@@ -89,9 +89,10 @@ enum Cmd {
     #[command(
         long_about = "Copy a host file or directory tree into the image, keeping permission bits\n\
                       (setuid/setgid/sticky included), owners, access and modification times,\n\
-                      symbolic links (not followed), hard links, FIFOs and device nodes. If PATH\n\
-                      is an existing directory the copy goes inside it under the source's name;\n\
-                      otherwise PATH becomes the copy.",
+                      symbolic links (not followed), hard links, FIFOs, device nodes and extended\n\
+                      attributes (user., trusted., security.; others are reported and skipped).\n\
+                      If PATH is an existing directory the copy goes inside it under the source's\n\
+                      name; otherwise PATH becomes the copy.",
         after_help = "Examples:\n  udax put img ./project /             makes /project\n  \
                       udax put img notes.txt /docs/n.txt   copies to that name"
     )]
@@ -100,8 +101,8 @@ enum Cmd {
     /// Copy a file or tree out of the image to the host, like cp -a
     #[command(
         long_about = "Copy a file or directory tree from the image to the host, keeping permission\n\
-                      bits, access and modification times, symbolic links and hard links (owners\n\
-                      too when run as root). If HOST_PATH is an existing directory the copy goes\n\
+                      bits, access and modification times, symbolic links, hard links and extended\n\
+                      attributes (owners too when run as root). If HOST_PATH is an existing directory the copy goes\n\
                       inside it under the source's name; otherwise HOST_PATH becomes the copy.\n\
                       FIFOs, sockets and device nodes are skipped with a warning.",
         after_help = "Examples:\n  udax get img /project ./restore\n  udax get img /docs/n.txt ."

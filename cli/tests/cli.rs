@@ -116,8 +116,25 @@ fn chmod(p: &Path, m: u32) {
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
 }
 
+/// A host path's extended attributes, sorted (of a symlink itself).
+fn xattrs(p: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut list = vec![0u8; 65536];
+    let n = rustix::fs::llistxattr(p, &mut list[..]).unwrap();
+    let mut out: Vec<_> = list[..n]
+        .split(|&b| b == 0)
+        .filter(|n| !n.is_empty())
+        .map(|name| {
+            let mut v = vec![0u8; 65536];
+            let k = rustix::fs::lgetxattr(p, OsStr::from_bytes(name), &mut v[..]).unwrap();
+            (name.to_vec(), v[..k].to_vec())
+        })
+        .collect();
+    out.sort();
+    out
+}
+
 /// Builds a host tree with varied modes, times, a symlink, an empty file, a hard link, a
-/// non-UTF-8 name and a 3 MiB file.
+/// non-UTF-8 name, a 3 MiB file and extended attributes.
 fn host_tree(root: &Path) {
     std::fs::create_dir_all(root.join("sub/deeper")).unwrap();
     std::fs::create_dir(root.join("sticky")).unwrap();
@@ -135,6 +152,15 @@ fn host_tree(root: &Path) {
     std::os::unix::fs::symlink("sub/deeper/big.bin", root.join("link")).unwrap();
     std::os::unix::fs::symlink("/nowhere/at/all", root.join("dangling")).unwrap();
     std::fs::hard_link(root.join("plain.txt"), root.join("sub/plain-again")).unwrap();
+    let setx = |p: &str, name: &str, value: &[u8]| {
+        rustix::fs::lsetxattr(root.join(p), name, value, rustix::fs::XattrFlags::empty()).unwrap_or_else(|e| {
+            panic!("setxattr {name} on the host's {p}: {e} (the test needs a tmpfs or ext4 /dev/shm)")
+        });
+    };
+    setx("plain.txt", "user.mime_type", b"text/plain");
+    setx("plain.txt", "user.empty", b"");
+    setx("sub/deeper", "user.dir", &[0xff; 2000]);
+    setx("secret", "trusted.hidden", b"root sees this");
     chmod(&root.join("secret"), 0o600);
     chmod(&root.join("tool"), 0o755);
     chmod(&root.join("suid"), 0o4751);
@@ -151,11 +177,13 @@ fn host_tree(root: &Path) {
     }
 }
 
-/// Compares two host trees: names, types, bytes, permission bits, symlink targets, mtimes.
+/// Compares two host trees: names, types, bytes, permission bits, symlink targets, mtimes,
+/// extended attributes.
 fn same_tree(a: &Path, b: &Path) {
     let ma = std::fs::symlink_metadata(a).unwrap();
     let mb = std::fs::symlink_metadata(b).unwrap_or_else(|e| panic!("{}: {e}", b.display()));
     assert_eq!(ma.file_type(), mb.file_type(), "type of {}", b.display());
+    assert_eq!(xattrs(a), xattrs(b), "extended attributes of {}", b.display());
     if ma.file_type().is_symlink() {
         assert_eq!(std::fs::read_link(a).unwrap(), std::fs::read_link(b).unwrap(), "target of {}", b.display());
         return;
