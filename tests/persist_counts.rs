@@ -73,6 +73,9 @@ fn measured() -> Vec<(String, Counters)> {
             fs.mkdir(1, b"dir-0001", 0o755, who).unwrap();
         }),
     ));
+    let set = |name: &[u8], len| fs.setxattr(file, name, &vec![7; len], Default::default()).unwrap();
+    rows.push(("setxattr-first".into(), measure(&fs, || set(b"user.a", 64))));
+    rows.push(("setxattr-100b".into(), measure(&fs, || set(b"user.b", 100))));
     rows
 }
 
