@@ -99,10 +99,6 @@ impl Xattrs {
     pub fn names(&self) -> impl Iterator<Item = &[u8]> {
         self.map.keys().map(Vec::as_slice)
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
-    }
 }
 
 /// Decodes a block read from `at`; every field is checked.
