@@ -113,6 +113,14 @@ fn errno(e: &udax::Error) -> Errno {
     Errno::from_i32(e.errno())
 }
 
+/// Answers a request that returns nothing but success or an errno.
+fn done(r: udax::Result<()>, reply: ReplyEmpty) {
+    match r {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(errno(&e)),
+    }
+}
+
 /// Answers getxattr/listxattr: the size alone when asked with size 0, ERANGE when the caller's
 /// buffer is too small.
 fn xattr_reply(bytes: &[u8], size: u32, reply: ReplyXattr) {
@@ -343,18 +351,12 @@ impl Filesystem for UdaxFuse {
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         writable!(self, reply);
-        match self.fs.unlink(parent.0, name.as_bytes()) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
+        done(self.fs.unlink(parent.0, name.as_bytes()), reply)
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         writable!(self, reply);
-        match self.fs.rmdir(parent.0, name.as_bytes()) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
+        done(self.fs.rmdir(parent.0, name.as_bytes()), reply)
     }
 
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
@@ -382,10 +384,7 @@ impl Filesystem for UdaxFuse {
         } else {
             return reply.error(Errno::EINVAL);
         };
-        match self.fs.rename(parent.0, name.as_bytes(), newparent.0, newname.as_bytes(), how) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
+        done(self.fs.rename(parent.0, name.as_bytes(), newparent.0, newname.as_bytes(), how), reply)
     }
 
     fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
@@ -487,24 +486,15 @@ impl Filesystem for UdaxFuse {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        match self.fs.release(ino.0) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
+        done(self.fs.release(ino.0), reply)
     }
 
     fn fsync(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
-        match self.fs.fsync(ino.0) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
+        done(self.fs.fsync(ino.0), reply)
     }
 
     fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
-        match self.fs.sync() {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
+        done(self.fs.sync(), reply)
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -593,10 +583,7 @@ impl Filesystem for UdaxFuse {
             return reply.error(Errno::EINVAL);
         }
         let how = XattrFlags { create: flags & libc::XATTR_CREATE != 0, replace: flags & libc::XATTR_REPLACE != 0 };
-        match self.fs.setxattr(ino.0, name.as_bytes(), value, how) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
+        done(self.fs.setxattr(ino.0, name.as_bytes(), value, how), reply)
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
@@ -626,10 +613,7 @@ impl Filesystem for UdaxFuse {
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         writable!(self, reply);
-        match self.fs.removexattr(ino.0, name.as_bytes()) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
+        done(self.fs.removexattr(ino.0, name.as_bytes()), reply)
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
@@ -658,10 +642,7 @@ impl Filesystem for UdaxFuse {
             libc::FALLOC_FL_ZERO_RANGE => FallocMode::ZeroRange { keep_size: keep },
             _ => return reply.error(Errno::EOPNOTSUPP),
         };
-        match self.fs.fallocate(ino.0, offset, length, how) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
+        done(self.fs.fallocate(ino.0, offset, length, how), reply)
     }
 
     fn lseek(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: i64, whence: i32, reply: ReplyLseek) {
