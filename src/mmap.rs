@@ -703,6 +703,12 @@ impl Mapping {
         self.state.region.fill(off, len, byte)
     }
 
+    /// Whether a load at `off` would succeed rather than raise SIGBUS (a page at or past the one
+    /// holding EOF), found without raising the signal. Faults it takes are served as a load's.
+    pub fn loadable(&self, off: u64) -> Result<bool> {
+        self.state.region.loadable(off)
+    }
+
     /// msync: makes every store through this mapping durable across power loss.
     pub fn flush(&self) -> Result<()> {
         if self.state.share == Share::Shared {

@@ -563,6 +563,30 @@ impl Region {
         unsafe { std::ptr::write_bytes((self.start + off) as *mut u8, byte, len as usize) };
         Ok(())
     }
+
+    /// Whether a load of the byte at `off` succeeds, found without raising a signal: the kernel
+    /// copies the byte into a pipe, and a poisoned page (at or past EOF) fails that copy with
+    /// EFAULT where a load would raise SIGBUS. A fault the copy takes is served like any other.
+    pub fn loadable(&self, off: u64) -> Result<bool> {
+        if off >= self.len {
+            return Err(Error::InvalidArgument("range outside the mapping"));
+        }
+        let mut fds = [0; 2];
+        // SAFETY: pipe2(2) writes two new descriptors into `fds` (two ints) or fails.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+            return Err(Error::io("probe mapping", std::io::Error::last_os_error()));
+        }
+        // SAFETY: both descriptors were just returned by pipe2 and are owned by nothing else.
+        let (_r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        // SAFETY: the byte lies inside the region (checked above), which stays mapped while
+        // `self` lives; write(2) only reads it and reports an unreadable page as EFAULT.
+        let n = unsafe { libc::write(w.as_raw_fd(), (self.start + off) as *const libc::c_void, 1) };
+        match n {
+            1 => Ok(true),
+            _ if std::io::Error::last_os_error().raw_os_error() == Some(libc::EFAULT) => Ok(false),
+            _ => Err(Error::io("probe mapping", std::io::Error::last_os_error())),
+        }
+    }
 }
 
 impl Drop for Region {
