@@ -20,6 +20,7 @@ use crate::extent::{ExtentMap, Piece, State};
 use crate::inode::{Attr, Inode, InodeTable, Timespec};
 use crate::journal::{Journal, RecoveryReport, Tx};
 use crate::layout::{self, check_name, mode, Geometry, ROOT_INO};
+use crate::mmap::unmapped;
 
 /// Worst-case journal bytes per block a data transaction touches: a conversion rewrites two
 /// extent slots and fills a third (3 × 40-byte entries), plus a share of overflow-block links.
@@ -580,6 +581,7 @@ impl Fs {
     }
 
     pub(crate) fn lookup_ino(&self, parent: u64, name: &[u8]) -> Result<u64> {
+        let name = &*unmapped(name);
         let p = self.node(parent)?;
         let g = rd(&p.inode);
         let dir = g.dir()?;
@@ -633,6 +635,8 @@ impl Fs {
         who: Creds,
         target: Option<&[u8]>,
     ) -> Result<Stat> {
+        let (name, target) = (&*unmapped(name), target.map(unmapped));
+        let target = target.as_deref();
         check_name(name)?;
         let geo = self.inner.geo;
         let p = self.node(parent)?;
@@ -729,6 +733,7 @@ impl Fs {
 
     /// Adds a hard link `newparent/newname` to `ino`.
     pub fn link(&self, ino: u64, newparent: u64, newname: &[u8]) -> Result<Stat> {
+        let newname = &*unmapped(newname);
         check_name(newname)?;
         let geo = self.inner.geo;
         let p = self.node(newparent)?;
@@ -783,6 +788,7 @@ impl Fs {
     }
 
     fn remove_entry(&self, parent: u64, name: &[u8], want_dir: bool) -> Result<()> {
+        let name = &*unmapped(name);
         if name.len() > layout::NAME_MAX {
             return Err(Error::NameTooLong);
         }
@@ -865,6 +871,7 @@ impl Fs {
     /// Renames `parent/name` to `newparent/newname` atomically, replacing a target unless
     /// `mode` says otherwise.
     pub fn rename(&self, parent: u64, name: &[u8], newparent: u64, newname: &[u8], how: RenameMode) -> Result<()> {
+        let (name, newname) = (&*unmapped(name), &*unmapped(newname));
         check_name(newname)?;
         if name.len() > layout::NAME_MAX {
             return Err(Error::NameTooLong);

@@ -33,7 +33,7 @@ impl Fs {
     }
 
     pub(crate) fn read_node(&self, n: &Node, off: u64, buf: &mut [u8]) -> Result<usize> {
-        if self.overlaps_mapping(buf.as_ptr() as usize, buf.len()) {
+        if crate::mmap::overlaps_mapping(buf.as_ptr() as usize, buf.len()) {
             // Filled outside the lock: storing into the mapping may fault (see `mmap`).
             let mut bounce = vec![0u8; buf.len()];
             let got = self.read_node(n, off, &mut bounce)?;
@@ -90,7 +90,7 @@ impl Fs {
 
     /// Writes at `off`, or at EOF when `off` is `None`.
     pub(crate) fn write_node(&self, n: &Node, off: Option<u64>, data: &[u8]) -> Result<usize> {
-        if self.overlaps_mapping(data.as_ptr() as usize, data.len()) {
+        if crate::mmap::overlaps_mapping(data.as_ptr() as usize, data.len()) {
             // Copied before the lock: loading from the mapping may fault (see `mmap`).
             let bounce: Vec<u8> = data.to_vec();
             return self.write_node(n, off, bounce.as_slice());

@@ -30,16 +30,17 @@
 //! buffer lies in one go through a bounce buffer (see [`Fs::overlaps_mapping`]), so a fault is
 //! never raised while a lock the handler needs is held.
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard, TryLockError, Weak};
+use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::extent::{Extent, ExtentMap, Piece, State};
 use crate::fs::{lock, rd, wr, Fs, Inner, Node};
 use crate::inode::{Inode, Timespec};
 use crate::journal::Tx;
-use crate::uffd::{Region, Uffd, FEATURE_POISON, FEATURE_THREAD_ID, MODE_MISSING, MODE_WP};
+use crate::uffd::{Region, Uffd, FEATURE_EVENT_REMAP, FEATURE_POISON, FEATURE_THREAD_ID, MODE_MISSING, MODE_WP};
 
 /// The page size mappings work in.
 pub const PAGE: u64 = 4096;
@@ -101,8 +102,13 @@ fn bump(c: &AtomicU64, n: u64) {
     c.fetch_add(n, Ordering::Relaxed);
 }
 
-/// The fault service of one mounted file system: its userfaultfd, the live mappings by address
-/// and the handler thread (started with the first mapping).
+/// Most worker threads one file system's fault service runs at once.
+const MAX_WORKERS: usize = 64;
+/// How long an idle worker waits for a fault before it retires (the last one stays).
+const WORKER_IDLE: Duration = Duration::from_secs(2);
+
+/// The fault service of one mounted file system: its userfaultfd, the live mappings by address,
+/// the reader threads and the workers (started with the first mapping).
 #[derive(Debug)]
 pub(crate) struct Service {
     uffd: Arc<Uffd>,
@@ -111,8 +117,43 @@ pub(crate) struct Service {
     /// Device pieces mapped by live mappings (see [`MAP_BUDGET`]).
     pieces: AtomicU64,
     stop: AtomicBool,
-    /// The handler holds a strong reference to the file system (serving a fault).
-    busy: AtomicBool,
+    /// Service threads holding a strong reference to the file system (serving a fault).
+    busy: AtomicUsize,
+    /// Faults a reader handed on because serving them means waiting.
+    queue: Mutex<Queue>,
+    ready: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    jobs: VecDeque<Job>,
+    /// Workers waiting for a job.
+    idle: usize,
+    workers: usize,
+}
+
+#[derive(Debug)]
+struct Job {
+    m: Arc<MapState>,
+    off: u64,
+    store: bool,
+}
+
+/// Which service thread serves a fault. Readers take the messages off the userfaultfd; they must
+/// never wait for an inode lock (an operation may hold it for a long copy) nor reset a mapping
+/// (the reset's mremap waits until a reader has read its REMAP event), so a fault that needs
+/// either goes to a worker, which may wait for both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Server {
+    Reader,
+    Worker,
+}
+
+/// Whether a fault was served, or handed on to a worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Served {
+    Done,
+    Deferred,
 }
 
 /// Where `Inner` keeps the service; dropping it (the file system going away) stops the thread.
@@ -128,7 +169,7 @@ impl ServiceSlot {
     /// Whether the handler thread is serving a fault (and so holds the file system alive for a
     /// moment after waking the faulting thread).
     pub(crate) fn busy(&self) -> bool {
-        self.svc.get().is_some_and(|s| s.busy.load(Ordering::Acquire))
+        self.svc.get().is_some_and(|s| s.busy.load(Ordering::Acquire) > 0)
     }
 }
 
@@ -136,6 +177,7 @@ impl Drop for ServiceSlot {
     fn drop(&mut self) {
         if let Some(s) = self.svc.get() {
             s.stop.store(true, Ordering::Release);
+            s.ready.notify_all();
         }
     }
 }
@@ -225,20 +267,27 @@ impl Fs {
         if let Some(s) = slot.svc.get() {
             return Ok(s.clone());
         }
-        let uffd = Arc::new(Uffd::new(FEATURE_THREAD_ID | FEATURE_POISON)?);
+        let uffd = Arc::new(Uffd::new(FEATURE_THREAD_ID | FEATURE_POISON | FEATURE_EVENT_REMAP)?);
         let svc = Arc::new(Service {
             uffd,
             regions: RwLock::new(BTreeMap::new()),
             counters: Counters::default(),
             pieces: AtomicU64::new(0),
             stop: AtomicBool::new(false),
-            busy: AtomicBool::new(false),
+            busy: AtomicUsize::new(0),
+            queue: Mutex::new(Queue::default()),
+            ready: Condvar::new(),
         });
-        let (s2, weak) = (svc.clone(), Arc::downgrade(&self.inner));
-        std::thread::Builder::new()
-            .name("udax-faults".into())
-            .spawn(move || serve(s2, weak))
-            .map_err(|e| Error::io("start the fault service", e))?;
+        let readers = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 4));
+        for i in 0..readers {
+            let (s2, weak) = (svc.clone(), Arc::downgrade(&self.inner));
+            let started = std::thread::Builder::new().name(format!("udax-faults-{i}")).spawn(move || read(s2, weak));
+            if let Err(e) = started {
+                // Readers already started stop with the service.
+                svc.stop.store(true, Ordering::Release);
+                return Err(Error::io("start the fault service", e));
+            }
+        }
         let _ = slot.svc.set(svc.clone());
         Ok(svc)
     }
@@ -264,19 +313,6 @@ impl Fs {
             pages_mapped_eagerly: g(&c.eager),
             pages_invalidated: g(&c.invalidated),
         }
-    }
-
-    /// Whether `[addr, addr+len)` touches a live mapping of this file system. I/O between a
-    /// file and such a buffer bounces through memory of its own: copying while holding an inode
-    /// lock could raise a fault that the handler can only serve with that lock.
-    pub(crate) fn overlaps_mapping(&self, addr: usize, len: usize) -> bool {
-        let Some(s) = self.inner.mmap.svc.get() else { return false };
-        if len == 0 {
-            return false;
-        }
-        let (a, end) = (addr as u64, addr as u64 + len as u64);
-        let regions = rd(&s.regions);
-        regions.range(..end).next_back().is_some_and(|(_, m)| m.region.start() + m.region.len() > a)
     }
 
     /// Maps `[off, off+len)` of the open file `node` (see [`crate::File::mmap`]).
@@ -382,11 +418,14 @@ impl Fs {
         Ok(())
     }
 
-    /// Before an overwrite of `[from, to)`: resets pages that some mapping holds as copies.
+    /// Before an overwrite of `[from, to)`: resets the range in shared mappings that hold
+    /// copies (private mappings keep theirs: they may hold the mapping's own stores).
     pub(crate) fn unmap_copies(&self, n: &Node, from: u64, to: u64) -> Result<()> {
-        let copied = lock(&n.maps).iter().filter_map(Weak::upgrade).any(|m| m.copies.load(Ordering::Relaxed));
-        if copied {
-            self.unmap_range(n, from, to, Reach::All)?;
+        let copying: Vec<Arc<MapState>> =
+            lock(&n.maps).iter().filter_map(Weak::upgrade).filter(|m| m.copies.load(Ordering::Relaxed)).collect();
+        for m in copying {
+            let pages = m.reset_bytes(from, to)?;
+            bump(&m.svc.counters.invalidated, pages);
         }
         Ok(())
     }
@@ -441,57 +480,93 @@ impl Fs {
         Ok(())
     }
 
-    /// Serves one fault at byte `off` of mapping `m`.
-    fn serve_fault(&self, m: &MapState, off: u64, store: bool) -> Result<()> {
-        let svc = &m.svc;
-        let c = &svc.counters;
-        let mut g = wr(&m.node.inode);
+    /// Serves one fault at byte `off` of mapping `m`, or hands it on when `by` is a reader and
+    /// serving it means waiting (see [`Server`]). Loads take the inode lock shared; a store that
+    /// must allocate or convert takes it exclusively and starts over, since the page may have
+    /// changed in between. Every message is served from the state found under the lock, so a
+    /// second or late message for a page is harmless: it installs what is already there.
+    fn serve_fault(&self, m: &MapState, off: u64, store: bool, by: Server) -> Result<Served> {
         let fpage = (m.file_off + off) / PAGE;
+        {
+            let Some(g) = read_lock(&m.node.inode, by) else { return Ok(Served::Deferred) };
+            if self.serve_in_place(&g, m, off, fpage, store)? {
+                m.region.wake(off, PAGE)?;
+                return Ok(Served::Done);
+            }
+        }
+        let Some(mut g) = write_lock(&m.node.inode, by) else { return Ok(Served::Deferred) };
+        if self.serve_in_place(&g, m, off, fpage, store)? {
+            m.region.wake(off, PAGE)?;
+            return Ok(Served::Done);
+        }
+        // A first store: other shared mappings lose their zero page for this one (a reset).
+        if by == Server::Reader && self.has_other_shared(m) {
+            return Ok(Served::Deferred);
+        }
+        let c = &m.svc.counters;
+        let huge = !self.inner.mmap.no_huge.load(Ordering::Relaxed);
+        if huge && matches!(self.page_state(&g, fpage), PageState::Empty) && self.huge_store(&mut g, m, fpage)? {
+            bump(&c.huge, 1);
+        } else {
+            let at = self.make_mappable(&mut g, fpage)?;
+            // Other mappings drop their zero page or copy for the data (this one maps over its own).
+            self.unmap_others(&m.node, fpage * PAGE, (fpage + 1) * PAGE, Reach::Shared, Some(m))?;
+            m.region.map_device(off, PAGE, &self.inner.dev, at, true)?;
+            bump(&c.first_store, 1);
+        }
+        m.region.wake(off, PAGE)?;
+        Ok(Served::Done)
+    }
+
+    /// Serves what needs no change to the file (the caller wakes the thread): a page past EOF
+    /// is poisoned, a private mapping gets a copy, a written page is mapped (or copied past the
+    /// map budget), a load from a page with no written block gets the zero page and a load from
+    /// a partly written page a copy. Returns false for a store that must allocate or convert.
+    fn serve_in_place(&self, g: &Inode, m: &MapState, off: u64, fpage: u64, store: bool) -> Result<bool> {
+        let c = &m.svc.counters;
         if g.freed || fpage >= g.attr.size.div_ceil(PAGE) {
             bump(&c.sigbus, 1);
-            return m.region.poison(off, PAGE, true);
+            m.region.poison(off, PAGE, false)?;
+            return Ok(true);
         }
-        let dev = &self.inner.dev;
         if m.share == Share::Private {
             let mut buf = vec![0u8; PAGE as usize];
-            self.read_locked(&g, fpage * PAGE, &mut buf)?;
+            self.read_locked(g, fpage * PAGE, &mut buf)?;
             bump(&c.copied, 1);
-            return m.region.copy(off, &buf, true, false);
+            m.region.copy(off, &buf, false, false)?;
+            return Ok(true);
         }
-        match self.page_state(&g, fpage) {
+        let wp = m.region.write_protects();
+        match self.page_state(g, fpage) {
             PageState::Mappable(at) if store || m.take_piece() => {
-                m.region.map_device(off, PAGE, dev, at, true)?;
+                m.region.map_device(off, PAGE, &self.inner.dev, at, true)?;
                 bump(&c.mapped, 1);
             }
-            PageState::Mappable(at) => {
+            PageState::Mappable(_) | PageState::Mixed if !store => {
+                // A copy, write-protected where stores can come: a store faults and maps the
+                // device page; a write() over the page resets copies.
                 let mut buf = vec![0u8; PAGE as usize];
-                dev.read(at, &mut buf)?;
+                self.read_locked(g, fpage * PAGE, &mut buf)?;
                 m.copies.store(true, Ordering::Relaxed);
                 bump(&c.copied, 1);
-                return m.region.copy(off, &buf, true, true);
+                m.region.copy(off, &buf, false, wp)?;
             }
             PageState::Empty if !store => {
                 m.region.zeropage(off, PAGE, false)?;
                 // A store must fault again to allocate (a read-only mapping cannot store).
-                if m.region.write_protects() {
+                if wp {
                     m.region.writeprotect(off, PAGE, true, false)?;
                 }
                 bump(&c.zero_page, 1);
             }
-            PageState::Empty
-                if !self.inner.mmap.no_huge.load(Ordering::Relaxed) && self.huge_store(&mut g, m, fpage)? =>
-            {
-                bump(&c.huge, 1)
-            }
-            _ => {
-                let at = self.make_mappable(&mut g, fpage)?;
-                // Other mappings drop their zero page for the data (this one maps over its own).
-                self.unmap_others(&m.node, fpage * PAGE, (fpage + 1) * PAGE, Reach::Shared, Some(m))?;
-                m.region.map_device(off, PAGE, dev, at, true)?;
-                bump(&c.first_store, 1);
-            }
+            _ => return Ok(false),
         }
-        m.region.wake(off, PAGE)
+        Ok(true)
+    }
+
+    /// Whether the file of `m` has live shared mappings besides `m`.
+    fn has_other_shared(&self, m: &MapState) -> bool {
+        lock(&m.node.maps).iter().filter_map(Weak::upgrade).any(|o| o.share == Share::Shared && !std::ptr::eq(&*o, m))
     }
 
     fn page_state(&self, g: &Inode, fpage: u64) -> PageState {
@@ -624,8 +699,33 @@ fn one_run(pieces: &[Piece]) -> bool {
         })
 }
 
-/// The handler thread: serves faults until the file system goes away.
-fn serve(svc: Arc<Service>, fs: Weak<Inner>) {
+/// Takes `l` shared; a reader only when it is free now.
+fn read_lock<T>(l: &RwLock<T>, by: Server) -> Option<RwLockReadGuard<'_, T>> {
+    match by {
+        Server::Worker => Some(rd(l)),
+        Server::Reader => match l.try_read() {
+            Ok(g) => Some(g),
+            Err(TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        },
+    }
+}
+
+/// Takes `l` exclusively; a reader only when it is free now.
+fn write_lock<T>(l: &RwLock<T>, by: Server) -> Option<RwLockWriteGuard<'_, T>> {
+    match by {
+        Server::Worker => Some(wr(l)),
+        Server::Reader => match l.try_write() {
+            Ok(g) => Some(g),
+            Err(TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        },
+    }
+}
+
+/// A reader thread: takes messages off the userfaultfd (reading a REMAP event is all a reset
+/// waits for) and serves each fault it can without waiting; the rest go to the workers.
+fn read(svc: Arc<Service>, fs: Weak<Inner>) {
     while !svc.stop.load(Ordering::Acquire) {
         let f = match svc.uffd.next_fault(100) {
             Ok(Some(f)) => f,
@@ -634,21 +734,107 @@ fn serve(svc: Arc<Service>, fs: Weak<Inner>) {
         };
         let found = rd(&svc.regions).range(..=f.addr).next_back().map(|(_, m)| m.clone());
         let Some(m) = found.filter(|m| m.region.contains(f.addr)) else { continue };
-        svc.busy.store(true, Ordering::Release);
-        let Some(inner) = fs.upgrade() else { break };
-        let fs = Fs { inner };
         let off = (f.addr - m.region.start()) / PAGE * PAGE;
-        if fs.serve_fault(&m, off, f.write).is_err() {
-            // A fault that cannot be served (no space for a first store, a device error) gets
-            // SIGBUS, as a kernel file system's failed page_mkwrite does.
-            // The page is emptied first: poison needs a page with nothing installed.
-            bump(&svc.counters.sigbus, 1);
-            let _ = m.region.reset(off, PAGE);
-            let _ = m.region.poison(off, PAGE, true);
-            let _ = m.region.wake(off, PAGE);
+        if !serve_one(&svc, &fs, Job { m, off, store: f.write }, Server::Reader) {
+            break;
         }
-        drop((fs, m));
-        svc.busy.store(false, Ordering::Release);
+    }
+}
+
+/// A worker: serves the faults readers hand on, waiting for locks as operations do.
+fn work(svc: Arc<Service>, fs: Weak<Inner>) {
+    let mut q = lock(&svc.queue);
+    loop {
+        if let Some(job) = q.jobs.pop_front() {
+            drop(q);
+            if !serve_one(&svc, &fs, job, Server::Worker) {
+                q = lock(&svc.queue);
+                break;
+            }
+            q = lock(&svc.queue);
+            continue;
+        }
+        if svc.stop.load(Ordering::Acquire) {
+            break;
+        }
+        q.idle += 1;
+        let (back, waited) = svc.ready.wait_timeout(q, WORKER_IDLE).unwrap_or_else(|e| e.into_inner());
+        q = back;
+        q.idle -= 1;
+        if waited.timed_out() && q.jobs.is_empty() && q.workers > 1 {
+            break;
+        }
+    }
+    q.workers -= 1;
+}
+
+impl Service {
+    /// Queues `job` for a worker, starting one when every worker is busy.
+    fn defer(self: &Arc<Self>, job: Job, fs: &Weak<Inner>) {
+        let mut q = lock(&self.queue);
+        q.jobs.push_back(job);
+        if q.jobs.len() > q.idle && q.workers < MAX_WORKERS {
+            let (svc, fs) = (self.clone(), fs.clone());
+            let started = std::thread::Builder::new().name("udax-fault-worker".into()).spawn(move || work(svc, fs));
+            match started {
+                Ok(_) => q.workers += 1,
+                Err(_) if q.workers == 0 => {
+                    // Nobody can serve it: the access fails with SIGBUS rather than hang.
+                    let job = q.jobs.pop_back().expect("pushed above");
+                    drop(q);
+                    fail(self, &job);
+                    return;
+                }
+                Err(_) => {}
+            }
+        }
+        drop(q);
+        self.ready.notify_one();
+    }
+}
+
+/// Serves (or hands on) one fault; false once the file system is gone.
+fn serve_one(svc: &Arc<Service>, fs: &Weak<Inner>, job: Job, by: Server) -> bool {
+    svc.busy.fetch_add(1, Ordering::AcqRel);
+    let Some(inner) = fs.upgrade() else {
+        svc.busy.fetch_sub(1, Ordering::AcqRel);
+        return false;
+    };
+    let fs = Fs { inner };
+    match fs.serve_fault(&job.m, job.off, job.store, by) {
+        Ok(Served::Done) => {}
+        Ok(Served::Deferred) => svc.defer(job, &Arc::downgrade(&fs.inner)),
+        Err(_) => fail(svc, &job),
+    }
+    drop(fs);
+    svc.busy.fetch_sub(1, Ordering::AcqRel);
+    true
+}
+
+/// A fault that cannot be served (no space for a first store, a device error, no mapping left
+/// for the page) gets SIGBUS, as a kernel file system's failed page_mkwrite does: the page is
+/// poisoned until the next reset of it (a write, truncate, punch or zero range over it). When a
+/// page is there already the message was a late one, and the wake is all it needs.
+fn fail(svc: &Service, job: &Job) {
+    bump(&svc.counters.sigbus, 1);
+    let _ = job.m.region.poison(job.off, PAGE, false);
+    let _ = job.m.region.wake(job.off, PAGE);
+}
+
+/// Whether `[addr, addr+len)` touches a live mapping of any udax file system in this process.
+/// I/O between a file and such a buffer bounces through memory of its own, and every other
+/// argument that may lie in one (names, link targets, attribute values) is copied before a lock
+/// is taken: touching it under a lock could raise a fault that waits for that lock.
+pub(crate) fn overlaps_mapping(addr: usize, len: usize) -> bool {
+    crate::uffd::overlaps_region(addr, len)
+}
+
+/// `bytes`, or a copy of them when they lie in a mapping (see [`overlaps_mapping`]).
+pub(crate) fn unmapped(bytes: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    if overlaps_mapping(bytes.as_ptr() as usize, bytes.len()) {
+        std::borrow::Cow::Owned(bytes.to_vec())
+    } else {
+        std::borrow::Cow::Borrowed(bytes)
     }
 }
 
@@ -722,7 +908,7 @@ impl Drop for Mapping {
     fn drop(&mut self) {
         wr(&self.state.svc.regions).remove(&self.state.region.start());
         // Unmapped before the close can free an unlinked file's blocks.
-        let _ = self.state.region.reset(0, self.len);
+        let _ = self.state.region.detach();
         let _ = self.fs.release_node(&self.state.node);
     }
 }

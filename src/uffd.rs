@@ -7,8 +7,10 @@
 //! Constants and struct layouts follow `include/uapi/linux/userfaultfd.h`; the machine's headers
 //! are older than its kernel, so they are written out here rather than generated.
 
+use std::collections::BTreeMap;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 
 use crate::device::Device;
 use crate::error::{Error, Result};
@@ -120,6 +122,9 @@ const MODE_WP_DONTWAKE: u64 = 1 << 1;
 const MODE_COPY_WP: u64 = 1 << 1;
 
 /// Feature bits asked for at the API handshake.
+/// A registered range moved by mremap(2) stays registered (and the mover waits until a reader
+/// has taken the REMAP event that reports it).
+pub const FEATURE_EVENT_REMAP: u64 = 1 << 2;
 pub const FEATURE_THREAD_ID: u64 = 1 << 8;
 pub const FEATURE_WP_UNPOPULATED: u64 = 1 << 13;
 pub const FEATURE_POISON: u64 = 1 << 14;
@@ -147,6 +152,17 @@ pub struct Uffd {
 
 fn last_err(what: &str) -> Error {
     Error::io(format!("userfaultfd {what}"), std::io::Error::last_os_error())
+}
+
+/// The outcome of a failed resolving call: EEXIST means a page is already installed there — a
+/// second message for a fault that an earlier one resolved, which needs only the wake — and
+/// counts as done (the caller still wakes the thread when it asked to); anything else is an error.
+fn resolved_already(what: &str) -> Result<()> {
+    let e = std::io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EEXIST) {
+        return Ok(());
+    }
+    Err(Error::io(format!("userfaultfd {what}"), e))
 }
 
 impl Uffd {
@@ -212,14 +228,12 @@ impl Uffd {
         Ok(())
     }
 
-    /// Registers `[start, start+len)` again after it was replaced by fresh anonymous memory
-    /// (see [`Region::reset`]); it must lie inside a range registered through [`Uffd::register`].
-    fn register_within(&self, start: u64, len: u64, mode: u64) -> Result<()> {
-        self.check(start, len)?;
-        let mut reg = UffdioRegister { range: UffdioRange { start, len }, mode, ioctls: 0 };
-        // SAFETY: `check` proved the range lies inside a reservation registered through this
-        // `Uffd`, whose owner vouched for it at `register`; the ioctl reads and writes one
-        // `UffdioRegister`.
+    /// Registers a placeholder that [`Region::reset`] has just mapped and is about to move into
+    /// a registered range; it is not recorded (after the move it lies inside that range).
+    fn register_placeholder(&self, p: &Placeholder, mode: u64) -> Result<()> {
+        let mut reg = UffdioRegister { range: UffdioRange { start: p.start, len: p.len }, mode, ioctls: 0 };
+        // SAFETY: the range is a fresh anonymous mapping owned by `p` (nothing else knows its
+        // address); the ioctl reads and writes one `UffdioRegister`.
         if unsafe { libc::ioctl(self.fd.as_raw_fd(), UFFDIO_REGISTER as _, &mut reg) } != 0 {
             return Err(last_err("register"));
         }
@@ -255,7 +269,10 @@ impl Uffd {
         // SAFETY: `check` proved the range is registered here, so only pages of the caller's
         // reservation change; the ioctl reads and writes one `UffdioZeropage`.
         if unsafe { libc::ioctl(self.fd.as_raw_fd(), UFFDIO_ZEROPAGE as _, &mut z) } != 0 {
-            return Err(last_err("zeropage"));
+            resolved_already("zeropage")?;
+            if wake {
+                self.wake(start, len)?;
+            }
         }
         Ok(())
     }
@@ -269,7 +286,10 @@ impl Uffd {
         // SAFETY: `check` proved the destination is registered here; `src` is a live slice of
         // exactly `len` bytes that the kernel only reads.
         if unsafe { libc::ioctl(self.fd.as_raw_fd(), UFFDIO_COPY as _, &mut c) } != 0 {
-            return Err(last_err("copy"));
+            resolved_already("copy")?;
+            if wake {
+                self.wake(dst, len)?;
+            }
         }
         Ok(())
     }
@@ -315,7 +335,10 @@ impl Uffd {
         // SAFETY: `check` proved the range is registered here; the ioctl reads and writes one
         // `UffdioPoison`.
         if unsafe { libc::ioctl(self.fd.as_raw_fd(), UFFDIO_POISON as _, &mut p) } != 0 {
-            return Err(last_err("poison"));
+            resolved_already("poison")?;
+            if wake {
+                self.wake(start, len)?;
+            }
         }
         Ok(())
     }
@@ -363,6 +386,77 @@ impl Uffd {
 
 const PAGE: u64 = 4096;
 
+/// Every live [`Region`] of the process, by start address (whatever file system it serves), and
+/// their count: [`overlaps_region`] answers whether a buffer lies in one.
+static REGIONS: RwLock<BTreeMap<u64, u64>> = RwLock::new(BTreeMap::new());
+static LIVE_REGIONS: AtomicUsize = AtomicUsize::new(0);
+
+/// Whether `[addr, addr+len)` touches a live [`Region`] of any file system in this process:
+/// touching it may fault to a fault service, so code holding a file-system lock must copy such a
+/// buffer first. One atomic load when the process maps nothing.
+pub fn overlaps_region(addr: usize, len: usize) -> bool {
+    if len == 0 || LIVE_REGIONS.load(Ordering::Acquire) == 0 {
+        return false;
+    }
+    let (a, end) = (addr as u64, (addr as u64).saturating_add(len as u64));
+    let regions = REGIONS.read().unwrap_or_else(|e| e.into_inner());
+    regions.range(..end).next_back().is_some_and(|(&s, &l)| s + l > a)
+}
+
+/// Fresh anonymous memory that [`Region::reset`] registers and then moves over a range of a
+/// region; unmapped on drop unless the move took it.
+struct Placeholder {
+    start: u64,
+    len: u64,
+}
+
+impl Placeholder {
+    fn new(len: u64, prot: i32) -> Result<Placeholder> {
+        let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
+        // SAFETY: a fresh anonymous mapping with no address hint; the result is checked below.
+        let p = unsafe { libc::mmap(std::ptr::null_mut(), len as usize, prot, flags, -1, 0) };
+        if p == libc::MAP_FAILED {
+            return Err(Error::io("reset mapping", std::io::Error::last_os_error()));
+        }
+        // SAFETY: advice on the mapping made just above. Huge anonymous pages would make a fault
+        // cover more than the page it resolves.
+        unsafe { libc::madvise(p, len as usize, libc::MADV_NOHUGEPAGE) };
+        Ok(Placeholder { start: p as u64, len })
+    }
+
+    /// Moves the placeholder over `[to, to+len)` in one step: whatever was mapped there is gone
+    /// and the placeholder, with its registration, takes its place.
+    ///
+    /// # Safety
+    /// `[to, to+len)` must be memory the caller owns (a range of its region).
+    unsafe fn move_to(self, to: u64) -> Result<()> {
+        let flags = libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED;
+        // SAFETY: the source is this placeholder, one mapping of `len` bytes; the target is the
+        // caller's own range (this function's contract), which MREMAP_FIXED replaces atomically.
+        let q = unsafe {
+            libc::mremap(
+                self.start as *mut libc::c_void,
+                self.len as usize,
+                self.len as usize,
+                flags,
+                to as *mut libc::c_void,
+            )
+        };
+        if q == libc::MAP_FAILED {
+            return Err(Error::io("reset mapping", std::io::Error::last_os_error()));
+        }
+        std::mem::forget(self);
+        Ok(())
+    }
+}
+
+impl Drop for Placeholder {
+    fn drop(&mut self) {
+        // SAFETY: the placeholder's own mapping, not moved (a move forgets `self`).
+        unsafe { libc::munmap(self.start as *mut libc::c_void, self.len as usize) };
+    }
+}
+
 /// The address range of one file mapping: anonymous memory this process reserved and registered
 /// with a [`Uffd`]. Pages of the device are mapped into it, or zero and copied pages installed,
 /// as faults arrive; [`Region::reset`] turns any part back into registered, empty reservation.
@@ -406,16 +500,17 @@ impl Region {
             // Huge anonymous pages would make a fault cover more than the page it resolves.
             libc::madvise(start as *mut libc::c_void, len as usize, libc::MADV_NOHUGEPAGE);
         }
-        let region = Region { uffd, start, len, prot, mode };
-        // SAFETY: `[start, start+len)` is the reservation made above, owned by `region`, which
-        // unmaps it only on drop (after which no call of the `Uffd` can name it: `forget`).
-        if let Err(e) = unsafe { region.uffd.register(start, len, mode) } {
-            // SAFETY: the reservation made above, not yet registered.
+        // SAFETY: `[start, start+len)` is the reservation made above, owned by the region built
+        // below, which unmaps it only on drop (after which no call of the `Uffd` can name it:
+        // `forget`).
+        if let Err(e) = unsafe { uffd.register(start, len, mode) } {
+            // SAFETY: the reservation made above, not registered.
             unsafe { libc::munmap(start as *mut libc::c_void, len as usize) };
-            std::mem::forget(region);
             return Err(e);
         }
-        Ok(region)
+        REGIONS.write().unwrap_or_else(|e| e.into_inner()).insert(start, len);
+        LIVE_REGIONS.fetch_add(1, Ordering::Release);
+        Ok(Region { uffd, start, len, prot, mode })
     }
 
     pub fn start(&self) -> u64 {
@@ -475,19 +570,33 @@ impl Region {
         Ok(())
     }
 
-    /// Turns `[off, off+len)` back into empty, registered reservation: whatever was mapped or
-    /// installed there is gone and the next touch faults again.
+    /// Turns `[off, off+len)` back into empty, registered reservation in one step that no other
+    /// thread can see halfway: a placeholder, registered first, is moved over the range with one
+    /// mremap(2), so a touch at any moment finds either the old page or a page that faults to
+    /// the service. The move waits until a fault-service thread has read the REMAP event it
+    /// raises: never call it from the thread that reads the events.
     pub fn reset(&self, off: u64, len: u64) -> Result<()> {
         let addr = self.check(off, len)?;
-        let flags = libc::MAP_FIXED | libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
-        // SAFETY: `check` proved the range lies inside this region, which owns it.
-        let p = unsafe { libc::mmap(addr as *mut libc::c_void, len as usize, self.prot, flags, -1, 0) };
-        if p == libc::MAP_FAILED {
-            return Err(Error::io("reset mapping", std::io::Error::last_os_error()));
+        if self.uffd.features & FEATURE_EVENT_REMAP == 0 {
+            return Err(Error::Unsupported("resetting a mapping needs UFFD_FEATURE_EVENT_REMAP".into()));
         }
-        // SAFETY: as above; advice only.
-        unsafe { libc::madvise(addr as *mut libc::c_void, len as usize, libc::MADV_NOHUGEPAGE) };
-        self.uffd.register_within(addr, len, self.mode)
+        let p = Placeholder::new(len, self.prot)?;
+        self.uffd.register_placeholder(&p, self.mode)?;
+        // SAFETY: `check` proved the target lies inside this region, which owns it.
+        unsafe { p.move_to(addr) }
+    }
+
+    /// Takes every page out of the region for good (the mapping is going away): inaccessible
+    /// memory replaces it, so no device page stays mapped once the blocks behind it may be freed.
+    pub fn detach(&self) -> Result<()> {
+        let flags = libc::MAP_FIXED | libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
+        // SAFETY: the region's own range, which it owns until drop.
+        let p =
+            unsafe { libc::mmap(self.start as *mut libc::c_void, self.len as usize, libc::PROT_NONE, flags, -1, 0) };
+        if p == libc::MAP_FAILED {
+            return Err(Error::io("detach mapping", std::io::Error::last_os_error()));
+        }
+        Ok(())
     }
 
     /// Installs the shared zero page over `[off, off+len)`.
@@ -591,6 +700,8 @@ impl Region {
 
 impl Drop for Region {
     fn drop(&mut self) {
+        REGIONS.write().unwrap_or_else(|e| e.into_inner()).remove(&self.start);
+        LIVE_REGIONS.fetch_sub(1, Ordering::Release);
         self.uffd.forget(self.start, self.len);
         // SAFETY: the region's own range, reserved in `new`; nothing refers to it any more.
         unsafe { libc::munmap(self.start as *mut libc::c_void, self.len as usize) };

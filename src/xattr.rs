@@ -20,6 +20,7 @@ use crate::fs::{wr, Fs};
 use crate::inode::Timespec;
 use crate::journal::Tx;
 use crate::layout::{mode, Geometry, RawXattrEntry, RawXattrHeader, XATTR_BLOCK_MAGIC};
+use crate::mmap::unmapped;
 
 /// Longest attribute name, namespace prefix included.
 pub const NAME_MAX: usize = 255;
@@ -178,6 +179,7 @@ fn user_allowed(name: &[u8], file_mode: u32) -> bool {
 impl Fs {
     /// The value of attribute `name` of `ino` (getxattr(2)).
     pub fn getxattr(&self, ino: u64, name: &[u8]) -> Result<Vec<u8>> {
+        let name = &*unmapped(name);
         check_name(name)?;
         let n = self.node(ino)?;
         let g = crate::fs::rd(&n.inode);
@@ -203,6 +205,8 @@ impl Fs {
 
     /// Sets attribute `name` of `ino` to `value` (setxattr(2)); ctime moves.
     pub fn setxattr(&self, ino: u64, name: &[u8], value: &[u8], flags: XattrFlags) -> Result<()> {
+        // Copied before the inode lock: either may lie in a mapping of this very file.
+        let (name, value) = (&*unmapped(name), &*unmapped(value));
         check_name(name)?;
         if value.len() > VALUE_MAX {
             return Err(Error::TooBig("attribute values are at most 64 KiB"));
@@ -222,6 +226,7 @@ impl Fs {
 
     /// Removes attribute `name` of `ino` (removexattr(2)); ctime moves.
     pub fn removexattr(&self, ino: u64, name: &[u8]) -> Result<()> {
+        let name = &*unmapped(name);
         check_name(name)?;
         self.change_xattr(ino, name, |map| map.remove(name).map(drop).ok_or(Error::NoAttr))
     }
