@@ -51,6 +51,9 @@ pub const HUGE: u64 = 2 << 20;
 /// process may hold only vm.max_map_count (65530) of them.
 const MAP_BUDGET: u64 = 30_000;
 
+/// A page of zeros: the content of a hole page that a shared writable mapping loads.
+static ZEROS: [u8; PAGE as usize] = [0; PAGE as usize];
+
 /// What a mapping's pages allow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Prot {
@@ -552,10 +555,14 @@ impl Fs {
                 m.region.copy(off, &buf, false, wp)?;
             }
             PageState::Empty if !store => {
-                m.region.zeropage(off, PAGE, false)?;
-                // A store must fault again to allocate (a read-only mapping cannot store).
                 if wp {
-                    m.region.writeprotect(off, PAGE, true, false)?;
+                    // Zeros, write-protected in the same step, so a store faults to allocate.
+                    // The shared zero page cannot be installed that way (UFFDIO_ZEROPAGE has no
+                    // WP mode and refuses a page that carries a WP marker), and a store landing
+                    // between installing and protecting it would go to a private copy.
+                    m.region.copy(off, &ZEROS, false, true)?;
+                } else {
+                    m.region.zeropage(off, PAGE, false)?;
                 }
                 bump(&c.zero_page, 1);
             }

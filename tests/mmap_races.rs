@@ -41,7 +41,11 @@ fn watchdog<T: Send + 'static>(what: &str, secs: u64, f: impl FnOnce() -> T + Se
     });
     match rx.recv_timeout(Duration::from_secs(secs)) {
         Ok(v) => v,
-        Err(mpsc::RecvTimeoutError::Timeout) => panic!("{what}: no progress in {secs} s (deadlock)"),
+        Err(mpsc::RecvTimeoutError::Timeout) => {
+            // Unwinding could wait for the very locks that are stuck: end the run here.
+            eprintln!("{what}: no progress in {secs} s (deadlock)");
+            std::process::exit(70)
+        }
         Err(mpsc::RecvTimeoutError::Disconnected) => panic!("{what}: the worker panicked"),
     }
 }
@@ -232,7 +236,7 @@ fn a_shrink_takes_every_page_past_eof_out_at_once() {
     const PAGES: u64 = 8;
     let fs = fs_with(4096, 32 << 20);
     watchdog("shrink vs loads", 120, move || {
-        for trial in 0..150 {
+        for trial in 0..1000 {
             let f = rw(&fs, "/shrink");
             f.set_len(0).unwrap();
             f.write_at(&[3; (PAGES * PAGE) as usize], 0).unwrap();
@@ -248,12 +252,11 @@ fn a_shrink_takes_every_page_past_eof_out_at_once() {
                         let _ = m.loadable((PAGES - 1) * PAGE).unwrap();
                     }
                 });
-                std::thread::sleep(Duration::from_micros(200 + trial * 7));
+                std::thread::sleep(Duration::from_micros(50 + trial % 20 * 10));
                 f.set_len(PAGE).unwrap();
-                for p in 1..PAGES {
-                    assert!(!m.loadable(p * PAGE).unwrap(), "trial {trial}: page {p} loadable right after the shrink");
-                }
+                let loadable: Vec<u64> = (1..PAGES).filter(|&p| m.loadable(p * PAGE).unwrap()).collect();
                 done.store(true, Ordering::Relaxed);
+                assert!(loadable.is_empty(), "trial {trial}: pages {loadable:?} loadable right after the shrink");
             });
             assert!(m.loadable(0).unwrap());
             std::thread::sleep(Duration::from_millis(2));
@@ -326,7 +329,7 @@ fn writes_between_two_images_from_each_others_mappings() {
 /// Case 6: faults on file Y are served while a long write to file X holds X's lock.
 #[test]
 fn faults_on_one_file_do_not_wait_for_a_long_write_to_another() {
-    let fs = fs_with(4096, 1200 << 20);
+    let fs = fs_with(4096, 400 << 20);
     let x = rw(&fs, "/x");
     let y = rw(&fs, "/y");
     const YPAGES: u64 = 64;
@@ -335,7 +338,7 @@ fn faults_on_one_file_do_not_wait_for_a_long_write_to_another() {
     // A page of X past the written range: its fault waits for the write.
     x.set_len(2 << 30).unwrap();
     let mx = x.mmap(3 << 29, PAGE, Prot::ReadWrite, Share::Shared).unwrap();
-    let big = vec![5u8; 1 << 30];
+    let big = vec![5u8; 256 << 20];
     let started = AtomicBool::new(false);
     let y_done = AtomicU64::new(0);
     let x_took = watchdog("faults beside a long write", 120, move || {
@@ -350,8 +353,9 @@ fn faults_on_one_file_do_not_wait_for_a_long_write_to_another() {
                 std::hint::spin_loop();
             }
             std::thread::sleep(Duration::from_millis(5));
-            s.spawn(|| mx.read(0, &mut [0u8; 1]).unwrap());
-            std::thread::sleep(Duration::from_millis(2));
+            s.spawn(move || mx.read(0, &mut [0u8; 1]).unwrap());
+            // Time for X's fault to reach the service (the write takes a second or more).
+            std::thread::sleep(Duration::from_millis(20));
             let mut b = [0u8; 1];
             for p in 0..YPAGES {
                 my.read(p * PAGE, &mut b).unwrap();
