@@ -43,6 +43,12 @@ pub enum Error {
     Range(&'static str),
     #[error("argument list too long: {0}")]
     TooBig(&'static str),
+    #[error(
+        "out of memory mappings: udax's mappings keep to {budget} of this process's VMAs \
+         (half of vm.max_map_count; raise it with `sysctl vm.max_map_count=N`, or set \
+         Fs::set_map_budget)"
+    )]
+    OutOfMappings { budget: u64 },
     #[error("image is in use by another process (it holds the image lock)")]
     Busy,
     #[error("not a udax image: {0}")]
@@ -87,6 +93,7 @@ impl Error {
             Error::NoAttr => libc::ENODATA,
             Error::Range(_) => libc::ERANGE,
             Error::TooBig(_) => libc::E2BIG,
+            Error::OutOfMappings { .. } => libc::ENOMEM,
             Error::Busy => libc::EBUSY,
             Error::NotUdax(_) => libc::EINVAL,
             Error::Unsupported(_) => libc::EOPNOTSUPP,

@@ -47,7 +47,7 @@ pub use error::{Error, Result};
 pub use file::{File, OpenOptions};
 pub use fs::{Creds, DirEntry, Fs, MkfsOptions, RenameMode, SetAttr, SetTime, Stat, StatFs};
 pub use inode::Timespec;
-pub use mmap::{Mapping, MmapStats, Prot, Share, HUGE, PAGE};
+pub use mmap::{map_budget, set_map_budget, Mapping, MmapStats, Prot, Share, HUGE, PAGE};
 pub use space::{ExtentInfo, FallocMode};
 pub use xattr::XattrFlags;
 

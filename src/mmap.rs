@@ -46,10 +46,22 @@ use crate::uffd::{Region, Uffd, FEATURE_EVENT_REMAP, FEATURE_POISON, FEATURE_THR
 pub const PAGE: u64 = 4096;
 /// Size of a large first-store allocation.
 pub const HUGE: u64 = 2 << 20;
-/// Device pieces mapped into the process (eagerly or at read faults) before further read faults
-/// on written pages are served with write-protected copies: each piece can cost a VMA, and the
-/// process may hold only vm.max_map_count (65530) of them.
-const MAP_BUDGET: u64 = 30_000;
+/// What a device piece mapped into a region costs against the mapping budget: its own VMA, and
+/// the split of the reservation around it.
+const PIECE_COST: u64 = 2;
+/// vm.max_map_count when /proc does not say.
+const DEFAULT_MAX_MAP_COUNT: u64 = 65_530;
+/// Pieces that have another way (eager mapping at mmap time, loads of written pages, which can
+/// fault later or take a copy) stop at this share of the mapping budget, in 1/8ths: the rest
+/// stays for new mappings and for stores.
+const OPTIONAL_SHARE: u64 = 3;
+/// First stores into holes allocate clusters of pages once this share (in 1/8ths) of the mapping
+/// budget is in use, and larger ones past [`PRESSURE_HIGH`].
+const PRESSURE_LOW: u64 = 4;
+const PRESSURE_HIGH: u64 = 6;
+/// Cluster sizes, in pages (64 KiB and 2 MiB).
+const CLUSTER_LOW: u64 = 16;
+const CLUSTER_HIGH: u64 = 512;
 
 /// A page of zeros: the content of a hole page that a shared writable mapping loads.
 static ZEROS: [u8; PAGE as usize] = [0; PAGE as usize];
@@ -77,6 +89,8 @@ pub struct MmapStats {
     pub faults_first_store: u64,
     /// First stores that allocated and mapped 2 MiB at once.
     pub faults_huge: u64,
+    /// First stores that allocated a cluster of hole pages at once (mapping budget pressure).
+    pub faults_clustered: u64,
     /// Faults at or past the page holding EOF, and faults that could not be served: SIGBUS.
     pub faults_sigbus: u64,
     /// Faults on written pages mapped from the device at fault time.
@@ -94,6 +108,7 @@ struct Counters {
     zero_page: AtomicU64,
     first_store: AtomicU64,
     huge: AtomicU64,
+    clustered: AtomicU64,
     sigbus: AtomicU64,
     mapped: AtomicU64,
     copied: AtomicU64,
@@ -117,8 +132,6 @@ pub(crate) struct Service {
     uffd: Arc<Uffd>,
     regions: RwLock<BTreeMap<u64, Arc<MapState>>>,
     counters: Counters,
-    /// Device pieces mapped by live mappings (see [`MAP_BUDGET`]).
-    pieces: AtomicU64,
     stop: AtomicBool,
     /// Service threads holding a strong reference to the file system (serving a fault).
     busy: AtomicUsize,
@@ -168,6 +181,37 @@ pub(crate) struct ServiceSlot {
     no_huge: AtomicBool,
 }
 
+/// VMAs that the live mappings of every udax file system in the process use, as counted against
+/// the budget: one per region, [`PIECE_COST`] per device piece mapped into one.
+static VMAS_USED: AtomicU64 = AtomicU64::new(0);
+/// The mapping budget (0 until the first mapping: half of vm.max_map_count).
+static BUDGET: AtomicU64 = AtomicU64::new(0);
+
+/// Sets how many of the process's memory mappings (VMAs; the kernel allows vm.max_map_count)
+/// the mappings of all udax file systems in the process may use together. The default is half
+/// of vm.max_map_count, read at the first mapping. Past half of the budget, first stores into
+/// holes allocate clusters of pages (64 KiB, then 2 MiB) so that mapped pieces stay few; `mmap`
+/// past all of it fails with ENOMEM ([`Error::OutOfMappings`]); a store is never refused.
+pub fn set_map_budget(vmas: u64) {
+    BUDGET.store(vmas.max(1), Ordering::Relaxed);
+}
+
+/// The mapping budget (see [`set_map_budget`]).
+pub fn map_budget() -> u64 {
+    match BUDGET.load(Ordering::Relaxed) {
+        0 => {
+            let max = std::fs::read_to_string("/proc/sys/vm/max_map_count")
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .unwrap_or(DEFAULT_MAX_MAP_COUNT);
+            // Another thread may have set one meanwhile: it wins.
+            let _ = BUDGET.compare_exchange(0, max / 2, Ordering::Relaxed, Ordering::Relaxed);
+            BUDGET.load(Ordering::Relaxed)
+        }
+        n => n,
+    }
+}
+
 impl ServiceSlot {
     /// Whether the handler thread is serving a fault (and so holds the file system alive for a
     /// moment after waking the faulting thread).
@@ -197,26 +241,34 @@ pub(crate) struct MapState {
     svc: Arc<Service>,
     /// Some pages hold copies of written data (past the map budget): overwrites reset them.
     copies: AtomicBool,
-    /// Device pieces this mapping counted against the budget.
+    /// What this mapping counted against the budget.
     pieces: AtomicU64,
 }
 
 impl Drop for MapState {
     fn drop(&mut self) {
-        self.svc.pieces.fetch_sub(self.pieces.load(Ordering::Relaxed), Ordering::Relaxed);
+        VMAS_USED.fetch_sub(self.pieces.load(Ordering::Relaxed), Ordering::Relaxed);
     }
 }
 
 impl MapState {
-    /// Takes one device piece from the budget.
+    /// Takes one device piece from the budget if its optional share has room (loads and eager
+    /// mapping, which have another way: a copy, or a fault later).
     fn take_piece(&self) -> bool {
-        let ok = self.svc.pieces.fetch_add(1, Ordering::Relaxed) < MAP_BUDGET;
+        let ok = (VMAS_USED.fetch_add(PIECE_COST, Ordering::Relaxed) + PIECE_COST) * 8 <= map_budget() * OPTIONAL_SHARE;
         if ok {
-            self.pieces.fetch_add(1, Ordering::Relaxed);
+            self.pieces.fetch_add(PIECE_COST, Ordering::Relaxed);
         } else {
-            self.svc.pieces.fetch_sub(1, Ordering::Relaxed);
+            VMAS_USED.fetch_sub(PIECE_COST, Ordering::Relaxed);
         }
         ok
+    }
+
+    /// Counts `n` device pieces whatever the budget says: a store has no other way, so past the
+    /// budget the budget gives (first stores into holes allocate clusters long before that).
+    fn charge(&self, n: u64) {
+        VMAS_USED.fetch_add(n * PIECE_COST, Ordering::Relaxed);
+        self.pieces.fetch_add(n * PIECE_COST, Ordering::Relaxed);
     }
 
     /// Resets the pages of `[from, to)` (file bytes, widened to pages) that this mapping covers.
@@ -275,7 +327,6 @@ impl Fs {
             uffd,
             regions: RwLock::new(BTreeMap::new()),
             counters: Counters::default(),
-            pieces: AtomicU64::new(0),
             stop: AtomicBool::new(false),
             busy: AtomicUsize::new(0),
             queue: Mutex::new(Queue::default()),
@@ -310,6 +361,7 @@ impl Fs {
             faults_zero_page: g(&c.zero_page),
             faults_first_store: g(&c.first_store),
             faults_huge: g(&c.huge),
+            faults_clustered: g(&c.clustered),
             faults_sigbus: g(&c.sigbus),
             faults_mapped: g(&c.mapped),
             faults_copied: g(&c.copied),
@@ -332,6 +384,10 @@ impl Fs {
             return Err(Error::IsDir);
         }
         let svc = self.service()?;
+        let budget = map_budget();
+        if VMAS_USED.load(Ordering::Relaxed) >= budget {
+            return Err(Error::OutOfMappings { budget });
+        }
         let writable = prot == Prot::ReadWrite;
         let mode = match (share, writable) {
             (Share::Shared, true) => MODE_MISSING | MODE_WP,
@@ -346,8 +402,9 @@ impl Fs {
             share,
             svc: svc.clone(),
             copies: AtomicBool::new(false),
-            pieces: AtomicU64::new(0),
+            pieces: AtomicU64::new(1),
         });
+        VMAS_USED.fetch_add(1, Ordering::Relaxed);
         let mut g = wr(&node.inode);
         g.live()?;
         if !crate::layout::mode::is_reg(g.attr.mode) {
@@ -508,13 +565,17 @@ impl Fs {
         }
         let c = &m.svc.counters;
         let huge = !self.inner.mmap.no_huge.load(Ordering::Relaxed);
-        if huge && matches!(self.page_state(&g, fpage), PageState::Empty) && self.huge_store(&mut g, m, fpage)? {
+        let empty = matches!(self.page_state(&g, fpage), PageState::Empty);
+        if empty && huge && self.huge_store(&mut g, m, fpage)? {
             bump(&c.huge, 1);
+        } else if empty && cluster_pages() > 1 && self.cluster_store(&mut g, m, fpage)? {
+            bump(&c.clustered, 1);
         } else {
             let at = self.make_mappable(&mut g, fpage)?;
             // Other mappings drop their zero page or copy for the data (this one maps over its own).
             self.unmap_others(&m.node, fpage * PAGE, (fpage + 1) * PAGE, Reach::Shared, Some(m))?;
             m.region.map_device(off, PAGE, &self.inner.dev, at, true)?;
+            m.charge(1);
             bump(&c.first_store, 1);
         }
         m.region.wake(off, PAGE)?;
@@ -543,6 +604,9 @@ impl Fs {
         match self.page_state(g, fpage) {
             PageState::Mappable(at) if store || m.take_piece() => {
                 m.region.map_device(off, PAGE, &self.inner.dev, at, true)?;
+                if store {
+                    m.charge(1);
+                }
                 bump(&c.mapped, 1);
             }
             PageState::Mappable(_) | PageState::Mixed if !store => {
@@ -665,35 +729,84 @@ impl Fs {
     /// file and the mapping, and an aligned 2 MiB device run is free, allocates, zeroes,
     /// commits and maps all of it. Returns whether it did.
     fn huge_store(&self, g: &mut Inode, m: &MapState, fpage: u64) -> Result<bool> {
-        let geo = self.inner.geo;
-        let bs = geo.block_size;
         let start = fpage * PAGE / HUGE * HUGE;
-        let (blocks, first) = (HUGE / bs, start / bs);
         let covered = start >= m.file_off && start + HUGE <= m.file_off + m.region.len();
         let aligned = (m.region.start() + start - m.file_off) % HUGE == 0;
         if !covered || !aligned || start + HUGE > g.attr.size {
             return Ok(false);
         }
-        if !matches!(g.ext.pieces(first, blocks)[..], [Piece::Hole { .. }]) {
+        self.store_run(g, m, start / PAGE, HUGE / PAGE, HUGE)
+    }
+
+    /// A first store into a hole while the mapping budget is under pressure: the run of hole
+    /// pages around `fpage`, within its aligned cluster, the file's EOF page and the mapping, is
+    /// allocated as one device run and mapped with one call. Returns whether it did (a run of
+    /// one page gains nothing).
+    fn cluster_store(&self, g: &mut Inode, m: &MapState, fpage: u64) -> Result<bool> {
+        let per = PAGE / self.inner.geo.block_size;
+        let window = cluster_pages();
+        let hole = |p: u64| matches!(g.ext.pieces(p * per, per)[..], [Piece::Hole { .. }]);
+        let low = (fpage / window * window).max(m.file_off / PAGE);
+        let high = (fpage / window * window + window)
+            .min((m.file_off + m.region.len()) / PAGE)
+            .min(g.attr.size.div_ceil(PAGE));
+        let (mut lo, mut hi) = (fpage, fpage + 1);
+        while lo > low && hole(lo - 1) {
+            lo -= 1;
+        }
+        while hi < high && hole(hi) {
+            hi += 1;
+        }
+        if hi - lo < 2 || !hole(fpage) {
             return Ok(false);
         }
-        let Ok(run) = self.alloc_aligned_blocks(blocks, blocks) else { return Ok(false) };
+        self.store_run(g, m, lo, hi - lo, PAGE)
+    }
+
+    /// Allocates file pages `[first, first+pages)`, all a hole, as one device run aligned to
+    /// `align` bytes: zeroed, committed as one written extent, then mapped into `m` with one
+    /// call (other shared mappings drop what they showed there). False when no such run is free.
+    fn store_run(&self, g: &mut Inode, m: &MapState, first: u64, pages: u64, align: u64) -> Result<bool> {
+        let geo = self.inner.geo;
+        let bs = geo.block_size;
+        let blocks = pages * PAGE / bs;
+        if !matches!(g.ext.pieces(first * PAGE / bs, blocks)[..], [Piece::Hole { .. }]) {
+            return Ok(false);
+        }
+        let Ok(run) = self.alloc_aligned_blocks(blocks, align / bs) else { return Ok(false) };
         let mut tx = Tx::new();
         if let Err(e) = self.reserve_slots(g, ExtentMap::slots_needed(1), &mut tx) {
             self.unreserve(vec![run]);
             return Err(e);
         }
         let at = geo.block_at(run.start);
-        tx.content_zero(&self.inner.dev, at, HUGE)?;
-        g.ext.insert(Extent { logical: first, physical: run.start, len: blocks, state: State::Written }, &mut tx)?;
+        tx.content_zero(&self.inner.dev, at, pages * PAGE)?;
+        let logical = first * PAGE / bs;
+        g.ext.insert(Extent { logical, physical: run.start, len: blocks, state: State::Written }, &mut tx)?;
         let now = Timespec::now();
         g.attr.mtime = now;
         g.attr.ctime = now;
         g.log_attr(&geo, &mut tx);
         self.commit(&tx)?;
-        self.unmap_others(&m.node, start, start + HUGE, Reach::Shared, Some(m))?;
-        m.region.map_device(start - m.file_off, HUGE, &self.inner.dev, at, true)?;
+        let (from, to) = (first * PAGE, (first + pages) * PAGE);
+        self.unmap_others(&m.node, from, to, Reach::Shared, Some(m))?;
+        m.region.map_device(from - m.file_off, to - from, &self.inner.dev, at, true)?;
+        m.charge(1);
         Ok(true)
+    }
+}
+
+/// Pages a first store into a hole allocates at once, by how much of the budget is in use.
+fn cluster_pages() -> u64 {
+    {
+        let (used, budget) = (VMAS_USED.load(Ordering::Relaxed), map_budget());
+        if used * 8 >= budget * PRESSURE_HIGH {
+            CLUSTER_HIGH
+        } else if used * 8 >= budget * PRESSURE_LOW {
+            CLUSTER_LOW
+        } else {
+            1
+        }
     }
 }
 

@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 
 use crate::device::Device;
 use crate::error::{Error, Result};
@@ -147,7 +147,8 @@ pub struct Fault {
 pub struct Uffd {
     fd: OwnedFd,
     features: u64,
-    registered: Mutex<Vec<(u64, u64)>>,
+    /// Registered ranges: start → length (registrations never overlap).
+    registered: RwLock<BTreeMap<u64, u64>>,
 }
 
 fn last_err(what: &str) -> Error {
@@ -187,7 +188,7 @@ impl Uffd {
                 features & !api.features
             )));
         }
-        Ok(Uffd { fd, features: api.features, registered: Mutex::new(Vec::new()) })
+        Ok(Uffd { fd, features: api.features, registered: RwLock::new(BTreeMap::new()) })
     }
 
     /// Features the kernel reported.
@@ -207,24 +208,23 @@ impl Uffd {
         if unsafe { libc::ioctl(self.fd.as_raw_fd(), UFFDIO_REGISTER as _, &mut reg) } != 0 {
             return Err(last_err("register"));
         }
-        self.registered.lock().unwrap_or_else(|e| e.into_inner()).push((start, len));
+        self.registered.write().unwrap_or_else(|e| e.into_inner()).insert(start, len);
         Ok(())
     }
 
     /// Unregisters a range registered before (the whole of it).
     pub fn unregister(&self, start: u64, len: u64) -> Result<()> {
-        let mut regs = self.registered.lock().unwrap_or_else(|e| e.into_inner());
-        let i = regs
-            .iter()
-            .position(|&r| r == (start, len))
-            .ok_or(Error::InvalidArgument("unregistering a range that was not registered"))?;
+        let mut regs = self.registered.write().unwrap_or_else(|e| e.into_inner());
+        if regs.get(&start) != Some(&len) {
+            return Err(Error::InvalidArgument("unregistering a range that was not registered"));
+        }
         let mut range = UffdioRange { start, len };
         // SAFETY: the range was registered through this `Uffd` (found just above); the ioctl
         // reads one `UffdioRange`.
         if unsafe { libc::ioctl(self.fd.as_raw_fd(), UFFDIO_UNREGISTER as _, &mut range) } != 0 {
             return Err(last_err("unregister"));
         }
-        regs.swap_remove(i);
+        regs.remove(&start);
         Ok(())
     }
 
@@ -243,15 +243,17 @@ impl Uffd {
     /// Drops a registered range from the list without the ioctl (its memory is being unmapped,
     /// which ends the registration).
     fn forget(&self, start: u64, len: u64) {
-        let mut regs = self.registered.lock().unwrap_or_else(|e| e.into_inner());
-        regs.retain(|&r| r != (start, len));
+        let mut regs = self.registered.write().unwrap_or_else(|e| e.into_inner());
+        if regs.get(&start) == Some(&len) {
+            regs.remove(&start);
+        }
     }
 
     /// Checks that `[start, start+len)` lies inside one registered range.
     fn check(&self, start: u64, len: u64) -> Result<()> {
         let end = start.checked_add(len).ok_or(Error::InvalidArgument("range overflows"))?;
-        let regs = self.registered.lock().unwrap_or_else(|e| e.into_inner());
-        if regs.iter().any(|&(s, l)| start >= s && end <= s + l) {
+        let regs = self.registered.read().unwrap_or_else(|e| e.into_inner());
+        if regs.range(..=start).next_back().is_some_and(|(&s, &l)| end <= s + l) {
             Ok(())
         } else {
             Err(Error::InvalidArgument("range is not registered with this userfaultfd"))
@@ -712,7 +714,7 @@ impl Drop for Region {
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::Arc;
+    use std::sync::{Arc, Mutex};
 
     /// An anonymous reservation the test owns.
     struct Reservation {

@@ -344,17 +344,10 @@ impl Model {
         (off < end).then_some((off, end))
     }
 
-    /// A load through a shared mapping: a page with some written block has all of its blocks
-    /// written afterwards (a mapped page is one run of written blocks); holes stay holes.
+    /// A load through a shared mapping changes no block: loads never allocate or convert (a
+    /// partly written page is served as a copy).
     fn map_load(&mut self, p: &str, off: u64, end: u64) -> Vec<u8> {
-        let bs = self.bs;
         let f = self.file_mut(p).unwrap();
-        let per = PAGE / bs;
-        for page in off / PAGE..end.div_ceil(PAGE) {
-            if (page * per..(page + 1) * per).any(|b| f.state(b) == Blk::Written) {
-                f.set(page * per, (page + 1) * per, |_| Blk::Written);
-            }
-        }
         let e = (end as usize).min(f.data.len());
         f.data[(off as usize).min(e)..e].to_vec()
     }

@@ -44,7 +44,13 @@ fn counters_line(d: Counters) -> String {
 
 /// Every fault the mmap fault service has taken (all kinds).
 fn faults(s: MmapStats) -> u64 {
-    s.faults_zero_page + s.faults_first_store + s.faults_huge + s.faults_sigbus + s.faults_mapped + s.faults_copied
+    s.faults_zero_page
+        + s.faults_first_store
+        + s.faults_huge
+        + s.faults_clustered
+        + s.faults_sigbus
+        + s.faults_mapped
+        + s.faults_copied
 }
 
 pub fn run(a: &DemoArgs) -> CliResult {

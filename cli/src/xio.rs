@@ -432,11 +432,12 @@ const HOLE: usize = 1;
 const WHENCE: [&str; 2] = ["DATA", "HOLE"];
 
 /// The counters of `stats`, in [`MmapStats`]'s field order.
-fn stat_lines(st: &MmapStats) -> [(&'static str, u64); 8] {
+fn stat_lines(st: &MmapStats) -> [(&'static str, u64); 9] {
     let MmapStats {
         faults_zero_page,
         faults_first_store,
         faults_huge,
+        faults_clustered,
         faults_sigbus,
         faults_mapped,
         faults_copied,
@@ -447,6 +448,7 @@ fn stat_lines(st: &MmapStats) -> [(&'static str, u64); 8] {
         ("faults_zero_page", faults_zero_page),
         ("faults_first_store", faults_first_store),
         ("faults_huge", faults_huge),
+        ("faults_clustered", faults_clustered),
         ("faults_sigbus", faults_sigbus),
         ("faults_mapped", faults_mapped),
         ("faults_copied", faults_copied),
@@ -811,7 +813,7 @@ mod tests {
         let st = MmapStats { faults_zero_page: 3, pages_invalidated: 8, ..Default::default() };
         let lines = stat_lines(&st);
         assert_eq!(lines[0], ("faults_zero_page", 3));
-        assert_eq!(lines[7], ("pages_invalidated", 8));
+        assert_eq!(lines[8], ("pages_invalidated", 8));
         let json = serde_json::to_value(st).unwrap();
         let fields = json.as_object().unwrap();
         assert_eq!(fields.len(), lines.len());

@@ -375,6 +375,7 @@ fn io_mmap_verbs() {
             "faults_zero_page",
             "faults_first_store",
             "faults_huge",
+            "faults_clustered",
             "faults_sigbus",
             "faults_mapped",
             "faults_copied",
