@@ -129,7 +129,10 @@ const WORKER_IDLE: Duration = Duration::from_secs(2);
 /// the reader threads and the workers (started with the first mapping).
 #[derive(Debug)]
 pub(crate) struct Service {
-    uffd: Arc<Uffd>,
+    /// One userfaultfd per reader thread; mappings are spread over them in turn, so readers
+    /// never contend for a message and every fault wakes exactly one of them.
+    uffds: Vec<Arc<Uffd>>,
+    next_uffd: AtomicUsize,
     regions: RwLock<BTreeMap<u64, Arc<MapState>>>,
     counters: Counters,
     stop: AtomicBool,
@@ -322,9 +325,12 @@ impl Fs {
         if let Some(s) = slot.svc.get() {
             return Ok(s.clone());
         }
-        let uffd = Arc::new(Uffd::new(FEATURE_THREAD_ID | FEATURE_POISON | FEATURE_EVENT_REMAP)?);
+        let readers = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 4));
+        let features = FEATURE_THREAD_ID | FEATURE_POISON | FEATURE_EVENT_REMAP;
+        let uffds = (0..readers).map(|_| Uffd::new(features).map(Arc::new)).collect::<Result<Vec<_>>>()?;
         let svc = Arc::new(Service {
-            uffd,
+            uffds,
+            next_uffd: AtomicUsize::new(0),
             regions: RwLock::new(BTreeMap::new()),
             counters: Counters::default(),
             stop: AtomicBool::new(false),
@@ -332,10 +338,10 @@ impl Fs {
             queue: Mutex::new(Queue::default()),
             ready: Condvar::new(),
         });
-        let readers = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 4));
         for i in 0..readers {
             let (s2, weak) = (svc.clone(), Arc::downgrade(&self.inner));
-            let started = std::thread::Builder::new().name(format!("udax-faults-{i}")).spawn(move || read(s2, weak));
+            let started =
+                std::thread::Builder::new().name(format!("udax-faults-{i}")).spawn(move || read(s2, i, weak));
             if let Err(e) = started {
                 // Readers already started stop with the service.
                 svc.stop.store(true, Ordering::Release);
@@ -394,7 +400,8 @@ impl Fs {
             _ => MODE_MISSING,
         };
         // Address congruent to the file offset modulo 2 MiB, so large pages can line up.
-        let region = Region::new(svc.uffd.clone(), len, HUGE, off % HUGE, writable, mode)?;
+        let uffd = svc.uffds[svc.next_uffd.fetch_add(1, Ordering::Relaxed) % svc.uffds.len()].clone();
+        let region = Region::new(uffd, len, HUGE, off % HUGE, writable, mode)?;
         let state = Arc::new(MapState {
             region,
             node: node.clone(),
@@ -843,11 +850,12 @@ fn write_lock<T>(l: &RwLock<T>, by: Server) -> Option<RwLockWriteGuard<'_, T>> {
     }
 }
 
-/// A reader thread: takes messages off the userfaultfd (reading a REMAP event is all a reset
-/// waits for) and serves each fault it can without waiting; the rest go to the workers.
-fn read(svc: Arc<Service>, fs: Weak<Inner>) {
+/// Reader `i`: takes messages off its userfaultfd (reading a REMAP event is all a reset waits
+/// for) and serves each fault it can without waiting; the rest go to the workers.
+fn read(svc: Arc<Service>, i: usize, fs: Weak<Inner>) {
+    let uffd = svc.uffds[i].clone();
     while !svc.stop.load(Ordering::Acquire) {
-        let f = match svc.uffd.next_fault(100) {
+        let f = match uffd.next_fault(100) {
             Ok(Some(f)) => f,
             Ok(None) => continue,
             Err(_) => break,
