@@ -242,36 +242,53 @@ pub(crate) struct MapState {
     file_off: u64,
     share: Share,
     svc: Arc<Service>,
-    /// Some pages hold copies of written data (past the map budget): overwrites reset them.
+    /// Some pages hold copies of written data: overwrites, and a second shared writable
+    /// mapping of the file, reset them.
     copies: AtomicBool,
-    /// What this mapping counted against the budget.
-    pieces: AtomicU64,
+    /// Device pieces mapped into the region (region offset → length). They, and the region
+    /// itself, are what this mapping counts against the budget.
+    pieces: Mutex<BTreeMap<u64, u64>>,
 }
 
 impl Drop for MapState {
     fn drop(&mut self) {
-        VMAS_USED.fetch_sub(self.pieces.load(Ordering::Relaxed), Ordering::Relaxed);
+        let n = self.pieces.get_mut().unwrap_or_else(|e| e.into_inner()).len() as u64;
+        VMAS_USED.fetch_sub(1 + n * PIECE_COST, Ordering::Relaxed);
+    }
+}
+
+/// Drops `[s, e)` from a map of non-overlapping ranges, trimming the ranges it cuts.
+fn cut(pieces: &mut BTreeMap<u64, u64>, s: u64, e: u64) {
+    let hit: Vec<(u64, u64)> =
+        pieces.range(..e).rev().take_while(|(&o, &l)| o + l > s).map(|(&o, &l)| (o, l)).collect();
+    for (o, l) in hit {
+        pieces.remove(&o);
+        if o < s {
+            pieces.insert(o, s - o);
+        }
+        if o + l > e {
+            pieces.insert(e, o + l - e);
+        }
     }
 }
 
 impl MapState {
-    /// Takes one device piece from the budget if its optional share has room (loads and eager
-    /// mapping, which have another way: a copy, or a fault later).
-    fn take_piece(&self) -> bool {
-        let ok = (VMAS_USED.fetch_add(PIECE_COST, Ordering::Relaxed) + PIECE_COST) * 8 <= map_budget() * OPTIONAL_SHARE;
-        if ok {
-            self.pieces.fetch_add(PIECE_COST, Ordering::Relaxed);
-        } else {
-            VMAS_USED.fetch_sub(PIECE_COST, Ordering::Relaxed);
+    /// Maps device bytes at `at` over `[off, off+len)` of the region and counts the piece.
+    /// An `optional` piece (eager mapping, a load that another mapping cannot store under) is
+    /// mapped only while the optional share of the budget has room: false, nothing mapped.
+    /// Anything else has no other way, so past the budget the budget gives (first stores into
+    /// holes allocate clusters long before that).
+    fn map_piece(&self, dev: &crate::Device, off: u64, len: u64, at: u64, optional: bool) -> Result<bool> {
+        if optional && (VMAS_USED.load(Ordering::Relaxed) + PIECE_COST) * 8 > map_budget() * OPTIONAL_SHARE {
+            return Ok(false);
         }
-        ok
-    }
-
-    /// Counts `n` device pieces whatever the budget says: a store has no other way, so past the
-    /// budget the budget gives (first stores into holes allocate clusters long before that).
-    fn charge(&self, n: u64) {
-        VMAS_USED.fetch_add(n * PIECE_COST, Ordering::Relaxed);
-        self.pieces.fetch_add(n * PIECE_COST, Ordering::Relaxed);
+        let mut pieces = lock(&self.pieces);
+        self.region.map_device(off, len, dev, at, self.share == Share::Shared)?;
+        let before = pieces.len();
+        cut(&mut pieces, off, off + len);
+        pieces.insert(off, len);
+        recount(before, pieces.len());
+        Ok(true)
     }
 
     /// Resets the pages of `[from, to)` (file bytes, widened to pages) that this mapping covers.
@@ -281,8 +298,22 @@ impl MapState {
         if s >= e {
             return Ok(0);
         }
+        let mut pieces = lock(&self.pieces);
         self.region.reset(s - self.file_off, e - s)?;
+        let before = pieces.len();
+        cut(&mut pieces, s - self.file_off, e - self.file_off);
+        recount(before, pieces.len());
         Ok((e - s) / PAGE)
+    }
+}
+
+/// Moves the budget's count by the change in a mapping's pieces.
+fn recount(before: usize, after: usize) {
+    let (b, a) = (before as u64, after as u64);
+    if a > b {
+        VMAS_USED.fetch_add((a - b) * PIECE_COST, Ordering::Relaxed);
+    } else {
+        VMAS_USED.fetch_sub((b - a) * PIECE_COST, Ordering::Relaxed);
     }
 }
 
@@ -340,8 +371,7 @@ impl Fs {
         });
         for i in 0..readers {
             let (s2, weak) = (svc.clone(), Arc::downgrade(&self.inner));
-            let started =
-                std::thread::Builder::new().name(format!("udax-faults-{i}")).spawn(move || read(s2, i, weak));
+            let started = std::thread::Builder::new().name(format!("udax-faults-{i}")).spawn(move || read(s2, i, weak));
             if let Err(e) = started {
                 // Readers already started stop with the service.
                 svc.stop.store(true, Ordering::Release);
@@ -409,13 +439,26 @@ impl Fs {
             share,
             svc: svc.clone(),
             copies: AtomicBool::new(false),
-            pieces: AtomicU64::new(1),
+            pieces: Mutex::new(BTreeMap::new()),
         });
         VMAS_USED.fetch_add(1, Ordering::Relaxed);
         let mut g = wr(&node.inode);
         g.live()?;
         if !crate::layout::mode::is_reg(g.attr.mode) {
             return Err(Error::Unsupported("only regular files can be mapped".into()));
+        }
+        if mode & MODE_WP != 0 {
+            // Copies of written pages in other mappings would miss this mapping's stores: they
+            // go, and those pages are mapped from the device when loaded again.
+            let copying: Vec<Arc<MapState>> = lock(&node.maps)
+                .iter()
+                .filter_map(Weak::upgrade)
+                .filter(|o| o.copies.load(Ordering::Relaxed))
+                .collect();
+            for o in copying {
+                o.reset_bytes(0, u64::MAX)?;
+                o.copies.store(false, Ordering::Relaxed);
+            }
         }
         g.open += 1;
         let eager = self.map_written(&g, &state);
@@ -450,10 +493,9 @@ impl Fs {
             if s >= t || dev % PAGE != 0 {
                 continue;
             }
-            if !m.take_piece() {
+            if !m.map_piece(&self.inner.dev, s - from, t - s, dev, true)? {
                 break;
             }
-            m.region.map_device(s - from, t - s, &self.inner.dev, dev, m.share == Share::Shared)?;
             pages += (t - s) / PAGE;
         }
         Ok(pages)
@@ -581,8 +623,7 @@ impl Fs {
             let at = self.make_mappable(&mut g, fpage)?;
             // Other mappings drop their zero page or copy for the data (this one maps over its own).
             self.unmap_others(&m.node, fpage * PAGE, (fpage + 1) * PAGE, Reach::Shared, Some(m))?;
-            m.region.map_device(off, PAGE, &self.inner.dev, at, true)?;
-            m.charge(1);
+            m.map_piece(&self.inner.dev, off, PAGE, at, false)?;
             bump(&c.first_store, 1);
         }
         m.region.wake(off, PAGE)?;
@@ -609,16 +650,17 @@ impl Fs {
         }
         let wp = m.region.write_protects();
         match self.page_state(g, fpage) {
-            PageState::Mappable(at) if store || m.take_piece() => {
-                m.region.map_device(off, PAGE, &self.inner.dev, at, true)?;
-                if store {
-                    m.charge(1);
-                }
+            // A copy of a written page would miss stores through another shared writable
+            // mapping (they do not fault): mapped then, whatever the budget.
+            PageState::Mappable(at)
+                if m.map_piece(&self.inner.dev, off, PAGE, at, !store && !self.other_writer(m))? =>
+            {
                 bump(&c.mapped, 1);
             }
             PageState::Mappable(_) | PageState::Mixed if !store => {
                 // A copy, write-protected where stores can come: a store faults and maps the
-                // device page; a write() over the page resets copies.
+                // device page; a write() over the page, and a store into a partly written page
+                // through any mapping (which faults), reset copies.
                 let mut buf = vec![0u8; PAGE as usize];
                 self.read_locked(g, fpage * PAGE, &mut buf)?;
                 m.copies.store(true, Ordering::Relaxed);
@@ -640,6 +682,11 @@ impl Fs {
             _ => return Ok(false),
         }
         Ok(true)
+    }
+
+    /// Whether the file of `m` has a live shared writable mapping besides `m`.
+    fn other_writer(&self, m: &MapState) -> bool {
+        lock(&m.node.maps).iter().filter_map(Weak::upgrade).any(|o| o.region.write_protects() && !std::ptr::eq(&*o, m))
     }
 
     /// Whether the file of `m` has live shared mappings besides `m`.
@@ -797,8 +844,7 @@ impl Fs {
         self.commit(&tx)?;
         let (from, to) = (first * PAGE, (first + pages) * PAGE);
         self.unmap_others(&m.node, from, to, Reach::Shared, Some(m))?;
-        m.region.map_device(from - m.file_off, to - from, &self.inner.dev, at, true)?;
-        m.charge(1);
+        m.map_piece(&self.inner.dev, from - m.file_off, to - from, at, false)?;
         Ok(true)
     }
 }

@@ -168,3 +168,40 @@ fn loads_of_partly_written_pages_allocate_nothing() {
     }
     fsck_clean(&fs);
 }
+
+/// Copies of written pages (served past the budget) used to stay in a mapping while another
+/// shared writable mapping stored to the same pages without faulting: the first mapping kept
+/// showing the old bytes.
+#[test]
+fn copies_never_hide_stores_through_another_mapping() {
+    let _serial = serial();
+    struct Restore(u64);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            udax::set_map_budget(self.0);
+        }
+    }
+    let _restore = Restore(udax::map_budget());
+    udax::set_map_budget(600);
+    let fs = fs_with(4096, 64 << 20);
+    let f = fragmented(&fs, "/two", 800, 4096);
+    let len = 800 * PAGE;
+    let a = f.mmap(0, len, Prot::ReadWrite, Share::Shared).unwrap();
+    let mut got = vec![0u8; len as usize];
+    a.read(0, &mut got).unwrap();
+    assert!(fs.mmap_stats().faults_copied > 0, "the budget never pressed");
+    let b = f.mmap(0, len, Prot::ReadWrite, Share::Shared).unwrap();
+    for p in (0..800).step_by(2) {
+        b.write(p * PAGE + 1, &[0x7a]).unwrap();
+    }
+    let mut byte = [0u8; 1];
+    for p in (0..800).step_by(2) {
+        a.read(p * PAGE + 1, &mut byte).unwrap();
+        assert_eq!(byte, [0x7a], "page {p}: mapping A missed a store through B");
+        a.write(p * PAGE + 2, &[0x7b]).unwrap();
+        b.read(p * PAGE + 2, &mut byte).unwrap();
+        assert_eq!(byte, [0x7b], "page {p}: mapping B missed a store through A");
+    }
+    drop((a, b));
+    fsck_clean(&fs);
+}
