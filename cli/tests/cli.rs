@@ -875,13 +875,38 @@ fn demo_runs_and_cleans_up() {
     assert!(ok(&["fsck", s(&kept[0])]).contains("clean"));
 }
 
+/// Four threads race mapped loads and stores with writes, truncates, punches and renames; every
+/// check (no stale bytes, mappings coherent with read_at both ways, SIGBUS exactly past EOF,
+/// private files equal to their model, fsck, no leaked block, remount) must pass.
+#[test]
+fn stress_is_clean() {
+    for bs in ["4096", "1024"] {
+        let out = udax(&["stress", "--threads", "4", "--seconds", "5", "--json", "--block-size", bs]);
+        let stdout = text(&out.stdout);
+        let j: serde_json::Value = serde_json::from_str(&stdout)
+            .unwrap_or_else(|e| panic!("bs {bs}: no JSON report ({e}, {}): {stdout}", out.status));
+        assert_eq!(out.status.code(), Some(0), "bs {bs}: {stdout}\n{}", text(&out.stderr));
+        assert_eq!(j["clean"], true, "bs {bs}: {stdout}");
+        assert_eq!(j["failure_count"], 0, "bs {bs}: {stdout}");
+        for op in ["mapped_load", "mapped_store", "truncate_down", "truncate_up", "punch_hole", "rename"] {
+            assert!(j["ops"][op].as_u64().unwrap_or(0) > 0, "bs {bs}: no {op} ops: {stdout}");
+        }
+        for check in ["mapping_vs_file", "file_to_mapping", "mapping_to_file", "sigbus_at_eof", "model", "fsck"] {
+            assert!(j["checks"][check].as_u64().unwrap_or(0) > 0, "bs {bs}: no {check} checks: {stdout}");
+        }
+    }
+    let (code, _) = fails(&["stress", "--block-size", "512"]);
+    assert_eq!(code, 2);
+}
+
 #[test]
 fn help_teaches() {
     let top = ok(&["--help"]);
     assert!(top.contains("udax demo"), "{top}");
-    for cmd in
-        ["mkfs", "fsck", "info", "ls", "put", "get", "cat", "stat", "mkdir", "rm", "mv", "ln", "extents", "io", "demo"]
-    {
+    for cmd in [
+        "mkfs", "fsck", "info", "ls", "put", "get", "cat", "stat", "mkdir", "rm", "mv", "ln", "extents", "io", "demo",
+        "stress",
+    ] {
         let h = ok(&[cmd, "--help"]);
         assert!(h.contains("Example"), "udax {cmd} --help has no example:\n{h}");
     }
