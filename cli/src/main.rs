@@ -515,6 +515,9 @@ pub struct StressArgs {
     /// Run in this process, not in a supervised child (a SIGBUS then ends udax unreported)
     #[arg(long, hide = true)]
     pub in_process: bool,
+    /// Keep what each thread is doing in this file (the supervisor reads it after a crash)
+    #[arg(long, hide = true, value_name = "PATH")]
+    pub record: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -101,16 +101,11 @@ fn check_mappings(
     maps: &[&Mapping],
     content: &mut [u8],
 ) -> udax::Result<Vec<(u64, Vec<u8>)>> {
-    let t = &run.tally;
+    let (t, pulse, me) = (&run.tally, &run.pulse, run.pulse.checker());
     let size = content.len() as u64;
-    let mut loadable = vec![true; maps.len()];
     for (i, m) in maps.iter().enumerate() {
         if let Some((lo, hi)) = window(m, size) {
-            // A page lost inside EOF would end the run with SIGBUS: probe before loading.
-            loadable[i] = t.loadable(None, label, (i, m), lo..hi, size)?;
-            if !loadable[i] {
-                continue;
-            }
+            pulse.doing(me, format!("loading through {} of {label} (size {size:#x})", describe_mapping(i, m)));
             let mut got = vec![0; (hi - lo) as usize];
             m.read(lo - m.offset(), &mut got)?;
             let how = format!("{} vs read_at", describe_mapping(i, m));
@@ -125,7 +120,7 @@ fn check_mappings(
     let shared: Vec<(usize, &Mapping)> = maps
         .iter()
         .enumerate()
-        .filter(|&(i, m)| m.share() == Share::Shared && window(m, size).is_some() && loadable[i])
+        .filter(|(_, m)| m.share() == Share::Shared && window(m, size).is_some())
         .map(|(i, m)| (i, *m))
         .collect();
     let mut writes = Vec::new();
@@ -143,9 +138,7 @@ fn check_mappings(
     let writable: Vec<&(usize, &Mapping)> = shared.iter().filter(|(_, m)| m.prot() == Prot::ReadWrite).collect();
     if let Some(&&(i, m)) = writable.get(rng.index(writable.len())) {
         let (off, bytes) = pick(rng, m, size);
-        if !t.loadable(None, label, (i, m), off..off + bytes.len() as u64, size)? {
-            return Ok(writes);
-        }
+        pulse.doing(me, format!("storing through {} of {label} at {off:#x}", describe_mapping(i, m)));
         m.write(off - m.offset(), &bytes)?;
         content[off as usize..off as usize + bytes.len()].copy_from_slice(&bytes);
         let mut got = vec![0; bytes.len()];
@@ -184,9 +177,8 @@ fn seen(
         if lo >= hi {
             continue;
         }
-        if !run.tally.loadable(None, label, (i, m), lo..hi, content.len() as u64)? {
-            continue;
-        }
+        let doing = format!("loading {lo:#x}..{hi:#x} through {} of {label} {after}", describe_mapping(i, m));
+        run.pulse.doing(run.pulse.checker(), doing);
         let mut got = vec![0; (hi - lo) as usize];
         m.read(lo - m.offset(), &mut got)?;
         let how = format!("{} {after}", describe_mapping(i, m));
@@ -200,6 +192,7 @@ fn probe_eof(run: &Run, label: &str, i: usize, m: &Mapping, size: u64) -> udax::
     let first = m.offset() / PAGE;
     let end = first + m.len() / PAGE;
     let bus = sigbus_page(size);
+    run.pulse.doing(run.pulse.checker(), format!("probing EOF through {} of {label}", describe_mapping(i, m)));
     for page in bus.saturating_sub(3).max(first)..(bus + 3).min(end) {
         let want = page < bus;
         let got = m.loadable((page - first) * PAGE)?;

@@ -99,32 +99,45 @@ fn supervise(a: &StressArgs, size: u64) -> CliResult {
     if a.json {
         cmd.arg("--json");
     }
-    let status = cmd.status().map_err(|e| Failure::plain(CMD, format!("cannot start the stress process: {e}")))?;
+    let record = std::env::temp_dir().join(format!("udax-stress-{}.record", std::process::id()));
+    cmd.arg("--record").arg(&record);
+    let status = cmd.status();
+    let last = watchdog::read_record(&record, usize::from(a.threads));
+    let _ = std::fs::remove_file(&record);
+    let status = status.map_err(|e| Failure::plain(CMD, format!("cannot start the stress process: {e}")))?;
     match (status.code(), status.signal()) {
         (Some(0), _) => Ok(()),
         (Some(code), _) => Err(Failure::status(u8::try_from(code).unwrap_or(1))),
-        (None, signal) => died(a, seed, signal.unwrap_or(0)),
+        (None, signal) => died(a, seed, signal.unwrap_or(0), &last),
     }
 }
 
-fn died(a: &StressArgs, seed: u64, signal: i32) -> CliResult {
+/// Reports a stress process that `signal` ended, with what each thread was doing last.
+fn died(a: &StressArgs, seed: u64, signal: i32, last: &[(String, String)]) -> CliResult {
     let why = if signal == libc::SIGBUS {
-        "SIGBUS: a mapped load or store inside EOF faulted (a check probes pages first, but a page \
-         can be lost between the probe and the access)"
+        "SIGBUS: a mapped load or store inside EOF faulted (workers probe most pages first, but a \
+         page can be lost between the probe and the access; the checker does not probe)"
     } else {
         "a signal"
     };
-    let kept = a.image.as_ref().map(|p| format!("; the image is kept at {}", p.display())).unwrap_or_default();
     if a.json {
+        let threads: Vec<_> =
+            last.iter().map(|(who, what)| serde_json::json!({ "thread": who, "doing": what })).collect();
         let j = serde_json::json!({
             "clean": false, "seed": seed, "killed_by_signal": signal, "why": why, "image": a.image,
+            "last_doing": threads,
         });
         writeln!(std::io::stdout(), "{j:#}").out()?;
     }
-    Err(Failure::plain(
-        CMD,
-        format!("the stress process died of signal {signal}, {why}; replay with --seed {seed}{kept}"),
-    ))
+    let mut msg = format!("the stress process died of signal {signal}, {why}; replay with --seed {seed}");
+    if let Some(p) = &a.image {
+        msg += &format!("; the image is kept at {}", p.display());
+    }
+    msg += ". Each thread was last in:";
+    for (who, what) in last {
+        msg += &format!("\n  {who:<10} {what}");
+    }
+    Err(Failure::plain(CMD, msg))
 }
 
 /// Stops the workers for the checker: a flag they test between operations, and a barrier of
@@ -207,7 +220,11 @@ fn stress(a: &StressArgs, size: u64) -> CliResult {
     plant_secret(&fs).map_err(|e| Failure::plain(CMD, format!("filling free space: {}", describe(&e))))?;
     leaks(&fs, after_mkfs, &tally, "after planting the secret bytes");
     let world = World::create(&fs, threads).map_err(|e| Failure::plain(CMD, describe(&e)))?;
-    let pulse = Arc::new(Pulse::new(start, threads));
+    let record = match &a.record {
+        Some(p) => Some(std::fs::File::create(p).map_err(|e| Failure::new(CMD, p.display(), e))?),
+        None => None,
+    };
+    let pulse = Arc::new(Pulse::new(start, threads, record));
     watchdog::watch(pulse.clone(), Duration::from_secs(a.watchdog_s), seed, a.json);
     let run = Run { world, tally, pulse, gate: Gate::new(threads) };
     let bar = Progress::new(stderr_is_tty() && !a.json, 0, false, &format!("stress, {threads} threads, seconds"));

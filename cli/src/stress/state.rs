@@ -102,8 +102,7 @@ kinds! {
         MappingToFile => "mapping_to_file",
         /// Quiesced: pages before the one past EOF load, pages from it on raise SIGBUS.
         SigbusAtEof => "sigbus_at_eof",
-        /// Before a mapped access (a worker's or the checker's): no page inside EOF would raise
-        /// SIGBUS.
+        /// Before a worker's mapped access: no page inside EOF would raise SIGBUS.
         LoadableInsideEof => "loadable_inside_eof",
         /// An operation failed that should not have.
         OpError => "op_error",

@@ -1,8 +1,13 @@
-//! The watchdog: every thread of a stress run says what it is doing and beats when it gets
-//! something done; when nothing gets done for the time limit, a monitor thread prints what each
-//! thread was doing and ends the process with status 3, so a deadlock never hangs CI.
+//! The watchdog and the flight record: every thread of a stress run says what it is doing and
+//! beats when it gets something done. When nothing gets done for the time limit, a monitor
+//! thread prints what each thread was doing and ends the process with status 3, so a deadlock
+//! never hangs CI. The doings also go to a flight record file, one fixed-size line per thread,
+//! so the supervising process can tell where a run that died of a signal was.
 
+use std::fs::File;
 use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -11,6 +16,8 @@ use super::state::lock;
 
 /// Exit status of a run the watchdog ended.
 pub const STALLED: i32 = 3;
+/// Bytes of one thread's line in the flight record.
+const RECORD_LINE: usize = 240;
 
 #[derive(Debug)]
 struct Doing {
@@ -26,17 +33,20 @@ pub struct Pulse {
     beat_ms: AtomicU64,
     actors: Vec<Mutex<Doing>>,
     over: AtomicBool,
+    record: Option<File>,
 }
 
 impl Pulse {
-    /// A pulse for `workers` workers and one checker (actor number `workers`).
-    pub fn new(start: Instant, workers: usize) -> Pulse {
+    /// A pulse for `workers` workers and one checker (actor number `workers`), keeping a
+    /// flight record in `record` if given.
+    pub fn new(start: Instant, workers: usize, record: Option<File>) -> Pulse {
         let idle = || Mutex::new(Doing { what: "starting".into(), since: Instant::now() });
         Pulse {
             start,
             beat_ms: AtomicU64::new(0),
             actors: (0..=workers).map(|_| idle()).collect(),
             over: AtomicBool::new(false),
+            record,
         }
     }
 
@@ -46,6 +56,14 @@ impl Pulse {
     }
 
     pub fn doing(&self, who: usize, what: String) {
+        if let Some(f) = &self.record {
+            let mut line = [b' '; RECORD_LINE];
+            let n = what.len().min(RECORD_LINE - 1);
+            line[..n].copy_from_slice(&what.as_bytes()[..n]);
+            line[RECORD_LINE - 1] = b'\n';
+            // The record only helps explain a death; a failed write loses nothing else.
+            let _ = f.write_at(&line, (who * RECORD_LINE) as u64);
+        }
         *lock(&self.actors[who]) = Doing { what, since: Instant::now() };
     }
 
@@ -65,17 +83,35 @@ impl Pulse {
     }
 
     fn report(&self) -> Vec<(String, String, f64)> {
-        let checker = self.checker();
+        let workers = self.checker();
         self.actors
             .iter()
             .enumerate()
             .map(|(i, d)| {
                 let d = lock(d);
-                let who = if i == checker { "checker".to_string() } else { format!("thread {i}") };
-                (who, d.what.clone(), d.since.elapsed().as_secs_f64())
+                (actor(i, workers), d.what.clone(), d.since.elapsed().as_secs_f64())
             })
             .collect()
     }
+}
+
+fn actor(i: usize, workers: usize) -> String {
+    if i == workers {
+        "checker".into()
+    } else {
+        format!("thread {i}")
+    }
+}
+
+/// What a flight record says each thread of a run with `workers` workers was doing last.
+pub fn read_record(path: &Path, workers: usize) -> Vec<(String, String)> {
+    let bytes = std::fs::read(path).unwrap_or_default();
+    bytes
+        .chunks(RECORD_LINE)
+        .take(workers + 1)
+        .enumerate()
+        .map(|(i, line)| (actor(i, workers), String::from_utf8_lossy(line).trim().to_string()))
+        .collect()
 }
 
 /// Starts the monitor thread: after `limit` without a beat it prints every thread's current

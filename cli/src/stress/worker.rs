@@ -165,6 +165,9 @@ fn access(
         _ => rng.extent(span),
     };
     let off = lo + o;
+    let what = if store { Op::MappedStore } else { Op::MappedLoad };
+    let doing = format!("{} {file} {off:#x}+{len:#x} through {} (size {size:#x})", what.name(), describe_mapping(i, m));
+    run.pulse.doing(me, doing);
     if (!store || rng.one_in(2)) && !run.tally.loadable(Some(me), file, (i, m), off..off + len, size)? {
         return Ok(Access::None);
     }
@@ -447,6 +450,7 @@ fn reopen(run: &Run, me: usize, rng: &mut Rng, path: &str) -> udax::Result<()> {
     if size > 0 && rng.one_in(3) {
         let share = if rng.one_in(2) { Share::Shared } else { Share::Private };
         let m = f.mmap(0, size, Prot::Read, share)?;
+        run.pulse.doing(me, format!("mapped_load {path} 0x0+{size:#x} through {}", describe_mapping(0, &m)));
         m.read(0, &mut buf)?;
         run.tally.op(Op::MappedLoad);
         run.tally.values(Some(me), path, 0, &buf, &format!("a load through {}", describe_mapping(0, &m)));
