@@ -72,7 +72,7 @@ fn image_size(a: &StressArgs) -> CliResult<u64> {
         None => Ok(least.max(DEFAULT_SIZE)),
         Some(s) if s >= least => Ok(s),
         Some(s) => Err(Failure {
-            msg: Some(format!("udax {CMD}: --size {s} is too small for {threads} threads: at least {least}")),
+            msg: Some(format!("udax {CMD}: --size {s} is too small for {threads} threads: at least {}M", least >> 20)),
             code: 2,
         }),
     }
