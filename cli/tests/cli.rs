@@ -876,13 +876,41 @@ fn demo_runs_and_cleans_up() {
     assert!(ok(&["fsck", s(&kept[0])]).contains("clean"));
 }
 
+/// Four threads race mapped loads and stores with writes, truncates, punches and renames; every
+/// check (no stale bytes, mappings coherent with read_at both ways, SIGBUS exactly past EOF,
+/// private files equal to their model, fsck, no leaked block, remount) must pass.
+#[test]
+fn stress_is_clean() {
+    for bs in ["4096", "1024"] {
+        let out = udax(&["stress", "--threads", "4", "--seconds", "5", "--json", "--block-size", bs]);
+        let stdout = text(&out.stdout);
+        let j: serde_json::Value = serde_json::from_str(&stdout)
+            .unwrap_or_else(|e| panic!("bs {bs}: no JSON report ({e}, {}): {stdout}", out.status));
+        let why = serde_json::json!({
+            "seed": j["seed"], "failures_by_check": j["failures_by_check"], "failures": j["failures"],
+            "killed_by_signal": j["killed_by_signal"], "last_doing": j["last_doing"],
+        });
+        let clean = out.status.success() && j["clean"] == true && j["failure_count"] == 0;
+        assert!(clean, "bs {bs}: udax stress failed ({}): {why:#}\n{}", out.status, text(&out.stderr));
+        for op in ["mapped_load", "mapped_store", "truncate_down", "truncate_up", "punch_hole", "rename"] {
+            assert!(j["ops"][op].as_u64().unwrap_or(0) > 0, "bs {bs}: no {op} ops: {stdout}");
+        }
+        for check in ["mapping_vs_file", "file_to_mapping", "mapping_to_file", "sigbus_at_eof", "model", "fsck"] {
+            assert!(j["checks"][check].as_u64().unwrap_or(0) > 0, "bs {bs}: no {check} checks: {stdout}");
+        }
+    }
+    let (code, _) = fails(&["stress", "--block-size", "512"]);
+    assert_eq!(code, 2);
+}
+
 #[test]
 fn help_teaches() {
     let top = ok(&["--help"]);
     assert!(top.contains("udax demo"), "{top}");
-    for cmd in
-        ["mkfs", "fsck", "info", "ls", "put", "get", "cat", "stat", "mkdir", "rm", "mv", "ln", "extents", "io", "demo"]
-    {
+    for cmd in [
+        "mkfs", "fsck", "info", "ls", "put", "get", "cat", "stat", "mkdir", "rm", "mv", "ln", "extents", "io", "demo",
+        "stress",
+    ] {
         let h = ok(&[cmd, "--help"]);
         assert!(h.contains("Example"), "udax {cmd} --help has no example:\n{h}");
     }
