@@ -155,12 +155,14 @@ fn last_err(what: &str) -> Error {
     Error::io(format!("userfaultfd {what}"), std::io::Error::last_os_error())
 }
 
-/// The outcome of a failed resolving call: EEXIST means a page is already installed there — a
-/// second message for a fault that an earlier one resolved, which needs only the wake — and
-/// counts as done (the caller still wakes the thread when it asked to); anything else is an error.
+/// The outcome of a failed resolving call. EEXIST: a page is already installed there — a second
+/// message for a fault that an earlier one resolved. EAGAIN: the mappings are changing (a REMAP
+/// event is waiting to be read) and the kernel refuses until it is. Both count as done: the
+/// caller still wakes the thread, which touches the page again and, if nothing was installed,
+/// faults anew behind the event. Anything else is an error.
 fn resolved_already(what: &str) -> Result<()> {
     let e = std::io::Error::last_os_error();
-    if e.raw_os_error() == Some(libc::EEXIST) {
+    if matches!(e.raw_os_error(), Some(libc::EEXIST | libc::EAGAIN)) {
         return Ok(());
     }
     Err(Error::io(format!("userfaultfd {what}"), e))

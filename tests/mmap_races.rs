@@ -370,3 +370,54 @@ fn faults_on_one_file_do_not_wait_for_a_long_write_to_another() {
         "only {y_faults_during} of {YPAGES} faults on Y were served during a {took:?} write to X"
     );
 }
+
+/// While a reset's REMAP event waited to be read, the kernel refused to install pages through
+/// the same userfaultfd (EAGAIN), and the service took that for a failure: SIGBUS inside EOF on
+/// another file's mapping (found by `udax stress`).
+#[test]
+fn faults_served_while_another_file_is_reset() {
+    const PAGES: u64 = 32;
+    let fs = fs_with(4096, 64 << 20);
+    let (f1, f2) = (rw(&fs, "/reset"), rw(&fs, "/load"));
+    for f in [&f1, &f2] {
+        f.write_at(&[9; (PAGES * PAGE) as usize], 0).unwrap();
+    }
+    let m1 = f1.mmap(0, PAGES * PAGE, Prot::ReadWrite, Share::Shared).unwrap();
+    // Mappings are spread over the service's userfaultfds in turn: some share m1's.
+    let loads: Vec<_> = (0..8)
+        .map(|i| {
+            f2.mmap(0, PAGES * PAGE, if i % 2 == 0 { Prot::Read } else { Prot::ReadWrite }, Share::Shared).unwrap()
+        })
+        .collect();
+    let stop = AtomicBool::new(false);
+    watchdog("faults beside resets", 60, move || {
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let mut b = [0u8; 1];
+                for _ in 0..3000 {
+                    f1.fallocate(0, PAGES * PAGE, FallocMode::PunchHole).unwrap();
+                    m1.write(0, &[1]).unwrap();
+                    m1.read(5 * PAGE, &mut b).unwrap();
+                }
+                stop.store(true, Ordering::Relaxed);
+            });
+            for t in 0..2 {
+                let (loads, stop, f2) = (&loads, &stop, &f2);
+                s.spawn(move || {
+                    let mut b = [0u8; 1];
+                    while !stop.load(Ordering::Relaxed) {
+                        for m in loads {
+                            for p in (t..PAGES).step_by(2) {
+                                m.read(p * PAGE, &mut b).unwrap();
+                            }
+                        }
+                        // Zero range keeps the pages inside EOF and makes them fault again.
+                        f2.fallocate(0, PAGES * PAGE, FallocMode::ZeroRange { keep_size: true }).unwrap();
+                    }
+                });
+            }
+        });
+        drop((m1, loads));
+        fsck_clean(&fs);
+    });
+}
