@@ -609,7 +609,7 @@ impl Fs {
             return Ok(Served::Done);
         }
         // A first store: other shared mappings lose their zero page for this one (a reset).
-        if by == Server::Reader && self.has_other_shared(m) {
+        if by == Server::Reader && self.other_mapping(m, |o| o.share == Share::Shared) {
             return Ok(Served::Deferred);
         }
         let c = &m.svc.counters;
@@ -653,7 +653,13 @@ impl Fs {
             // A copy of a written page would miss stores through another shared writable
             // mapping (they do not fault): mapped then, whatever the budget.
             PageState::Mappable(at)
-                if m.map_piece(&self.inner.dev, off, PAGE, at, !store && !self.other_writer(m))? =>
+                if m.map_piece(
+                    &self.inner.dev,
+                    off,
+                    PAGE,
+                    at,
+                    !store && !self.other_mapping(m, |o| o.region.write_protects()),
+                )? =>
             {
                 bump(&c.mapped, 1);
             }
@@ -684,14 +690,9 @@ impl Fs {
         Ok(true)
     }
 
-    /// Whether the file of `m` has a live shared writable mapping besides `m`.
-    fn other_writer(&self, m: &MapState) -> bool {
-        lock(&m.node.maps).iter().filter_map(Weak::upgrade).any(|o| o.region.write_protects() && !std::ptr::eq(&*o, m))
-    }
-
-    /// Whether the file of `m` has live shared mappings besides `m`.
-    fn has_other_shared(&self, m: &MapState) -> bool {
-        lock(&m.node.maps).iter().filter_map(Weak::upgrade).any(|o| o.share == Share::Shared && !std::ptr::eq(&*o, m))
+    /// Whether the file of `m` has a live mapping besides `m` that `what` holds for.
+    fn other_mapping(&self, m: &MapState, what: impl Fn(&MapState) -> bool) -> bool {
+        lock(&m.node.maps).iter().filter_map(Weak::upgrade).any(|o| !std::ptr::eq(&*o, m) && what(&o))
     }
 
     fn page_state(&self, g: &Inode, fpage: u64) -> PageState {
@@ -851,15 +852,13 @@ impl Fs {
 
 /// Pages a first store into a hole allocates at once, by how much of the budget is in use.
 fn cluster_pages() -> u64 {
-    {
-        let (used, budget) = (VMAS_USED.load(Ordering::Relaxed), map_budget());
-        if used * 8 >= budget * PRESSURE_HIGH {
-            CLUSTER_HIGH
-        } else if used * 8 >= budget * PRESSURE_LOW {
-            CLUSTER_LOW
-        } else {
-            1
-        }
+    let (used, budget) = (VMAS_USED.load(Ordering::Relaxed), map_budget());
+    if used * 8 >= budget * PRESSURE_HIGH {
+        CLUSTER_HIGH
+    } else if used * 8 >= budget * PRESSURE_LOW {
+        CLUSTER_LOW
+    } else {
+        1
     }
 }
 

@@ -36,6 +36,23 @@ fn fsck_clean(fs: &Fs) {
     assert!(r.findings.is_empty(), "{:?}", r.findings);
 }
 
+/// A mapping budget for one test; the one before comes back however the test ends.
+struct Budget(u64);
+
+impl Budget {
+    fn set(vmas: u64) -> Budget {
+        let old = Budget(udax::map_budget());
+        udax::set_map_budget(vmas);
+        old
+    }
+}
+
+impl Drop for Budget {
+    fn drop(&mut self) {
+        udax::set_map_budget(self.0);
+    }
+}
+
 /// This process's VMAs.
 fn vmas() -> usize {
     std::fs::read_to_string("/proc/self/maps").unwrap().lines().count()
@@ -118,15 +135,7 @@ fn fragmented(fs: &Fs, path: &str, blocks: u64, bs: u64) -> File {
 fn read_only_mappings_past_the_budget_load_copies_and_allocate_nothing() {
     let _serial = serial();
     let fs = fs_with(4096, 64 << 20);
-    /// Puts the budget back however the test ends.
-    struct Restore(u64);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            udax::set_map_budget(self.0);
-        }
-    }
-    let _restore = Restore(udax::map_budget());
-    udax::set_map_budget(600);
+    let _budget = Budget::set(600);
     let f = fragmented(&fs, "/frag", 4000, 4096);
     let want = fs.read_file("/frag").unwrap();
     let used = used_blocks(&fs);
@@ -175,14 +184,7 @@ fn loads_of_partly_written_pages_allocate_nothing() {
 #[test]
 fn copies_never_hide_stores_through_another_mapping() {
     let _serial = serial();
-    struct Restore(u64);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            udax::set_map_budget(self.0);
-        }
-    }
-    let _restore = Restore(udax::map_budget());
-    udax::set_map_budget(600);
+    let _budget = Budget::set(600);
     let fs = fs_with(4096, 64 << 20);
     let f = fragmented(&fs, "/two", 800, 4096);
     let len = 800 * PAGE;
