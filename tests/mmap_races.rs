@@ -332,7 +332,7 @@ fn faults_on_one_file_do_not_wait_for_a_long_write_to_another() {
     let fs = fs_with(4096, 400 << 20);
     let x = rw(&fs, "/x");
     let y = rw(&fs, "/y");
-    const YPAGES: u64 = 64;
+    const YPAGES: u64 = 16;
     y.set_len(YPAGES * PAGE).unwrap();
     let my = y.mmap(0, YPAGES * PAGE, Prot::ReadWrite, Share::Shared).unwrap();
     // A page of X past the written range: its fault waits for the write.
