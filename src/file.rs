@@ -366,7 +366,7 @@ impl File {
     }
 
     /// mmap(2) of `[off, off+len)` (`off` page-aligned; `len` rounded up to pages). Pages are
-    /// the device's own: loads and stores reach the medium with no copy (see [`Mapping`]).
+    /// the device's own: loads and stores reach the medium with no copy (see [`crate::Mapping`]).
     /// A shared writable mapping needs the file open for writing (EACCES otherwise).
     pub fn mmap(&self, off: u64, len: u64, prot: crate::Prot, share: crate::Share) -> Result<crate::Mapping> {
         if !self.opts.read {

@@ -1,21 +1,22 @@
 //! DAX file mappings: [`crate::File::mmap`] and the userfaultfd fault service behind it.
 //!
 //! A mapping is a [`Region`]: anonymous memory reserved for the mapping's length and registered
-//! with the file system's one userfaultfd. At mmap time every written, page-aligned run of the
+//! with one of the service's userfaultfds. At mmap time every written, page-aligned run of the
 //! file is mapped straight from the device (`mmap(MAP_FIXED)` of the device's descriptor), so
-//! loads and stores to existing data never fault. What is left faults to the handler thread,
-//! which plays the kernel's `fault` / `page_mkwrite` roles (SPEC §5):
+//! loads and stores to existing data never fault. What is left faults to the service, which
+//! plays the kernel's `fault` / `page_mkwrite` roles (SPEC §5):
 //!
-//! - a load from a page with no written block gets the shared zero page, write-protected;
-//!   nothing is allocated;
-//! - a store there (a missing page, or a write-protect fault on the zero page) allocates and
-//!   zeroes the page's blocks, or zeroes and converts its unwritten ones, commits (durable
-//!   before the store can happen: every shared mapping behaves as MAP_SYNC), then maps the
-//!   device page writable; into a 2 MiB-aligned hole that the mapping and the file cover whole,
-//!   it allocates and maps 2 MiB at once;
+//! - a load from a page with no written block gets zeros (in a shared writable mapping a page
+//!   of zeros installed write-protected in one step, elsewhere the shared zero page); nothing is
+//!   allocated, and no load ever allocates;
+//! - a store there (a missing page, or a write-protect fault on the zeros) allocates and zeroes
+//!   the page's blocks, or zeroes and converts its unwritten ones, commits (durable before the
+//!   store can happen: every shared mapping behaves as MAP_SYNC), then maps the device page
+//!   writable; into a 2 MiB-aligned hole that the mapping and the file cover whole, it allocates
+//!   and maps 2 MiB at once, and under mapping-budget pressure a cluster of hole pages;
 //! - a page whose blocks are written but not one page-aligned device run (blocks smaller than a
-//!   page) is moved to a fresh aligned run of blocks first, so every mapped page is one device
-//!   page;
+//!   page) is served to loads as a write-protected copy; a store moves it to a fresh aligned run
+//!   of blocks first, so every mapped page is one device page;
 //! - a page at or past the one holding EOF is poisoned: the access raises SIGBUS (a system call
 //!   touching it gets EFAULT);
 //! - a private mapping gets copies (its stores copy on write into anonymous memory); written
@@ -23,12 +24,15 @@
 //!
 //! Truncate, punch and zero range first reset the affected pages of every mapping (they fault
 //! again), then free blocks; a write that fills holes resets those pages too, so every mapping
-//! sees the data. Bytes a mapping stored past EOF are zeroed when the file grows over them.
+//! sees the data. A reset moves a registered placeholder over the pages in one mremap, so no
+//! access can slip in between. Bytes a mapping stored past EOF are zeroed when the file grows
+//! over them.
 //!
-//! Locking: the handler takes the inode lock like any operation. A thread that holds an inode
-//! lock never touches memory of a mapping of the same file system: `read` and `write` whose
-//! buffer lies in one go through a bounce buffer (see [`Fs::overlaps_mapping`]), so a fault is
-//! never raised while a lock the handler needs is held.
+//! Service threads and locking: readers (one userfaultfd each) serve what they can without
+//! waiting and hand the rest to workers (see [`Server`]); faults take the inode lock, shared for
+//! loads and exclusive for first stores. No thread touches memory of a udax mapping while it
+//! holds a lock: buffers and arguments that lie in one are copied first (see
+//! [`overlaps_mapping`]), so a fault never waits for a lock its own thread holds.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -83,7 +87,7 @@ pub enum Share {
 /// Fault-service counters since mount (`udax io stats`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct MmapStats {
-    /// Loads from pages with no data, served with the shared zero page.
+    /// Loads from pages with no data, served with zeros.
     pub faults_zero_page: u64,
     /// First stores (and loads of partly written pages) that allocated or converted a page.
     pub faults_first_store: u64,
@@ -216,7 +220,7 @@ pub fn map_budget() -> u64 {
 }
 
 impl ServiceSlot {
-    /// Whether the handler thread is serving a fault (and so holds the file system alive for a
+    /// Whether a service thread is serving a fault (and so holds the file system alive for a
     /// moment after waking the faulting thread).
     pub(crate) fn busy(&self) -> bool {
         self.svc.get().is_some_and(|s| s.busy.load(Ordering::Acquire) > 0)
@@ -338,7 +342,7 @@ pub struct Mapping {
 
 /// How a page of a shared mapping can be served.
 enum PageState {
-    /// No written block: zero page on loads.
+    /// No written block: zeros on loads.
     Empty,
     /// Every block written, one page-aligned device run starting here.
     Mappable(u64),
