@@ -115,37 +115,30 @@ fn mapping_stays_coherent(bs: u32, churn: Churn, rounds: u32) -> u32 {
                 gate.wait();
             }
         });
-        s.spawn(move || {
-            let mut r = Rng(0x9abc_def1);
-            while !stop.load(Ordering::Relaxed) {
-                for _ in 0..200 {
-                    let _g = size_lock.read().unwrap();
-                    let size = f.metadata().unwrap().size;
-                    let off = r.below(LEN - 64);
-                    if off + 64 <= size.next_multiple_of(PAGE) {
-                        m.write(off, &[1 + r.below(200) as u8; 64]).unwrap();
+        // One thread stores through the mapping, one loads; both keep to pages inside EOF.
+        for (seed, store) in [(0x9abc_def1, true), (0x2468_ace0, false)] {
+            s.spawn(move || {
+                let mut r = Rng(seed);
+                let mut b = [0u8; 64];
+                while !stop.load(Ordering::Relaxed) {
+                    for _ in 0..200 {
+                        let _g = size_lock.read().unwrap();
+                        let size = f.metadata().unwrap().size;
+                        let off = r.below(LEN - 64);
+                        if off + 64 > size.next_multiple_of(PAGE) {
+                            continue;
+                        }
+                        if store {
+                            m.write(off, &[1 + r.below(200) as u8; 64]).unwrap();
+                        } else {
+                            m.read(off, &mut b).unwrap();
+                        }
                     }
+                    gate.wait();
+                    gate.wait();
                 }
-                gate.wait();
-                gate.wait();
-            }
-        });
-        s.spawn(move || {
-            let mut r = Rng(0x2468_ace0);
-            let mut b = [0u8; 64];
-            while !stop.load(Ordering::Relaxed) {
-                for _ in 0..200 {
-                    let _g = size_lock.read().unwrap();
-                    let size = f.metadata().unwrap().size;
-                    let off = r.below(LEN - 64);
-                    if off + 64 <= size.next_multiple_of(PAGE) {
-                        m.read(off, &mut b).unwrap();
-                    }
-                }
-                gate.wait();
-                gate.wait();
-            }
-        });
+            });
+        }
         for round in 0..rounds {
             std::thread::sleep(Duration::from_millis(2));
             gate.wait();
