@@ -9,8 +9,8 @@
 //! reusable after the next checkpoint, see `alloc`).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use crate::alloc::{Allocator, Run};
 use crate::device::Device;
@@ -21,6 +21,7 @@ use crate::inode::{Attr, Inode, InodeTable, Timespec};
 use crate::journal::{Journal, RecoveryReport, Tx};
 use crate::layout::{self, check_name, mode, Geometry, ROOT_INO};
 use crate::mmap::unmapped;
+use crate::sync::{AtomicU64, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// Worst-case journal bytes per block a data transaction touches: a conversion rewrites two
 /// extent slots and fills a third (3 × 40-byte entries), plus a share of overflow-block links.
@@ -341,7 +342,7 @@ impl Fs {
                 Err(back) if back.mmap.busy() || !retried => {
                     retried = !back.mmap.busy();
                     inner = back;
-                    std::thread::yield_now();
+                    crate::sync::thread::yield_now();
                 }
                 Err(_) => return Ok(None),
             }

@@ -36,8 +36,11 @@ mod io;
 pub mod journal;
 pub mod layout;
 mod mmap;
+#[cfg(feature = "model")]
+pub mod model;
 pub mod robust;
 mod space;
+mod sync;
 #[allow(unsafe_code)]
 pub mod uffd;
 pub mod xattr;

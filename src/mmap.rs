@@ -35,8 +35,8 @@
 //! [`overlaps_mapping`]), so a fault never waits for a lock its own thread holds.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard, TryLockError, Weak};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use crate::error::{Error, Result};
@@ -44,6 +44,9 @@ use crate::extent::{Extent, ExtentMap, Piece, State};
 use crate::fs::{lock, rd, wr, Fs, Inner, Node};
 use crate::inode::{Inode, Timespec};
 use crate::journal::Tx;
+use crate::sync::{
+    thread, AtomicBool, AtomicU64, AtomicUsize, Condvar, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard, TryLockError,
+};
 use crate::uffd::{Region, Uffd, FEATURE_EVENT_REMAP, FEATURE_POISON, FEATURE_THREAD_ID, MODE_MISSING, MODE_WP};
 
 /// The page size mappings work in.
@@ -190,9 +193,9 @@ pub(crate) struct ServiceSlot {
 
 /// VMAs that the live mappings of every udax file system in the process use, as counted against
 /// the budget: one per region, [`PIECE_COST`] per device piece mapped into one.
-static VMAS_USED: AtomicU64 = AtomicU64::new(0);
+static VMAS_USED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 /// The mapping budget (0 until the first mapping: half of vm.max_map_count).
-static BUDGET: AtomicU64 = AtomicU64::new(0);
+static BUDGET: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Sets how many of the process's memory mappings (VMAs; the kernel allows vm.max_map_count)
 /// the mappings of all udax file systems in the process may use together. The default is half
@@ -230,8 +233,14 @@ impl ServiceSlot {
 impl Drop for ServiceSlot {
     fn drop(&mut self) {
         if let Some(s) = self.svc.get() {
+            // Under the queue lock, so that a worker about to wait sees the flag or the notify.
+            let q = lock(&s.queue);
             s.stop.store(true, Ordering::Release);
+            drop(q);
             s.ready.notify_all();
+            for u in &s.uffds {
+                u.interrupt();
+            }
         }
     }
 }
@@ -375,7 +384,7 @@ impl Fs {
         });
         for i in 0..readers {
             let (s2, weak) = (svc.clone(), Arc::downgrade(&self.inner));
-            let started = std::thread::Builder::new().name(format!("udax-faults-{i}")).spawn(move || read(s2, i, weak));
+            let started = thread::Builder::new().name(format!("udax-faults-{i}")).spawn(move || read(s2, i, weak));
             if let Err(e) = started {
                 // Readers already started stop with the service.
                 svc.stop.store(true, Ordering::Release);
@@ -678,6 +687,14 @@ impl Fs {
                 m.region.copy(off, &buf, false, wp)?;
             }
             PageState::Empty if !store => {
+                #[cfg(feature = "model")]
+                if wp && crate::model::planted(crate::model::Plant::TwoStepZeroPage) {
+                    // The window this step closes: zero page first, protected afterwards.
+                    m.region.zeropage(off, PAGE, false)?;
+                    m.region.writeprotect(off, PAGE, true, false)?;
+                    bump(&c.zero_page, 1);
+                    return Ok(true);
+                }
                 if wp {
                     // Zeros, write-protected in the same step, so a store faults to allocate.
                     // The shared zero page cannot be installed that way (UFFDIO_ZEROPAGE has no
@@ -952,7 +969,7 @@ impl Service {
         q.jobs.push_back(job);
         if q.jobs.len() > q.idle && q.workers < MAX_WORKERS {
             let (svc, fs) = (self.clone(), fs.clone());
-            let started = std::thread::Builder::new().name("udax-fault-worker".into()).spawn(move || work(svc, fs));
+            let started = thread::Builder::new().name("udax-fault-worker".into()).spawn(move || work(svc, fs));
             match started {
                 Ok(_) => q.workers += 1,
                 Err(_) if q.workers == 0 => {

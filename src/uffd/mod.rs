@@ -6,27 +6,32 @@
 //! caller handed over at registration (a reservation it owns for the life of the registration).
 //! Constants and struct layouts follow `include/uapi/linux/userfaultfd.h`; the machine's headers
 //! are older than its kernel, so they are written out here rather than generated.
+//!
+//! The system calls themselves are in `sys`, one thin function each. With the `model` feature
+//! `sim` replaces them: a simulated address space and userfaultfd, so that the model check runs
+//! this module and the fault service above it unchanged under a scheduler that explores thread
+//! interleavings.
 
 use std::collections::BTreeMap;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
 use crate::device::Device;
 use crate::error::{Error, Result};
 
-const UFFD_API: u64 = 0xAA;
-const UFFDIO: u64 = 0xAA;
+#[cfg(feature = "model")]
+mod sim;
+#[cfg(not(feature = "model"))]
+mod sys;
+#[cfg(feature = "model")]
+use sim as kernel;
+#[cfg(not(feature = "model"))]
+use sys as kernel;
 
-const fn iowr(nr: u64, size: usize) -> u64 {
-    (3 << 30) | ((size as u64) << 16) | (UFFDIO << 8) | nr
-}
-const fn ior(nr: u64, size: usize) -> u64 {
-    (2 << 30) | ((size as u64) << 16) | (UFFDIO << 8) | nr
-}
+const UFFD_API: u64 = 0xAA;
 
 #[repr(C)]
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct UffdioApi {
     api: u64,
     features: u64,
@@ -34,14 +39,14 @@ struct UffdioApi {
 }
 
 #[repr(C)]
-#[derive(Default, Clone, Copy)]
+#[derive(Debug, Default, Clone, Copy)]
 struct UffdioRange {
     start: u64,
     len: u64,
 }
 
 #[repr(C)]
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct UffdioRegister {
     range: UffdioRange,
     mode: u64,
@@ -49,7 +54,7 @@ struct UffdioRegister {
 }
 
 #[repr(C)]
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct UffdioCopy {
     dst: u64,
     src: u64,
@@ -59,7 +64,7 @@ struct UffdioCopy {
 }
 
 #[repr(C)]
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct UffdioZeropage {
     range: UffdioRange,
     mode: u64,
@@ -67,14 +72,14 @@ struct UffdioZeropage {
 }
 
 #[repr(C)]
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct UffdioWriteprotect {
     range: UffdioRange,
     mode: u64,
 }
 
 #[repr(C)]
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct UffdioPoison {
     range: UffdioRange,
     mode: u64,
@@ -84,7 +89,7 @@ struct UffdioPoison {
 /// `struct uffd_msg`, 32 bytes, packed in the kernel's header (every field here is naturally
 /// aligned, so `repr(C)` gives the same layout).
 #[repr(C)]
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct UffdMsg {
     event: u8,
     reserved1: u8,
@@ -97,14 +102,19 @@ struct UffdMsg {
 }
 const _: () = assert!(std::mem::size_of::<UffdMsg>() == 32);
 
-const UFFDIO_API: u64 = iowr(0x3F, std::mem::size_of::<UffdioApi>());
-const UFFDIO_REGISTER: u64 = iowr(0x00, std::mem::size_of::<UffdioRegister>());
-const UFFDIO_UNREGISTER: u64 = ior(0x01, std::mem::size_of::<UffdioRange>());
-const UFFDIO_WAKE: u64 = ior(0x02, std::mem::size_of::<UffdioRange>());
-const UFFDIO_COPY: u64 = iowr(0x03, std::mem::size_of::<UffdioCopy>());
-const UFFDIO_ZEROPAGE: u64 = iowr(0x04, std::mem::size_of::<UffdioZeropage>());
-const UFFDIO_WRITEPROTECT: u64 = iowr(0x06, std::mem::size_of::<UffdioWriteprotect>());
-const UFFDIO_POISON: u64 = iowr(0x08, std::mem::size_of::<UffdioPoison>());
+/// One userfaultfd ioctl and its argument (a copy also carries the source bytes its `src`
+/// field points at).
+#[derive(Debug)]
+enum Ioctl<'a> {
+    Api(&'a mut UffdioApi),
+    Register(&'a mut UffdioRegister),
+    Unregister(&'a mut UffdioRange),
+    Wake(&'a mut UffdioRange),
+    Copy(&'a mut UffdioCopy, &'a [u8]),
+    Zeropage(&'a mut UffdioZeropage),
+    Writeprotect(&'a mut UffdioWriteprotect),
+    Poison(&'a mut UffdioPoison),
+}
 
 const UFFD_EVENT_PAGEFAULT: u8 = 0x12;
 const UFFD_PAGEFAULT_FLAG_WRITE: u64 = 1 << 0;
@@ -145,14 +155,14 @@ pub struct Fault {
 /// One userfaultfd and the ranges registered through it.
 #[derive(Debug)]
 pub struct Uffd {
-    fd: OwnedFd,
+    fd: kernel::Fd,
     features: u64,
     /// Registered ranges: start → length (registrations never overlap).
     registered: RwLock<BTreeMap<u64, u64>>,
 }
 
-fn last_err(what: &str) -> Error {
-    Error::io(format!("userfaultfd {what}"), std::io::Error::last_os_error())
+fn os_err(what: &str, e: std::io::Error) -> Error {
+    Error::io(format!("userfaultfd {what}"), e)
 }
 
 /// The outcome of a failed resolving call. EEXIST: a page is already installed there — a second
@@ -160,30 +170,21 @@ fn last_err(what: &str) -> Error {
 /// event is waiting to be read) and the kernel refuses until it is. Both count as done: the
 /// caller still wakes the thread, which touches the page again and, if nothing was installed,
 /// faults anew behind the event. Anything else is an error.
-fn resolved_already(what: &str) -> Result<()> {
-    let e = std::io::Error::last_os_error();
+fn resolved_already(what: &str, e: std::io::Error) -> Result<()> {
     if matches!(e.raw_os_error(), Some(libc::EEXIST | libc::EAGAIN)) {
         return Ok(());
     }
-    Err(Error::io(format!("userfaultfd {what}"), e))
+    Err(os_err(what, e))
 }
 
 impl Uffd {
     /// Opens a userfaultfd (close-on-exec, non-blocking reads) and negotiates `features`; every
     /// asked-for feature must be granted.
     pub fn new(features: u64) -> Result<Uffd> {
-        // SAFETY: userfaultfd(2) takes only flags and returns a new descriptor or -1.
-        let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC | libc::O_NONBLOCK) };
-        if fd < 0 {
-            return Err(last_err("open"));
-        }
-        // SAFETY: `fd` was just returned by the kernel and is owned by nothing else.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+        let fd = kernel::open().map_err(|e| os_err("open", e))?;
         let mut api = UffdioApi { api: UFFD_API, features, ioctls: 0 };
-        // SAFETY: UFFDIO_API reads and writes exactly one `UffdioApi`, which `api` is.
-        if unsafe { libc::ioctl(fd.as_raw_fd(), UFFDIO_API as _, &mut api) } != 0 {
-            return Err(last_err("API handshake"));
-        }
+        // SAFETY: the handshake names no memory.
+        unsafe { kernel::ioctl(&fd, Ioctl::Api(&mut api)) }.map_err(|e| os_err("API handshake", e))?;
         if api.features & features != features {
             return Err(Error::Unsupported(format!(
                 "userfaultfd features {:#x} not granted",
@@ -204,12 +205,8 @@ impl Uffd {
     /// The range must be a mapping the caller owns (a reservation) and keeps mapped until it
     /// unregisters it: the resolving calls of this `Uffd` install and protect pages in it.
     pub unsafe fn register(&self, start: u64, len: u64, mode: u64) -> Result<()> {
-        let mut reg = UffdioRegister { range: UffdioRange { start, len }, mode, ioctls: 0 };
-        // SAFETY: UFFDIO_REGISTER reads and writes one `UffdioRegister`; the caller vouches for
-        // the range (this function's contract).
-        if unsafe { libc::ioctl(self.fd.as_raw_fd(), UFFDIO_REGISTER as _, &mut reg) } != 0 {
-            return Err(last_err("register"));
-        }
+        // SAFETY: the caller vouches for the range (this function's contract).
+        unsafe { self.register_unrecorded(start, len, mode) }?;
         self.registered.write().unwrap_or_else(|e| e.into_inner()).insert(start, len);
         Ok(())
     }
@@ -221,25 +218,22 @@ impl Uffd {
             return Err(Error::InvalidArgument("unregistering a range that was not registered"));
         }
         let mut range = UffdioRange { start, len };
-        // SAFETY: the range was registered through this `Uffd` (found just above); the ioctl
-        // reads one `UffdioRange`.
-        if unsafe { libc::ioctl(self.fd.as_raw_fd(), UFFDIO_UNREGISTER as _, &mut range) } != 0 {
-            return Err(last_err("unregister"));
-        }
+        // SAFETY: the range was registered through this `Uffd` (found just above).
+        unsafe { kernel::ioctl(&self.fd, Ioctl::Unregister(&mut range)) }.map_err(|e| os_err("unregister", e))?;
         regs.remove(&start);
         Ok(())
     }
 
-    /// Registers a placeholder that [`Region::reset`] has just mapped and is about to move into
-    /// a registered range; it is not recorded (after the move it lies inside that range).
-    fn register_placeholder(&self, p: &Placeholder, mode: u64) -> Result<()> {
-        let mut reg = UffdioRegister { range: UffdioRange { start: p.start, len: p.len }, mode, ioctls: 0 };
-        // SAFETY: the range is a fresh anonymous mapping owned by `p` (nothing else knows its
-        // address); the ioctl reads and writes one `UffdioRegister`.
-        if unsafe { libc::ioctl(self.fd.as_raw_fd(), UFFDIO_REGISTER as _, &mut reg) } != 0 {
-            return Err(last_err("register"));
-        }
-        Ok(())
+    /// Registers a range without recording it: a placeholder that [`Region::reset`] has just
+    /// mapped and is about to move into a registered range (after the move it lies inside that
+    /// range).
+    ///
+    /// # Safety
+    /// As [`Uffd::register`].
+    unsafe fn register_unrecorded(&self, start: u64, len: u64, mode: u64) -> Result<()> {
+        let mut reg = UffdioRegister { range: UffdioRange { start, len }, mode, ioctls: 0 };
+        // SAFETY: the caller owns the range (this function's contract).
+        unsafe { kernel::ioctl(&self.fd, Ioctl::Register(&mut reg)) }.map_err(|e| os_err("register", e))
     }
 
     /// Drops a registered range from the list without the ioctl (its memory is being unmapped,
@@ -262,23 +256,26 @@ impl Uffd {
         }
     }
 
-    /// Maps the shared zero page over `[start, start+len)` (read faults on holes).
-    pub fn zeropage(&self, start: u64, len: u64, wake: bool) -> Result<()> {
-        self.check(start, len)?;
-        let mut z = UffdioZeropage {
-            range: UffdioRange { start, len },
-            mode: if wake { 0 } else { MODE_DONTWAKE },
-            zeropage: 0,
-        };
-        // SAFETY: `check` proved the range is registered here, so only pages of the caller's
-        // reservation change; the ioctl reads and writes one `UffdioZeropage`.
-        if unsafe { libc::ioctl(self.fd.as_raw_fd(), UFFDIO_ZEROPAGE as _, &mut z) } != 0 {
-            resolved_already("zeropage")?;
+    /// A resolving call on a range `check` proved registered: EEXIST or EAGAIN count as done
+    /// (see [`resolved_already`]), and then the thread is woken here unless `wake` is false.
+    fn resolve(&self, what: &str, op: Ioctl<'_>, start: u64, len: u64, wake: bool) -> Result<()> {
+        // SAFETY: every caller passed the range through `check`, so only pages of a reservation
+        // registered here change.
+        if let Err(e) = unsafe { kernel::ioctl(&self.fd, op) } {
+            resolved_already(what, e)?;
             if wake {
                 self.wake(start, len)?;
             }
         }
         Ok(())
+    }
+
+    /// Maps the shared zero page over `[start, start+len)` (read faults on holes).
+    pub fn zeropage(&self, start: u64, len: u64, wake: bool) -> Result<()> {
+        self.check(start, len)?;
+        let mode = if wake { 0 } else { MODE_DONTWAKE };
+        let mut z = UffdioZeropage { range: UffdioRange { start, len }, mode, zeropage: 0 };
+        self.resolve("zeropage", Ioctl::Zeropage(&mut z), start, len, wake)
     }
 
     /// Copies `src` (whole pages) into `[dst, dst+len)`, optionally write-protected.
@@ -287,15 +284,7 @@ impl Uffd {
         self.check(dst, len)?;
         let mode = if wake { 0 } else { MODE_DONTWAKE } | if write_protect { MODE_COPY_WP } else { 0 };
         let mut c = UffdioCopy { dst, src: src.as_ptr() as u64, len, mode, copy: 0 };
-        // SAFETY: `check` proved the destination is registered here; `src` is a live slice of
-        // exactly `len` bytes that the kernel only reads.
-        if unsafe { libc::ioctl(self.fd.as_raw_fd(), UFFDIO_COPY as _, &mut c) } != 0 {
-            resolved_already("copy")?;
-            if wake {
-                self.wake(dst, len)?;
-            }
-        }
-        Ok(())
+        self.resolve("copy", Ioctl::Copy(&mut c, src), dst, len, wake)
     }
 
     /// Sets or clears write protection on `[start, start+len)`. Clearing wakes the faulting
@@ -310,72 +299,40 @@ impl Uffd {
             MODE_WP_DONTWAKE
         };
         let mut w = UffdioWriteprotect { range: UffdioRange { start, len }, mode };
-        // SAFETY: `check` proved the range is registered here; the ioctl reads one
-        // `UffdioWriteprotect` and only changes protection of those pages.
-        if unsafe { libc::ioctl(self.fd.as_raw_fd(), UFFDIO_WRITEPROTECT as _, &mut w) } != 0 {
-            return Err(last_err("writeprotect"));
-        }
-        Ok(())
+        // SAFETY: `check` proved the range is registered here; only protection of those pages
+        // changes.
+        unsafe { kernel::ioctl(&self.fd, Ioctl::Writeprotect(&mut w)) }.map_err(|e| os_err("writeprotect", e))
     }
 
     /// Wakes threads waiting on faults in `[start, start+len)`.
     pub fn wake(&self, start: u64, len: u64) -> Result<()> {
         self.check(start, len)?;
         let mut r = UffdioRange { start, len };
-        // SAFETY: `check` proved the range is registered here; the ioctl reads one
-        // `UffdioRange` and touches no memory.
-        if unsafe { libc::ioctl(self.fd.as_raw_fd(), UFFDIO_WAKE as _, &mut r) } != 0 {
-            return Err(last_err("wake"));
-        }
-        Ok(())
+        // SAFETY: `check` proved the range is registered here; waking touches no memory.
+        unsafe { kernel::ioctl(&self.fd, Ioctl::Wake(&mut r)) }.map_err(|e| os_err("wake", e))
     }
 
     /// Marks `[start, start+len)` poisoned: any access raises SIGBUS in the accessing thread, and
     /// a system call touching it fails with EFAULT (pages at or past EOF).
     pub fn poison(&self, start: u64, len: u64, wake: bool) -> Result<()> {
         self.check(start, len)?;
-        let mut p =
-            UffdioPoison { range: UffdioRange { start, len }, mode: if wake { 0 } else { MODE_DONTWAKE }, updated: 0 };
-        // SAFETY: `check` proved the range is registered here; the ioctl reads and writes one
-        // `UffdioPoison`.
-        if unsafe { libc::ioctl(self.fd.as_raw_fd(), UFFDIO_POISON as _, &mut p) } != 0 {
-            resolved_already("poison")?;
-            if wake {
-                self.wake(start, len)?;
-            }
-        }
-        Ok(())
+        let mode = if wake { 0 } else { MODE_DONTWAKE };
+        let mut p = UffdioPoison { range: UffdioRange { start, len }, mode, updated: 0 };
+        self.resolve("poison", Ioctl::Poison(&mut p), start, len, wake)
+    }
+
+    /// Makes a thread waiting in [`Uffd::next_fault`] return soon (the service is stopping).
+    pub fn interrupt(&self) {
+        kernel::interrupt(&self.fd);
     }
 
     /// Waits up to `timeout_ms` (-1: forever) for the next page fault; `None` on timeout.
     /// Events other than page faults are skipped.
     pub fn next_fault(&self, timeout_ms: i32) -> Result<Option<Fault>> {
         loop {
-            let mut pfd = libc::pollfd { fd: self.fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-            // SAFETY: poll(2) reads and writes exactly the one `pollfd` passed.
-            let n = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
-            if n < 0 {
-                if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
-                    continue;
-                }
-                return Err(last_err("poll"));
-            }
-            if n == 0 {
+            let Some(msg) = kernel::next_msg(&self.fd, timeout_ms).map_err(|e| os_err("read", e))? else {
                 return Ok(None);
-            }
-            let mut msg = UffdMsg::default();
-            let len = std::mem::size_of::<UffdMsg>();
-            // SAFETY: `msg` is a live, writable buffer of `len` bytes.
-            let got = unsafe { libc::read(self.fd.as_raw_fd(), (&mut msg as *mut UffdMsg).cast(), len) };
-            if got < 0 {
-                if std::io::Error::last_os_error().raw_os_error() == Some(libc::EAGAIN) {
-                    continue;
-                }
-                return Err(last_err("read"));
-            }
-            if got as usize != len {
-                return Err(Error::io("userfaultfd read", std::io::Error::from_raw_os_error(libc::EIO)));
-            }
+            };
             if msg.event == UFFD_EVENT_PAGEFAULT {
                 return Ok(Some(Fault {
                     addr: msg.address,
@@ -416,16 +373,10 @@ struct Placeholder {
 
 impl Placeholder {
     fn new(len: u64, prot: i32) -> Result<Placeholder> {
-        let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
-        // SAFETY: a fresh anonymous mapping with no address hint; the result is checked below.
-        let p = unsafe { libc::mmap(std::ptr::null_mut(), len as usize, prot, flags, -1, 0) };
-        if p == libc::MAP_FAILED {
-            return Err(Error::io("reset mapping", std::io::Error::last_os_error()));
-        }
-        // SAFETY: advice on the mapping made just above. Huge anonymous pages would make a fault
-        // cover more than the page it resolves.
-        unsafe { libc::madvise(p, len as usize, libc::MADV_NOHUGEPAGE) };
-        Ok(Placeholder { start: p as u64, len })
+        let start = kernel::map_anon(len, prot).map_err(|e| Error::io("reset mapping", e))?;
+        // SAFETY: the mapping made just above, owned by the placeholder.
+        unsafe { kernel::no_huge_pages(start, len) };
+        Ok(Placeholder { start, len })
     }
 
     /// Moves the placeholder over `[to, to+len)` in one step: whatever was mapped there is gone
@@ -434,21 +385,9 @@ impl Placeholder {
     /// # Safety
     /// `[to, to+len)` must be memory the caller owns (a range of its region).
     unsafe fn move_to(self, to: u64) -> Result<()> {
-        let flags = libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED;
         // SAFETY: the source is this placeholder, one mapping of `len` bytes; the target is the
-        // caller's own range (this function's contract), which MREMAP_FIXED replaces atomically.
-        let q = unsafe {
-            libc::mremap(
-                self.start as *mut libc::c_void,
-                self.len as usize,
-                self.len as usize,
-                flags,
-                to as *mut libc::c_void,
-            )
-        };
-        if q == libc::MAP_FAILED {
-            return Err(Error::io("reset mapping", std::io::Error::last_os_error()));
-        }
+        // caller's own range (this function's contract), which the move replaces atomically.
+        unsafe { kernel::move_to(self.start, self.len, to) }.map_err(|e| Error::io("reset mapping", e))?;
         std::mem::forget(self);
         Ok(())
     }
@@ -457,7 +396,7 @@ impl Placeholder {
 impl Drop for Placeholder {
     fn drop(&mut self) {
         // SAFETY: the placeholder's own mapping, not moved (a move forgets `self`).
-        unsafe { libc::munmap(self.start as *mut libc::c_void, self.len as usize) };
+        unsafe { kernel::unmap(self.start, self.len) };
     }
 }
 
@@ -474,6 +413,11 @@ pub struct Region {
     mode: u64,
 }
 
+/// A load or store through a mapping that the (simulated) kernel refused: SIGBUS in a real run.
+fn access_err(e: std::io::Error) -> Error {
+    Error::io("access through the mapping", e)
+}
+
 impl Region {
     /// Reserves `len` bytes (whole pages) at an address congruent to `phase` modulo `align` (a
     /// power of two, at least a page), registered with `mode`; `writable` sets PROT_WRITE.
@@ -482,34 +426,28 @@ impl Region {
             return Err(Error::InvalidArgument("mapping length must be whole pages"));
         }
         let total = len.checked_add(align).ok_or(Error::InvalidArgument("mapping too large"))?;
-        let total = usize::try_from(total).map_err(|_| Error::InvalidArgument("mapping too large"))?;
+        usize::try_from(total).map_err(|_| Error::InvalidArgument("mapping too large"))?;
         let prot = libc::PROT_READ | if writable { libc::PROT_WRITE } else { 0 };
-        let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
-        // SAFETY: a fresh anonymous mapping with no address hint; the result is checked below.
-        let base = unsafe { libc::mmap(std::ptr::null_mut(), total, prot, flags, -1, 0) };
-        if base == libc::MAP_FAILED {
-            return Err(Error::io("reserve mapping", std::io::Error::last_os_error()));
-        }
-        let base = base as u64;
+        let base = kernel::map_anon(total, prot).map_err(|e| Error::io("reserve mapping", e))?;
         let start = base + (phase.wrapping_sub(base) & (align - 1));
-        let (head, tail) = (start - base, base + total as u64 - (start + len));
-        // SAFETY: both pieces lie inside the mapping made just above, outside `[start, start+len)`.
+        let (head, tail) = (start - base, base + total - (start + len));
+        // SAFETY: both pieces lie inside the mapping made just above, outside `[start, start+len)`;
+        // the advice is on the rest of it.
         unsafe {
             if head > 0 {
-                libc::munmap(base as *mut libc::c_void, head as usize);
+                kernel::unmap(base, head);
             }
             if tail > 0 {
-                libc::munmap((start + len) as *mut libc::c_void, tail as usize);
+                kernel::unmap(start + len, tail);
             }
-            // Huge anonymous pages would make a fault cover more than the page it resolves.
-            libc::madvise(start as *mut libc::c_void, len as usize, libc::MADV_NOHUGEPAGE);
+            kernel::no_huge_pages(start, len);
         }
         // SAFETY: `[start, start+len)` is the reservation made above, owned by the region built
         // below, which unmaps it only on drop (after which no call of the `Uffd` can name it:
         // `forget`).
         if let Err(e) = unsafe { uffd.register(start, len, mode) } {
             // SAFETY: the reservation made above, not registered.
-            unsafe { libc::munmap(start as *mut libc::c_void, len as usize) };
+            unsafe { kernel::unmap(start, len) };
             return Err(e);
         }
         REGIONS.write().unwrap_or_else(|e| e.into_inner()).insert(start, len);
@@ -546,6 +484,16 @@ impl Region {
         Ok(self.start + off)
     }
 
+    /// Checks a byte range for a load or store; returns its address.
+    fn bytes(&self, off: u64, len: u64, store: bool) -> Result<u64> {
+        let end = off.checked_add(len).filter(|&e| e <= self.len);
+        end.ok_or(Error::InvalidArgument("range outside the mapping"))?;
+        if store && self.prot & libc::PROT_WRITE == 0 {
+            return Err(Error::AccessDenied("the mapping is read-only"));
+        }
+        Ok(self.start + off)
+    }
+
     /// Maps device bytes `[dev_off, dev_off+len)` over `[off, off+len)` of the region: shared
     /// (stores reach the device) or private (stores copy on write).
     pub fn map_device(&self, off: u64, len: u64, dev: &Device, dev_off: u64, shared: bool) -> Result<()> {
@@ -554,24 +502,11 @@ impl Region {
             return Err(Error::InvalidArgument("device range outside the device"));
         }
         let fd = dev.fd().ok_or(Error::Unsupported("this device cannot be mapped into files".into()))?;
-        let flags = libc::MAP_FIXED | if shared { libc::MAP_SHARED } else { libc::MAP_PRIVATE };
         // SAFETY: `check` proved `[addr, addr+len)` lies inside this region, whose memory the
         // region owns (no Rust reference into it is kept by udax); the device range was checked
         // against the device's length just above.
-        let p = unsafe {
-            libc::mmap(
-                addr as *mut libc::c_void,
-                len as usize,
-                self.prot,
-                flags,
-                fd.as_raw_fd(),
-                dev_off as libc::off_t,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(Error::io("map device pages", std::io::Error::last_os_error()));
-        }
-        Ok(())
+        unsafe { kernel::map_file_at(addr, len, self.prot, shared, fd, dev_off) }
+            .map_err(|e| Error::io("map device pages", e))
     }
 
     /// Turns `[off, off+len)` back into empty, registered reservation in one step that no other
@@ -581,11 +516,20 @@ impl Region {
     /// raises: never call it from the thread that reads the events.
     pub fn reset(&self, off: u64, len: u64) -> Result<()> {
         let addr = self.check(off, len)?;
+        #[cfg(feature = "model")]
+        if crate::model::planted(crate::model::Plant::TwoStepReset) {
+            // The window this protocol closes: fresh memory first, registered afterwards.
+            // SAFETY: `check` proved the range lies inside this region, which owns it.
+            unsafe { kernel::map_anon_at(addr, len, self.prot) }.map_err(|e| Error::io("reset mapping", e))?;
+            // SAFETY: as above.
+            return unsafe { self.uffd.register_unrecorded(addr, len, self.mode) };
+        }
         if self.uffd.features & FEATURE_EVENT_REMAP == 0 {
             return Err(Error::Unsupported("resetting a mapping needs UFFD_FEATURE_EVENT_REMAP".into()));
         }
         let p = Placeholder::new(len, self.prot)?;
-        self.uffd.register_placeholder(&p, self.mode)?;
+        // SAFETY: the placeholder's fresh mapping, which nothing else knows of.
+        unsafe { self.uffd.register_unrecorded(p.start, p.len, self.mode) }?;
         // SAFETY: `check` proved the target lies inside this region, which owns it.
         unsafe { p.move_to(addr) }
     }
@@ -593,14 +537,9 @@ impl Region {
     /// Takes every page out of the region for good (the mapping is going away): inaccessible
     /// memory replaces it, so no device page stays mapped once the blocks behind it may be freed.
     pub fn detach(&self) -> Result<()> {
-        let flags = libc::MAP_FIXED | libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
         // SAFETY: the region's own range, which it owns until drop.
-        let p =
-            unsafe { libc::mmap(self.start as *mut libc::c_void, self.len as usize, libc::PROT_NONE, flags, -1, 0) };
-        if p == libc::MAP_FAILED {
-            return Err(Error::io("detach mapping", std::io::Error::last_os_error()));
-        }
-        Ok(())
+        unsafe { kernel::map_anon_at(self.start, self.len, libc::PROT_NONE) }
+            .map_err(|e| Error::io("detach mapping", e))
     }
 
     /// Installs the shared zero page over `[off, off+len)`.
@@ -628,77 +567,57 @@ impl Region {
     /// Copies mapped bytes at `off` into `buf`. Touching pages may fault (the fault service
     /// resolves them); a page past EOF raises SIGBUS, as a load would.
     pub fn read(&self, off: u64, buf: &mut [u8]) -> Result<()> {
-        let end = off.checked_add(buf.len() as u64).filter(|&e| e <= self.len);
-        end.ok_or(Error::InvalidArgument("range outside the mapping"))?;
-        // SAFETY: `[start+off, start+off+len)` lies inside the region (checked above), which stays
-        // mapped while `self` lives; a volatile-free byte copy is fine because the bytes are
-        // plain data that other mappings may change at any time (no reference is formed).
-        unsafe { std::ptr::copy_nonoverlapping((self.start + off) as *const u8, buf.as_mut_ptr(), buf.len()) };
-        Ok(())
+        let addr = self.bytes(off, buf.len() as u64, false)?;
+        // SAFETY: the range lies inside the region (checked above), which stays mapped while
+        // `self` lives.
+        unsafe { kernel::load(addr, buf) }.map_err(access_err)
     }
 
     /// Stores `data` at `off` through the mapping (see [`Region::read`] for faults).
     pub fn write(&self, off: u64, data: &[u8]) -> Result<()> {
-        let end = off.checked_add(data.len() as u64).filter(|&e| e <= self.len);
-        end.ok_or(Error::InvalidArgument("range outside the mapping"))?;
-        if self.prot & libc::PROT_WRITE == 0 {
-            return Err(Error::AccessDenied("the mapping is read-only"));
-        }
+        let addr = self.bytes(off, data.len() as u64, true)?;
         // SAFETY: as in `read`; the range is writable memory of this region (PROT_WRITE checked).
-        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), (self.start + off) as *mut u8, data.len()) };
-        Ok(())
+        unsafe { kernel::store(addr, data) }.map_err(access_err)
     }
 
     /// Lends `[off, off+len)` of the mapping as a byte slice for the length of `f` (for handing
     /// mapped memory to code that takes slices, such as read(2)). Other mappings of the same file
     /// may change the bytes meanwhile, as with any shared memory.
+    #[cfg(not(feature = "model"))]
     pub fn with_slice_mut<R>(&self, off: u64, len: u64, f: impl FnOnce(&mut [u8]) -> R) -> Result<R> {
-        let end = off.checked_add(len).filter(|&e| e <= self.len);
-        end.ok_or(Error::InvalidArgument("range outside the mapping"))?;
-        if self.prot & libc::PROT_WRITE == 0 {
-            return Err(Error::AccessDenied("the mapping is read-only"));
-        }
+        let addr = self.bytes(off, len, true)?;
         // SAFETY: the range lies inside the region (checked above), which stays mapped and
         // writable while `self` lives, and `&self` outlives the closure; the slice is the only
         // reference this process forms to those bytes while `f` runs.
-        let slice = unsafe { std::slice::from_raw_parts_mut((self.start + off) as *mut u8, len as usize) };
+        let slice = unsafe { std::slice::from_raw_parts_mut(addr as *mut u8, len as usize) };
         Ok(f(slice))
+    }
+
+    /// The simulated address space has no memory to lend: a copy goes in and comes back.
+    #[cfg(feature = "model")]
+    pub fn with_slice_mut<R>(&self, off: u64, len: u64, f: impl FnOnce(&mut [u8]) -> R) -> Result<R> {
+        let mut buf = vec![0; len as usize];
+        self.read(off, &mut buf)?;
+        let r = f(&mut buf);
+        self.write(off, &buf)?;
+        Ok(r)
     }
 
     /// Fills `[off, off+len)` with `byte` through the mapping.
     pub fn fill(&self, off: u64, len: u64, byte: u8) -> Result<()> {
-        let end = off.checked_add(len).filter(|&e| e <= self.len);
-        end.ok_or(Error::InvalidArgument("range outside the mapping"))?;
-        if self.prot & libc::PROT_WRITE == 0 {
-            return Err(Error::AccessDenied("the mapping is read-only"));
-        }
+        let addr = self.bytes(off, len, true)?;
         // SAFETY: as in `write`.
-        unsafe { std::ptr::write_bytes((self.start + off) as *mut u8, byte, len as usize) };
-        Ok(())
+        unsafe { kernel::fill(addr, len, byte) }.map_err(access_err)
     }
 
-    /// Whether a load of the byte at `off` succeeds, found without raising a signal: the kernel
-    /// copies the byte into a pipe, and a poisoned page (at or past EOF) fails that copy with
-    /// EFAULT where a load would raise SIGBUS. A fault the copy takes is served like any other.
+    /// Whether a load of the byte at `off` succeeds, found without raising a signal (a poisoned
+    /// page, at or past EOF, would raise SIGBUS). A fault the probe takes is served like any
+    /// other.
     pub fn loadable(&self, off: u64) -> Result<bool> {
-        if off >= self.len {
-            return Err(Error::InvalidArgument("range outside the mapping"));
-        }
-        let mut fds = [0; 2];
-        // SAFETY: pipe2(2) writes two new descriptors into `fds` (two ints) or fails.
-        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-            return Err(Error::io("probe mapping", std::io::Error::last_os_error()));
-        }
-        // SAFETY: both descriptors were just returned by pipe2 and are owned by nothing else.
-        let (_r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let addr = self.bytes(off, 1, false)?;
         // SAFETY: the byte lies inside the region (checked above), which stays mapped while
-        // `self` lives; write(2) only reads it and reports an unreadable page as EFAULT.
-        let n = unsafe { libc::write(w.as_raw_fd(), (self.start + off) as *const libc::c_void, 1) };
-        match n {
-            1 => Ok(true),
-            _ if std::io::Error::last_os_error().raw_os_error() == Some(libc::EFAULT) => Ok(false),
-            _ => Err(Error::io("probe mapping", std::io::Error::last_os_error())),
-        }
+        // `self` lives.
+        unsafe { kernel::probe(addr) }.map_err(|e| Error::io("probe mapping", e))
     }
 }
 
@@ -708,11 +627,11 @@ impl Drop for Region {
         LIVE_REGIONS.fetch_sub(1, Ordering::Release);
         self.uffd.forget(self.start, self.len);
         // SAFETY: the region's own range, reserved in `new`; nothing refers to it any more.
-        unsafe { libc::munmap(self.start as *mut libc::c_void, self.len as usize) };
+        unsafe { kernel::unmap(self.start, self.len) };
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(feature = "model")))]
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicBool, Ordering};

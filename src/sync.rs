@@ -1,0 +1,18 @@
+//! The locks, condition variables, atomics and threads of the file system and its fault service:
+//! std's, or with the `model` feature shuttle's, so that the model check (`tests/model_check.rs`)
+//! schedules every lock, wait and spawn of the real code. Process-wide registries that are held
+//! only for a map lookup keep std's primitives (nothing can wait while they are held).
+
+#[cfg(not(feature = "model"))]
+pub(crate) use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
+#[cfg(not(feature = "model"))]
+pub(crate) use std::sync::{Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard, TryLockError};
+#[cfg(not(feature = "model"))]
+pub(crate) use std::thread;
+
+#[cfg(feature = "model")]
+pub(crate) use shuttle::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
+#[cfg(feature = "model")]
+pub(crate) use shuttle::sync::{Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard, TryLockError};
+#[cfg(feature = "model")]
+pub(crate) use shuttle::thread;
