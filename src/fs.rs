@@ -1,7 +1,7 @@
 //! The `Fs` facade: mkfs, mount and every namespace operation, and the locking that orders them.
 //!
 //! Lock order (SPEC §5, kept from the kernel): the rename lock (cross-directory renames only) →
-//! inode locks (directories before non-directories; among directories an ancestor before its
+//! a file's data lock (`Node::io`: writes, truncates and fallocate; reads shared) → inode locks (directories before non-directories; among directories an ancestor before its
 //! descendant, unrelated ones by ascending number; non-directories by ascending number) → the
 //! inode-number table → the allocator → the journal. Only cross-directory renames hold two
 //! unrelated directories, and the rename lock makes them one at a time. Each operation builds one transaction, fences the new
@@ -141,6 +141,9 @@ pub enum RenameMode {
 /// `is_dir` never changes, so checks that must not lock (lock order) can read it.
 #[derive(Debug)]
 pub(crate) struct Node {
+    /// The data lock (the role of the kernel's i_rwsem): writes, truncates and fallocate hold it
+    /// exclusively, reads shared; faults never take it. Taken before the inode lock.
+    pub(crate) io: RwLock<()>,
     pub(crate) inode: RwLock<Inode>,
     pub(crate) parent: AtomicU64,
     pub(crate) is_dir: bool,
@@ -152,7 +155,7 @@ impl Node {
     fn new(inode: Inode) -> Arc<Node> {
         let parent = AtomicU64::new(inode.attr.parent);
         let is_dir = inode.is_dir();
-        Arc::new(Node { inode: RwLock::new(inode), parent, is_dir, maps: Mutex::new(Vec::new()) })
+        Arc::new(Node { io: RwLock::new(()), inode: RwLock::new(inode), parent, is_dir, maps: Mutex::new(Vec::new()) })
     }
 }
 
@@ -1110,6 +1113,7 @@ impl Fs {
     pub fn setattr(&self, ino: u64, set: &SetAttr) -> Result<Stat> {
         let geo = self.inner.geo;
         let n = self.node(ino)?;
+        let _io = set.size.map(|_| wr(&n.io));
         let mut g = wr(&n.inode);
         g.live()?;
         if let Some(size) = set.size {

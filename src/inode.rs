@@ -114,6 +114,9 @@ pub struct Inode {
     /// Set when the slot was freed. A thread that found this inode before it was freed and
     /// locked it after sees this and must not touch the slot (it may belong to a new inode).
     pub freed: bool,
+    /// File bytes a write is copying into without holding the inode lock (see `io`): first
+    /// stores whose allocation could touch them wait for the write.
+    pub(crate) writing: Option<(u64, u64)>,
 }
 
 impl Inode {
@@ -127,6 +130,7 @@ impl Inode {
             xattr: Xattrs::default(),
             open: 0,
             freed: false,
+            writing: None,
         }
     }
 
@@ -181,7 +185,7 @@ impl Inode {
             return Err(Error::Corrupt { what: "extents on a special file", at: at + 128 });
         }
         let xattr = Xattrs::load(dev, geo, raw.xattr.get(), ino, at + 120)?;
-        Ok(Some(Inode { ino, attr, ext, dir: None, xattr, open: 0, freed: false }))
+        Ok(Some(Inode { ino, attr, ext, dir: None, xattr, open: 0, freed: false, writing: None }))
     }
 
     fn raw(&self) -> RawInode {

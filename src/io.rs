@@ -40,6 +40,7 @@ impl Fs {
             buf[..got].copy_from_slice(&bounce[..got]);
             return Ok(got);
         }
+        let _io = rd(&n.io);
         let g = rd(&n.inode);
         g.live()?;
         if g.is_dir() {
@@ -95,23 +96,25 @@ impl Fs {
             let bounce: Vec<u8> = data.to_vec();
             return self.write_node(n, off, bounce.as_slice());
         }
-        let mut g = wr(&n.inode);
-        g.live()?;
-        if g.is_dir() {
-            return Err(Error::IsDir);
-        }
-        let off = off.unwrap_or(g.attr.size);
+        let _io = wr(&n.io);
+        let off = {
+            let g = rd(&n.inode);
+            g.live()?;
+            if g.is_dir() {
+                return Err(Error::IsDir);
+            }
+            off.unwrap_or(g.attr.size)
+        };
         if off.checked_add(data.len() as u64).is_none_or(|e| e > MAX_FILE_SIZE) {
             return Err(Error::FileTooBig);
         }
         let bs = self.inner.geo.block_size;
         let chunk = WRITE_CHUNK.min((self.max_tx_blocks() - 1) * bs) as usize;
-        let node = n;
         let mut done = 0;
         while done < data.len() {
-            let n = (data.len() - done).min(chunk);
-            match self.write_chunk(node, &mut g, off + done as u64, &data[done..done + n]) {
-                Ok(()) => done += n,
+            let len = (data.len() - done).min(chunk);
+            match self.write_chunk(n, off + done as u64, &data[done..done + len]) {
+                Ok(()) => done += len,
                 Err(Error::NoSpace) if done > 0 => break,
                 Err(e) => return Err(e),
             }
@@ -119,46 +122,67 @@ impl Fs {
         Ok(done)
     }
 
-    fn write_chunk(&self, n: &Node, g: &mut Inode, off: u64, data: &[u8]) -> Result<()> {
-        let inner = &self.inner;
-        let geo = inner.geo;
-        let dev = &inner.dev;
-        let bs = geo.block_size;
+    /// One chunk of a write, in three steps, so that faults on the file do not wait for the
+    /// copy. Under the inode lock: the chunk's pieces, its new blocks taken from the allocator,
+    /// its byte range marked as being written. With no inode lock (the data lock, held by the
+    /// caller, keeps other writes, truncates and fallocate out; the mark keeps first stores
+    /// from allocating around it; an open count keeps the inode): the data is stored. Under
+    /// the inode lock again: mappings that may show stale bytes are reset, the extents and size
+    /// change, and the transaction commits.
+    fn write_chunk(&self, n: &Node, off: u64, data: &[u8]) -> Result<()> {
+        let bs = self.inner.geo.block_size;
         let end = off + data.len() as u64;
         let first = off / bs;
         let last = (end - 1) / bs;
-        let pieces = g.ext.pieces(first, last - first + 1);
-        let need: u64 = hole_lens(&pieces).sum();
-        let unwritten = pieces.iter().filter(|p| matches!(p, Piece::Mapped(e) if e.state == State::Unwritten)).count();
-        let metadata = need > 0 || unwritten > 0 || end > g.attr.size;
-
+        let (pieces, runs, old_size) = {
+            let mut g = wr(&n.inode);
+            g.live()?;
+            let pieces = g.ext.pieces(first, last - first + 1);
+            let need: u64 = hole_lens(&pieces).sum();
+            let runs = if need > 0 { self.alloc_blocks(self.goal(&g, first), need)? } else { Vec::new() };
+            g.open += 1;
+            g.writing = Some((off, end));
+            (pieces, runs, g.attr.size)
+        };
         let mut tx = Tx::new();
-        let runs = if need > 0 { self.alloc_blocks(self.goal(g, first), need)? } else { Vec::new() };
-        if metadata {
-            let inserts = crate::alloc::carved_extents(&runs, hole_lens(&pieces));
-            let slots = ExtentMap::slots_needed(inserts + 2 * unwritten);
-            if let Err(e) = self.reserve_slots(g, slots, &mut tx) {
+        let stored = self.store_chunk(&pieces, &runs, off, data, old_size, &mut tx);
+        let mut g = wr(&n.inode);
+        g.writing = None;
+        g.open -= 1;
+        let linked = match stored {
+            Ok(placed) => self.link_chunk(n, &mut g, off, end, runs, placed, tx),
+            Err(e) => {
                 self.unreserve(runs);
-                return Err(e);
+                Err(e)
             }
+        };
+        if g.open == 0 && g.attr.nlink == 0 && !g.freed {
+            // Unlinked and closed while the data went in.
+            self.free_inode(&mut g)?;
         }
-        // Mappings: bytes stored past the old EOF are zeroed before the size covers them, and
-        // pages whose blocks this write fills or converts fault again to see the data.
-        if end > g.attr.size {
-            self.grow_over_tail(n, g, end, off, &mut tx)?;
-        }
-        if need > 0 || unwritten > 0 {
-            self.unmap_range(n, off, end, Reach::Shared)?;
-        } else {
-            self.unmap_copies(n, off, end)?;
-        }
+        linked
+    }
 
-        // Store the data: new blocks whole (data and zeros), written blocks in place.
-        let old_size = g.attr.size;
+    /// Stores a chunk: new blocks (`runs`, for the holes among `pieces`) whole, data and zeros;
+    /// unwritten blocks whole; written blocks in place. Returns the extents the new and the
+    /// converted blocks make.
+    fn store_chunk(
+        &self,
+        pieces: &[Piece],
+        runs: &[Run],
+        off: u64,
+        data: &[u8],
+        old_size: u64,
+        tx: &mut Tx,
+    ) -> Result<(Vec<Extent>, Vec<Extent>)> {
+        let geo = self.inner.geo;
+        let dev = &self.inner.dev;
+        let bs = geo.block_size;
+        let end = off + data.len() as u64;
         let mut new_exts: Vec<Extent> = Vec::new();
         let mut converted: Vec<Extent> = Vec::new();
-        let mut queue: std::collections::VecDeque<Run> = runs.into();
-        for p in &pieces {
+        let mut queue: std::collections::VecDeque<Run> = runs.iter().copied().collect();
+        for p in pieces {
             match *p {
                 Piece::Mapped(e) if e.state == State::Written => {
                     // In place. The part past the old EOF (only the EOF block has one) is
@@ -174,17 +198,53 @@ impl Fs {
                     }
                 }
                 Piece::Mapped(e) => {
-                    self.fill_new(&mut tx, e.logical, e.physical, e.len, off, data)?;
+                    self.fill_new(tx, e.logical, e.physical, e.len, off, data)?;
                     converted.push(e);
                 }
                 Piece::Hole { logical, len } => {
                     let runs = crate::alloc::take_front(&mut queue, len);
                     for e in ExtentMap::extents_for(logical, &runs, State::Written) {
-                        self.fill_new(&mut tx, e.logical, e.physical, e.len, off, data)?;
+                        self.fill_new(tx, e.logical, e.physical, e.len, off, data)?;
                         new_exts.push(e);
                     }
                 }
             }
+        }
+        Ok((new_exts, converted))
+    }
+
+    /// Makes a stored chunk file data: resets what mappings may show stale (zeros over holes
+    /// and copies, poisoned pages past the old EOF), links the new and converted extents, sets
+    /// the size and times, and commits (or only fences, for an overwrite within the clock tick).
+    #[allow(clippy::too_many_arguments)]
+    fn link_chunk(
+        &self,
+        n: &Node,
+        g: &mut Inode,
+        off: u64,
+        end: u64,
+        runs: Vec<Run>,
+        (new_exts, converted): (Vec<Extent>, Vec<Extent>),
+        mut tx: Tx,
+    ) -> Result<()> {
+        let geo = self.inner.geo;
+        let changes_blocks = !new_exts.is_empty() || !converted.is_empty();
+        let metadata = changes_blocks || end > g.attr.size;
+        if metadata {
+            let slots = ExtentMap::slots_needed(new_exts.len() + 2 * converted.len());
+            if let Err(e) = self.reserve_slots(g, slots, &mut tx) {
+                self.unreserve(runs);
+                return Err(e);
+            }
+        }
+        // Bytes mappings stored past the old EOF are zeroed before the size covers them.
+        if end > g.attr.size {
+            self.grow_over_tail(n, g, end, off, &mut tx)?;
+        }
+        if changes_blocks {
+            self.unmap_range(n, off, end, Reach::Shared)?;
+        } else {
+            self.unmap_copies(n, off, end)?;
         }
         if !metadata {
             // Pure overwrite: the data in place and one fence. The times change only once the
@@ -192,7 +252,7 @@ impl Fs {
             // in place could persist half old, half new (8-byte failure atomicity).
             let tick = Timespec::coarse_now();
             if tick <= g.attr.mtime && tick <= g.attr.ctime {
-                dev.fence();
+                self.inner.dev.fence();
                 return Ok(());
             }
         }
@@ -246,6 +306,7 @@ impl Fs {
     }
 
     pub(crate) fn truncate_node(&self, n: &Node, size: u64) -> Result<()> {
+        let _io = wr(&n.io);
         let mut g = wr(&n.inode);
         g.live()?;
         self.truncate_locked(n, &mut g, size, &|_| {})

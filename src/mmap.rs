@@ -287,16 +287,19 @@ fn cut(pieces: &mut BTreeMap<u64, u64>, s: u64, e: u64) {
 
 impl MapState {
     /// Maps device bytes at `at` over `[off, off+len)` of the region and counts the piece.
-    /// An `optional` piece (eager mapping, a load that another mapping cannot store under) is
+    /// Pieces mapped at fault time are populated (their page-table entries filled at once: the
+    /// woken thread touches them next, and a 2 MiB run would otherwise fault 512 times more);
+    /// pieces mapped at mmap time are not. An `optional` piece (eager mapping, a load that another mapping cannot store under) is
     /// mapped only while the optional share of the budget has room: false, nothing mapped.
     /// Anything else has no other way, so past the budget the budget gives (first stores into
     /// holes allocate clusters long before that).
-    fn map_piece(&self, dev: &crate::Device, off: u64, len: u64, at: u64, optional: bool) -> Result<bool> {
+    fn map_piece(&self, dev: &crate::Device, off: u64, len: u64, at: u64, optional: bool, eager: bool) -> Result<bool> {
         if optional && (VMAS_USED.load(Ordering::Relaxed) + PIECE_COST) * 8 > map_budget() * OPTIONAL_SHARE {
             return Ok(false);
         }
         let mut pieces = lock(&self.pieces);
-        self.region.map_device(off, len, dev, at, self.share == Share::Shared)?;
+        let shared = self.share == Share::Shared;
+        self.region.map_device(off, len, dev, at, shared, shared && !eager)?;
         let before = pieces.len();
         cut(&mut pieces, off, off + len);
         pieces.insert(off, len);
@@ -506,7 +509,7 @@ impl Fs {
             if s >= t || dev % PAGE != 0 {
                 continue;
             }
-            if !m.map_piece(&self.inner.dev, s - from, t - s, dev, true)? {
+            if !m.map_piece(&self.inner.dev, s - from, t - s, dev, true, true)? {
                 break;
             }
             pages += (t - s) / PAGE;
@@ -621,7 +624,22 @@ impl Fs {
             m.region.wake(off, PAGE)?;
             return Ok(Served::Done);
         }
-        // A first store: other shared mappings lose their zero page for this one (a reset).
+        // A first store. A write copying around the page (without the inode lock) may be
+        // filling the holes this store would allocate, or the blocks it would move: wait for
+        // that write (a worker; a reader hands the fault on), then start over.
+        let window = fpage * PAGE / HUGE * HUGE;
+        let marked = g.writing.is_some_and(|(s, e)| s < window + HUGE && e > window);
+        #[cfg(feature = "model")]
+        let marked = marked && !crate::model::planted(crate::model::Plant::StoresIgnoreWrites);
+        if marked {
+            drop(g);
+            if by == Server::Reader {
+                return Ok(Served::Deferred);
+            }
+            drop(rd(&m.node.io));
+            return self.serve_fault(m, off, store, by);
+        }
+        // Other shared mappings lose their zero page for this one (a reset).
         if by == Server::Reader && self.other_mapping(m, |o| o.share == Share::Shared) {
             return Ok(Served::Deferred);
         }
@@ -636,7 +654,7 @@ impl Fs {
             let at = self.make_mappable(&mut g, fpage)?;
             // Other mappings drop their zero page or copy for the data (this one maps over its own).
             self.unmap_others(&m.node, fpage * PAGE, (fpage + 1) * PAGE, Reach::Shared, Some(m))?;
-            m.map_piece(&self.inner.dev, off, PAGE, at, false)?;
+            m.map_piece(&self.inner.dev, off, PAGE, at, false, false)?;
             bump(&c.first_store, 1);
         }
         m.region.wake(off, PAGE)?;
@@ -672,6 +690,7 @@ impl Fs {
                     PAGE,
                     at,
                     !store && !self.other_mapping(m, |o| o.region.write_protects()),
+                    false,
                 )? =>
             {
                 bump(&c.mapped, 1);
@@ -866,7 +885,7 @@ impl Fs {
         self.commit(&tx)?;
         let (from, to) = (first * PAGE, (first + pages) * PAGE);
         self.unmap_others(&m.node, from, to, Reach::Shared, Some(m))?;
-        m.map_piece(&self.inner.dev, from - m.file_off, to - from, at, false)?;
+        m.map_piece(&self.inner.dev, from - m.file_off, to - from, at, false, false)?;
         Ok(true)
     }
 }

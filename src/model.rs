@@ -16,6 +16,8 @@ pub enum Plant {
     /// A load from a hole in a shared writable mapping installs the zero page and
     /// write-protects it afterwards, instead of installing protected zeros in one step.
     TwoStepZeroPage = 2,
+    /// A first store allocates beside a write that is copying without the inode lock.
+    StoresIgnoreWrites = 3,
 }
 
 static PLANTED: AtomicU8 = AtomicU8::new(Plant::None as u8);

@@ -52,6 +52,7 @@ impl Fs {
             return Err(Error::InvalidArgument("fallocate length must be positive"));
         }
         let end = off.checked_add(len).filter(|&e| e <= MAX_FILE_SIZE).ok_or(Error::FileTooBig)?;
+        let _io = wr(&n.io);
         let mut g = wr(&n.inode);
         g.live()?;
         if g.is_dir() {

@@ -495,8 +495,17 @@ impl Region {
     }
 
     /// Maps device bytes `[dev_off, dev_off+len)` over `[off, off+len)` of the region: shared
-    /// (stores reach the device) or private (stores copy on write).
-    pub fn map_device(&self, off: u64, len: u64, dev: &Device, dev_off: u64, shared: bool) -> Result<()> {
+    /// (stores reach the device) or private (stores copy on write); `populate` fills the page
+    /// tables at once.
+    pub fn map_device(
+        &self,
+        off: u64,
+        len: u64,
+        dev: &Device,
+        dev_off: u64,
+        shared: bool,
+        populate: bool,
+    ) -> Result<()> {
         let addr = self.check(off, len)?;
         if dev_off % PAGE != 0 || dev_off.checked_add(len).is_none_or(|e| e > dev.len()) {
             return Err(Error::InvalidArgument("device range outside the device"));
@@ -505,7 +514,7 @@ impl Region {
         // SAFETY: `check` proved `[addr, addr+len)` lies inside this region, whose memory the
         // region owns (no Rust reference into it is kept by udax); the device range was checked
         // against the device's length just above.
-        unsafe { kernel::map_file_at(addr, len, self.prot, shared, fd, dev_off) }
+        unsafe { kernel::map_file_at(addr, len, self.prot, shared, populate, fd, dev_off) }
             .map_err(|e| Error::io("map device pages", e))
     }
 

@@ -359,6 +359,7 @@ pub(super) unsafe fn map_file_at(
     len: u64,
     prot: i32,
     shared: bool,
+    _populate: bool,
     fd: BorrowedFd<'_>,
     off: u64,
 ) -> io::Result<()> {

@@ -133,7 +133,8 @@ pub(super) unsafe fn map_anon_at(addr: u64, len: u64, prot: i32) -> io::Result<(
     Ok(())
 }
 
-/// Maps `[off, off+len)` of the file `fd` over `[addr, addr+len)`, shared or private.
+/// Maps `[off, off+len)` of the file `fd` over `[addr, addr+len)`, shared or private, with the
+/// page tables filled at once when `populate`.
 ///
 /// # Safety
 /// As [`map_anon_at`].
@@ -142,10 +143,12 @@ pub(super) unsafe fn map_file_at(
     len: u64,
     prot: i32,
     shared: bool,
+    populate: bool,
     fd: BorrowedFd<'_>,
     off: u64,
 ) -> io::Result<()> {
-    let flags = libc::MAP_FIXED | if shared { libc::MAP_SHARED } else { libc::MAP_PRIVATE };
+    let share = if shared { libc::MAP_SHARED } else { libc::MAP_PRIVATE };
+    let flags = libc::MAP_FIXED | share | if populate { libc::MAP_POPULATE } else { 0 };
     // SAFETY: the caller owns the range (this function's contract); MAP_FIXED replaces it.
     let p =
         unsafe { libc::mmap(addr as *mut libc::c_void, len as usize, prot, flags, fd.as_raw_fd(), off as libc::off_t) };
