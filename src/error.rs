@@ -11,6 +11,8 @@ pub enum Error {
     Exists,
     #[error("no space left on device")]
     NoSpace,
+    #[error("no space left on the host file system that holds the image: {0}")]
+    HostFull(String),
     #[error("no free inodes left on device")]
     NoInodes,
     #[error("file name too long (more than 255 bytes)")]
@@ -77,6 +79,7 @@ impl Error {
             Error::NotFound => libc::ENOENT,
             Error::Exists => libc::EEXIST,
             Error::NoSpace => libc::ENOSPC,
+            Error::HostFull(_) => libc::ENOSPC,
             Error::NoInodes => libc::ENOSPC,
             Error::NameTooLong => libc::ENAMETOOLONG,
             Error::BadName(_) => libc::EINVAL,

@@ -213,6 +213,9 @@ impl Fs {
     /// As [`Fs::mkfs`], reporting `(bytes done, bytes total)` while the inode table is cleared.
     pub fn mkfs_with_progress(dev: Device, opts: &MkfsOptions, progress: &mut dyn FnMut(u64, u64)) -> Result<Fs> {
         let geo = Geometry::plan(dev.len(), opts.block_size, opts.inodes, opts.journal_bytes)?;
+        // A sparse image takes host space for its metadata now (data blocks as they are
+        // allocated), so a full host fails here rather than at a store.
+        dev.back(0, geo.data_start * geo.block_size)?;
         // Invalidate any old superblock first, so a crash mid-mkfs leaves no half-made image
         // that looks valid.
         dev.zero(0, 4096)?;
@@ -260,6 +263,9 @@ impl Fs {
         }
         let sb: layout::RawSuperblock = dev.read_obj(layout::SUPERBLOCK_OFF)?;
         let geo = Geometry::from_superblock(&sb, dev.len())?;
+        // Recovery and every operation write the metadata area: on a sparse image its host
+        // space is taken first (a no-op once it has been).
+        dev.back(0, geo.data_start * geo.block_size)?;
         let (journal, recovery) = Journal::recover(&dev, &geo)?;
         let mut itable = InodeTable::new(geo.inode_count);
         let mut nodes = HashMap::new();
@@ -459,34 +465,52 @@ impl Fs {
     /// Allocates `n` blocks (all or nothing), checkpointing first if only freed-but-pending
     /// blocks would satisfy it.
     pub(crate) fn alloc_blocks(&self, goal: u64, n: u64) -> Result<Vec<Run>> {
-        let mut a = lock(&self.inner.alloc);
-        match a.alloc(goal, n) {
-            Err(Error::NoSpace) if a.has_pending() && a.available_blocks() >= n => {
-                drop(a);
-                let cp = lock(&self.inner.journal).checkpoint(&self.inner.dev)?;
-                let mut a = lock(&self.inner.alloc);
-                a.release(cp);
-                a.alloc(goal, n)
-            }
-            r => r,
+        let runs = {
+            let mut a = lock(&self.inner.alloc);
+            match a.alloc(goal, n) {
+                Err(Error::NoSpace) if a.has_pending() && a.available_blocks() >= n => {
+                    drop(a);
+                    let cp = lock(&self.inner.journal).checkpoint(&self.inner.dev)?;
+                    let mut a = lock(&self.inner.alloc);
+                    a.release(cp);
+                    a.alloc(goal, n)
+                }
+                r => r,
+            }?
+        };
+        self.back(runs)
+    }
+
+    /// Reserves host space for newly allocated `runs` of a sparse image (see
+    /// [`Device::back`]); gives them back to the allocator when the host is full.
+    fn back(&self, runs: Vec<Run>) -> Result<Vec<Run>> {
+        let geo = &self.inner.geo;
+        if let Err(e) = runs.iter().try_for_each(|r| self.inner.dev.back(geo.block_at(r.start), r.len * geo.block_size))
+        {
+            self.unreserve(runs);
+            return Err(e);
         }
+        Ok(runs)
     }
 
     /// Allocates one run of `n` blocks starting at a multiple of `align` blocks (a device offset
     /// aligned to `align` blocks), checkpointing first if pending frees might make room.
     pub(crate) fn alloc_aligned_blocks(&self, n: u64, align: u64) -> Result<Run> {
-        let mut a = lock(&self.inner.alloc);
-        if let Some(r) = a.alloc_aligned(n, align) {
-            return Ok(r);
-        }
-        if !a.has_pending() {
-            return Err(Error::NoSpace);
-        }
-        drop(a);
-        let cp = lock(&self.inner.journal).checkpoint(&self.inner.dev)?;
-        let mut a = lock(&self.inner.alloc);
-        a.release(cp);
-        a.alloc_aligned(n, align).ok_or(Error::NoSpace)
+        let run = {
+            let mut a = lock(&self.inner.alloc);
+            match a.alloc_aligned(n, align) {
+                Some(r) => r,
+                None if !a.has_pending() => return Err(Error::NoSpace),
+                None => {
+                    drop(a);
+                    let cp = lock(&self.inner.journal).checkpoint(&self.inner.dev)?;
+                    let mut a = lock(&self.inner.alloc);
+                    a.release(cp);
+                    a.alloc_aligned(n, align).ok_or(Error::NoSpace)?
+                }
+            }
+        };
+        Ok(self.back(vec![run])?[0])
     }
 
     /// Where file block `lblk` of `inode` should go: right after the extent before it, or for

@@ -63,13 +63,15 @@ pub fn mkfs(a: &MkfsArgs) -> CliResult {
         0
     };
     let created = existing.is_none();
-    let dev = Device::create(img, size).map_err(|e| {
+    let create = if a.sparse { Device::create_sparse } else { Device::create };
+    let dev = create(img, size).map_err(|e| {
         if created {
             let _ = std::fs::remove_file(img);
         }
         fail(describe_open(&e))
     })?;
     let dev_len = dev.len();
+    let sparse = dev.is_sparse();
     let progress = Progress::new(stderr_is_tty() && dev_len > MKFS_PROGRESS_MIN, table_bytes, true, "mkfs");
     let fs = Fs::mkfs_with_progress(dev, &opts, &mut |done, total| progress.set(done, total)).map_err(|e| {
         if created {
@@ -92,6 +94,7 @@ pub fn mkfs(a: &MkfsArgs) -> CliResult {
         ),
         ("uuid", info.uuid.clone()),
         ("label", if info.label.is_empty() { "(none)".into() } else { info.label.clone() }),
+        ("host space", if sparse { "taken as the image fills (--sparse)".into() } else { "reserved".into() }),
         ("MAP_SYNC", if info.device.map_sync { "yes".into() } else { "no".into() }),
         ("durability", info.durability.into()),
     ];

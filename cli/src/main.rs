@@ -59,10 +59,14 @@ struct Cli {
 enum Cmd {
     /// Create a udax file system in an image file or device-dax device
     #[command(
-        long_about = "Create a udax file system. The image file is created (or resized) to --size;\n\
-                      a device-dax device keeps its own size. An existing udax image is only\n\
-                      overwritten with --force.",
+        long_about = "Create a udax file system. The image file is created (or resized) to --size\n\
+                      and its space reserved on the host file system (fallocate), as a memory\n\
+                      device's is: a host with no room fails here, not at a later store. With\n\
+                      --sparse the image takes space as it fills; a full host then fails\n\
+                      operations with ENOSPC. A device-dax device keeps its own size. An\n\
+                      existing udax image is only overwritten with --force.",
         after_help = "Examples:\n  udax mkfs /dev/shm/pm.img --size 1G\n  \
+                      udax mkfs big.img --size 1T --sparse\n  \
                       udax mkfs img --size 0x4000000 --block-size 1024 --inodes 100000 --label scratch\n  \
                       udax mkfs /dev/dax0.0 --force"
     )]
@@ -178,6 +182,8 @@ enum Cmd {
                       Options (-o, comma-separated): ro, rw, allow_other (other users may enter),\n\
                       default_permissions (the kernel checks permissions; on by default),\n\
                       no_default_permissions, nonempty (mount over a non-empty directory),\n\
+                      suid and dev (honour set-user-ID bits and device nodes on the image; off by\n\
+                      default, as nosuid,nodev, since an image may come from anyone),\n\
                       threads=N (request threads, default one per CPU up to 8), max_read=N.",
         after_help = "Examples:\n  udax mount /dev/shm/pm.img /mnt/pm\n  \
                       udax mount img /mnt/pm -o ro,allow_other\n  \
@@ -267,6 +273,9 @@ pub struct MkfsArgs {
     /// Overwrite an existing udax image
     #[arg(short, long)]
     pub force: bool,
+    /// Do not reserve the image's space: it takes host space as it fills
+    #[arg(long)]
+    pub sparse: bool,
 }
 
 #[derive(Debug, Args)]

@@ -939,3 +939,35 @@ fn real_tree_round_trip() {
     ok(&["get", s(&img), "/doc", s(&again)]);
     same_tree(src, &again);
 }
+
+/// `udax fsck /dev/null` said "No such file or directory" (it looked for a device-dax size in
+/// sysfs) and a directory gave "Is a directory": every non-image is named as one.
+#[test]
+fn non_images_are_named_as_such() {
+    let d = tmp();
+    let fifo = d.path().join("fifo");
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let dir = d.path().join("dir");
+    std::fs::create_dir(&dir).unwrap();
+    let empty = d.path().join("empty");
+    std::fs::write(&empty, b"").unwrap();
+    let tiny = d.path().join("tiny");
+    std::fs::write(&tiny, [0u8; 100]).unwrap();
+    let zeros = d.path().join("zeros");
+    std::fs::write(&zeros, vec![0u8; 1 << 20]).unwrap();
+    let cases: [(&Path, &str); 6] = [
+        (Path::new("/dev/null"), "character device that is not device-dax"),
+        (&fifo, "neither a regular file nor a device-dax device"),
+        (&dir, "is a directory"),
+        (&empty, "empty"),
+        (&tiny, "too small"),
+        (&zeros, "no udax magic"),
+    ];
+    for (path, what) in cases {
+        for cmd in ["fsck", "info", "ls"] {
+            let (code, err) = fails(&[cmd, s(path)]);
+            assert!(err.contains("not a udax image") && err.contains(what), "udax {cmd} {}: {err}", path.display());
+            assert_eq!(code, if cmd == "fsck" { 8 } else { 1 }, "udax {cmd} {}: {err}", path.display());
+        }
+    }
+}

@@ -388,3 +388,25 @@ fn server_pid(img: &Path) -> Option<u32> {
     }
     None
 }
+
+/// The mount options the kernel shows for `dir`.
+fn mount_options(dir: &Path) -> Vec<String> {
+    let dir = std::fs::canonicalize(dir).unwrap();
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    let line = mounts.lines().find(|l| l.split(' ').nth(1) == dir.to_str()).expect("mounted");
+    line.split(' ').nth(3).unwrap().split(',').map(str::to_string).collect()
+}
+
+/// The mount honoured set-user-ID bits and device nodes by default (the kernel's default for a
+/// mount made by root), although the image may come from anyone: nosuid,nodev unless asked.
+#[test]
+fn set_id_bits_and_device_nodes_are_inert_unless_asked_for() {
+    let m = Mounted::new("32M");
+    let o = mount_options(&m.mnt);
+    assert!(o.iter().any(|x| x == "nosuid") && o.iter().any(|x| x == "nodev"), "{o:?}");
+    m.unmount();
+    let m = Mounted::with_options("32M", "suid,dev");
+    let o = mount_options(&m.mnt);
+    assert!(!o.iter().any(|x| x == "nosuid" || x == "nodev"), "{o:?}");
+    m.unmount();
+}

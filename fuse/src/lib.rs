@@ -40,6 +40,11 @@ pub struct MountOptions {
     pub allow_other: bool,
     /// Leave permission checks to the kernel (on by default).
     pub default_permissions: bool,
+    /// Honour set-user-ID and set-group-ID bits on exec (`-o suid`; off by default: the image
+    /// may come from anyone).
+    pub suid: bool,
+    /// Let device nodes on the image open their devices (`-o dev`; off by default, as above).
+    pub dev: bool,
     /// Worker threads serving requests (0: one per CPU, at most 8).
     pub threads: usize,
     /// Options passed to the kernel as they are (`-o max_read=…`).
@@ -47,7 +52,8 @@ pub struct MountOptions {
 }
 
 impl MountOptions {
-    /// Parses a comma-separated `-o` list on top of the defaults (default_permissions on).
+    /// Parses a comma-separated `-o` list on top of the defaults (default_permissions on,
+    /// nosuid, nodev).
     pub fn parse(list: &[String]) -> Result<MountOptions, String> {
         let mut o = MountOptions { default_permissions: true, ..Default::default() };
         for opt in list.iter().flat_map(|l| l.split(',')).filter(|s| !s.is_empty()) {
@@ -58,6 +64,10 @@ impl MountOptions {
                 "default_permissions" => o.default_permissions = true,
                 "no_default_permissions" => o.default_permissions = false,
                 "nonempty" => {}
+                "suid" => o.suid = true,
+                "nosuid" => o.suid = false,
+                "dev" => o.dev = true,
+                "nodev" => o.dev = false,
                 s if s.starts_with("threads=") => {
                     o.threads = s["threads=".len()..].parse().map_err(|_| format!("bad thread count in {s:?}"))?;
                 }
@@ -75,9 +85,10 @@ impl MountOptions {
         if self.default_permissions {
             c.mount_options.push(MountOption::DefaultPermissions);
         }
-        // Device nodes and setuid programs on the image behave as on a kernel file system.
-        c.mount_options.push(MountOption::Dev);
-        c.mount_options.push(MountOption::Suid);
+        // An image may come from anyone: its device nodes and set-user-ID programs are inert
+        // unless asked for, whoever mounts it.
+        c.mount_options.push(if self.dev { MountOption::Dev } else { MountOption::NoDev });
+        c.mount_options.push(if self.suid { MountOption::Suid } else { MountOption::NoSuid });
         c.mount_options.extend(self.other.iter().map(|s| MountOption::CUSTOM(s.clone())));
         if self.allow_other {
             c.acl = SessionACL::All;
@@ -110,6 +121,11 @@ impl UdaxFuse {
 }
 
 fn errno(e: &udax::Error) -> Errno {
+    static HOST_FULL_LOGGED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if matches!(e, udax::Error::HostFull(_)) && !HOST_FULL_LOGGED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        // Said once: until space is freed there, every allocation fails the same way.
+        eprintln!("udax mount: {e}; operations that need space fail with ENOSPC");
+    }
     Errno::from_i32(e.errno())
 }
 

@@ -87,6 +87,9 @@ pub struct Device {
     flush: FlushInsn,
     /// Holds the exclusive advisory lock for as long as the device lives.
     file: Option<File>,
+    /// A file image whose space is taken as it fills (see [`Device::back`]), rather than
+    /// reserved whole when it was created.
+    sparse: bool,
     counters: AtomicCounters,
     /// Crash-state recording (see [`Device::record`]); off unless a test turns it on.
     recording: AtomicBool,
@@ -133,6 +136,18 @@ impl Device {
     pub fn open(path: &Path) -> Result<Device> {
         let meta = std::fs::metadata(path).map_err(|e| Error::io(path.display(), e))?;
         let is_dax = meta.file_type().is_char_device();
+        let what = if meta.is_dir() {
+            Some("a directory")
+        } else if !meta.is_file() && !is_dax {
+            Some("neither a regular file nor a device-dax device")
+        } else {
+            None
+        };
+        if let Some(what) = what {
+            return Err(Error::NotUdax(format!("{} is {what}", path.display())));
+        }
+        // A character device must be device-dax (before it is opened: /dev/null is one too).
+        let dax_len = if is_dax { Some(devdax_size(path, &meta)?) } else { None };
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -140,20 +155,31 @@ impl Device {
             .open(path)
             .map_err(|e| Error::io(format!("open {}", path.display()), e))?;
         lock_exclusive(&file)?;
-        let len = if is_dax { devdax_size(&meta)? } else { meta.len() };
-        if !meta.file_type().is_file() && !is_dax {
-            return Err(Error::NotUdax(format!(
-                "{} is neither a regular file nor a device-dax device",
-                path.display()
-            )));
-        }
+        let len = dax_len.unwrap_or(meta.len());
         let backend = if is_dax { Backend::DevDax(path.into()) } else { Backend::File(path.into()) };
-        Self::map(file, len, backend)
+        // Fewer blocks than bytes: made with --sparse (or by an older udax), so allocations
+        // reserve their space as they go.
+        let sparse = !is_dax && std::os::unix::fs::MetadataExt::blocks(&meta) * 512 < len;
+        Self::map(file, len, backend, sparse)
     }
 
-    /// Creates (or resizes) a regular file of `len_bytes` and opens it. An existing file's
-    /// contents are kept; mkfs overwrites what it needs.
+    /// Creates (or resizes) a regular file of `len_bytes`, reserves its space on the host file
+    /// system (fallocate) and opens it. An existing file's contents are kept; mkfs overwrites
+    /// what it needs. When the host has no room the file is removed (or given back its old
+    /// size) and the error says so: a store into the image can never meet a missing page.
     pub fn create(path: &Path, len_bytes: u64) -> Result<Device> {
+        Self::create_as(path, len_bytes, false)
+    }
+
+    /// As [`Device::create`], without reserving: the image takes host space as blocks are
+    /// allocated (each allocation reserves its blocks first, see [`Device::back`]), so a full
+    /// host makes operations fail with ENOSPC, never a store fault.
+    pub fn create_sparse(path: &Path, len_bytes: u64) -> Result<Device> {
+        Self::create_as(path, len_bytes, true)
+    }
+
+    fn create_as(path: &Path, len_bytes: u64, sparse: bool) -> Result<Device> {
+        let existed = std::fs::symlink_metadata(path).ok();
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -165,11 +191,26 @@ impl Device {
         lock_exclusive(&file)?;
         let meta = file.metadata().map_err(|e| Error::io(path.display(), e))?;
         if meta.file_type().is_char_device() {
-            let len = devdax_size(&meta)?;
-            return Self::map(file, len, Backend::DevDax(path.into()));
+            let len = devdax_size(path, &meta)?;
+            return Self::map(file, len, Backend::DevDax(path.into()), false);
         }
         file.set_len(len_bytes).map_err(|e| Error::io(format!("resize {}", path.display()), e))?;
-        Self::map(file, len_bytes, Backend::File(path.into()))
+        let mut sparse = sparse;
+        if !sparse {
+            match reserve(&file, 0, len_bytes) {
+                Ok(()) => {}
+                // The host cannot reserve (no fallocate): space is taken as the image fills.
+                Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => sparse = true,
+                Err(e) => {
+                    match &existed {
+                        None => drop(std::fs::remove_file(path)),
+                        Some(m) => drop(file.set_len(m.len())),
+                    }
+                    return Err(host_error(path, len_bytes, e));
+                }
+            }
+        }
+        Self::map(file, len_bytes, Backend::File(path.into()), sparse)
     }
 
     /// Anonymous shared memory of `len_bytes`, zero-filled (a memfd, so mappings of files can
@@ -186,10 +227,10 @@ impl Device {
         // SAFETY: `fd` was just returned by the kernel and is owned by nothing else.
         let file = unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
         file.set_len(len_bytes).map_err(|e| Error::io("size anonymous device", e))?;
-        Self::map(file, len_bytes, Backend::Anonymous)
+        Self::map(file, len_bytes, Backend::Anonymous, false)
     }
 
-    fn map(file: File, len_bytes: u64, backend: Backend) -> Result<Device> {
+    fn map(file: File, len_bytes: u64, backend: Backend, sparse: bool) -> Result<Device> {
         let len = usize::try_from(len_bytes).map_err(|_| Error::InvalidArgument("device too large"))?;
         if len == 0 {
             return Err(Error::NotUdax("the file is empty".into()));
@@ -214,6 +255,7 @@ impl Device {
             map_sync,
             flush: persist::flush_insn(),
             file: Some(file),
+            sparse,
             counters: AtomicCounters::default(),
             recording: AtomicBool::new(false),
             recorder: Mutex::new(None),
@@ -237,6 +279,25 @@ impl Device {
 
     pub fn backend(&self) -> &Backend {
         &self.backend
+    }
+
+    /// Whether the image takes host space as it fills (see [`Device::create_sparse`]).
+    pub fn is_sparse(&self) -> bool {
+        self.sparse
+    }
+
+    /// Reserves host space for `[off, off+len)` of a sparse image before anything is stored
+    /// there (a no-op on any other device): ENOSPC from the host becomes an error of the
+    /// operation instead of SIGBUS at the store.
+    pub fn back(&self, off: u64, len: u64) -> Result<()> {
+        self.check(off, usize::try_from(len).map_err(|_| Error::OutOfBounds { off, len })?)?;
+        match self.file.as_ref().filter(|_| self.sparse) {
+            None => Ok(()),
+            Some(file) => reserve(file, off, len).map_err(|e| match &self.backend {
+                Backend::File(p) => host_error(p, len, e),
+                _ => Error::io("reserve image space", e),
+            }),
+        }
     }
 
     /// Allocates and maps every page of the image now (MADV_POPULATE_WRITE), for images held
@@ -477,6 +538,36 @@ impl Drop for Device {
     }
 }
 
+/// fallocate(2) of `[off, off+len)` of `file`: the host's space for it, taken now.
+fn reserve(file: &File, off: u64, len: u64) -> std::io::Result<()> {
+    loop {
+        // SAFETY: fallocate(2) on an open descriptor with mode 0 (allocate, keep the contents);
+        // it touches no memory of this process.
+        let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, off as libc::off_t, len as libc::off_t) };
+        if rc == 0 {
+            return Ok(());
+        }
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINTR) {
+            return Err(e);
+        }
+    }
+}
+
+/// The error for a reservation the host refused, naming the file system that holds the image.
+fn host_error(path: &Path, len: u64, e: std::io::Error) -> Error {
+    if e.raw_os_error() != Some(libc::ENOSPC) {
+        return Error::io(format!("reserve space for {}", path.display()), e);
+    }
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    Error::HostFull(format!(
+        "{} has no room for {len} more bytes for {}; free space there, or make a sparse image \
+         (`udax mkfs --sparse`), which takes space as it fills",
+        dir.display(),
+        path.display()
+    ))
+}
+
 fn lock_exclusive(file: &File) -> Result<()> {
     // SAFETY: flock on a descriptor this function borrows; no memory is passed.
     let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
@@ -492,11 +583,19 @@ fn lock_exclusive(file: &File) -> Result<()> {
 }
 
 /// Size of a device-dax character device, from sysfs.
-fn devdax_size(meta: &std::fs::Metadata) -> Result<u64> {
+/// The size of the device-dax device `dev` (from sysfs); any other character device (one
+/// with no dax size there, such as /dev/null) is not an image.
+fn devdax_size(dev: &Path, meta: &std::fs::Metadata) -> Result<u64> {
     use std::os::unix::fs::MetadataExt;
     let rdev = meta.rdev();
     let (major, minor) = (libc::major(rdev), libc::minor(rdev));
-    let path = format!("/sys/dev/char/{major}:{minor}/size");
+    let base = format!("/sys/dev/char/{major}:{minor}");
+    let is_dax =
+        std::fs::read_link(format!("{base}/subsystem")).is_ok_and(|s| s.file_name().is_some_and(|n| n == "dax"));
+    if !is_dax {
+        return Err(Error::NotUdax(format!("{} is a character device that is not device-dax", dev.display())));
+    }
+    let path = format!("{base}/size");
     let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
     text.trim().parse().map_err(|_| Error::NotUdax(format!("{path} does not hold a size")))
 }
