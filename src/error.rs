@@ -53,6 +53,8 @@ pub enum Error {
     OutOfMappings { budget: u64 },
     #[error("image is in use by another process (it holds the image lock)")]
     Busy,
+    #[error("image is in use by {0} (it holds the image lock)")]
+    InUse(String),
     #[error("not a udax image: {0}")]
     NotUdax(String),
     #[error("unsupported image: {0}")]
@@ -98,6 +100,7 @@ impl Error {
             Error::TooBig(_) => libc::E2BIG,
             Error::OutOfMappings { .. } => libc::ENOMEM,
             Error::Busy => libc::EBUSY,
+            Error::InUse(_) => libc::EBUSY,
             Error::NotUdax(_) => libc::EINVAL,
             Error::Unsupported(_) => libc::EOPNOTSUPP,
             Error::Corrupt { .. } => libc::EUCLEAN,

@@ -83,6 +83,7 @@ pub fn describe(e: &Error) -> String {
         Error::Busy => "image is in use by another process (it holds the image lock); \
                         close it there first"
             .into(),
+        Error::InUse(who) => format!("image is in use by {who}, which holds the image lock; close it there first"),
         other => strip_os_error(&other.to_string()),
     }
 }

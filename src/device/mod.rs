@@ -568,21 +568,84 @@ fn host_error(path: &Path, len: u64, e: std::io::Error) -> Error {
     ))
 }
 
+/// Takes the image's exclusive lock. When another process holds it, the error names that
+/// process; a udax mount server whose mount is already gone is finishing (checkpoint, sync) and
+/// lets go in a moment, so that one is waited for (at most [`LOCK_WAIT`]): `umount` followed at
+/// once by another command on the image works.
 fn lock_exclusive(file: &File) -> Result<()> {
-    // SAFETY: flock on a descriptor this function borrows; no memory is passed.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc == 0 {
-        return Ok(());
-    }
-    let err = std::io::Error::last_os_error();
-    if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
-        Err(Error::Busy)
-    } else {
-        Err(Error::io("lock image", err))
+    let start = std::time::Instant::now();
+    loop {
+        // SAFETY: flock on a descriptor this function borrows; no memory is passed.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc == 0 {
+            return Ok(());
+        }
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(Error::io("lock image", err));
+        }
+        match lock_holder(file) {
+            Some(h) if !h.finishing_mount() || start.elapsed() > LOCK_WAIT => return Err(Error::InUse(h.describe())),
+            Some(_) => {}
+            // Gone between the two looks (it just let go), or /proc does not say: look again
+            // for a moment.
+            None if start.elapsed() > std::time::Duration::from_millis(100) => return Err(Error::Busy),
+            None => {}
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
     }
 }
 
-/// Size of a device-dax character device, from sysfs.
+/// Longest wait for a mount server that is finishing to let go of the image.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// The process holding an image's lock, as /proc tells it.
+struct Holder {
+    pid: u32,
+    cmdline: Vec<String>,
+    cwd: Option<PathBuf>,
+}
+
+impl Holder {
+    fn describe(&self) -> String {
+        match self.cmdline.is_empty() {
+            true => format!("process {}", self.pid),
+            false => format!("process {} ({})", self.pid, self.cmdline.join(" ")),
+        }
+    }
+
+    /// A udax mount server (`udax mount IMAGE DIR ...`) whose DIR is no longer mounted.
+    fn finishing_mount(&self) -> bool {
+        let c = &self.cmdline;
+        let is_server = c.len() >= 4 && Path::new(&c[0]).file_name().is_some_and(|n| n == "udax") && c[1] == "mount";
+        if !is_server {
+            return false;
+        }
+        let dir = match &self.cwd {
+            Some(cwd) => cwd.join(&c[3]),
+            None => PathBuf::from(&c[3]),
+        };
+        let Ok(dir) = std::fs::canonicalize(dir) else { return true };
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+        !mounts.lines().any(|l| l.split(' ').nth(1) == dir.to_str())
+    }
+}
+
+/// Who holds the flock on `file` (from /proc/locks), if /proc says.
+fn lock_holder(file: &File) -> Option<Holder> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = file.metadata().ok()?;
+    let want = format!("{:02x}:{:02x}:{}", libc::major(meta.dev()), libc::minor(meta.dev()), meta.ino());
+    let locks = std::fs::read_to_string("/proc/locks").ok()?;
+    let pid: u32 = locks.lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.get(1) == Some(&"FLOCK") && f.get(5) == Some(&want.as_str())).then(|| f[4].parse().ok()).flatten()
+    })?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let cmdline = cmdline.split(|&b| b == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned());
+    Some(Holder { pid, cmdline: cmdline.collect(), cwd: std::fs::read_link(format!("/proc/{pid}/cwd")).ok() })
+}
+
 /// The size of the device-dax device `dev` (from sysfs); any other character device (one
 /// with no dax size there, such as /dev/null) is not an image.
 fn devdax_size(dev: &Path, meta: &std::fs::Metadata) -> Result<u64> {
@@ -641,6 +704,6 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("img");
         let _a = Device::create(&p, 1 << 20).unwrap();
-        assert!(matches!(Device::open(&p), Err(Error::Busy)));
+        assert!(matches!(Device::open(&p), Err(Error::InUse(_))));
     }
 }
