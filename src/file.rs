@@ -239,16 +239,32 @@ impl Fs {
         self.remove_tree(parent, name)
     }
 
+    /// Removes `name` in `parent` and everything under it, depth first with a stack of its own
+    /// (a chain of any depth, no recursion): a directory is entered, emptied of files, and
+    /// removed once its subdirectories are.
     fn remove_tree(&self, parent: u64, name: &[u8]) -> Result<()> {
         let ino = self.lookup_ino(parent, name)?;
-        if mode::is_dir(self.getattr(ino)?.mode) {
-            for e in self.readdir(ino, 0)? {
-                self.remove_tree(ino, &e.name)?;
-            }
-            self.rmdir(parent, name)
-        } else {
-            self.unlink(parent, name)
+        if !mode::is_dir(self.getattr(ino)?.mode) {
+            return self.unlink(parent, name);
         }
+        // (parent, name, inode) of directories entered and not yet removed.
+        let mut stack = vec![(parent, name.to_vec(), ino)];
+        while let Some((p, n, dir)) = stack.last().cloned() {
+            let mut subdirs = false;
+            for e in self.readdir(dir, 0)? {
+                if e.dtype == crate::dir::DT_DIR {
+                    stack.push((dir, e.name, e.ino));
+                    subdirs = true;
+                } else {
+                    self.unlink(dir, &e.name)?;
+                }
+            }
+            if !subdirs {
+                self.rmdir(p, &n)?;
+                stack.pop();
+            }
+        }
+        Ok(())
     }
 
     pub fn rename_path(&self, from: impl AsRef<Path>, to: impl AsRef<Path>) -> Result<()> {

@@ -1247,21 +1247,28 @@ fn check_tree(nodes: &HashMap<u64, Arc<Node>>, geo: &Geometry) -> Result<()> {
     }
     // Every directory but the root is named once, by its parent; walking parents from each must
     // reach the root (a cycle never does). An unnamed one with no links is an orphan (removed
-    // while open), which mount frees.
+    // while open), which mount frees. Each walk stops at the first directory already known to
+    // reach the root and marks the ones it passed, so the check is linear in the directories,
+    // whatever the depth.
+    let mut reached: std::collections::HashSet<u64> = std::collections::HashSet::from([ROOT_INO]);
     for (&ino, n) in nodes.iter().filter(|(_, n)| n.is_dir) {
         if ino != ROOT_INO && !named_by.contains_key(&ino) && rd(&n.inode).attr.nlink == 0 {
             continue;
         }
+        let mut path = Vec::new();
         let mut at = Some(ino);
-        for _ in 0..=named_by.len() {
-            match at {
-                Some(ROOT_INO) | None => break,
-                Some(i) => at = named_by.get(&i).copied(),
+        while let Some(i) = at.filter(|i| !reached.contains(i)) {
+            if path.len() > named_by.len() {
+                at = None; // a cycle
+                break;
             }
+            path.push(i);
+            at = named_by.get(&i).copied();
         }
-        if at != Some(ROOT_INO) {
+        if at.is_none() {
             return Err(Error::Corrupt { what: "unreachable directory", at: geo.inode_at(ino) });
         }
+        reached.extend(path);
     }
     Ok(())
 }
