@@ -55,6 +55,8 @@ pub enum Error {
     Busy,
     #[error("image is in use by {0} (it holds the image lock)")]
     InUse(String),
+    #[error("read-only file system")]
+    ReadOnly,
     #[error("not a udax image: {0}")]
     NotUdax(String),
     #[error("unsupported image: {0}")]
@@ -101,6 +103,7 @@ impl Error {
             Error::OutOfMappings { .. } => libc::ENOMEM,
             Error::Busy => libc::EBUSY,
             Error::InUse(_) => libc::EBUSY,
+            Error::ReadOnly => libc::EROFS,
             Error::NotUdax(_) => libc::EINVAL,
             Error::Unsupported(_) => libc::EOPNOTSUPP,
             Error::Corrupt { .. } => libc::EUCLEAN,

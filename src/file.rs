@@ -168,6 +168,9 @@ impl Fs {
             Err(Error::NotFound) if opts.create || opts.create_new => self.create_for_open(path, &opts, who)?,
             Err(e) => return Err(e),
         };
+        if opts.write || opts.append {
+            self.writable()?;
+        }
         let node = self.node(ino)?;
         let st = self.open_node(&node)?;
         let file = File { fs: self.clone(), node, ino, pos: 0, opts };

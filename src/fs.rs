@@ -178,6 +178,8 @@ pub(crate) struct Inner {
     uuid: [u8; 16],
     label: String,
     mkfs_time: i64,
+    /// Opened read-only ([`Fs::open_image_read_only`]): every change is EROFS.
+    read_only: bool,
     pub(crate) mmap: crate::mmap::ServiceSlot,
 }
 
@@ -255,6 +257,25 @@ impl Fs {
         Fs::mount(Device::open(path)?)
     }
 
+    /// Opens an image without write access and mounts it read-only: nothing reaches the image
+    /// (a journal replay stays in this process's view), and every change is EROFS.
+    pub fn open_image_read_only(path: &std::path::Path) -> Result<Fs> {
+        Fs::mount(Device::open_read_only(path)?)
+    }
+
+    /// Whether the file system was opened read-only.
+    pub fn is_read_only(&self) -> bool {
+        self.inner.read_only
+    }
+
+    /// EROFS on a read-only file system: the first check of every change, before anything.
+    pub(crate) fn writable(&self) -> Result<()> {
+        if self.inner.read_only {
+            return Err(Error::ReadOnly);
+        }
+        Ok(())
+    }
+
     /// Mounts: checks the superblock, replays the journal, loads every inode, rebuilds free
     /// space, and frees orphans (inodes unlinked while open when the last mount ended).
     pub fn mount(dev: Device) -> Result<Fs> {
@@ -263,6 +284,13 @@ impl Fs {
         }
         let sb: layout::RawSuperblock = dev.read_obj(layout::SUPERBLOCK_OFF)?;
         let geo = Geometry::from_superblock(&sb, dev.len())?;
+        let ro_features = sb.features_ro_compat.get() & !layout::FEATURES_RO_COMPAT_KNOWN;
+        if ro_features != 0 && !dev.is_read_only() {
+            return Err(Error::Unsupported(format!(
+                "read-only-compatible feature flags {ro_features:#x}: this udax can read the image but \
+                 not change it; open it read-only"
+            )));
+        }
         // Recovery and every operation write the metadata area: on a sparse image its host
         // space is taken first (a no-op once it has been).
         dev.back(0, geo.data_start * geo.block_size)?;
@@ -303,6 +331,7 @@ impl Fs {
                 Some(_) => {}
             }
         }
+        let read_only = dev.is_read_only();
         let fs = Fs {
             inner: Arc::new(Inner {
                 dev,
@@ -316,6 +345,7 @@ impl Fs {
                 uuid: sb.uuid,
                 label: String::from_utf8_lossy(&sb.label).trim_end_matches('\0').to_string(),
                 mkfs_time: sb.mkfs_time.get(),
+                read_only,
                 mmap: Default::default(),
             }),
         };
@@ -663,6 +693,7 @@ impl Fs {
         who: Creds,
         target: Option<&[u8]>,
     ) -> Result<Stat> {
+        self.writable()?;
         let (name, target) = (&*unmapped(name), target.map(unmapped));
         let target = target.as_deref();
         check_name(name)?;
@@ -761,6 +792,7 @@ impl Fs {
 
     /// Adds a hard link `newparent/newname` to `ino`.
     pub fn link(&self, ino: u64, newparent: u64, newname: &[u8]) -> Result<Stat> {
+        self.writable()?;
         let newname = &*unmapped(newname);
         check_name(newname)?;
         let geo = self.inner.geo;
@@ -816,6 +848,7 @@ impl Fs {
     }
 
     fn remove_entry(&self, parent: u64, name: &[u8], want_dir: bool) -> Result<()> {
+        self.writable()?;
         let name = &*unmapped(name);
         if name.len() > layout::NAME_MAX {
             return Err(Error::NameTooLong);
@@ -899,6 +932,7 @@ impl Fs {
     /// Renames `parent/name` to `newparent/newname` atomically, replacing a target unless
     /// `mode` says otherwise.
     pub fn rename(&self, parent: u64, name: &[u8], newparent: u64, newname: &[u8], how: RenameMode) -> Result<()> {
+        self.writable()?;
         let (name, newname) = (&*unmapped(name), &*unmapped(newname));
         check_name(newname)?;
         if name.len() > layout::NAME_MAX {
@@ -1135,6 +1169,7 @@ impl Fs {
 
     /// Changes attributes; `size` truncates or extends (SPEC §4). Returns the new attributes.
     pub fn setattr(&self, ino: u64, set: &SetAttr) -> Result<Stat> {
+        self.writable()?;
         let geo = self.inner.geo;
         let n = self.node(ino)?;
         let _io = set.size.map(|_| wr(&n.io));

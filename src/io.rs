@@ -91,6 +91,7 @@ impl Fs {
 
     /// Writes at `off`, or at EOF when `off` is `None`.
     pub(crate) fn write_node(&self, n: &Node, off: Option<u64>, data: &[u8]) -> Result<usize> {
+        self.writable()?;
         if crate::mmap::overlaps_mapping(data.as_ptr() as usize, data.len()) {
             // Copied before the lock: loading from the mapping may fault (see `mmap`).
             let bounce: Vec<u8> = data.to_vec();
@@ -306,6 +307,7 @@ impl Fs {
     }
 
     pub(crate) fn truncate_node(&self, n: &Node, size: u64) -> Result<()> {
+        self.writable()?;
         let _io = wr(&n.io);
         let mut g = wr(&n.inode);
         g.live()?;

@@ -435,6 +435,9 @@ impl Fs {
         if node.is_dir {
             return Err(Error::IsDir);
         }
+        if prot == Prot::ReadWrite && share == Share::Shared {
+            self.writable()?;
+        }
         let svc = self.service()?;
         let budget = map_budget();
         if VMAS_USED.load(Ordering::Relaxed) >= budget {

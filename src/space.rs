@@ -48,6 +48,7 @@ impl Fs {
     }
 
     pub(crate) fn fallocate_node(&self, n: &Node, off: u64, len: u64, how: FallocMode) -> Result<()> {
+        self.writable()?;
         if len == 0 {
             return Err(Error::InvalidArgument("fallocate length must be positive"));
         }

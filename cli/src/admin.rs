@@ -6,7 +6,8 @@ use std::path::Path;
 use udax::{Device, Fs, MkfsOptions};
 
 use crate::common::{
-    close_image, describe, describe_open, fmt_full, open_image, stderr_is_tty, CliResult, Failure, OutResult, Progress,
+    close_image, describe, describe_open, fmt_full, open_image_read_only, stderr_is_tty, CliResult, Failure, OutResult,
+    Progress,
 };
 use crate::size::human;
 use crate::{FsckArgs, InfoArgs, MkfsArgs};
@@ -114,7 +115,7 @@ fn print_rows(o: &mut impl Write, rows: &[(&str, String)]) -> CliResult {
 
 pub fn fsck(a: &FsckArgs) -> CliResult {
     let img = &a.image;
-    let fs = match Fs::open_image(img) {
+    let fs = match Fs::open_image_read_only(img) {
         Ok(fs) => fs,
         Err(e) => {
             let msg = describe_open(&e);
@@ -171,7 +172,7 @@ pub fn fsck(a: &FsckArgs) -> CliResult {
 
 pub fn info(a: &InfoArgs) -> CliResult {
     const CMD: &str = "info";
-    let fs = open_image(CMD, &a.image)?;
+    let fs = open_image_read_only(CMD, &a.image)?;
     let i = fs.info();
     let mut o = std::io::stdout().lock();
     if a.json {

@@ -105,6 +105,12 @@ pub fn open_image(cmd: &str, image: &Path) -> CliResult<Fs> {
     Fs::open_image(image).map_err(|e| Failure::new(cmd, image.display(), describe_open(&e)))
 }
 
+/// Opens and mounts an image read-only: no write access needed (a 0444 file, a read-only
+/// mount), nothing written (a journal replay stays in memory), other readers welcome.
+pub fn open_image_read_only(cmd: &str, image: &Path) -> CliResult<Fs> {
+    Fs::open_image_read_only(image).map_err(|e| Failure::new(cmd, image.display(), describe_open(&e)))
+}
+
 /// Syncs and lets go of an image (msync for page-cache-backed files).
 pub fn close_image(cmd: &str, image: &Path, fs: Fs) -> CliResult {
     fs.unmount().map(drop).map_err(|e| Failure::fs(cmd, image, &e))
@@ -114,6 +120,14 @@ pub fn close_image(cmd: &str, image: &Path, fs: Fs) -> CliResult {
 /// first failure wins.
 pub fn with_image(cmd: &str, image: &Path, f: impl FnOnce(&Fs) -> CliResult) -> CliResult {
     let fs = open_image(cmd, image)?;
+    let r = f(&fs);
+    let c = close_image(cmd, image, fs);
+    r.and(c)
+}
+
+/// [`with_image`] for commands that only read: the image is opened read-only.
+pub fn with_image_read_only(cmd: &str, image: &Path, f: impl FnOnce(&Fs) -> CliResult) -> CliResult {
+    let fs = open_image_read_only(cmd, image)?;
     let r = f(&fs);
     let c = close_image(cmd, image, fs);
     r.and(c)

@@ -17,7 +17,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use udax::layout::mode;
 use udax::{Creds, Error, Fs, SetAttr, SetTime, Stat, Timespec};
 
-use crate::common::{stderr_is_tty, strerror, with_image, CliResult, Failure, OutResult, Progress};
+use crate::common::{
+    stderr_is_tty, strerror, with_image, with_image_read_only, CliResult, Failure, OutResult, Progress,
+};
 use crate::{GetArgs, PutArgs};
 
 /// Copy unit: one `fs.write` / `fs.read` per MiB.
@@ -313,7 +315,7 @@ fn image_totals(fs: &Fs, st: &Stat, acc: &mut (u64, u64)) {
 
 pub fn get(a: &GetArgs) -> CliResult {
     const CMD: &str = "get";
-    with_image(CMD, &a.image, |fs| {
+    with_image_read_only(CMD, &a.image, |fs| {
         let src = &a.path;
         let st = fs.lstat(src).map_err(|e| Failure::fs(CMD, src, &e))?;
         let mut totals = (0, 0);

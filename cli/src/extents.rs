@@ -10,7 +10,7 @@ use std::path::Path;
 use udax::layout::mode;
 use udax::{Error, ExtentInfo};
 
-use crate::common::{with_image, CliResult, Failure, OutResult};
+use crate::common::{with_image_read_only, CliResult, Failure, OutResult};
 use crate::ExtentsArgs;
 
 /// xfs_bmap's unit: 512-byte "basic blocks".
@@ -115,7 +115,7 @@ pub fn print_map(
 
 pub fn run(a: &ExtentsArgs) -> CliResult {
     const CMD: &str = "extents";
-    with_image(CMD, &a.image, |fs| {
+    with_image_read_only(CMD, &a.image, |fs| {
         let p = &a.path;
         let err = |e: Error| Failure::fs(CMD, p, &e);
         let ino = fs.resolve(p, true).map_err(err)?;

@@ -76,7 +76,8 @@ enum Cmd {
     #[command(
         long_about = "Check every invariant of a udax image: inode and extent decoding, block\n\
                       ownership, free-space counts, link counts, directory structure and\n\
-                      connectivity. Opening the image replays its journal, as a mount would.",
+                      connectivity. The image is opened read-only: its journal is replayed in memory,\n\
+                      as a mount would, and nothing is written.",
         after_help = "Exit status: 0 clean, 4 problems found, 8 the image cannot be opened.\n\n\
                       Examples:\n  udax fsck /dev/shm/pm.img\n  udax fsck img --json | jq .report.findings"
     )]

@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 
 use udax_fuse::MountOptions;
 
-use crate::common::{close_image, open_image, CliResult, Failure};
+use crate::common::{close_image, open_image, open_image_read_only, CliResult, Failure};
 use crate::MountArgs;
 
 const CMD: &str = "mount";
@@ -87,7 +87,8 @@ fn serve(a: &MountArgs, opts: &MountOptions, report: bool) -> CliResult {
         }
         f
     };
-    let fs = open_image(CMD, &a.image).map_err(fail)?;
+    let open = if opts.read_only { open_image_read_only } else { open_image };
+    let fs = open(CMD, &a.image).map_err(fail)?;
     let keep = fs.clone();
     let mut session = match udax_fuse::session(fs, &a.dir, opts) {
         Ok(s) => s,

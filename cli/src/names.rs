@@ -9,7 +9,8 @@ use udax::layout::mode;
 use udax::{Creds, Error, Fs, Stat};
 
 use crate::common::{
-    describe, each, fmt_full, fmt_minutes, mode_string, type_key, type_name, with_image, CliResult, Failure, OutResult,
+    describe, each, fmt_full, fmt_minutes, mode_string, type_key, type_name, with_image, with_image_read_only,
+    CliResult, Failure, OutResult,
 };
 use crate::{CatArgs, LnArgs, LsArgs, MkdirArgs, MvArgs, RmArgs, StatArgs};
 
@@ -25,7 +26,7 @@ struct Row {
 
 pub fn ls(a: &LsArgs) -> CliResult {
     const CMD: &str = "ls";
-    with_image(CMD, &a.image, |fs| {
+    with_image_read_only(CMD, &a.image, |fs| {
         let p = &a.path;
         let err = |e: Error| Failure::fs(CMD, p, &e);
         let lst = fs.lstat(p).map_err(err)?;
@@ -108,7 +109,7 @@ fn print_rows(rows: &[Row], long: bool) -> CliResult {
 
 pub fn cat(a: &CatArgs) -> CliResult {
     const CMD: &str = "cat";
-    with_image(CMD, &a.image, |fs| {
+    with_image_read_only(CMD, &a.image, |fs| {
         let mut o = std::io::stdout().lock();
         let mut buf = vec![0u8; CHUNK];
         each(&a.paths, |p| {
@@ -141,7 +142,7 @@ fn id_name(file: &str, id: u32) -> Option<String> {
 
 pub fn stat(a: &StatArgs) -> CliResult {
     const CMD: &str = "stat";
-    with_image(CMD, &a.image, |fs| {
+    with_image_read_only(CMD, &a.image, |fs| {
         let p = &a.path;
         let err = |e: Error| Failure::fs(CMD, p, &e);
         let st = if a.dereference { fs.stat(p) } else { fs.lstat(p) }.map_err(err)?;

@@ -971,3 +971,40 @@ fn non_images_are_named_as_such() {
         }
     }
 }
+
+/// Every open was O_RDWR and replayed the journal into the image, so commands that only read
+/// needed write access to it. On a read-only bind mount they work now; a change says EROFS.
+#[test]
+fn read_commands_work_on_a_read_only_image() {
+    let d = tmp();
+    let img = mkfs(d.path(), "16M");
+    let host = d.path().join("hello.txt");
+    std::fs::write(&host, b"hello\n").unwrap();
+    ok(&["put", s(&img), s(&host), "/hello.txt"]);
+    let view = tempfile::tempdir().unwrap();
+    let bound = Command::new("mount").args(["--bind", s(d.path()), s(view.path())]).output().unwrap();
+    if !bound.status.success() {
+        eprintln!("skipping: cannot bind-mount here: {}", text(&bound.stderr).trim());
+        return;
+    }
+    struct Unbind<'a>(&'a Path);
+    impl Drop for Unbind<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _unbind = Unbind(view.path());
+    assert!(Command::new("mount").args(["-o", "remount,bind,ro", s(view.path())]).status().unwrap().success());
+    let rimg = view.path().join("img");
+    assert!(ok(&["ls", s(&rimg), "/"]).contains("hello.txt"));
+    ok(&["info", s(&rimg)]);
+    ok(&["stat", s(&rimg), "/hello.txt"]);
+    ok(&["extents", s(&rimg), "/hello.txt"]);
+    assert_eq!(ok(&["cat", s(&rimg), "/hello.txt"]), "hello\n");
+    ok(&["fsck", s(&rimg)]);
+    let out = d.path().join("out.txt");
+    ok(&["get", s(&rimg), "/hello.txt", s(&out)]);
+    assert_eq!(std::fs::read(&out).unwrap(), b"hello\n");
+    let (_, err) = fails(&["mkdir", s(&rimg), "/x"]);
+    assert!(err.contains("Read-only file system"), "{err}");
+}

@@ -90,6 +90,9 @@ pub struct Device {
     /// A file image whose space is taken as it fills (see [`Device::back`]), rather than
     /// reserved whole when it was created.
     sparse: bool,
+    /// Opened read-only: the image is mapped privately, so what is stored (a journal replay)
+    /// stays in this process's view and never reaches the image.
+    read_only: bool,
     counters: AtomicCounters,
     /// Crash-state recording (see [`Device::record`]); off unless a test turns it on.
     recording: AtomicBool,
@@ -134,6 +137,18 @@ const MAP_SYNC: libc::c_int = 0x80000;
 impl Device {
     /// Opens an existing image (regular file, /dev/shm file or device-dax) and locks it.
     pub fn open(path: &Path) -> Result<Device> {
+        Self::open_as(path, false)
+    }
+
+    /// Opens an existing image without write access (an O_RDONLY descriptor, a shared lock, so
+    /// other readers may open it too but no writer): a 0444 file or one on a read-only mount
+    /// works. The image is mapped privately: stores (a journal replay at mount) change only this
+    /// process's view, never the image.
+    pub fn open_read_only(path: &Path) -> Result<Device> {
+        Self::open_as(path, true)
+    }
+
+    fn open_as(path: &Path, read_only: bool) -> Result<Device> {
         let meta = std::fs::metadata(path).map_err(|e| Error::io(path.display(), e))?;
         let is_dax = meta.file_type().is_char_device();
         let what = if meta.is_dir() {
@@ -150,16 +165,19 @@ impl Device {
         let dax_len = if is_dax { Some(devdax_size(path, &meta)?) } else { None };
         let file = OpenOptions::new()
             .read(true)
-            .write(true)
+            .write(!read_only)
             .custom_flags(libc::O_CLOEXEC)
             .open(path)
             .map_err(|e| Error::io(format!("open {}", path.display()), e))?;
-        lock_exclusive(&file)?;
+        lock(&file, !read_only)?;
         let len = dax_len.unwrap_or(meta.len());
         let backend = if is_dax { Backend::DevDax(path.into()) } else { Backend::File(path.into()) };
         // Fewer blocks than bytes: made with --sparse (or by an older udax), so allocations
         // reserve their space as they go.
-        let sparse = !is_dax && std::os::unix::fs::MetadataExt::blocks(&meta) * 512 < len;
+        let sparse = !read_only && !is_dax && std::os::unix::fs::MetadataExt::blocks(&meta) * 512 < len;
+        if read_only {
+            return Self::map_private(file, len, backend);
+        }
         Self::map(file, len, backend, sparse)
     }
 
@@ -188,7 +206,7 @@ impl Device {
             .custom_flags(libc::O_CLOEXEC)
             .open(path)
             .map_err(|e| Error::io(format!("create {}", path.display()), e))?;
-        lock_exclusive(&file)?;
+        lock(&file, true)?;
         let meta = file.metadata().map_err(|e| Error::io(path.display(), e))?;
         if meta.file_type().is_char_device() {
             let len = devdax_size(path, &meta)?;
@@ -230,6 +248,25 @@ impl Device {
         Self::map(file, len_bytes, Backend::Anonymous, false)
     }
 
+    /// Maps an image opened read-only: private, so stores stay in this process.
+    fn map_private(file: File, len_bytes: u64, backend: Backend) -> Result<Device> {
+        let len = usize::try_from(len_bytes).map_err(|_| Error::InvalidArgument("device too large"))?;
+        if len == 0 {
+            return Err(Error::NotUdax("the file is empty".into()));
+        }
+        let prot = libc::PROT_READ | libc::PROT_WRITE;
+        // SAFETY: `fd` is an open descriptor of at least `len` bytes (its size was just read); a
+        // private mapping needs no write access to it; no address hint; checked before use.
+        let p = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, libc::MAP_PRIVATE, file.as_raw_fd(), 0) };
+        if p == libc::MAP_FAILED {
+            return Err(Error::io("mmap image read-only", std::io::Error::last_os_error()));
+        }
+        let base = NonNull::new(p.cast()).ok_or(Error::InvalidArgument("mmap returned null"))?;
+        let mut dev = Self::with(base, len, backend, false, Some(file), false);
+        dev.read_only = true;
+        Ok(dev)
+    }
+
     fn map(file: File, len_bytes: u64, backend: Backend, sparse: bool) -> Result<Device> {
         let len = usize::try_from(len_bytes).map_err(|_| Error::InvalidArgument("device too large"))?;
         if len == 0 {
@@ -248,18 +285,36 @@ impl Device {
         if p == libc::MAP_FAILED {
             return Err(Error::io("mmap image", std::io::Error::last_os_error()));
         }
-        Ok(Device {
-            base: NonNull::new(p.cast()).ok_or(Error::InvalidArgument("mmap returned null"))?,
+        let base = NonNull::new(p.cast()).ok_or(Error::InvalidArgument("mmap returned null"))?;
+        Ok(Self::with(base, len, backend, map_sync, Some(file), sparse))
+    }
+
+    fn with(
+        base: NonNull<u8>,
+        len: usize,
+        backend: Backend,
+        map_sync: bool,
+        file: Option<File>,
+        sparse: bool,
+    ) -> Device {
+        Device {
+            base,
             len,
             backend,
             map_sync,
             flush: persist::flush_insn(),
-            file: Some(file),
+            file,
             sparse,
+            read_only: false,
             counters: AtomicCounters::default(),
             recording: AtomicBool::new(false),
             recorder: Mutex::new(None),
-        })
+        }
+    }
+
+    /// Whether the image was opened read-only ([`Device::open_read_only`]).
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
     }
 
     /// The descriptor the device is mapped from, for mapping its pages elsewhere (file mmap).
@@ -505,7 +560,7 @@ impl Device {
     /// Makes everything durable across power loss when the medium is a page-cache file:
     /// msync of the whole mapping. A no-op for anonymous memory.
     pub fn sync(&self) -> Result<()> {
-        if self.file.is_none() {
+        if self.file.is_none() || self.read_only {
             return Ok(());
         }
         // SAFETY: `base` and `len` describe exactly the mapping made in `map`.
@@ -568,15 +623,17 @@ fn host_error(path: &Path, len: u64, e: std::io::Error) -> Error {
     ))
 }
 
-/// Takes the image's exclusive lock. When another process holds it, the error names that
+/// Takes the image's lock, exclusive (read-write opens) or shared (read-only ones). When another
+/// process holds it in a way that excludes this one, the error names that
 /// process; a udax mount server whose mount is already gone is finishing (checkpoint, sync) and
 /// lets go in a moment, so that one is waited for (at most [`LOCK_WAIT`]): `umount` followed at
 /// once by another command on the image works.
-fn lock_exclusive(file: &File) -> Result<()> {
+fn lock(file: &File, exclusive: bool) -> Result<()> {
+    let how = if exclusive { libc::LOCK_EX } else { libc::LOCK_SH };
     let start = std::time::Instant::now();
     loop {
         // SAFETY: flock on a descriptor this function borrows; no memory is passed.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        let rc = unsafe { libc::flock(file.as_raw_fd(), how | libc::LOCK_NB) };
         if rc == 0 {
             return Ok(());
         }
