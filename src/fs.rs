@@ -1,7 +1,8 @@
 //! The `Fs` facade: mkfs, mount and every namespace operation, and the locking that orders them.
 //!
 //! Lock order (SPEC §5, kept from the kernel): the rename lock (cross-directory renames only) →
-//! a file's data lock (`Node::io`: writes, truncates and fallocate; reads shared) → inode locks (directories before non-directories; among directories an ancestor before its
+//! a file's data lock (`Node::io`: writes, truncates and fallocate; reads shared) →
+//! inode locks (directories before non-directories; among directories an ancestor before its
 //! descendant, unrelated ones by ascending number; non-directories by ascending number) → the
 //! inode-number table → the allocator → the journal. Only cross-directory renames hold two
 //! unrelated directories, and the rename lock makes them one at a time. Each operation builds one transaction, fences the new
@@ -142,7 +143,8 @@ pub enum RenameMode {
 #[derive(Debug)]
 pub(crate) struct Node {
     /// The data lock (the role of the kernel's i_rwsem): writes, truncates and fallocate hold it
-    /// exclusively, reads shared; faults never take it. Taken before the inode lock.
+    /// exclusively, reads shared; faults only wait on it (a first store beside a write that is
+    /// copying, in a worker, holding nothing). Taken before the inode lock.
     pub(crate) io: RwLock<()>,
     pub(crate) inode: RwLock<Inode>,
     pub(crate) parent: AtomicU64,

@@ -25,6 +25,40 @@ pub(crate) fn hole_lens(pieces: &[Piece]) -> impl Iterator<Item = u64> + '_ {
     pieces.iter().filter_map(|p| if let Piece::Hole { len, .. } = p { Some(*len) } else { None })
 }
 
+/// Whether a piece is an unwritten extent (a write converts it).
+fn is_unwritten(p: &Piece) -> bool {
+    matches!(p, Piece::Mapped(e) if e.state == State::Unwritten)
+}
+
+/// Extent slots a write chunk over `pieces` needs: one per extent its new blocks make, two per
+/// conversion.
+fn chunk_slots(pieces: &[Piece], runs: &[Run]) -> usize {
+    let inserts = crate::alloc::carved_extents(runs, hole_lens(pieces));
+    ExtentMap::slots_needed(inserts + 2 * pieces.iter().filter(|p| is_unwritten(p)).count())
+}
+
+/// The mark a write chunk sets on its inode while it copies without the inode lock (its byte
+/// range in `Inode::writing`, and one more open count). Cleared under the inode lock when the
+/// copy is done, or on the way out of a panic, so first stores never wait for a write that is
+/// gone.
+struct WriteMark<'a>(&'a Node);
+
+impl WriteMark<'_> {
+    fn clear(self, g: &mut Inode) {
+        g.writing = None;
+        g.open -= 1;
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for WriteMark<'_> {
+    fn drop(&mut self) {
+        let mut g = wr(&self.0.inode);
+        g.writing = None;
+        g.open -= 1;
+    }
+}
+
 impl Fs {
     /// Reads up to `buf.len()` bytes at `off`; stops at EOF. Holes and unwritten extents read
     /// as zeros.
@@ -116,7 +150,7 @@ impl Fs {
             let len = (data.len() - done).min(chunk);
             match self.write_chunk(n, off + done as u64, &data[done..done + len]) {
                 Ok(()) => done += len,
-                Err(Error::NoSpace) if done > 0 => break,
+                Err(Error::NoSpace | Error::HostFull(_)) if done > 0 => break,
                 Err(e) => return Err(e),
             }
         }
@@ -135,28 +169,38 @@ impl Fs {
         let end = off + data.len() as u64;
         let first = off / bs;
         let last = (end - 1) / bs;
+        let mut tx = Tx::new();
         let (pieces, runs, old_size) = {
             let mut g = wr(&n.inode);
             g.live()?;
             let pieces = g.ext.pieces(first, last - first + 1);
             let need: u64 = hole_lens(&pieces).sum();
             let runs = if need > 0 { self.alloc_blocks(self.goal(&g, first), need)? } else { Vec::new() };
+            // Extent slots before any byte is stored, so running out of them fails the write
+            // whole (link_chunk tops them up in case faults took some meanwhile).
+            let metadata = need > 0 || pieces.iter().any(is_unwritten) || end > g.attr.size;
+            if metadata {
+                if let Err(e) = self.reserve_slots(&mut g, chunk_slots(&pieces, &runs), &mut tx) {
+                    self.unreserve(runs);
+                    return Err(e);
+                }
+            }
             g.open += 1;
             g.writing = Some((off, end));
             (pieces, runs, g.attr.size)
         };
-        let mut tx = Tx::new();
+        let mark = WriteMark(n);
         let stored = self.store_chunk(&pieces, &runs, off, data, old_size, &mut tx);
         let mut g = wr(&n.inode);
-        g.writing = None;
-        g.open -= 1;
+        mark.clear(&mut g);
         let linked = match stored {
-            Ok(placed) => self.link_chunk(n, &mut g, off, end, runs, placed, tx),
-            Err(e) => {
-                self.unreserve(runs);
-                Err(e)
-            }
+            Ok(placed) => self.link_chunk(n, &mut g, off, end, &pieces, placed, tx),
+            Err(e) => Err(e),
         };
+        if linked.is_err() {
+            // Nothing links them.
+            self.unreserve(runs);
+        }
         if g.open == 0 && g.attr.nlink == 0 && !g.freed {
             // Unlinked and closed while the data went in.
             self.free_inode(&mut g)?;
@@ -224,7 +268,7 @@ impl Fs {
         g: &mut Inode,
         off: u64,
         end: u64,
-        runs: Vec<Run>,
+        pieces: &[Piece],
         (new_exts, converted): (Vec<Extent>, Vec<Extent>),
         mut tx: Tx,
     ) -> Result<()> {
@@ -232,11 +276,8 @@ impl Fs {
         let changes_blocks = !new_exts.is_empty() || !converted.is_empty();
         let metadata = changes_blocks || end > g.attr.size;
         if metadata {
-            let slots = ExtentMap::slots_needed(new_exts.len() + 2 * converted.len());
-            if let Err(e) = self.reserve_slots(g, slots, &mut tx) {
-                self.unreserve(runs);
-                return Err(e);
-            }
+            let slots = ExtentMap::slots_needed(new_exts.len() + 2 * pieces.iter().filter(|p| is_unwritten(p)).count());
+            self.reserve_slots(g, slots, &mut tx)?;
         }
         // Bytes mappings stored past the old EOF are zeroed before the size covers them.
         if end > g.attr.size {

@@ -6,9 +6,10 @@
 //!
 //! Putting back a window that the protocol closes (`udax::model::plant`) must make the check
 //! fail; the `planted_*` tests assert that, so a checker that cannot see the window fails too.
-//! The windows are the ones an outside review found: a reset that mapped fresh memory and
+//! The windows are the ones an outside review found — a reset that mapped fresh memory and
 //! registered it afterwards (stores in between went to a private page, a shrink left a page
-//! loadable), and a hole load that installed the zero page and protected it afterwards.
+//! loadable), a hole load that installed the zero page and protected it afterwards — and a first
+//! store that allocates beside a write copying without the inode lock.
 #![cfg(feature = "model")]
 
 use std::panic::{catch_unwind, AssertUnwindSafe};

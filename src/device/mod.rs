@@ -197,7 +197,7 @@ impl Device {
     }
 
     fn create_as(path: &Path, len_bytes: u64, sparse: bool) -> Result<Device> {
-        let existed = std::fs::symlink_metadata(path).ok();
+        let existed = std::fs::metadata(path).ok();
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -348,10 +348,16 @@ impl Device {
         self.check(off, usize::try_from(len).map_err(|_| Error::OutOfBounds { off, len })?)?;
         match self.file.as_ref().filter(|_| self.sparse) {
             None => Ok(()),
-            Some(file) => reserve(file, off, len).map_err(|e| match &self.backend {
-                Backend::File(p) => host_error(p, len, e),
-                _ => Error::io("reserve image space", e),
-            }),
+            Some(file) => match reserve(file, off, len) {
+                // A host without fallocate: nothing can be reserved ahead (as before udax
+                // reserved anything).
+                Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => Ok(()),
+                Err(e) => Err(match &self.backend {
+                    Backend::File(p) => host_error(p, len, e),
+                    _ => Error::io("reserve image space", e),
+                }),
+                Ok(()) => Ok(()),
+            },
         }
     }
 
@@ -671,21 +677,56 @@ impl Holder {
         }
     }
 
-    /// A udax mount server (`udax mount IMAGE DIR ...`) whose DIR is no longer mounted.
+    /// A udax mount server (`udax mount [-f] [-o OPTS] IMAGE DIR`) whose DIR is no longer
+    /// mounted.
     fn finishing_mount(&self) -> bool {
         let c = &self.cmdline;
-        let is_server = c.len() >= 4 && Path::new(&c[0]).file_name().is_some_and(|n| n == "udax") && c[1] == "mount";
+        let is_server = c.len() >= 2 && Path::new(&c[0]).file_name().is_some_and(|n| n == "udax") && c[1] == "mount";
         if !is_server {
             return false;
         }
+        // The second operand, skipping flags and the values of -o.
+        let mut operands = Vec::new();
+        let mut args = c[2..].iter();
+        while let Some(a) = args.next() {
+            match a.as_str() {
+                "-o" => drop(args.next()),
+                "--" => operands.extend(args.by_ref()),
+                s if s.starts_with('-') => {}
+                _ => operands.push(a),
+            }
+        }
+        let Some(dir) = operands.get(1) else { return false };
         let dir = match &self.cwd {
-            Some(cwd) => cwd.join(&c[3]),
-            None => PathBuf::from(&c[3]),
+            Some(cwd) => cwd.join(dir),
+            None => PathBuf::from(dir),
         };
         let Ok(dir) = std::fs::canonicalize(dir) else { return true };
         let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-        !mounts.lines().any(|l| l.split(' ').nth(1) == dir.to_str())
+        !mounts.lines().any(|l| l.split(' ').nth(1).map(unescape_mount_field).as_deref() == dir.to_str())
     }
+}
+
+/// A field of /proc/self/mounts as a path: the kernel writes space, tab, newline and backslash
+/// as octal escapes (`\040`).
+fn unescape_mount_field(f: &str) -> String {
+    let b = f.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let octal = b.get(i + 1..i + 4).filter(|d| b[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match octal {
+            Some(d) => {
+                out.push(d.iter().fold(0u8, |v, c| v.wrapping_mul(8) + (c - b'0')));
+                i += 4;
+            }
+            None => {
+                out.push(b[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Who holds the flock on `file` (from /proc/locks), if /proc says.
