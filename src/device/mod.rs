@@ -766,6 +766,12 @@ mod tests {
     use super::*;
 
     #[test]
+    fn mount_table_escapes_are_undone() {
+        assert_eq!(unescape_mount_field("/mnt/a\\040b\\011c\\134d"), "/mnt/a b\tc\\d");
+        assert_eq!(unescape_mount_field("/plain\\0x"), "/plain\\0x");
+    }
+
+    #[test]
     fn bounds_are_checked() {
         let d = Device::anonymous(8192).unwrap();
         let mut b = [0u8; 16];
