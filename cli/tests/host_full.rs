@@ -131,19 +131,22 @@ fn the_mount_server_survives_a_full_host_and_says_why() {
     let img = host.path("img");
     let mnt = tempfile::tempdir().unwrap();
     assert!(udax(&["mkfs", s(&img), "--size", "256M", "--sparse"]).status.success());
-    // A foreground server, its messages to a file the test reads afterwards.
+    // A foreground server, its messages to a file the test reads afterwards; it says "ready"
+    // on stdout once mounted (the protocol `udax mount` itself uses with its server).
     let log = tempfile::NamedTempFile::new().unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_udax"))
         .args(["mount", "-f", s(&img), s(mnt.path())])
+        .env("UDAX_MOUNT_REPORT", "1")
+        .stdout(std::process::Stdio::piped())
         .stderr(log.reopen().unwrap())
         .spawn()
         .unwrap();
     let mut server = Server { child, mnt: mnt.path().to_path_buf() };
-    let t = std::time::Instant::now();
-    while !mounted(mnt.path()) {
-        assert!(t.elapsed().as_secs() < 20 && server.child.try_wait().unwrap().is_none(), "the mount never came up");
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    let mut line = String::new();
+    let stdout = server.child.stdout.take().unwrap();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line).unwrap();
+    assert_eq!(line.trim(), "ready", "the mount never came up");
+    assert!(mounted(mnt.path()));
     std::fs::write(mnt.path().join("small"), vec![9u8; 1 << 20]).unwrap();
     let big = mnt.path().join("big");
     let err = std::fs::write(&big, vec![7u8; 48 << 20]).expect_err("48 MiB fit on a 32 MiB host");

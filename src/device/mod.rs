@@ -632,11 +632,12 @@ fn host_error(path: &Path, len: u64, e: std::io::Error) -> Error {
 /// Takes the image's lock, exclusive (read-write opens) or shared (read-only ones). When another
 /// process holds it in a way that excludes this one, the error names that
 /// process; a udax mount server whose mount is already gone is finishing (checkpoint, sync) and
-/// lets go in a moment, so that one is waited for (at most [`LOCK_WAIT`]): `umount` followed at
+/// lets go when it exits, so its exit is waited for (at most [`LOCK_WAIT`]): `umount` followed at
 /// once by another command on the image works.
 fn lock(file: &File, exclusive: bool) -> Result<()> {
     let how = if exclusive { libc::LOCK_EX } else { libc::LOCK_SH };
     let start = std::time::Instant::now();
+    let mut unknown = 0;
     loop {
         // SAFETY: flock on a descriptor this function borrows; no memory is passed.
         let rc = unsafe { libc::flock(file.as_raw_fd(), how | libc::LOCK_NB) };
@@ -648,14 +649,47 @@ fn lock(file: &File, exclusive: bool) -> Result<()> {
             return Err(Error::io("lock image", err));
         }
         match lock_holder(file) {
-            Some(h) if !h.finishing_mount() || start.elapsed() > LOCK_WAIT => return Err(Error::InUse(h.describe())),
-            Some(_) => {}
-            // Gone between the two looks (it just let go), or /proc does not say: look again
-            // for a moment.
-            None if start.elapsed() > std::time::Duration::from_millis(100) => return Err(Error::Busy),
-            None => {}
+            Some(h) if !h.finishing_mount() => return Err(Error::InUse(h.describe())),
+            Some(h) => {
+                // The server lets go when it exits: wait for exactly that, then look again.
+                let left = LOCK_WAIT.saturating_sub(start.elapsed());
+                if left.is_zero() || !wait_for_exit(h.pid, left)? {
+                    return Err(Error::InUse(h.describe()));
+                }
+            }
+            // Gone between the two looks (it just let go): look again, a few times; or /proc
+            // does not say.
+            None if unknown < 3 => unknown += 1,
+            None => return Err(Error::Busy),
         }
-        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+/// Waits up to `timeout` for process `pid` to exit (a pidfd that polls readable); false when it
+/// is still running.
+fn wait_for_exit(pid: u32, timeout: std::time::Duration) -> Result<bool> {
+    // SAFETY: pidfd_open(2) takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        // ESRCH: it exited already.
+        return match std::io::Error::last_os_error().raw_os_error() {
+            Some(libc::ESRCH) => Ok(true),
+            _ => Err(Error::io("wait for the image's holder", std::io::Error::last_os_error())),
+        };
+    }
+    // SAFETY: `fd` was just returned by the kernel and is owned by nothing else.
+    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) };
+    let mut p = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+    loop {
+        // SAFETY: poll(2) reads and writes exactly the one `pollfd` passed.
+        let n = unsafe { libc::poll(&mut p, 1, ms) };
+        match n {
+            0 => return Ok(false),
+            n if n > 0 => return Ok(true),
+            _ if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) => continue,
+            _ => return Err(Error::io("wait for the image's holder", std::io::Error::last_os_error())),
+        }
     }
 }
 
