@@ -194,13 +194,13 @@ impl Fs {
         let mut g = wr(&n.inode);
         mark.clear(&mut g);
         let linked = match stored {
-            Ok(placed) => self.link_chunk(n, &mut g, off, end, &pieces, placed, tx),
-            Err(e) => Err(e),
+            Ok(placed) => self.link_chunk(n, &mut g, off, end, runs, placed, tx),
+            Err(e) => {
+                // Nothing links them.
+                self.unreserve(runs);
+                Err(e)
+            }
         };
-        if linked.is_err() {
-            // Nothing links them.
-            self.unreserve(runs);
-        }
         if g.open == 0 && g.attr.nlink == 0 && !g.freed {
             // Unlinked and closed while the data went in.
             self.free_inode(&mut g)?;
@@ -268,25 +268,31 @@ impl Fs {
         g: &mut Inode,
         off: u64,
         end: u64,
-        pieces: &[Piece],
+        runs: Vec<Run>,
         (new_exts, converted): (Vec<Extent>, Vec<Extent>),
         mut tx: Tx,
     ) -> Result<()> {
         let geo = self.inner.geo;
         let changes_blocks = !new_exts.is_empty() || !converted.is_empty();
         let metadata = changes_blocks || end > g.attr.size;
-        if metadata {
-            let slots = ExtentMap::slots_needed(new_exts.len() + 2 * pieces.iter().filter(|p| is_unwritten(p)).count());
-            self.reserve_slots(g, slots, &mut tx)?;
-        }
-        // Bytes mappings stored past the old EOF are zeroed before the size covers them.
-        if end > g.attr.size {
-            self.grow_over_tail(n, g, end, off, &mut tx)?;
-        }
-        if changes_blocks {
-            self.unmap_range(n, off, end, Reach::Shared)?;
-        } else {
-            self.unmap_copies(n, off, end)?;
+        let prepared = (|| {
+            if metadata {
+                self.reserve_slots(g, ExtentMap::slots_needed(new_exts.len() + 2 * converted.len()), &mut tx)?;
+            }
+            // Bytes mappings stored past the old EOF are zeroed before the size covers them.
+            if end > g.attr.size {
+                self.grow_over_tail(n, g, end, off, &mut tx)?;
+            }
+            if changes_blocks {
+                self.unmap_range(n, off, end, Reach::Shared)
+            } else {
+                self.unmap_copies(n, off, end)
+            }
+        })();
+        if let Err(e) = prepared {
+            // Nothing links the new blocks yet.
+            self.unreserve(runs);
+            return Err(e);
         }
         if !metadata {
             // Pure overwrite: the data in place and one fence. The times change only once the
