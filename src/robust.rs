@@ -543,12 +543,17 @@ pub struct Outcome {
     pub findings: Option<Vec<Finding>>,
     /// After the changes and an unmount: the second mount's error, or its fsck findings.
     pub remount: Option<Result<Vec<Finding>>>,
+    /// A read-only open (before the read-write one) changed the image's bytes.
+    pub read_only_wrote: bool,
 }
 
 impl Outcome {
     /// Damage mount tolerates stays tolerable: an image that mounted must mount again after
     /// changes, and one that checked clean must still check clean. Says how it did not.
     pub fn violation(&self) -> Option<String> {
+        if self.read_only_wrote {
+            return Some("a read-only open changed the image".into());
+        }
         let before = self.findings.as_ref()?;
         match &self.remount {
             Some(Ok(after)) if before.is_empty() && !after.is_empty() => {
@@ -565,7 +570,27 @@ impl Outcome {
 /// mounts it again and checks it again (fsck decodes everything the second mount loaded). Errors are expected; a panic or a hang is a bug.
 pub fn exercise(image: &[u8]) -> Outcome {
     let mut out = Outcome::default();
-    let fs = match load(image) {
+    let dev = match filled(image) {
+        Ok(dev) => dev,
+        Err(e) => {
+            out.refused = Some(e);
+            return out;
+        }
+    };
+    // First read-only, through the device's own descriptor: mount (replaying into a private
+    // view), check, walk, try every change (each must be EROFS), unmount; nothing may reach
+    // the image.
+    if let Some(fd) = dev.fd() {
+        let path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd));
+        if let Ok(fs) = Fs::open_image_read_only(std::path::Path::new(&path)) {
+            check::check(&fs, &mut |_, _| {});
+            let found = walk(&fs);
+            change(&fs, &found);
+            let _ = fs.unmount();
+            out.read_only_wrote = !same_bytes(&dev, image);
+        }
+    }
+    let fs = match Fs::mount(dev) {
         Ok(fs) => fs,
         Err(e) => {
             out.refused = Some(e);
@@ -583,7 +608,8 @@ pub fn exercise(image: &[u8]) -> Outcome {
     out
 }
 
-fn load(image: &[u8]) -> Result<Fs> {
+/// An anonymous device holding `image`.
+fn filled(image: &[u8]) -> Result<Device> {
     let dev = Device::anonymous(image.len() as u64)?;
     // The device starts zeroed: pages of zeros need no copy (or page fault).
     for (i, page) in image.chunks(PAGE).enumerate() {
@@ -591,7 +617,16 @@ fn load(image: &[u8]) -> Result<Fs> {
             dev.write((i * PAGE) as u64, page)?;
         }
     }
-    Fs::mount(dev)
+    Ok(dev)
+}
+
+/// Whether `dev` still holds exactly `image`.
+fn same_bytes(dev: &Device, image: &[u8]) -> bool {
+    let mut buf = vec![0u8; PAGE];
+    image.chunks(PAGE).enumerate().all(|(i, page)| {
+        let b = &mut buf[..page.len()];
+        dev.read((i * PAGE) as u64, b).is_ok() && b == page
+    })
 }
 
 /// What the walk found to change: one of each kind, with the directory holding it.
