@@ -150,7 +150,9 @@ impl Fs {
             let len = (data.len() - done).min(chunk);
             match self.write_chunk(n, off + done as u64, &data[done..done + len]) {
                 Ok(()) => done += len,
-                Err(Error::NoSpace | Error::HostFull(_)) if done > 0 => break,
+                // Out of space after some chunks, or the file freed meanwhile (unlinked while
+                // written by inode number, with no handle open): what went in is the result.
+                Err(Error::NoSpace | Error::HostFull(_) | Error::NotFound) if done > 0 => break,
                 Err(e) => return Err(e),
             }
         }
