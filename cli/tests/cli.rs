@@ -1008,3 +1008,21 @@ fn read_commands_work_on_a_read_only_image() {
     let (_, err) = fails(&["mkdir", s(&rimg), "/x"]);
     assert!(err.contains("Read-only file system"), "{err}");
 }
+
+/// A failed `mkfs --force` (`--size 100T` over an existing image) destroyed the old file system:
+/// the file was resized before anything could fail. Now nothing of the old image changes until
+/// the new one's space is reserved.
+#[test]
+fn a_failed_mkfs_force_leaves_the_old_image_whole() {
+    let d = tmp();
+    let img = mkfs(d.path(), "16M");
+    let host = d.path().join("keep.txt");
+    std::fs::write(&host, b"keep me\n").unwrap();
+    ok(&["put", s(&img), s(&host), "/keep.txt"]);
+    let (code, err) = fails(&["mkfs", s(&img), "--force", "--size", "100T"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no room"), "{err}");
+    assert_eq!(std::fs::metadata(&img).unwrap().len(), 16 << 20);
+    assert_eq!(ok(&["cat", s(&img), "/keep.txt"]), "keep me\n");
+    ok(&["fsck", s(&img)]);
+}

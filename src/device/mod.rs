@@ -212,23 +212,29 @@ impl Device {
             let len = devdax_size(path, &meta)?;
             return Self::map(file, len, Backend::DevDax(path.into()), false);
         }
-        file.set_len(len_bytes).map_err(|e| Error::io(format!("resize {}", path.display()), e))?;
-        let mut sparse = sparse;
-        if !sparse {
-            match reserve(&file, 0, len_bytes) {
-                Ok(()) => {}
-                // The host cannot reserve (no fallocate): space is taken as the image fills.
-                Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => sparse = true,
-                Err(e) => {
-                    match &existed {
-                        None => drop(std::fs::remove_file(path)),
-                        Some(m) => drop(file.set_len(m.len())),
-                    }
-                    return Err(host_error(path, len_bytes, e));
+        // Whatever fails from here, the file goes back to what it was: removed if this made it,
+        // its old size otherwise (an image being reformatted keeps its bytes until mkfs writes).
+        let restore = file.try_clone().map_err(|e| Error::io(path.display(), e))?;
+        let made = (|| {
+            file.set_len(len_bytes).map_err(|e| Error::io(format!("resize {}", path.display()), e))?;
+            let mut sparse = sparse;
+            if !sparse {
+                match reserve(&file, 0, len_bytes) {
+                    Ok(()) => {}
+                    // The host cannot reserve (no fallocate): space is taken as the image fills.
+                    Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => sparse = true,
+                    Err(e) => return Err(host_error(path, len_bytes, e)),
                 }
             }
+            Self::map(file, len_bytes, Backend::File(path.into()), sparse)
+        })();
+        if made.is_err() {
+            match &existed {
+                None => drop(std::fs::remove_file(path)),
+                Some(m) => drop(restore.set_len(m.len())),
+            }
         }
-        Self::map(file, len_bytes, Backend::File(path.into()), sparse)
+        made
     }
 
     /// Anonymous shared memory of `len_bytes`, zero-filled (a memfd, so mappings of files can
