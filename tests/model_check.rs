@@ -171,6 +171,33 @@ fn write_against_first_store() {
     coherent(&f, &m);
 }
 
+/// A read-only mapping of a partly written file loads while a write fills a hole and a punch
+/// empties the other page: nothing it is served may need write protection (a read-only region
+/// has none), and quiet, it shows the file.
+fn read_only_mapping_against_writes() {
+    let opts = MkfsOptions { block_size: 1024, ..Default::default() };
+    let fs = Fs::mkfs(Device::anonymous(8 << 20).unwrap(), &opts).unwrap();
+    let f = Arc::new(fs.open("/f", OpenOptions::create()).unwrap());
+    f.set_len(LEN as u64).unwrap();
+    f.write_at(&[7; 1024], PAGE).unwrap();
+    let m = Arc::new(f.mmap(0, LEN as u64, Prot::Read, Share::Shared).unwrap());
+    let churn = {
+        let f = f.clone();
+        thread::spawn(move || {
+            f.write_at(&[4; 16], 100).unwrap();
+            f.fallocate(PAGE, PAGE, FallocMode::PunchHole).unwrap();
+        })
+    };
+    let mut b = [0; 8];
+    m.read(PAGE, &mut b).unwrap();
+    m.read(96, &mut b).unwrap();
+    churn.join().unwrap();
+    let (mut via_map, mut via_read) = (vec![0; LEN], vec![0; LEN]);
+    m.read(0, &mut via_map).unwrap();
+    f.read_at(&mut via_read, 0).unwrap();
+    assert!(via_map == via_read, "the mapping shows other bytes than the file");
+}
+
 fn scenarios() -> Vec<(&'static str, Scenario)> {
     vec![
         ("punch vs store and load", Box::new(churn_against_access(FallocMode::PunchHole))),
@@ -180,6 +207,7 @@ fn scenarios() -> Vec<(&'static str, Scenario)> {
         ("shrink vs load", Box::new(shrink_against_load)),
         ("grow vs store and load", Box::new(grow_against_access)),
         ("write into holes vs first store", Box::new(write_against_first_store)),
+        ("read-only mapping vs writes", Box::new(read_only_mapping_against_writes)),
     ]
 }
 

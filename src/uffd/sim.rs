@@ -10,7 +10,8 @@
 //! - a store to a write-protected page of a range registered for WP faults queues a WP fault; a
 //!   store to the zero page, or to a private file page, copies it to private memory;
 //! - resolving calls refuse a page that is present (EEXIST) or not registered with the caller
-//!   (ENOENT), and refuse everything while a REMAP event waits to be read (EAGAIN);
+//!   (ENOENT), a write-protected copy where the range is not registered for WP (EINVAL), and
+//!   everything while a REMAP event waits to be read (EAGAIN);
 //! - moving a mapping (mremap) is one step; a registered range moved raises a REMAP event and the
 //!   mover waits until a reader has taken it; readers take fault messages before events;
 //! - a poisoned page raises SIGBUS (here: EFAULT from the access), and a page with no mapping or
@@ -254,6 +255,11 @@ pub(super) unsafe fn ioctl(fd: &Fd, op: Ioctl<'_>) -> io::Result<()> {
         Ioctl::Copy(c, src) => {
             let r = UffdioRange { start: c.dst, len: c.len };
             resolvable(&w, &r)?;
+            // A write-protected copy needs a range registered for WP faults (EINVAL otherwise).
+            let wp_mode = |a: u64| w.pages.get(&a).and_then(|p| p.reg).is_some_and(|(_, m)| m & MODE_WP != 0);
+            if c.mode & MODE_COPY_WP != 0 && !pages(r.start, r.len).all(wp_mode) {
+                return Err(err(libc::EINVAL));
+            }
             for (i, a) in pages(r.start, r.len).enumerate() {
                 let p = w.pages.get_mut(&a).expect("checked above");
                 p.content = Content::Anon(src[i * PAGE as usize..(i + 1) * PAGE as usize].into());
