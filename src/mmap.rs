@@ -683,6 +683,8 @@ impl Fs {
             return Ok(true);
         }
         let wp = m.region.write_protects();
+        #[cfg(feature = "model")]
+        let wp = wp || crate::model::planted(crate::model::Plant::WriteProtectEveryCopy);
         match self.page_state(g, fpage) {
             // A copy of a written page would miss stores through another shared writable
             // mapping (they do not fault): mapped then, whatever the budget.

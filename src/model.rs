@@ -18,6 +18,9 @@ pub enum Plant {
     TwoStepZeroPage = 2,
     /// A first store allocates beside a write that is copying without the inode lock.
     StoresIgnoreWrites = 3,
+    /// Copies of written pages are installed write-protected in every mapping, including
+    /// read-only ones, whose regions are not registered for write protection.
+    WriteProtectEveryCopy = 4,
 }
 
 static PLANTED: AtomicU8 = AtomicU8::new(Plant::None as u8);

@@ -271,6 +271,13 @@ fn planted_two_step_zero_page_is_found() {
 }
 
 #[test]
+fn planted_write_protected_copy_in_a_read_only_mapping_is_found() {
+    let _p = Planted::new(Plant::WriteProtectEveryCopy);
+    // The kernel refuses it (EINVAL), the fault fails, and a load inside EOF gets SIGBUS.
+    found(read_only_mapping_against_writes, "access through the mapping");
+}
+
+#[test]
 fn planted_store_beside_an_unlocked_write_is_found() {
     let _p = Planted::new(Plant::StoresIgnoreWrites);
     let msg = failure(write_against_first_store).expect("the planted race went unseen");
