@@ -256,7 +256,7 @@ enum Cmd {
 pub struct MkfsArgs {
     /// Image file or device-dax device
     pub image: PathBuf,
-    /// Image size (K/M/G/T suffixes, 0x hex); defaults to an existing file's size
+    /// Image size (K/M/G/T suffixes, decimals such as 1.5G, 0x hex); defaults to an existing file's size
     #[arg(short, long, value_parser = parse_size)]
     pub size: Option<u64>,
     /// Block size: 1024, 2048 or 4096

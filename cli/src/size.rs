@@ -1,4 +1,4 @@
-//! Parsing and printing byte counts: "4096", "4k", "64M", "1GiB", "0x1000", "0x10k".
+//! Parsing and printing byte counts: "4096", "4k", "64M", "1.5G", "1GiB", "0x1000", "0x10k".
 //!
 //! Suffixes are binary (1K = 1024) and case-insensitive; an optional "B" or "iB" may follow the
 //! letter. Shared by `mkfs --size` and the `io` commands' offsets and lengths.
@@ -20,6 +20,17 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         return Err(format!("invalid size {s:?}: expected a number such as 4096, 64M or 0x1000"));
     }
     let n = u64::from_str_radix(digits, radix).map_err(|_| format!("invalid size {s:?}: number too large"))?;
+    // A decimal fraction ("1.5G"), which must come to a whole number of bytes.
+    let (frac, rest) = match rest.strip_prefix('.').filter(|_| radix == 10) {
+        Some(f) => {
+            let end = f.find(|c: char| !c.is_ascii_digit()).unwrap_or(f.len());
+            if end == 0 || end > 18 {
+                return Err(format!("invalid size {s:?}: expected digits after the point"));
+            }
+            (Some(&f[..end]), &f[end..])
+        }
+        None => (None, rest),
+    };
     let unit = rest.trim_start();
     let shift = match unit.to_ascii_lowercase().as_str() {
         "" | "b" => 0,
@@ -31,7 +42,16 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "e" | "eb" | "eib" => 60,
         _ => return Err(format!("invalid size {s:?}: unknown suffix {unit:?} (use K, M, G, T, P or E)")),
     };
-    n.checked_mul(1u64 << shift).ok_or_else(|| format!("invalid size {s:?}: too large"))
+    let Some(frac) = frac else {
+        return n.checked_mul(1u64 << shift).ok_or_else(|| format!("invalid size {s:?}: too large"));
+    };
+    let scale = 10u128.pow(frac.len() as u32);
+    let tenths = u128::from(n) * scale + frac.parse::<u128>().expect("digits");
+    let bytes = tenths << shift;
+    if bytes % scale != 0 {
+        return Err(format!("invalid size {s:?}: not a whole number of bytes"));
+    }
+    u64::try_from(bytes / scale).map_err(|_| format!("invalid size {s:?}: too large"))
 }
 
 /// "64.0 MiB" style, for summaries.
@@ -73,6 +93,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn decimal_fractions_of_a_unit() {
+        assert_eq!(parse_size("1.5G"), Ok(3 << 29));
+        assert_eq!(parse_size("0.5k"), Ok(512));
+        assert_eq!(parse_size("2.25 MiB"), Ok(9 << 18));
+        assert!(parse_size("1.3").unwrap_err().contains("whole number of bytes"));
+        assert!(parse_size("1.G").unwrap_err().contains("digits after the point"));
+        assert!(parse_size("0x1.8k").unwrap_err().contains("unknown suffix"));
+    }
+
+    #[test]
     fn plain_and_suffixed() {
         assert_eq!(parse_size("0"), Ok(0));
         assert_eq!(parse_size("4096"), Ok(4096));
@@ -100,7 +130,7 @@ mod tests {
 
     #[test]
     fn rejects_garbage() {
-        for bad in ["", " ", "k", "-1", "1.5M", "12Q", "0x", "0xg", "1KK", "abc", "1 2"] {
+        for bad in ["", " ", "k", "-1", "1.5", "12Q", "0x", "0xg", "1KK", "abc", "1 2"] {
             assert!(parse_size(bad).is_err(), "{bad:?} accepted");
         }
     }
