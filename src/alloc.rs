@@ -206,6 +206,48 @@ impl Allocator {
     }
 }
 
+/// The blocks of `a` that are not in `b`, as sorted disjoint runs (either may hold runs that
+/// overlap or repeat).
+pub fn subtract(a: Vec<Run>, b: Vec<Run>) -> Vec<Run> {
+    let (a, b) = (merged(a), merged(b));
+    let mut out = Vec::new();
+    let mut j = 0;
+    for r in a {
+        let (mut s, t) = (r.start, r.start + r.len);
+        while j < b.len() && b[j].start + b[j].len <= s {
+            j += 1;
+        }
+        let mut k = j;
+        while s < t && k < b.len() && b[k].start < t {
+            if b[k].start > s {
+                out.push(Run { start: s, len: b[k].start - s });
+            }
+            s = s.max(b[k].start + b[k].len);
+            k += 1;
+        }
+        if s < t {
+            out.push(Run { start: s, len: t - s });
+        }
+    }
+    out
+}
+
+/// `runs` sorted, with overlapping and touching runs joined.
+fn merged(mut runs: Vec<Run>) -> Vec<Run> {
+    runs.retain(|r| r.len > 0);
+    runs.sort_unstable_by_key(|r| r.start);
+    let mut out: Vec<Run> = Vec::with_capacity(runs.len());
+    for r in runs {
+        match out.last_mut() {
+            Some(last) if r.start <= last.start + last.len => {
+                last.len = last.len.max(r.start + r.len - last.start);
+            }
+            _ => out.push(r),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -250,5 +292,16 @@ mod tests {
         let r = a.alloc_aligned(8, 512).unwrap();
         assert_eq!(r.start % 512, 0);
         assert_eq!(r.len, 8);
+    }
+
+    #[test]
+    fn subtract_keeps_what_only_the_first_set_owns() {
+        let r = |start, len| Run { start, len };
+        assert_eq!(
+            subtract(vec![r(10, 10), r(15, 10), r(40, 1)], vec![r(12, 2), r(18, 3), r(40, 1)]),
+            vec![r(10, 2), r(14, 4), r(21, 4)]
+        );
+        assert_eq!(subtract(vec![r(5, 5)], vec![]), vec![r(5, 5)]);
+        assert_eq!(subtract(vec![r(5, 5)], vec![r(0, 100)]), vec![]);
     }
 }

@@ -226,9 +226,9 @@ impl ExtentMap {
     }
 
     /// Makes sure `needed` empty slots exist, each insert or split taking at most one.
-    /// Overflow blocks come from `alloc_blocks(n)` (all or nothing, so a failure changes
-    /// nothing); each is written (header, zero slots) as content of `tx`, which links it.
-    /// Returns the blocks taken.
+    /// Overflow blocks come from `alloc_blocks(n)` (all or nothing); each is written (header,
+    /// zero slots) as content of `tx`, which links it. A failure changes nothing in the map (the
+    /// caller gives back what `alloc_blocks` gave). Returns the blocks taken.
     pub fn reserve_slots(
         &mut self,
         needed: usize,
@@ -255,6 +255,10 @@ impl ExtentMap {
                 reserved: 0.into(),
             };
             tx.content_write(dev, at, hdr.as_bytes())?;
+        }
+        // Nothing changes in the map until every block is written: a failure links none.
+        for &blk in &taken {
+            let at = geo.block_at(blk);
             // The first block hangs off the inode's ext_next, which the caller logs with the
             // attributes; later ones off the previous block's `next`.
             if let Some(&prev) = self.blocks.last() {

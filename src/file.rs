@@ -169,7 +169,7 @@ impl Fs {
             Err(e) => return Err(e),
         };
         if opts.write || opts.append {
-            self.writable()?;
+            self.writable().map(drop)?;
         }
         let node = self.node(ino)?;
         let st = self.open_node(&node)?;

@@ -174,14 +174,17 @@ pub(crate) struct Inner {
     journal: Mutex<Journal>,
     alloc: Mutex<Allocator>,
     itable: Mutex<InodeTable>,
-    nodes: RwLock<HashMap<u64, Arc<Node>>>,
-    rename: Mutex<()>,
+    pub(crate) nodes: RwLock<HashMap<u64, Arc<Node>>>,
+    pub(crate) rename: Mutex<()>,
     recovery: RecoveryReport,
     uuid: [u8; 16],
     label: String,
     mkfs_time: i64,
     /// Opened read-only ([`Fs::open_image_read_only`]): every change is EROFS.
     read_only: bool,
+    /// Why memory may no longer match the medium (a panic during a change, a failed change that
+    /// could not be put back): every later change is refused until the image is mounted again.
+    broken: Mutex<Option<&'static str>>,
     pub(crate) mmap: crate::mmap::ServiceSlot,
 }
 
@@ -193,6 +196,19 @@ pub(crate) fn rd<T>(m: &RwLock<T>) -> RwLockReadGuard<'_, T> {
 }
 pub(crate) fn wr<T>(m: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
     m.write().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Held for one change (see [`Fs::writable`]): a panic while it is held stops all changes.
+#[derive(Debug)]
+#[must_use = "hold it for the whole change"]
+pub(crate) struct Change<'a>(&'a Fs);
+
+impl Drop for Change<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.stop_changes("a change panicked");
+        }
+    }
 }
 
 /// Facts about a mounted image, for `udax info`.
@@ -270,12 +286,65 @@ impl Fs {
         self.inner.read_only
     }
 
-    /// EROFS on a read-only file system: the first check of every change, before anything.
-    pub(crate) fn writable(&self) -> Result<()> {
+    /// The first step of every change, before anything: EROFS on a read-only file system or one
+    /// that stopped taking changes. The guard it returns, held for the change, stops them when
+    /// the change panics (its locks may guard memory half updated, as ext4's errors=remount-ro).
+    pub(crate) fn writable(&self) -> Result<Change<'_>> {
         if self.inner.read_only {
             return Err(Error::ReadOnly);
         }
-        Ok(())
+        if let Some(why) = *lock(&self.inner.broken) {
+            return Err(Error::NeedsFsck(why));
+        }
+        Ok(Change(self))
+    }
+
+    /// Stops all further changes: memory may differ from the medium.
+    fn stop_changes(&self, why: &'static str) {
+        lock(&self.inner.broken).get_or_insert(why);
+    }
+
+    /// Puts `g` back as the medium holds it after a change to it failed part way (memory may
+    /// have run ahead of the last commit), and gives back the blocks the change took: `taken`
+    /// (allocated for it, linked or not) and whatever memory owned that the medium does not.
+    /// The medium is the truth: before the change memory matched it. When even that fails,
+    /// the file system stops taking changes.
+    /// Runs `change` on `g`, which pushes every run of blocks it allocates onto its second
+    /// argument; when it fails, puts `g` back as the medium holds it (see [`Fs::restore`]).
+    pub(crate) fn undoable<R>(
+        &self,
+        g: &mut Inode,
+        change: impl FnOnce(&mut Inode, &mut Vec<Run>) -> Result<R>,
+    ) -> Result<R> {
+        let mut taken = Vec::new();
+        let r = change(g, &mut taken);
+        if r.is_err() {
+            self.restore(g, taken);
+        }
+        r
+    }
+
+    pub(crate) fn restore(&self, g: &mut Inode, taken: Vec<Run>) {
+        if crate::faults::keeps_memory() {
+            return;
+        }
+        let geo = &self.inner.geo;
+        let fresh = Inode::load(&self.inner.dev, geo, g.ino).and_then(|i| match i {
+            Some(mut i) if i.is_dir() => load_dir(&self.inner.dev, geo, &i).map(|d| {
+                i.dir = Some(d);
+                i
+            }),
+            Some(i) => Ok(i),
+            None => Err(Error::Corrupt { what: "inode freed under a live node", at: geo.inode_at(g.ino) }),
+        });
+        let Ok(mut fresh) = fresh else {
+            self.stop_changes("a failed change could not be undone");
+            return;
+        };
+        let ahead = crate::alloc::subtract(g.owned_runs().chain(taken).collect(), fresh.owned_runs().collect());
+        self.unreserve(ahead);
+        (fresh.open, fresh.freed, fresh.writing) = (g.open, g.freed, g.writing);
+        *g = fresh;
     }
 
     /// Mounts: checks the superblock, replays the journal, loads every inode, rebuilds free
@@ -348,6 +417,7 @@ impl Fs {
                 label: String::from_utf8_lossy(&sb.label).trim_end_matches('\0').to_string(),
                 mkfs_time: sb.mkfs_time.get(),
                 read_only,
+                broken: Mutex::new(None),
                 mmap: Default::default(),
             }),
         };
@@ -477,6 +547,7 @@ impl Fs {
 
     /// Commits `tx`; returns the journal position after it (for [`Allocator::free_after`]).
     pub(crate) fn commit(&self, tx: &Tx) -> Result<u64> {
+        crate::faults::check(crate::faults::Step::Commit)?;
         let mut j = lock(&self.inner.journal);
         let done = j.commit(&self.inner.dev, tx)?;
         let head = j.head();
@@ -497,6 +568,7 @@ impl Fs {
     /// Allocates `n` blocks (all or nothing), checkpointing first if only freed-but-pending
     /// blocks would satisfy it.
     pub(crate) fn alloc_blocks(&self, goal: u64, n: u64) -> Result<Vec<Run>> {
+        crate::faults::check(crate::faults::Step::Alloc)?;
         let runs = {
             let mut a = lock(&self.inner.alloc);
             match a.alloc(goal, n) {
@@ -528,6 +600,7 @@ impl Fs {
     /// Allocates one run of `n` blocks starting at a multiple of `align` blocks (a device offset
     /// aligned to `align` blocks), checkpointing first if pending frees might make room.
     pub(crate) fn alloc_aligned_blocks(&self, n: u64, align: u64) -> Result<Run> {
+        crate::faults::check(crate::faults::Step::Alloc)?;
         let run = {
             let mut a = lock(&self.inner.alloc);
             match a.alloc_aligned(n, align) {
@@ -569,7 +642,7 @@ impl Fs {
     }
 
     /// Device offset of byte `pos` of a directory's data.
-    fn dir_off(&self, dir: &Inode, pos: u64) -> Result<u64> {
+    pub(crate) fn dir_off(&self, dir: &Inode, pos: u64) -> Result<u64> {
         let bs = self.inner.geo.block_size;
         match dir.ext.pieces(pos / bs, 1).first() {
             Some(Piece::Mapped(e)) if e.state == State::Written => Ok(self.inner.geo.block_at(e.physical) + pos % bs),
@@ -579,28 +652,42 @@ impl Fs {
 
     /// Reserves `slots` extent slots on `inode`, allocating overflow blocks (zeroed and headed
     /// as content of `tx`, which links them). All or nothing.
-    pub(crate) fn reserve_slots(&self, inode: &mut Inode, slots: usize, tx: &mut Tx) -> Result<()> {
+    /// Returns whether it took blocks.
+    pub(crate) fn reserve_slots(&self, inode: &mut Inode, slots: usize, tx: &mut Tx) -> Result<bool> {
         let inner = &self.inner;
         let goal = self.goal(inode, inode.ext.last().map_or(0, |e| e.end()));
-        inode.ext.reserve_slots(slots, &inner.dev, &inner.geo, inode.ino, tx, &mut |n| {
-            let runs = self.alloc_blocks(goal, n)?;
-            Ok(runs.iter().flat_map(|r| r.start..r.start + r.len).collect())
-        })?;
-        Ok(())
+        let mut got = Vec::new();
+        let reserved = inode.ext.reserve_slots(slots, &inner.dev, &inner.geo, inode.ino, tx, &mut |n| {
+            got = self.alloc_blocks(goal, n)?;
+            Ok(got.iter().flat_map(|r| r.start..r.start + r.len).collect())
+        });
+        match reserved {
+            Ok(taken) => Ok(!taken.is_empty()),
+            Err(e) => {
+                self.unreserve(got);
+                Err(e)
+            }
+        }
     }
 
     /// Adds `name -> child` to `dir`, growing it by a zeroed block when full. Logs the entry and
     /// extent changes; the caller logs the directory's attributes.
-    fn add_entry(&self, dir: &mut Inode, name: &[u8], child: u64, dtype: u8, tx: &mut Tx) -> Result<()> {
+    /// A new block it takes goes onto `taken` (see [`Fs::undoable`]).
+    pub(crate) fn add_entry(
+        &self,
+        dir: &mut Inode,
+        name: &[u8],
+        child: u64,
+        dtype: u8,
+        tx: &mut Tx,
+        taken: &mut Vec<Run>,
+    ) -> Result<()> {
         let bs = self.inner.geo.block_size;
         let slot = dir.dir_mut()?.find_slot(name.len());
         if let Slot::Grow(pos) = slot {
             let blk = self.alloc_blocks(self.goal(dir, pos / bs), 1)?[0];
-            // Reserving slots is the last fallible step: it changes the map only on success.
-            if let Err(e) = self.reserve_slots(dir, ExtentMap::slots_needed(1), tx) {
-                self.unreserve(vec![blk]);
-                return Err(e);
-            }
+            taken.push(blk);
+            self.reserve_slots(dir, ExtentMap::slots_needed(1), tx)?;
             tx.content_zero(&self.inner.dev, self.inner.geo.block_at(blk.start), bs)?;
             let e = crate::extent::Extent { logical: pos / bs, physical: blk.start, len: 1, state: State::Written };
             dir.ext.insert(e, tx)?;
@@ -695,7 +782,7 @@ impl Fs {
         who: Creds,
         target: Option<&[u8]>,
     ) -> Result<Stat> {
-        self.writable()?;
+        let _change = self.writable()?;
         let (name, target) = (&*unmapped(name), target.map(unmapped));
         let target = target.as_deref();
         check_name(name)?;
@@ -713,6 +800,7 @@ impl Fs {
         if is_dir && pg.attr.nlink >= LINK_MAX {
             return Err(Error::TooManyLinks);
         }
+        crate::faults::check(crate::faults::Step::Alloc)?;
         let (ino, generation) = lock(&self.inner.itable).alloc()?;
         let mut inode = Inode::new(ino, Attr::new(mode_bits, who.uid, who.gid, generation), &geo);
         inode.attr.rdev = rdev;
@@ -733,47 +821,47 @@ impl Fs {
         if is_dir {
             inode.attr.parent = parent;
         }
-        // Everything fallible comes first: symlink blocks, then the directory slot.
+        // Memory changes with the transaction; a failure puts the parent back from the medium
+        // and gives back the inode number and every block taken.
         let mut tx = Tx::new();
-        let mut data_runs = Vec::new();
-        if let Some(t) = target {
-            match self.alloc_blocks(self.goal(&inode, 0), (t.len() as u64).div_ceil(geo.block_size)) {
-                Ok(r) => data_runs = r,
-                Err(e) => {
-                    lock(&self.inner.itable).release(ino, generation.wrapping_sub(1));
-                    return Err(e);
+        let mut taken = Vec::new();
+        let made = (|| {
+            let mut runs = Vec::new();
+            if let Some(t) = target {
+                runs = self.alloc_blocks(self.goal(&inode, 0), (t.len() as u64).div_ceil(geo.block_size))?;
+                taken.extend_from_slice(&runs);
+            }
+            self.add_entry(&mut pg, name, ino, mode::dtype(mode_bits), &mut tx, &mut taken)?;
+            inode.attr.size = target.map_or(0, |t| t.len() as u64);
+            inode.log_new(&geo, &mut tx);
+            if let Some(t) = target {
+                let mut at = 0usize;
+                for run in &runs {
+                    let bytes = (run.len * geo.block_size) as usize;
+                    let off = geo.block_at(run.start);
+                    let n = bytes.min(t.len() - at);
+                    tx.content_write(&self.inner.dev, off, &t[at..at + n])?;
+                    tx.content_zero(&self.inner.dev, off + n as u64, (bytes - n) as u64)?;
+                    at += n;
+                }
+                for e in ExtentMap::extents_for(0, &runs, State::Written) {
+                    inode.ext.insert(e, &mut tx)?;
                 }
             }
-        }
-        if let Err(e) = self.add_entry(&mut pg, name, ino, mode::dtype(mode_bits), &mut tx) {
-            self.unreserve(data_runs);
+            let now = Timespec::now();
+            pg.attr.mtime = now;
+            pg.attr.ctime = now;
+            if is_dir {
+                pg.attr.nlink += 1;
+            }
+            pg.log_attr(&geo, &mut tx);
+            self.commit(&tx)
+        })();
+        if let Err(e) = made {
+            self.restore(&mut pg, taken);
             lock(&self.inner.itable).release(ino, generation.wrapping_sub(1));
             return Err(e);
         }
-        inode.attr.size = target.map_or(0, |t| t.len() as u64);
-        inode.log_new(&geo, &mut tx);
-        if let Some(t) = target {
-            let mut at = 0usize;
-            for run in &data_runs {
-                let bytes = (run.len * geo.block_size) as usize;
-                let off = geo.block_at(run.start);
-                let n = bytes.min(t.len() - at);
-                tx.content_write(&self.inner.dev, off, &t[at..at + n])?;
-                tx.content_zero(&self.inner.dev, off + n as u64, (bytes - n) as u64)?;
-                at += n;
-            }
-            for e in ExtentMap::extents_for(0, &data_runs, State::Written) {
-                inode.ext.insert(e, &mut tx)?;
-            }
-        }
-        let now = Timespec::now();
-        pg.attr.mtime = now;
-        pg.attr.ctime = now;
-        if is_dir {
-            pg.attr.nlink += 1;
-        }
-        pg.log_attr(&geo, &mut tx);
-        self.commit(&tx)?;
         let st = self.stat_of(&inode);
         wr(&self.inner.nodes).insert(ino, Node::new(inode));
         Ok(st)
@@ -794,7 +882,7 @@ impl Fs {
 
     /// Adds a hard link `newparent/newname` to `ino`.
     pub fn link(&self, ino: u64, newparent: u64, newname: &[u8]) -> Result<Stat> {
-        self.writable()?;
+        let _change = self.writable()?;
         let newname = &*unmapped(newname);
         check_name(newname)?;
         let geo = self.inner.geo;
@@ -821,15 +909,23 @@ impl Fs {
             return Err(Error::TooManyLinks);
         }
         let mut tx = Tx::new();
-        self.add_entry(&mut pg, newname, ino, mode::dtype(cg.attr.mode), &mut tx)?;
-        let now = Timespec::now();
-        pg.attr.mtime = now;
-        pg.attr.ctime = now;
-        pg.log_attr(&geo, &mut tx);
-        cg.attr.nlink += 1;
-        cg.attr.ctime = now;
-        cg.log_attr(&geo, &mut tx);
-        self.commit(&tx)?;
+        let mut taken = Vec::new();
+        let linked = (|| {
+            self.add_entry(&mut pg, newname, ino, mode::dtype(cg.attr.mode), &mut tx, &mut taken)?;
+            let now = Timespec::now();
+            pg.attr.mtime = now;
+            pg.attr.ctime = now;
+            pg.log_attr(&geo, &mut tx);
+            cg.attr.nlink += 1;
+            cg.attr.ctime = now;
+            cg.log_attr(&geo, &mut tx);
+            self.commit(&tx)
+        })();
+        if let Err(e) = linked {
+            self.restore(&mut pg, taken);
+            self.restore(&mut cg, Vec::new());
+            return Err(e);
+        }
         Ok(self.stat_of(&cg))
     }
 
@@ -850,7 +946,7 @@ impl Fs {
     }
 
     fn remove_entry(&self, parent: u64, name: &[u8], want_dir: bool) -> Result<()> {
-        self.writable()?;
+        let _change = self.writable()?;
         let name = &*unmapped(name);
         if name.len() > layout::NAME_MAX {
             return Err(Error::NameTooLong);
@@ -873,24 +969,34 @@ impl Fs {
             _ => {}
         }
         let mut tx = Tx::new();
-        let (_, zeros) = pg.dir_mut()?.remove(name).expect("entry looked up under the same lock");
-        tx.put(self.dir_off(&pg, e.pos)?, &zeros);
-        let now = Timespec::now();
-        pg.attr.mtime = now;
-        pg.attr.ctime = now;
-        if want_dir {
-            pg.attr.nlink = pg.attr.nlink.saturating_sub(1);
-        }
-        pg.log_attr(&geo, &mut tx);
-        cg.attr.nlink = if want_dir { 0 } else { cg.attr.nlink.saturating_sub(1) };
-        cg.attr.ctime = now;
-        let free_now = cg.attr.nlink == 0 && cg.open == 0;
-        if free_now {
-            cg.log_free(&geo, &mut tx);
-        } else {
-            cg.log_attr(&geo, &mut tx);
-        }
-        let head = self.commit(&tx)?;
+        let free_now = (want_dir || cg.attr.nlink <= 1) && cg.open == 0;
+        let removed = (|| {
+            let (_, zeros) = pg.dir_mut()?.remove(name).expect("entry looked up under the same lock");
+            tx.put(self.dir_off(&pg, e.pos)?, &zeros);
+            let now = Timespec::now();
+            pg.attr.mtime = now;
+            pg.attr.ctime = now;
+            if want_dir {
+                pg.attr.nlink = pg.attr.nlink.saturating_sub(1);
+            }
+            pg.log_attr(&geo, &mut tx);
+            cg.attr.nlink = if want_dir { 0 } else { cg.attr.nlink.saturating_sub(1) };
+            cg.attr.ctime = now;
+            if free_now {
+                cg.log_free(&geo, &mut tx);
+            } else {
+                cg.log_attr(&geo, &mut tx);
+            }
+            self.commit(&tx)
+        })();
+        let head = match removed {
+            Ok(head) => head,
+            Err(e) => {
+                self.restore(&mut pg, Vec::new());
+                self.restore(&mut cg, Vec::new());
+                return Err(e);
+            }
+        };
         if free_now {
             self.forget_freed(&mut cg, head);
         }
@@ -899,25 +1005,27 @@ impl Fs {
 
     /// Removes an entry that names a free inode (damage mount keeps and fsck reports): removing
     /// the name is the repair. Its type says whether it is unlink's or rmdir's to remove.
-    fn remove_dangling(&self, pg: &mut Inode, name: &[u8], want_dir: bool) -> Result<()> {
+    pub(crate) fn remove_dangling(&self, pg: &mut Inode, name: &[u8], want_dir: bool) -> Result<()> {
         let is_dir = pg.dir()?.get(name).ok_or(Error::NotFound)?.dtype == crate::dir::DT_DIR;
         match (want_dir, is_dir) {
             (true, false) => return Err(Error::NotDir),
             (false, true) => return Err(Error::IsDir),
             _ => {}
         }
-        let mut tx = Tx::new();
-        let (e, zeros) = pg.dir_mut()?.remove(name).expect("entry looked up under the same lock");
-        tx.put(self.dir_off(pg, e.pos)?, &zeros);
-        let now = Timespec::now();
-        pg.attr.mtime = now;
-        pg.attr.ctime = now;
-        if is_dir {
-            pg.attr.nlink = pg.attr.nlink.saturating_sub(1);
-        }
-        pg.log_attr(&self.inner.geo, &mut tx);
-        self.commit(&tx)?;
-        Ok(())
+        self.undoable(pg, |pg, _| {
+            let mut tx = Tx::new();
+            let (e, zeros) = pg.dir_mut()?.remove(name).expect("entry looked up under the same lock");
+            tx.put(self.dir_off(pg, e.pos)?, &zeros);
+            let now = Timespec::now();
+            pg.attr.mtime = now;
+            pg.attr.ctime = now;
+            if is_dir {
+                pg.attr.nlink = pg.attr.nlink.saturating_sub(1);
+            }
+            pg.log_attr(&self.inner.geo, &mut tx);
+            self.commit(&tx)?;
+            Ok(())
+        })
     }
 
     /// Drops a freed inode from memory after the transaction that cleared its slot (at `head`).
@@ -934,7 +1042,7 @@ impl Fs {
     /// Renames `parent/name` to `newparent/newname` atomically, replacing a target unless
     /// `mode` says otherwise.
     pub fn rename(&self, parent: u64, name: &[u8], newparent: u64, newname: &[u8], how: RenameMode) -> Result<()> {
-        self.writable()?;
+        let _change = self.writable()?;
         let (name, newname) = (&*unmapped(name), &*unmapped(newname));
         check_name(newname)?;
         if name.len() > layout::NAME_MAX {
@@ -1045,92 +1153,106 @@ impl Fs {
 
         let now = Timespec::now();
         let mut tx = Tx::new();
+        let mut taken = Vec::new();
         let src_dtype = src.dtype;
-        match how {
-            RenameMode::Exchange => {
-                let d = dst.expect("checked above");
-                let dcg = dcg.as_mut().expect("exchange holds both");
-                // Point each name at the other inode.
-                let (e1, h1) = sg.dir_mut()?.retarget(name, d.ino, d.dtype).expect("present");
-                tx.put(self.dir_off(&sg, e1.pos)?, &h1);
-                let dg = dg_own.as_deref_mut().unwrap_or(&mut sg);
-                let (e2, h2) = dg.dir_mut()?.retarget(newname, src.ino, src_dtype).expect("present");
-                tx.put(self.dir_off(dg, e2.pos)?, &h2);
-                if cross {
-                    let dg = dg_own.as_deref_mut().expect("cross");
-                    let s_dir = scg.is_dir();
-                    let d_dir = dcg.is_dir();
-                    if s_dir {
-                        scg.attr.parent = newparent;
-                    }
-                    if d_dir {
-                        dcg.attr.parent = parent;
-                    }
-                    match (s_dir, d_dir) {
-                        (true, false) => {
-                            sg.attr.nlink = sg.attr.nlink.saturating_sub(1);
-                            dg.attr.nlink = dg.attr.nlink.saturating_add(1);
-                        }
-                        (false, true) => {
-                            sg.attr.nlink = sg.attr.nlink.saturating_add(1);
-                            dg.attr.nlink = dg.attr.nlink.saturating_sub(1);
-                        }
-                        _ => {}
-                    }
-                }
-                dcg.attr.ctime = now;
-                dcg.log_attr(&geo, &mut tx);
-            }
-            RenameMode::Replace | RenameMode::NoReplace => {
-                // The new name first: adding may fail (ENOSPC) and must leave nothing changed.
-                {
+        // Memory changes with the transaction; a failure puts all four inodes back.
+        let renamed = (|| {
+            match how {
+                RenameMode::Exchange => {
+                    let d = dst.expect("checked above");
+                    let dcg = dcg.as_mut().expect("exchange holds both");
+                    // Point each name at the other inode.
+                    let (e1, h1) = sg.dir_mut()?.retarget(name, d.ino, d.dtype).expect("present");
+                    tx.put(self.dir_off(&sg, e1.pos)?, &h1);
                     let dg = dg_own.as_deref_mut().unwrap_or(&mut sg);
-                    match dst {
-                        Some(_) => {
-                            let (e, h) = dg.dir_mut()?.retarget(newname, src.ino, src_dtype).expect("present");
-                            tx.put(self.dir_off(dg, e.pos)?, &h);
+                    let (e2, h2) = dg.dir_mut()?.retarget(newname, src.ino, src_dtype).expect("present");
+                    tx.put(self.dir_off(dg, e2.pos)?, &h2);
+                    if cross {
+                        let dg = dg_own.as_deref_mut().expect("cross");
+                        let s_dir = scg.is_dir();
+                        let d_dir = dcg.is_dir();
+                        if s_dir {
+                            scg.attr.parent = newparent;
                         }
-                        None => {
-                            self.add_entry(dg, newname, src.ino, src_dtype, &mut tx)?;
+                        if d_dir {
+                            dcg.attr.parent = parent;
+                        }
+                        match (s_dir, d_dir) {
+                            (true, false) => {
+                                sg.attr.nlink = sg.attr.nlink.saturating_sub(1);
+                                dg.attr.nlink = dg.attr.nlink.saturating_add(1);
+                            }
+                            (false, true) => {
+                                sg.attr.nlink = sg.attr.nlink.saturating_add(1);
+                                dg.attr.nlink = dg.attr.nlink.saturating_sub(1);
+                            }
+                            _ => {}
                         }
                     }
+                    dcg.attr.ctime = now;
+                    dcg.log_attr(&geo, &mut tx);
                 }
-                let (removed, zeros) = sg.dir_mut()?.remove(name).expect("present");
-                tx.put(self.dir_off(&sg, removed.pos)?, &zeros);
-                let dg = dg_own.as_deref_mut().unwrap_or(&mut sg);
-                if let Some(v) = dcg.as_mut() {
-                    if v.is_dir() {
-                        v.attr.nlink = 0;
-                        dg.attr.nlink = dg.attr.nlink.saturating_sub(1);
-                    } else {
-                        v.attr.nlink = v.attr.nlink.saturating_sub(1);
+                RenameMode::Replace | RenameMode::NoReplace => {
+                    // The new name first: adding may fail (ENOSPC) and must leave nothing changed.
+                    {
+                        let dg = dg_own.as_deref_mut().unwrap_or(&mut sg);
+                        match dst {
+                            Some(_) => {
+                                let (e, h) = dg.dir_mut()?.retarget(newname, src.ino, src_dtype).expect("present");
+                                tx.put(self.dir_off(dg, e.pos)?, &h);
+                            }
+                            None => {
+                                self.add_entry(dg, newname, src.ino, src_dtype, &mut tx, &mut taken)?;
+                            }
+                        }
                     }
-                    v.attr.ctime = now;
-                    if v.attr.nlink == 0 && v.open == 0 {
-                        v.log_free(&geo, &mut tx);
-                    } else {
-                        v.log_attr(&geo, &mut tx);
+                    let (removed, zeros) = sg.dir_mut()?.remove(name).expect("present");
+                    tx.put(self.dir_off(&sg, removed.pos)?, &zeros);
+                    let dg = dg_own.as_deref_mut().unwrap_or(&mut sg);
+                    if let Some(v) = dcg.as_mut() {
+                        if v.is_dir() {
+                            v.attr.nlink = 0;
+                            dg.attr.nlink = dg.attr.nlink.saturating_sub(1);
+                        } else {
+                            v.attr.nlink = v.attr.nlink.saturating_sub(1);
+                        }
+                        v.attr.ctime = now;
+                        if v.attr.nlink == 0 && v.open == 0 {
+                            v.log_free(&geo, &mut tx);
+                        } else {
+                            v.log_attr(&geo, &mut tx);
+                        }
                     }
-                }
-                if src_is_dir && cross {
-                    scg.attr.parent = newparent;
-                    sg.attr.nlink = sg.attr.nlink.saturating_sub(1);
-                    let d = dg_own.as_deref_mut().expect("cross");
-                    d.attr.nlink = d.attr.nlink.saturating_add(1);
+                    if src_is_dir && cross {
+                        scg.attr.parent = newparent;
+                        sg.attr.nlink = sg.attr.nlink.saturating_sub(1);
+                        let d = dg_own.as_deref_mut().expect("cross");
+                        d.attr.nlink = d.attr.nlink.saturating_add(1);
+                    }
                 }
             }
-        }
-        scg.attr.ctime = now;
-        scg.log_attr(&geo, &mut tx);
-        sg.attr.mtime = now;
-        sg.attr.ctime = now;
-        sg.log_attr(&geo, &mut tx);
-        if let Some(d) = dg_own.as_deref_mut() {
-            d.attr.mtime = now;
-            d.attr.ctime = now;
-            d.log_attr(&geo, &mut tx);
-        }
-        let head = self.commit(&tx)?;
+            scg.attr.ctime = now;
+            scg.log_attr(&geo, &mut tx);
+            sg.attr.mtime = now;
+            sg.attr.ctime = now;
+            sg.log_attr(&geo, &mut tx);
+            if let Some(d) = dg_own.as_deref_mut() {
+                d.attr.mtime = now;
+                d.attr.ctime = now;
+                d.log_attr(&geo, &mut tx);
+            }
+            self.commit(&tx)
+        })();
+        let head = match renamed {
+            Ok(head) => head,
+            Err(e) => {
+                self.restore(&mut sg, taken);
+                for g in [dg_own.as_deref_mut(), Some(&mut *scg), dcg.as_deref_mut()].into_iter().flatten() {
+                    self.restore(g, Vec::new());
+                }
+                return Err(e);
+            }
+        };
         sc.parent.store(scg.attr.parent, Ordering::Release);
         if let (Some(v), Some(dcn)) = (dcg.as_mut(), dc.as_ref()) {
             dcn.parent.store(v.attr.parent, Ordering::Release);
@@ -1171,7 +1293,7 @@ impl Fs {
 
     /// Changes attributes; `size` truncates or extends (SPEC §4). Returns the new attributes.
     pub fn setattr(&self, ino: u64, set: &SetAttr) -> Result<Stat> {
-        self.writable()?;
+        let _change = self.writable()?;
         let geo = self.inner.geo;
         let n = self.node(ino)?;
         let _io = set.size.map(|_| wr(&n.io));
@@ -1179,16 +1301,18 @@ impl Fs {
         g.live()?;
         if let Some(size) = set.size {
             // The size and every other change commit together.
-            self.truncate_locked(&n, &mut g, size, &|g| apply_attrs(g, set))?;
+            self.undoable(&mut g, |g, _| self.truncate_locked(&n, g, size, &|g| apply_attrs(g, set)))?;
             return Ok(self.stat_of(&g));
         }
         if set.mode.is_none() && set.uid.is_none() && set.gid.is_none() && set.atime.is_none() && set.mtime.is_none() {
             return Ok(self.stat_of(&g));
         }
-        apply_attrs(&mut g, set);
-        let mut tx = Tx::new();
-        g.log_attr(&geo, &mut tx);
-        self.commit(&tx)?;
+        self.undoable(&mut g, |g, _| {
+            apply_attrs(g, set);
+            let mut tx = Tx::new();
+            g.log_attr(&geo, &mut tx);
+            self.commit(&tx)
+        })?;
         Ok(self.stat_of(&g))
     }
 
@@ -1216,7 +1340,10 @@ impl Fs {
         }
         g.open = g.open.saturating_sub(1);
         if g.open == 0 && g.attr.nlink == 0 {
-            self.free_inode(&mut g)?;
+            // A file system that stopped taking changes leaves it to the next mount (an orphan).
+            if let Ok(_change) = self.writable() {
+                self.free_inode(&mut g)?;
+            }
         }
         Ok(())
     }
@@ -1311,7 +1438,7 @@ fn check_tree(nodes: &HashMap<u64, Arc<Node>>, geo: &Geometry) -> Result<()> {
 }
 
 /// How many directory entries name each inode number.
-fn count_entries(nodes: &HashMap<u64, Arc<Node>>) -> HashMap<u64, u64> {
+pub(crate) fn count_entries(nodes: &HashMap<u64, Arc<Node>>) -> HashMap<u64, u64> {
     let mut refs = HashMap::new();
     for node in nodes.values() {
         let g = rd(&node.inode);

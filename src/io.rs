@@ -125,7 +125,7 @@ impl Fs {
 
     /// Writes at `off`, or at EOF when `off` is `None`.
     pub(crate) fn write_node(&self, n: &Node, off: Option<u64>, data: &[u8]) -> Result<usize> {
-        self.writable()?;
+        let _change = self.writable()?;
         if crate::mmap::overlaps_mapping(data.as_ptr() as usize, data.len()) {
             // Copied before the lock: loading from the mapping may fault (see `mmap`).
             let bounce: Vec<u8> = data.to_vec();
@@ -171,7 +171,6 @@ impl Fs {
         let end = off + data.len() as u64;
         let first = off / bs;
         let last = (end - 1) / bs;
-        let mut tx = Tx::new();
         let (pieces, runs, old_size) = {
             let mut g = wr(&n.inode);
             g.live()?;
@@ -179,10 +178,20 @@ impl Fs {
             let need: u64 = hole_lens(&pieces).sum();
             let runs = if need > 0 { self.alloc_blocks(self.goal(&g, first), need)? } else { Vec::new() };
             // Extent slots before any byte is stored, so running out of them fails the write
-            // whole (link_chunk tops them up in case faults took some meanwhile).
+            // whole (link_chunk tops them up in case faults took some meanwhile). New overflow
+            // blocks are linked at once: memory must match the medium while the lock is down.
             let metadata = need > 0 || pieces.iter().any(is_unwritten) || end > g.attr.size;
             if metadata {
-                if let Err(e) = self.reserve_slots(&mut g, chunk_slots(&pieces, &runs), &mut tx) {
+                let slots = chunk_slots(&pieces, &runs);
+                let reserved = self.undoable(&mut g, |g, _| {
+                    let mut tx = Tx::new();
+                    if self.reserve_slots(g, slots, &mut tx)? {
+                        g.log_attr(&self.inner.geo, &mut tx);
+                        self.commit(&tx)?;
+                    }
+                    Ok(())
+                });
+                if let Err(e) = reserved {
                     self.unreserve(runs);
                     return Err(e);
                 }
@@ -192,11 +201,15 @@ impl Fs {
             (pieces, runs, g.attr.size)
         };
         let mark = WriteMark(n);
+        let mut tx = Tx::new();
         let stored = self.store_chunk(&pieces, &runs, off, data, old_size, &mut tx);
         let mut g = wr(&n.inode);
         mark.clear(&mut g);
         let linked = match stored {
-            Ok(placed) => self.link_chunk(n, &mut g, off, end, runs, placed, tx),
+            Ok(placed) => self.undoable(&mut g, |g, taken| {
+                taken.extend_from_slice(&runs);
+                self.link_chunk(n, g, off, end, placed, tx)
+            }),
             Err(e) => {
                 // Nothing links them.
                 self.unreserve(runs);
@@ -263,38 +276,30 @@ impl Fs {
     /// Makes a stored chunk file data: resets what mappings may show stale (zeros over holes
     /// and copies, poisoned pages past the old EOF), links the new and converted extents, sets
     /// the size and times, and commits (or only fences, for an overwrite within the clock tick).
-    #[allow(clippy::too_many_arguments)]
+    /// The caller puts `g` back and frees the chunk's blocks when it fails.
     fn link_chunk(
         &self,
         n: &Node,
         g: &mut Inode,
         off: u64,
         end: u64,
-        runs: Vec<Run>,
         (new_exts, converted): (Vec<Extent>, Vec<Extent>),
         mut tx: Tx,
     ) -> Result<()> {
         let geo = self.inner.geo;
         let changes_blocks = !new_exts.is_empty() || !converted.is_empty();
         let metadata = changes_blocks || end > g.attr.size;
-        let prepared = (|| {
-            if metadata {
-                self.reserve_slots(g, ExtentMap::slots_needed(new_exts.len() + 2 * converted.len()), &mut tx)?;
-            }
-            // Bytes mappings stored past the old EOF are zeroed before the size covers them.
-            if end > g.attr.size {
-                self.grow_over_tail(n, g, end, off, &mut tx)?;
-            }
-            if changes_blocks {
-                self.unmap_range(n, off, end, Reach::Shared)
-            } else {
-                self.unmap_copies(n, off, end)
-            }
-        })();
-        if let Err(e) = prepared {
-            // Nothing links the new blocks yet.
-            self.unreserve(runs);
-            return Err(e);
+        if metadata {
+            self.reserve_slots(g, ExtentMap::slots_needed(new_exts.len() + 2 * converted.len()), &mut tx)?;
+        }
+        // Bytes mappings stored past the old EOF are zeroed before the size covers them.
+        if end > g.attr.size {
+            self.grow_over_tail(n, g, end, off, &mut tx)?;
+        }
+        if changes_blocks {
+            self.unmap_range(n, off, end, Reach::Shared)?;
+        } else {
+            self.unmap_copies(n, off, end)?;
         }
         if !metadata {
             // Pure overwrite: the data in place and one fence. The times change only once the
@@ -356,11 +361,11 @@ impl Fs {
     }
 
     pub(crate) fn truncate_node(&self, n: &Node, size: u64) -> Result<()> {
-        self.writable()?;
+        let _change = self.writable()?;
         let _io = wr(&n.io);
         let mut g = wr(&n.inode);
         g.live()?;
-        self.truncate_locked(n, &mut g, size, &|_| {})
+        self.undoable(&mut g, |g, _| self.truncate_locked(n, g, size, &|_| {}))
     }
 
     /// Truncates the locked inode `g`; `finish` makes further attribute changes that commit in

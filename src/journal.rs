@@ -56,12 +56,14 @@ impl Tx {
 
     /// Stores content this transaction depends on (written back now, fenced before commit).
     pub fn content_write(&mut self, dev: &Device, off: u64, bytes: &[u8]) -> Result<()> {
+        crate::faults::check(crate::faults::Step::Content)?;
         self.content = true;
         dev.write(off, bytes)
     }
 
     /// Zero-fills content this transaction depends on (fenced before commit).
     pub fn content_zero(&mut self, dev: &Device, off: u64, len: u64) -> Result<()> {
+        crate::faults::check(crate::faults::Step::Content)?;
         self.content = true;
         dev.zero(off, len)
     }

@@ -29,6 +29,7 @@ pub mod device;
 pub mod dir;
 pub mod error;
 pub mod extent;
+pub mod faults;
 mod file;
 pub mod fs;
 pub mod inode;
@@ -38,6 +39,7 @@ pub mod layout;
 mod mmap;
 #[cfg(feature = "model")]
 pub mod model;
+pub mod repair;
 pub mod robust;
 mod space;
 mod sync;

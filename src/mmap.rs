@@ -436,7 +436,7 @@ impl Fs {
             return Err(Error::IsDir);
         }
         if prot == Prot::ReadWrite && share == Share::Shared {
-            self.writable()?;
+            self.writable().map(drop)?;
         }
         let svc = self.service()?;
         let budget = map_budget();
@@ -646,6 +646,7 @@ impl Fs {
         if by == Server::Reader && self.other_mapping(m, |o| o.share == Share::Shared) {
             return Ok(Served::Deferred);
         }
+        let _change = self.writable()?;
         let c = &m.svc.counters;
         let huge = !self.inner.mmap.no_huge.load(Ordering::Relaxed);
         let empty = matches!(self.page_state(&g, fpage), PageState::Empty);
@@ -762,67 +763,70 @@ impl Fs {
     /// holes and unwritten blocks are zeroed, written blocks kept (moved to a fresh aligned run
     /// when they are not one already), all in one transaction. Returns the run's device offset.
     fn make_mappable(&self, g: &mut Inode, fpage: u64) -> Result<u64> {
-        let geo = self.inner.geo;
-        let dev = &self.inner.dev;
-        let bs = geo.block_size;
-        let per = PAGE / bs;
-        let first = fpage * per;
-        let pieces = g.ext.pieces(first, per);
-        let mut tx = Tx::new();
-        let in_place = match pieces[0] {
-            Piece::Mapped(e) => geo.block_at(e.physical) % PAGE == 0 && one_run(&pieces),
-            Piece::Hole { .. } => false,
-        };
-        let (target, freed) = if in_place {
-            let Piece::Mapped(e) = pieces[0] else { unreachable!("checked above") };
-            let converts = pieces.iter().filter(|p| matches!(p, Piece::Mapped(x) if x.state != State::Written)).count();
-            self.reserve_slots(g, ExtentMap::slots_needed(2 * converts), &mut tx)?;
-            for p in &pieces {
-                if let Piece::Mapped(x) = p {
-                    if x.state != State::Written {
-                        tx.content_zero(dev, geo.block_at(x.physical), x.len * bs)?;
-                        g.ext.remove_range(x.logical, x.len, &mut tx)?;
-                        g.ext.insert(Extent { state: State::Written, ..*x }, &mut tx)?;
-                    }
-                }
-            }
-            (e.physical, Vec::new())
-        } else {
-            let runs = if per == 1 {
-                self.alloc_blocks(self.goal(g, first), 1)?
-            } else {
-                vec![self.alloc_aligned_blocks(per, per)?]
+        self.undoable(g, |g, taken| {
+            let geo = self.inner.geo;
+            let dev = &self.inner.dev;
+            let bs = geo.block_size;
+            let per = PAGE / bs;
+            let first = fpage * per;
+            let pieces = g.ext.pieces(first, per);
+            let mut tx = Tx::new();
+            let in_place = match pieces[0] {
+                Piece::Mapped(e) => geo.block_at(e.physical) % PAGE == 0 && one_run(&pieces),
+                Piece::Hole { .. } => false,
             };
-            let run = runs[0];
-            if let Err(e) = self.reserve_slots(g, ExtentMap::slots_needed(1), &mut tx) {
-                self.unreserve(runs);
-                return Err(e);
-            }
-            let base = geo.block_at(run.start);
-            let mut buf = vec![0u8; bs as usize];
-            for p in &pieces {
-                match p {
-                    Piece::Mapped(x) if x.state == State::Written => {
-                        for i in 0..x.len {
-                            dev.read(geo.block_at(x.physical + i), &mut buf)?;
-                            tx.content_write(dev, base + (x.logical + i - first) * bs, &buf)?;
+            let (target, freed) = if in_place {
+                let Piece::Mapped(e) = pieces[0] else { unreachable!("checked above") };
+                let converts =
+                    pieces.iter().filter(|p| matches!(p, Piece::Mapped(x) if x.state != State::Written)).count();
+                self.reserve_slots(g, ExtentMap::slots_needed(2 * converts), &mut tx)?;
+                for p in &pieces {
+                    if let Piece::Mapped(x) = p {
+                        if x.state != State::Written {
+                            tx.content_zero(dev, geo.block_at(x.physical), x.len * bs)?;
+                            g.ext.remove_range(x.logical, x.len, &mut tx)?;
+                            g.ext.insert(Extent { state: State::Written, ..*x }, &mut tx)?;
                         }
                     }
-                    Piece::Mapped(x) => tx.content_zero(dev, base + (x.logical - first) * bs, x.len * bs)?,
-                    Piece::Hole { logical, len } => tx.content_zero(dev, base + (logical - first) * bs, len * bs)?,
                 }
-            }
-            let freed = g.ext.remove_range(first, per, &mut tx)?;
-            g.ext.insert(Extent { logical: first, physical: run.start, len: per, state: State::Written }, &mut tx)?;
-            (run.start, freed)
-        };
-        let now = Timespec::now();
-        g.attr.mtime = now;
-        g.attr.ctime = now;
-        g.log_attr(&geo, &mut tx);
-        let head = self.commit(&tx)?;
-        self.free_after(head, freed.iter().map(Extent::run).collect());
-        Ok(geo.block_at(target))
+                (e.physical, Vec::new())
+            } else {
+                let run = if per == 1 {
+                    self.alloc_blocks(self.goal(g, first), 1)?[0]
+                } else {
+                    self.alloc_aligned_blocks(per, per)?
+                };
+                taken.push(run);
+                self.reserve_slots(g, ExtentMap::slots_needed(1), &mut tx)?;
+                let base = geo.block_at(run.start);
+                let mut buf = vec![0u8; bs as usize];
+                for p in &pieces {
+                    match p {
+                        Piece::Mapped(x) if x.state == State::Written => {
+                            for i in 0..x.len {
+                                dev.read(geo.block_at(x.physical + i), &mut buf)?;
+                                tx.content_write(dev, base + (x.logical + i - first) * bs, &buf)?;
+                            }
+                        }
+                        Piece::Mapped(x) => tx.content_zero(dev, base + (x.logical - first) * bs, x.len * bs)?,
+                        Piece::Hole { logical, len } => {
+                            tx.content_zero(dev, base + (logical - first) * bs, len * bs)?
+                        }
+                    }
+                }
+                let freed = g.ext.remove_range(first, per, &mut tx)?;
+                g.ext
+                    .insert(Extent { logical: first, physical: run.start, len: per, state: State::Written }, &mut tx)?;
+                (run.start, freed)
+            };
+            let now = Timespec::now();
+            g.attr.mtime = now;
+            g.attr.ctime = now;
+            g.log_attr(&geo, &mut tx);
+            let head = self.commit(&tx)?;
+            self.free_after(head, freed.iter().map(Extent::run).collect());
+            Ok(geo.block_at(target))
+        })
     }
 
     /// A first store into a hole: when the 2 MiB around `fpage` is a hole wholly inside the
@@ -874,20 +878,20 @@ impl Fs {
             return Ok(false);
         }
         let Ok(run) = self.alloc_aligned_blocks(blocks, align / bs) else { return Ok(false) };
-        let mut tx = Tx::new();
-        if let Err(e) = self.reserve_slots(g, ExtentMap::slots_needed(1), &mut tx) {
-            self.unreserve(vec![run]);
-            return Err(e);
-        }
         let at = geo.block_at(run.start);
-        tx.content_zero(&self.inner.dev, at, pages * PAGE)?;
-        let logical = first * PAGE / bs;
-        g.ext.insert(Extent { logical, physical: run.start, len: blocks, state: State::Written }, &mut tx)?;
-        let now = Timespec::now();
-        g.attr.mtime = now;
-        g.attr.ctime = now;
-        g.log_attr(&geo, &mut tx);
-        self.commit(&tx)?;
+        self.undoable(g, |g, taken| {
+            taken.push(run);
+            let mut tx = Tx::new();
+            self.reserve_slots(g, ExtentMap::slots_needed(1), &mut tx)?;
+            tx.content_zero(&self.inner.dev, at, pages * PAGE)?;
+            let logical = first * PAGE / bs;
+            g.ext.insert(Extent { logical, physical: run.start, len: blocks, state: State::Written }, &mut tx)?;
+            let now = Timespec::now();
+            g.attr.mtime = now;
+            g.attr.ctime = now;
+            g.log_attr(&geo, &mut tx);
+            self.commit(&tx)
+        })?;
         let (from, to) = (first * PAGE, (first + pages) * PAGE);
         self.unmap_others(&m.node, from, to, Reach::Shared, Some(m))?;
         m.map_piece(&self.inner.dev, from - m.file_off, to - from, at, false, false)?;

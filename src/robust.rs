@@ -545,6 +545,9 @@ pub struct Outcome {
     pub remount: Option<Result<Vec<Finding>>>,
     /// A read-only open (before the read-write one) changed the image's bytes.
     pub read_only_wrote: bool,
+    /// How `Fs::repair` on a fresh copy fell short: it failed, left findings (also after a
+    /// remount), or lost a file or directory that was reachable.
+    pub repair: Option<String>,
 }
 
 impl Outcome {
@@ -553,6 +556,9 @@ impl Outcome {
     pub fn violation(&self) -> Option<String> {
         if self.read_only_wrote {
             return Some("a read-only open changed the image".into());
+        }
+        if let Some(r) = &self.repair {
+            return Some(r.clone());
         }
         let before = self.findings.as_ref()?;
         match &self.remount {
@@ -605,6 +611,70 @@ pub fn exercise(image: &[u8]) -> Outcome {
         Ok(None) => None,
         Err(e) => Some(Err(e)),
     };
+    out.repair = repair(image).err();
+    out
+}
+
+/// On a fresh copy that mounts: `Fs::repair`, after which fsck must find nothing (also after a
+/// remount) and every regular file and directory the walk reached must still be there, at the
+/// same path with the same bytes.
+fn repair(image: &[u8]) -> std::result::Result<(), String> {
+    let Ok(fs) = filled(image).and_then(Fs::mount) else { return Ok(()) };
+    let before = reachable(&fs);
+    let done = fs.repair().map_err(|e| format!("repair failed: {e}"))?;
+    let clean = |fs: &Fs, when: &str| {
+        let left = check::check(fs, &mut |_, _| {}).findings;
+        match left.is_empty() {
+            true => Ok(()),
+            false => Err(format!("{when}: findings after repair {done:?}: {left:?}")),
+        }
+    };
+    clean(&fs, "repaired")?;
+    let after = reachable(&fs);
+    if let Some((path, _)) = before.iter().find(|(p, sum)| after.get(*p) != Some(sum)) {
+        return Err(format!("repair lost or changed {path} ({done:?})"));
+    }
+    match fs.unmount() {
+        Ok(Some(dev)) => {
+            let fs = Fs::mount(dev).map_err(|e| format!("repaired image fails to mount: {e}"))?;
+            clean(&fs, "remounted")
+        }
+        Ok(None) => Ok(()),
+        Err(e) => Err(format!("repaired image could not be unmounted: {e}")),
+    }
+}
+
+/// Every directory and regular file reachable from the root (up to [`WALK_CAP`] entries), by
+/// path: a directory as its entry count, a file as a checksum of its first [`READ_CAP`] bytes.
+fn reachable(fs: &Fs) -> std::collections::BTreeMap<String, (u32, u64, u32)> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut seen = HashSet::new();
+    let mut stack = vec![(ROOT_INO, String::new())];
+    while let Some((dir, path)) = stack.pop() {
+        if !seen.insert(dir) || out.len() >= WALK_CAP {
+            continue;
+        }
+        let Ok(entries) = fs.readdir(dir, 0) else { continue };
+        for e in entries {
+            let child = format!("{path}/{}", String::from_utf8_lossy(&e.name));
+            let Ok(st) = fs.getattr(e.ino) else { continue };
+            match st.mode & mode::S_IFMT {
+                mode::S_IFDIR => {
+                    out.insert(child.clone(), (mode::S_IFDIR, 0, 0));
+                    stack.push((e.ino, child));
+                }
+                mode::S_IFREG => {
+                    let mut buf = vec![0u8; st.size.min(READ_CAP) as usize];
+                    let sum = match fs.read(e.ino, 0, &mut buf) {
+                        Ok(n) => crc32c::crc32c(&buf[..n]),
+                        Err(_) => 0,
+                    };
+                    out.insert(child, (mode::S_IFREG, st.size, sum));
+                }
+                _ => {}
+            }
+        }
+    }
     out
 }
 

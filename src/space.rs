@@ -48,7 +48,7 @@ impl Fs {
     }
 
     pub(crate) fn fallocate_node(&self, n: &Node, off: u64, len: u64, how: FallocMode) -> Result<()> {
-        self.writable()?;
+        let _change = self.writable()?;
         if len == 0 {
             return Err(Error::InvalidArgument("fallocate length must be positive"));
         }
@@ -72,72 +72,76 @@ impl Fs {
         if matches!(how, FallocMode::PunchHole | FallocMode::ZeroRange { .. }) {
             self.unmap_range(n, off, end, Reach::All)?;
         }
-        // All or nothing for space: every block the range needs and every extent slot its
-        // extents need are taken before anything changes; the slots' overflow blocks are linked
-        // by the first transaction, and the windows below only carve from what is held.
-        let mut tx = Tx::new();
-        let mut queue = VecDeque::new();
-        if last > first {
-            let pieces = g.ext.pieces(first, last - first);
-            let (runs, slots) = match how {
-                FallocMode::PunchHole => (Vec::new(), ExtentMap::slots_needed(0)),
-                FallocMode::Allocate { .. } | FallocMode::ZeroRange { .. } => {
-                    let need: u64 = hole_lens(&pieces).sum();
-                    let runs = if need > 0 { self.alloc_blocks(self.goal(&g, first), need)? } else { Vec::new() };
-                    let converts = match how {
-                        FallocMode::ZeroRange { .. } => {
-                            pieces.iter().filter(|p| matches!(p, Piece::Mapped(e) if e.state == State::Written)).count()
-                        }
-                        _ => 0,
-                    };
-                    let inserts = crate::alloc::carved_extents(&runs, hole_lens(&pieces));
-                    (runs, ExtentMap::slots_needed(inserts + 2 * converts))
+        // A failure puts the inode back as the medium holds it (earlier windows committed) and
+        // gives back the blocks not linked there.
+        self.undoable(&mut g, |g, taken| {
+            // All or nothing for space: every block the range needs and every extent slot its
+            // extents need are taken before anything changes; the slots' overflow blocks are linked
+            // by the first transaction, and the windows below only carve from what is held.
+            let mut tx = Tx::new();
+            let mut queue = VecDeque::new();
+            if last > first {
+                let pieces = g.ext.pieces(first, last - first);
+                let (runs, slots) = match how {
+                    FallocMode::PunchHole => (Vec::new(), ExtentMap::slots_needed(0)),
+                    FallocMode::Allocate { .. } | FallocMode::ZeroRange { .. } => {
+                        let need: u64 = hole_lens(&pieces).sum();
+                        let runs = if need > 0 { self.alloc_blocks(self.goal(g, first), need)? } else { Vec::new() };
+                        let converts = match how {
+                            FallocMode::ZeroRange { .. } => pieces
+                                .iter()
+                                .filter(|p| matches!(p, Piece::Mapped(e) if e.state == State::Written))
+                                .count(),
+                            _ => 0,
+                        };
+                        let inserts = crate::alloc::carved_extents(&runs, hole_lens(&pieces));
+                        (runs, ExtentMap::slots_needed(inserts + 2 * converts))
+                    }
+                };
+                taken.extend_from_slice(&runs);
+                queue = runs.into();
+                self.reserve_slots(g, slots, &mut tx)?;
+            }
+            if let FallocMode::Allocate { keep_size: false } | FallocMode::ZeroRange { keep_size: false } = how {
+                self.grow_over_tail(n, g, end, end, &mut tx)?;
+            }
+            // One transaction per window of blocks, so each fits in the journal.
+            let window = self.max_tx_blocks() - 2;
+            let mut at = first;
+            loop {
+                let stop = last.min(at.saturating_add(window));
+                let mut freed = Vec::new();
+                if edges && at == first {
+                    self.zero_partial_blocks(g, off, end, &mut tx)?;
                 }
-            };
-            if let Err(e) = self.reserve_slots(&mut g, slots, &mut tx) {
-                self.unreserve(runs);
-                return Err(e);
-            }
-            queue = runs.into();
-        }
-        if let FallocMode::Allocate { keep_size: false } | FallocMode::ZeroRange { keep_size: false } = how {
-            self.grow_over_tail(n, &g, end, end, &mut tx)?;
-        }
-        // One transaction per window of blocks, so each fits in the journal.
-        let window = self.max_tx_blocks() - 2;
-        let mut at = first;
-        loop {
-            let stop = last.min(at.saturating_add(window));
-            let mut freed = Vec::new();
-            if edges && at == first {
-                self.zero_partial_blocks(&g, off, end, &mut tx)?;
-            }
-            if stop > at {
-                match how {
-                    FallocMode::Allocate { .. } => self.preallocate(&mut g, at, stop, false, &mut queue, &mut tx)?,
-                    FallocMode::ZeroRange { .. } => self.preallocate(&mut g, at, stop, true, &mut queue, &mut tx)?,
-                    FallocMode::PunchHole => freed = g.ext.remove_range(at, stop - at, &mut tx)?,
+                if stop > at {
+                    match how {
+                        FallocMode::Allocate { .. } => self.preallocate(g, at, stop, false, &mut queue, &mut tx)?,
+                        FallocMode::ZeroRange { .. } => self.preallocate(g, at, stop, true, &mut queue, &mut tx)?,
+                        FallocMode::PunchHole => freed = g.ext.remove_range(at, stop - at, &mut tx)?,
+                    }
                 }
-            }
-            let done = stop >= last;
-            if done {
-                if let FallocMode::Allocate { keep_size: false } | FallocMode::ZeroRange { keep_size: false } = how {
-                    g.attr.size = g.attr.size.max(end);
+                let done = stop >= last;
+                if done {
+                    if let FallocMode::Allocate { keep_size: false } | FallocMode::ZeroRange { keep_size: false } = how
+                    {
+                        g.attr.size = g.attr.size.max(end);
+                    }
+                    let now = Timespec::now();
+                    g.attr.mtime = now;
+                    g.attr.ctime = now;
                 }
-                let now = Timespec::now();
-                g.attr.mtime = now;
-                g.attr.ctime = now;
+                g.log_attr(&self.inner.geo, &mut tx);
+                let head = self.commit(&tx)?;
+                self.free_after(head, freed.iter().map(Extent::run).collect());
+                if done {
+                    debug_assert!(queue.is_empty(), "every allocated block was placed");
+                    return Ok(());
+                }
+                tx = Tx::new();
+                at = stop;
             }
-            g.log_attr(&self.inner.geo, &mut tx);
-            let head = self.commit(&tx)?;
-            self.free_after(head, freed.iter().map(Extent::run).collect());
-            if done {
-                debug_assert!(queue.is_empty(), "every allocated block was placed");
-                return Ok(());
-            }
-            tx = Tx::new();
-            at = stop;
-        }
+        })
     }
 
     /// Makes blocks `[first, end)` unwritten where they are holes (taking blocks from `queue`,

@@ -205,7 +205,7 @@ impl Fs {
 
     /// Sets attribute `name` of `ino` to `value` (setxattr(2)); ctime moves.
     pub fn setxattr(&self, ino: u64, name: &[u8], value: &[u8], flags: XattrFlags) -> Result<()> {
-        self.writable()?;
+        let _change = self.writable()?;
         // Copied before the inode lock: either may lie in a mapping of this very file.
         let (name, value) = (&*unmapped(name), &*unmapped(value));
         check_name(name)?;
@@ -227,7 +227,7 @@ impl Fs {
 
     /// Removes attribute `name` of `ino` (removexattr(2)); ctime moves.
     pub fn removexattr(&self, ino: u64, name: &[u8]) -> Result<()> {
-        self.writable()?;
+        let _change = self.writable()?;
         let name = &*unmapped(name);
         check_name(name)?;
         self.change_xattr(ino, name, |map| map.remove(name).map(drop).ok_or(Error::NoAttr))

@@ -15,7 +15,9 @@ use crate::{FsckArgs, InfoArgs, MkfsArgs};
 /// Images larger than this get a progress bar while mkfs clears the inode table.
 const MKFS_PROGRESS_MIN: u64 = 256 << 20;
 
-/// fsck exit statuses (as e2fsck: 4 = errors left uncorrected, 8 = operational error).
+/// fsck exit statuses (as e2fsck: 1 = errors corrected, 4 = errors left uncorrected, 8 =
+/// operational error).
+const FSCK_MENDED: u8 = 1;
 const FSCK_FINDINGS: u8 = 4;
 const FSCK_CANNOT_OPEN: u8 = 8;
 
@@ -115,7 +117,8 @@ fn print_rows(o: &mut impl Write, rows: &[(&str, String)]) -> CliResult {
 
 pub fn fsck(a: &FsckArgs) -> CliResult {
     let img = &a.image;
-    let fs = match Fs::open_image_read_only(img) {
+    let opened = if a.repair { Fs::open_image(img) } else { Fs::open_image_read_only(img) };
+    let fs = match opened {
         Ok(fs) => fs,
         Err(e) => {
             let msg = describe_open(&e);
@@ -126,48 +129,76 @@ pub fn fsck(a: &FsckArgs) -> CliResult {
             return Err(Failure { msg: Some(format!("udax fsck: {}: {msg}", img.display())), code: FSCK_CANNOT_OPEN });
         }
     };
-    let progress = Progress::new(stderr_is_tty(), fs.geometry().inode_count, false, "fsck: inodes");
-    let report = udax::check::check(&fs, &mut |done, total| progress.set(done, total));
-    progress.done();
-    let clean = report.is_clean();
+    let check = |fs: &Fs| {
+        let progress = Progress::new(stderr_is_tty(), fs.geometry().inode_count, false, "fsck: inodes");
+        let report = udax::check::check(fs, &mut |done, total| progress.set(done, total));
+        progress.done();
+        report
+    };
+    let report = check(&fs);
+    let mut repaired = None;
+    if a.repair && !report.is_clean() {
+        let repairs = fs.repair().map_err(|e| Failure {
+            msg: Some(format!("udax fsck: {}: repair stopped: {}", img.display(), describe(&e))),
+            code: FSCK_FINDINGS,
+        })?;
+        repaired = Some((repairs, check(&fs)));
+    }
+    let clean = repaired.as_ref().map_or(&report, |(_, after)| after).is_clean();
     let mut o = std::io::stdout().lock();
     if a.json {
-        let v = serde_json::json!({ "clean": clean, "report": report });
+        let mut v = serde_json::json!({ "clean": clean, "report": report });
+        if let Some((repairs, after)) = &repaired {
+            v["repairs"] = serde_json::json!(repairs);
+            v["after"] = serde_json::json!(after);
+        }
         writeln!(o, "{v:#}").out()?;
     } else {
-        writeln!(
-            o,
-            "{}: {} inodes ({} directories, {} files, {} symlinks, {} special), {} extents; \
-             blocks {} used, {} free",
-            img.display(),
-            report.inodes,
-            report.directories,
-            report.regular_files,
-            report.symlinks,
-            report.special_files,
-            report.extents,
-            report.blocks_used,
-            report.blocks_free
-        )
-        .out()?;
-        for f in &report.findings {
-            let ino = f.ino.map_or_else(|| "-".to_string(), |i| i.to_string());
-            let at = f.at.map_or_else(|| "-".to_string(), |at| format!("{at:#x}"));
-            writeln!(o, "{}: ino {ino} at {at}: {}", f.kind, f.detail).out()?;
-        }
-        if clean {
-            writeln!(o, "clean").out()?;
-        } else {
-            writeln!(o, "{} problem(s) found", report.findings.len()).out()?;
+        print_report(&mut o, img, &report)?;
+        if let Some((repairs, after)) = &repaired {
+            for r in repairs {
+                writeln!(o, "repaired {}: ino {}: {}", r.kind, r.ino, r.detail).out()?;
+            }
+            writeln!(o, "{} repair(s) made; checking again", repairs.len()).out()?;
+            print_report(&mut o, img, after)?;
         }
     }
     drop(o);
     close_image("fsck", img, fs).map_err(|f| Failure { code: FSCK_CANNOT_OPEN, ..f })?;
-    if clean {
-        Ok(())
-    } else {
-        Err(Failure::status(FSCK_FINDINGS))
+    match (clean, repaired.is_some()) {
+        (true, false) => Ok(()),
+        (true, true) => Err(Failure::status(FSCK_MENDED)),
+        (false, _) => Err(Failure::status(FSCK_FINDINGS)),
     }
+}
+
+fn print_report(o: &mut impl Write, img: &Path, report: &udax::check::Report) -> CliResult {
+    writeln!(
+        o,
+        "{}: {} inodes ({} directories, {} files, {} symlinks, {} special), {} extents; \
+         blocks {} used, {} free",
+        img.display(),
+        report.inodes,
+        report.directories,
+        report.regular_files,
+        report.symlinks,
+        report.special_files,
+        report.extents,
+        report.blocks_used,
+        report.blocks_free
+    )
+    .out()?;
+    for f in &report.findings {
+        let ino = f.ino.map_or_else(|| "-".to_string(), |i| i.to_string());
+        let at = f.at.map_or_else(|| "-".to_string(), |at| format!("{at:#x}"));
+        writeln!(o, "{}: ino {ino} at {at}: {}", f.kind, f.detail).out()?;
+    }
+    if report.is_clean() {
+        writeln!(o, "clean").out()?;
+    } else {
+        writeln!(o, "{} problem(s) found", report.findings.len()).out()?;
+    }
+    Ok(())
 }
 
 pub fn info(a: &InfoArgs) -> CliResult {

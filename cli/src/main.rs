@@ -76,10 +76,18 @@ enum Cmd {
     #[command(
         long_about = "Check every invariant of a udax image: inode and extent decoding, block\n\
                       ownership, free-space counts, link counts, directory structure and\n\
-                      connectivity. The image is opened read-only: its journal is replayed in memory,\n\
-                      as a mount would, and nothing is written.",
-        after_help = "Exit status: 0 clean, 4 problems found, 8 the image cannot be opened.\n\n\
-                      Examples:\n  udax fsck /dev/shm/pm.img\n  udax fsck img --json | jq .report.findings"
+                      connectivity. Without --repair the image is opened read-only: its journal is\n\
+                      replayed in memory, as a mount would, and nothing is written.\n\n\
+                      --repair mends what mount tolerates: entries naming free inodes are removed,\n\
+                      entry types corrected, written blocks past EOF freed, symlinks with no valid\n\
+                      target removed, files no directory names linked into /lost+found as #<inode>,\n\
+                      and link counts set to what the entries say. Each repair is one journaled\n\
+                      transaction, so a crash during repair is safe. Damage mount refuses (a bad\n\
+                      field, a block owned twice, a directory cycle) is reported, not mended.",
+        after_help = "Exit status (as e2fsck): 0 clean, 1 problems found and all mended, 4 problems left,\n\
+                      8 the image cannot be opened.\n\n\
+                      Examples:\n  udax fsck /dev/shm/pm.img\n  udax fsck --repair /dev/shm/pm.img\n  \
+                      udax fsck img --json | jq .report.findings"
     )]
     Fsck(FsckArgs),
 
@@ -283,7 +291,19 @@ pub struct MkfsArgs {
 pub struct FsckArgs {
     /// The udax image (a file or a device-dax device)
     pub image: PathBuf,
-    /// Print one JSON object: {"clean": bool, "report": {...}} or {"clean": false, "error": "..."}
+    /// Mend what is found (as e2fsck -p/-y): each repair one journaled transaction
+    #[arg(short = 'r', long, visible_short_aliases = ['p', 'y'], conflicts_with = "no_changes")]
+    pub repair: bool,
+    /// Only report, change nothing (the default; as e2fsck -n)
+    #[arg(short = 'n')]
+    #[allow(dead_code, reason = "only excludes --repair")]
+    pub no_changes: bool,
+    /// Check even if the image looks clean (accepted for e2fsck's users; every check is full)
+    #[arg(short = 'f')]
+    #[allow(dead_code, reason = "every check is full")]
+    pub force: bool,
+    /// Print one JSON object: {"clean": bool, "report": {...}} (with --repair also "repairs" and
+    /// "after"), or {"clean": false, "error": "..."}
     #[arg(long)]
     pub json: bool,
 }

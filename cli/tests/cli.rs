@@ -286,6 +286,40 @@ fn fsck_clean_and_json() {
     assert!(j["report"]["findings"].as_array().unwrap().is_empty());
 }
 
+/// fsck found damage but could not mend it (and rejected e2fsck's -n/-f/-y/-p). `--repair`
+/// (-p, -y) mends a wrong link count and exits 1, then the image checks clean (0); -n changes
+/// nothing and exits 4 while damage is left.
+#[test]
+fn fsck_repair_mends_and_n_only_reports() {
+    let d = tmp();
+    let img = mkfs(d.path(), "16M");
+    ok(&["mkdir", s(&img), "-p", "/a"]);
+    let fs = udax::Fs::open_image(&img).unwrap();
+    let a = fs.resolve("/a", false).unwrap();
+    let at = fs.geometry().inode_at(a) + 4;
+    fs.unmount().unwrap();
+    let mut bytes = std::fs::read(&img).unwrap();
+    bytes[at as usize..at as usize + 4].copy_from_slice(&7u32.to_le_bytes());
+    std::fs::write(&img, &bytes).unwrap();
+
+    let (code, out) = fails(&["fsck", "-n", "-f", s(&img)]);
+    assert_eq!(code, 4, "{out}");
+    assert_eq!(std::fs::read(&img).unwrap(), bytes, "-n writes nothing");
+    let (_, err) = fails(&["fsck", "-n", "--repair", s(&img)]);
+    assert!(err.contains("cannot be used with"), "{err}");
+
+    let out = udax(&["fsck", "-y", s(&img)]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let said = text(&out.stdout);
+    assert!(said.contains("repaired link count: ino 2: nlink 7 set to 2"), "{said}");
+    assert!(said.contains("1 repair(s) made"), "{said}");
+    assert!(said.trim_end().ends_with("clean"), "{said}");
+    let j: serde_json::Value = serde_json::from_str(&ok(&["fsck", "--repair", "--json", s(&img)])).unwrap();
+    assert_eq!(j["clean"], true, "nothing left to repair: exit 0");
+    assert!(j.get("repairs").is_none(), "{j}");
+    assert!(ok(&["fsck", s(&img)]).contains("clean"));
+}
+
 #[test]
 fn io_pwrite_then_pread() {
     let d = tmp();
