@@ -4,11 +4,17 @@
 //! land are the source's. Hard links and extended attributes are kept; runs of zeros are left as
 //! holes. An attribute the other side refuses (a `system.` ACL, `trusted.` as a non-root user)
 //! is reported and skipped, as `cp -a` does.
+//!
+//! Depth costs neither stack nor descriptors nor long paths: trees are walked with an explicit
+//! stack and one open host directory at a time ([`Cursor`], which climbs back through ".." and
+//! checks it came back to the same directory), host files are named relative to it through
+//! /proc/self/fd ([`at`]), and the paths messages show are built only when shown ([`Trail`]).
 
 use std::collections::HashMap;
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::fs::{File, FileTimes, Metadata};
 use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -91,8 +97,100 @@ fn host_xattrs(p: &Path) -> std::io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
     Ok(out)
 }
 
-fn attribute_skipped(cmd: &str, dst: &Path, name: &[u8], why: impl std::fmt::Display) {
-    eprintln!("udax {cmd}: {}: attribute {} not copied: {why}", dst.display(), String::from_utf8_lossy(name));
+fn attribute_skipped(cmd: &str, dst: &Trail, name: &[u8], why: impl std::fmt::Display) {
+    eprintln!("udax {cmd}: {}: attribute {} not copied: {why}", dst.path().display(), String::from_utf8_lossy(name));
+}
+
+/// A short path to `name` in the host directory open as `dir`, however deep that directory is:
+/// the kernel resolves /proc/self/fd/N to the directory itself ("." names it).
+fn at(dir: &OwnedFd, name: &OsStr) -> PathBuf {
+    let mut p = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
+    p.push(name);
+    p
+}
+
+/// One open host directory, moved down by name and back up through "..".
+struct Cursor {
+    dir: OwnedFd,
+    /// (st_dev, st_ino) of each directory above, to check the way back.
+    above: Vec<(u64, u64)>,
+}
+
+fn open_dir(dir: impl std::os::fd::AsFd, name: impl rustix::path::Arg) -> std::io::Result<OwnedFd> {
+    use rustix::fs::{Mode, OFlags};
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    Ok(rustix::fs::openat(dir, name, flags, Mode::empty())?)
+}
+
+fn id(fd: &OwnedFd) -> std::io::Result<(u64, u64)> {
+    let st = rustix::fs::fstat(fd)?;
+    Ok((st.st_dev, st.st_ino))
+}
+
+impl Cursor {
+    fn open(path: &Path) -> std::io::Result<Cursor> {
+        Ok(Cursor { dir: open_dir(rustix::fs::CWD, path)?, above: Vec::new() })
+    }
+
+    fn down(&mut self, name: &OsStr) -> std::io::Result<()> {
+        let child = open_dir(&self.dir, name)?;
+        self.above.push(id(&self.dir)?);
+        self.dir = child;
+        Ok(())
+    }
+
+    fn up(&mut self) -> std::io::Result<()> {
+        let parent = open_dir(&self.dir, "..")?;
+        if Some(id(&parent)?) != self.above.pop() {
+            return Err(std::io::Error::other("a directory was moved during the copy"));
+        }
+        self.dir = parent;
+        Ok(())
+    }
+
+    /// The names in the current directory, sorted, last first (to pop).
+    fn names(&self) -> std::io::Result<Vec<OsString>> {
+        let mut v = Vec::new();
+        for e in rustix::fs::Dir::read_from(&self.dir)? {
+            let name = e?.file_name().to_bytes().to_vec();
+            if name != b"." && name != b".." {
+                v.push(OsString::from(std::ffi::OsStr::from_bytes(&name)));
+            }
+        }
+        v.sort_unstable_by(|a, b| b.cmp(a));
+        Ok(v)
+    }
+}
+
+/// A path for messages: `base`, then `names` (the directories walked into), then `last`.
+/// Built only when shown, so walking a deep tree stays linear.
+struct Trail<'a> {
+    base: &'a Path,
+    names: &'a [OsString],
+    last: Option<&'a OsStr>,
+}
+
+impl Trail<'_> {
+    fn of(base: &Path) -> Trail<'_> {
+        Trail { base, names: &[], last: None }
+    }
+
+    fn path(&self) -> PathBuf {
+        let mut p = self.base.to_path_buf();
+        p.extend(self.names);
+        p.extend(self.last);
+        p
+    }
+}
+
+fn trail_err(cmd: &str, t: &Trail, e: &std::io::Error) -> Failure {
+    host_err(cmd, &t.path(), e)
+}
+
+fn print_verbose(t: &Trail) -> CliResult {
+    let mut o = std::io::stdout().lock();
+    o.write_all(t.path().as_os_str().as_bytes()).out()?;
+    o.write_all(b"\n").out()
 }
 
 // ---- put ----
@@ -108,19 +206,30 @@ struct Put<'a> {
 }
 
 /// Bytes and entries under a host path (for the progress bar).
-fn host_totals(p: &Path, m: &Metadata, acc: &mut (u64, u64)) {
-    acc.1 += 1;
-    if m.is_file() {
-        acc.0 += m.len();
-    } else if m.is_dir() {
-        if let Ok(rd) = std::fs::read_dir(p) {
-            for e in rd.flatten() {
-                if let Ok(cm) = e.metadata() {
-                    host_totals(&e.path(), &cm, acc);
-                }
+fn host_totals(p: &Path, m: &Metadata) -> (u64, u64) {
+    let mut acc = (if m.is_file() { m.len() } else { 0 }, 1);
+    if !m.is_dir() {
+        return acc;
+    }
+    let Ok(mut c) = Cursor::open(p) else { return acc };
+    let mut stack = vec![c.names().unwrap_or_default()];
+    while let Some(kids) = stack.last_mut() {
+        let Some(k) = kids.pop() else {
+            stack.pop();
+            if !stack.is_empty() && c.up().is_err() {
+                break;
             }
+            continue;
+        };
+        let Ok(cm) = std::fs::symlink_metadata(at(&c.dir, &k)) else { continue };
+        acc.1 += 1;
+        if cm.is_file() {
+            acc.0 += cm.len();
+        } else if cm.is_dir() && c.down(&k).is_ok() {
+            stack.push(c.names().unwrap_or_default());
         }
     }
+    acc
 }
 
 pub fn put(a: &PutArgs) -> CliResult {
@@ -130,11 +239,8 @@ pub fn put(a: &PutArgs) -> CliResult {
     with_image(CMD, &a.image, |fs| {
         let dst = &a.path;
         let err = |e: Error| Failure::fs(CMD, dst, &e);
-        let mut totals = (0, 0);
         let tty = stderr_is_tty();
-        if tty {
-            host_totals(src, &meta, &mut totals);
-        }
+        let totals = if tty { host_totals(src, &meta) } else { (0, 0) };
         let show = tty && (totals.0 >= PROGRESS_BYTES || totals.1 >= PROGRESS_FILES);
         let mut p = Put {
             fs,
@@ -145,18 +251,21 @@ pub fn put(a: &PutArgs) -> CliResult {
             verbose: a.verbose,
         };
         // An existing directory receives the copy under the source's name ("." merges into it).
-        match fs.stat(dst) {
+        let (parent, name, shown) = match fs.stat(dst) {
             Ok(st) if mode::is_dir(st.mode) => match src.file_name() {
-                Some(base) => p.copy(src, &meta, st.ino, base.as_bytes(), &dst.join(base)),
-                None if meta.is_dir() => p.copy_dir_into(src, &meta, st.ino, dst),
-                None => Err(Failure::new(CMD, src.display(), "cannot tell the source's name")),
+                Some(base) => (st.ino, base.as_bytes().to_vec(), dst.join(base)),
+                None if meta.is_dir() => return p.copy_tree(src, &meta, st.ino, dst).map(|()| p.progress.done()),
+                None => return Err(Failure::new(CMD, src.display(), "cannot tell the source's name")),
             },
             Ok(_) | Err(Error::NotFound) => {
                 let (parent, name) = fs.resolve_parent(dst).map_err(err)?;
-                p.copy(src, &meta, parent, name, dst)
+                (parent, name.to_vec(), dst.clone())
             }
-            Err(e) => Err(err(e)),
-        }?;
+            Err(e) => return Err(err(e)),
+        };
+        if let Some(ino) = p.copy(src, &meta, parent, &name, &Trail::of(&shown))? {
+            p.copy_tree(src, &meta, ino, &shown)?;
+        }
         p.progress.done();
         Ok(())
     })
@@ -164,8 +273,8 @@ pub fn put(a: &PutArgs) -> CliResult {
 
 impl Put<'_> {
     /// Extended attributes, owner, mode (unless a symlink's) and times of host `src`.
-    fn attrs(&self, src: &Path, ino: u64, m: &Metadata, with_mode: bool, dst: &Path) -> CliResult {
-        for (name, value) in host_xattrs(src).map_err(|e| host_err("put", src, &e))? {
+    fn attrs(&self, src: &Path, ino: u64, m: &Metadata, with_mode: bool, dst: &Trail) -> CliResult {
+        for (name, value) in host_xattrs(src).map_err(|e| trail_err("put", dst, &e))? {
             if let Err(e) = self.fs.setxattr(ino, &name, &value, Default::default()) {
                 attribute_skipped("put", dst, &name, e);
             }
@@ -178,45 +287,59 @@ impl Put<'_> {
             atime: Some(SetTime::At(ts(m.atime(), m.atime_nsec()))),
             mtime: Some(SetTime::At(ts(m.mtime(), m.mtime_nsec()))),
         };
-        self.fs.setattr(ino, &set).map(drop).map_err(|e| Failure::fs("put", dst, &e))
+        self.fs.setattr(ino, &set).map(drop).map_err(|e| Failure::fs("put", dst.path(), &e))
     }
 
-    /// Copies host `src` to `name` in image directory `parent`; `dst` names it in messages.
-    fn copy(&mut self, src: &Path, m: &Metadata, parent: u64, name: &[u8], dst: &Path) -> CliResult {
+    /// Copies host `src` (a short path, see [`at`]) to `name` in image directory `parent`.
+    /// A directory is only made (or found, to merge into): returns its inode, whose contents
+    /// and attributes the caller copies.
+    fn copy(
+        &mut self,
+        src: &Path,
+        m: &Metadata,
+        parent: u64,
+        name: &[u8],
+        dst: &Trail,
+    ) -> Result<Option<u64>, Failure> {
         let fs = self.fs;
-        let err = |e: Error| Failure::fs("put", dst, &e);
+        let err = |e: Error| Failure::fs("put", dst.path(), &e);
         let ft = m.file_type();
         // What is there already: a directory receives a directory; a non-directory is replaced
         // by a non-directory.
         match fs.lookup(parent, name) {
             Ok(old) if mode::is_dir(old.mode) => {
                 if ft.is_dir() {
-                    return self.copy_dir_into(src, m, old.ino, dst);
+                    return Ok(Some(old.ino));
                 }
-                return Err(Failure::new("put", dst.display(), "cannot overwrite a directory with a non-directory"));
+                return Err(Failure::new(
+                    "put",
+                    dst.path().display(),
+                    "cannot overwrite a directory with a non-directory",
+                ));
             }
             Ok(_) if ft.is_dir() => {
-                return Err(Failure::new("put", dst.display(), "cannot overwrite a non-directory with a directory"));
+                return Err(Failure::new(
+                    "put",
+                    dst.path().display(),
+                    "cannot overwrite a non-directory with a directory",
+                ));
             }
             Ok(_) => fs.unlink(parent, name).map_err(err)?,
             Err(Error::NotFound) => {}
             Err(e) => return Err(err(e)),
         }
         if self.verbose {
-            let mut o = std::io::stdout().lock();
-            o.write_all(dst.as_os_str().as_bytes()).out()?;
-            o.write_all(b"\n").out()?;
+            print_verbose(dst)?;
         }
         let perm = m.mode() & 0o7777;
         if ft.is_dir() {
-            let st = fs.mkdir(parent, name, perm, self.who).map_err(err)?;
-            return self.copy_dir_into(src, m, st.ino, dst);
+            return Ok(Some(fs.mkdir(parent, name, perm, self.who).map_err(err)?.ino));
         }
         self.files += 1;
         self.progress.message(format!("{} files", self.files));
         if m.nlink() > 1 && !ft.is_symlink() {
             if let Some(&ino) = self.links.get(&(m.dev(), m.ino())) {
-                return fs.link(ino, parent, name).map(drop).map_err(err);
+                return fs.link(ino, parent, name).map(|_| None).map_err(err);
             }
         }
         let ino = if ft.is_file() {
@@ -224,7 +347,7 @@ impl Put<'_> {
             self.copy_data(src, st.ino, dst)?;
             st.ino
         } else if ft.is_symlink() {
-            let target = std::fs::read_link(src).map_err(|e| host_err("put", src, &e))?;
+            let target = std::fs::read_link(src).map_err(|e| trail_err("put", dst, &e))?;
             fs.symlink(parent, name, target.as_os_str().as_bytes(), self.who).map_err(err)?.ino
         } else {
             // FIFOs, sockets and device nodes: an inode without data.
@@ -234,43 +357,66 @@ impl Put<'_> {
         if m.nlink() > 1 && !ft.is_symlink() {
             self.links.insert((m.dev(), m.ino()), ino);
         }
-        self.attrs(src, ino, m, !ft.is_symlink(), dst)
+        self.attrs(src, ino, m, !ft.is_symlink(), dst)?;
+        Ok(None)
     }
 
-    /// Copies the children of host directory `src` into image directory `ino`, then its
-    /// attributes.
-    fn copy_dir_into(&mut self, src: &Path, m: &Metadata, ino: u64, dst: &Path) -> CliResult {
-        let rd = std::fs::read_dir(src).map_err(|e| host_err("put", src, &e))?;
-        let mut kids = Vec::new();
-        for e in rd {
-            let e = e.map_err(|e| host_err("put", src, &e))?;
-            kids.push(e.file_name());
+    /// Copies what host directory `src` holds into image directory `ino`, depth first with an
+    /// explicit stack, each directory's attributes after its children.
+    fn copy_tree(&mut self, src: &Path, m: &Metadata, ino: u64, dst: &Path) -> CliResult {
+        let mut cur = Cursor::open(src).map_err(|e| host_err("put", src, &e))?;
+        let herr =
+            |names: &[OsString], e: std::io::Error| trail_err("put", &Trail { base: dst, names, last: None }, &e);
+        let mut stack = vec![(ino, m.clone(), cur.names().map_err(|e| herr(&[], e))?)];
+        let mut names: Vec<OsString> = Vec::new();
+        while let Some((dir, dm, kids)) = stack.last_mut() {
+            if let Some(k) = kids.pop() {
+                let dir = *dir;
+                let child = at(&cur.dir, &k);
+                let trail = Trail { base: dst, names: &names, last: Some(&k) };
+                let cm = std::fs::symlink_metadata(&child).map_err(|e| trail_err("put", &trail, &e))?;
+                if let Some(sub) = self.copy(&child, &cm, dir, k.as_bytes(), &trail)? {
+                    cur.down(&k).map_err(|e| trail_err("put", &trail, &e))?;
+                    names.push(k);
+                    let kids = cur.names().map_err(|e| herr(&names, e))?;
+                    stack.push((sub, cm, kids));
+                }
+                continue;
+            }
+            let (dir, dm) = (*dir, dm.clone());
+            self.attrs(
+                &at(&cur.dir, OsStr::new(".")),
+                dir,
+                &dm,
+                true,
+                &Trail { base: dst, names: &names, last: None },
+            )?;
+            stack.pop();
+            if !stack.is_empty() {
+                cur.up().map_err(|e| herr(&names, e))?;
+                names.pop();
+            }
         }
-        kids.sort();
-        for k in kids {
-            let child = src.join(&k);
-            let cm = std::fs::symlink_metadata(&child).map_err(|e| host_err("put", &child, &e))?;
-            self.copy(&child, &cm, ino, k.as_bytes(), &dst.join(&k))?;
-        }
-        self.attrs(src, ino, m, true, dst)
+        Ok(())
     }
 
     /// Writes a host file's bytes into image file `ino` in 1 MiB chunks, skipping all-zero
     /// chunks (they stay holes).
-    fn copy_data(&mut self, src: &Path, ino: u64, dst: &Path) -> CliResult {
-        let mut f = File::open(src).map_err(|e| host_err("put", src, &e))?;
+    fn copy_data(&mut self, src: &Path, ino: u64, dst: &Trail) -> CliResult {
+        let open = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(src);
+        let mut f = open.map_err(|e| trail_err("put", dst, &e))?;
         let mut buf = vec![0u8; CHUNK];
         let mut off = 0u64;
         let mut written_to = 0u64;
         loop {
-            let n = read_full(&mut f, &mut buf).map_err(|e| host_err("put", src, &e))?;
+            let n = read_full(&mut f, &mut buf).map_err(|e| trail_err("put", dst, &e))?;
             if n == 0 {
                 break;
             }
             if !is_zero(&buf[..n]) {
-                let w = self.fs.write(ino, off, &buf[..n]).map_err(|e| Failure::fs("put", dst, &e))?;
+                let w = self.fs.write(ino, off, &buf[..n]).map_err(|e| Failure::fs("put", dst.path(), &e))?;
                 if w < n {
-                    return Err(Failure::fs("put", dst, &Error::NoSpace));
+                    return Err(Failure::fs("put", dst.path(), &Error::NoSpace));
                 }
                 written_to = off + n as u64;
             }
@@ -279,7 +425,7 @@ impl Put<'_> {
         }
         if off > written_to {
             let set = SetAttr { size: Some(off), ..SetAttr::default() };
-            self.fs.setattr(ino, &set).map_err(|e| Failure::fs("put", dst, &e))?;
+            self.fs.setattr(ino, &set).map_err(|e| Failure::fs("put", dst.path(), &e))?;
         }
         Ok(())
     }
@@ -293,24 +439,28 @@ struct Get<'a> {
     image: Option<(u64, u64)>,
     root: bool,
     progress: Progress,
-    /// Image inode of a multiply-linked file -> the host path it was first copied to.
-    links: HashMap<u64, PathBuf>,
+    /// Image inode of a multiply-linked file -> where it was first copied: the directories
+    /// below the top of the copy ([`Get::top`]) and the name.
+    links: HashMap<u64, Vec<OsString>>,
+    /// The host directory a tree copy goes into (hard links are made relative to it).
+    top: PathBuf,
     files: u64,
     verbose: bool,
 }
 
 /// Bytes and entries under an image inode (for the progress bar).
-fn image_totals(fs: &Fs, st: &Stat, acc: &mut (u64, u64)) {
-    acc.1 += 1;
-    if mode::is_reg(st.mode) {
-        acc.0 += st.size;
-    } else if mode::is_dir(st.mode) {
-        for e in fs.readdir(st.ino, 0).unwrap_or_default() {
-            if let Ok(c) = fs.getattr(e.ino) {
-                image_totals(fs, &c, acc);
-            }
+fn image_totals(fs: &Fs, st: &Stat) -> (u64, u64) {
+    let mut acc = (0, 0);
+    let mut stack = vec![*st];
+    while let Some(st) = stack.pop() {
+        acc.1 += 1;
+        if mode::is_reg(st.mode) {
+            acc.0 += st.size;
+        } else if mode::is_dir(st.mode) {
+            stack.extend(fs.readdir(st.ino, 0).unwrap_or_default().iter().filter_map(|e| fs.getattr(e.ino).ok()));
         }
     }
+    acc
 }
 
 pub fn get(a: &GetArgs) -> CliResult {
@@ -318,11 +468,8 @@ pub fn get(a: &GetArgs) -> CliResult {
     with_image_read_only(CMD, &a.image, |fs| {
         let src = &a.path;
         let st = fs.lstat(src).map_err(|e| Failure::fs(CMD, src, &e))?;
-        let mut totals = (0, 0);
         let tty = stderr_is_tty();
-        if tty {
-            image_totals(fs, &st, &mut totals);
-        }
+        let totals = if tty { image_totals(fs, &st) } else { (0, 0) };
         let show = tty && (totals.0 >= PROGRESS_BYTES || totals.1 >= PROGRESS_FILES);
         let mut g = Get {
             fs,
@@ -330,40 +477,56 @@ pub fn get(a: &GetArgs) -> CliResult {
             root: Creds::current().uid == 0,
             progress: Progress::new(show, totals.0, true, "get"),
             links: HashMap::new(),
+            top: PathBuf::new(),
             files: 0,
             verbose: a.verbose,
         };
         let dst = &a.host_path;
-        match std::fs::metadata(dst) {
+        let target = match std::fs::metadata(dst) {
             Ok(m) if m.is_dir() => match src.file_name() {
-                Some(base) => g.copy(&st, src, &dst.join(base)),
-                None if mode::is_dir(st.mode) => g.copy_dir_into(&st, src, dst),
-                None => Err(Failure::new(CMD, src.display(), "cannot tell the source's name")),
+                Some(base) => dst.join(base),
+                None if mode::is_dir(st.mode) => return g.copy_tree(&st, src, dst).map(|()| g.progress.done()),
+                None => return Err(Failure::new(CMD, src.display(), "cannot tell the source's name")),
             },
-            _ => g.copy(&st, src, dst),
-        }?;
+            _ => dst.clone(),
+        };
+        let shown = Trail::of(&target);
+        if g.copy(&st, &Trail::of(src), &target, &shown, &[])? {
+            g.copy_tree(&st, src, &target)?;
+        }
         g.progress.done();
         Ok(())
     })
 }
 
 impl Get<'_> {
-    /// Copies image inode `st` (named `src` in messages) to host path `dst`.
-    fn copy(&mut self, st: &Stat, src: &Path, dst: &Path) -> CliResult {
-        let herr = |e: std::io::Error| host_err("get", dst, &e);
+    /// Copies image inode `st` (named `src` in messages) to host path `dst` (a short path, see
+    /// [`at`]; `shown` in messages; `names` are the directories below [`Get::top`] it is in).
+    /// A directory is only made (or found, to merge into): returns true, and the caller copies
+    /// its contents and attributes.
+    fn copy(&mut self, st: &Stat, src: &Trail, dst: &Path, shown: &Trail, names: &[OsString]) -> Result<bool, Failure> {
+        let herr = |e: std::io::Error| trail_err("get", shown, &e);
         let is_dir = mode::is_dir(st.mode);
         match std::fs::symlink_metadata(dst) {
             Ok(old) if old.is_dir() => {
                 if is_dir {
-                    return self.copy_dir_into(st, src, dst);
+                    return Ok(true);
                 }
-                return Err(Failure::new("get", dst.display(), "cannot overwrite a directory with a non-directory"));
+                return Err(Failure::new(
+                    "get",
+                    shown.path().display(),
+                    "cannot overwrite a directory with a non-directory",
+                ));
             }
             Ok(_) if is_dir => {
-                return Err(Failure::new("get", dst.display(), "cannot overwrite a non-directory with a directory"));
+                return Err(Failure::new(
+                    "get",
+                    shown.path().display(),
+                    "cannot overwrite a non-directory with a directory",
+                ));
             }
             Ok(old) if Some((old.dev(), old.ino())) == self.image => {
-                return Err(Failure::new("get", dst.display(), "is the image itself; not overwriting it"));
+                return Err(Failure::new("get", shown.path().display(), "is the image itself; not overwriting it"));
             }
             Ok(_) => std::fs::remove_file(dst).map_err(herr)?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -372,94 +535,140 @@ impl Get<'_> {
         let kind = st.mode & mode::S_IFMT;
         if !(is_dir || kind == mode::S_IFREG || kind == mode::S_IFLNK) {
             let msg = format!("skipping {} (special files are not copied out)", crate::common::type_name(st.mode, 0));
-            eprintln!("udax get: {}: {msg}", src.display());
-            return Ok(());
+            eprintln!("udax get: {}: {msg}", src.path().display());
+            return Ok(false);
         }
         if self.verbose {
-            let mut o = std::io::stdout().lock();
-            o.write_all(dst.as_os_str().as_bytes()).out()?;
-            o.write_all(b"\n").out()?;
+            print_verbose(shown)?;
         }
         if is_dir {
             std::fs::create_dir(dst).map_err(herr)?;
-            return self.copy_dir_into(st, src, dst);
+            return Ok(true);
         }
         self.files += 1;
         self.progress.message(format!("{} files", self.files));
         if kind == mode::S_IFLNK {
-            let target = self.fs.readlink(st.ino).map_err(|e| Failure::fs("get", src, &e))?;
+            let target = self.fs.readlink(st.ino).map_err(|e| Failure::fs("get", src.path(), &e))?;
             std::os::unix::fs::symlink(OsStr::from_bytes(&target), dst).map_err(herr)?;
             if self.root {
                 std::os::unix::fs::lchown(dst, Some(st.uid), Some(st.gid)).map_err(herr)?;
             }
-            return self.xattrs(st, src, dst);
+            self.xattrs(st, src, dst, shown)?;
+            // The link's own times, as cp -a keeps them.
+            let t = |t: Timespec| rustix::fs::Timespec { tv_sec: t.sec, tv_nsec: t.nsec.into() };
+            let times = rustix::fs::Timestamps { last_access: t(st.atime), last_modification: t(st.mtime) };
+            let nofollow = rustix::fs::AtFlags::SYMLINK_NOFOLLOW;
+            rustix::fs::utimensat(rustix::fs::CWD, dst, &times, nofollow).map_err(|e| herr(e.into()))?;
+            return Ok(false);
         }
         if st.nlink > 1 {
             if let Some(first) = self.links.get(&st.ino) {
-                return std::fs::hard_link(first, dst).map_err(herr);
+                let (name, dirs) = first.split_last().expect("a name");
+                let mut c = Cursor::open(&self.top).map_err(herr)?;
+                for d in dirs {
+                    c.down(d).map_err(herr)?;
+                }
+                return std::fs::hard_link(at(&c.dir, name), dst).map(|()| false).map_err(herr);
             }
         }
-        let f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(dst).map_err(herr)?;
-        self.copy_data(st, src, &f, dst)?;
-        self.attrs(st, src, dst, Some(&f))?;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(dst)
+            .map_err(herr)?;
+        self.copy_data(st, src, &f, shown)?;
+        self.attrs(st, src, dst, shown, Some(&f))?;
         if st.nlink > 1 {
-            self.links.insert(st.ino, dst.to_path_buf());
+            let mut first = names.to_vec();
+            first.push(shown.last.map_or_else(|| dst.as_os_str().to_os_string(), OsStr::to_os_string));
+            self.links.insert(st.ino, first);
+        }
+        Ok(false)
+    }
+
+    /// Copies what image directory `st` holds into host directory `dst`, depth first with an
+    /// explicit stack, each directory's attributes after its children.
+    fn copy_tree(&mut self, st: &Stat, src: &Path, dst: &Path) -> CliResult {
+        self.top = dst.to_path_buf();
+        let mut cur = Cursor::open(dst).map_err(|e| host_err("get", dst, &e))?;
+        let kids = |fs: &Fs, st: &Stat, names: &[OsString]| {
+            let mut kids = fs.readdir(st.ino, 0).map_err(|e| Failure::fs("get", trail_of(src, names, None), &e))?;
+            kids.sort_by(|a, b| b.name.cmp(&a.name));
+            Ok::<_, Failure>(kids)
+        };
+        let mut stack = vec![(*st, kids(self.fs, st, &[])?)];
+        let mut names: Vec<OsString> = Vec::new();
+        while let Some((dir, entries)) = stack.last_mut() {
+            if let Some(k) = entries.pop() {
+                let name = OsString::from(OsStr::from_bytes(&k.name));
+                let shown = Trail { base: dst, names: &names, last: Some(&name) };
+                let cst =
+                    self.fs.getattr(k.ino).map_err(|e| Failure::fs("get", trail_of(src, &names, Some(&name)), &e))?;
+                let csrc = Trail { base: src, names: &names, last: Some(&name) };
+                if self.copy(&cst, &csrc, &at(&cur.dir, &name), &shown, &names)? {
+                    cur.down(&name).map_err(|e| trail_err("get", &shown, &e))?;
+                    names.push(name);
+                    let kids = kids(self.fs, &cst, &names)?;
+                    stack.push((cst, kids));
+                }
+                continue;
+            }
+            let dir = *dir;
+            let here = at(&cur.dir, OsStr::new("."));
+            let d =
+                File::open(&here).map_err(|e| trail_err("get", &Trail { base: dst, names: &names, last: None }, &e))?;
+            let shown = Trail { base: dst, names: &names, last: None };
+            self.attrs(&dir, &Trail { base: src, names: &names, last: None }, &here, &shown, Some(&d))?;
+            stack.pop();
+            if !stack.is_empty() {
+                cur.up().map_err(|e| trail_err("get", &shown, &e))?;
+                names.pop();
+            }
         }
         Ok(())
     }
 
-    fn copy_dir_into(&mut self, st: &Stat, src: &Path, dst: &Path) -> CliResult {
-        let mut kids = self.fs.readdir(st.ino, 0).map_err(|e| Failure::fs("get", src, &e))?;
-        kids.sort_by(|a, b| a.name.cmp(&b.name));
-        for k in kids {
-            let name = OsStr::from_bytes(&k.name);
-            let csrc = src.join(name);
-            let cst = self.fs.getattr(k.ino).map_err(|e| Failure::fs("get", &csrc, &e))?;
-            self.copy(&cst, &csrc, &dst.join(name))?;
-        }
-        let d = File::open(dst).map_err(|e| host_err("get", dst, &e))?;
-        self.attrs(st, src, dst, Some(&d))
-    }
-
     /// Reads image file `st` in 1 MiB chunks into host file `f`, leaving zero chunks as holes.
-    fn copy_data(&mut self, st: &Stat, src: &Path, f: &File, dst: &Path) -> CliResult {
+    fn copy_data(&mut self, st: &Stat, src: &Trail, f: &File, dst: &Trail) -> CliResult {
         let mut buf = vec![0u8; CHUNK];
         let mut off = 0u64;
         loop {
-            let n = self.fs.read(st.ino, off, &mut buf).map_err(|e| Failure::fs("get", src, &e))?;
+            let n = self.fs.read(st.ino, off, &mut buf).map_err(|e| Failure::fs("get", src.path(), &e))?;
             if n == 0 {
                 break;
             }
             if !is_zero(&buf[..n]) {
-                f.write_all_at(&buf[..n], off).map_err(|e| host_err("get", dst, &e))?;
+                f.write_all_at(&buf[..n], off).map_err(|e| trail_err("get", dst, &e))?;
             }
             off += n as u64;
             self.progress.inc(n as u64);
         }
-        f.set_len(off).map_err(|e| host_err("get", dst, &e))
+        f.set_len(off).map_err(|e| trail_err("get", dst, &e))
     }
 
     /// Extended attributes of image inode `st` onto host path `dst` (after any chown, which
     /// would drop a file capability).
-    fn xattrs(&self, st: &Stat, src: &Path, dst: &Path) -> CliResult {
-        let names = self.fs.listxattr(st.ino).map_err(|e| Failure::fs("get", src, &e))?;
+    fn xattrs(&self, st: &Stat, src: &Trail, dst: &Path, shown: &Trail) -> CliResult {
+        let names = self.fs.listxattr(st.ino).map_err(|e| Failure::fs("get", src.path(), &e))?;
         for name in names.split(|&b| b == 0).filter(|n| !n.is_empty()) {
-            let value = self.fs.getxattr(st.ino, name).map_err(|e| Failure::fs("get", src, &e))?;
+            let value = self.fs.getxattr(st.ino, name).map_err(|e| Failure::fs("get", src.path(), &e))?;
             let flags = rustix::fs::XattrFlags::empty();
             if let Err(e) = rustix::fs::lsetxattr(dst, OsStr::from_bytes(name), &value, flags) {
-                attribute_skipped("get", dst, name, std::io::Error::from(e));
+                attribute_skipped("get", shown, name, std::io::Error::from(e));
             }
         }
         Ok(())
     }
 
     /// Owner (as root), extended attributes, permission bits, then times.
-    fn attrs(&self, st: &Stat, src: &Path, dst: &Path, f: Option<&File>) -> CliResult {
-        let herr = |e: std::io::Error| host_err("get", dst, &e);
+    fn attrs(&self, st: &Stat, src: &Trail, dst: &Path, shown: &Trail, f: Option<&File>) -> CliResult {
+        let herr = |e: std::io::Error| trail_err("get", shown, &e);
         if self.root {
             std::os::unix::fs::lchown(dst, Some(st.uid), Some(st.gid)).map_err(herr)?;
         }
-        self.xattrs(st, src, dst)?;
+        self.xattrs(st, src, dst, shown)?;
         std::fs::set_permissions(dst, std::fs::Permissions::from_mode(st.mode & 0o7777)).map_err(herr)?;
         if let Some(f) = f {
             let mut t = FileTimes::new();
@@ -473,4 +682,9 @@ impl Get<'_> {
         }
         Ok(())
     }
+}
+
+/// The image path `src`/`names`/`last`, for messages.
+fn trail_of(src: &Path, names: &[OsString], last: Option<&OsString>) -> PathBuf {
+    Trail { base: src, names, last: last.map(OsString::as_os_str) }.path()
 }

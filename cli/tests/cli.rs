@@ -171,6 +171,10 @@ fn host_tree(root: &Path) {
     {
         set_mtime(&root.join(p), 1_000_000_000 + i as u64 * 1000, 123_456_789 + i as u32);
     }
+    // A symlink's own times (get lost them: cp -a keeps them).
+    let t = rustix::fs::Timespec { tv_sec: 1_200_000_000, tv_nsec: 77 };
+    let times = rustix::fs::Timestamps { last_access: t, last_modification: t };
+    rustix::fs::utimensat(rustix::fs::CWD, root.join("link"), &times, rustix::fs::AtFlags::SYMLINK_NOFOLLOW).unwrap();
     // Directories last: their contents are done.
     for (i, p) in ["sub/deeper", "sub", "sticky", ""].iter().enumerate() {
         set_mtime(&root.join(p), 1_500_000_000 + i as u64, 42 + i as u32);
@@ -186,6 +190,7 @@ fn same_tree(a: &Path, b: &Path) {
     assert_eq!(xattrs(a), xattrs(b), "extended attributes of {}", b.display());
     if ma.file_type().is_symlink() {
         assert_eq!(std::fs::read_link(a).unwrap(), std::fs::read_link(b).unwrap(), "target of {}", b.display());
+        assert_eq!((ma.mtime(), ma.mtime_nsec()), (mb.mtime(), mb.mtime_nsec()), "mtime of {}", b.display());
         return;
     }
     assert_eq!(ma.mode() & 0o7777, mb.mode() & 0o7777, "mode of {}", b.display());
@@ -270,6 +275,70 @@ fn put_get_round_trip() {
     assert!(err.contains("No such file or directory"), "{err}");
     let (_, err) = fails(&["get", s(&img), "/missing", s(&d.path().join("x"))]);
     assert!(err.contains("udax get: /missing: No such file or directory"), "{err}");
+}
+
+/// `udax put` and `get` recursed once per level and named host files by whole paths, so the
+/// host's PATH_MAX (4096 bytes) ended them long before the stack did. A 100,000-level chain (a
+/// path of 200,000 bytes) goes in and comes back out whole.
+#[test]
+fn put_and_get_a_100_000_level_chain() {
+    use rustix::fs::{mkdirat, openat, unlinkat, AtFlags, Mode, OFlags};
+    const DEPTH: usize = 100_000;
+    let d = tmp();
+    let img = d.path().join("img");
+    ok(&["mkfs", s(&img), "--size", "256M", "--block-size", "1024", "--inodes", "110000"]);
+    fn dir(at: impl std::os::fd::AsFd, name: impl rustix::path::Arg) -> std::os::fd::OwnedFd {
+        openat(at, name, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty()).unwrap()
+    }
+    // The host chain, built (and later removed) one level at a time through descriptors.
+    let top = d.path().join("chain");
+    std::fs::create_dir(&top).unwrap();
+    let mut at = dir(rustix::fs::CWD, &top);
+    for _ in 0..DEPTH {
+        mkdirat(&at, "d", Mode::from_raw_mode(0o750)).unwrap();
+        at = dir(&at, "d");
+    }
+    let leaf =
+        openat(&at, "leaf", OFlags::WRONLY | OFlags::CREATE | OFlags::CLOEXEC, Mode::from_raw_mode(0o640)).unwrap();
+    rustix::io::write(&leaf, b"at the bottom").unwrap();
+    drop((leaf, at));
+
+    ok(&["put", s(&img), s(&top), "/chain"]);
+    assert!(ok(&["fsck", s(&img)]).contains("clean"));
+    let out = d.path().join("out");
+    ok(&["get", s(&img), "/chain", s(&out)]);
+
+    // Walk each chain to its leaf, then take it down from the top: each level is moved up
+    // beside the tree before its parent goes (rmdir deep down walks the cached levels below
+    // it, time squared in the depth).
+    let check_and_remove = |root: &Path| {
+        let mut at = dir(rustix::fs::CWD, root);
+        for level in 0..DEPTH {
+            let st = rustix::fs::statat(&at, "d", AtFlags::SYMLINK_NOFOLLOW)
+                .unwrap_or_else(|e| panic!("level {level}: {e}"));
+            assert_eq!(st.st_mode & 0o7777, 0o750, "level {level}");
+            at = dir(&at, "d");
+        }
+        let mut leaf = vec![0u8; 64];
+        let f = openat(&at, "leaf", OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()).unwrap();
+        let n = rustix::io::read(&f, &mut leaf).unwrap();
+        assert_eq!(&leaf[..n], b"at the bottom");
+        drop((f, at));
+        let base = dir(rustix::fs::CWD, root.parent().unwrap());
+        let mut cur = root.file_name().unwrap().to_os_string();
+        for level in 0..DEPTH {
+            let next = format!("level{}", level % 2);
+            rustix::fs::renameat(&base, Path::new(&cur).join("d"), &base, next.as_str()).unwrap();
+            unlinkat(&base, cur.as_os_str(), AtFlags::REMOVEDIR).unwrap();
+            cur = next.into();
+        }
+        unlinkat(&base, Path::new(&cur).join("leaf"), AtFlags::empty()).unwrap();
+        unlinkat(&base, cur.as_os_str(), AtFlags::REMOVEDIR).unwrap();
+    };
+    check_and_remove(&out);
+    check_and_remove(&top);
+    ok(&["rm", s(&img), "-r", "/chain"]);
+    assert!(ok(&["fsck", s(&img)]).contains("clean"));
 }
 
 #[test]
