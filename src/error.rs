@@ -57,11 +57,8 @@ pub enum Error {
     InUse(String),
     #[error("read-only file system")]
     ReadOnly,
-    #[error(
-        "the file system takes no more changes after an internal error ({0}); unmount it and run \
-         `udax fsck` on the image"
-    )]
-    NeedsFsck(&'static str),
+    #[error("read-only file system: it takes no more changes since {0}")]
+    Stopped(String),
     #[error("not a udax image: {0}")]
     NotUdax(String),
     #[error("unsupported image: {0}")]
@@ -109,7 +106,7 @@ impl Error {
             Error::Busy => libc::EBUSY,
             Error::InUse(_) => libc::EBUSY,
             Error::ReadOnly => libc::EROFS,
-            Error::NeedsFsck(_) => libc::EROFS,
+            Error::Stopped(_) => libc::EROFS,
             Error::NotUdax(_) => libc::EINVAL,
             Error::Unsupported(_) => libc::EOPNOTSUPP,
             Error::Corrupt { .. } => libc::EUCLEAN,

@@ -182,9 +182,10 @@ pub(crate) struct Inner {
     mkfs_time: i64,
     /// Opened read-only ([`Fs::open_image_read_only`]): every change is EROFS.
     read_only: bool,
-    /// Why memory may no longer match the medium (a panic during a change, a failed change that
-    /// could not be put back): every later change is refused until the image is mounted again.
-    broken: Mutex<Option<&'static str>>,
+    /// Why every change is refused until the image is mounted again: memory may no longer match
+    /// the medium (a panic during a change, a failed change that could not be put back), or the
+    /// host file system holding a sparse image is full.
+    broken: Mutex<Option<String>>,
     pub(crate) mmap: crate::mmap::ServiceSlot,
 }
 
@@ -198,6 +199,9 @@ pub(crate) fn wr<T>(m: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
     m.write().unwrap_or_else(|e| e.into_inner())
 }
 
+/// What [`Error::Stopped`] says after an internal error.
+const FSCK_AFTER: &str = "{}: unmount it and run `udax fsck` on the image";
+
 /// Held for one change (see [`Fs::writable`]): a panic while it is held stops all changes.
 #[derive(Debug)]
 #[must_use = "hold it for the whole change"]
@@ -206,7 +210,7 @@ pub(crate) struct Change<'a>(&'a Fs);
 impl Drop for Change<'_> {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            self.0.stop_changes("a change panicked");
+            self.0.stop_changes(FSCK_AFTER.replace("{}", "a change panicked"));
         }
     }
 }
@@ -293,14 +297,14 @@ impl Fs {
         if self.inner.read_only {
             return Err(Error::ReadOnly);
         }
-        if let Some(why) = *lock(&self.inner.broken) {
-            return Err(Error::NeedsFsck(why));
+        if let Some(why) = &*lock(&self.inner.broken) {
+            return Err(Error::Stopped(why.clone()));
         }
         Ok(Change(self))
     }
 
     /// Stops all further changes: memory may differ from the medium.
-    fn stop_changes(&self, why: &'static str) {
+    fn stop_changes(&self, why: String) {
         lock(&self.inner.broken).get_or_insert(why);
     }
 
@@ -338,7 +342,7 @@ impl Fs {
             None => Err(Error::Corrupt { what: "inode freed under a live node", at: geo.inode_at(g.ino) }),
         });
         let Ok(mut fresh) = fresh else {
-            self.stop_changes("a failed change could not be undone");
+            self.stop_changes(FSCK_AFTER.replace("{}", "a failed change could not be undone"));
             return;
         };
         let ahead = crate::alloc::subtract(g.owned_runs().chain(taken).collect(), fresh.owned_runs().collect());
@@ -587,11 +591,16 @@ impl Fs {
 
     /// Reserves host space for newly allocated `runs` of a sparse image (see
     /// [`Device::back`]); gives them back to the allocator when the host is full.
+    /// A full host stops all changes, as a kernel file system on a failing device turns
+    /// read-only: the operation fails with ENOSPC, later ones with EROFS saying why.
     fn back(&self, runs: Vec<Run>) -> Result<Vec<Run>> {
         let geo = &self.inner.geo;
         if let Err(e) = runs.iter().try_for_each(|r| self.inner.dev.back(geo.block_at(r.start), r.len * geo.block_size))
         {
             self.unreserve(runs);
+            if let Error::HostFull(why) = &e {
+                self.stop_changes(format!("the host file system holding the image filled up ({why})"));
+            }
             return Err(e);
         }
         Ok(runs)

@@ -333,14 +333,14 @@ fn a_panic_during_a_change_stops_changes_and_the_image_remounts_clean() {
             let ctx = format!("{name}, panic at step {n} ({step:?})");
             assert!(r.is_err(), "{ctx}: no panic");
             match fs.mkdir(udax::layout::ROOT_INO, b"after", 0o755, Creds::ROOT) {
-                Err(e @ Error::NeedsFsck(_)) => {
+                Err(e @ Error::Stopped(_)) => {
                     assert_eq!(e.errno(), libc::EROFS, "{ctx}");
                     assert!(e.to_string().contains("udax fsck"), "{ctx}: {e}");
                 }
                 other => panic!("{ctx}: a change after the panic gave {other:?}"),
             }
             let w = fs.write(x, 0, b"w");
-            assert!(matches!(w, Err(Error::NeedsFsck(_))), "{ctx}: {w:?}");
+            assert!(matches!(w, Err(Error::Stopped(_))), "{ctx}: {w:?}");
             let mut buf = [0u8; 1];
             assert_eq!(fs.read(x, 0, &mut buf).unwrap(), 1, "{ctx}: reads go on");
             assert_eq!(&buf, b"x", "{ctx}");

@@ -90,7 +90,13 @@ fn serve(a: &MountArgs, opts: &MountOptions, report: bool) -> CliResult {
     let open = if opts.read_only { open_image_read_only } else { open_image };
     let fs = open(CMD, &a.image).map_err(fail)?;
     let keep = fs.clone();
-    let mut session = match udax_fuse::session(fs, &a.dir, opts) {
+    // A full host ends the session: unmounted lazily (files still open there would make a
+    // plain unmount fail), the session ends when the last is closed, and the image is synced.
+    let dir = a.dir.clone();
+    let stop = Box::new(move || {
+        let _ = rustix::mount::unmount(&dir, rustix::mount::UnmountFlags::DETACH);
+    });
+    let mut session = match udax_fuse::session(fs, &a.dir, opts, stop) {
         Ok(s) => s,
         Err(e) => {
             let _ = close_image(CMD, &a.image, keep);

@@ -62,6 +62,8 @@ impl Drop for SmallHost {
 }
 
 const ENOSPC: i32 = 28;
+const EROFS: i32 = 30;
+const ENOTCONN: i32 = 107;
 
 /// A foreground mount server; on drop (a failing test) unmounted lazily and stopped, so the
 /// small host can be unmounted too.
@@ -126,7 +128,7 @@ fn a_sparse_image_on_a_full_host_fails_operations_with_enospc() {
 }
 
 #[test]
-fn the_mount_server_survives_a_full_host_and_says_why() {
+fn a_full_host_turns_the_mount_read_only_and_the_server_unmounts_cleanly() {
     let Some(host) = SmallHost::mount("32m") else { return };
     let img = host.path("img");
     let mnt = tempfile::tempdir().unwrap();
@@ -150,14 +152,35 @@ fn the_mount_server_survives_a_full_host_and_says_why() {
     std::fs::write(mnt.path().join("small"), vec![9u8; 1 << 20]).unwrap();
     let big = mnt.path().join("big");
     let err = std::fs::write(&big, vec![7u8; 48 << 20]).expect_err("48 MiB fit on a 32 MiB host");
-    assert_eq!(err.raw_os_error(), Some(ENOSPC), "{err}");
-    // The server is alive and the data it holds intact.
-    assert_eq!(std::fs::read(mnt.path().join("small")).unwrap(), vec![9u8; 1 << 20]);
-    std::fs::remove_file(&big).unwrap();
-    assert!(Command::new("umount").arg(mnt.path()).status().unwrap().success());
+    assert!([ENOSPC, EROFS, ENOTCONN].contains(&err.raw_os_error().unwrap_or(0)), "{err}");
+    // The server says why, unmounts and exits cleanly; what it held is intact.
     let status = server.child.wait().unwrap();
     assert!(status.success(), "the server exited with {status}");
+    assert!(!mounted(mnt.path()), "the server left its mount behind");
     let said = std::fs::read_to_string(log.path()).unwrap();
-    assert!(said.contains("no room"), "the server did not say why: {said:?}");
+    assert!(said.contains("no room") && said.contains("unmounting"), "the server did not say why: {said:?}");
     assert!(udax(&["fsck", s(&img)]).status.success());
+    assert_eq!(udax(&["cat", s(&img), "/small"]).stdout, vec![9u8; 1 << 20]);
+}
+
+/// The library's side: the operation that meets the full host fails with ENOSPC, and every
+/// change after it with EROFS saying why, while reads go on.
+#[test]
+fn a_full_host_stops_changes_in_the_library() {
+    let Some(host) = SmallHost::mount("32m") else { return };
+    let img = host.path("img");
+    let fs = udax::Fs::mkfs(udax::Device::create_sparse(&img, 256 << 20).unwrap(), &Default::default()).unwrap();
+    fs.write_file("/small", b"kept").unwrap();
+    let f = fs.open("/big", udax::OpenOptions::create()).unwrap();
+    let chunk = vec![1u8; 1 << 20];
+    let err = (0..64u64).find_map(|i| f.write_at(&chunk, i << 20).err()).expect("the host filled up");
+    assert_eq!(err.errno(), ENOSPC, "{err}");
+    let after = fs.mkdir_path("/d", 0o755).unwrap_err();
+    assert_eq!(after.errno(), EROFS, "{after}");
+    assert!(after.to_string().contains("host file system holding the image filled up"), "{after}");
+    assert_eq!(fs.read_file("/small").unwrap(), b"kept");
+    drop(f);
+    fs.unmount().unwrap();
+    let fs = udax::Fs::open_image(&img).unwrap();
+    assert!(udax::check::check(&fs, &mut |_, _| {}).is_clean());
 }

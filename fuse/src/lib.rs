@@ -101,10 +101,23 @@ impl MountOptions {
 
 /// Mounts `fs` on `dir`. The returned session serves requests when run; it holds the mount
 /// until it ends (an unmount from outside, or [`fuser::SessionUnmounter`]).
-pub fn session(fs: Fs, dir: &Path, opts: &MountOptions) -> std::io::Result<fuser::Session<UdaxFuse>> {
+///
+/// `on_host_full` runs once when the host file system holding a sparse image fills up: the image
+/// takes no more changes from then on (every change is EROFS), and the caller should end the
+/// session (`udax mount` unmounts, as on SIGTERM).
+pub fn session(
+    fs: Fs,
+    dir: &Path,
+    opts: &MountOptions,
+    on_host_full: Box<dyn Fn() + Send + Sync>,
+) -> std::io::Result<fuser::Session<UdaxFuse>> {
     let ro = opts.read_only;
+    let _ = ON_HOST_FULL.set(on_host_full);
     fuser::Session::new(UdaxFuse { fs, read_only: ro }, dir, &opts.config())
 }
+
+/// What to do when the host fills up (see [`session`]): one mount per process.
+static ON_HOST_FULL: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>> = std::sync::OnceLock::new();
 
 /// The file system as FUSE sees it.
 #[derive(Debug)]
@@ -123,8 +136,10 @@ impl UdaxFuse {
 fn errno(e: &udax::Error) -> Errno {
     static HOST_FULL_LOGGED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     if matches!(e, udax::Error::HostFull(_)) && !HOST_FULL_LOGGED.swap(true, std::sync::atomic::Ordering::Relaxed) {
-        // Said once: until space is freed there, every allocation fails the same way.
-        eprintln!("udax mount: {e}; operations that need space fail with ENOSPC");
+        eprintln!("udax mount: {e}; the image takes no more changes: unmounting");
+        if let Some(stop) = ON_HOST_FULL.get() {
+            stop();
+        }
     }
     Errno::from_i32(e.errno())
 }
