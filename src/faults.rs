@@ -1,5 +1,6 @@
-//! Fault injection for the failure-atomicity test (`tests/failure_atomicity.rs`), built with the
-//! `faults` feature only; without it [`check`] is an empty inline function.
+//! Fault injection for the failure-atomicity test (`tests/failure_atomicity.rs`) and planted
+//! bugs for the checks that must catch them, built with the `faults` feature only; without it
+//! [`check`] and the plant queries are empty inline functions.
 //!
 //! Every fallible step an operation takes after it has begun to change memory passes through
 //! [`check`]: taking blocks or an inode number, storing transaction content, committing. A test
@@ -33,6 +34,7 @@ mod armed {
     thread_local! {
         pub(super) static ARM: Cell<Option<Arm>> = const { Cell::new(None) };
         pub(super) static KEEP_MEMORY: Cell<bool> = const { Cell::new(false) };
+        pub(super) static IDLE_REPAIR: Cell<bool> = const { Cell::new(false) };
     }
 }
 
@@ -64,6 +66,24 @@ pub(crate) fn keeps_memory() -> bool {
 #[cfg(not(feature = "faults"))]
 #[inline(always)]
 pub(crate) fn keeps_memory() -> bool {
+    false
+}
+
+/// The planted bug the corrupt-image harness must catch: `Fs::repair` mends nothing (on this
+/// thread).
+#[cfg(feature = "faults")]
+pub fn plant_idle_repair(on: bool) {
+    armed::IDLE_REPAIR.set(on);
+}
+
+#[cfg(feature = "faults")]
+pub(crate) fn idle_repair() -> bool {
+    armed::IDLE_REPAIR.get()
+}
+
+#[cfg(not(feature = "faults"))]
+#[inline(always)]
+pub(crate) fn idle_repair() -> bool {
     false
 }
 

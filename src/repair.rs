@@ -40,6 +40,9 @@ impl Fs {
         // The tree's shape stays still while it is mended.
         let _rename = lock(&self.inner.rename);
         let mut done = Vec::new();
+        if crate::faults::idle_repair() {
+            return Ok(done);
+        }
         for (ino, node) in self.all_nodes() {
             if node.is_dir {
                 self.repair_entries(ino, &node, &mut done)?;

@@ -129,3 +129,23 @@ fn repair_of_a_clean_image_does_nothing_and_a_read_only_one_refuses() {
     let fs = Fs::open_image_read_only(&p).unwrap();
     assert!(matches!(fs.repair(), Err(udax::Error::ReadOnly)));
 }
+
+/// The corrupt-image harness's repair pass must catch a repair that mends nothing.
+#[cfg(feature = "faults")]
+#[test]
+fn the_harness_catches_a_repair_that_mends_nothing() {
+    let fs = small_fs();
+    fs.write_file("/f", b"x").unwrap();
+    let f = fs.resolve("/f", false).unwrap();
+    let geo = *fs.geometry();
+    let dev = fs.unmount().unwrap().unwrap();
+    dev.write(geo.inode_at(f) + 4, &3u32.to_le_bytes()).unwrap();
+    let mut image = vec![0u8; dev.len() as usize];
+    dev.read(0, &mut image).unwrap();
+    assert_eq!(udax::robust::exercise(&image).violation(), None, "repair mends a wrong link count");
+    udax::faults::plant_idle_repair(true);
+    let caught = udax::robust::exercise(&image).violation();
+    udax::faults::plant_idle_repair(false);
+    let caught = caught.expect("an idle repair must be caught");
+    assert!(caught.contains("findings after repair"), "{caught}");
+}
