@@ -20,7 +20,7 @@ use std::collections::VecDeque;
 use crate::dir::DT_DIR;
 use crate::fs::{rd, Fs};
 use crate::inode::Inode;
-use crate::layout::{mode, ROOT_INO, SYMLINK_MAX};
+use crate::layout::{mode, off, RawInode, INODE_EXTENTS_OFF, ROOT_INO, SYMLINK_MAX};
 
 /// One problem found.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -95,7 +95,7 @@ pub fn check(fs: &Fs, progress: &mut dyn FnMut(u64, u64)) -> Report {
             _ => r.special_files += 1,
         }
         if a.generation == 0 {
-            r.find("inode", Some(ino), Some(at + 24), "generation 0 on an inode in use");
+            r.find("inode", Some(ino), Some(at + off!(RawInode, generation)), "generation 0 on an inode in use");
         }
         for run in inode.owned_runs() {
             for b in run.start..run.start + run.len {
@@ -120,7 +120,7 @@ pub fn check(fs: &Fs, progress: &mut dyn FnMut(u64, u64)) -> Report {
                 r.find(
                     "extent past EOF",
                     Some(ino),
-                    Some(at + 128),
+                    Some(at + INODE_EXTENTS_OFF),
                     format!(
                         "written blocks {}..{} but size {} ends in the page ending at block {eof_page_end}",
                         e.logical,

@@ -14,7 +14,7 @@ use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::journal::Tx;
 use crate::layout::{
-    Geometry, RawExtent, RawExtentBlockHeader, RawInode, EXTENT_BLOCK_HEADER, EXTENT_BLOCK_MAGIC,
+    off, Geometry, RawExtent, RawExtentBlockHeader, RawInode, EXTENT_BLOCK_HEADER, EXTENT_BLOCK_MAGIC,
     EXTENT_BLOCK_NEXT_OFF, EXTENT_IN_USE, EXTENT_SIZE, EXTENT_UNWRITTEN, INLINE_EXTENTS, INODE_EXTENTS_OFF,
 };
 
@@ -120,7 +120,7 @@ impl ExtentMap {
                 return Err(Error::Corrupt { what: "extent block magic", at });
             }
             if hdr.owner.get() != ino {
-                return Err(Error::Corrupt { what: "extent block owner", at: at + 8 });
+                return Err(Error::Corrupt { what: "extent block owner", at: at + off!(RawExtentBlockHeader, owner) });
             }
             map.blocks.push(next);
             let mut slots = vec![RawExtent::default(); per as usize];

@@ -20,7 +20,7 @@ use crate::error::{Error, Result};
 use crate::extent::{ExtentMap, Piece, State};
 use crate::inode::{Attr, Inode, InodeTable, Timespec};
 use crate::journal::{Journal, RecoveryReport, Tx};
-use crate::layout::{self, check_name, mode, Geometry, ROOT_INO};
+use crate::layout::{self, check_name, mode, off, Geometry, ROOT_INO};
 use crate::mmap::unmapped;
 use crate::sync::{AtomicU64, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -1464,7 +1464,7 @@ pub(crate) fn load_dir(dev: &Device, geo: &Geometry, inode: &Inode) -> Result<Di
     let at = geo.inode_at(inode.ino);
     let size = inode.attr.size;
     if size % bs != 0 {
-        return Err(Error::Corrupt { what: "directory size", at: at + 16 });
+        return Err(Error::Corrupt { what: "directory size", at: at + off!(layout::RawInode, size) });
     }
     let mut data = vec![0u8; size as usize];
     for p in inode.ext.pieces(0, size / bs) {
@@ -1473,11 +1473,11 @@ pub(crate) fn load_dir(dev: &Device, geo: &Geometry, inode: &Inode) -> Result<Di
                 let start = (e.logical * bs) as usize;
                 dev.read(geo.block_at(e.physical), &mut data[start..start + (e.len * bs) as usize])?;
             }
-            _ => return Err(Error::Corrupt { what: "directory data not mapped", at: at + 128 }),
+            _ => return Err(Error::Corrupt { what: "directory data not mapped", at: at + layout::INODE_EXTENTS_OFF }),
         }
     }
     if inode.ext.iter().any(|e| e.end() * bs > size) {
-        return Err(Error::Corrupt { what: "directory extent past its size", at: at + 128 });
+        return Err(Error::Corrupt { what: "directory extent past its size", at: at + layout::INODE_EXTENTS_OFF });
     }
     let blocks = data.chunks(bs as usize).enumerate().map(|(i, b)| (i as u64 * bs, b));
     DirIndex::load(blocks, size, geo.inode_count, |pos| at + pos)

@@ -14,7 +14,7 @@ use crate::dir::DirIndex;
 use crate::error::{Error, Result};
 use crate::extent::ExtentMap;
 use crate::journal::Tx;
-use crate::layout::{mode, Geometry, RawInode, RawTime, INODE_ATTR_LEN};
+use crate::layout::{mode, off, Geometry, RawInode, RawTime, INODE_ATTR_LEN, INODE_EXTENTS_OFF};
 use crate::xattr::Xattrs;
 
 /// A point in time with nanoseconds, as stat(2) reports it.
@@ -147,14 +147,14 @@ impl Inode {
             return Err(Error::Corrupt { what: "inode mode", at });
         }
         if raw.size.get() > crate::MAX_FILE_SIZE {
-            return Err(Error::Corrupt { what: "inode size", at: at + 16 });
+            return Err(Error::Corrupt { what: "inode size", at: at + off!(RawInode, size) });
         }
         if raw.flags.get() != 0 {
-            return Err(Error::Corrupt { what: "inode flags", at: at + 28 });
+            return Err(Error::Corrupt { what: "inode flags", at: at + off!(RawInode, flags) });
         }
         let parent = raw.parent.get();
         if mode::is_dir(m) && (parent == 0 || parent > geo.inode_count) {
-            return Err(Error::Corrupt { what: "directory parent", at: at + 104 });
+            return Err(Error::Corrupt { what: "directory parent", at: at + off!(RawInode, parent) });
         }
         let attr = Attr {
             mode: m,
@@ -163,28 +163,28 @@ impl Inode {
             gid: raw.gid.get(),
             size: raw.size.get(),
             generation: raw.generation.get(),
-            mtime: Timespec::decode(&raw.mtime, at + 32)?,
-            ctime: Timespec::decode(&raw.ctime, at + 48)?,
-            atime: Timespec::decode(&raw.atime, at + 64)?,
-            crtime: Timespec::decode(&raw.crtime, at + 80)?,
+            mtime: Timespec::decode(&raw.mtime, at + off!(RawInode, mtime))?,
+            ctime: Timespec::decode(&raw.ctime, at + off!(RawInode, ctime))?,
+            atime: Timespec::decode(&raw.atime, at + off!(RawInode, atime))?,
+            crtime: Timespec::decode(&raw.crtime, at + off!(RawInode, crtime))?,
             rdev: raw.rdev.get(),
             parent,
         };
         if mode::is_symlink(m) && (attr.size == 0 || attr.size > crate::layout::SYMLINK_MAX as u64) {
-            return Err(Error::Corrupt { what: "symlink size", at: at + 16 });
+            return Err(Error::Corrupt { what: "symlink size", at: at + off!(RawInode, size) });
         }
         let ext = ExtentMap::load(dev, geo, &raw, ino, at)?;
         if mode::is_dir(m) {
             // The directory is read whole at mount: its size must be exactly what it owns.
             let owned: u64 = ext.iter().map(|e| e.len).sum();
             if attr.size % geo.block_size != 0 || attr.size / geo.block_size != owned {
-                return Err(Error::Corrupt { what: "directory size", at: at + 16 });
+                return Err(Error::Corrupt { what: "directory size", at: at + off!(RawInode, size) });
             }
         }
         if !mode::has_data(m) && !ext.is_empty() {
-            return Err(Error::Corrupt { what: "extents on a special file", at: at + 128 });
+            return Err(Error::Corrupt { what: "extents on a special file", at: at + INODE_EXTENTS_OFF });
         }
-        let xattr = Xattrs::load(dev, geo, raw.xattr.get(), ino, at + 120)?;
+        let xattr = Xattrs::load(dev, geo, raw.xattr.get(), ino, at + off!(RawInode, xattr))?;
         Ok(Some(Inode { ino, attr, ext, dir: None, xattr, open: 0, freed: false, writing: None }))
     }
 

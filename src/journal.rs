@@ -18,6 +18,9 @@ use crate::layout::{
     RECORD_MAGIC,
 };
 
+/// The checkpoint word of the journal header.
+const CHECKPOINT_AT: u64 = JOURNAL_HEADER_OFF + crate::layout::off!(RawJournalHeader, checkpoint);
+
 const HEADER_LEN: usize = std::mem::size_of::<RawRecordHeader>();
 
 /// Largest checkpoint recovery accepts. Log positions only grow, by what is committed: 2^62
@@ -184,7 +187,7 @@ impl Journal {
             return Err(Error::Corrupt { what: "journal header magic", at: JOURNAL_HEADER_OFF });
         }
         if hdr.checkpoint.get() > MAX_LOG_POS {
-            return Err(Error::Corrupt { what: "journal checkpoint", at: JOURNAL_HEADER_OFF + 8 });
+            return Err(Error::Corrupt { what: "journal checkpoint", at: CHECKPOINT_AT });
         }
         let mut j = Journal {
             ring_len: geo.journal_len,
@@ -226,7 +229,7 @@ impl Journal {
     /// Reads the record at `pos` into `scratch` if it is whole and valid; returns its length.
     fn read_record(&mut self, dev: &Device, pos: u64) -> Result<Option<usize>> {
         if pos % 64 != 0 {
-            return Err(Error::Corrupt { what: "journal checkpoint alignment", at: JOURNAL_HEADER_OFF + 8 });
+            return Err(Error::Corrupt { what: "journal checkpoint alignment", at: CHECKPOINT_AT });
         }
         let mut h = [0u8; HEADER_LEN];
         self.ring_read(dev, pos, &mut h)?;
@@ -276,7 +279,7 @@ impl Journal {
     }
 
     fn set_checkpoint(&mut self, dev: &Device, pos: u64) -> Result<()> {
-        dev.store_u64(JOURNAL_HEADER_OFF + 8, pos)?;
+        dev.store_u64(CHECKPOINT_AT, pos)?;
         dev.fence();
         self.checkpoint = pos;
         Ok(())

@@ -2,9 +2,12 @@
 //! them. Byte tables and the reasoning behind them: DESIGN.md §Format.
 //!
 //! ```text
-//! 0            4 KiB              8 KiB               8 KiB+J        inode_off       data_start*B
-//! | superblock | journal header   | journal ring (J) | pad          | inode table   | data blocks …
+//! 0            4 KiB              8 KiB               inode_off = 8 KiB+J          data_start*B
+//! | superblock | journal header   | journal ring (J) | inode table     | pad         | data blocks …
 //! ```
+//!
+//! The pad aligns the data area to 2 MiB on images of 64 MiB and more (4 KiB below), so whole
+//! aligned runs can be mapped as one piece.
 //!
 //! Only the superblock carries a checksum of its own (it never changes after mkfs); every other
 //! structure is changed through the journal, whose records are checksummed.
@@ -37,6 +40,15 @@ pub const BLOCK_SIZES: [u32; 3] = [1024, 2048, 4096];
 pub const HUGE: u64 = 2 << 20;
 
 /// Superblock, 256 bytes at offset 0. Never rewritten after mkfs.
+/// Byte offset of `field` within on-media struct `T`, as a device offset delta (for
+/// `Corrupt { at }` and entries that rewrite one field).
+macro_rules! off {
+    ($t:ty, $field:ident) => {
+        ::core::mem::offset_of!($t, $field) as u64
+    };
+}
+pub(crate) use off;
+
 #[repr(C)]
 #[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug)]
 pub struct RawSuperblock {
@@ -143,9 +155,9 @@ pub struct RawInode {
 }
 const _: () = assert!(core::mem::size_of::<RawInode>() == INODE_SIZE as usize);
 pub const INODE_ATTR_LEN: usize = 128;
-pub const INODE_EXTENTS_OFF: u64 = 128;
+pub const INODE_EXTENTS_OFF: u64 = off!(RawInode, extents);
 /// Offset of mtime within the inode; mtime and ctime are 32 contiguous bytes.
-pub const INODE_TIMES_OFF: u64 = 32;
+pub const INODE_TIMES_OFF: u64 = off!(RawInode, mtime);
 
 /// Extent record, 24 bytes. All-zero means an empty slot.
 #[repr(C)]
@@ -327,7 +339,7 @@ impl Geometry {
         let at = SUPERBLOCK_OFF;
         let crc = superblock_crc(sb);
         if crc != sb.crc.get() {
-            return Err(Error::Corrupt { what: "superblock checksum", at: at + 252 });
+            return Err(Error::Corrupt { what: "superblock checksum", at: at + off!(RawSuperblock, crc) });
         }
         if sb.version.get() != VERSION {
             return Err(Error::Unsupported(format!("format version {} (this udax reads {VERSION})", sb.version)));
@@ -338,22 +350,28 @@ impl Geometry {
         }
         let bs = sb.block_size.get();
         if !BLOCK_SIZES.contains(&bs) {
-            return Err(Error::Corrupt { what: "superblock block size", at: at + 12 });
+            return Err(Error::Corrupt { what: "superblock block size", at: at + off!(RawSuperblock, block_size) });
         }
         let size = sb.size_bytes.get();
         if size > device_len {
-            return Err(Error::Corrupt { what: "superblock size (image is truncated)", at: at + 40 });
+            return Err(Error::Corrupt {
+                what: "superblock size (image is truncated)",
+                at: at + off!(RawSuperblock, size_bytes),
+            });
         }
         let g = Geometry::plan(size, bs, sb.inode_count.get(), sb.journal_len.get())
-            .map_err(|_| Error::Corrupt { what: "superblock geometry", at: at + 48 })?;
+            .map_err(|_| Error::Corrupt { what: "superblock geometry", at: at + off!(RawSuperblock, journal_len) })?;
         if g.inode_off != sb.inode_off.get() {
-            return Err(Error::Corrupt { what: "superblock inode table offset", at: at + 56 });
+            return Err(Error::Corrupt {
+                what: "superblock inode table offset",
+                at: at + off!(RawSuperblock, inode_off),
+            });
         }
         if g.data_start != sb.data_start.get() || g.data_blocks != sb.data_blocks.get() {
-            return Err(Error::Corrupt { what: "superblock data area", at: at + 72 });
+            return Err(Error::Corrupt { what: "superblock data area", at: at + off!(RawSuperblock, data_start) });
         }
         if sb.root_ino.get() != ROOT_INO {
-            return Err(Error::Corrupt { what: "superblock root inode", at: at + 88 });
+            return Err(Error::Corrupt { what: "superblock root inode", at: at + off!(RawSuperblock, root_ino) });
         }
         Ok(Geometry { xattr: sb.features_incompat.get() & FEATURE_INCOMPAT_XATTR != 0, ..g })
     }

@@ -1062,7 +1062,9 @@ pub(crate) fn unmapped(bytes: &[u8]) -> std::borrow::Cow<'_, [u8]> {
 
 impl Mapping {
     /// First byte of the mapping, for callers that hand it to other code. Loads and stores
-    /// through it are served like those of [`Mapping::read`] and [`Mapping::write`].
+    /// through it are served like those of [`Mapping::read`] and [`Mapping::write`]. udax lends
+    /// no Rust reference to mapped memory (other threads, mappings, processes and truncates may
+    /// change it at any time): a slice formed from this pointer is the caller's unsafe promise.
     pub fn as_ptr(&self) -> *mut u8 {
         self.state.region.start() as *mut u8
     }
@@ -1098,12 +1100,6 @@ impl Mapping {
     /// Stores `data` at `off` of the mapping (EACCES on a read-only mapping).
     pub fn write(&self, off: u64, data: &[u8]) -> Result<()> {
         self.state.region.write(off, data)
-    }
-
-    /// Lends `[off, off+len)` as a mutable byte slice for the length of `f` (for code that
-    /// takes slices: a read(2) into mapped memory, say). EACCES on a read-only mapping.
-    pub fn with_slice_mut<R>(&self, off: u64, len: u64, f: impl FnOnce(&mut [u8]) -> R) -> Result<R> {
-        self.state.region.with_slice_mut(off, len, f)
     }
 
     /// Stores `len` copies of `byte` at `off`.

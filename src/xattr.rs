@@ -19,7 +19,7 @@ use crate::error::{Error, Result};
 use crate::fs::{wr, Fs};
 use crate::inode::Timespec;
 use crate::journal::Tx;
-use crate::layout::{mode, Geometry, RawXattrEntry, RawXattrHeader, XATTR_BLOCK_MAGIC};
+use crate::layout::{mode, off, Geometry, RawXattrEntry, RawXattrHeader, XATTR_BLOCK_MAGIC};
 use crate::mmap::unmapped;
 
 /// Longest attribute name, namespace prefix included.
@@ -109,14 +109,14 @@ fn decode(buf: &[u8], ino: u64, at: u64) -> Result<BTreeMap<Vec<u8>, Vec<u8>>> {
         return Err(Error::Corrupt { what: "xattr block magic", at });
     }
     if hdr.owner.get() != ino {
-        return Err(Error::Corrupt { what: "xattr block owner", at: at + 8 });
+        return Err(Error::Corrupt { what: "xattr block owner", at: at + off!(RawXattrHeader, owner) });
     }
     if hdr.reserved.get() != 0 {
-        return Err(Error::Corrupt { what: "xattr block header", at: at + 6 });
+        return Err(Error::Corrupt { what: "xattr block header", at: at + off!(RawXattrHeader, reserved) });
     }
     let count = usize::from(hdr.count.get());
     if count == 0 {
-        return Err(Error::Corrupt { what: "xattr block count", at: at + 4 });
+        return Err(Error::Corrupt { what: "xattr block count", at: at + off!(RawXattrHeader, count) });
     }
     let mut map = BTreeMap::new();
     let mut pos = HEADER;

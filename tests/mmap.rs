@@ -324,16 +324,16 @@ fn read_into_an_unpopulated_mapping_of_a_hole_works() {
     let mut host = tempfile::tempfile().unwrap();
     std::io::Write::write_all(&mut host, b"from the kernel").unwrap();
     std::io::Seek::rewind(&mut host).unwrap();
-    let n = m.with_slice_mut(PAGE, 15, |s| host.read(s).unwrap()).unwrap();
+    let n = host.read(mapped(&m, PAGE, 15)).unwrap();
     assert_eq!(n, 15);
     // udax's own read and write with mapped buffers (same file and another one).
     let src = rw(&fs, "/src");
     src.write_at(b"udax data", 0).unwrap();
-    let got = m.with_slice_mut(2 * PAGE, 9, |s| src.read_at(s, 0).unwrap()).unwrap();
+    let got = src.read_at(mapped(&m, 2 * PAGE, 9), 0).unwrap();
     assert_eq!(got, 9);
-    let got = m.with_slice_mut(2 * PAGE, 9, |s| f.read_at(s, PAGE).unwrap()).unwrap();
+    let got = f.read_at(mapped(&m, 2 * PAGE, 9), PAGE).unwrap();
     assert_eq!(got, 9, "reading the file into its own mapping");
-    m.with_slice_mut(3 * PAGE, 100, |s| f.write_at(s, 3 * PAGE + 100).unwrap()).unwrap();
+    f.write_at(mapped(&m, 3 * PAGE, 100), 3 * PAGE + 100).unwrap();
     let data = read_all(&fs, "/dst");
     assert_eq!(&data[PAGE as usize..PAGE as usize + 15], b"from the kernel");
     assert_eq!(&data[2 * PAGE as usize..2 * PAGE as usize + 9], b"from the ");
@@ -510,4 +510,16 @@ fn read_only_mappings_load_holes() {
         assert!(m.write(0, b"x").is_err(), "a read-only mapping refuses stores");
     }
     assert_eq!(fs.mmap_stats().faults_sigbus, 0);
+}
+
+/// The mapped bytes `[off, off+len)` as a slice, for handing mapped memory to code that takes
+/// one (a read(2) into the mapping, an argument that lives there). The library lends no such
+/// slice: other threads, mappings and processes may change the bytes while it lives.
+#[allow(clippy::mut_from_ref)]
+fn mapped(m: &udax::Mapping, off: u64, len: u64) -> &mut [u8] {
+    assert!(off + len <= m.len(), "inside the mapping");
+    // SAFETY: the range lies inside the mapping (checked above), which stays mapped while `m`
+    // is borrowed; the test forms no other reference to those bytes while the slice lives, and
+    // the stores other mappings make meanwhile are what it means to race.
+    unsafe { std::slice::from_raw_parts_mut(m.as_ptr().add(off as usize), len as usize) }
 }

@@ -272,12 +272,8 @@ fn setxattr_with_a_value_in_a_mapping_of_the_same_file() {
     let m = f.mmap(0, 4 * PAGE, Prot::ReadWrite, Share::Shared).unwrap();
     let got = watchdog("setxattr from a mapping", 20, move || {
         // Page 2 is a hole never touched: copying the value faults.
-        m.with_slice_mut(2 * PAGE, 64, |value| fs.setxattr(ino, b"user.hole", value, XattrFlags::default()))
-            .unwrap()
-            .unwrap();
-        m.with_slice_mut(PAGE, 100, |value| fs.setxattr(ino, b"user.data", value, XattrFlags::default()))
-            .unwrap()
-            .unwrap();
+        fs.setxattr(ino, b"user.hole", mapped(&m, 2 * PAGE, 64), XattrFlags::default()).unwrap();
+        fs.setxattr(ino, b"user.data", mapped(&m, PAGE, 100), XattrFlags::default()).unwrap();
         (fs.getxattr(ino, b"user.hole").unwrap(), fs.getxattr(ino, b"user.data").unwrap())
     });
     assert_eq!(got, (vec![0; 64], vec![b'v'; 100]));
@@ -307,8 +303,8 @@ fn writes_between_two_images_from_each_others_mappings() {
                             src_file.fallocate(0, LEN, FallocMode::PunchHole).unwrap();
                         }
                         let off = i % 60 * PAGE;
-                        src.with_slice_mut(off, 4 * PAGE, |buf| dst.write_at(buf, off)).unwrap().unwrap();
-                        src.with_slice_mut(off, 4 * PAGE, |buf| dst.read_at(buf, off)).unwrap().unwrap();
+                        dst.write_at(mapped(src, off, 4 * PAGE), off).unwrap();
+                        dst.read_at(mapped(src, off, 4 * PAGE), off).unwrap();
                     }
                 });
             }
@@ -455,4 +451,16 @@ fn faults_served_while_another_file_is_reset() {
         drop((m1, loads));
         fsck_clean(&fs);
     });
+}
+
+/// The mapped bytes `[off, off+len)` as a slice, for handing mapped memory to code that takes
+/// one (a read(2) into the mapping, an argument that lives there). The library lends no such
+/// slice: other threads, mappings and processes may change the bytes while it lives.
+#[allow(clippy::mut_from_ref)]
+fn mapped(m: &udax::Mapping, off: u64, len: u64) -> &mut [u8] {
+    assert!(off + len <= m.len(), "inside the mapping");
+    // SAFETY: the range lies inside the mapping (checked above), which stays mapped while `m`
+    // is borrowed; the test forms no other reference to those bytes while the slice lives, and
+    // the stores other mappings make meanwhile are what it means to race.
+    unsafe { std::slice::from_raw_parts_mut(m.as_ptr().add(off as usize), len as usize) }
 }

@@ -589,29 +589,6 @@ impl Region {
         unsafe { kernel::store(addr, data) }.map_err(access_err)
     }
 
-    /// Lends `[off, off+len)` of the mapping as a byte slice for the length of `f` (for handing
-    /// mapped memory to code that takes slices, such as read(2)). Other mappings of the same file
-    /// may change the bytes meanwhile, as with any shared memory.
-    #[cfg(not(feature = "model"))]
-    pub fn with_slice_mut<R>(&self, off: u64, len: u64, f: impl FnOnce(&mut [u8]) -> R) -> Result<R> {
-        let addr = self.bytes(off, len, true)?;
-        // SAFETY: the range lies inside the region (checked above), which stays mapped and
-        // writable while `self` lives, and `&self` outlives the closure; the slice is the only
-        // reference this process forms to those bytes while `f` runs.
-        let slice = unsafe { std::slice::from_raw_parts_mut(addr as *mut u8, len as usize) };
-        Ok(f(slice))
-    }
-
-    /// The simulated address space has no memory to lend: a copy goes in and comes back.
-    #[cfg(feature = "model")]
-    pub fn with_slice_mut<R>(&self, off: u64, len: u64, f: impl FnOnce(&mut [u8]) -> R) -> Result<R> {
-        let mut buf = vec![0; len as usize];
-        self.read(off, &mut buf)?;
-        let r = f(&mut buf);
-        self.write(off, &buf)?;
-        Ok(r)
-    }
-
     /// Fills `[off, off+len)` with `byte` through the mapping.
     pub fn fill(&self, off: u64, len: u64, byte: u8) -> Result<()> {
         let addr = self.bytes(off, len, true)?;
