@@ -345,7 +345,7 @@ impl File {
         if !(self.opts.write || self.opts.append) {
             return Err(Error::Io { context: "write".into(), source: io::Error::from_raw_os_error(libc::EBADF) });
         }
-        self.fs.write_node(&self.node, (!self.opts.append).then_some(off), buf)
+        self.fs.write_node(&self.node, (!self.opts.append).then_some(off), buf, false)
     }
 
     /// fallocate(2): preallocate, punch a hole or zero a range.

@@ -115,6 +115,22 @@ pub struct SetAttr {
     pub size: Option<u64>,
     pub atime: Option<SetTime>,
     pub mtime: Option<SetTime>,
+    /// The caller, when the change drops set-ID bits as Linux drops them (a front end serving
+    /// other processes): a chown of a non-directory always, a size change when the caller
+    /// lacks CAP_FSETID (the front end decides; udax takes it as asked). In the same
+    /// transaction as the change, and not with an explicit `mode`.
+    pub drop_set_id: Option<Creds>,
+}
+
+/// The set-ID bits a write, truncate or chown of a non-directory drops, as Linux decides it:
+/// set-user-ID always; set-group-ID when the file is group-executable, and for a chown by
+/// someone neither root nor in the file's group (`outsider`) even when it is not.
+pub(crate) fn killed_set_id(mode: u32, outsider: bool) -> u32 {
+    if mode::is_dir(mode) {
+        return 0;
+    }
+    let sgid = mode & mode::S_ISGID != 0 && (mode & 0o010 != 0 || outsider);
+    (mode & mode::S_ISUID) | if sgid { mode::S_ISGID } else { 0 }
 }
 
 /// Space and inode counts, as statfs(2) reports them.
@@ -1313,7 +1329,14 @@ impl Fs {
             self.undoable(&mut g, |g, _| self.truncate_locked(&n, g, size, &|g| apply_attrs(g, set)))?;
             return Ok(self.stat_of(&g));
         }
-        if set.mode.is_none() && set.uid.is_none() && set.gid.is_none() && set.atime.is_none() && set.mtime.is_none() {
+        let drops = set.drop_set_id.is_some() && killed_set_id(g.attr.mode, true) != 0;
+        if set.mode.is_none()
+            && set.uid.is_none()
+            && set.gid.is_none()
+            && set.atime.is_none()
+            && set.mtime.is_none()
+            && !drops
+        {
             return Ok(self.stat_of(&g));
         }
         self.undoable(&mut g, |g, _| {
@@ -1370,6 +1393,10 @@ fn apply_attrs(g: &mut Inode, set: &SetAttr) {
     let now = Timespec::now();
     if let Some(m) = set.mode {
         g.attr.mode = (g.attr.mode & mode::S_IFMT) | (m & 0o7777);
+    } else if let Some(by) = set.drop_set_id {
+        let chown = set.uid.is_some() || set.gid.is_some();
+        let outsider = chown && by.uid != 0 && by.gid != g.attr.gid;
+        g.attr.mode &= !killed_set_id(g.attr.mode, outsider);
     }
     if let Some(u) = set.uid {
         g.attr.uid = u;
@@ -1396,7 +1423,10 @@ fn apply_attrs(g: &mut Inode, set: &SetAttr) {
 /// inode. Other damage (link counts, entries naming free inodes) mounts and is reported by fsck.
 fn check_tree(nodes: &HashMap<u64, Arc<Node>>, geo: &Geometry) -> Result<()> {
     if nodes.get(&ROOT_INO).is_some_and(|root| root.parent.load(Ordering::Relaxed) != ROOT_INO) {
-        return Err(Error::Corrupt { what: "root directory parent", at: geo.inode_at(ROOT_INO) + 104 });
+        return Err(Error::Corrupt {
+            what: "root directory parent",
+            at: geo.inode_at(ROOT_INO) + off!(layout::RawInode, parent),
+        });
     }
     let mut named_by: HashMap<u64, u64> = HashMap::new();
     for (&holder, node) in nodes {

@@ -115,21 +115,29 @@ impl Fs {
     /// Writes `data` at `off` (growing the file past EOF); durable on return. Returns the
     /// bytes written, short only when the device filled after some of them.
     pub fn write(&self, ino: u64, off: u64, data: &[u8]) -> Result<usize> {
-        self.write_node(&*self.node(ino)?, Some(off), data)
+        self.write_node(&*self.node(ino)?, Some(off), data, false)
+    }
+
+    /// As [`Fs::write`], for a caller without CAP_FSETID (a front end serving other processes):
+    /// the file's set-user-ID bit, and its set-group-ID bit when group-executable, go in the
+    /// transaction of the write's first chunk, as Linux drops them.
+    pub fn write_dropping_set_id(&self, ino: u64, off: u64, data: &[u8]) -> Result<usize> {
+        self.write_node(&*self.node(ino)?, Some(off), data, true)
     }
 
     /// Appends `data` at EOF atomically with respect to other writers (O_APPEND).
     pub fn append(&self, ino: u64, data: &[u8]) -> Result<usize> {
-        self.write_node(&*self.node(ino)?, None, data)
+        self.write_node(&*self.node(ino)?, None, data, false)
     }
 
-    /// Writes at `off`, or at EOF when `off` is `None`.
-    pub(crate) fn write_node(&self, n: &Node, off: Option<u64>, data: &[u8]) -> Result<usize> {
+    /// Writes at `off`, or at EOF when `off` is `None`; `drop_set_id` as in
+    /// [`Fs::write_dropping_set_id`].
+    pub(crate) fn write_node(&self, n: &Node, off: Option<u64>, data: &[u8], drop_set_id: bool) -> Result<usize> {
         let _change = self.writable()?;
         if crate::mmap::overlaps_mapping(data.as_ptr() as usize, data.len()) {
             // Copied before the lock: loading from the mapping may fault (see `mmap`).
             let bounce: Vec<u8> = data.to_vec();
-            return self.write_node(n, off, bounce.as_slice());
+            return self.write_node(n, off, bounce.as_slice(), drop_set_id);
         }
         let _io = wr(&n.io);
         let off = {
@@ -148,7 +156,7 @@ impl Fs {
         let mut done = 0;
         while done < data.len() {
             let len = (data.len() - done).min(chunk);
-            match self.write_chunk(n, off + done as u64, &data[done..done + len]) {
+            match self.write_chunk(n, off + done as u64, &data[done..done + len], drop_set_id && done == 0) {
                 Ok(()) => done += len,
                 // Out of space after some chunks, or the file freed meanwhile (unlinked while
                 // written by inode number, with no handle open): what went in is the result.
@@ -166,7 +174,7 @@ impl Fs {
     /// from allocating around it; an open count keeps the inode): the data is stored. Under
     /// the inode lock again: mappings that may show stale bytes are reset, the extents and size
     /// change, and the transaction commits.
-    fn write_chunk(&self, n: &Node, off: u64, data: &[u8]) -> Result<()> {
+    fn write_chunk(&self, n: &Node, off: u64, data: &[u8], drop_set_id: bool) -> Result<()> {
         let bs = self.inner.geo.block_size;
         let end = off + data.len() as u64;
         let first = off / bs;
@@ -208,7 +216,7 @@ impl Fs {
         let linked = match stored {
             Ok(placed) => self.undoable(&mut g, |g, taken| {
                 taken.extend_from_slice(&runs);
-                self.link_chunk(n, g, off, end, placed, tx)
+                self.link_chunk(n, g, (off, end), placed, tx, drop_set_id)
             }),
             Err(e) => {
                 // Nothing links them.
@@ -281,14 +289,15 @@ impl Fs {
         &self,
         n: &Node,
         g: &mut Inode,
-        off: u64,
-        end: u64,
+        (off, end): (u64, u64),
         (new_exts, converted): (Vec<Extent>, Vec<Extent>),
         mut tx: Tx,
+        drop_set_id: bool,
     ) -> Result<()> {
         let geo = self.inner.geo;
         let changes_blocks = !new_exts.is_empty() || !converted.is_empty();
         let metadata = changes_blocks || end > g.attr.size;
+        let kill = if drop_set_id { crate::fs::killed_set_id(g.attr.mode, false) } else { 0 };
         if metadata {
             self.reserve_slots(g, ExtentMap::slots_needed(new_exts.len() + 2 * converted.len()), &mut tx)?;
         }
@@ -306,7 +315,7 @@ impl Fs {
             // coarse clock has ticked past them, and then through a transaction: a time stored
             // in place could persist half old, half new (8-byte failure atomicity).
             let tick = Timespec::coarse_now();
-            if tick <= g.attr.mtime && tick <= g.attr.ctime {
+            if tick <= g.attr.mtime && tick <= g.attr.ctime && kill == 0 {
                 self.inner.dev.fence();
                 return Ok(());
             }
@@ -314,6 +323,7 @@ impl Fs {
         let now = Timespec::now();
         g.attr.mtime = now;
         g.attr.ctime = now;
+        g.attr.mode &= !kill;
         if !metadata {
             g.log_attr(&geo, &mut tx);
             self.commit(&tx)?;

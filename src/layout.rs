@@ -251,6 +251,7 @@ pub mod mode {
     pub const S_IFCHR: u32 = 0o020000;
     pub const S_IFBLK: u32 = 0o060000;
     pub const S_IFSOCK: u32 = 0o140000;
+    pub const S_ISUID: u32 = 0o4000;
     pub const S_ISGID: u32 = 0o2000;
 
     pub fn is_valid_type(m: u32) -> bool {

@@ -217,3 +217,51 @@ fn images_without_the_xattr_feature_refuse_attributes() {
     assert_eq!(fs.listxattr(f).unwrap(), b"");
     assert_eq!(fs.getxattr(f, b"user.a").unwrap_err().errno(), libc::ENODATA);
 }
+
+/// Set-ID bits were dropped by the FUSE adapter with a getattr, a setattr and then the write or
+/// chown: two transactions, and a chmod between them was lost or undone. The library drops them
+/// itself, in the transaction of the write or the attribute change, as Linux decides.
+#[test]
+fn set_id_bits_drop_with_the_write_or_chown_that_drops_them() {
+    let fs = fresh();
+    let mode = |p: &str| fs.stat(p).unwrap().mode & 0o7777;
+    let set_mode = |p: &str, m: u32| {
+        fs.setattr(fs.resolve(p, false).unwrap(), &SetAttr { mode: Some(m), ..SetAttr::default() }).unwrap();
+    };
+    fs.write_file("/tool", b"#!/bin/sh\n").unwrap();
+    let tool = fs.resolve("/tool", false).unwrap();
+    let user = Creds { uid: 1000, gid: 1000 };
+
+    // A write by a caller without CAP_FSETID: set-user-ID goes, and set-group-ID with group exec.
+    set_mode("/tool", 0o6755);
+    fs.write(tool, 0, b"#").unwrap();
+    assert_eq!(mode("/tool"), 0o6755, "a plain write keeps them");
+    fs.write_dropping_set_id(tool, 0, b"#").unwrap();
+    assert_eq!(mode("/tool"), 0o755);
+    set_mode("/tool", 0o2644);
+    fs.write_dropping_set_id(tool, 0, b"#").unwrap();
+    assert_eq!(mode("/tool"), 0o2644, "set-group-ID without group exec is mandatory locking: kept");
+
+    // A chown: always set-user-ID; set-group-ID with group exec, or when the caller is an outsider.
+    set_mode("/tool", 0o6755);
+    let chown =
+        |by: Creds, gid: u32| SetAttr { uid: Some(1000), gid: Some(gid), drop_set_id: Some(by), ..SetAttr::default() };
+    fs.setattr(tool, &chown(Creds::ROOT, 0)).unwrap();
+    assert_eq!(mode("/tool"), 0o755);
+    set_mode("/tool", 0o6644);
+    fs.setattr(tool, &chown(Creds::ROOT, 0)).unwrap();
+    assert_eq!(mode("/tool"), 0o2644, "root in the file's group keeps set-group-ID without group exec");
+    fs.setattr(tool, &chown(user, 1000)).unwrap();
+    assert_eq!(mode("/tool"), 0o644, "an outsider's chown drops it");
+
+    // A truncate by a caller without CAP_FSETID, and the same bits on a directory (never dropped).
+    set_mode("/tool", 0o4755);
+    fs.setattr(tool, &SetAttr { size: Some(1), drop_set_id: Some(user), ..SetAttr::default() }).unwrap();
+    assert_eq!((mode("/tool"), fs.stat("/tool").unwrap().size), (0o755, 1));
+    fs.mkdir_path("/d", 0o2775).unwrap();
+    let d = fs.resolve("/d", false).unwrap();
+    fs.setattr(d, &chown(user, 1000)).unwrap();
+    assert_eq!(mode("/d"), 0o2775);
+    let fs = clean_remount(fs);
+    assert_eq!(fs.stat("/tool").unwrap().mode & 0o7777, 0o755, "durable");
+}

@@ -286,6 +286,7 @@ impl Put<'_> {
             size: None,
             atime: Some(SetTime::At(ts(m.atime(), m.atime_nsec()))),
             mtime: Some(SetTime::At(ts(m.mtime(), m.mtime_nsec()))),
+            drop_set_id: None,
         };
         self.fs.setattr(ino, &set).map(drop).map_err(|e| Failure::fs("put", dst.path(), &e))
     }

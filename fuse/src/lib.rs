@@ -111,9 +111,8 @@ pub fn session(
     opts: &MountOptions,
     on_host_full: Box<dyn Fn() + Send + Sync>,
 ) -> std::io::Result<fuser::Session<UdaxFuse>> {
-    let ro = opts.read_only;
     let _ = ON_HOST_FULL.set(on_host_full);
-    fuser::Session::new(UdaxFuse { fs, read_only: ro }, dir, &opts.config())
+    fuser::Session::new(UdaxFuse { fs }, dir, &opts.config())
 }
 
 /// What to do when the host fills up (see [`session`]): one mount per process.
@@ -123,7 +122,6 @@ static ON_HOST_FULL: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>> = std::syn
 #[derive(Debug)]
 pub struct UdaxFuse {
     fs: Fs,
-    read_only: bool,
 }
 
 impl UdaxFuse {
@@ -162,17 +160,6 @@ fn xattr_reply(bytes: &[u8], size: u32, reply: ReplyXattr) {
     } else {
         reply.data(bytes)
     }
-}
-
-/// The set-ID bits a write, truncate or chown of a non-directory drops, as Linux decides it:
-/// set-user-ID always; set-group-ID when the file is group-executable, and for a chown by
-/// someone neither root nor in the file's group (`outsider`) even when it is not.
-fn killed_privs(mode: u32, outsider: bool) -> u32 {
-    if mode & libc::S_IFMT == libc::S_IFDIR {
-        return 0;
-    }
-    let sgid = mode & libc::S_ISGID != 0 && (mode & 0o010 != 0 || outsider);
-    (mode & libc::S_ISUID) | if sgid { libc::S_ISGID } else { 0 }
 }
 
 fn time(t: Timespec) -> SystemTime {
@@ -245,31 +232,6 @@ impl UdaxFuse {
             Err(e) => reply.error(errno(&e)),
         }
     }
-
-    /// The mode `ino` takes when it drops its set-ID bits (see [`killed_privs`]) on a write or
-    /// truncate, or a chown by `chown_by`; `None` when there is nothing to drop.
-    fn mode_dropping_set_id(&self, ino: u64, chown_by: Option<&Request>) -> Result<Option<u32>, Errno> {
-        let st = self.fs.getattr(ino).map_err(|e| errno(&e))?;
-        let outsider = chown_by.is_some_and(|r| r.uid() != 0 && r.gid() != st.gid);
-        let kill = killed_privs(st.mode, outsider);
-        Ok((kill != 0).then_some(st.mode & 0o7777 & !kill))
-    }
-
-    fn writable(&self) -> Result<(), Errno> {
-        if self.read_only {
-            Err(Errno::EROFS)
-        } else {
-            Ok(())
-        }
-    }
-}
-
-macro_rules! writable {
-    ($self:ident, $reply:ident) => {
-        if let Err(e) = $self.writable() {
-            return $reply.error(e);
-        }
-    };
 }
 
 impl Filesystem for UdaxFuse {
@@ -332,25 +294,19 @@ impl Filesystem for UdaxFuse {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        writable!(self, reply);
-        let mut set = SetAttr {
+        // What the kernel leaves to a server that handles privileges: a chown of a
+        // non-directory, and a truncate by a caller without CAP_FSETID (taken to be non-root),
+        // drop the set-ID bits as on a kernel file system (udax does it in the same transaction).
+        let chown = uid.is_some() || gid.is_some();
+        let set = SetAttr {
             mode: mode.map(|m| m & 0o7777),
             uid,
             gid,
             size,
             atime: atime.map(set_time),
             mtime: mtime.map(set_time),
+            drop_set_id: (chown || (size.is_some() && req.uid() != 0)).then(|| who(req)),
         };
-        // What the kernel leaves to a server that handles privileges: a chown of a
-        // non-directory, and a truncate by a caller without CAP_FSETID (taken to be root), drop
-        // the set-ID bits as they would on a kernel file system.
-        let chown = uid.is_some() || gid.is_some();
-        if mode.is_none() && (chown || (size.is_some() && req.uid() != 0)) {
-            match self.mode_dropping_set_id(ino.0, chown.then_some(req)) {
-                Ok(m) => set.mode = m,
-                Err(e) => return reply.error(e),
-            }
-        }
         match self.fs.setattr(ino.0, &set) {
             Ok(st) => reply.attr(&TTL, &attr(&st)),
             Err(e) => reply.error(errno(&e)),
@@ -365,7 +321,6 @@ impl Filesystem for UdaxFuse {
     }
 
     fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, rdev: u32, reply: ReplyEntry) {
-        writable!(self, reply);
         let mode = mode & !(umask & 0o777);
         let r = if mode & libc::S_IFMT == libc::S_IFREG || mode & libc::S_IFMT == 0 {
             self.fs.create(parent.0, name.as_bytes(), mode & 0o7777, who(req))
@@ -376,22 +331,18 @@ impl Filesystem for UdaxFuse {
     }
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
-        writable!(self, reply);
         self.entry(self.fs.mkdir(parent.0, name.as_bytes(), mode & !umask & 0o7777, who(req)), reply);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        writable!(self, reply);
         done(self.fs.unlink(parent.0, name.as_bytes()), reply)
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        writable!(self, reply);
         done(self.fs.rmdir(parent.0, name.as_bytes()), reply)
     }
 
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
-        writable!(self, reply);
         self.entry(self.fs.symlink(parent.0, link_name.as_bytes(), target.as_os_str().as_bytes(), who(req)), reply);
     }
 
@@ -405,7 +356,6 @@ impl Filesystem for UdaxFuse {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        writable!(self, reply);
         let how = if flags.contains(RenameFlags::RENAME_EXCHANGE) {
             RenameMode::Exchange
         } else if flags.contains(RenameFlags::RENAME_NOREPLACE) {
@@ -419,12 +369,12 @@ impl Filesystem for UdaxFuse {
     }
 
     fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
-        writable!(self, reply);
         self.entry(self.fs.link(ino.0, newparent.0, newname.as_bytes()), reply);
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        if self.read_only && flags.0 & libc::O_ACCMODE != libc::O_RDONLY {
+        // Changes check for themselves; an open for writing is refused up front, as the kernel's.
+        if self.fs.is_read_only() && flags.0 & libc::O_ACCMODE != libc::O_RDONLY {
             return reply.error(Errno::EROFS);
         }
         match self.fs.open_ino(ino.0) {
@@ -443,7 +393,6 @@ impl Filesystem for UdaxFuse {
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        writable!(self, reply);
         let made = self.fs.create(parent.0, name.as_bytes(), mode & !umask & 0o7777, who(req));
         match made.and_then(|st| self.fs.open_ino(st.ino)) {
             Ok(st) => reply.created(&TTL, &attr(&st), Generation(u64::from(st.generation)), FileHandle(0), OPEN_FLAGS),
@@ -481,22 +430,13 @@ impl Filesystem for UdaxFuse {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        writable!(self, reply);
-        if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
-            // Sent with every write by a caller without CAP_FSETID; the bits are rarely set.
-            let dropped = self.mode_dropping_set_id(ino.0, None).and_then(|mode| match mode {
-                Some(m) => self
-                    .fs
-                    .setattr(ino.0, &SetAttr { mode: Some(m), ..Default::default() })
-                    .map(drop)
-                    .map_err(|e| errno(&e)),
-                None => Ok(()),
-            });
-            if let Err(e) = dropped {
-                return reply.error(e);
-            }
-        }
-        match self.fs.write(ino.0, offset, data) {
+        // Sent with every write by a caller without CAP_FSETID.
+        let written = if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
+            self.fs.write_dropping_set_id(ino.0, offset, data)
+        } else {
+            self.fs.write(ino.0, offset, data)
+        };
+        match written {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(errno(&e)),
         }
@@ -609,7 +549,6 @@ impl Filesystem for UdaxFuse {
         position: u32,
         reply: ReplyEmpty,
     ) {
-        writable!(self, reply);
         if position != 0 || flags & !(libc::XATTR_CREATE | libc::XATTR_REPLACE) != 0 {
             return reply.error(Errno::EINVAL);
         }
@@ -643,7 +582,6 @@ impl Filesystem for UdaxFuse {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        writable!(self, reply);
         done(self.fs.removexattr(ino.0, name.as_bytes()), reply)
     }
 
@@ -665,7 +603,6 @@ impl Filesystem for UdaxFuse {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        writable!(self, reply);
         let keep = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
         let how = match mode & !libc::FALLOC_FL_KEEP_SIZE {
             0 => FallocMode::Allocate { keep_size: keep },
@@ -702,7 +639,6 @@ impl Filesystem for UdaxFuse {
         _flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
-        writable!(self, reply);
         // One chunk per request, at most 1 MiB: the caller loops, as with a short write.
         let mut buf = vec![0u8; len.min(1 << 20) as usize];
         let r =
