@@ -220,7 +220,7 @@ fn image_with_a_tree() -> Vec<u8> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
     /// Random damage to the metadata (journal, inode table, directory and data blocks) never
     /// panics mount or fsck: it is refused with an error or mounts and gets checked.

@@ -164,7 +164,7 @@ fn cases() -> u32 {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: cases(), failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
 
     /// Any damage to a real image: mount and fsck return (an error is fine), an image that
     /// mounts still mounts after changes, and a clean one stays clean.

@@ -829,7 +829,7 @@ fn run(block_size: u32, ops: &[Op]) -> Result<(), TestCaseError> {
 
 fn config() -> ProptestConfig {
     let cases = std::env::var("UDAX_MODEL_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(40);
-    ProptestConfig { cases, max_shrink_iters: 2000, failure_persistence: None, ..ProptestConfig::default() }
+    ProptestConfig { cases, max_shrink_iters: 2000, ..ProptestConfig::default() }
 }
 
 // 40 cases × ~300 ops × 3 block sizes ≈ 36,000 operations per run (UDAX_MODEL_CASES scales it).
