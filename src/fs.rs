@@ -910,7 +910,6 @@ impl Fs {
         let _change = self.writable()?;
         let newname = &*unmapped(newname);
         check_name(newname)?;
-        let geo = self.inner.geo;
         let p = self.node(newparent)?;
         let mut pg = wr(&p.inode);
         let dir = pg.dir()?;
@@ -933,25 +932,34 @@ impl Fs {
         if cg.attr.nlink >= LINK_MAX {
             return Err(Error::TooManyLinks);
         }
+        let nlink = cg.attr.nlink + 1;
+        self.link_locked(&mut pg, newname, &mut cg, nlink)?;
+        Ok(self.stat_of(&cg))
+    }
+
+    /// Names the locked non-directory `cg` as `name` in the locked directory `dg`, giving it
+    /// `nlink` links, in one transaction; a failure puts both back.
+    pub(crate) fn link_locked(&self, dg: &mut Inode, name: &[u8], cg: &mut Inode, nlink: u32) -> Result<()> {
+        let geo = self.inner.geo;
         let mut tx = Tx::new();
         let mut taken = Vec::new();
         let linked = (|| {
-            self.add_entry(&mut pg, newname, ino, mode::dtype(cg.attr.mode), &mut tx, &mut taken)?;
+            self.add_entry(dg, name, cg.ino, mode::dtype(cg.attr.mode), &mut tx, &mut taken)?;
             let now = Timespec::now();
-            pg.attr.mtime = now;
-            pg.attr.ctime = now;
-            pg.log_attr(&geo, &mut tx);
-            cg.attr.nlink += 1;
+            dg.attr.mtime = now;
+            dg.attr.ctime = now;
+            dg.log_attr(&geo, &mut tx);
+            cg.attr.nlink = nlink;
             cg.attr.ctime = now;
             cg.log_attr(&geo, &mut tx);
             self.commit(&tx)
         })();
         if let Err(e) = linked {
-            self.restore(&mut pg, taken);
-            self.restore(&mut cg, Vec::new());
+            self.restore(dg, taken);
+            self.restore(cg, Vec::new());
             return Err(e);
         }
-        Ok(self.stat_of(&cg))
+        Ok(())
     }
 
     /// Removes a non-directory entry.

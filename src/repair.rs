@@ -16,7 +16,7 @@ use crate::dir::DT_DIR;
 use crate::error::{Error, Result};
 use crate::extent::{Extent, State};
 use crate::fs::{lock, rd, wr, Creds, Fs, Node};
-use crate::inode::{Inode, Timespec};
+use crate::inode::Inode;
 use crate::journal::Tx;
 use crate::layout::{mode, ROOT_INO, SYMLINK_MAX};
 
@@ -228,7 +228,6 @@ impl Fs {
         if !dir.is_dir {
             return Err(Error::NotDir);
         }
-        let geo = self.inner.geo;
         let mut dg = wr(&dir.inode);
         let mut name = format!("#{ino}").into_bytes();
         for n in 1.. {
@@ -237,25 +236,7 @@ impl Fs {
             }
             name = format!("#{ino}.{n}").into_bytes();
         }
-        let mut cg = wr(&node.inode);
-        let mut tx = Tx::new();
-        let mut taken = Vec::new();
-        let linked = (|| {
-            self.add_entry(&mut dg, &name, ino, mode::dtype(cg.attr.mode), &mut tx, &mut taken)?;
-            let now = Timespec::now();
-            dg.attr.mtime = now;
-            dg.attr.ctime = now;
-            dg.log_attr(&geo, &mut tx);
-            cg.attr.nlink = 1;
-            cg.attr.ctime = now;
-            cg.log_attr(&geo, &mut tx);
-            self.commit(&tx)
-        })();
-        if let Err(e) = linked {
-            self.restore(&mut dg, taken);
-            self.restore(&mut cg, Vec::new());
-            return Err(e);
-        }
+        self.link_locked(&mut dg, &name, &mut wr(&node.inode), 1)?;
         Ok(name)
     }
 
