@@ -22,7 +22,7 @@ use crate::inode::{Attr, Inode, InodeTable, Timespec};
 use crate::journal::{Journal, RecoveryReport, Tx};
 use crate::layout::{self, check_name, mode, off, Geometry, ROOT_INO};
 use crate::mmap::unmapped;
-use crate::sync::{AtomicU64, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use crate::sync::{AtomicBool, AtomicU64, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// Worst-case journal bytes per block a data transaction touches: a conversion rewrites two
 /// extent slots and fills a third (3 × 40-byte entries), plus a share of overflow-block links.
@@ -202,6 +202,8 @@ pub(crate) struct Inner {
     /// the medium (a panic during a change, a failed change that could not be put back), or the
     /// host file system holding a sparse image is full.
     broken: Mutex<Option<String>>,
+    /// Set once `broken` holds a reason: the one load every change makes.
+    stopped: AtomicBool,
     pub(crate) mmap: crate::mmap::ServiceSlot,
 }
 
@@ -313,8 +315,8 @@ impl Fs {
         if self.inner.read_only {
             return Err(Error::ReadOnly);
         }
-        if let Some(why) = &*lock(&self.inner.broken) {
-            return Err(Error::Stopped(why.clone()));
+        if self.inner.stopped.load(Ordering::Acquire) {
+            return Err(Error::Stopped(lock(&self.inner.broken).clone().unwrap_or_default()));
         }
         Ok(Change(self))
     }
@@ -322,6 +324,7 @@ impl Fs {
     /// Stops all further changes: memory may differ from the medium.
     fn stop_changes(&self, why: String) {
         lock(&self.inner.broken).get_or_insert(why);
+        self.inner.stopped.store(true, Ordering::Release);
     }
 
     /// Puts `g` back as the medium holds it after a change to it failed part way (memory may
@@ -438,6 +441,7 @@ impl Fs {
                 mkfs_time: sb.mkfs_time.get(),
                 read_only,
                 broken: Mutex::new(None),
+                stopped: AtomicBool::new(false),
                 mmap: Default::default(),
             }),
         };
