@@ -125,10 +125,14 @@ impl std::fmt::Debug for Recorder {
     }
 }
 
-// SAFETY: the mapping is process-wide memory that stays valid until `Drop`; all access goes
-// through raw-pointer copies and atomics, and the file system serialises conflicting writers.
+// SAFETY: the mapping is process-wide memory that stays valid until `Drop`. Every access to it
+// is an asm copy (`persist::shared_copy`, the non-temporal stream loops), an atomic, a cache-line
+// write-back or a system call — never a Rust load, store or reference — so stores racing from
+// other threads, mappings or processes are no data race in Rust's memory model (the file system
+// serialises conflicting writers for the bytes' meaning, not for soundness).
 unsafe impl Send for Device {}
-// SAFETY: as above; `&Device` methods never hand out references into the mapping.
+// SAFETY: as above; `&Device` methods never hand out references into the mapping
+// (`direct_access` gives a raw pointer whose use is the caller's `unsafe`).
 unsafe impl Sync for Device {}
 
 const MAP_SHARED_VALIDATE: libc::c_int = 0x03;
@@ -417,7 +421,7 @@ impl Device {
         let at = self.check(off, buf.len())?;
         // SAFETY: `check` proved `[at, at+len)` lies inside the mapping, alive until drop; `buf`
         // is a distinct Rust buffer, so the ranges cannot overlap.
-        unsafe { std::ptr::copy_nonoverlapping(self.base.as_ptr().add(at), buf.as_mut_ptr(), buf.len()) };
+        unsafe { persist::shared_copy(buf.as_mut_ptr(), self.base.as_ptr().add(at), buf.len()) };
         Ok(())
     }
 
@@ -440,7 +444,7 @@ impl Device {
                 self.count_nt(src.len());
                 persist::nt_copy(dst, src.as_ptr(), src.len(), self.flush)
             } else {
-                std::ptr::copy_nonoverlapping(src.as_ptr(), dst, src.len());
+                persist::shared_copy(dst, src.as_ptr(), src.len());
                 persist::flush_range(dst, src.len(), self.flush)
             }
         };
@@ -828,7 +832,7 @@ mod tests {
         let d = Device::anonymous(1 << 16).unwrap();
         let src: Vec<u8> = (0..5000u32).map(|i| (i * 7 + 3) as u8).collect();
         for off in [0u64, 1, 15, 17, 33, 63, 4095] {
-            for len in [256usize, 257, 300, 4096, 4999] {
+            for len in [0usize, 1, 63, 64, 65, 256, 257, 300, 4096, 4999] {
                 d.zero(0, 1 << 16).unwrap();
                 d.write(off, &src[..len]).unwrap();
                 let mut back = vec![0u8; len + 2];

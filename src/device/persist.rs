@@ -156,6 +156,80 @@ pub fn sfence() {
     std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
 }
 
+/// Copies `len` bytes between device memory and a private buffer with one `rep movsb`: device
+/// memory is shared (mappings of any thread or process may store to it at any moment), and a
+/// copy the compiler cannot see as Rust loads and stores is no data race in Rust's memory model.
+/// Bytes a racing store changes may arrive old or new, as with any concurrent copy.
+///
+/// # Safety
+/// `dst` must be valid for `len` bytes of writes and `src` for reads, not overlapping.
+pub unsafe fn shared_copy(dst: *mut u8, src: *const u8, len: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // The bulk in 128-byte steps of 32-byte vector moves where AVX2 is there (rep movsb
+        // starts slowly on a 4 KiB copy), the rest with rep movsb.
+        let bulk = if nt_insn() == NtInsn::Avx2 { len & !127 } else { 0 };
+        if bulk > 0 {
+            // SAFETY: avx2 was detected at run time; `[0, bulk)` lies inside both ranges.
+            unsafe { copy_avx2(dst, src, bulk) };
+        }
+        // SAFETY: the caller guarantees both ranges; `rep movsb` reads `[src, src+len)` and
+        // writes `[dst, dst+len)` past the bulk only, forwards (the ABI keeps the direction
+        // flag clear).
+        unsafe {
+            std::arch::asm!(
+                "rep movsb",
+                inout("rcx") len - bulk => _,
+                inout("rsi") src.add(bulk) => _,
+                inout("rdi") dst.add(bulk) => _,
+                options(nostack, preserves_flags)
+            )
+        };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    // SAFETY: the caller guarantees both ranges.
+    unsafe {
+        std::ptr::copy_nonoverlapping(src, dst, len)
+    };
+}
+
+/// # Safety
+/// AVX2 is available; `len` is a multiple of 128; both ranges valid and disjoint.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn copy_avx2(dst: *mut u8, src: *const u8, len: usize) {
+    // SAFETY: each step loads `[src, src+128)` and stores `[dst, dst+128)`, inside the ranges
+    // the caller guarantees, until `len` (a multiple of 128) is used up.
+    unsafe {
+        std::arch::asm!(
+            "2:",
+            "test rcx, rcx",
+            "jz 3f",
+            "vmovdqu ymm0, [rsi]",
+            "vmovdqu ymm1, [rsi + 32]",
+            "vmovdqu ymm2, [rsi + 64]",
+            "vmovdqu ymm3, [rsi + 96]",
+            "vmovdqu [rdi], ymm0",
+            "vmovdqu [rdi + 32], ymm1",
+            "vmovdqu [rdi + 64], ymm2",
+            "vmovdqu [rdi + 96], ymm3",
+            "add rsi, 128",
+            "add rdi, 128",
+            "sub rcx, 128",
+            "jmp 2b",
+            // Clean upper halves: SSE code after this would otherwise pay a transition.
+            "3:",
+            "vzeroupper",
+            inout("rsi") src => _,
+            inout("rdi") dst => _,
+            inout("rcx") len => _,
+            // vzeroupper changes every vector register's upper half.
+            clobber_abi("C"),
+            options(nostack)
+        )
+    };
+}
+
 /// Copies `len` bytes with non-temporal stores where the destination is 16-byte aligned, plain
 /// stores (flushed here) at the unaligned head and tail. Returns the number of lines flushed.
 ///
@@ -167,7 +241,7 @@ pub unsafe fn nt_copy(dst: *mut u8, src: *const u8, len: usize, flush: FlushInsn
     if insn == NtInsn::None || len < 64 {
         // SAFETY: the caller's contract covers both ranges.
         unsafe {
-            std::ptr::copy_nonoverlapping(src, dst, len);
+            shared_copy(dst, src, len);
             return flush_range(dst, len, flush);
         }
     }
@@ -178,13 +252,13 @@ pub unsafe fn nt_copy(dst: *mut u8, src: *const u8, len: usize, flush: FlushInsn
     // SAFETY: head, body and tail partition `[0, len)`, which the caller guarantees valid.
     unsafe {
         if head > 0 {
-            std::ptr::copy_nonoverlapping(src, dst, head);
+            shared_copy(dst, src, head);
             lines += flush_range(dst, head, flush);
         }
         stream_body(dst.add(head), src.add(head), body, insn);
         if tail > 0 {
             let off = head + body;
-            std::ptr::copy_nonoverlapping(src.add(off), dst.add(off), tail);
+            shared_copy(dst.add(off), src.add(off), tail);
             lines += flush_range(dst.add(off), tail, flush);
         }
     }
@@ -228,36 +302,69 @@ unsafe fn stream_body(dst: *mut u8, src: *const u8, len: usize, _insn: NtInsn) {
     unsafe { std::ptr::copy_nonoverlapping(src, dst, len) };
 }
 
+// The stream loops are asm, as `shared_copy` is: their stores land in shared device memory.
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn stream_avx2(dst: *mut u8, src: *const u8, len: usize) {
-    use std::arch::x86_64::{__m256i, _mm256_loadu_si256, _mm256_stream_si256};
-    let mut i = 0;
-    while i < len {
-        // SAFETY: `i + 64 <= len`; `dst + i` is 32-byte aligned because `dst` is and `i` steps
-        // by 64; unaligned loads are allowed from `src`.
-        unsafe {
-            let a = _mm256_loadu_si256(src.add(i) as *const __m256i);
-            let b = _mm256_loadu_si256(src.add(i + 32) as *const __m256i);
-            _mm256_stream_si256(dst.add(i) as *mut __m256i, a);
-            _mm256_stream_si256(dst.add(i + 32) as *mut __m256i, b);
-        }
-        i += 64;
-    }
+    // SAFETY: avx2 was detected by the caller's choice of `NtInsn::Avx2`; `len` is a multiple of
+    // 64 and `dst` 32-byte aligned (the caller checked), so each aligned 32-byte non-temporal
+    // store stays inside `[dst, dst+len)` and each unaligned load inside `[src, src+len)`.
+    unsafe {
+        std::arch::asm!(
+            "2:",
+            "test rcx, rcx",
+            "jz 3f",
+            "vmovdqu ymm0, [rsi]",
+            "vmovdqu ymm1, [rsi + 32]",
+            "vmovntdq [rdi], ymm0",
+            "vmovntdq [rdi + 32], ymm1",
+            "add rsi, 64",
+            "add rdi, 64",
+            "sub rcx, 64",
+            "jmp 2b",
+            // Clean upper halves: SSE code after this would otherwise pay a transition.
+            "3:",
+            "vzeroupper",
+            inout("rsi") src => _,
+            inout("rdi") dst => _,
+            inout("rcx") len => _,
+            // vzeroupper changes every vector register's upper half.
+            clobber_abi("C"),
+            options(nostack)
+        )
+    };
 }
 
 #[cfg(target_arch = "x86_64")]
 unsafe fn stream_sse2(dst: *mut u8, src: *const u8, len: usize) {
-    use std::arch::x86_64::{__m128i, _mm_loadu_si128, _mm_stream_si128};
-    let mut i = 0;
-    while i < len {
-        // SAFETY: `i + 64 <= len`; `dst + i + 16k` is 16-byte aligned because `dst` is.
-        unsafe {
-            for k in 0..4 {
-                let v = _mm_loadu_si128(src.add(i + 16 * k) as *const __m128i);
-                _mm_stream_si128(dst.add(i + 16 * k) as *mut __m128i, v);
-            }
-        }
-        i += 64;
-    }
+    // SAFETY: sse2 is baseline; `len` is a multiple of 64 and `dst` 16-byte aligned (the caller
+    // checked), so each aligned 16-byte non-temporal store stays inside `[dst, dst+len)` and
+    // each unaligned load inside `[src, src+len)`.
+    unsafe {
+        std::arch::asm!(
+            "2:",
+            "test {n}, {n}",
+            "jz 3f",
+            "movdqu {a}, [{s}]",
+            "movdqu {b}, [{s} + 16]",
+            "movntdq [{d}], {a}",
+            "movntdq [{d} + 16], {b}",
+            "movdqu {a}, [{s} + 32]",
+            "movdqu {b}, [{s} + 48]",
+            "movntdq [{d} + 32], {a}",
+            "movntdq [{d} + 48], {b}",
+            "add {s}, 64",
+            "add {d}, 64",
+            "sub {n}, 64",
+            "jmp 2b",
+            "3:",
+            s = inout(reg) src => _,
+            d = inout(reg) dst => _,
+            n = inout(reg) len => _,
+            a = out(xmm_reg) _,
+            b = out(xmm_reg) _,
+            options(nostack)
+        )
+    };
 }
