@@ -49,7 +49,6 @@ pub struct Allocator {
     /// Freed runs waiting for the checkpoint to pass the given journal position.
     pending: VecDeque<(u64, Run)>,
     pending_blocks: u64,
-    total: u64,
 }
 
 impl Allocator {
@@ -74,10 +73,11 @@ impl Allocator {
             free.insert(at, geo.data_end() - at);
             free_blocks += geo.data_end() - at;
         }
-        Ok(Allocator { free, free_blocks, pending: VecDeque::new(), pending_blocks: 0, total: geo.data_blocks })
+        Ok(Allocator { free, free_blocks, pending: VecDeque::new(), pending_blocks: 0 })
     }
 
     /// Blocks free now.
+    #[cfg(test)]
     pub fn free_blocks(&self) -> u64 {
         self.free_blocks
     }
@@ -85,10 +85,6 @@ impl Allocator {
     /// Blocks free now or once the checkpoint passes their free.
     pub fn available_blocks(&self) -> u64 {
         self.free_blocks + self.pending_blocks
-    }
-
-    pub fn total_blocks(&self) -> u64 {
-        self.total
     }
 
     /// Whether freed blocks wait for a checkpoint (a caller short of space checkpoints, then

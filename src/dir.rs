@@ -142,20 +142,22 @@ impl DirIndex {
         self.names.get(name)
     }
 
-    pub fn len(&self) -> usize {
-        self.names.len()
-    }
-
     pub fn is_empty(&self) -> bool {
         self.names.is_empty()
     }
 
-    pub fn subdirs(&self) -> u64 {
-        self.subdirs
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.names.len()
     }
 
-    pub fn size(&self) -> u64 {
+    #[cfg(test)]
+    fn size(&self) -> u64 {
         self.size
+    }
+
+    pub fn subdirs(&self) -> u64 {
+        self.subdirs
     }
 
     /// Picks space for a name of `name_len` bytes without taking it yet.

@@ -388,6 +388,7 @@ impl ExtentMap {
     }
 
     /// Overflow blocks (freed with the inode).
+    #[cfg(any(test, feature = "crash-test"))]
     pub fn overflow_blocks(&self) -> &[u64] {
         &self.blocks
     }

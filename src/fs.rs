@@ -492,7 +492,7 @@ impl Fs {
 
     /// Test-only sabotage switch for the crash explorer: commits drop one fence of the protocol.
     /// Never use it on data you keep.
-    #[doc(hidden)]
+    #[cfg(feature = "crash-test")]
     pub fn sabotage(&self, which: crate::journal::Sabotage) {
         lock(&self.inner.journal).sabotage(which);
     }

@@ -75,10 +75,6 @@ impl Tx {
         self.put(off, v.as_bytes());
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.entries == 0
-    }
-
     /// Bytes the record will take in the ring.
     pub fn record_len(&self) -> u64 {
         (HEADER_LEN + self.buf.len()).next_multiple_of(64) as u64
@@ -127,7 +123,8 @@ pub struct Committed {
     pub checkpoint: Option<u64>,
 }
 
-/// A fence of the commit protocol that a test can drop, to prove the crash explorer notices.
+/// A fence of the commit protocol that a test can drop, to prove the crash explorer notices
+/// (test machinery: only the `crash-test` feature can set one).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Sabotage {
     #[default]
@@ -140,6 +137,7 @@ pub enum Sabotage {
     CheckpointFence,
 }
 
+#[cfg(feature = "crash-test")]
 impl Sabotage {
     /// Every switch, with the name `udax crashtest --sabotage` takes.
     pub const ALL: [(&'static str, Sabotage); 3] = [
@@ -161,6 +159,7 @@ pub struct Journal {
     meta_start: u64,
     meta_end: u64,
     /// Test-only: one fence of the protocol to drop (the bug class the crash explorer must catch).
+    #[cfg(feature = "crash-test")]
     sabotage: Sabotage,
 }
 
@@ -196,6 +195,7 @@ impl Journal {
             scratch: Vec::new(),
             meta_start: geo.inode_off,
             meta_end: geo.size_bytes,
+            #[cfg(feature = "crash-test")]
             sabotage: Sabotage::None,
         };
         let mut report = RecoveryReport::default();
@@ -286,9 +286,21 @@ impl Journal {
     }
 
     /// Test-only: drop one fence of the commit protocol from now on (`Sabotage::None` restores it).
-    #[doc(hidden)]
+    #[cfg(feature = "crash-test")]
     pub fn sabotage(&mut self, which: Sabotage) {
         self.sabotage = which;
+    }
+
+    /// Whether a test dropped this fence of the protocol (never, without `crash-test`).
+    #[inline(always)]
+    fn dropped(&self, fence: Sabotage) -> bool {
+        #[cfg(feature = "crash-test")]
+        return self.sabotage == fence;
+        #[cfg(not(feature = "crash-test"))]
+        {
+            let _ = fence;
+            false
+        }
     }
 
     /// Largest transaction (in ring bytes) a commit accepts.
@@ -300,7 +312,8 @@ impl Journal {
         self.head
     }
 
-    pub fn checkpoint_pos(&self) -> u64 {
+    #[cfg(test)]
+    fn checkpoint_pos(&self) -> u64 {
         self.checkpoint
     }
 
@@ -308,7 +321,7 @@ impl Journal {
     /// the new position is stored and fenced. After it no replay rewrites anything logged so far.
     pub fn checkpoint(&mut self, dev: &Device) -> Result<u64> {
         if self.checkpoint != self.head {
-            if self.sabotage != Sabotage::CheckpointFence {
+            if !self.dropped(Sabotage::CheckpointFence) {
                 dev.fence();
             }
             self.set_checkpoint(dev, self.head)?;
@@ -327,7 +340,7 @@ impl Journal {
         if self.head + len - self.checkpoint > self.ring_len {
             done.checkpoint = Some(self.checkpoint(dev)?);
         }
-        if tx.content && self.sabotage != Sabotage::ContentFence {
+        if tx.content && !self.dropped(Sabotage::ContentFence) {
             dev.fence();
         }
         let mut rec = std::mem::take(&mut self.scratch);
@@ -348,7 +361,7 @@ impl Journal {
         let written = self.ring_write(dev, self.head, &rec);
         self.scratch = rec;
         written?;
-        if self.sabotage != Sabotage::RecordFence {
+        if !self.dropped(Sabotage::RecordFence) {
             dev.fence();
         }
         self.head += len;

@@ -20,8 +20,8 @@ use crate::error::{Error, Result};
 pub const MAGIC: [u8; 8] = *b"udaxFS\x00\x01";
 pub const VERSION: u32 = 1;
 /// Feature-flag words: a reader refuses an image with an incompat bit it does not know, opens
-/// read-only one with an unknown ro_compat bit, and ignores unknown compat bits.
-pub const FEATURES_COMPAT_KNOWN: u64 = 0;
+/// read-only one with an unknown ro_compat bit, and ignores unknown compat bits (none is
+/// defined yet).
 /// Inodes may name an extended-attribute block (`RawInode::xattr`). Incompatible: a reader
 /// without it would take such an inode for damage.
 pub const FEATURE_INCOMPAT_XATTR: u64 = 1;
@@ -156,8 +156,6 @@ pub struct RawInode {
 const _: () = assert!(core::mem::size_of::<RawInode>() == INODE_SIZE as usize);
 pub const INODE_ATTR_LEN: usize = 128;
 pub const INODE_EXTENTS_OFF: u64 = off!(RawInode, extents);
-/// Offset of mtime within the inode; mtime and ctime are 32 contiguous bytes.
-pub const INODE_TIMES_OFF: u64 = off!(RawInode, mtime);
 
 /// Extent record, 24 bytes. All-zero means an empty slot.
 #[repr(C)]
@@ -286,7 +284,7 @@ pub struct Geometry {
     pub inode_count: u64,
     pub data_start: u64,
     pub data_blocks: u64,
-    /// The image carries [`FEATURE_INCOMPAT_XATTR`] (every image mkfs makes now does).
+    /// The image carries the extended-attribute feature flag (every image mkfs makes now does).
     pub xattr: bool,
 }
 

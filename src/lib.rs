@@ -21,40 +21,70 @@
 //! ```
 #![deny(unsafe_code)]
 
-pub mod alloc;
+/// Declares modules that are internals: private to the crate, and public only with the
+/// `crash-test` feature, for the crash explorer, the corrupt-image harness and the tests that
+/// build images byte by byte.
+macro_rules! internal {
+    ($($(#[$attr:meta])* mod $name:ident;)*) => {$(
+        $(#[$attr])*
+        #[cfg(feature = "crash-test")]
+        pub mod $name;
+        $(#[$attr])*
+        #[cfg(not(feature = "crash-test"))]
+        mod $name;
+    )*};
+}
+
+internal! {
+    mod alloc;
+    mod dir;
+    mod extent;
+    mod inode;
+    mod journal;
+    mod layout;
+    mod xattr;
+}
+
 pub mod check;
-pub mod crashtest;
 #[allow(unsafe_code)]
-pub mod device;
-pub mod dir;
-pub mod error;
-pub mod extent;
+mod device;
+mod error;
+#[cfg(feature = "faults")]
 pub mod faults;
+#[cfg(not(feature = "faults"))]
+mod faults;
 mod file;
-pub mod fs;
-pub mod inode;
+mod fs;
 mod io;
-pub mod journal;
-pub mod layout;
 mod mmap;
 #[cfg(feature = "model")]
 pub mod model;
-pub mod repair;
-pub mod robust;
+mod repair;
 mod space;
 mod sync;
 #[allow(unsafe_code)]
-pub mod uffd;
-pub mod xattr;
+mod uffd;
 
-pub use device::{Backend, Counters, Device, InFlight};
+/// The crash explorer (`udax crashtest`) and the corrupt-image harness: test machinery, built
+/// only with the `crash-test` feature.
+#[cfg(feature = "crash-test")]
+pub mod crashtest;
+#[cfg(feature = "crash-test")]
+pub mod robust;
+
+pub use device::{Backend, Counters, Device, DeviceInfo, FlushInsn, NtInsn};
+#[cfg(feature = "crash-test")]
+pub use device::{FenceHook, InFlight};
 pub use error::{Error, Result};
 pub use file::{File, OpenOptions};
-pub use fs::{Creds, DirEntry, Fs, MkfsOptions, RenameMode, SetAttr, SetTime, Stat, StatFs};
+pub use fs::{Creds, DirEntry, Fs, FsInfo, MkfsOptions, RenameMode, SetAttr, SetTime, Stat, StatFs, LINK_MAX};
 pub use inode::Timespec;
+pub use journal::RecoveryReport;
+pub use layout::{mode, Geometry, BLOCK_SIZES, INODE_SIZE, JOURNAL_RING_OFF, MAGIC, ROOT_INO};
 pub use mmap::{map_budget, set_map_budget, Mapping, MmapStats, Prot, Share, HUGE, PAGE};
+pub use repair::Repair;
 pub use space::{ExtentInfo, FallocMode};
-pub use xattr::XattrFlags;
+pub use xattr::{XattrFlags, VALUE_MAX as XATTR_VALUE_MAX};
 
 /// Largest file size udax accepts (16 TiB).
 pub const MAX_FILE_SIZE: u64 = 1 << 44;

@@ -158,9 +158,11 @@ fn mutation() -> impl Strategy<Value = Mutation> {
     ]
 }
 
-/// Cases of the proptest; `UDAX_CORRUPT_CASES` runs more (README: longer runs).
+/// Cases of the proptest: 2,000 for a quick `cargo test`, 10,000 with `UDAX_LONG=1` (as
+/// `.ci/run` sets); `UDAX_CORRUPT_CASES` runs any number (README: longer runs).
 fn cases() -> u32 {
-    std::env::var("UDAX_CORRUPT_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000)
+    let default = if std::env::var("UDAX_LONG").is_ok_and(|v| v == "1") { 10_000 } else { 2_000 };
+    std::env::var("UDAX_CORRUPT_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
 proptest! {

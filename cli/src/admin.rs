@@ -25,7 +25,7 @@ const FSCK_CANNOT_OPEN: u8 = 8;
 fn holds_udax(path: &Path) -> bool {
     let mut magic = [0u8; 8];
     match std::fs::File::open(path) {
-        Ok(mut f) => f.read_exact(&mut magic).is_ok() && magic == udax::layout::MAGIC,
+        Ok(mut f) => f.read_exact(&mut magic).is_ok() && magic == udax::MAGIC,
         Err(_) => false,
     }
 }
@@ -46,7 +46,7 @@ pub fn mkfs(a: &MkfsArgs) -> CliResult {
     };
     let block_size = u32::try_from(a.block_size)
         .ok()
-        .filter(|b| udax::layout::BLOCK_SIZES.contains(b))
+        .filter(|b| udax::BLOCK_SIZES.contains(b))
         .ok_or_else(|| fail(format!("block size {} is not one of 1024, 2048, 4096", a.block_size)))?;
     let opts = MkfsOptions {
         block_size,
@@ -59,9 +59,9 @@ pub fn mkfs(a: &MkfsArgs) -> CliResult {
     }
     // Check the geometry before touching the file, so a bad size leaves nothing behind.
     let table_bytes = if size > 0 {
-        let g = udax::layout::Geometry::plan(size, block_size, opts.inodes, opts.journal_bytes)
-            .map_err(|e| fail(describe(&e)))?;
-        g.inode_count * udax::layout::INODE_SIZE
+        let g =
+            udax::Geometry::plan(size, block_size, opts.inodes, opts.journal_bytes).map_err(|e| fail(describe(&e)))?;
+        g.inode_count * udax::INODE_SIZE
     } else {
         0
     };
@@ -89,8 +89,8 @@ pub fn mkfs(a: &MkfsArgs) -> CliResult {
     let rows = [
         ("size", format!("{} ({} bytes)", human(g.size_bytes), g.size_bytes)),
         ("block size", g.block_size.to_string()),
-        ("inodes", format!("{} ({} bytes each, table at {:#x})", g.inode_count, udax::layout::INODE_SIZE, g.inode_off)),
-        ("journal", format!("{} at {:#x}", human(g.journal_len), udax::layout::JOURNAL_RING_OFF)),
+        ("inodes", format!("{} ({} bytes each, table at {:#x})", g.inode_count, udax::INODE_SIZE, g.inode_off)),
+        ("journal", format!("{} at {:#x}", human(g.journal_len), udax::JOURNAL_RING_OFF)),
         (
             "data blocks",
             format!("{} ({}), from block {}", g.data_blocks, human(g.data_blocks * g.block_size), g.data_start),

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use udax::layout::mode;
+use udax::mode;
 use udax::{Error, Fs, Timespec};
 
 /// Why a subcommand stopped: what to print on stderr (nothing for a closed stdout) and the

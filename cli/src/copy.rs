@@ -20,7 +20,7 @@ use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use udax::layout::mode;
+use udax::mode;
 use udax::{Creds, Error, Fs, SetAttr, SetTime, Stat, Timespec};
 
 use crate::common::{
@@ -84,7 +84,7 @@ fn host_xattrs(p: &Path) -> std::io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
         Err(rustix::io::Errno::OPNOTSUPP) => return Ok(Vec::new()),
         Err(e) => return Err(e.into()),
     };
-    let mut value = vec![0u8; udax::xattr::VALUE_MAX];
+    let mut value = vec![0u8; udax::XATTR_VALUE_MAX];
     let mut out = Vec::new();
     for name in list[..n].split(|&b| b == 0).filter(|n| !n.is_empty()) {
         match rustix::fs::lgetxattr(p, OsStr::from_bytes(name), &mut value[..]) {

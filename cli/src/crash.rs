@@ -2,8 +2,7 @@
 
 use std::io::Write;
 
-use udax::crashtest::{self, Options, Report, Workload};
-use udax::journal::Sabotage;
+use udax::crashtest::{self, Options, Report, Sabotage, Workload};
 
 use crate::common::{describe, stderr_is_tty, CliResult, Failure, OutResult, Progress};
 use crate::CrashtestArgs;

@@ -4,7 +4,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use udax::layout::ROOT_INO;
+use udax::ROOT_INO;
 use udax::{Counters, Creds, Device, Error, Fs, MkfsOptions, MmapStats, OpenOptions, Prot, RenameMode, Share};
 
 use crate::common::{describe, describe_open, CliResult, Failure, OutResult};

@@ -7,7 +7,7 @@
 use std::io::Write;
 use std::path::Path;
 
-use udax::layout::mode;
+use udax::mode;
 use udax::{Error, ExtentInfo};
 
 use crate::common::{with_image_read_only, CliResult, Failure, OutResult};

@@ -7,6 +7,7 @@
 mod admin;
 mod common;
 mod copy;
+#[cfg(feature = "crash-test")]
 mod crash;
 mod demo;
 mod extents;
@@ -222,6 +223,7 @@ enum Cmd {
                       udax crashtest --workload seq2 --save /tmp/crash --json\n  \
                       udax crashtest --replay /tmp/crash/seq2-3-0.img"
     )]
+    #[cfg(feature = "crash-test")]
     Crashtest(CrashtestArgs),
 
     /// Race threads over one file system's data, space, namespace and mappings, and check it
@@ -472,6 +474,7 @@ pub struct MountArgs {
 }
 
 #[derive(Debug, Args)]
+#[cfg(feature = "crash-test")]
 pub struct CrashtestArgs {
     /// seq1, seq2 or random
     #[arg(long, default_value = "seq1")]
@@ -577,6 +580,7 @@ fn run(cli: Cli) -> CliResult {
         Cmd::Extents(a) => extents::run(&a),
         Cmd::Io(a) => xio::run(&a),
         Cmd::Demo(a) => demo::run(&a),
+        #[cfg(feature = "crash-test")]
         Cmd::Crashtest(a) => crash::run(&a),
         Cmd::Mount(a) => mount::run(&a),
         Cmd::Stress(a) => stress::run(&a),

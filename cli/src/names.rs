@@ -5,7 +5,7 @@ use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use udax::layout::mode;
+use udax::mode;
 use udax::{Creds, Error, Fs, Stat};
 
 use crate::common::{

@@ -28,10 +28,10 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 
 use crate::device::{InFlight, LINE};
-use crate::journal::Sabotage;
 use crate::layout::{Geometry, JOURNAL_RING_OFF};
 use crate::{Device, Error, Fs, MkfsOptions, Result};
 
+pub use crate::journal::Sabotage;
 pub use state::{judge, FsState, Matched};
 pub use workload::Step;
 

@@ -9,17 +9,22 @@
 //! caller's only persistence duty is [`Device::fence`].
 
 mod persist;
+#[cfg(feature = "crash-test")]
+mod record;
 
-pub use persist::{FlushInsn, NtInsn, LINE};
+#[cfg(feature = "crash-test")]
+pub use record::{FenceHook, InFlight};
 
-use std::collections::BTreeMap;
+#[cfg(feature = "crash-test")]
+pub use persist::LINE;
+pub use persist::{FlushInsn, NtInsn};
+
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use zerocopy::{FromBytes, Immutable, IntoBytes};
 
@@ -95,34 +100,8 @@ pub struct Device {
     read_only: bool,
     counters: AtomicCounters,
     /// Crash-state recording (see [`Device::record`]); off unless a test turns it on.
-    recording: AtomicBool,
-    recorder: Mutex<Option<Recorder>>,
-}
-
-/// Called at every fence while recording, with the cache lines stored or written back since the
-/// previous fence (ascending). Between two fences each of those lines may have reached the medium
-/// in any of the states it passed through; at the fence every line has its last one.
-pub type FenceHook = Box<dyn FnMut(&[InFlight]) + Send>;
-
-/// One cache line in flight between two fences.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InFlight {
-    /// Device offset of the line (a multiple of [`LINE`]).
-    pub line: u64,
-    /// The line's bytes after each store that touched it, oldest first; the last is what the
-    /// fence makes persistent.
-    pub versions: Vec<[u8; LINE]>,
-}
-
-struct Recorder {
-    inflight: BTreeMap<u64, Vec<[u8; LINE]>>,
-    on_fence: FenceHook,
-}
-
-impl std::fmt::Debug for Recorder {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Recorder").field("inflight", &self.inflight.len()).finish()
-    }
+    #[cfg(feature = "crash-test")]
+    recording: record::Recording,
 }
 
 // SAFETY: the mapping is process-wide memory that stays valid until `Drop`. Every access to it
@@ -317,8 +296,8 @@ impl Device {
             sparse,
             read_only: false,
             counters: AtomicCounters::default(),
-            recording: AtomicBool::new(false),
-            recorder: Mutex::new(None),
+            #[cfg(feature = "crash-test")]
+            recording: record::Recording::default(),
         }
     }
 
@@ -486,53 +465,17 @@ impl Device {
     pub fn fence(&self) {
         persist::sfence();
         self.counters.fences.fetch_add(1, Ordering::Relaxed);
-        if self.recording.load(Ordering::Relaxed) {
-            let mut guard = self.recorder.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(r) = guard.as_mut() {
-                let lines: Vec<InFlight> = std::mem::take(&mut r.inflight)
-                    .into_iter()
-                    .map(|(line, versions)| InFlight { line, versions })
-                    .collect();
-                (r.on_fence)(&lines);
-            }
-        }
+        #[cfg(feature = "crash-test")]
+        self.recording.fenced();
     }
 
-    /// Starts recording for crash-state exploration: `on_fence` runs at every later fence with
-    /// the lines stored since the previous one and each state they passed through. Recording
-    /// costs one relaxed load per store when off.
-    pub fn record(&self, on_fence: FenceHook) {
-        *self.recorder.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some(Recorder { inflight: BTreeMap::new(), on_fence });
-        self.recording.store(true, Ordering::Release);
-    }
-
-    /// Stops recording and drops the hook.
-    pub fn stop_recording(&self) {
-        self.recording.store(false, Ordering::Release);
-        *self.recorder.lock().unwrap_or_else(|e| e.into_inner()) = None;
-    }
-
-    /// Notes the lines `[off, off+len)` touched, with their bytes now, while recording.
+    /// Tells the crash-state recorder, when there is one, that `[off, off+len)` was stored to.
+    #[inline(always)]
     fn note(&self, off: u64, len: u64) {
-        if len == 0 || !self.recording.load(Ordering::Relaxed) {
-            return;
-        }
-        let mut guard = self.recorder.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(r) = guard.as_mut() {
-            let line = LINE as u64;
-            for l in off / line..(off + len).div_ceil(line) {
-                // The caller's range was bounds-checked; only a device whose length is not a
-                // multiple of a line has a shorter last line.
-                let mut bytes = [0u8; LINE];
-                let n = (self.len as u64 - l * line).min(line) as usize;
-                let _ = self.read(l * line, &mut bytes[..n]);
-                let versions = r.inflight.entry(l * line).or_default();
-                if versions.last() != Some(&bytes) {
-                    versions.push(bytes);
-                }
-            }
-        }
+        #[cfg(feature = "crash-test")]
+        self.note_store(off, len);
+        #[cfg(not(feature = "crash-test"))]
+        let _ = (off, len);
     }
 
     /// Failure-atomic aligned 8-byte store, written back. The caller fences.
