@@ -63,6 +63,8 @@ pub enum Error {
     NotUdax(String),
     #[error("unsupported image: {0}")]
     Unsupported(String),
+    #[error("no such device: files on a device with no descriptor (a heap device) cannot be mapped")]
+    NotMappable,
     #[error("corrupt image: bad {what} at byte {at:#x}")]
     Corrupt { what: &'static str, at: u64 },
     #[error("device access out of bounds: {len} bytes at {off:#x}")]
@@ -109,6 +111,7 @@ impl Error {
             Error::Stopped(_) => libc::EROFS,
             Error::NotUdax(_) => libc::EINVAL,
             Error::Unsupported(_) => libc::EOPNOTSUPP,
+            Error::NotMappable => libc::ENODEV,
             Error::Corrupt { .. } => libc::EUCLEAN,
             Error::OutOfBounds { .. } => libc::EIO,
             Error::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),

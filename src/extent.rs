@@ -400,7 +400,7 @@ mod tests {
 
     fn setup() -> (Device, Geometry, ExtentMap) {
         let g = Geometry::plan(8 << 20, 4096, 64, 64 << 10).unwrap();
-        let d = Device::anonymous(8 << 20).unwrap();
+        let d = Device::heap(8 << 20).unwrap();
         (d, g, ExtentMap::empty(g.inode_at(2)))
     }
 

@@ -48,6 +48,9 @@ impl Creds {
 
     /// The effective ids of this process.
     pub fn current() -> Creds {
+        #[cfg(miri)]
+        return Creds::ROOT; // miri answers no id query; its subset acts as root
+        #[cfg(not(miri))]
         Creds { uid: rustix::process::geteuid().as_raw(), gid: rustix::process::getegid().as_raw() }
     }
 }

@@ -378,7 +378,7 @@ mod tests {
 
     fn setup() -> (Device, Geometry) {
         let g = Geometry::plan(4 << 20, 4096, 64, 64 << 10).unwrap();
-        let d = Device::anonymous(4 << 20).unwrap();
+        let d = Device::heap(4 << 20).unwrap();
         Journal::format(&d, &g).unwrap();
         (d, g)
     }

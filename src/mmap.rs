@@ -435,6 +435,9 @@ impl Fs {
         if node.is_dir {
             return Err(Error::IsDir);
         }
+        if self.inner.dev.fd().is_none() {
+            return Err(Error::NotMappable);
+        }
         if prot == Prot::ReadWrite && share == Share::Shared {
             self.writable().map(drop)?;
         }

@@ -328,6 +328,7 @@ mod tests {
     /// A step that fails changes nothing and leaves its crash states trivially allowed, so every
     /// step of `seq1` must really run.
     #[test]
+    #[cfg_attr(miri, ignore = "a whole workload on a mapped device: too slow, and miri maps no files")]
     fn every_seq1_step_succeeds_on_the_prepared_tree() {
         for bs in [1024u32, 4096] {
             for step in seq1(u64::from(bs)) {

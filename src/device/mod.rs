@@ -43,6 +43,8 @@ pub enum Backend {
     DevDax(PathBuf),
     /// Anonymous shared memory: tests and the demo's scratch images.
     Anonymous,
+    /// Memory from the process's allocator ([`Device::heap`]): nothing else can map it.
+    Heap,
 }
 
 /// Counts of persistence work issued, for the flush/fence table and benchmarks.
@@ -237,6 +239,19 @@ impl Device {
         Self::map(file, len_bytes, Backend::Anonymous, false)
     }
 
+    /// A device in the process's own heap, zeroed: no descriptor, so files on it cannot be
+    /// mapped, and nothing but this process's calls can store to it. For tests, among them the
+    /// subset that runs under miri (which cannot model shared mappings).
+    pub fn heap(len_bytes: u64) -> Result<Device> {
+        let layout = heap_layout(len_bytes)?;
+        // SAFETY: `heap_layout` refused a zero size, so the layout is non-zero; the result is
+        // checked for null before use.
+        let p = unsafe { std::alloc::alloc_zeroed(layout) };
+        let base = NonNull::new(p)
+            .ok_or_else(|| Error::io("allocate heap device", std::io::Error::from_raw_os_error(libc::ENOMEM)))?;
+        Ok(Self::with(base, layout.size(), Backend::Heap, false, None, false))
+    }
+
     /// Maps an image opened read-only: private, so stores stay in this process.
     fn map_private(file: File, len_bytes: u64, backend: Backend) -> Result<Device> {
         let len = usize::try_from(len_bytes).map_err(|_| Error::InvalidArgument("device too large"))?;
@@ -375,6 +390,7 @@ impl Device {
             Backend::File(p) => ("file", Some(p.clone())),
             Backend::DevDax(p) => ("devdax", Some(p.clone())),
             Backend::Anonymous => ("anonymous", None),
+            Backend::Heap => ("heap", None),
         };
         DeviceInfo {
             backend: backend.into(),
@@ -546,10 +562,27 @@ impl Device {
 
 impl Drop for Device {
     fn drop(&mut self) {
+        if self.backend == Backend::Heap {
+            if let Ok(layout) = heap_layout(self.len as u64) {
+                // SAFETY: `base` came from `alloc_zeroed` with this very layout (same length, in
+                // `Device::heap`); nothing borrows into it.
+                unsafe { std::alloc::dealloc(self.base.as_ptr(), layout) };
+            }
+            return;
+        }
         // SAFETY: `base`/`len` are exactly the mapping made at construction; nothing borrows
         // into it (only raw pointers were handed out, documented as valid while `self` lives).
         unsafe { libc::munmap(self.base.as_ptr().cast(), self.len) };
     }
+}
+
+/// The allocation of a heap device of `len_bytes`: page-aligned, as a mapping would be.
+fn heap_layout(len_bytes: u64) -> Result<std::alloc::Layout> {
+    let len = usize::try_from(len_bytes).map_err(|_| Error::InvalidArgument("device too large"))?;
+    if len == 0 {
+        return Err(Error::InvalidArgument("device size is zero"));
+    }
+    std::alloc::Layout::from_size_align(len, 4096).map_err(|_| Error::InvalidArgument("device too large"))
 }
 
 /// fallocate(2) of `[off, off+len)` of `file`: the host's space for it, taken now.
@@ -758,21 +791,37 @@ mod tests {
         assert_eq!(unescape_mount_field("/plain\\0x"), "/plain\\0x");
     }
 
+    /// The devices a test runs on: a heap one and a mapped one (under miri, which models no
+    /// shared mapping, the heap one only).
+    fn devices(len: u64) -> Vec<Device> {
+        let mut v = vec![Device::heap(len).unwrap()];
+        if !cfg!(miri) {
+            v.push(Device::anonymous(len).unwrap());
+        }
+        v
+    }
+
     #[test]
     fn bounds_are_checked() {
-        let d = Device::anonymous(8192).unwrap();
-        let mut b = [0u8; 16];
-        assert!(d.read(8190, &mut b).is_err());
-        assert!(d.write(u64::MAX - 3, &b).is_err());
-        assert!(d.store_u64(4, 1).is_err());
-        d.write(100, &[7; 300]).unwrap();
-        d.read(100, &mut b).unwrap();
-        assert_eq!(b, [7; 16]);
+        for d in devices(8192) {
+            let mut b = [0u8; 16];
+            assert!(d.read(8190, &mut b).is_err());
+            assert!(d.write(u64::MAX - 3, &b).is_err());
+            assert!(d.store_u64(4, 1).is_err());
+            d.write(100, &[7; 300]).unwrap();
+            d.read(100, &mut b).unwrap();
+            assert_eq!(b, [7; 16]);
+        }
     }
 
     #[test]
     fn nt_copy_handles_every_alignment() {
-        let d = Device::anonymous(1 << 16).unwrap();
+        for d in devices(1 << 16) {
+            nt_copy_at_every_alignment(&d);
+        }
+    }
+
+    fn nt_copy_at_every_alignment(d: &Device) {
         let src: Vec<u8> = (0..5000u32).map(|i| (i * 7 + 3) as u8).collect();
         for off in [0u64, 1, 15, 17, 33, 63, 4095] {
             for len in [0usize, 1, 63, 64, 65, 256, 257, 300, 4096, 4999] {
@@ -791,6 +840,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "opens and locks files")]
     fn second_open_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("img");

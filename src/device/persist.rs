@@ -57,7 +57,7 @@ pub fn flush_insn() -> FlushInsn {
 pub fn nt_insn() -> NtInsn {
     static INSN: OnceLock<NtInsn> = OnceLock::new();
     *INSN.get_or_init(|| {
-        #[cfg(target_arch = "x86_64")]
+        #[cfg(all(target_arch = "x86_64", not(miri)))]
         {
             if std::arch::is_x86_feature_detected!("avx2") {
                 NtInsn::Avx2
@@ -65,14 +65,14 @@ pub fn nt_insn() -> NtInsn {
                 NtInsn::Sse2
             }
         }
-        #[cfg(not(target_arch = "x86_64"))]
+        #[cfg(any(not(target_arch = "x86_64"), miri))]
         {
             NtInsn::None
         }
     })
 }
 
-#[cfg(target_arch = "x86_64")]
+#[cfg(all(target_arch = "x86_64", not(miri)))]
 fn detect_flush() -> FlushInsn {
     use std::arch::x86_64::{__cpuid, __cpuid_count};
     #[allow(unused_unsafe)]
@@ -93,7 +93,7 @@ fn detect_flush() -> FlushInsn {
     FlushInsn::Clflush
 }
 
-#[cfg(not(target_arch = "x86_64"))]
+#[cfg(any(not(target_arch = "x86_64"), miri))]
 fn detect_flush() -> FlushInsn {
     FlushInsn::None
 }
@@ -106,15 +106,16 @@ pub unsafe fn flush_range(p: *const u8, len: usize, insn: FlushInsn) -> u64 {
     if len == 0 {
         return 0;
     }
-    let start = (p as usize) & !(LINE - 1);
-    let end = p as usize + len;
-    let mut line = start;
+    // Line starts as offsets from `p`, so the pointers keep `p`'s provenance.
+    let head = p as usize & (LINE - 1);
+    let mut at = 0;
     let mut n = 0;
-    while line < end {
-        // SAFETY: `line` is the start of a cache line overlapping the caller's range, which the
-        // caller guarantees is mapped; flush instructions neither read nor write the bytes.
-        unsafe { flush_line(line as *const u8, insn) };
-        line += LINE;
+    while at < head + len {
+        // SAFETY: the line starting `at - head` bytes from `p` overlaps the caller's range,
+        // which the caller guarantees is mapped; flush instructions neither read nor write the
+        // bytes.
+        unsafe { flush_line(p.wrapping_add(at).wrapping_sub(head), insn) };
+        at += LINE;
         n += 1;
     }
     n
@@ -124,7 +125,7 @@ pub unsafe fn flush_range(p: *const u8, len: usize, insn: FlushInsn) -> u64 {
 /// `p` must point into a live mapping.
 #[inline(always)]
 unsafe fn flush_line(p: *const u8, insn: FlushInsn) {
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(all(target_arch = "x86_64", not(miri)))]
     // SAFETY: the caller guarantees `p` is mapped; the instructions only write back a line.
     unsafe {
         match insn {
@@ -137,7 +138,7 @@ unsafe fn flush_line(p: *const u8, insn: FlushInsn) {
             }
         }
     }
-    #[cfg(not(target_arch = "x86_64"))]
+    #[cfg(any(not(target_arch = "x86_64"), miri))]
     {
         let _ = (p, insn);
         std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
@@ -147,12 +148,12 @@ unsafe fn flush_line(p: *const u8, insn: FlushInsn) {
 /// Orders every earlier flush and non-temporal store before any later store.
 #[inline(always)]
 pub fn sfence() {
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(all(target_arch = "x86_64", not(miri)))]
     // SAFETY: sfence touches no memory operand; it only orders stores.
     unsafe {
         std::arch::asm!("sfence", options(nostack, preserves_flags))
     };
-    #[cfg(not(target_arch = "x86_64"))]
+    #[cfg(any(not(target_arch = "x86_64"), miri))]
     std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
 }
 
@@ -164,7 +165,7 @@ pub fn sfence() {
 /// # Safety
 /// `dst` must be valid for `len` bytes of writes and `src` for reads, not overlapping.
 pub unsafe fn shared_copy(dst: *mut u8, src: *const u8, len: usize) {
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(all(target_arch = "x86_64", not(miri)))]
     {
         // The bulk in 128-byte steps of 32-byte vector moves where AVX2 is there (rep movsb
         // starts slowly on a 4 KiB copy), the rest with rep movsb.
@@ -186,7 +187,7 @@ pub unsafe fn shared_copy(dst: *mut u8, src: *const u8, len: usize) {
             )
         };
     }
-    #[cfg(not(target_arch = "x86_64"))]
+    #[cfg(any(not(target_arch = "x86_64"), miri))]
     // SAFETY: the caller guarantees both ranges.
     unsafe {
         std::ptr::copy_nonoverlapping(src, dst, len)
@@ -195,7 +196,7 @@ pub unsafe fn shared_copy(dst: *mut u8, src: *const u8, len: usize) {
 
 /// # Safety
 /// AVX2 is available; `len` is a multiple of 128; both ranges valid and disjoint.
-#[cfg(target_arch = "x86_64")]
+#[cfg(all(target_arch = "x86_64", not(miri)))]
 #[target_feature(enable = "avx2")]
 unsafe fn copy_avx2(dst: *mut u8, src: *const u8, len: usize) {
     // SAFETY: each step loads `[src, src+128)` and stores `[dst, dst+128)`, inside the ranges
@@ -284,7 +285,7 @@ pub unsafe fn nt_zero(dst: *mut u8, len: usize, flush: FlushInsn) -> u64 {
 
 /// # Safety
 /// `dst` is 16-byte aligned, `len` a multiple of 64, both ranges valid and disjoint.
-#[cfg(target_arch = "x86_64")]
+#[cfg(all(target_arch = "x86_64", not(miri)))]
 unsafe fn stream_body(dst: *mut u8, src: *const u8, len: usize, insn: NtInsn) {
     if insn == NtInsn::Avx2 && (dst as usize) & 31 == 0 {
         // SAFETY: avx2 was detected at run time before `NtInsn::Avx2` was chosen; the
@@ -296,7 +297,7 @@ unsafe fn stream_body(dst: *mut u8, src: *const u8, len: usize, insn: NtInsn) {
     }
 }
 
-#[cfg(not(target_arch = "x86_64"))]
+#[cfg(any(not(target_arch = "x86_64"), miri))]
 unsafe fn stream_body(dst: *mut u8, src: *const u8, len: usize, _insn: NtInsn) {
     // SAFETY: the caller guarantees the ranges.
     unsafe { std::ptr::copy_nonoverlapping(src, dst, len) };
@@ -304,7 +305,7 @@ unsafe fn stream_body(dst: *mut u8, src: *const u8, len: usize, _insn: NtInsn) {
 
 // The stream loops are asm, as `shared_copy` is: their stores land in shared device memory.
 
-#[cfg(target_arch = "x86_64")]
+#[cfg(all(target_arch = "x86_64", not(miri)))]
 #[target_feature(enable = "avx2")]
 unsafe fn stream_avx2(dst: *mut u8, src: *const u8, len: usize) {
     // SAFETY: avx2 was detected by the caller's choice of `NtInsn::Avx2`; `len` is a multiple of
@@ -336,7 +337,7 @@ unsafe fn stream_avx2(dst: *mut u8, src: *const u8, len: usize) {
     };
 }
 
-#[cfg(target_arch = "x86_64")]
+#[cfg(all(target_arch = "x86_64", not(miri)))]
 unsafe fn stream_sse2(dst: *mut u8, src: *const u8, len: usize) {
     // SAFETY: sse2 is baseline; `len` is a multiple of 64 and `dst` 16-byte aligned (the caller
     // checked), so each aligned 16-byte non-temporal store stays inside `[dst, dst+len)` and
