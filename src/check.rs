@@ -18,9 +18,10 @@
 use std::collections::VecDeque;
 
 use crate::dir::DT_DIR;
-use crate::fs::{rd, Fs};
+use crate::fs::Fs;
 use crate::inode::Inode;
 use crate::layout::{mode, off, RawInode, INODE_EXTENTS_OFF, ROOT_INO, SYMLINK_MAX};
+use crate::sync::rd;
 
 /// One problem found.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -60,9 +61,7 @@ impl Report {
 
 /// Checks the image under `fs`; `progress(done, total)` counts inodes.
 pub fn check(fs: &Fs, progress: &mut dyn FnMut(u64, u64)) -> Report {
-    let dev = fs.device();
     let geo = *fs.geometry();
-    let bs = geo.block_size;
     let mut r = Report::default();
     let mut owner = vec![0u64; geo.data_blocks as usize];
     let mut inodes: Vec<Option<Inode>> = Vec::with_capacity(geo.inode_count as usize + 1);
@@ -73,81 +72,115 @@ pub fn check(fs: &Fs, progress: &mut dyn FnMut(u64, u64)) -> Report {
         if ino % 4096 == 0 {
             progress(ino, geo.inode_count);
         }
-        let at = geo.inode_at(ino);
-        let mut inode = match Inode::load(dev, &geo, ino) {
-            Ok(Some(i)) => i,
-            Ok(None) => {
-                inodes.push(None);
-                continue;
-            }
-            Err(e) => {
-                r.find("inode", Some(ino), Some(at), e.to_string());
-                inodes.push(None);
-                continue;
-            }
-        };
-        r.inodes += 1;
-        let a = inode.attr;
-        match a.mode & mode::S_IFMT {
-            mode::S_IFDIR => r.directories += 1,
-            mode::S_IFREG => r.regular_files += 1,
-            mode::S_IFLNK => r.symlinks += 1,
-            _ => r.special_files += 1,
+        let inode = check_inode(fs, ino, &mut owner, &mut r);
+        if let Some(inode) = &inode {
+            compare_with_memory(fs, inode, &mut r);
         }
-        if a.generation == 0 {
-            r.find("inode", Some(ino), Some(at + off!(RawInode, generation)), "generation 0 on an inode in use");
-        }
-        for run in inode.owned_runs() {
-            for b in run.start..run.start + run.len {
-                let slot = &mut owner[(b - geo.data_start) as usize];
-                if *slot != 0 {
-                    r.find(
-                        "block owned twice",
-                        Some(ino),
-                        Some(geo.block_at(b)),
-                        format!("block {b} also belongs to inode {}", *slot),
-                    );
-                } else {
-                    *slot = ino;
-                }
-            }
-        }
-        r.extents += inode.ext.len() as u64;
-        let eof_block = a.size.div_ceil(bs);
-        let eof_page_end = a.size.next_multiple_of(crate::PAGE.max(bs)) / bs;
-        for e in inode.ext.iter() {
-            if e.state == crate::extent::State::Written && e.end() > eof_page_end {
-                r.find(
-                    "extent past EOF",
-                    Some(ino),
-                    Some(at + INODE_EXTENTS_OFF),
-                    format!(
-                        "written blocks {}..{} but size {} ends in the page ending at block {eof_page_end}",
-                        e.logical,
-                        e.end(),
-                        a.size
-                    ),
-                );
-            }
-        }
-        if mode::is_symlink(a.mode) {
-            let covered: u64 = inode.ext.iter().map(|e| e.len).sum();
-            if a.size == 0 || a.size > SYMLINK_MAX as u64 || covered != eof_block {
-                r.find("symlink", Some(ino), Some(at), format!("size {} with {covered} blocks", a.size));
-            }
-        }
-        if inode.is_dir() {
-            match load_dir_checked(fs, &inode) {
-                Ok(d) => inode.dir = Some(d),
-                Err(e) => r.find("directory", Some(ino), Some(at), e.to_string()),
-            }
-        }
-        compare_with_memory(fs, &inode, &mut r);
-        inodes.push(Some(inode));
+        inodes.push(inode);
     }
     progress(geo.inode_count, geo.inode_count);
 
     // Pass 2: directory entries, link counts, parent pointers, connectivity.
+    check_names(&inodes, &mut r);
+    check_reachable(&inodes, &mut r);
+
+    let mounted = fs.inode_numbers().len() as u64;
+    if mounted != r.inodes {
+        r.find("memory", None, None, format!("{} inodes in use on the medium, {mounted} in the mount", r.inodes));
+    }
+
+    // Free space.
+    r.blocks_used = owner.iter().filter(|&&o| o != 0).count() as u64;
+    r.blocks_free = geo.data_blocks - r.blocks_used;
+    let mounted_free = fs.statfs().blocks_free;
+    if mounted_free != r.blocks_free {
+        r.find(
+            "free space",
+            None,
+            None,
+            format!("{} blocks unowned on the medium but the mount counts {mounted_free} free", r.blocks_free),
+        );
+    }
+    r
+}
+
+/// Pass 1 for one inode slot: decode it, claim its blocks in `owner`, check its extents
+/// against its size, load a directory's index. None for a free or undecodable slot.
+fn check_inode(fs: &Fs, ino: u64, owner: &mut [u64], r: &mut Report) -> Option<Inode> {
+    let dev = fs.device();
+    let geo = *fs.geometry();
+    let bs = geo.block_size;
+    let at = geo.inode_at(ino);
+    let mut inode = match Inode::load(dev, &geo, ino) {
+        Ok(Some(i)) => i,
+        Ok(None) => return None,
+        Err(e) => {
+            r.find("inode", Some(ino), Some(at), e.to_string());
+            return None;
+        }
+    };
+    r.inodes += 1;
+    let a = inode.attr;
+    match a.mode & mode::S_IFMT {
+        mode::S_IFDIR => r.directories += 1,
+        mode::S_IFREG => r.regular_files += 1,
+        mode::S_IFLNK => r.symlinks += 1,
+        _ => r.special_files += 1,
+    }
+    if a.generation == 0 {
+        r.find("inode", Some(ino), Some(at + off!(RawInode, generation)), "generation 0 on an inode in use");
+    }
+    for run in inode.owned_runs() {
+        for b in run.start..run.start + run.len {
+            let slot = &mut owner[(b - geo.data_start) as usize];
+            if *slot != 0 {
+                r.find(
+                    "block owned twice",
+                    Some(ino),
+                    Some(geo.block_at(b)),
+                    format!("block {b} also belongs to inode {}", *slot),
+                );
+            } else {
+                *slot = ino;
+            }
+        }
+    }
+    r.extents += inode.ext.len() as u64;
+    let eof_block = a.size.div_ceil(bs);
+    let eof_page_end = a.size.next_multiple_of(crate::PAGE.max(bs)) / bs;
+    for e in inode.ext.iter() {
+        if e.state == crate::extent::State::Written && e.end() > eof_page_end {
+            r.find(
+                "extent past EOF",
+                Some(ino),
+                Some(at + INODE_EXTENTS_OFF),
+                format!(
+                    "written blocks {}..{} but size {} ends in the page ending at block {eof_page_end}",
+                    e.logical,
+                    e.end(),
+                    a.size
+                ),
+            );
+        }
+    }
+    if mode::is_symlink(a.mode) {
+        let covered: u64 = inode.ext.iter().map(|e| e.len).sum();
+        if a.size == 0 || a.size > SYMLINK_MAX as u64 || covered != eof_block {
+            r.find("symlink", Some(ino), Some(at), format!("size {} with {covered} blocks", a.size));
+        }
+    }
+    if inode.is_dir() {
+        match load_dir_checked(fs, &inode) {
+            Ok(d) => inode.dir = Some(d),
+            Err(e) => r.find("directory", Some(ino), Some(at), e.to_string()),
+        }
+    }
+    Some(inode)
+}
+
+/// Pass 2: every entry names an inode in use of its type, directories' parents and link
+/// counts match the entries naming them.
+fn check_names(inodes: &[Option<Inode>], r: &mut Report) {
     let mut refs = vec![0u64; inodes.len()];
     let mut held_by = vec![0u64; inodes.len()];
     for inode in inodes.iter().flatten() {
@@ -203,6 +236,10 @@ pub fn check(fs: &Fs, progress: &mut dyn FnMut(u64, u64)) -> Report {
             r.find("link count", Some(ino), None, format!("nlink {} but named by {n} entries", inode.attr.nlink));
         }
     }
+}
+
+/// Every inode in use is reachable from the root.
+fn check_reachable(inodes: &[Option<Inode>], r: &mut Report) {
     let mut seen = vec![false; inodes.len()];
     let mut queue = VecDeque::from([ROOT_INO]);
     match inodes.get(ROOT_INO as usize) {
@@ -230,29 +267,10 @@ pub fn check(fs: &Fs, progress: &mut dyn FnMut(u64, u64)) -> Report {
             r.find("disconnected", Some(inode.ino), None, "not reachable from the root");
         }
     }
-
-    let mounted = fs.inode_numbers().len() as u64;
-    if mounted != r.inodes {
-        r.find("memory", None, None, format!("{} inodes in use on the medium, {mounted} in the mount", r.inodes));
-    }
-
-    // Free space.
-    r.blocks_used = owner.iter().filter(|&&o| o != 0).count() as u64;
-    r.blocks_free = geo.data_blocks - r.blocks_used;
-    let mounted_free = fs.statfs().blocks_free;
-    if mounted_free != r.blocks_free {
-        r.find(
-            "free space",
-            None,
-            None,
-            format!("{} blocks unowned on the medium but the mount counts {mounted_free} free", r.blocks_free),
-        );
-    }
-    r
 }
 
 fn load_dir_checked(fs: &Fs, inode: &Inode) -> crate::Result<crate::dir::DirIndex> {
-    crate::fs::load_dir(fs.device(), fs.geometry(), inode)
+    inode.load_dir(fs.device(), fs.geometry())
 }
 
 /// The mount's in-memory picture must agree with the medium.

@@ -12,7 +12,7 @@ use crate::alloc::Run;
 use crate::device::Device;
 use crate::dir::DirIndex;
 use crate::error::{Error, Result};
-use crate::extent::ExtentMap;
+use crate::extent::{ExtentMap, Piece, State};
 use crate::journal::Tx;
 use crate::layout::{mode, off, Geometry, RawInode, RawTime, INODE_ATTR_LEN, INODE_EXTENTS_OFF};
 use crate::xattr::Xattrs;
@@ -263,6 +263,32 @@ impl Inode {
 
     pub fn dir_mut(&mut self) -> Result<&mut DirIndex> {
         self.dir.as_mut().ok_or(Error::NotDir)
+    }
+
+    /// Indexes a directory's entries from its blocks.
+    pub fn load_dir(&self, dev: &Device, geo: &Geometry) -> Result<DirIndex> {
+        let inode = self;
+        let bs = geo.block_size;
+        let at = geo.inode_at(inode.ino);
+        let size = inode.attr.size;
+        if size % bs != 0 {
+            return Err(Error::Corrupt { what: "directory size", at: at + off!(RawInode, size) });
+        }
+        let mut data = vec![0u8; size as usize];
+        for p in inode.ext.pieces(0, size / bs) {
+            match p {
+                Piece::Mapped(e) if e.state == State::Written => {
+                    let start = (e.logical * bs) as usize;
+                    dev.read(geo.block_at(e.physical), &mut data[start..start + (e.len * bs) as usize])?;
+                }
+                _ => return Err(Error::Corrupt { what: "directory data not mapped", at: at + INODE_EXTENTS_OFF }),
+            }
+        }
+        if inode.ext.iter().any(|e| e.end() * bs > size) {
+            return Err(Error::Corrupt { what: "directory extent past its size", at: at + INODE_EXTENTS_OFF });
+        }
+        let blocks = data.chunks(bs as usize).enumerate().map(|(i, b)| (i as u64 * bs, b));
+        DirIndex::load(blocks, size, geo.inode_count, |pos| at + pos)
     }
 }
 

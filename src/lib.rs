@@ -55,12 +55,9 @@ pub mod faults;
 mod faults;
 mod file;
 mod fs;
-mod io;
-mod mmap;
 #[cfg(feature = "model")]
 pub mod model;
 mod repair;
-mod space;
 mod sync;
 #[allow(unsafe_code)]
 mod uffd;
@@ -77,13 +74,14 @@ pub use device::{Backend, Counters, Device, DeviceInfo, FlushInsn, NtInsn};
 pub use device::{FenceHook, InFlight};
 pub use error::{Error, Result};
 pub use file::{File, OpenOptions};
-pub use fs::{Creds, DirEntry, Fs, FsInfo, MkfsOptions, RenameMode, SetAttr, SetTime, Stat, StatFs, LINK_MAX};
+pub use fs::{
+    map_budget, set_map_budget, Creds, DirEntry, ExtentInfo, FallocMode, Fs, FsInfo, Mapping, MkfsOptions, MmapStats,
+    Prot, RenameMode, SetAttr, SetTime, Share, Stat, StatFs, HUGE, LINK_MAX, PAGE,
+};
 pub use inode::Timespec;
 pub use journal::RecoveryReport;
 pub use layout::{mode, Geometry, BLOCK_SIZES, INODE_SIZE, JOURNAL_RING_OFF, MAGIC, ROOT_INO};
-pub use mmap::{map_budget, set_map_budget, Mapping, MmapStats, Prot, Share, HUGE, PAGE};
 pub use repair::Repair;
-pub use space::{ExtentInfo, FallocMode};
 pub use xattr::{XattrFlags, VALUE_MAX as XATTR_VALUE_MAX};
 
 /// Largest file size udax accepts (16 TiB).

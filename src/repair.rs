@@ -15,10 +15,11 @@ use std::sync::Arc;
 use crate::dir::DT_DIR;
 use crate::error::{Error, Result};
 use crate::extent::{Extent, State};
-use crate::fs::{lock, rd, wr, Creds, Fs, Node};
+use crate::fs::{Creds, Fs, Node};
 use crate::inode::Inode;
 use crate::journal::Tx;
 use crate::layout::{mode, ROOT_INO, SYMLINK_MAX};
+use crate::sync::{lock, rd, wr};
 
 /// One repair made.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]

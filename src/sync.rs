@@ -16,3 +16,16 @@ pub(crate) use shuttle::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 pub(crate) use shuttle::sync::{Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard, TryLockError};
 #[cfg(feature = "model")]
 pub(crate) use shuttle::thread;
+
+/// Takes a lock whatever a panicking holder left behind: every change either commits or is
+/// undone (`Fs::undoable`), and a panic during one stops all changes, so the data a lock guards
+/// never needs poisoning to be safe to read.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+pub(crate) fn rd<T>(m: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    m.read().unwrap_or_else(|e| e.into_inner())
+}
+pub(crate) fn wr<T>(m: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    m.write().unwrap_or_else(|e| e.into_inner())
+}

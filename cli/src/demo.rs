@@ -72,8 +72,30 @@ pub fn run(a: &DemoArgs) -> CliResult {
 }
 
 fn tour(img: &Path) -> CliResult {
-    let fail = |what: &str, e: Error| Failure::new("demo", what, describe(&e));
+    let fs = made(img)?;
+    tree(&fs)?;
+    let data = written(&fs)?;
+    let block = costs(&fs)?;
+    sparse(&fs, &block)?;
+    let (at, stored) = mapped_hole(&fs)?;
+    mapped_file(&fs, &data)?;
+    renamed(&fs)?;
+    remounted(fs, img, &Expected { data, block, at, stored: stored.to_vec() })
+}
 
+fn fail(what: &str, e: Error) -> Failure {
+    Failure::new("demo", what, describe(&e))
+}
+
+/// What step 9 expects to find after the remount.
+struct Expected {
+    data: Vec<u8>,
+    block: Vec<u8>,
+    at: u64,
+    stored: Vec<u8>,
+}
+
+fn made(img: &Path) -> Result<Fs, Failure> {
     step(1, "mkfs")?;
     let dev = Device::create(img, SIZE).map_err(|e| Failure::new("demo", img.display(), describe_open(&e)))?;
     let fs = Fs::mkfs(dev, &MkfsOptions::default()).map_err(|e| fail("mkfs", e))?;
@@ -95,7 +117,10 @@ fn tour(img: &Path) -> CliResult {
     );
     say!("Durability here: {}.", info.durability);
     say!("Cache lines are written back with {}; long copies use {}.", info.device.flush, info.device.nt_copy);
+    Ok(fs)
+}
 
+fn tree(fs: &Fs) -> CliResult {
     step(2, "a directory tree")?;
     fs.mkdir_all("/docs/notes", 0o755).map_err(|e| fail("/docs/notes", e))?;
     fs.write_file("/docs/hello.txt", b"hello, persistent memory\n").map_err(|e| fail("/docs/hello.txt", e))?;
@@ -105,7 +130,10 @@ fn tour(img: &Path) -> CliResult {
     say!("Each create is one journal transaction: atomic, and durable when the call returns.");
     let via_link = fs.read_file("/hello").map_err(|e| fail("/hello", e))?;
     say!("Reading through the symlink gives: {:?}", String::from_utf8_lossy(&via_link));
+    Ok(())
+}
 
+fn written(fs: &Fs) -> Result<Vec<u8>, Failure> {
     step(3, "writing and reading back")?;
     let data: Vec<u8> = (0..1u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
     let f = fs.open("/data.bin", OpenOptions::create()).map_err(|e| fail("/data.bin", e))?;
@@ -115,10 +143,13 @@ fn tour(img: &Path) -> CliResult {
     say!("Wrote {n} bytes to /data.bin and read {m} back: {}.", if back == data { "identical" } else { "DIFFERENT" });
     say!("Both calls copy straight between this buffer and the mapped device: no page cache,");
     say!("no bounce buffer, no system call.");
+    Ok(data)
+}
 
+fn costs(fs: &Fs) -> Result<Vec<u8>, Failure> {
     step(4, "what persistence costs")?;
     let dev = fs.device();
-    let ino = f.ino();
+    let ino = fs.stat("/data.bin").map_err(|e| fail("/data.bin", e))?.ino;
     let block = vec![0x5au8; 4096];
     let c0 = dev.counters();
     fs.write(ino, 0, &block).map_err(|e| fail("/data.bin", e))?;
@@ -145,12 +176,14 @@ fn tour(img: &Path) -> CliResult {
     say!("  One commit: the inode, the directory entry and the parent's times in one record.");
     say!("One fence per commit: the record is written back and fenced once, and that fence is");
     say!("the moment the operation becomes durable; content it links is fenced before it.");
-    drop(f);
+    Ok(block)
+}
 
+fn sparse(fs: &Fs, block: &[u8]) -> CliResult {
     step(5, "a sparse file")?;
     let free0 = fs.statfs().blocks_free;
     let sf = fs.open("/sparse", OpenOptions::create()).map_err(|e| fail("/sparse", e))?;
-    sf.write_at(&block, 40 << 20).map_err(|e| fail("/sparse", e))?;
+    sf.write_at(block, 40 << 20).map_err(|e| fail("/sparse", e))?;
     let st = sf.metadata().map_err(|e| fail("/sparse", e))?;
     let free1 = fs.statfs().blocks_free;
     say!("Wrote 4 KiB at offset 40 MiB of /sparse on this {} image.", human(SIZE));
@@ -163,7 +196,11 @@ fn tour(img: &Path) -> CliResult {
     );
     say!("Free blocks went from {free0} to {free1}: holes cost nothing and read back as zeros.");
     drop(sf);
+    Ok(())
+}
 
+fn mapped_hole(fs: &Fs) -> Result<(u64, &'static [u8]), Failure> {
+    let (g, dev) = (fs.geometry(), fs.device());
     step(6, "mmap: a hole, then a first store")?;
     let map_len: u64 = 16 << 20;
     let at: u64 = 4 << 20;
@@ -224,7 +261,10 @@ fn tour(img: &Path) -> CliResult {
     say!("msync (Mapping::flush) of the first mapping: {}", counters_line(c1 - c0));
     say!("  It writes back the mapping's written range; only then do its stores survive power loss.");
     drop((map, map2, mf));
+    Ok((at, stored))
+}
 
+fn mapped_file(fs: &Fs, data: &[u8]) -> CliResult {
     step(7, "mmap: a written file")?;
     let full = data.repeat(8);
     let wf = fs.open("/written", OpenOptions::create()).map_err(|e| fail("/written", e))?;
@@ -251,7 +291,10 @@ fn tour(img: &Path) -> CliResult {
     say!("Try it by hand on an image kept with --keep:");
     say!("  udax io IMAGE /mapped -c \"mmap 0 20m\" -c \"mread -v 4m 128\" -c \"mread 16m 1\"");
     drop((wmap, wf));
+    Ok(())
+}
 
+fn renamed(fs: &Fs) -> CliResult {
     step(8, "atomic rename")?;
     fs.write_file("/config", b"version 1\n").map_err(|e| fail("/config", e))?;
     fs.write_file("/config.new", b"version 2\n").map_err(|e| fail("/config.new", e))?;
@@ -261,7 +304,12 @@ fn tour(img: &Path) -> CliResult {
     say!("Renamed /config.new over /config; it now reads {:?}.", String::from_utf8_lossy(&cfg));
     say!("The new name, the removed old name and the freed old file are one transaction:");
     say!("a crash at any instant leaves either the old /config or the new one, never neither.");
+    Ok(())
+}
 
+fn remounted(fs: Fs, img: &Path, want: &Expected) -> CliResult {
+    let Expected { data, block, at, stored } = want;
+    let at = *at;
     step(9, "unmount, remount, check")?;
     fs.unmount().map_err(|e| fail("unmount", e))?;
     say!("Unmounted (msync'd the image and let go of the lock).");
@@ -279,8 +327,8 @@ fn tour(img: &Path) -> CliResult {
     let hello = fs.read_file("/docs/hello.txt").map_err(|e| fail("/docs/hello.txt", e))?;
     let data2 = fs.read_file("/data.bin").map_err(|e| fail("/data.bin", e))?;
     let mut expect = data.clone();
-    expect[..8192].copy_from_slice(&[block.as_slice(), &block].concat());
-    expect.extend_from_slice(&block);
+    expect[..8192].copy_from_slice(&[block.as_slice(), block].concat());
+    expect.extend_from_slice(block);
     let sparse = fs.stat("/sparse").map_err(|e| fail("/sparse", e))?;
     say!("/docs/hello.txt: {:?}", String::from_utf8_lossy(&hello));
     say!("/data.bin: {} bytes, {}", data2.len(), if data2 == expect { "as written" } else { "DIFFERENT" });
@@ -293,7 +341,7 @@ fn tour(img: &Path) -> CliResult {
         "/mapped: {:?} at {} + 100, {}",
         String::from_utf8_lossy(&kept),
         human(at),
-        if kept == stored { "as stored through the mapping" } else { "DIFFERENT" }
+        if kept == *stored { "as stored through the mapping" } else { "DIFFERENT" }
     );
     let report = udax::check::check(&fs, &mut |_, _| {});
     say!(
@@ -307,7 +355,7 @@ fn tour(img: &Path) -> CliResult {
         say!("  {}: {}", f.kind, f.detail);
     }
     fs.unmount().map_err(|e| fail("unmount", e))?;
-    if report.is_clean() && hello == b"hello, persistent memory\n" && data2 == expect && kept == stored {
+    if report.is_clean() && hello == b"hello, persistent memory\n" && data2 == expect && kept == *stored {
         Ok(())
     } else {
         Err(Failure::plain("demo", "the image did not come back as written"))

@@ -106,7 +106,7 @@ const _: () = assert!(std::mem::size_of::<UffdMsg>() == 32);
 /// field points at).
 // Unregistering and UFFDIO_WRITEPROTECT complete the binding; the unit tests and the model
 // check's planted windows use them, the file system does not.
-#[cfg_attr(not(any(test, feature = "model")), allow(dead_code))]
+#[allow(dead_code)]
 #[derive(Debug)]
 enum Ioctl<'a> {
     Api(&'a mut UffdioApi),
@@ -211,7 +211,7 @@ impl Uffd {
     }
 
     /// Unregisters a range registered before (the whole of it).
-    #[cfg_attr(not(any(test, feature = "model")), allow(dead_code))]
+    #[allow(dead_code)]
     pub fn unregister(&self, start: u64, len: u64) -> Result<()> {
         let mut regs = self.registered.write().unwrap_or_else(|e| e.into_inner());
         if regs.get(&start) != Some(&len) {

@@ -11,12 +11,14 @@ use std::collections::VecDeque;
 use crate::alloc::Run;
 use crate::error::{Error, Result};
 use crate::extent::{Extent, ExtentMap, Piece, State};
-use crate::fs::{rd, wr, Fs, Node};
 use crate::inode::{Inode, Timespec};
-use crate::io::hole_lens;
 use crate::journal::Tx;
 use crate::layout::mode;
-use crate::mmap::Reach;
+use crate::sync::{rd, wr};
+
+use super::data::hole_lens;
+use super::node::{Node, Reach};
+use super::state::Fs;
 use crate::MAX_FILE_SIZE;
 
 /// What [`Fs::fallocate`] does, as fallocate(2)'s modes.

@@ -9,10 +9,14 @@
 use crate::alloc::Run;
 use crate::error::{Error, Result};
 use crate::extent::{Extent, ExtentMap, Piece, State};
-use crate::fs::{rd, wr, Fs, Node};
 use crate::inode::{Inode, Timespec};
 use crate::journal::Tx;
-use crate::mmap::{Reach, PAGE};
+use crate::sync::{rd, wr};
+
+use super::mmap::overlaps_mapping;
+use super::node::{Node, Reach};
+use super::state::Fs;
+use super::types::{killed_set_id, PAGE};
 use crate::MAX_FILE_SIZE;
 
 /// Largest part of one write committed as one transaction (less on a small journal, see
@@ -67,7 +71,7 @@ impl Fs {
     }
 
     pub(crate) fn read_node(&self, n: &Node, off: u64, buf: &mut [u8]) -> Result<usize> {
-        if crate::mmap::overlaps_mapping(buf.as_ptr() as usize, buf.len()) {
+        if overlaps_mapping(buf.as_ptr() as usize, buf.len()) {
             // Filled outside the lock: storing into the mapping may fault (see `mmap`).
             let mut bounce = vec![0u8; buf.len()];
             let got = self.read_node(n, off, &mut bounce)?;
@@ -134,7 +138,7 @@ impl Fs {
     /// [`Fs::write_dropping_set_id`].
     pub(crate) fn write_node(&self, n: &Node, off: Option<u64>, data: &[u8], drop_set_id: bool) -> Result<usize> {
         let _change = self.writable()?;
-        if crate::mmap::overlaps_mapping(data.as_ptr() as usize, data.len()) {
+        if overlaps_mapping(data.as_ptr() as usize, data.len()) {
             // Copied before the lock: loading from the mapping may fault (see `mmap`).
             let bounce: Vec<u8> = data.to_vec();
             return self.write_node(n, off, bounce.as_slice(), drop_set_id);
@@ -297,7 +301,7 @@ impl Fs {
         let geo = self.inner.geo;
         let changes_blocks = !new_exts.is_empty() || !converted.is_empty();
         let metadata = changes_blocks || end > g.attr.size;
-        let kill = if drop_set_id { crate::fs::killed_set_id(g.attr.mode, false) } else { 0 };
+        let kill = if drop_set_id { killed_set_id(g.attr.mode, false) } else { 0 };
         if metadata {
             self.reserve_slots(g, ExtentMap::slots_needed(new_exts.len() + 2 * converted.len()), &mut tx)?;
         }

@@ -1,0 +1,383 @@
+//! DAX file mappings: [`crate::File::mmap`] and the userfaultfd fault service behind it.
+//!
+//! A mapping is a [`Region`]: anonymous memory reserved for the mapping's length and registered
+//! with one of the service's userfaultfds. At mmap time every written, page-aligned run of the
+//! file is mapped straight from the device (`mmap(MAP_FIXED)` of the device's descriptor), so
+//! loads and stores to existing data never fault. What is left faults to the service, which
+//! plays the kernel's `fault` / `page_mkwrite` roles (SPEC §5):
+//!
+//! - a load from a page with no written block gets zeros (in a shared writable mapping a page
+//!   of zeros installed write-protected in one step, elsewhere the shared zero page); nothing is
+//!   allocated, and no load ever allocates;
+//! - a store there (a missing page, or a write-protect fault on the zeros) allocates and zeroes
+//!   the page's blocks, or zeroes and converts its unwritten ones, commits (durable before the
+//!   store can happen: every shared mapping behaves as MAP_SYNC), then maps the device page
+//!   writable; into a 2 MiB-aligned hole that the mapping and the file cover whole, it allocates
+//!   and maps 2 MiB at once, and under mapping-budget pressure a cluster of hole pages;
+//! - a page whose blocks are written but not one page-aligned device run (blocks smaller than a
+//!   page) is served to loads as a write-protected copy; a store moves it to a fresh aligned run
+//!   of blocks first, so every mapped page is one device page;
+//! - a page at or past the one holding EOF is poisoned: the access raises SIGBUS (a system call
+//!   touching it gets EFAULT);
+//! - a private mapping gets copies (its stores copy on write into anonymous memory); written
+//!   runs are mapped from the device privately at mmap time.
+//!
+//! Truncate, punch and zero range first reset the affected pages of every mapping (they fault
+//! again), then free blocks; a write that fills holes resets those pages too, so every mapping
+//! sees the data. A reset moves a registered placeholder over the pages in one mremap, so no
+//! access can slip in between. Bytes a mapping stored past EOF are zeroed when the file grows
+//! over them.
+//!
+//! Service threads and locking: readers (one userfaultfd each) serve what they can without
+//! waiting and hand the rest to workers (see [`Server`]); faults take the inode lock, shared for
+//! loads and exclusive for first stores. No thread touches memory of a udax mapping while it
+//! holds a lock: buffers and arguments that lie in one are copied first (see
+//! [`overlaps_mapping`]), so a fault never waits for a lock its own thread holds.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+
+use crate::error::{Error, Result};
+use crate::extent::{Piece, State};
+use crate::inode::Inode;
+use crate::journal::Tx;
+use crate::sync::{lock, rd, wr, AtomicBool, AtomicU64, Mutex};
+use crate::uffd::{Region, MODE_MISSING, MODE_WP};
+
+use super::node::{bump, map_budget, MapState, Node, Reach, VMAS_USED};
+use super::state::Fs;
+use super::types::{MmapStats, Prot, Share, HUGE, PAGE};
+
+/// A live file mapping. Unmapped on drop; keeps the file open (an unlinked file's blocks stay
+/// until every mapping of it is gone).
+#[derive(Debug)]
+pub struct Mapping {
+    pub(super) fs: Fs,
+    pub(super) state: Arc<MapState>,
+    pub(super) len: u64,
+    pub(super) prot: Prot,
+}
+
+impl Fs {
+    /// Whether a first store into a large hole may allocate and map 2 MiB at once (on by
+    /// default; off, every first store takes one page).
+    pub fn set_mmap_huge(&self, on: bool) {
+        self.inner.mmap.no_huge.store(!on, Ordering::Relaxed);
+    }
+
+    /// Fault-service counters since mount.
+    pub fn mmap_stats(&self) -> MmapStats {
+        let Some(s) = self.inner.mmap.svc.get() else { return MmapStats::default() };
+        let c = &s.counters;
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        MmapStats {
+            faults_zero_page: g(&c.zero_page),
+            faults_first_store: g(&c.first_store),
+            faults_huge: g(&c.huge),
+            faults_clustered: g(&c.clustered),
+            faults_sigbus: g(&c.sigbus),
+            faults_mapped: g(&c.mapped),
+            faults_copied: g(&c.copied),
+            pages_mapped_eagerly: g(&c.eager),
+            pages_invalidated: g(&c.invalidated),
+        }
+    }
+
+    /// Maps `[off, off+len)` of the open file `node` (see [`crate::File::mmap`]).
+    pub(crate) fn mmap_node(&self, node: &Arc<Node>, off: u64, len: u64, prot: Prot, share: Share) -> Result<Mapping> {
+        if off % PAGE != 0 {
+            return Err(Error::InvalidArgument("mmap offset must be a multiple of the page size"));
+        }
+        if len == 0 {
+            return Err(Error::InvalidArgument("mmap length must be positive"));
+        }
+        let len = len.checked_next_multiple_of(PAGE).ok_or(Error::InvalidArgument("mmap length too large"))?;
+        off.checked_add(len).filter(|&e| e <= crate::MAX_FILE_SIZE).ok_or(Error::FileTooBig)?;
+        if node.is_dir {
+            return Err(Error::IsDir);
+        }
+        if self.inner.dev.fd().is_none() {
+            return Err(Error::NotMappable);
+        }
+        if prot == Prot::ReadWrite && share == Share::Shared {
+            self.writable().map(drop)?;
+        }
+        let svc = self.service()?;
+        let budget = map_budget();
+        if VMAS_USED.load(Ordering::Relaxed) >= budget {
+            return Err(Error::OutOfMappings { budget });
+        }
+        let writable = prot == Prot::ReadWrite;
+        let mode = match (share, writable) {
+            (Share::Shared, true) => MODE_MISSING | MODE_WP,
+            _ => MODE_MISSING,
+        };
+        // Address congruent to the file offset modulo 2 MiB, so large pages can line up.
+        let uffd = svc.uffds[svc.next_uffd.fetch_add(1, Ordering::Relaxed) % svc.uffds.len()].clone();
+        let region = Region::new(uffd, len, HUGE, off % HUGE, writable, mode)?;
+        let state = Arc::new(MapState {
+            region,
+            node: node.clone(),
+            file_off: off,
+            share,
+            svc: svc.clone(),
+            copies: AtomicBool::new(false),
+            pieces: Mutex::new(BTreeMap::new()),
+        });
+        VMAS_USED.fetch_add(1, Ordering::Relaxed);
+        let mut g = wr(&node.inode);
+        g.live()?;
+        if !crate::layout::mode::is_reg(g.attr.mode) {
+            return Err(Error::Unsupported("only regular files can be mapped".into()));
+        }
+        if mode & MODE_WP != 0 {
+            // Copies of written pages in other mappings would miss this mapping's stores: they
+            // go, and those pages are mapped from the device when loaded again.
+            let copying: Vec<Arc<MapState>> = lock(&node.maps)
+                .iter()
+                .filter_map(Weak::upgrade)
+                .filter(|o| o.copies.load(Ordering::Relaxed))
+                .collect();
+            for o in copying {
+                o.reset_bytes(0, u64::MAX)?;
+                o.copies.store(false, Ordering::Relaxed);
+            }
+        }
+        g.open += 1;
+        let eager = self.map_written(&g, &state);
+        wr(&svc.regions).insert(state.region.start(), state.clone());
+        let mut maps = lock(&node.maps);
+        maps.retain(|m| m.strong_count() > 0);
+        maps.push(Arc::downgrade(&state));
+        drop(maps);
+        drop(g);
+        let mapping = Mapping { fs: self.clone(), state, len, prot };
+        bump(&svc.counters.eager, eager?);
+        Ok(mapping)
+    }
+
+    /// Maps every written, page-aligned run of `m`'s range from the device (budget allowing);
+    /// returns the pages mapped.
+    pub(super) fn map_written(&self, g: &Inode, m: &MapState) -> Result<u64> {
+        let geo = &self.inner.geo;
+        let bs = geo.block_size;
+        let (from, to) = (m.file_off, m.file_off + m.region.len());
+        let mut pages = 0;
+        for e in g.ext.iter() {
+            if e.state != State::Written || e.end() * bs <= from {
+                continue;
+            }
+            if e.logical * bs >= to {
+                break;
+            }
+            let s = (e.logical * bs).max(from).next_multiple_of(PAGE);
+            let t = (e.end() * bs).min(to) / PAGE * PAGE;
+            let dev = geo.block_at(e.physical) + s - e.logical * bs;
+            if s >= t || dev % PAGE != 0 {
+                continue;
+            }
+            if !m.map_piece(&self.inner.dev, s - from, t - s, dev, true, true)? {
+                break;
+            }
+            pages += (t - s) / PAGE;
+        }
+        Ok(pages)
+    }
+
+    /// Resets `[from, to)` (file bytes) in the mappings of `n` that `reach` names, before blocks
+    /// there go away or change. The caller holds the inode lock exclusively.
+    pub(crate) fn unmap_range(&self, n: &Node, from: u64, to: u64, reach: Reach) -> Result<()> {
+        self.unmap_others(n, from, to, reach, None)
+    }
+
+    /// [`Fs::unmap_range`] sparing the mapping `except` (one the caller maps itself).
+    pub(super) fn unmap_others(
+        &self,
+        n: &Node,
+        from: u64,
+        to: u64,
+        reach: Reach,
+        except: Option<&MapState>,
+    ) -> Result<()> {
+        let maps: Vec<Arc<MapState>> = {
+            let mut maps = lock(&n.maps);
+            if maps.is_empty() {
+                return Ok(());
+            }
+            maps.retain(|m| m.strong_count() > 0);
+            maps.iter().filter_map(Weak::upgrade).collect()
+        };
+        for m in maps {
+            if (reach == Reach::Shared && m.share == Share::Private) || except.is_some_and(|e| std::ptr::eq(e, &*m)) {
+                continue;
+            }
+            let pages = m.reset_bytes(from, to)?;
+            bump(&m.svc.counters.invalidated, pages);
+        }
+        Ok(())
+    }
+
+    /// Before an overwrite of `[from, to)`: resets the range in shared mappings that hold
+    /// copies (private mappings keep theirs: they may hold the mapping's own stores).
+    pub(crate) fn unmap_copies(&self, n: &Node, from: u64, to: u64) -> Result<()> {
+        let copying: Vec<Arc<MapState>> =
+            lock(&n.maps).iter().filter_map(Weak::upgrade).filter(|m| m.copies.load(Ordering::Relaxed)).collect();
+        for m in copying {
+            let pages = m.reset_bytes(from, to)?;
+            bump(&m.svc.counters.invalidated, pages);
+        }
+        Ok(())
+    }
+
+    /// A file growing from `old` to `new` bytes: zero what mappings may have stored past the
+    /// old EOF in its page (as content of `tx`, before the size commits), and reset the pages
+    /// from the old EOF page on, so loads there stop raising SIGBUS and a partly unwritten old
+    /// EOF page is faulted (and converted) again. `keep` is a range the caller writes itself.
+    pub(crate) fn grow_over_tail(&self, n: &Node, g: &Inode, new: u64, keep_from: u64, tx: &mut Tx) -> Result<()> {
+        let old = g.attr.size;
+        if new <= old {
+            return Ok(());
+        }
+        let geo = &self.inner.geo;
+        let bs = geo.block_size;
+        let stop = old.next_multiple_of(PAGE).min(keep_from).min(new);
+        if stop > old {
+            for p in g.ext.pieces(old / bs, (stop - 1) / bs - old / bs + 1) {
+                if let Piece::Mapped(e) = p {
+                    if e.state == State::Written {
+                        let s = (e.logical * bs).max(old);
+                        let t = (e.end() * bs).min(stop);
+                        tx.content_zero(&self.inner.dev, geo.block_at(e.physical) + s - e.logical * bs, t - s)?;
+                    }
+                }
+            }
+        }
+        self.unmap_range(n, old / PAGE * PAGE, new, Reach::Shared)?;
+        self.unmap_range(n, old.next_multiple_of(PAGE), new, Reach::All)
+    }
+
+    /// Flushes every written block under `n`'s shared writable mappings to the medium.
+    pub(crate) fn flush_mapped(&self, n: &Node) -> Result<()> {
+        let maps: Vec<Arc<MapState>> = lock(&n.maps).iter().filter_map(Weak::upgrade).collect();
+        for m in maps.iter().filter(|m| m.share == Share::Shared) {
+            self.flush_state(m)?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn flush_state(&self, m: &MapState) -> Result<()> {
+        let g = rd(&m.node.inode);
+        let geo = &self.inner.geo;
+        let bs = geo.block_size;
+        let (from, to) = (m.file_off, m.file_off + m.region.len());
+        for e in g.ext.iter().filter(|e| e.state == State::Written) {
+            let (s, t) = ((e.logical * bs).max(from), (e.end() * bs).min(to));
+            if s < t {
+                self.inner.dev.flush(geo.block_at(e.physical) + s - e.logical * bs, t - s)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether `[addr, addr+len)` touches a live mapping of any udax file system in this process.
+/// I/O between a file and such a buffer bounces through memory of its own, and every other
+/// argument that may lie in one (names, link targets, attribute values) is copied before a lock
+/// is taken: touching it under a lock could raise a fault that waits for that lock.
+pub(crate) fn overlaps_mapping(addr: usize, len: usize) -> bool {
+    crate::uffd::overlaps_region(addr, len)
+}
+
+/// `bytes`, or a copy of them when they lie in a mapping (see [`overlaps_mapping`]).
+pub(crate) fn unmapped(bytes: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    if overlaps_mapping(bytes.as_ptr() as usize, bytes.len()) {
+        std::borrow::Cow::Owned(bytes.to_vec())
+    } else {
+        std::borrow::Cow::Borrowed(bytes)
+    }
+}
+
+impl Mapping {
+    /// First byte of the mapping, for callers that hand it to other code. Loads and stores
+    /// through it are served like those of [`Mapping::read`] and [`Mapping::write`]. udax lends
+    /// no Rust reference to mapped memory (other threads, mappings, processes and truncates may
+    /// change it at any time): a slice formed from this pointer is the caller's unsafe promise.
+    ///
+    /// Safe code cannot borrow mapped bytes; this does not compile:
+    ///
+    /// ```compile_fail,E0133
+    /// # use udax::{Device, Fs, MkfsOptions, OpenOptions, Prot, Share};
+    /// # let fs = Fs::mkfs(Device::anonymous(16 << 20).unwrap(), &MkfsOptions::default()).unwrap();
+    /// # let f = fs.open("/f", OpenOptions::create()).unwrap();
+    /// # f.set_len(4096).unwrap();
+    /// let m = f.mmap(0, 4096, Prot::ReadWrite, Share::Shared).unwrap();
+    /// let bytes: &mut [u8] = std::slice::from_raw_parts_mut(m.as_ptr(), 4096);
+    /// ```
+    ///
+    /// [`Mapping::read`] and [`Mapping::write`] copy instead.
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.state.region.start() as *mut u8
+    }
+
+    /// Mapped length (whole pages).
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// File offset of the first mapped byte.
+    pub fn offset(&self) -> u64 {
+        self.state.file_off
+    }
+
+    pub fn prot(&self) -> Prot {
+        self.prot
+    }
+
+    pub fn share(&self) -> Share {
+        self.state.share
+    }
+
+    /// Loads `buf.len()` bytes at `off` of the mapping. A page at or past the file's EOF page
+    /// raises SIGBUS, as a load would.
+    pub fn read(&self, off: u64, buf: &mut [u8]) -> Result<()> {
+        self.state.region.read(off, buf)
+    }
+
+    /// Stores `data` at `off` of the mapping (EACCES on a read-only mapping).
+    pub fn write(&self, off: u64, data: &[u8]) -> Result<()> {
+        self.state.region.write(off, data)
+    }
+
+    /// Stores `len` copies of `byte` at `off`.
+    pub fn fill(&self, off: u64, len: u64, byte: u8) -> Result<()> {
+        self.state.region.fill(off, len, byte)
+    }
+
+    /// Whether a load at `off` would succeed rather than raise SIGBUS (a page at or past the one
+    /// holding EOF), found without raising the signal. Faults it takes are served as a load's.
+    pub fn loadable(&self, off: u64) -> Result<bool> {
+        self.state.region.loadable(off)
+    }
+
+    /// msync: makes every store through this mapping durable across power loss.
+    pub fn flush(&self) -> Result<()> {
+        if self.state.share == Share::Shared {
+            self.fs.flush_state(&self.state)?;
+        }
+        self.fs.sync()
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        wr(&self.state.svc.regions).remove(&self.state.region.start());
+        // Unmapped before the close can free an unlinked file's blocks.
+        let _ = self.state.region.detach();
+        let _ = self.fs.release_node(&self.state.node);
+    }
+}

@@ -1,0 +1,397 @@
+//! A mounted file system's shared state (`Fs`, `Inner`) and what every operation does with it:
+//! the change guard and undo, commits, block and inode allocation.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use crate::alloc::{Allocator, Run};
+use crate::device::Device;
+use crate::dir::Slot;
+use crate::error::{Error, Result};
+use crate::extent::{ExtentMap, Piece, State};
+use crate::inode::{Inode, InodeTable};
+use crate::journal::{Journal, RecoveryReport, Tx};
+use crate::layout::{self, Geometry};
+use crate::sync::{lock, rd, AtomicBool, Mutex, RwLock};
+
+use super::node::{Node, ServiceSlot};
+use super::types::{FsInfo, Stat, StatFs};
+
+/// Worst-case journal bytes per block a data transaction touches: a conversion rewrites two
+/// extent slots and fills a third (3 × 40-byte entries), plus a share of overflow-block links.
+pub(super) const TX_BYTES_PER_BLOCK: u64 = 160;
+
+/// Room for the record header, the inode's attributes and a directory's worth of entries.
+pub(super) const TX_FIXED_BYTES: u64 = 2048;
+
+/// Size of the allocation groups that spread new files over the device.
+pub(super) const GROUP_BYTES: u64 = 8 << 20;
+
+/// A mounted udax image. Cheap to clone; `Send + Sync`.
+#[derive(Debug, Clone)]
+pub struct Fs {
+    pub(crate) inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Inner {
+    pub(crate) dev: Device,
+    pub(crate) geo: Geometry,
+    pub(super) journal: Mutex<Journal>,
+    pub(super) alloc: Mutex<Allocator>,
+    pub(super) itable: Mutex<InodeTable>,
+    pub(crate) nodes: RwLock<HashMap<u64, Arc<Node>>>,
+    pub(crate) rename: Mutex<()>,
+    pub(super) recovery: RecoveryReport,
+    pub(super) uuid: [u8; 16],
+    pub(super) label: String,
+    pub(super) mkfs_time: i64,
+    /// Opened read-only ([`Fs::open_image_read_only`]): every change is EROFS.
+    pub(super) read_only: bool,
+    /// Why every change is refused until the image is mounted again: memory may no longer match
+    /// the medium (a panic during a change, a failed change that could not be put back), or the
+    /// host file system holding a sparse image is full.
+    pub(super) broken: Mutex<Option<String>>,
+    /// Set once `broken` holds a reason: the one load every change makes.
+    pub(super) stopped: AtomicBool,
+    pub(crate) mmap: ServiceSlot,
+}
+
+/// What [`Error::Stopped`] says after an internal error.
+pub(super) const FSCK_AFTER: &str = "{}: unmount it and run `udax fsck` on the image";
+
+/// Held for one change (see [`Fs::writable`]): a panic while it is held stops all changes.
+#[derive(Debug)]
+#[must_use = "hold it for the whole change"]
+pub(crate) struct Change<'a>(&'a Fs);
+
+impl Drop for Change<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.stop_changes(FSCK_AFTER.replace("{}", "a change panicked"));
+        }
+    }
+}
+
+impl Fs {
+    /// Whether the file system was opened read-only.
+    pub fn is_read_only(&self) -> bool {
+        self.inner.read_only
+    }
+
+    /// The first step of every change, before anything: EROFS on a read-only file system or one
+    /// that stopped taking changes. The guard it returns, held for the change, stops them when
+    /// the change panics (its locks may guard memory half updated, as ext4's errors=remount-ro).
+    pub(crate) fn writable(&self) -> Result<Change<'_>> {
+        if self.inner.read_only {
+            return Err(Error::ReadOnly);
+        }
+        if self.inner.stopped.load(Ordering::Acquire) {
+            return Err(Error::Stopped(lock(&self.inner.broken).clone().unwrap_or_default()));
+        }
+        Ok(Change(self))
+    }
+
+    /// Stops all further changes: memory may differ from the medium.
+    pub(super) fn stop_changes(&self, why: String) {
+        lock(&self.inner.broken).get_or_insert(why);
+        self.inner.stopped.store(true, Ordering::Release);
+    }
+
+    /// Puts `g` back as the medium holds it after a change to it failed part way (memory may
+    /// have run ahead of the last commit), and gives back the blocks the change took: `taken`
+    /// (allocated for it, linked or not) and whatever memory owned that the medium does not.
+    /// The medium is the truth: before the change memory matched it. When even that fails,
+    /// the file system stops taking changes.
+    /// Runs `change` on `g`, which pushes every run of blocks it allocates onto its second
+    /// argument; when it fails, puts `g` back as the medium holds it (see [`Fs::restore`]).
+    pub(crate) fn undoable<R>(
+        &self,
+        g: &mut Inode,
+        change: impl FnOnce(&mut Inode, &mut Vec<Run>) -> Result<R>,
+    ) -> Result<R> {
+        let mut taken = Vec::new();
+        let r = change(g, &mut taken);
+        if r.is_err() {
+            self.restore(g, taken);
+        }
+        r
+    }
+
+    pub(crate) fn restore(&self, g: &mut Inode, taken: Vec<Run>) {
+        if crate::faults::keeps_memory() {
+            return;
+        }
+        let geo = &self.inner.geo;
+        let fresh = Inode::load(&self.inner.dev, geo, g.ino).and_then(|i| match i {
+            Some(mut i) if i.is_dir() => i.load_dir(&self.inner.dev, geo).map(|d| {
+                i.dir = Some(d);
+                i
+            }),
+            Some(i) => Ok(i),
+            None => Err(Error::Corrupt { what: "inode freed under a live node", at: geo.inode_at(g.ino) }),
+        });
+        let Ok(mut fresh) = fresh else {
+            self.stop_changes(FSCK_AFTER.replace("{}", "a failed change could not be undone"));
+            return;
+        };
+        let ahead = crate::alloc::subtract(g.owned_runs().chain(taken).collect(), fresh.owned_runs().collect());
+        self.unreserve(ahead);
+        (fresh.open, fresh.freed, fresh.writing) = (g.open, g.freed, g.writing);
+        *g = fresh;
+    }
+
+    /// Makes the image durable across power loss where the medium needs it (msync).
+    pub fn sync(&self) -> Result<()> {
+        self.inner.dev.fence();
+        self.inner.dev.sync()
+    }
+
+    /// Test-only sabotage switch for the crash explorer: commits drop one fence of the protocol.
+    /// Never use it on data you keep.
+    #[cfg(feature = "crash-test")]
+    pub fn sabotage(&self, which: crate::journal::Sabotage) {
+        lock(&self.inner.journal).sabotage(which);
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.inner.dev
+    }
+
+    pub fn geometry(&self) -> &Geometry {
+        &self.inner.geo
+    }
+
+    pub fn recovery(&self) -> RecoveryReport {
+        self.inner.recovery
+    }
+
+    pub fn statfs(&self) -> StatFs {
+        let g = &self.inner.geo;
+        let free = lock(&self.inner.alloc).available_blocks();
+        StatFs {
+            block_size: g.block_size,
+            blocks: g.data_blocks,
+            blocks_free: free,
+            inodes: g.inode_count,
+            inodes_free: lock(&self.inner.itable).free_count(),
+            name_max: layout::NAME_MAX as u32,
+        }
+    }
+
+    pub fn info(&self) -> FsInfo {
+        let dev = self.inner.dev.info();
+        let durability = if dev.map_sync {
+            "MAP_SYNC held: flush+fence reach the persistence domain"
+        } else if dev.backend == "anonymous" {
+            "anonymous memory: gone when the process exits"
+        } else {
+            "no MAP_SYNC: every return is crash-safe for the process; power-loss safe after sync (udax msyncs at unmount)"
+        };
+        FsInfo {
+            geometry: self.inner.geo,
+            device: dev,
+            uuid: self.inner.uuid.iter().map(|b| format!("{b:02x}")).collect(),
+            label: self.inner.label.clone(),
+            mkfs_time: self.inner.mkfs_time,
+            statfs: self.statfs(),
+            recovery: self.inner.recovery,
+            durability,
+        }
+    }
+
+    // ---- internal helpers ----
+
+    pub(crate) fn node(&self, ino: u64) -> Result<Arc<Node>> {
+        rd(&self.inner.nodes).get(&ino).cloned().ok_or(Error::NotFound)
+    }
+
+    pub(crate) fn stat_of(&self, i: &Inode) -> Stat {
+        let a = &i.attr;
+        Stat {
+            ino: i.ino,
+            generation: a.generation,
+            mode: a.mode,
+            nlink: a.nlink,
+            uid: a.uid,
+            gid: a.gid,
+            size: a.size,
+            blocks: i.blocks_512(&self.inner.geo),
+            blksize: self.inner.geo.block_size.max(4096) as u32,
+            rdev: a.rdev,
+            atime: a.atime,
+            mtime: a.mtime,
+            ctime: a.ctime,
+            crtime: a.crtime,
+        }
+    }
+
+    /// Commits `tx`; returns the journal position after it (for [`Allocator::free_after`]).
+    pub(crate) fn commit(&self, tx: &Tx) -> Result<u64> {
+        crate::faults::check(crate::faults::Step::Commit)?;
+        let mut j = lock(&self.inner.journal);
+        let done = j.commit(&self.inner.dev, tx)?;
+        let head = j.head();
+        drop(j);
+        if let Some(cp) = done.checkpoint {
+            lock(&self.inner.alloc).release(cp);
+        }
+        Ok(head)
+    }
+
+    /// Most blocks one data transaction may touch: every block can cost a few extent-slot entries
+    /// (a split, a conversion) and the record must fit in half the journal.
+    pub(crate) fn max_tx_blocks(&self) -> u64 {
+        let record = lock(&self.inner.journal).max_record_len();
+        (record.saturating_sub(TX_FIXED_BYTES) / TX_BYTES_PER_BLOCK).max(16)
+    }
+
+    /// Allocates `n` blocks (all or nothing), checkpointing first if only freed-but-pending
+    /// blocks would satisfy it.
+    pub(crate) fn alloc_blocks(&self, goal: u64, n: u64) -> Result<Vec<Run>> {
+        crate::faults::check(crate::faults::Step::Alloc)?;
+        let runs = {
+            let mut a = lock(&self.inner.alloc);
+            match a.alloc(goal, n) {
+                Err(Error::NoSpace) if a.has_pending() && a.available_blocks() >= n => {
+                    drop(a);
+                    let cp = lock(&self.inner.journal).checkpoint(&self.inner.dev)?;
+                    let mut a = lock(&self.inner.alloc);
+                    a.release(cp);
+                    a.alloc(goal, n)
+                }
+                r => r,
+            }?
+        };
+        self.back(runs)
+    }
+
+    /// Reserves host space for newly allocated `runs` of a sparse image (see
+    /// [`Device::back`]); gives them back to the allocator when the host is full.
+    /// A full host stops all changes, as a kernel file system on a failing device turns
+    /// read-only: the operation fails with ENOSPC, later ones with EROFS saying why.
+    pub(super) fn back(&self, runs: Vec<Run>) -> Result<Vec<Run>> {
+        let geo = &self.inner.geo;
+        if let Err(e) = runs.iter().try_for_each(|r| self.inner.dev.back(geo.block_at(r.start), r.len * geo.block_size))
+        {
+            self.unreserve(runs);
+            if let Error::HostFull(why) = &e {
+                self.stop_changes(format!("the host file system holding the image filled up ({why})"));
+            }
+            return Err(e);
+        }
+        Ok(runs)
+    }
+
+    /// Allocates one run of `n` blocks starting at a multiple of `align` blocks (a device offset
+    /// aligned to `align` blocks), checkpointing first if pending frees might make room.
+    pub(crate) fn alloc_aligned_blocks(&self, n: u64, align: u64) -> Result<Run> {
+        crate::faults::check(crate::faults::Step::Alloc)?;
+        let run = {
+            let mut a = lock(&self.inner.alloc);
+            match a.alloc_aligned(n, align) {
+                Some(r) => r,
+                None if !a.has_pending() => return Err(Error::NoSpace),
+                None => {
+                    drop(a);
+                    let cp = lock(&self.inner.journal).checkpoint(&self.inner.dev)?;
+                    let mut a = lock(&self.inner.alloc);
+                    a.release(cp);
+                    a.alloc_aligned(n, align).ok_or(Error::NoSpace)?
+                }
+            }
+        };
+        Ok(self.back(vec![run])?[0])
+    }
+
+    /// Where file block `lblk` of `inode` should go: right after the extent before it, or for
+    /// a file with nothing before it, at the start of the inode's allocation group (8 MiB
+    /// groups chosen by inode number), so files growing side by side do not interleave.
+    pub(crate) fn goal(&self, inode: &Inode, lblk: u64) -> u64 {
+        let geo = &self.inner.geo;
+        inode.ext.goal_for(lblk).unwrap_or_else(|| {
+            let group = (GROUP_BYTES / geo.block_size).min(geo.data_blocks);
+            geo.data_start + (inode.ino % (geo.data_blocks / group)) * group
+        })
+    }
+
+    pub(crate) fn unreserve(&self, runs: Vec<Run>) {
+        if !runs.is_empty() {
+            lock(&self.inner.alloc).unreserve(runs);
+        }
+    }
+
+    pub(crate) fn free_after(&self, pos: u64, runs: Vec<Run>) {
+        if !runs.is_empty() {
+            lock(&self.inner.alloc).free_after(pos, runs);
+        }
+    }
+
+    /// Device offset of byte `pos` of a directory's data.
+    pub(crate) fn dir_off(&self, dir: &Inode, pos: u64) -> Result<u64> {
+        let bs = self.inner.geo.block_size;
+        match dir.ext.pieces(pos / bs, 1).first() {
+            Some(Piece::Mapped(e)) if e.state == State::Written => Ok(self.inner.geo.block_at(e.physical) + pos % bs),
+            _ => Err(Error::Corrupt { what: "directory data not mapped", at: self.inner.geo.inode_at(dir.ino) }),
+        }
+    }
+
+    /// Reserves `slots` extent slots on `inode`, allocating overflow blocks (zeroed and headed
+    /// as content of `tx`, which links them). All or nothing.
+    /// Returns whether it took blocks.
+    pub(crate) fn reserve_slots(&self, inode: &mut Inode, slots: usize, tx: &mut Tx) -> Result<bool> {
+        let inner = &self.inner;
+        let goal = self.goal(inode, inode.ext.last().map_or(0, |e| e.end()));
+        let mut got = Vec::new();
+        let reserved = inode.ext.reserve_slots(slots, &inner.dev, &inner.geo, inode.ino, tx, &mut |n| {
+            got = self.alloc_blocks(goal, n)?;
+            Ok(got.iter().flat_map(|r| r.start..r.start + r.len).collect())
+        });
+        match reserved {
+            Ok(taken) => Ok(!taken.is_empty()),
+            Err(e) => {
+                self.unreserve(got);
+                Err(e)
+            }
+        }
+    }
+
+    /// Adds `name -> child` to `dir`, growing it by a zeroed block when full. Logs the entry and
+    /// extent changes; the caller logs the directory's attributes.
+    /// A new block it takes goes onto `taken` (see [`Fs::undoable`]).
+    pub(crate) fn add_entry(
+        &self,
+        dir: &mut Inode,
+        name: &[u8],
+        child: u64,
+        dtype: u8,
+        tx: &mut Tx,
+        taken: &mut Vec<Run>,
+    ) -> Result<()> {
+        let bs = self.inner.geo.block_size;
+        let slot = dir.dir_mut()?.find_slot(name.len());
+        if let Slot::Grow(pos) = slot {
+            let blk = self.alloc_blocks(self.goal(dir, pos / bs), 1)?[0];
+            taken.push(blk);
+            self.reserve_slots(dir, ExtentMap::slots_needed(1), tx)?;
+            tx.content_zero(&self.inner.dev, self.inner.geo.block_at(blk.start), bs)?;
+            let e = crate::extent::Extent { logical: pos / bs, physical: blk.start, len: 1, state: State::Written };
+            dir.ext.insert(e, tx)?;
+            dir.attr.size += bs;
+        }
+        let (pos, bytes) = dir.dir_mut()?.insert(name, child, dtype, slot, bs);
+        tx.put(self.dir_off(dir, pos)?, &bytes);
+        Ok(())
+    }
+
+    /// Frees an inode with no links and no open handles: one transaction clears the slot, then
+    /// its blocks are freed.
+    pub(crate) fn free_inode(&self, inode: &mut Inode) -> Result<()> {
+        let mut tx = Tx::new();
+        inode.log_free(&self.inner.geo, &mut tx);
+        let head = self.commit(&tx)?;
+        self.forget_freed(inode, head);
+        Ok(())
+    }
+}
