@@ -113,9 +113,23 @@ pub struct Device {
 // other threads, mappings or processes are no data race in Rust's memory model (the file system
 // serialises conflicting writers for the bytes' meaning, not for soundness).
 unsafe impl Send for Device {}
-// SAFETY: as above; `&Device` methods never hand out references into the mapping
-// (`direct_access` gives a raw pointer whose use is the caller's `unsafe`).
+// SAFETY: as above; no `&Device` method hands out a reference or a pointer into the mapping.
 unsafe impl Sync for Device {}
+
+/// Declares one of the device's raw access methods (loads, stores, flushes, fences, the
+/// descriptor): the file system's own, public only with the `crash-test` feature for the tests
+/// and harnesses that read and damage images byte by byte. A program using udax goes through
+/// `Fs`, which keeps the image consistent.
+macro_rules! raw {
+    ($(#[$m:meta])* fn $($rest:tt)*) => {
+        $(#[$m])*
+        #[cfg(feature = "crash-test")]
+        pub fn $($rest)*
+        $(#[$m])*
+        #[cfg(not(feature = "crash-test"))]
+        pub(crate) fn $($rest)*
+    };
+}
 
 const MAP_SHARED_VALIDATE: libc::c_int = 0x03;
 const MAP_SYNC: libc::c_int = 0x80000;
@@ -176,7 +190,7 @@ impl Device {
     }
 
     /// As [`Device::create`], without reserving: the image takes host space as blocks are
-    /// allocated (each allocation reserves its blocks first, see [`Device::back`]), so a full
+    /// allocated (each allocation reserves its blocks first), so a full
     /// host makes operations fail with ENOSPC, never a store fault.
     pub fn create_sparse(path: &Path, len_bytes: u64) -> Result<Device> {
         Self::create_as(path, len_bytes, true)
@@ -322,9 +336,11 @@ impl Device {
         self.read_only
     }
 
-    /// The descriptor the device is mapped from, for mapping its pages elsewhere (file mmap).
-    pub fn fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
-        self.file.as_ref().map(std::os::fd::AsFd::as_fd)
+    raw! {
+        /// The descriptor the device is mapped from, for mapping its pages elsewhere (file mmap).
+        fn fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+            self.file.as_ref().map(std::os::fd::AsFd::as_fd)
+        }
     }
 
     /// Size of the device in bytes.
@@ -346,23 +362,25 @@ impl Device {
         self.sparse
     }
 
-    /// Reserves host space for `[off, off+len)` of a sparse image before anything is stored
-    /// there (a no-op on any other device): ENOSPC from the host becomes an error of the
-    /// operation instead of SIGBUS at the store.
-    pub fn back(&self, off: u64, len: u64) -> Result<()> {
-        self.check(off, usize::try_from(len).map_err(|_| Error::OutOfBounds { off, len })?)?;
-        match self.file.as_ref().filter(|_| self.sparse) {
-            None => Ok(()),
-            Some(file) => match reserve(file, off, len) {
-                // A host without fallocate: nothing can be reserved ahead (as before udax
-                // reserved anything).
-                Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => Ok(()),
-                Err(e) => Err(match &self.backend {
-                    Backend::File(p) => host_error(p, len, e),
-                    _ => Error::io("reserve image space", e),
-                }),
-                Ok(()) => Ok(()),
-            },
+    raw! {
+        /// Reserves host space for `[off, off+len)` of a sparse image before anything is stored
+        /// there (a no-op on any other device): ENOSPC from the host becomes an error of the
+        /// operation instead of SIGBUS at the store.
+        fn back(&self, off: u64, len: u64) -> Result<()> {
+            self.check(off, usize::try_from(len).map_err(|_| Error::OutOfBounds { off, len })?)?;
+            match self.file.as_ref().filter(|_| self.sparse) {
+                None => Ok(()),
+                Some(file) => match reserve(file, off, len) {
+                    // A host without fallocate: nothing can be reserved ahead (as before udax
+                    // reserved anything).
+                    Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => Ok(()),
+                    Err(e) => Err(match &self.backend {
+                        Backend::File(p) => host_error(p, len, e),
+                        _ => Error::io("reserve image space", e),
+                    }),
+                    Ok(()) => Ok(()),
+                },
+            }
         }
     }
 
@@ -412,78 +430,92 @@ impl Device {
         Ok(off as usize)
     }
 
-    /// Copies device bytes at `off` into `buf`.
-    pub fn read(&self, off: u64, buf: &mut [u8]) -> Result<()> {
-        let at = self.check(off, buf.len())?;
-        // SAFETY: `check` proved `[at, at+len)` lies inside the mapping, alive until drop; `buf`
-        // is a distinct Rust buffer, so the ranges cannot overlap.
-        unsafe { persist::shared_copy(buf.as_mut_ptr(), self.base.as_ptr().add(at), buf.len()) };
-        Ok(())
+    raw! {
+        /// Copies device bytes at `off` into `buf`.
+        fn read(&self, off: u64, buf: &mut [u8]) -> Result<()> {
+            let at = self.check(off, buf.len())?;
+            // SAFETY: `check` proved `[at, at+len)` lies inside the mapping, alive until drop; `buf`
+            // is a distinct Rust buffer, so the ranges cannot overlap.
+            unsafe { persist::shared_copy(buf.as_mut_ptr(), self.base.as_ptr().add(at), buf.len()) };
+            Ok(())
+        }
     }
 
-    /// Reads a plain on-media struct at `off`.
-    pub fn read_obj<T: FromBytes + IntoBytes>(&self, off: u64) -> Result<T> {
-        let mut v = T::new_zeroed();
-        self.read(off, v.as_mut_bytes())?;
-        Ok(v)
+    raw! {
+        /// Reads a plain on-media struct at `off`.
+        fn read_obj<T: FromBytes + IntoBytes>(&self, off: u64) -> Result<T> {
+            let mut v = T::new_zeroed();
+            self.read(off, v.as_mut_bytes())?;
+            Ok(v)
+        }
     }
 
-    /// Stores `src` at `off` and writes back the touched lines (non-temporal when long). The
-    /// caller fences.
-    pub fn write(&self, off: u64, src: &[u8]) -> Result<()> {
-        let at = self.check(off, src.len())?;
-        // SAFETY: `check` proved the destination lies inside the mapping; `src` is a Rust slice
-        // outside the mapping's ownership, so the ranges do not overlap.
-        let lines = unsafe {
-            let dst = self.base.as_ptr().add(at);
-            if src.len() >= NT_THRESHOLD {
-                self.count_nt(src.len());
-                persist::nt_copy(dst, src.as_ptr(), src.len(), self.flush)
-            } else {
-                persist::shared_copy(dst, src.as_ptr(), src.len());
-                persist::flush_range(dst, src.len(), self.flush)
-            }
-        };
-        self.counters.flush_lines.fetch_add(lines, Ordering::Relaxed);
-        self.note(off, src.len() as u64);
-        Ok(())
+    raw! {
+        /// Stores `src` at `off` and writes back the touched lines (non-temporal when long). The
+        /// caller fences.
+        fn write(&self, off: u64, src: &[u8]) -> Result<()> {
+            let at = self.check(off, src.len())?;
+            // SAFETY: `check` proved the destination lies inside the mapping; `src` is a Rust slice
+            // outside the mapping's ownership, so the ranges do not overlap.
+            let lines = unsafe {
+                let dst = self.base.as_ptr().add(at);
+                if src.len() >= NT_THRESHOLD {
+                    self.count_nt(src.len());
+                    persist::nt_copy(dst, src.as_ptr(), src.len(), self.flush)
+                } else {
+                    persist::shared_copy(dst, src.as_ptr(), src.len());
+                    persist::flush_range(dst, src.len(), self.flush)
+                }
+            };
+            self.counters.flush_lines.fetch_add(lines, Ordering::Relaxed);
+            self.note(off, src.len() as u64);
+            Ok(())
+        }
     }
 
-    /// Stores a plain on-media struct at `off` and writes back its lines.
-    pub fn write_obj<T: IntoBytes + Immutable>(&self, off: u64, v: &T) -> Result<()> {
-        self.write(off, v.as_bytes())
+    raw! {
+        /// Stores a plain on-media struct at `off` and writes back its lines.
+        fn write_obj<T: IntoBytes + Immutable>(&self, off: u64, v: &T) -> Result<()> {
+            self.write(off, v.as_bytes())
+        }
     }
 
-    /// Zero-fills `[off, off+len)` and writes it back. The caller fences.
-    pub fn zero(&self, off: u64, len: u64) -> Result<()> {
-        let n = usize::try_from(len).map_err(|_| Error::OutOfBounds { off, len })?;
-        let at = self.check(off, n)?;
-        self.count_nt(n);
-        // SAFETY: `check` proved `[at, at+n)` lies inside the mapping.
-        let lines = unsafe { persist::nt_zero(self.base.as_ptr().add(at), n, self.flush) };
-        self.counters.flush_lines.fetch_add(lines, Ordering::Relaxed);
-        self.note(off, len);
-        Ok(())
+    raw! {
+        /// Zero-fills `[off, off+len)` and writes it back. The caller fences.
+        fn zero(&self, off: u64, len: u64) -> Result<()> {
+            let n = usize::try_from(len).map_err(|_| Error::OutOfBounds { off, len })?;
+            let at = self.check(off, n)?;
+            self.count_nt(n);
+            // SAFETY: `check` proved `[at, at+n)` lies inside the mapping.
+            let lines = unsafe { persist::nt_zero(self.base.as_ptr().add(at), n, self.flush) };
+            self.counters.flush_lines.fetch_add(lines, Ordering::Relaxed);
+            self.note(off, len);
+            Ok(())
+        }
     }
 
-    /// Writes back the cache lines of `[off, off+len)` (for stores made through a mapping).
-    pub fn flush(&self, off: u64, len: u64) -> Result<()> {
-        let n = usize::try_from(len).map_err(|_| Error::OutOfBounds { off, len })?;
-        let at = self.check(off, n)?;
-        // SAFETY: `check` proved the range lies inside the mapping.
-        let lines = unsafe { persist::flush_range(self.base.as_ptr().add(at), n, self.flush) };
-        self.counters.flush_lines.fetch_add(lines, Ordering::Relaxed);
-        self.note(off, len);
-        Ok(())
+    raw! {
+        /// Writes back the cache lines of `[off, off+len)` (for stores made through a mapping).
+        fn flush(&self, off: u64, len: u64) -> Result<()> {
+            let n = usize::try_from(len).map_err(|_| Error::OutOfBounds { off, len })?;
+            let at = self.check(off, n)?;
+            // SAFETY: `check` proved the range lies inside the mapping.
+            let lines = unsafe { persist::flush_range(self.base.as_ptr().add(at), n, self.flush) };
+            self.counters.flush_lines.fetch_add(lines, Ordering::Relaxed);
+            self.note(off, len);
+            Ok(())
+        }
     }
 
-    /// Orders all earlier write-backs and non-temporal stores before later stores: after it,
-    /// everything stored through this device so far is persistent.
-    pub fn fence(&self) {
-        persist::sfence();
-        self.counters.fences.fetch_add(1, Ordering::Relaxed);
-        #[cfg(feature = "crash-test")]
-        self.recording.fenced();
+    raw! {
+        /// Orders all earlier write-backs and non-temporal stores before later stores: after it,
+        /// everything stored through this device so far is persistent.
+        fn fence(&self) {
+            persist::sfence();
+            self.counters.fences.fetch_add(1, Ordering::Relaxed);
+            #[cfg(feature = "crash-test")]
+            self.recording.fenced();
+        }
     }
 
     /// Tells the crash-state recorder, when there is one, that `[off, off+len)` was stored to.
@@ -495,42 +527,35 @@ impl Device {
         let _ = (off, len);
     }
 
-    /// Failure-atomic aligned 8-byte store, written back. The caller fences.
-    pub fn store_u64(&self, off: u64, v: u64) -> Result<()> {
-        if off % 8 != 0 {
-            return Err(Error::InvalidArgument("unaligned 8-byte store"));
+    raw! {
+        /// Failure-atomic aligned 8-byte store, written back. The caller fences.
+        fn store_u64(&self, off: u64, v: u64) -> Result<()> {
+            if off % 8 != 0 {
+                return Err(Error::InvalidArgument("unaligned 8-byte store"));
+            }
+            let at = self.check(off, 8)?;
+            // SAFETY: `check` proved the 8 bytes lie inside the mapping and the offset is 8-aligned
+            // (the mapping base is page-aligned), so an AtomicU64 view of them is valid.
+            let lines = unsafe {
+                let p = self.base.as_ptr().add(at);
+                (*(p as *const AtomicU64)).store(v, Ordering::Release);
+                persist::flush_range(p, 8, self.flush)
+            };
+            self.counters.flush_lines.fetch_add(lines, Ordering::Relaxed);
+            self.note(off, 8);
+            Ok(())
         }
-        let at = self.check(off, 8)?;
-        // SAFETY: `check` proved the 8 bytes lie inside the mapping and the offset is 8-aligned
-        // (the mapping base is page-aligned), so an AtomicU64 view of them is valid.
-        let lines = unsafe {
-            let p = self.base.as_ptr().add(at);
-            (*(p as *const AtomicU64)).store(v, Ordering::Release);
-            persist::flush_range(p, 8, self.flush)
-        };
-        self.counters.flush_lines.fetch_add(lines, Ordering::Relaxed);
-        self.note(off, 8);
-        Ok(())
     }
 
     /// Aligned 8-byte load (pairs with [`Device::store_u64`]).
-    pub fn load_u64(&self, off: u64) -> Result<u64> {
+    #[cfg(test)]
+    pub(crate) fn load_u64(&self, off: u64) -> Result<u64> {
         if off % 8 != 0 {
             return Err(Error::InvalidArgument("unaligned 8-byte load"));
         }
         let at = self.check(off, 8)?;
         // SAFETY: `check` proved the 8 bytes lie inside the mapping; 8-alignment checked above.
         Ok(unsafe { (*(self.base.as_ptr().add(at) as *const AtomicU64)).load(Ordering::Acquire) })
-    }
-
-    /// The address of `[off, off+len)` in this process, for mapping and zero-copy users. The
-    /// pointer is valid while the device lives; dereferencing it is the caller's `unsafe`.
-    pub fn direct_access(&self, off: u64, len: u64) -> Result<NonNull<u8>> {
-        let n = usize::try_from(len).map_err(|_| Error::OutOfBounds { off, len })?;
-        let at = self.check(off, n)?;
-        // SAFETY: `check` proved `at` lies inside the mapping, so the sum stays in bounds and
-        // non-null.
-        Ok(unsafe { NonNull::new_unchecked(self.base.as_ptr().add(at)) })
     }
 
     /// Makes everything durable across power loss when the medium is a page-cache file:
