@@ -320,12 +320,20 @@ fn read_into_an_unpopulated_mapping_of_a_hole_works() {
     let f = rw(&fs, "/dst");
     f.set_len(4 * PAGE).unwrap();
     let m = f.mmap(0, 4 * PAGE, Prot::ReadWrite, Share::Shared).unwrap();
-    // A kernel read(2) whose buffer is the mapping: the fault is raised inside the kernel.
+    // A kernel read(2) whose buffer is the mapping: the fault is raised inside the kernel. A
+    // process that may only handle user-mode faults (no CAP_SYS_PTRACE,
+    // vm.unprivileged_userfaultfd 0) gets EFAULT, as the stats say.
     let mut host = tempfile::tempfile().unwrap();
     std::io::Write::write_all(&mut host, b"from the kernel").unwrap();
     std::io::Seek::rewind(&mut host).unwrap();
-    let n = host.read(mapped(&m, PAGE, 15)).unwrap();
-    assert_eq!(n, 15);
+    let n = host.read(mapped(&m, PAGE, 15));
+    if fs.mmap_stats().user_mode_only {
+        println!("user-mode faults only: read(2) into an unpopulated page fails with EFAULT");
+        assert_eq!(n.unwrap_err().raw_os_error(), Some(libc::EFAULT));
+        m.write(PAGE, b"from the kernel").unwrap();
+    } else {
+        assert_eq!(n.unwrap(), 15);
+    }
     // udax's own read and write with mapped buffers (same file and another one).
     let src = rw(&fs, "/src");
     src.write_at(b"udax data", 0).unwrap();
@@ -525,4 +533,27 @@ fn mapped(m: &udax::Mapping, off: u64, len: u64) -> &mut [u8] {
     // is borrowed; the test forms no other reference to those bytes while the slice lives, and
     // the stores other mappings make meanwhile are what it means to race.
     unsafe { std::slice::from_raw_parts_mut(m.as_ptr().add(off as usize), len as usize) }
+}
+
+/// `Mapping::loadable` probes pages nothing has touched yet — holes, written pages, the EOF page
+/// and past it — in every kind of mapping, with or without kernel-mode faults (`UDAX_EXPECT_USER_MODE_ONLY=1`
+/// makes the test insist on the user-mode-only path, as `.ci/run` does for an unprivileged user).
+#[test]
+fn loadable_probes_untouched_pages() {
+    let fs = fs_with(4096, 64 << 20);
+    let f = rw(&fs, "/f");
+    f.write_at(&[7; 4096], PAGE).unwrap(); // page 1 written, page 0 a hole
+    f.set_len(3 * PAGE + 10).unwrap(); // page 3 holds EOF
+    for (prot, share) in
+        [(Prot::ReadWrite, Share::Shared), (Prot::Read, Share::Shared), (Prot::ReadWrite, Share::Private)]
+    {
+        let m = f.mmap(0, 6 * PAGE, prot, share).unwrap();
+        let got: Vec<bool> = (0..6).map(|p| m.loadable(p * PAGE + 5).unwrap()).collect();
+        assert_eq!(got, [true, true, true, true, false, false], "{prot:?} {share:?}");
+    }
+    let user_mode_only = fs.mmap_stats().user_mode_only;
+    println!("user-mode faults only: {user_mode_only}");
+    if std::env::var("UDAX_EXPECT_USER_MODE_ONLY").is_ok_and(|v| v == "1") {
+        assert!(user_mode_only, "this process can handle kernel-mode faults: the user-mode-only path went untested");
+    }
 }

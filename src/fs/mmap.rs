@@ -45,6 +45,7 @@ use crate::journal::Tx;
 use crate::sync::{lock, rd, wr, AtomicBool, AtomicU64, Mutex};
 use crate::uffd::{Region, MODE_MISSING, MODE_WP};
 
+use super::fault::Server;
 use super::node::{bump, map_budget, MapState, Node, Reach, VMAS_USED};
 use super::state::Fs;
 use super::types::{MmapStats, Prot, Share, HUGE, PAGE};
@@ -81,6 +82,7 @@ impl Fs {
             faults_copied: g(&c.copied),
             pages_mapped_eagerly: g(&c.eager),
             pages_invalidated: g(&c.invalidated),
+            user_mode_only: s.uffds.iter().any(|u| u.user_mode_only()),
         }
     }
 
@@ -361,7 +363,27 @@ impl Mapping {
     /// Whether a load at `off` would succeed rather than raise SIGBUS (a page at or past the one
     /// holding EOF), found without raising the signal. Faults it takes are served as a load's.
     pub fn loadable(&self, off: u64) -> Result<bool> {
-        self.state.region.loadable(off)
+        let user_mode_only = self.state.svc.uffds.iter().any(|u| u.user_mode_only());
+        loop {
+            if self.state.region.loadable(off)? {
+                return Ok(true);
+            }
+            if !user_mode_only {
+                return Ok(false);
+            }
+            // The probe's access is the kernel's, which a user-mode-only userfaultfd never hears
+            // of. A page past EOF would raise SIGBUS; any other is served as a load's fault
+            // would be, and probed again (a racing reset may take it away again, as it would
+            // make a load fault again).
+            let fpage = (self.state.file_off + off) / PAGE;
+            {
+                let g = rd(&self.state.node.inode);
+                if g.freed || fpage >= g.attr.size.div_ceil(PAGE) {
+                    return Ok(false);
+                }
+            }
+            self.fs.serve_fault(&self.state, off / PAGE * PAGE, false, Server::Worker)?;
+        }
     }
 
     /// msync: makes every store through this mapping durable across power loss.

@@ -182,4 +182,9 @@ pub struct MmapStats {
     pub pages_mapped_eagerly: u64,
     /// Pages reset in live mappings by truncate, punch, zero range and writes into holes.
     pub pages_invalidated: u64,
+    /// Only faults raised in user mode are served: the process may not handle those a system
+    /// call raises (it lacks CAP_SYS_PTRACE and vm.unprivileged_userfaultfd is 0), so a system
+    /// call touching a mapped page not yet faulted in (read(2) into a mapping) fails with
+    /// EFAULT. Loads and stores by the program itself are served either way.
+    pub user_mode_only: bool,
 }

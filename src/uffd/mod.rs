@@ -161,6 +161,8 @@ pub struct Fault {
 pub struct Uffd {
     fd: kernel::Fd,
     features: u64,
+    /// Only faults raised in user mode reach this userfaultfd (see [`Uffd::user_mode_only`]).
+    user_mode_only: bool,
     /// Registered ranges: start → length (registrations never overlap).
     registered: RwLock<BTreeMap<u64, u64>>,
 }
@@ -185,7 +187,7 @@ impl Uffd {
     /// Opens a userfaultfd (close-on-exec, non-blocking reads) and negotiates `features`; every
     /// asked-for feature must be granted.
     pub fn new(features: u64) -> Result<Uffd> {
-        let fd = kernel::open().map_err(|e| os_err("open", e))?;
+        let (fd, user_mode_only) = kernel::open().map_err(|e| os_err("open", e))?;
         let mut api = UffdioApi { api: UFFD_API, features, ioctls: 0 };
         // SAFETY: the handshake names no memory.
         unsafe { kernel::ioctl(&fd, Ioctl::Api(&mut api)) }.map_err(|e| os_err("API handshake", e))?;
@@ -195,7 +197,15 @@ impl Uffd {
                 features & !api.features
             )));
         }
-        Ok(Uffd { fd, features: api.features, registered: RwLock::new(BTreeMap::new()) })
+        Ok(Uffd { fd, features: api.features, user_mode_only, registered: RwLock::new(BTreeMap::new()) })
+    }
+
+    /// Whether only user-mode faults reach this userfaultfd: the process lacks the privilege
+    /// for kernel-mode ones (CAP_SYS_PTRACE, or vm.unprivileged_userfaultfd = 1). A system call
+    /// that touches a page not yet mapped (read(2) into a mapping) then fails with EFAULT
+    /// instead of faulting it in.
+    pub fn user_mode_only(&self) -> bool {
+        self.user_mode_only
     }
 
     /// Registers `[start, start+len)` with `mode` (MODE_MISSING and/or MODE_WP).
@@ -704,7 +714,8 @@ mod tests {
         };
         assert_eq!(read0, 0);
         assert_eq!(read1_after, 0xab);
-        // A fault raised inside the kernel (read(2) into an unpopulated page) reaches us too.
+        // A fault raised inside the kernel (read(2) into an unpopulated page) reaches us too,
+        // unless the process may only handle user-mode faults: then the copy fails.
         let mut pipe = [0; 2];
         // SAFETY: pipe(2) writes two descriptors into `pipe`.
         assert_eq!(unsafe { libc::pipe(pipe.as_mut_ptr()) }, 0);
@@ -713,9 +724,13 @@ mod tests {
             libc::write(pipe[1], b"hello".as_ptr().cast(), 5);
             libc::read(pipe[0], r.page(3).cast(), 5)
         };
-        assert_eq!(n, 5);
-        // SAFETY: page 3 is now populated by the kernel's copy.
-        assert_eq!(unsafe { std::slice::from_raw_parts(r.page(3), 5) }, b"hello");
+        if uffd.user_mode_only() {
+            assert_eq!((n, std::io::Error::last_os_error().raw_os_error()), (-1, Some(libc::EFAULT)));
+        } else {
+            assert_eq!(n, 5);
+            // SAFETY: page 3 is now populated by the kernel's copy.
+            assert_eq!(unsafe { std::slice::from_raw_parts(r.page(3), 5) }, b"hello");
+        }
         // SAFETY: closing the pipe's own descriptors.
         unsafe {
             libc::close(pipe[0]);

@@ -204,10 +204,10 @@ fn access(addr: u64, len: u64, store: bool, mut each: impl FnMut(&mut Page, u64,
     Ok(())
 }
 
-pub(super) fn open() -> io::Result<Fd> {
+pub(super) fn open() -> io::Result<(Fd, bool)> {
     let (_, mut w) = world();
     w.uffds.push(Queue::default());
-    Ok(Fd(w.uffds.len() - 1))
+    Ok((Fd(w.uffds.len() - 1), false))
 }
 
 /// # Safety

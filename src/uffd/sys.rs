@@ -37,15 +37,29 @@ fn check(rc: libc::c_int) -> io::Result<()> {
     }
 }
 
-/// Opens a userfaultfd: close-on-exec, non-blocking reads.
-pub(super) fn open() -> io::Result<OwnedFd> {
-    // SAFETY: userfaultfd(2) takes only flags and returns a new descriptor or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC | libc::O_NONBLOCK) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
+/// userfaultfd(2) flag: deliver only faults raised in user mode. An unprivileged process may
+/// ask for no more while vm.unprivileged_userfaultfd is 0 (the default).
+const UFFD_USER_MODE_ONLY: libc::c_int = 1;
+
+/// Opens a userfaultfd: close-on-exec, non-blocking reads. Where the process may not handle
+/// faults raised in the kernel (EPERM: no CAP_SYS_PTRACE, vm.unprivileged_userfaultfd 0), one
+/// for user-mode faults only; the flag says which it got.
+pub(super) fn open() -> io::Result<(OwnedFd, bool)> {
+    let open = |flags: libc::c_int| {
+        // SAFETY: userfaultfd(2) takes only flags and returns a new descriptor or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, flags) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just returned by the kernel and is owned by nothing else.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+    };
+    let flags = libc::O_CLOEXEC | libc::O_NONBLOCK;
+    match open(flags) {
+        Ok(fd) => Ok((fd, false)),
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => Ok((open(flags | UFFD_USER_MODE_ONLY)?, true)),
+        Err(e) => Err(e),
     }
-    // SAFETY: `fd` was just returned by the kernel and is owned by nothing else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
 /// One userfaultfd ioctl.

@@ -135,8 +135,8 @@ const DATA: usize = 0;
 const HOLE: usize = 1;
 const WHENCE: [&str; 2] = ["DATA", "HOLE"];
 
-/// The counters of `stats`, in [`MmapStats`]'s field order.
-fn stat_lines(st: &MmapStats) -> [(&'static str, u64); 9] {
+/// The counters of `stats`, in [`MmapStats`]'s field order (the flag as 0 or 1).
+fn stat_lines(st: &MmapStats) -> [(&'static str, u64); 10] {
     let MmapStats {
         faults_zero_page,
         faults_first_store,
@@ -147,6 +147,7 @@ fn stat_lines(st: &MmapStats) -> [(&'static str, u64); 9] {
         faults_copied,
         pages_mapped_eagerly,
         pages_invalidated,
+        user_mode_only,
     } = *st;
     [
         ("faults_zero_page", faults_zero_page),
@@ -158,6 +159,7 @@ fn stat_lines(st: &MmapStats) -> [(&'static str, u64); 9] {
         ("faults_copied", faults_copied),
         ("pages_mapped_eagerly", pages_mapped_eagerly),
         ("pages_invalidated", pages_invalidated),
+        ("user_mode_only", u64::from(user_mode_only)),
     ]
 }
 
@@ -430,7 +432,8 @@ mod tests {
         let fields = json.as_object().unwrap();
         assert_eq!(fields.len(), lines.len());
         for (name, value) in lines {
-            assert_eq!(fields[name], value, "{name}");
+            let field = &fields[name];
+            assert_eq!(field.as_u64().or(field.as_bool().map(u64::from)), Some(value), "{name}");
         }
     }
 
