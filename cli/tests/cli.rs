@@ -1137,3 +1137,27 @@ fn a_failed_mkfs_force_leaves_the_old_image_whole() {
     assert_eq!(ok(&["cat", s(&img), "/keep.txt"]), "keep me\n");
     ok(&["fsck", s(&img)]);
 }
+
+/// `udax crashtest` (built with the default `crash-test` feature) explores a workload clean,
+/// reports a dropped fence as violations with exit status 4, and replays a saved violation.
+#[test]
+#[cfg(feature = "crash-test")]
+fn crashtest_finds_nothing_until_a_fence_is_dropped() {
+    let quick =
+        ["crashtest", "--workload", "seq1", "--block-size", "1024", "--per-fence", "4", "--per-recovery-fence", "0"];
+    let out = ok(&[&quick[..], &["--json"]].concat());
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["violation_count"], 0, "{out}");
+    assert!(report["states"].as_u64().unwrap() > 100, "{out}");
+    let dir = tempfile::tempdir().unwrap();
+    let save = dir.path().join("saved");
+    let (code, _) = fails(&[&quick[..], &["--sabotage", "record-fence", "--save", s(&save)]].concat());
+    assert_eq!(code, 4, "violations exit with status 4");
+    let image = std::fs::read_dir(&save)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "img"))
+        .expect("a saved violating image");
+    let (code, err) = fails(&["crashtest", "--replay", s(&image)]);
+    assert_eq!(code, 4, "the replayed image violates again: {err}");
+}
