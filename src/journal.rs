@@ -135,15 +135,19 @@ pub enum Sabotage {
     RecordFence,
     /// The fence that makes applied entries persistent before the checkpoint passes them.
     CheckpointFence,
+    /// Not a fence: a write into new blocks stores its data but not the zeros around it, so
+    /// the blocks' stale bytes show (the oracle's poison check must notice).
+    EdgeZeros,
 }
 
 #[cfg(feature = "crash-test")]
 impl Sabotage {
     /// Every switch, with the name `udax crashtest --sabotage` takes.
-    pub const ALL: [(&'static str, Sabotage); 3] = [
+    pub const ALL: [(&'static str, Sabotage); 4] = [
         ("content-fence", Sabotage::ContentFence),
         ("record-fence", Sabotage::RecordFence),
         ("checkpoint-fence", Sabotage::CheckpointFence),
+        ("edge-zeros", Sabotage::EdgeZeros),
     ];
 }
 
@@ -291,9 +295,9 @@ impl Journal {
         self.sabotage = which;
     }
 
-    /// Whether a test dropped this fence of the protocol (never, without `crash-test`).
+    /// Whether a test dropped this step of the protocol (never, without `crash-test`).
     #[inline(always)]
-    fn dropped(&self, fence: Sabotage) -> bool {
+    pub(crate) fn dropped(&self, fence: Sabotage) -> bool {
         #[cfg(feature = "crash-test")]
         return self.sabotage == fence;
         #[cfg(not(feature = "crash-test"))]

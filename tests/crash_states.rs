@@ -1,7 +1,8 @@
 //! Power-cut crash states (`udax::crashtest`): every image a crash could leave at any fence of
 //! seq1 and seq2 recovers to a clean fsck and to the state before or after the operation in
-//! flight; each sabotage switch (a dropped fence of the commit protocol) makes the same sweep
-//! report violations, so the explorer is shown able to fail.
+//! flight, and no file ever shows the poison of free space; each sabotage switch (a dropped
+//! fence of the commit protocol, zeros left out of new blocks) makes the same sweep report
+//! violations, so the explorer is shown able to fail.
 //!
 //! By default the sweeps take a sample small enough for a newcomer's `cargo test`; with
 //! `UDAX_LONG=1` (as `.ci/run` sets) they run at the full budget and floor.
@@ -76,8 +77,13 @@ fn random_sequences_recover_to_a_state_before_or_after_each_operation() {
 
 #[test]
 fn every_sabotage_switch_is_caught() {
-    // The CI sweep itself (seq1, then seq2) catches a dropped content or record fence.
-    for (name, sabotage) in [("content fence", Sabotage::ContentFence), ("record fence", Sabotage::RecordFence)] {
+    // The CI sweep itself (seq1, then seq2) catches a dropped content or record fence, and (by
+    // the poison check of every state) a write into new blocks that leaves their edges stale.
+    for (name, sabotage) in [
+        ("content fence", Sabotage::ContentFence),
+        ("record fence", Sabotage::RecordFence),
+        ("edge zeros", Sabotage::EdgeZeros),
+    ] {
         let mut caught = 0;
         for workload in [Workload::Seq1, Workload::Seq2] {
             let r = explore(workload, 1024, sabotage);

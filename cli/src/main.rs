@@ -509,8 +509,8 @@ pub struct CrashtestArgs {
     /// Print the report as JSON
     #[arg(long)]
     pub json: bool,
-    /// Testing the tester: drop one fence of the commit protocol (content-fence, record-fence,
-    /// checkpoint-fence); the exploration must then report violations
+    /// Testing the tester: drop one step of the commit protocol (content-fence, record-fence,
+    /// checkpoint-fence, edge-zeros); the exploration must then report violations
     #[arg(long, hide = true)]
     pub sabotage: Option<String>,
 }

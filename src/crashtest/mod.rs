@@ -254,6 +254,16 @@ impl Explorer<'_> {
                 let op =
                     Op { ring: self.ring.clone(), sequence: index, index: k, step, before: &before, after: &after };
                 let fences = in_op.len();
+                if let Some(stale) = after.stale() {
+                    // The running file system itself shows stale bytes: no crash needed.
+                    let task = Task {
+                        fence: fences,
+                        base: base.clone(),
+                        patches: Default::default(),
+                        label: "the running file system".into(),
+                    };
+                    self.violation(&op, &task, stale, &[])?;
+                }
                 base = self.check_fences(&op, base.clone(), in_op, 0)?;
                 if k + 1 == steps.len() {
                     // What the last operation left in flight after it returned: it may persist
@@ -367,7 +377,8 @@ impl Explorer<'_> {
             reason,
             image: None,
         };
-        if let (Some(dir), true) = (&self.opts.save_dir, self.report.violations.len() < 20) {
+        // An empty image: the violation is the running file system's, with no image to save.
+        if let (Some(dir), true, false) = (&self.opts.save_dir, self.report.violations.len() < 20, image.is_empty()) {
             let name = format!("{}-{}-{}", self.report.workload, op.sequence, self.report.violations.len());
             let img = dir.join(format!("{name}.img"));
             std::fs::write(&img, image).map_err(|e| Error::io(img.display(), e))?;
@@ -473,6 +484,9 @@ fn recover_and_judge(
         return Err(format!("fsck: {:?}", report.findings));
     }
     let got = FsState::capture(&fs)?;
+    if let Some(stale) = got.stale() {
+        return Err(stale);
+    }
     judge(before, after, &got)
 }
 

@@ -112,6 +112,19 @@ impl FsState {
     }
 }
 
+impl FsState {
+    /// The first file byte that holds the poison free space is filled with ([`super::POISON`]):
+    /// bytes a new block showed before anything zeroed or wrote them (workload bytes never take
+    /// that value).
+    pub fn stale(&self) -> Option<String> {
+        self.shape.iter().find_map(|(path, shape)| {
+            let data = &self.payload.get(&shape.ino)?.data;
+            let i = data.iter().position(|&b| b == super::POISON)?;
+            Some(format!("{path}: byte {i} is {:#04x}, the poison of free space: stale bytes show", super::POISON))
+        })
+    }
+}
+
 /// Which allowed state a crash image showed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Matched {

@@ -10,7 +10,7 @@ use crate::alloc::Run;
 use crate::error::{Error, Result};
 use crate::extent::{Extent, ExtentMap, Piece, State};
 use crate::inode::{Inode, Timespec};
-use crate::journal::Tx;
+use crate::journal::{Sabotage, Tx};
 use crate::sync::{rd, wr};
 
 use super::mmap::overlaps_mapping;
@@ -358,11 +358,12 @@ impl Fs {
         let s = start.max(off);
         let t = stop.min(end);
         let base = geo.block_at(physical);
-        if s > start {
+        let zeros = !self.dropped(Sabotage::EdgeZeros);
+        if s > start && zeros {
             tx.content_zero(dev, base, s - start)?;
         }
         tx.content_write(dev, base + (s - start), &data[(s - off) as usize..(t - off) as usize])?;
-        if t < stop {
+        if t < stop && zeros {
             tx.content_zero(dev, base + (t - start), stop - t)?;
         }
         Ok(())

@@ -5,9 +5,9 @@
 //! inode locks (directories before non-directories; among directories an ancestor before its
 //! descendant, unrelated ones by ascending number; non-directories by ascending number) → the
 //! inode-number table → the allocator → the journal. Only cross-directory renames hold two
-//! unrelated directories, and the rename lock makes them one at a time. Each operation builds one transaction, fences the new
-//! content it links, commits — durable from here — and only then frees blocks (which become
-//! reusable after the next checkpoint, see `alloc`).
+//! unrelated directories, and the rename lock makes them one at a time. Each operation builds
+//! one transaction, fences the new content it links, commits — durable from here — and only
+//! then frees blocks (which become reusable after the next checkpoint, see `alloc`).
 //!
 //! The facade is split by concern; each part adds methods to [`Fs`]:
 //!
@@ -18,6 +18,7 @@
 //! - `namespace` and `rename`: names and attributes;
 //! - `data`, `space` and `xattr`: read and write, fallocate and seek, extended attributes;
 //! - `mmap` and `fault`: DAX mappings and the userfaultfd service behind them.
+
 mod data;
 mod fault;
 mod mmap;

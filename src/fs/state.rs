@@ -155,6 +155,12 @@ impl Fs {
         lock(&self.inner.journal).sabotage(which);
     }
 
+    /// Whether a test dropped this step of the protocol (never, without `crash-test`).
+    #[inline(always)]
+    pub(super) fn dropped(&self, step: crate::journal::Sabotage) -> bool {
+        cfg!(feature = "crash-test") && lock(&self.inner.journal).dropped(step)
+    }
+
     pub fn device(&self) -> &Device {
         &self.inner.dev
     }
