@@ -419,6 +419,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "5,000 commits take minutes under miri; tests/heap_device.rs wraps a small ring there")]
     fn the_ring_wraps_and_checkpoints() {
         let (d, g) = setup();
         let (mut j, _) = Journal::recover(&d, &g).unwrap();

@@ -465,7 +465,8 @@ mod tests {
     fn every_superblock_bit_is_covered() {
         let g = Geometry::plan(16 << 20, 1024, 0, 0).unwrap();
         let sb = g.superblock(5, [2; 16], "x");
-        for bit in 0..256 * 8 {
+        // Under miri, which interprets every step, every seventh bit.
+        for bit in (0..256 * 8).step_by(if cfg!(miri) { 7 } else { 1 }) {
             let mut bytes = sb.as_bytes().to_vec();
             bytes[bit / 8] ^= 1 << (bit % 8);
             let bad = RawSuperblock::read_from_bytes(&bytes).unwrap();
