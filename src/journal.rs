@@ -137,6 +137,7 @@ pub enum Sabotage {
     CheckpointFence,
     /// Not a fence: a write into new blocks stores its data but not the zeros around it, so
     /// the blocks' stale bytes show (the oracle's poison check must notice).
+    #[cfg(feature = "crash-test")]
     EdgeZeros,
 }
 
@@ -295,9 +296,9 @@ impl Journal {
         self.sabotage = which;
     }
 
-    /// Whether a test dropped this step of the protocol (never, without `crash-test`).
+    /// Whether a test dropped this fence of the protocol (never, without `crash-test`).
     #[inline(always)]
-    pub(crate) fn dropped(&self, fence: Sabotage) -> bool {
+    fn dropped(&self, fence: Sabotage) -> bool {
         #[cfg(feature = "crash-test")]
         return self.sabotage == fence;
         #[cfg(not(feature = "crash-test"))]

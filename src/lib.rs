@@ -19,6 +19,11 @@
 //! assert_eq!(back, "hello, persistent memory");
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+//!
+//! Cargo features, all test machinery and off by default: `crash-test` (the crash explorer, the
+//! corrupt-image harness, the crash-state recorder and sabotage switches, and the format modules
+//! they build images with), `faults` (fault injection for the failure-atomicity test) and
+//! `model` (shuttle's threads and a simulated userfaultfd for the model check).
 #![deny(unsafe_code)]
 
 /// Declares modules that are internals: private to the crate, and public only with the

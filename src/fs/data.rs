@@ -10,7 +10,7 @@ use crate::alloc::Run;
 use crate::error::{Error, Result};
 use crate::extent::{Extent, ExtentMap, Piece, State};
 use crate::inode::{Inode, Timespec};
-use crate::journal::{Sabotage, Tx};
+use crate::journal::Tx;
 use crate::sync::{rd, wr};
 
 use super::mmap::overlaps_mapping;
@@ -358,7 +358,7 @@ impl Fs {
         let s = start.max(off);
         let t = stop.min(end);
         let base = geo.block_at(physical);
-        let zeros = !self.dropped(Sabotage::EdgeZeros);
+        let zeros = !self.edge_zeros_dropped();
         if s > start && zeros {
             tx.content_zero(dev, base, s - start)?;
         }
