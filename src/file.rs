@@ -7,11 +7,11 @@
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::fs::{Creds, DirEntry, Fs, Node, RenameMode, SetAttr, Stat};
 use crate::layout::{mode, ROOT_INO};
-use std::sync::Arc;
 
 /// How [`Fs::open`] opens a file, like std's `OpenOptions`.
 #[derive(Debug, Clone, Copy)]
@@ -68,46 +68,65 @@ pub struct File {
 const MAX_SYMLINKS: u32 = 40;
 
 impl Fs {
-    /// Resolves `path` to an inode, following symbolic links (the last one too if `follow`).
+    /// Resolves `path` to an inode number, following symbolic links (the last one too if
+    /// `follow`). The number names the inode only while it lives: prefer the path calls, which
+    /// act on the inode the walk found.
     pub fn resolve(&self, path: impl AsRef<Path>, follow: bool) -> Result<u64> {
-        let mut budget = MAX_SYMLINKS;
-        self.walk(ROOT_INO, path.as_ref().as_os_str().as_bytes(), follow, &mut budget)
+        self.resolve_node(path.as_ref(), follow).map(|n| n.ino)
     }
 
-    fn walk(&self, start: u64, path: &[u8], follow: bool, budget: &mut u32) -> Result<u64> {
-        let mut at = if path.first() == Some(&b'/') { ROOT_INO } else { start };
+    /// The inode `path` names (see [`Fs::lookup_node`] for why a node, not a number).
+    fn resolve_node(&self, path: &Path, follow: bool) -> Result<Arc<Node>> {
+        let mut budget = MAX_SYMLINKS;
+        self.walk(&self.root()?, path.as_os_str().as_bytes(), follow, &mut budget)
+    }
+
+    fn root(&self) -> Result<Arc<Node>> {
+        self.node(ROOT_INO)
+    }
+
+    fn walk(&self, start: &Arc<Node>, path: &[u8], follow: bool, budget: &mut u32) -> Result<Arc<Node>> {
+        let mut at = if path.first() == Some(&b'/') { self.root()? } else { start.clone() };
         let parts: Vec<&[u8]> = path.split(|&b| b == b'/').filter(|p| !p.is_empty()).collect();
         for (i, part) in parts.iter().enumerate() {
-            let st = self.getattr(at)?;
-            if !mode::is_dir(st.mode) {
+            if !at.is_dir {
                 return Err(Error::NotDir);
             }
             let dir = at;
-            at = self.lookup_ino(dir, part)?;
+            at = self.lookup_node(&dir, part)?;
             let last = i + 1 == parts.len();
-            if (!last || follow) && mode::is_symlink(self.getattr(at)?.mode) {
-                if *budget == 0 {
-                    return Err(Error::Loop);
-                }
-                *budget -= 1;
-                let target = self.readlink(at)?;
-                at = self.walk(dir, &target, true, budget)?;
+            if (!last || follow) && mode::is_symlink(self.getattr_node(&at)?.mode) {
+                at = self.follow(&dir, &at, budget)?;
             }
         }
-        if path.ends_with(b"/") && !mode::is_dir(self.getattr(at)?.mode) {
+        if path.ends_with(b"/") && !at.is_dir {
             return Err(Error::NotDir);
         }
+        self.getattr_node(&at)?;
         Ok(at)
+    }
+
+    /// The inode symbolic link `link`, found in `dir`, leads to.
+    fn follow(&self, dir: &Arc<Node>, link: &Node, budget: &mut u32) -> Result<Arc<Node>> {
+        if *budget == 0 {
+            return Err(Error::Loop);
+        }
+        *budget -= 1;
+        self.walk(dir, &self.readlink_node(link)?, true, budget)
     }
 
     /// The directory that holds `path`'s last component, and that component.
     pub fn resolve_parent<'p>(&self, path: &'p Path) -> Result<(u64, &'p [u8])> {
+        self.parent_node(path).map(|(n, name)| (n.ino, name))
+    }
+
+    fn parent_node<'p>(&self, path: &'p Path) -> Result<(Arc<Node>, &'p [u8])> {
         let mut budget = MAX_SYMLINKS;
-        self.parent_at(ROOT_INO, path.as_os_str().as_bytes(), &mut budget)
+        self.parent_at(&self.root()?, path.as_os_str().as_bytes(), &mut budget)
     }
 
     /// As [`Fs::resolve_parent`], for a path relative to directory `start`.
-    fn parent_at<'p>(&self, start: u64, bytes: &'p [u8], budget: &mut u32) -> Result<(u64, &'p [u8])> {
+    fn parent_at<'p>(&self, start: &Arc<Node>, bytes: &'p [u8], budget: &mut u32) -> Result<(Arc<Node>, &'p [u8])> {
         let trimmed = match bytes.iter().rposition(|&b| b != b'/') {
             Some(i) => &bytes[..=i],
             None => return Err(Error::InvalidArgument("the root has no parent")),
@@ -116,9 +135,9 @@ impl Fs {
             Some(i) => (&trimmed[..i], &trimmed[i + 1..]),
             None => (&b""[..], trimmed),
         };
-        let from = if bytes.first() == Some(&b'/') { ROOT_INO } else { start };
-        let parent = if dir.is_empty() { from } else { self.walk(from, dir, true, budget)? };
-        if !mode::is_dir(self.getattr(parent)?.mode) {
+        let from = if bytes.first() == Some(&b'/') { self.root()? } else { start.clone() };
+        let parent = if dir.is_empty() { from } else { self.walk(&from, dir, true, budget)? };
+        if !parent.is_dir {
             return Err(Error::NotDir);
         }
         Ok((parent, name))
@@ -126,30 +145,31 @@ impl Fs {
 
     /// Creates the file `path` names for an O_CREAT open that found nothing; like Linux, a
     /// dangling symbolic link in the last component is followed and its target created.
-    fn create_for_open(&self, path: &Path, opts: &OpenOptions, who: Creds) -> Result<u64> {
+    fn create_for_open(&self, path: &Path, opts: &OpenOptions, who: Creds) -> Result<Arc<Node>> {
         let mut budget = MAX_SYMLINKS;
-        let (mut parent, name) = self.parent_at(ROOT_INO, path.as_os_str().as_bytes(), &mut budget)?;
+        let (mut parent, name) = self.parent_at(&self.root()?, path.as_os_str().as_bytes(), &mut budget)?;
         let mut name = name.to_vec();
+        let bits = mode::S_IFREG | (opts.mode & 0o7777);
         loop {
-            match self.create(parent, &name, opts.mode, who) {
+            match self.make_node(&parent, &name, bits, 0, who, None) {
                 Err(Error::Exists) if !opts.create_new => {
-                    let link = self.lookup_ino(parent, &name)?;
-                    if !mode::is_symlink(self.getattr(link)?.mode) {
+                    let link = self.lookup_node(&parent, &name)?;
+                    if !mode::is_symlink(self.getattr_node(&link)?.mode) {
                         return Ok(link);
                     }
                     if budget == 0 {
                         return Err(Error::Loop);
                     }
                     budget -= 1;
-                    let target = self.readlink(link)?;
-                    let (p, n) = self.parent_at(parent, &target, &mut budget)?;
+                    let target = self.readlink_node(&link)?;
+                    let (p, n) = self.parent_at(&parent, &target, &mut budget)?;
                     if target.ends_with(b"/") {
                         // A regular file cannot be created under a name that ends in a slash.
                         return Err(Error::IsDir);
                     }
                     (parent, name) = (p, n.to_vec());
                 }
-                r => return r.map(|st| st.ino),
+                r => return r.map(|(_, node)| node),
             }
         }
     }
@@ -162,18 +182,18 @@ impl Fs {
     /// As [`Fs::open`], creating files owned by `who`.
     pub fn open_as(&self, path: impl AsRef<Path>, opts: OpenOptions, who: Creds) -> Result<File> {
         let path = path.as_ref();
-        let ino = match self.resolve(path, true) {
+        let node = match self.resolve_node(path, true) {
             Ok(_) if opts.create_new => return Err(Error::Exists),
-            Ok(ino) => ino,
+            Ok(node) => node,
             Err(Error::NotFound) if opts.create || opts.create_new => self.create_for_open(path, &opts, who)?,
             Err(e) => return Err(e),
         };
         if opts.write || opts.append {
             self.writable().map(drop)?;
         }
-        let node = self.node(ino)?;
+        // Fails with ENOENT if the inode was freed since the walk found it.
         let st = self.open_node(&node)?;
-        let file = File { fs: self.clone(), node, ino, pos: 0, opts };
+        let file = File { fs: self.clone(), ino: node.ino, node, pos: 0, opts };
         if mode::is_dir(st.mode) && (opts.write || opts.append) {
             return Err(Error::IsDir);
         }
@@ -185,85 +205,86 @@ impl Fs {
 
     /// stat(2) of `path`.
     pub fn stat(&self, path: impl AsRef<Path>) -> Result<Stat> {
-        self.getattr(self.resolve(path, true)?)
+        self.getattr_node(&*self.resolve_node(path.as_ref(), true)?)
     }
 
     /// lstat(2) of `path`.
     pub fn lstat(&self, path: impl AsRef<Path>) -> Result<Stat> {
-        self.getattr(self.resolve(path, false)?)
+        self.getattr_node(&*self.resolve_node(path.as_ref(), false)?)
     }
 
     pub fn mkdir_path(&self, path: impl AsRef<Path>, perm: u32) -> Result<Stat> {
-        let (parent, name) = self.resolve_parent(path.as_ref())?;
-        self.mkdir(parent, name, perm, Creds::current())
+        let (parent, name) = self.parent_node(path.as_ref())?;
+        self.mkdir_in(&parent, name, perm, Creds::current()).map(|n| n.0)
     }
 
     /// mkdir -p: creates missing directories along `path`.
     pub fn mkdir_all(&self, path: impl AsRef<Path>, perm: u32) -> Result<u64> {
-        let mut at = ROOT_INO;
+        let mut at = self.root()?;
         for part in path.as_ref().as_os_str().as_bytes().split(|&b| b == b'/').filter(|p| !p.is_empty()) {
-            at = match self.lookup_ino(at, part) {
-                Ok(i) => {
-                    let i = if mode::is_symlink(self.getattr(i)?.mode) {
+            at = match self.lookup_node(&at, part) {
+                Ok(n) => {
+                    let n = if mode::is_symlink(self.getattr_node(&n)?.mode) {
                         let mut budget = MAX_SYMLINKS;
-                        self.walk(at, &self.readlink(i)?, true, &mut budget)?
+                        self.follow(&at, &n, &mut budget)?
                     } else {
-                        i
+                        n
                     };
-                    if !mode::is_dir(self.getattr(i)?.mode) {
+                    if !n.is_dir {
                         return Err(Error::NotDir);
                     }
-                    i
+                    n
                 }
-                Err(Error::NotFound) => match self.mkdir(at, part, perm, Creds::current()) {
-                    Ok(st) => st.ino,
-                    Err(Error::Exists) => self.lookup_ino(at, part)?,
+                Err(Error::NotFound) => match self.mkdir_in(&at, part, perm, Creds::current()) {
+                    Ok((_, n)) => n,
+                    Err(Error::Exists) => self.lookup_node(&at, part)?,
                     Err(e) => return Err(e),
                 },
                 Err(e) => return Err(e),
             };
         }
-        Ok(at)
+        Ok(at.ino)
     }
 
     pub fn unlink_path(&self, path: impl AsRef<Path>) -> Result<()> {
-        let (parent, name) = self.resolve_parent(path.as_ref())?;
-        self.unlink(parent, name)
+        let (parent, name) = self.parent_node(path.as_ref())?;
+        self.remove_entry(&parent, name, false)
     }
 
     pub fn rmdir_path(&self, path: impl AsRef<Path>) -> Result<()> {
-        let (parent, name) = self.resolve_parent(path.as_ref())?;
-        self.rmdir(parent, name)
+        let (parent, name) = self.parent_node(path.as_ref())?;
+        self.rmdir_in(&parent, name)
     }
 
     /// rm -r: removes `path` and everything under it.
     pub fn remove_all(&self, path: impl AsRef<Path>) -> Result<()> {
-        let (parent, name) = self.resolve_parent(path.as_ref())?;
+        let (parent, name) = self.parent_node(path.as_ref())?;
         self.remove_tree(parent, name)
     }
 
     /// Removes `name` in `parent` and everything under it, depth first with a stack of its own
     /// (a chain of any depth, no recursion): a directory is entered, emptied of files, and
     /// removed once its subdirectories are.
-    fn remove_tree(&self, parent: u64, name: &[u8]) -> Result<()> {
-        let ino = self.lookup_ino(parent, name)?;
-        if !mode::is_dir(self.getattr(ino)?.mode) {
-            return self.unlink(parent, name);
+    fn remove_tree(&self, parent: Arc<Node>, name: &[u8]) -> Result<()> {
+        let node = self.lookup_node(&parent, name)?;
+        if !node.is_dir {
+            return self.remove_entry(&parent, name, false);
         }
-        // (parent, name, inode) of directories entered and not yet removed.
-        let mut stack = vec![(parent, name.to_vec(), ino)];
+        // (parent, name, directory) of directories entered and not yet removed.
+        let mut stack = vec![(parent, name.to_vec(), node)];
         while let Some((p, n, dir)) = stack.last().cloned() {
             let mut subdirs = false;
-            for e in self.readdir(dir, 0)? {
+            for e in self.readdir_node(&dir, 0)? {
                 if e.dtype == crate::dir::DT_DIR {
-                    stack.push((dir, e.name, e.ino));
+                    let sub = self.lookup_node(&dir, &e.name)?;
+                    stack.push((dir.clone(), e.name, sub));
                     subdirs = true;
                 } else {
-                    self.unlink(dir, &e.name)?;
+                    self.remove_entry(&dir, &e.name, false)?;
                 }
             }
             if !subdirs {
-                self.rmdir(p, &n)?;
+                self.rmdir_in(&p, &n)?;
                 stack.pop();
             }
         }
@@ -271,44 +292,44 @@ impl Fs {
     }
 
     pub fn rename_path(&self, from: impl AsRef<Path>, to: impl AsRef<Path>) -> Result<()> {
-        let (sp, sn) = self.resolve_parent(from.as_ref())?;
-        let (dp, dn) = self.resolve_parent(to.as_ref())?;
-        self.rename(sp, sn, dp, dn, RenameMode::Replace)
+        let (sp, sn) = self.parent_node(from.as_ref())?;
+        let (dp, dn) = self.parent_node(to.as_ref())?;
+        self.rename_nodes(&sp, sn, &dp, dn, RenameMode::Replace)
     }
 
     pub fn link_path(&self, existing: impl AsRef<Path>, new: impl AsRef<Path>) -> Result<Stat> {
-        let ino = self.resolve(existing, false)?;
-        let (dp, dn) = self.resolve_parent(new.as_ref())?;
-        self.link(ino, dp, dn)
+        let node = self.resolve_node(existing.as_ref(), false)?;
+        let (dp, dn) = self.parent_node(new.as_ref())?;
+        self.link_nodes(&node, &dp, dn)
     }
 
     pub fn symlink_path(&self, target: impl AsRef<Path>, link: impl AsRef<Path>) -> Result<Stat> {
-        let (dp, dn) = self.resolve_parent(link.as_ref())?;
-        self.symlink(dp, dn, target.as_ref().as_os_str().as_bytes(), Creds::current())
+        let (dp, dn) = self.parent_node(link.as_ref())?;
+        self.symlink_in(&dp, dn, target.as_ref().as_os_str().as_bytes(), Creds::current())
     }
 
     pub fn readlink_path(&self, path: impl AsRef<Path>) -> Result<Vec<u8>> {
-        self.readlink(self.resolve(path, false)?)
+        self.readlink_node(&*self.resolve_node(path.as_ref(), false)?)
     }
 
     pub fn read_dir_path(&self, path: impl AsRef<Path>) -> Result<Vec<DirEntry>> {
-        self.readdir(self.resolve(path, true)?, 0)
+        self.readdir_node(&*self.resolve_node(path.as_ref(), true)?, 0)
     }
 
     pub fn setattr_path(&self, path: impl AsRef<Path>, follow: bool, set: &SetAttr) -> Result<Stat> {
-        self.setattr(self.resolve(path, follow)?, set)
+        self.setattr_node(&*self.resolve_node(path.as_ref(), follow)?, set)
     }
 
     /// Reads a whole file.
     pub fn read_file(&self, path: impl AsRef<Path>) -> Result<Vec<u8>> {
-        let ino = self.resolve(path, true)?;
-        let size = usize::try_from(self.getattr(ino)?.size).map_err(|_| Error::FileTooBig)?;
+        let node = self.resolve_node(path.as_ref(), true)?;
+        let size = usize::try_from(self.getattr_node(&node)?.size).map_err(|_| Error::FileTooBig)?;
         // A sparse file can be far larger than memory: fail, do not abort.
         let mut buf = Vec::new();
         buf.try_reserve_exact(size)
             .map_err(|_| Error::io("read_file", std::io::Error::from_raw_os_error(libc::ENOMEM)))?;
         buf.resize(size, 0);
-        let n = self.read(ino, 0, &mut buf)?;
+        let n = self.read_node(&node, 0, &mut buf)?;
         buf.truncate(n);
         Ok(buf)
     }

@@ -220,12 +220,12 @@ impl Fs {
 
     /// Links unnamed file `ino` into /lost+found (made when missing) as `#<ino>`, with one link.
     fn adopt(&self, ino: u64, node: &Node) -> Result<Vec<u8>> {
-        let lf = match self.lookup_ino(ROOT_INO, LOST_FOUND) {
-            Ok(i) => i,
-            Err(Error::NotFound) => self.mkdir(ROOT_INO, LOST_FOUND, 0o700, Creds::ROOT)?.ino,
+        let root = self.node(ROOT_INO)?;
+        let dir = match self.lookup_node(&root, LOST_FOUND) {
+            Ok(n) => n,
+            Err(Error::NotFound) => self.mkdir_in(&root, LOST_FOUND, 0o700, Creds::ROOT)?.1,
             Err(e) => return Err(e),
         };
-        let dir = self.node(lf)?;
         if !dir.is_dir {
             return Err(Error::NotDir);
         }

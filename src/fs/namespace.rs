@@ -1,5 +1,7 @@
 //! Names and attributes: lookup, create, link, unlink, readdir, setattr, open and release.
 
+use std::sync::Arc;
+
 use crate::alloc::Run;
 use crate::error::{Error, Result};
 use crate::extent::{ExtentMap, State};
@@ -29,34 +31,40 @@ impl Fs {
 
     /// Looks `name` up in directory `parent` ("." and ".." included).
     pub fn lookup(&self, parent: u64, name: &[u8]) -> Result<Stat> {
-        let ino = self.lookup_ino(parent, name)?;
-        self.getattr(ino)
+        self.getattr_node(&*self.lookup_node(&self.node(parent)?, name)?)
     }
 
-    pub(crate) fn lookup_ino(&self, parent: u64, name: &[u8]) -> Result<u64> {
+    /// The inode `name` names in directory `parent`, taken while the directory is locked: an
+    /// unlink can free the number right after, and a new file reuse it, but this node stays the
+    /// inode that had the name (operations on it fail with ENOENT once it is freed).
+    pub(crate) fn lookup_node(&self, parent: &Arc<Node>, name: &[u8]) -> Result<Arc<Node>> {
         let name = &*unmapped(name);
-        let p = self.node(parent)?;
-        let g = rd(&p.inode);
+        let g = rd(&parent.inode);
         let dir = g.dir()?;
-        match name {
-            b"." => Ok(parent),
-            b".." => Ok(g.attr.parent),
+        let ino = match name {
+            b"." => return Ok(parent.clone()),
+            b".." => g.attr.parent,
             _ => {
                 if name.len() > layout::NAME_MAX {
                     return Err(Error::NameTooLong);
                 }
-                dir.get(name).map(|e| e.ino).ok_or(Error::NotFound)
+                dir.get(name).map(|e| e.ino).ok_or(Error::NotFound)?
             }
-        }
+        };
+        self.node(ino)
     }
 
     /// Creates a regular file.
     pub fn create(&self, parent: u64, name: &[u8], perm: u32, who: Creds) -> Result<Stat> {
-        self.make_node(parent, name, mode::S_IFREG | (perm & 0o7777), 0, who, None)
+        self.make_node(&*self.node(parent)?, name, mode::S_IFREG | (perm & 0o7777), 0, who, None).map(|n| n.0)
     }
 
     /// Creates a directory.
     pub fn mkdir(&self, parent: u64, name: &[u8], perm: u32, who: Creds) -> Result<Stat> {
+        self.mkdir_in(&*self.node(parent)?, name, perm, who).map(|n| n.0)
+    }
+
+    pub(crate) fn mkdir_in(&self, parent: &Node, name: &[u8], perm: u32, who: Creds) -> Result<(Stat, Arc<Node>)> {
         self.make_node(parent, name, mode::S_IFDIR | (perm & 0o7777), 0, who, None)
     }
 
@@ -65,35 +73,39 @@ impl Fs {
         if mode::is_dir(mode_bits) || mode::is_symlink(mode_bits) || !mode::is_valid_type(mode_bits) {
             return Err(Error::InvalidArgument("mknod makes files, FIFOs, sockets and devices"));
         }
-        self.make_node(parent, name, mode_bits & (mode::S_IFMT | 0o7777), rdev, who, None)
+        self.make_node(&*self.node(parent)?, name, mode_bits & (mode::S_IFMT | 0o7777), rdev, who, None).map(|n| n.0)
     }
 
     /// Creates a symbolic link to `target`.
     pub fn symlink(&self, parent: u64, name: &[u8], target: &[u8], who: Creds) -> Result<Stat> {
+        self.symlink_in(&*self.node(parent)?, name, target, who)
+    }
+
+    pub(crate) fn symlink_in(&self, parent: &Node, name: &[u8], target: &[u8], who: Creds) -> Result<Stat> {
         if target.is_empty() || target.contains(&0) {
             return Err(Error::InvalidArgument("symlink target is empty or holds a NUL"));
         }
         if target.len() > layout::SYMLINK_MAX {
             return Err(Error::NameTooLong);
         }
-        self.make_node(parent, name, mode::S_IFLNK | 0o777, 0, who, Some(target))
+        self.make_node(parent, name, mode::S_IFLNK | 0o777, 0, who, Some(target)).map(|n| n.0)
     }
 
-    pub(super) fn make_node(
+    /// Makes `name` in directory `p`: a new inode of `mode_bits`, and its node.
+    pub(crate) fn make_node(
         &self,
-        parent: u64,
+        p: &Node,
         name: &[u8],
         mode_bits: u32,
         rdev: u64,
         who: Creds,
         target: Option<&[u8]>,
-    ) -> Result<Stat> {
+    ) -> Result<(Stat, Arc<Node>)> {
         let _change = self.writable()?;
         let (name, target) = (&*unmapped(name), target.map(unmapped));
         let target = target.as_deref();
         check_name(name)?;
         let geo = self.inner.geo;
-        let p = self.node(parent)?;
         let mut pg = wr(&p.inode);
         let dir = pg.dir()?;
         if pg.attr.nlink == 0 {
@@ -125,7 +137,7 @@ impl Fs {
             }
         }
         if is_dir {
-            inode.attr.parent = parent;
+            inode.attr.parent = p.ino;
         }
         // Memory changes with the transaction; a failure puts the parent back from the medium
         // and gives back the inode number and every block taken.
@@ -169,13 +181,17 @@ impl Fs {
             return Err(e);
         }
         let st = self.stat_of(&inode);
-        wr(&self.inner.nodes).insert(ino, Node::new(inode));
-        Ok(st)
+        let node = Node::new(inode);
+        wr(&self.inner.nodes).insert(ino, node.clone());
+        Ok((st, node))
     }
 
     /// Reads a symbolic link's target.
     pub fn readlink(&self, ino: u64) -> Result<Vec<u8>> {
-        let n = self.node(ino)?;
+        self.readlink_node(&*self.node(ino)?)
+    }
+
+    pub(crate) fn readlink_node(&self, n: &Node) -> Result<Vec<u8>> {
         let g = rd(&n.inode);
         g.live()?;
         if !mode::is_symlink(g.attr.mode) {
@@ -188,10 +204,14 @@ impl Fs {
 
     /// Adds a hard link `newparent/newname` to `ino`.
     pub fn link(&self, ino: u64, newparent: u64, newname: &[u8]) -> Result<Stat> {
+        self.link_nodes(&*self.node(ino)?, &*self.node(newparent)?, newname)
+    }
+
+    /// Adds a hard link `p/newname` to the inode of `c`.
+    pub(crate) fn link_nodes(&self, c: &Node, p: &Node, newname: &[u8]) -> Result<Stat> {
         let _change = self.writable()?;
         let newname = &*unmapped(newname);
         check_name(newname)?;
-        let p = self.node(newparent)?;
         let mut pg = wr(&p.inode);
         let dir = pg.dir()?;
         if pg.attr.nlink == 0 {
@@ -200,7 +220,6 @@ impl Fs {
         if dir.get(newname).is_some() {
             return Err(Error::Exists);
         }
-        let c = self.node(ino)?;
         // Checked before locking the child: a directory could be an ancestor of `newparent`,
         // and locking it after its descendant would invert the lock order.
         if c.is_dir {
@@ -245,11 +264,15 @@ impl Fs {
 
     /// Removes a non-directory entry.
     pub fn unlink(&self, parent: u64, name: &[u8]) -> Result<()> {
-        self.remove_entry(parent, name, false)
+        self.remove_entry(&*self.node(parent)?, name, false)
     }
 
     /// Removes an empty directory.
     pub fn rmdir(&self, parent: u64, name: &[u8]) -> Result<()> {
+        self.rmdir_in(&*self.node(parent)?, name)
+    }
+
+    pub(crate) fn rmdir_in(&self, parent: &Node, name: &[u8]) -> Result<()> {
         if name == b"." {
             return Err(Error::InvalidArgument("cannot remove '.'"));
         }
@@ -259,18 +282,18 @@ impl Fs {
         self.remove_entry(parent, name, true)
     }
 
-    pub(super) fn remove_entry(&self, parent: u64, name: &[u8], want_dir: bool) -> Result<()> {
+    /// Removes `name` from directory `p` (unlink, or rmdir when `want_dir`).
+    pub(crate) fn remove_entry(&self, p: &Node, name: &[u8], want_dir: bool) -> Result<()> {
         let _change = self.writable()?;
         let name = &*unmapped(name);
         if name.len() > layout::NAME_MAX {
             return Err(Error::NameTooLong);
         }
         let geo = self.inner.geo;
-        let p = self.node(parent)?;
         let mut pg = wr(&p.inode);
         let e = *pg.dir()?.get(name).ok_or(Error::NotFound)?;
-        if e.ino == parent {
-            return Err(Error::Corrupt { what: "directory entry names its own directory", at: geo.inode_at(parent) });
+        if e.ino == p.ino {
+            return Err(Error::Corrupt { what: "directory entry names its own directory", at: geo.inode_at(p.ino) });
         }
         let Ok(c) = self.node(e.ino) else {
             return self.remove_dangling(&mut pg, name, want_dir);
@@ -355,7 +378,10 @@ impl Fs {
 
     /// Entries of directory `ino` after `cookie` (0 from the start), without "." and "..".
     pub fn readdir(&self, ino: u64, cookie: u64) -> Result<Vec<DirEntry>> {
-        let n = self.node(ino)?;
+        self.readdir_node(&*self.node(ino)?, cookie)
+    }
+
+    pub(crate) fn readdir_node(&self, n: &Node, cookie: u64) -> Result<Vec<DirEntry>> {
         let g = rd(&n.inode);
         let dir = g.dir()?;
         let after = cookie.checked_sub(1);
@@ -367,15 +393,18 @@ impl Fs {
 
     /// Changes attributes; `size` truncates or extends (SPEC §4). Returns the new attributes.
     pub fn setattr(&self, ino: u64, set: &SetAttr) -> Result<Stat> {
+        self.setattr_node(&*self.node(ino)?, set)
+    }
+
+    pub(crate) fn setattr_node(&self, n: &Node, set: &SetAttr) -> Result<Stat> {
         let _change = self.writable()?;
         let geo = self.inner.geo;
-        let n = self.node(ino)?;
         let _io = set.size.map(|_| wr(&n.io));
         let mut g = wr(&n.inode);
         g.live()?;
         if let Some(size) = set.size {
             // The size and every other change commit together.
-            self.undoable(&mut g, |g, _| self.truncate_locked(&n, g, size, &|g| apply_attrs(g, set)))?;
+            self.undoable(&mut g, |g, _| self.truncate_locked(n, g, size, &|g| apply_attrs(g, set)))?;
             return Ok(self.stat_of(&g));
         }
         let drops = set.drop_set_id.is_some() && killed_set_id(g.attr.mode, true) != 0;

@@ -23,6 +23,8 @@ pub(crate) struct Node {
     pub(crate) io: RwLock<()>,
     pub(crate) inode: RwLock<Inode>,
     pub(crate) parent: AtomicU64,
+    /// The inode's number; a node is one inode's life, never reused for another.
+    pub(crate) ino: u64,
     pub(crate) is_dir: bool,
     /// Live mappings of the file (`mmap`), pruned as they go.
     pub(crate) maps: Mutex<Vec<std::sync::Weak<MapState>>>,
@@ -31,8 +33,9 @@ pub(crate) struct Node {
 impl Node {
     pub(super) fn new(inode: Inode) -> Arc<Node> {
         let parent = AtomicU64::new(inode.attr.parent);
-        let is_dir = inode.is_dir();
-        Arc::new(Node { io: RwLock::new(()), inode: RwLock::new(inode), parent, is_dir, maps: Mutex::new(Vec::new()) })
+        let (ino, is_dir) = (inode.ino, inode.is_dir());
+        let inode = RwLock::new(inode);
+        Arc::new(Node { io: RwLock::new(()), inode, parent, ino, is_dir, maps: Mutex::new(Vec::new()) })
     }
 }
 

@@ -40,17 +40,24 @@ impl Fs {
     /// Renames `parent/name` to `newparent/newname` atomically, replacing a target unless
     /// `mode` says otherwise.
     pub fn rename(&self, parent: u64, name: &[u8], newparent: u64, newname: &[u8], how: RenameMode) -> Result<()> {
+        self.rename_nodes(&*self.node(parent)?, name, &*self.node(newparent)?, newname, how)
+    }
+
+    /// [`Fs::rename`] between the directories `sp` and `dp` themselves.
+    pub(crate) fn rename_nodes(
+        &self,
+        sp: &Node,
+        name: &[u8],
+        dp: &Node,
+        newname: &[u8],
+        how: RenameMode,
+    ) -> Result<()> {
         let _change = self.writable()?;
         let (name, newname) = (&*unmapped(name), &*unmapped(newname));
-        check_name(newname)?;
-        if name.len() > layout::NAME_MAX {
-            return Err(Error::NameTooLong);
-        }
-        check_name(name)?;
+        check_names(name, newname)?;
         let geo = self.inner.geo;
+        let (parent, newparent) = (sp.ino, dp.ino);
         let cross = parent != newparent;
-        let sp = self.node(parent)?;
-        let dp = self.node(newparent)?;
         if !sp.is_dir || !dp.is_dir {
             return Err(Error::NotDir);
         }
@@ -60,7 +67,7 @@ impl Fs {
         // before the real locking, that is noticed below and the rename starts over.
         let is_dir_entry =
             |n: &Node, nm: &[u8]| rd(&n.inode).dir().ok().and_then(|d| d.get(nm)).is_some_and(|e| e.dtype == DT_DIR);
-        let exclusive = cross || is_dir_entry(&sp, name) || is_dir_entry(&dp, newname);
+        let exclusive = cross || is_dir_entry(sp, name) || is_dir_entry(dp, newname);
         let _rename_guard = exclusive.then(|| lock(&self.inner.rename));
         // Parents: an ancestor before its descendant, else in ascending inode order (the
         // rename lock keeps the tree's shape still while this is decided).
@@ -91,7 +98,7 @@ impl Fs {
         let src_is_dir = src.dtype == DT_DIR;
         if !exclusive && (src_is_dir || dst.is_some_and(|d| d.dtype == DT_DIR)) {
             drop((sg, dg_own));
-            return self.rename(parent, name, newparent, newname, how);
+            return self.rename_nodes(sp, name, dp, newname, how);
         }
         let m = Move { parent, name, newparent, newname, src, dst, cross };
         if self.nothing_to_move(&m, how)? {
@@ -281,6 +288,15 @@ impl Fs {
         }
         Err(Error::Corrupt { what: "directory parent loop", at: self.inner.geo.inode_at(b) })
     }
+}
+
+/// The names a rename takes: an existing name may be as long as any, a new one must be valid.
+fn check_names(name: &[u8], newname: &[u8]) -> Result<()> {
+    check_name(newname)?;
+    if name.len() > layout::NAME_MAX {
+        return Err(Error::NameTooLong);
+    }
+    check_name(name)
 }
 
 /// The checks once the target is locked: a replaced target must be of the source's kind (and

@@ -188,9 +188,27 @@ impl Tally {
     /// Compares `got` (what `how` showed at file offset `off`) with `want`.
     #[allow(clippy::too_many_arguments)]
     pub fn same(&self, check: Check, thread: Option<usize>, file: &str, off: u64, want: &[u8], got: &[u8], how: &str) {
+        self.same_or(check, thread, file, off, want, got, how, String::new);
+    }
+
+    /// As [`Tally::same`], with `more` (asked only on a difference) added to the finding.
+    #[allow(clippy::too_many_arguments)]
+    pub fn same_or(
+        &self,
+        check: Check,
+        thread: Option<usize>,
+        file: &str,
+        off: u64,
+        want: &[u8],
+        got: &[u8],
+        how: &str,
+        more: impl FnOnce() -> String,
+    ) {
         self.checked(check, 1);
         if let Some(d) = difference(off, want, got) {
-            self.fail(check, thread, file, Some(d.0), format!("{how}: {}", d.1));
+            let more = more();
+            let sep = if more.is_empty() { "" } else { "\n      " };
+            self.fail(check, thread, file, Some(d.0), format!("{how}: {}{sep}{more}", d.1));
         }
     }
 
@@ -367,37 +385,65 @@ impl Desk {
     }
 }
 
-/// The exact content of a private file: what every operation on it made, byte for byte.
+/// Changes a model remembers, for a finding's account of how the file got there.
+const HISTORY_KEPT: usize = 24;
+
+/// The exact content of a private file: what every operation on it made, byte for byte, and
+/// the last operations that changed it (or its mappings), oldest first.
 #[derive(Debug, Default, Clone)]
-pub struct Model(Vec<u8>);
+pub struct Model {
+    bytes: Vec<u8>,
+    history: std::collections::VecDeque<String>,
+}
 
 impl Model {
     pub fn size(&self) -> u64 {
-        self.0.len() as u64
+        self.bytes.len() as u64
     }
 
     pub fn bytes(&self, off: u64, len: u64) -> &[u8] {
         let s = off.min(self.size()) as usize;
         let e = off.saturating_add(len).min(self.size()) as usize;
-        &self.0[s..e]
+        &self.bytes[s..e]
+    }
+
+    /// Remembers an operation on the file (the changes below note themselves).
+    pub fn note(&mut self, what: String) {
+        if self.history.len() == HISTORY_KEPT {
+            self.history.pop_front();
+        }
+        self.history.push_back(what);
+    }
+
+    /// The remembered operations, for a finding.
+    pub fn recent(&self) -> String {
+        let ops: Vec<&str> = self.history.iter().map(String::as_str).collect();
+        format!("its last {} operations, oldest first: {}", ops.len(), ops.join("; "))
     }
 
     pub fn write(&mut self, off: u64, data: &[u8]) {
+        self.note(format!("write {off:#x}+{:#x}", data.len()));
+        self.put(off, data);
+    }
+
+    fn put(&mut self, off: u64, data: &[u8]) {
         let end = off + data.len() as u64;
-        self.grow(end);
-        self.0[off as usize..end as usize].copy_from_slice(data);
+        self.resize(end.max(self.size()));
+        self.bytes[off as usize..end as usize].copy_from_slice(data);
     }
 
     /// Stores through a shared mapping: bytes past EOF are not the file's.
     pub fn store(&mut self, off: u64, data: &[u8]) {
+        self.note(format!("store {off:#x}+{:#x} (size {:#x})", data.len(), self.size()));
         let inside = (self.size().saturating_sub(off) as usize).min(data.len());
         if inside > 0 {
-            self.write(off, &data[..inside]);
+            self.put(off, &data[..inside]);
         }
     }
 
     pub fn set_len(&mut self, size: u64) {
-        self.0.resize(size as usize, 0);
+        self.note(format!("set_len {size:#x} (from {:#x})", self.size()));
+        self.resize(size);
     }
 
     pub fn grow(&mut self, size: u64) {
@@ -406,11 +452,22 @@ impl Model {
         }
     }
 
+    fn resize(&mut self, size: u64) {
+        self.bytes.resize(size as usize, 0);
+    }
+
     /// Punch hole, or zero range with the size kept.
     pub fn zero(&mut self, off: u64, len: u64) {
+        self.note(format!("zero {off:#x}+{len:#x} (size {:#x})", self.size()));
         let s = off.min(self.size()) as usize;
         let e = (off + len).min(self.size()) as usize;
-        self.0[s..e].fill(0);
+        self.bytes[s..e].fill(0);
+    }
+
+    /// Takes what the file holds as the model's content (after a divergence was reported).
+    pub fn reset_to(&mut self, content: &[u8]) {
+        self.note(format!("checked, size {:#x}", content.len()));
+        self.bytes = content.to_vec();
     }
 }
 

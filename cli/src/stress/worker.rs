@@ -327,7 +327,10 @@ fn private_op(run: &Run, me: usize, rng: &mut Rng, pf: &mut PrivateFile, label: 
             let n = pf.file.read_at(&mut buf, off)?;
             t.op(op);
             if t.values(Some(me), label, off, &buf[..n], "read_at") {
-                t.same(Check::Model, Some(me), label, off, pf.model.bytes(off, len), &buf[..n], "read_at vs model");
+                let want = pf.model.bytes(off, len);
+                t.same_or(Check::Model, Some(me), label, off, want, &buf[..n], "read_at vs model", || {
+                    pf.model.recent()
+                });
             }
         }
         Op::Write => {
@@ -359,6 +362,7 @@ fn private_op(run: &Run, me: usize, rng: &mut Rng, pf: &mut PrivateFile, label: 
             let (off, len) = space_extent(rng, PRIVATE_SPAN);
             let keep_size = rng.one_in(2);
             pf.file.fallocate(off, len, fallocate_mode(op, keep_size))?;
+            pf.model.note(format!("{} {off:#x}+{len:#x}{}", op.name(), if keep_size { " keep_size" } else { "" }));
             if !keep_size && op != Op::PunchHole {
                 pf.model.grow(off + len);
             }
@@ -373,10 +377,14 @@ fn private_op(run: &Run, me: usize, rng: &mut Rng, pf: &mut PrivateFile, label: 
         }
         Op::Mmap => {
             if pf.maps.len() >= MAPS_PER_FILE {
-                pf.maps.swap_remove(rng.index(MAPS_PER_FILE));
+                let i = rng.index(MAPS_PER_FILE);
+                let m = pf.maps.swap_remove(i);
+                pf.model.note(format!("munmap {}", describe_mapping(i, &m)));
                 t.op(Op::Munmap);
             }
-            pf.maps.push(new_mapping(rng, &pf.file, PRIVATE_SPAN)?);
+            let m = new_mapping(rng, &pf.file, PRIVATE_SPAN)?;
+            pf.model.note(format!("mmap as {}", describe_mapping(pf.maps.len(), &m)));
+            pf.maps.push(m);
             t.op(op);
         }
         Op::Msync | Op::Munmap | Op::MappedLoad | Op::MappedStore => {
@@ -390,7 +398,8 @@ fn private_op(run: &Run, me: usize, rng: &mut Rng, pf: &mut PrivateFile, label: 
                     t.op(op);
                 }
                 Op::Munmap => {
-                    pf.maps.swap_remove(i);
+                    let m = pf.maps.swap_remove(i);
+                    pf.model.note(format!("munmap {}", describe_mapping(i, &m)));
                     t.op(op);
                 }
                 _ => {
@@ -400,9 +409,13 @@ fn private_op(run: &Run, me: usize, rng: &mut Rng, pf: &mut PrivateFile, label: 
                         _ if m.share() == Share::Private => {}
                         Access::Loaded { off, bytes } => {
                             let want = pf.model.bytes(off, bytes.len() as u64);
-                            t.same(Check::Model, Some(me), label, off, want, &bytes, "mapped load vs model");
+                            let how = "mapped load vs model";
+                            t.same_or(Check::Model, Some(me), label, off, want, &bytes, how, || pf.model.recent());
                         }
-                        Access::Stored { off, bytes } => pf.model.store(off, &bytes),
+                        Access::Stored { off, bytes } => {
+                            pf.model.note(format!("through {}:", describe_mapping(i, m)));
+                            pf.model.store(off, &bytes)
+                        }
                         Access::None => {}
                     }
                 }
