@@ -117,6 +117,9 @@ pub struct Inode {
     /// File bytes a write is copying into without holding the inode lock (see `io`): first
     /// stores whose allocation could touch them wait for the write.
     pub(crate) writing: Option<(u64, u64)>,
+    /// Whether the bytes past EOF in its page are known to be zero (a new inode's are; after a
+    /// mount they may hold what a crash left there, until the first mapping zeroes them).
+    pub(crate) tail_clean: bool,
 }
 
 impl Inode {
@@ -131,6 +134,7 @@ impl Inode {
             open: 0,
             freed: false,
             writing: None,
+            tail_clean: true,
         }
     }
 
@@ -185,7 +189,7 @@ impl Inode {
             return Err(Error::Corrupt { what: "extents on a special file", at: at + INODE_EXTENTS_OFF });
         }
         let xattr = Xattrs::load(dev, geo, raw.xattr.get(), ino, at + off!(RawInode, xattr))?;
-        Ok(Some(Inode { ino, attr, ext, dir: None, xattr, open: 0, freed: false, writing: None }))
+        Ok(Some(Inode { ino, attr, ext, dir: None, xattr, open: 0, freed: false, writing: None, tail_clean: false }))
     }
 
     fn raw(&self) -> RawInode {

@@ -3,8 +3,9 @@
 //! A transaction is a list of `(device offset, bytes)` redo entries. Commit writes the record
 //! (header, entries, crc32c) into the ring, fences once — the operation is durable from here —
 //! then applies the entries in place with write-back but no fence of their own: the next fence
-//! anyone issues orders them. The checkpoint (an 8-byte position in the journal header) moves
-//! only after a fence has made every applied entry before it persistent, so recovery replays
+//! anyone issues orders them. The checkpoint (a position in the journal header, in two
+//! checksummed slots written in turn) moves only after a fence has made every applied entry
+//! before it persistent, so recovery replays
 //! from the checkpoint: each record whose magic, position and checksum hold is applied in order;
 //! the first that fails ends the log (a torn tail). Replay is idempotent. Protocol and its
 //! failure cases: DESIGN.md §Journal.
@@ -14,12 +15,15 @@ use zerocopy::{FromBytes, IntoBytes};
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::layout::{
-    Geometry, RawEntryHeader, RawJournalHeader, RawRecordHeader, JOURNAL_HEADER_OFF, JOURNAL_MAGIC, JOURNAL_RING_OFF,
-    RECORD_MAGIC,
+    Geometry, RawCheckpoint, RawEntryHeader, RawJournalHeader, RawRecordHeader, JOURNAL_HEADER_OFF, JOURNAL_MAGIC,
+    JOURNAL_RING_OFF, RECORD_MAGIC,
 };
 
 /// The checkpoint word of the journal header.
 const CHECKPOINT_AT: u64 = JOURNAL_HEADER_OFF + crate::layout::off!(RawJournalHeader, checkpoint);
+
+/// The two checkpoint slots of the journal header.
+const SLOTS_AT: u64 = JOURNAL_HEADER_OFF + crate::layout::off!(RawJournalHeader, slots);
 
 const HEADER_LEN: usize = std::mem::size_of::<RawRecordHeader>();
 
@@ -123,34 +127,7 @@ pub struct Committed {
     pub checkpoint: Option<u64>,
 }
 
-/// A fence of the commit protocol that a test can drop, to prove the crash explorer notices
-/// (test machinery: only the `crash-test` feature can set one).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum Sabotage {
-    #[default]
-    None,
-    /// The fence between a transaction's content and its record (step 1).
-    ContentFence,
-    /// The fence after the record: operations return before they are durable (step 3).
-    RecordFence,
-    /// The fence that makes applied entries persistent before the checkpoint passes them.
-    CheckpointFence,
-    /// Not a fence: a write into new blocks stores its data but not the zeros around it, so
-    /// the blocks' stale bytes show (the oracle's poison check must notice).
-    #[cfg(feature = "crash-test")]
-    EdgeZeros,
-}
-
-#[cfg(feature = "crash-test")]
-impl Sabotage {
-    /// Every switch, with the name `udax crashtest --sabotage` takes.
-    pub const ALL: [(&'static str, Sabotage); 4] = [
-        ("content-fence", Sabotage::ContentFence),
-        ("record-fence", Sabotage::RecordFence),
-        ("checkpoint-fence", Sabotage::CheckpointFence),
-        ("edge-zeros", Sabotage::EdgeZeros),
-    ];
-}
+pub use crate::sabotage::Sabotage;
 
 /// The journal of a mounted image.
 #[derive(Debug)]
@@ -160,12 +137,11 @@ pub struct Journal {
     head: u64,
     /// Position recovery would start from.
     checkpoint: u64,
+    /// Sequence of the slot holding `checkpoint`; the next checkpoint goes to the other slot.
+    checkpoint_seq: u32,
     scratch: Vec<u8>,
     meta_start: u64,
     meta_end: u64,
-    /// Test-only: one fence of the protocol to drop (the bug class the crash explorer must catch).
-    #[cfg(feature = "crash-test")]
-    sabotage: Sabotage,
 }
 
 /// What recovery found.
@@ -175,11 +151,32 @@ pub struct RecoveryReport {
     pub replayed_bytes: u64,
 }
 
+/// Where recovery starts, and the sequence of the slot that says so: the valid slot with the
+/// later sequence, or the plain checkpoint word on an image made before the slots (neither
+/// valid).
+fn checkpoint_of(hdr: &RawJournalHeader) -> (u64, u32) {
+    let valid: Vec<&RawCheckpoint> = hdr.slots.iter().filter(|s| s.valid()).collect();
+    match valid[..] {
+        [] => (hdr.checkpoint.get(), 0),
+        [one] => (one.pos.get(), one.seq.get()),
+        [a, b, ..] => {
+            // Sequences wrap: the later is the one the other is behind of by less than half.
+            let later = if b.seq.get().wrapping_sub(a.seq.get()) as i32 > 0 { b } else { a };
+            (later.pos.get(), later.seq.get())
+        }
+    }
+}
+
 impl Journal {
     /// Writes an empty journal (mkfs).
     pub fn format(dev: &Device, geo: &Geometry) -> Result<()> {
         dev.zero(JOURNAL_RING_OFF, geo.journal_len)?;
-        let hdr = RawJournalHeader { magic: JOURNAL_MAGIC.into(), checkpoint: 0.into(), reserved: [0; 48] };
+        let hdr = RawJournalHeader {
+            magic: JOURNAL_MAGIC.into(),
+            checkpoint: 0.into(),
+            slots: [RawCheckpoint::new(0, 0), RawCheckpoint::default()],
+            reserved: [0; 16],
+        };
         dev.write_obj(JOURNAL_HEADER_OFF, &hdr)?;
         Ok(())
     }
@@ -190,18 +187,18 @@ impl Journal {
         if hdr.magic.get() != JOURNAL_MAGIC {
             return Err(Error::Corrupt { what: "journal header magic", at: JOURNAL_HEADER_OFF });
         }
-        if hdr.checkpoint.get() > MAX_LOG_POS {
+        let (start, seq) = checkpoint_of(&hdr);
+        if start > MAX_LOG_POS {
             return Err(Error::Corrupt { what: "journal checkpoint", at: CHECKPOINT_AT });
         }
         let mut j = Journal {
             ring_len: geo.journal_len,
-            head: hdr.checkpoint.get(),
-            checkpoint: hdr.checkpoint.get(),
+            head: start,
+            checkpoint: start,
+            checkpoint_seq: seq,
             scratch: Vec::new(),
             meta_start: geo.inode_off,
             meta_end: geo.size_bytes,
-            #[cfg(feature = "crash-test")]
-            sabotage: Sabotage::None,
         };
         let mut report = RecoveryReport::default();
         while let Some(len) = j.read_record(dev, j.head)? {
@@ -220,7 +217,15 @@ impl Journal {
         // checkpoint moves before the ring is wiped: a crash in here replays every record again
         // or none. (Wiping first would let a crash keep an older record and lose a newer one,
         // and replaying the older alone rolls back bytes the newer had changed.)
-        dev.fence();
+        if dev.planted(Sabotage::WipeBeforeCheckpoint) {
+            dev.fence();
+            dev.zero(JOURNAL_RING_OFF, j.ring_len)?;
+            j.set_checkpoint(dev, j.head)?;
+            return Ok((j, report));
+        }
+        if !dev.planted(Sabotage::ReplayUnfenced) {
+            dev.fence();
+        }
         j.set_checkpoint(dev, j.head)?;
         dev.zero(JOURNAL_RING_OFF, j.ring_len)?;
         dev.fence();
@@ -253,7 +258,7 @@ impl Journal {
         self.ring_read(dev, pos, &mut buf)?;
         let stored = hdr.crc.get();
         buf[4..8].fill(0);
-        let ok = crc32c::crc32c(&buf) == stored;
+        let ok = crc32c::crc32c(&buf) == stored || dev.planted(Sabotage::RecordUnchecked);
         buf[4..8].copy_from_slice(&stored.to_le_bytes());
         if ok {
             // A valid record may only write metadata: the inode table and the data area.
@@ -283,29 +288,17 @@ impl Journal {
         dev.write(JOURNAL_RING_OFF, &buf[first..])
     }
 
+    /// Stores the checkpoint in the slot that does not hold the current one (and in the plain
+    /// word), and fences: a store torn anywhere leaves that slot invalid, and recovery starts
+    /// from the previous checkpoint, whose records the ring still holds (no record goes over
+    /// them before this fence).
     fn set_checkpoint(&mut self, dev: &Device, pos: u64) -> Result<()> {
+        let seq = self.checkpoint_seq.wrapping_add(1);
+        dev.write(SLOTS_AT + u64::from(seq % 2) * 16, RawCheckpoint::new(pos, seq).as_bytes())?;
         dev.store_u64(CHECKPOINT_AT, pos)?;
         dev.fence();
-        self.checkpoint = pos;
+        (self.checkpoint, self.checkpoint_seq) = (pos, seq);
         Ok(())
-    }
-
-    /// Test-only: drop one fence of the commit protocol from now on (`Sabotage::None` restores it).
-    #[cfg(feature = "crash-test")]
-    pub fn sabotage(&mut self, which: Sabotage) {
-        self.sabotage = which;
-    }
-
-    /// Whether a test dropped this fence of the protocol (never, without `crash-test`).
-    #[inline(always)]
-    fn dropped(&self, fence: Sabotage) -> bool {
-        #[cfg(feature = "crash-test")]
-        return self.sabotage == fence;
-        #[cfg(not(feature = "crash-test"))]
-        {
-            let _ = fence;
-            false
-        }
     }
 
     /// Largest transaction (in ring bytes) a commit accepts.
@@ -317,6 +310,12 @@ impl Journal {
         self.head
     }
 
+    /// Ring bytes a commit may still take before it must move the checkpoint.
+    #[cfg(feature = "crash-test")]
+    pub fn room(&self) -> u64 {
+        self.ring_len - (self.head - self.checkpoint)
+    }
+
     #[cfg(test)]
     fn checkpoint_pos(&self) -> u64 {
         self.checkpoint
@@ -326,7 +325,7 @@ impl Journal {
     /// the new position is stored and fenced. After it no replay rewrites anything logged so far.
     pub fn checkpoint(&mut self, dev: &Device) -> Result<u64> {
         if self.checkpoint != self.head {
-            if !self.dropped(Sabotage::CheckpointFence) {
+            if !dev.planted(Sabotage::CheckpointFence) {
                 dev.fence();
             }
             self.set_checkpoint(dev, self.head)?;
@@ -342,10 +341,11 @@ impl Journal {
             return Err(Error::InvalidArgument("metadata transaction larger than half the journal"));
         }
         let mut done = Committed::default();
-        if self.head + len - self.checkpoint > self.ring_len {
+        let needed = if dev.planted(Sabotage::WrapOverlap) { 0 } else { len };
+        if self.head + needed - self.checkpoint > self.ring_len {
             done.checkpoint = Some(self.checkpoint(dev)?);
         }
-        if tx.content && !self.dropped(Sabotage::ContentFence) {
+        if tx.content && !dev.planted(Sabotage::ContentFence) {
             dev.fence();
         }
         let mut rec = std::mem::take(&mut self.scratch);
@@ -363,10 +363,15 @@ impl Journal {
         rec.resize(len as usize, 0);
         let crc = crc32c::crc32c(&rec);
         rec[4..8].copy_from_slice(&crc.to_le_bytes());
+        if dev.planted(Sabotage::ApplyBeforeRecord) {
+            for (off, data) in tx.entries() {
+                dev.write(off, data)?;
+            }
+        }
         let written = self.ring_write(dev, self.head, &rec);
         self.scratch = rec;
         written?;
-        if !self.dropped(Sabotage::RecordFence) {
+        if !dev.planted(Sabotage::RecordFence) {
             dev.fence();
         }
         self.head += len;
@@ -453,5 +458,106 @@ mod tests {
         j.commit(&d, &tx).unwrap();
         d.write(0, &sb).unwrap();
         assert!(matches!(Journal::recover(&d, &g), Err(Error::Corrupt { what: "journal entry target", .. })));
+    }
+
+    /// Commits until the checkpoint has moved `n` times; returns the journal.
+    fn checkpointed(d: &Device, g: &Geometry, n: usize) -> Journal {
+        let (mut j, _) = Journal::recover(d, g).unwrap();
+        let mut moved = 0;
+        let mut i = 0u64;
+        while moved < n {
+            let mut tx = Tx::new();
+            tx.put(g.inode_off + (i % 64) * 8, &i.to_le_bytes());
+            tx.put(g.inode_off + 4096, &[i as u8; 900]);
+            moved += usize::from(j.commit(d, &tx).unwrap().checkpoint.is_some());
+            i += 1;
+        }
+        j
+    }
+
+    fn slot(d: &Device, k: u64) -> RawCheckpoint {
+        d.read_obj(SLOTS_AT + k * 16).unwrap()
+    }
+
+    #[test]
+    fn the_checkpoint_alternates_between_two_checksummed_slots() {
+        let (d, g) = setup();
+        let j = checkpointed(&d, &g, 3);
+        let (a, b) = (slot(&d, 0), slot(&d, 1));
+        assert!(a.valid() && b.valid());
+        let newer = if a.seq.get() > b.seq.get() { a } else { b };
+        assert_eq!(newer.pos.get(), j.checkpoint_pos());
+        assert_eq!(d.load_u64(CHECKPOINT_AT).unwrap(), j.checkpoint_pos());
+        assert_eq!(a.seq.get().abs_diff(b.seq.get()), 1);
+    }
+
+    /// A checkpoint store torn at any byte — below the 8-byte atomicity the media promise, as a
+    /// 4-byte store would tear it — leaves its slot invalid: recovery starts from the previous
+    /// checkpoint, whose records the ring still holds (a tear exists only until the checkpoint's
+    /// own fence, before any record goes over them), and replays to the same state.
+    #[test]
+    fn a_torn_checkpoint_slot_falls_back_to_the_previous_one() {
+        let (d, g) = setup();
+        let (mut j, _) = Journal::recover(&d, &g).unwrap();
+        let commit = |j: &mut Journal, i: u64| {
+            let mut tx = Tx::new();
+            tx.put(g.inode_off + (i % 8) * 8, &(i + 100).to_le_bytes());
+            j.commit(&d, &tx).unwrap();
+        };
+        (0..3).for_each(|i| commit(&mut j, i));
+        let previous = j.checkpoint(&d).unwrap();
+        (3..9).for_each(|i| commit(&mut j, i));
+        let newest_pos = j.checkpoint(&d).unwrap();
+        assert!(newest_pos > previous);
+        let newest = u64::from(j.checkpoint_seq % 2);
+        let good = slot(&d, newest);
+        assert_eq!(good.pos.get(), newest_pos);
+        let mut before = vec![0u8; 64];
+        d.read(g.inode_off, &mut before).unwrap();
+        let mut image = vec![0u8; d.len() as usize];
+        d.read(0, &mut image).unwrap();
+        for cut in [1usize, 4, 8, 12] {
+            d.write(0, &image).unwrap();
+            // The first `cut` bytes new, the rest as the checkpoint before the last left them.
+            let mut torn = RawCheckpoint::new(0, good.seq.get().wrapping_sub(2));
+            torn.as_mut_bytes()[..cut].copy_from_slice(&good.as_bytes()[..cut]);
+            d.write(SLOTS_AT + newest * 16, torn.as_bytes()).unwrap();
+            let hdr: RawJournalHeader = d.read_obj(JOURNAL_HEADER_OFF).unwrap();
+            assert_eq!(checkpoint_of(&hdr).0, previous, "torn after {cut} bytes");
+            // Undo the applied entries: only the replay can bring them back.
+            d.zero(g.inode_off, 64).unwrap();
+            let (_, rep) = Journal::recover(&d, &g).unwrap();
+            assert_eq!(rep.replayed_records, 6, "torn after {cut} bytes");
+            let mut after = vec![0u8; 64];
+            d.read(g.inode_off, &mut after).unwrap();
+            // Words 1 and 2 came from records before the previous checkpoint: not replayed.
+            assert_eq!((&before[..8], &before[24..]), (&after[..8], &after[24..]), "torn after {cut} bytes");
+        }
+    }
+
+    #[test]
+    fn an_image_from_before_the_slots_starts_from_its_checkpoint_word() {
+        let (d, g) = setup();
+        let j = checkpointed(&d, &g, 2);
+        let pos = j.checkpoint_pos();
+        d.zero(SLOTS_AT, 32).unwrap();
+        let hdr: RawJournalHeader = d.read_obj(JOURNAL_HEADER_OFF).unwrap();
+        assert_eq!(checkpoint_of(&hdr), (pos, 0));
+        let (j2, _) = Journal::recover(&d, &g).unwrap();
+        assert!(slot(&d, 1).valid(), "recovery's checkpoint went to a slot");
+        assert_eq!(j2.checkpoint_pos(), slot(&d, 1).pos.get());
+    }
+
+    #[test]
+    fn slot_sequences_compare_across_the_wrap() {
+        let hdr = |a: (u64, u32), b: (u64, u32)| RawJournalHeader {
+            magic: JOURNAL_MAGIC.into(),
+            checkpoint: 7.into(),
+            slots: [RawCheckpoint::new(a.0, a.1), RawCheckpoint::new(b.0, b.1)],
+            reserved: [0; 16],
+        };
+        assert_eq!(checkpoint_of(&hdr((64, 5), (128, 6))).0, 128);
+        assert_eq!(checkpoint_of(&hdr((64, u32::MAX), (128, 0))).0, 128);
+        assert_eq!(checkpoint_of(&hdr((64, 0), (128, u32::MAX))).0, 64);
     }
 }

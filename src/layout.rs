@@ -78,10 +78,38 @@ const _: () = assert!(core::mem::size_of::<RawSuperblock>() == 256);
 #[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug)]
 pub struct RawJournalHeader {
     pub magic: U64,
+    /// The newest checkpoint position (what images made before the slots read).
     pub checkpoint: U64,
-    pub reserved: [u8; 48],
+    /// The checkpoint, written to the slots in turn; recovery takes the valid one with the
+    /// higher sequence, so a store torn below 8 bytes falls back to the previous checkpoint.
+    pub slots: [RawCheckpoint; 2],
+    pub reserved: [u8; 16],
 }
 const _: () = assert!(core::mem::size_of::<RawJournalHeader>() == 64);
+
+/// One checkpoint slot of the journal header, 16 bytes.
+#[repr(C)]
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, Default)]
+pub struct RawCheckpoint {
+    pub pos: U64,
+    /// Counts checkpoints since mkfs (wrapping).
+    pub seq: U32,
+    /// crc32c of `pos` and `seq`.
+    pub crc: U32,
+}
+const _: () = assert!(core::mem::size_of::<RawCheckpoint>() == 16);
+
+impl RawCheckpoint {
+    pub fn new(pos: u64, seq: u32) -> RawCheckpoint {
+        let mut c = RawCheckpoint { pos: pos.into(), seq: seq.into(), crc: 0.into() };
+        c.crc = crc32c::crc32c(&c.as_bytes()[..12]).into();
+        c
+    }
+
+    pub fn valid(&self) -> bool {
+        crc32c::crc32c(&self.as_bytes()[..12]) == self.crc.get()
+    }
+}
 pub const JOURNAL_MAGIC: u64 = 0x6c6e_726a_7864_7501; // "\x01udxjrnl"
 
 /// Journal record header, 32 bytes; records are 64-byte aligned in the ring.
@@ -291,6 +319,10 @@ pub struct Geometry {
 impl Geometry {
     /// Lays out an image of `size_bytes` with `block_size` and `inode_count` inodes (0 picks one
     /// inode per 16 KiB), and a journal of `journal_len` bytes (0 picks by size).
+    /// The smallest journal ring: its largest record (half of it) holds any transaction the
+    /// file system makes, a full attribute block with its inode among them.
+    pub const MIN_JOURNAL: u64 = 16 << 10;
+
     pub fn plan(size_bytes: u64, block_size: u32, inode_count: u64, journal_len: u64) -> Result<Geometry> {
         if !BLOCK_SIZES.contains(&block_size) {
             return Err(Error::InvalidArgument("block size must be 1024, 2048 or 4096"));
@@ -301,8 +333,8 @@ impl Geometry {
         } else {
             journal_len
         };
-        if journal_len % 4096 != 0 || journal_len < (64 << 10) {
-            return Err(Error::InvalidArgument("journal size must be a multiple of 4 KiB, at least 64 KiB"));
+        if journal_len % 4096 != 0 || journal_len < Self::MIN_JOURNAL {
+            return Err(Error::InvalidArgument("journal size must be a multiple of 4 KiB, at least 16 KiB"));
         }
         let inode_count = if inode_count == 0 { (size_bytes / 16384).max(64) } else { inode_count };
         let too_small = Error::InvalidArgument("image too small for its journal and inode table");

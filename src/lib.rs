@@ -42,6 +42,7 @@ macro_rules! internal {
 
 internal! {
     mod alloc;
+    mod sabotage;
     mod dir;
     mod extent;
     mod inode;

@@ -11,9 +11,10 @@ use std::cell::Cell;
 use std::sync::OnceLock;
 
 use proptest::prelude::*;
-use udax::layout::{RawExtent, RawInode, EXTENT_IN_USE, JOURNAL_HEADER_OFF};
+use udax::layout::{RawCheckpoint, RawExtent, RawInode, EXTENT_IN_USE, JOURNAL_HEADER_OFF};
 use udax::robust::{exercise, Mutation, PlantedEntry, RecordBody, Region, Template, Value};
 use udax::{Creds, Device, Error, Fs, MkfsOptions};
+use zerocopy::IntoBytes;
 
 /// Largest single allocation a case may make: four times the largest template image.
 const ALLOC_LIMIT: usize = 8 << 20;
@@ -258,14 +259,21 @@ fn extents_claiming_more_than_the_device_are_corruption_not_a_huge_allocation() 
 
 /// The checkpoint is a log position, 64-byte aligned, and nothing else about it was checked: one
 /// near 2^64 mounted, and the first commit overflowed `head + len` (a panic in debug builds, a
-/// wrapped position in release ones).
+/// wrapped position in release ones). Checked in a slot (with a valid checksum and the later
+/// sequence) and in the plain word an image from before the slots starts from.
 #[test]
 fn a_checkpoint_near_the_end_of_the_log_space_is_corruption() {
-    let mut image = template(1024).image.clone();
-    let at = JOURNAL_HEADER_OFF as usize + 8;
-    image[at..at + 8].copy_from_slice(&(u64::MAX - 63).to_le_bytes());
-    let out = run(&image);
-    assert!(matches!(out.refused, Some(Error::Corrupt { what: "journal checkpoint", .. })), "{:?}", out.refused);
+    let huge = u64::MAX - 63;
+    let slots = JOURNAL_HEADER_OFF as usize + 16;
+    let mut in_slot = template(1024).image.clone();
+    in_slot[slots..slots + 16].copy_from_slice(RawCheckpoint::new(huge, 1000).as_bytes());
+    let mut in_word = template(1024).image.clone();
+    in_word[slots..slots + 32].fill(0);
+    in_word[slots - 8..slots].copy_from_slice(&huge.to_le_bytes());
+    for image in [in_slot, in_word] {
+        let out = run(&image);
+        assert!(matches!(out.refused, Some(Error::Corrupt { what: "journal checkpoint", .. })), "{:?}", out.refused);
+    }
 }
 
 /// Mount frees orphans — inodes with no links, left by files unlinked while open — but took any

@@ -46,7 +46,7 @@ fn design_byte_tables_match_the_structs() {
                 features_ro_compat, size_bytes, journal_len, inode_off, inode_count, data_start,
                 data_blocks, root_ino, mkfs_time, uuid, label, reserved, crc),
         ),
-        ("Journal header", fields!(RawJournalHeader; magic, checkpoint, reserved)),
+        ("Journal header", fields!(RawJournalHeader; magic, checkpoint, slots, reserved)),
         (
             "Inode",
             fields!(RawInode; mode, nlink, uid, gid, size, generation, flags, mtime, ctime, atime,

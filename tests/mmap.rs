@@ -557,3 +557,31 @@ fn loadable_probes_untouched_pages() {
         assert!(user_mode_only, "this process can handle kernel-mode faults: the user-mode-only path went untested");
     }
 }
+
+/// A crash can leave bytes past EOF in the block holding it (a growing write stores them before
+/// its commit; a truncate zeroes its new tail after its commit): the first mapping after the
+/// mount must show zeros there, as POSIX asks of the page holding EOF, at every block size.
+#[test]
+fn bytes_a_crash_left_past_eof_read_zero_through_the_first_mapping() {
+    for bs in BLOCK_SIZES {
+        let fs = fs_with(bs, 16 << 20);
+        let f = rw(&fs, "/f");
+        let size = 5000u64;
+        f.write_at(&vec![7u8; size as usize], 0).unwrap();
+        let e = f.extents().unwrap().into_iter().find(|e| e.logical <= size && size < e.logical + e.length).unwrap();
+        let junk = bs as u64 - size % bs as u64;
+        fs.device().write(e.physical + size - e.logical, &vec![0x5a; junk as usize]).unwrap();
+        drop(f);
+        let fs = remount(fs);
+        let f = fs.open("/f", OpenOptions::read_only()).unwrap();
+        let m = f.mmap(PAGE, PAGE, Prot::Read, Share::Shared).unwrap();
+        let mut page = vec![0u8; PAGE as usize];
+        m.read(0, &mut page).unwrap();
+        let inside = (size - PAGE) as usize;
+        assert!(page[..inside].iter().all(|&b| b == 7), "bs {bs}: file bytes changed");
+        assert!(page[inside..].iter().all(|&b| b == 0), "bs {bs}: a mapping shows bytes past EOF");
+        assert_eq!(read_all(&fs, "/f").len(), size as usize);
+        drop(m);
+        fsck_clean(&fs);
+    }
+}

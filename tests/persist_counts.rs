@@ -2,7 +2,7 @@
 //! real code: a change that adds a flush or a fence to a hot path fails this test until the
 //! table (and the reasoning next to it) is updated.
 
-use udax::{Counters, Creds, Device, Fs, MkfsOptions};
+use udax::{Counters, Creds, Device, FallocMode, Fs, MkfsOptions, OpenOptions, Prot, SetAttr, Share};
 
 /// Parses the rows `| op | flushed lines | nt-stored lines | fences |` of DESIGN.md's table.
 fn design_table() -> Vec<(String, Counters)> {
@@ -76,6 +76,48 @@ fn measured() -> Vec<(String, Counters)> {
     let set = |name: &[u8], len| fs.setxattr(file, name, &vec![7; len], Default::default()).unwrap();
     rows.push(("setxattr-first".into(), measure(&fs, || set(b"user.a", 64))));
     rows.push(("setxattr-100b".into(), measure(&fs, || set(b"user.b", 100))));
+    rows.extend(multi_fence_rows(&fs, file));
+    rows
+}
+
+/// The paths that take more than one fence: a symlink (its target is content), a create that
+/// grows its directory by a block, punch and zero range with written edges, growth from inside a
+/// written EOF block, a first store through a mapping, and a commit that moves the checkpoint.
+fn multi_fence_rows(fs: &Fs, file: u64) -> Vec<(String, Counters)> {
+    let who = Creds::ROOT;
+    let mut rows = vec![];
+    let target = [b'x'; 100];
+    rows.push(("symlink".into(), measure(fs, || assert!(fs.symlink(1, b"link-0001", &target, who).is_ok()))));
+    let dir = fs.mkdir(1, b"full", 0o755, who).unwrap().ino;
+    let mut i = 0;
+    let grown = loop {
+        let size = fs.getattr(dir).unwrap().size;
+        let c = measure(fs, || assert!(fs.create(dir, format!("entry-{i:04}").as_bytes(), 0o644, who).is_ok()));
+        i += 1;
+        if size > 0 && fs.getattr(dir).unwrap().size > size {
+            break c;
+        }
+    };
+    rows.push(("create-growing-its-directory".into(), grown));
+    let punch = FallocMode::PunchHole;
+    rows.push(("punch-written-edges".into(), measure(fs, || fs.fallocate(file, 100, 8000, punch).unwrap())));
+    fs.write(file, 0, &[4; 12288]).unwrap();
+    let zero = FallocMode::ZeroRange { keep_size: true };
+    rows.push(("zero-range-written-edges".into(), measure(fs, || fs.fallocate(file, 100, 8000, zero).unwrap())));
+    let size = fs.getattr(file).unwrap().size;
+    assert!(size % 4096 != 0, "the EOF block is partly written");
+    rows.push(("truncate-up-in-eof-block".into(), measure(fs, || fs.truncate(file, size + 5000).unwrap())));
+    let f = fs.open("/sparse", OpenOptions::create()).unwrap();
+    f.set_len(1 << 20).unwrap();
+    let m = f.mmap(0, 1 << 20, Prot::ReadWrite, Share::Shared).unwrap();
+    rows.push(("mmap-first-store".into(), measure(fs, || m.write(8192, &[5]).unwrap())));
+    drop(m);
+    // Fill the ring until a small record no longer fits: the next commit checkpoints first.
+    let mode = |m: u32| assert!(fs.setattr(file, &SetAttr { mode: Some(m), ..Default::default() }).is_ok());
+    while fs.journal_room() > 256 {
+        mode(0o644);
+    }
+    rows.push(("checkpointing-commit".into(), measure(fs, || mode(0o640))));
     rows
 }
 

@@ -13,6 +13,9 @@ pub fn run(a: &CrashtestArgs) -> CliResult {
     if let Some(img) = &a.replay {
         return replay(a, img);
     }
+    if a.mutants {
+        return mutants(a);
+    }
     let workload = match a.workload.as_str() {
         "seq1" => Workload::Seq1,
         "seq2" => Workload::Seq2,
@@ -39,6 +42,9 @@ pub fn run(a: &CrashtestArgs) -> CliResult {
         sabotage,
         save_dir: a.save.clone(),
         threads: a.threads,
+        first_violation: a.first_violation,
+        journal_bytes: a.journal_size,
+        fill_journal: a.fill_journal,
     };
     let bar = Progress::new(stderr_is_tty() && !a.json, 0, false, &format!("{} bs {}", workload.name(), a.block_size));
     let report = crashtest::run(&opts, &mut |p| {
@@ -49,6 +55,42 @@ pub fn run(a: &CrashtestArgs) -> CliResult {
     bar.done();
     print_report(a, &report)?;
     if report.violation_count > 0 {
+        return Err(Failure::status(4));
+    }
+    Ok(())
+}
+
+/// Every planted bug against the CI's sweeps: which sweep caught it, where, after how many
+/// states. Exit status 4 when one survived.
+fn mutants(a: &CrashtestArgs) -> CliResult {
+    let mut o = std::io::stdout().lock();
+    let mut all = Vec::new();
+    if !a.json {
+        let head =
+            format!("{:<24} {:<7} {:>4} {:>8} {:>7}  operation", "planted bug", "sweep", "op", "states", "seconds");
+        writeln!(o, "{head}").out()?;
+    }
+    for (_, sabotage) in Sabotage::ALL {
+        let c = crashtest::mutants::catch(sabotage, a.block_size).map_err(|e| Failure::plain(CMD, describe(&e)))?;
+        if !a.json {
+            let op = c.op_index.map_or("-".into(), |i| i.to_string());
+            let what = c.op.as_deref().unwrap_or("SURVIVED every sweep");
+            let line = format!(
+                "{:<24} {:<7} {op:>4} {:>8} {:>7.1}  {what}",
+                c.sabotage,
+                c.workload.unwrap_or("-"),
+                c.states,
+                c.seconds
+            );
+            writeln!(o, "{line}").out()?;
+        }
+        all.push(c);
+    }
+    if a.json {
+        let v = serde_json::to_string_pretty(&all).map_err(|e| Failure::plain(CMD, e))?;
+        writeln!(o, "{v}").out()?;
+    }
+    if all.iter().any(|c| c.workload.is_none()) {
         return Err(Failure::status(4));
     }
     Ok(())

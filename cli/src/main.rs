@@ -509,8 +509,24 @@ pub struct CrashtestArgs {
     /// Print the report as JSON
     #[arg(long)]
     pub json: bool,
-    /// Testing the tester: drop one step of the commit protocol (content-fence, record-fence,
-    /// checkpoint-fence, edge-zeros); the exploration must then report violations
+    /// Stop after the first operation that shows a violation
+    #[arg(long)]
+    pub first_violation: bool,
+    /// Journal ring of the explored image (16K at least): a small one wraps and checkpoints
+    /// many times within a workload
+    #[arg(long, default_value = "64K", value_parser = crate::size::parse_size)]
+    pub journal_size: u64,
+    /// Start every other sequence with the journal ring nearly full, so its first operations
+    /// checkpoint and wrap
+    #[arg(long)]
+    pub fill_journal: bool,
+    /// Testing the tester: run every planted bug against the sweeps CI runs (seq1, seq2 with a
+    /// nearly full journal, a long random run on a 16 KiB journal) and report which caught it;
+    /// exit status 4 if one survived
+    #[arg(long)]
+    pub mutants: bool,
+    /// Testing the tester: plant one bug (a dropped fence, a wrong recovery order, a missing
+    /// zero, …; an unknown name lists them all); the exploration must then report violations
     #[arg(long, hide = true)]
     pub sabotage: Option<String>,
 }

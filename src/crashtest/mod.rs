@@ -15,6 +15,7 @@
 //! trusting the journal, whose ordering is what is under test. Images whose recovery replays
 //! records are also crashed inside that recovery.
 
+pub mod mutants;
 pub mod state;
 pub mod workload;
 
@@ -28,10 +29,10 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 
 use crate::device::{InFlight, LINE};
-use crate::layout::{Geometry, JOURNAL_RING_OFF};
+use crate::layout::{Geometry, JOURNAL_HEADER_OFF, JOURNAL_RING_OFF};
 use crate::{Device, Error, Fs, MkfsOptions, Result};
 
-pub use crate::journal::Sabotage;
+pub use crate::sabotage::Sabotage;
 pub use state::{judge, FsState, Matched};
 pub use workload::Step;
 
@@ -78,6 +79,16 @@ pub struct Options {
     pub save_dir: Option<PathBuf>,
     /// Worker threads checking images (0: one per CPU).
     pub threads: usize,
+    /// Stop at the first operation that shows a violation (a mutation test wants one).
+    pub first_violation: bool,
+    /// Journal ring of the explored image, in bytes: the smaller, the more often it wraps and
+    /// checkpoints within a workload.
+    pub journal_bytes: u64,
+    /// Every other sequence starts with the ring nearly full (of records that change nothing
+    /// the sequence looks at), so its first operation checkpoints and wraps; the others start
+    /// with an attribute block just written through the journal and freed, its record still in
+    /// the ring, so a block reused too early meets a replay.
+    pub fill_journal: bool,
 }
 
 impl Default for Options {
@@ -92,6 +103,9 @@ impl Default for Options {
             sabotage: Sabotage::None,
             save_dir: None,
             threads: 0,
+            first_violation: false,
+            journal_bytes: 64 << 10,
+            fill_journal: false,
         }
     }
 }
@@ -147,6 +161,9 @@ pub struct Progress {
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Saved {
     pub violation: Violation,
+    /// The planted bug the run had (`udax crashtest --sabotage` names), recovery keeps it.
+    #[serde(default)]
+    pub sabotage: String,
     pub before: FsState,
     pub after: FsState,
 }
@@ -160,7 +177,7 @@ pub fn run(opts: &Options, progress: &mut dyn FnMut(&Progress)) -> Result<Report
         Workload::Seq2 => workload::seq2(bs),
         Workload::Random { ops } => vec![workload::random(bs, opts.seed, ops)],
     };
-    let (prepared, geo) = prepare_image(opts.block_size)?;
+    let (prepared, geo) = prepare_image(opts.block_size, opts.journal_bytes)?;
     let mut ex = Explorer {
         opts,
         report: Report {
@@ -171,7 +188,7 @@ pub fn run(opts: &Options, progress: &mut dyn FnMut(&Progress)) -> Result<Report
         },
         rng: Rng(opts.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1),
         ops_total: sequences.iter().map(|s| s.len() as u64).sum(),
-        ring: JOURNAL_RING_OFF..JOURNAL_RING_OFF + geo.journal_len,
+        ring: JOURNAL_HEADER_OFF..JOURNAL_RING_OFF + geo.journal_len,
     };
     if let Some(dir) = &opts.save_dir {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir.display(), e))?;
@@ -189,9 +206,8 @@ pub fn run(opts: &Options, progress: &mut dyn FnMut(&Progress)) -> Result<Report
 
 /// mkfs, poison the free space, build the prepared tree, unmount: the bytes every sequence
 /// starts from, and their geometry.
-pub fn prepare_image(block_size: u32) -> Result<(Vec<u8>, Geometry)> {
-    // The smallest journal: records wrap and checkpoints run within short workloads.
-    let opts = MkfsOptions { block_size, inodes: 64, journal_bytes: 64 << 10, ..Default::default() };
+pub fn prepare_image(block_size: u32, journal_bytes: u64) -> Result<(Vec<u8>, Geometry)> {
+    let opts = MkfsOptions { block_size, inodes: 64, journal_bytes, ..Default::default() };
     let fs = Fs::mkfs(Device::anonymous(IMAGE_BYTES)?, &opts)?;
     let geo = *fs.geometry();
     // Only the root directory exists, and it has no block yet: the whole data area is free.
@@ -212,6 +228,36 @@ struct Explorer<'a> {
     ring: Range<u64>,
 }
 
+/// Gives the root an attribute block and takes it away again: the block was written by a
+/// record still in the ring, and is free now (reusable once the checkpoint passes that record).
+fn free_a_journaled_block(fs: &Fs) -> Result<()> {
+    let value = vec![0x11; fs.geometry().block_size as usize / 2];
+    fs.setxattr(crate::ROOT_INO, b"user.freed", &value, Default::default())?;
+    fs.removexattr(crate::ROOT_INO, b"user.freed")
+}
+
+/// Unmounts `fs` and mounts its device again (the device keeps its recorder and sabotage).
+fn remount(fs: Fs) -> Result<Fs> {
+    Fs::mount(fs.unmount()?.ok_or(Error::Busy)?)
+}
+
+/// Commits changes that leave the tree as it was (the root's mode, changed and changed back)
+/// until the ring has less room than a small record takes.
+fn fill_journal(fs: &Fs) -> Result<()> {
+    let mode = fs.stat("/")?.mode & 0o7777;
+    let set = |m: u32| fs.setattr_path("/", false, &crate::SetAttr { mode: Some(m), ..Default::default() });
+    let mut flipped = false;
+    // Two laps of the ring at most: the room left after a lap differs from the one before.
+    for _ in 0..2 * fs.journal_room() / 64 {
+        if fs.journal_room() <= 256 && !flipped {
+            return Ok(());
+        }
+        flipped = !flipped;
+        set(if flipped { mode ^ 0o020 } else { mode })?;
+    }
+    Err(Error::InvalidArgument("the journal ring could not be filled"))
+}
+
 /// Cache lines to lay over a persisted base: `(device offset, bytes)`.
 type Patches = Vec<(u64, [u8; LINE])>;
 
@@ -225,7 +271,8 @@ struct Task {
 
 impl Explorer<'_> {
     fn full(&self) -> bool {
-        self.opts.max_states > 0 && self.report.states >= self.opts.max_states
+        (self.opts.max_states > 0 && self.report.states >= self.opts.max_states)
+            || (self.opts.first_violation && self.report.violation_count > 0)
     }
 
     fn sequence(
@@ -240,19 +287,40 @@ impl Explorer<'_> {
         dev.fence();
         let fs = Fs::mount(dev)?;
         fs.sabotage(self.opts.sabotage);
+        if self.opts.fill_journal {
+            if index % 2 == 0 {
+                fill_journal(&fs)?;
+            } else {
+                free_a_journaled_block(&fs)?;
+            }
+        }
         let mut base = vec![0u8; prepared.len()];
         fs.device().read(0, &mut base)?;
         let mut base = Arc::new(base);
         let fences = record_fences(fs.device());
         let take = || std::mem::take(&mut *fences.lock().unwrap_or_else(|e| e.into_inner()));
+        // The mounted file system: a remount takes it out and puts the new mount back.
+        let mut held = Some(fs);
         let result = (|| {
             for (k, step) in steps.iter().enumerate() {
-                let before = FsState::capture(&fs).map_err(live_tree)?;
-                let _ = step.apply(&fs);
+                let before = FsState::capture(held.as_ref().expect("mounted")).map_err(live_tree)?;
+                if *step == Step::Remount {
+                    held = Some(remount(held.take().expect("mounted"))?);
+                } else {
+                    let _ = step.apply(held.as_ref().expect("mounted"));
+                }
+                let fs = held.as_ref().expect("mounted");
                 let in_op = take();
-                let after = FsState::capture(&fs).map_err(live_tree)?;
-                let op =
-                    Op { ring: self.ring.clone(), sequence: index, index: k, step, before: &before, after: &after };
+                let after = FsState::capture(fs).map_err(live_tree)?;
+                let op = Op {
+                    ring: self.ring.clone(),
+                    sequence: index,
+                    index: k,
+                    step,
+                    before: &before,
+                    after: &after,
+                    sabotage: self.opts.sabotage,
+                };
                 let fences = in_op.len();
                 if let Some(stale) = after.stale() {
                     // The running file system itself shows stale bytes: no crash needed.
@@ -286,7 +354,9 @@ impl Explorer<'_> {
             }
             Ok(())
         })();
-        fs.device().stop_recording();
+        if let Some(fs) = &held {
+            fs.device().stop_recording();
+        }
         result
     }
 
@@ -306,7 +376,8 @@ impl Explorer<'_> {
             let fence = first + f;
             self.report.fences += 1;
             let mut built = 0;
-            for (label, patches) in crash_images(&base, lines, &op.ring, &mut self.rng, self.opts.per_fence) {
+            let images = crash_images(&base, lines, &op.ring, &mut self.rng, self.opts.per_fence, false);
+            for (label, patches) in images {
                 let mut h = std::collections::hash_map::DefaultHasher::new();
                 (f, &patches).hash(&mut h);
                 if !seen.insert(h.finish()) {
@@ -383,7 +454,12 @@ impl Explorer<'_> {
             let img = dir.join(format!("{name}.img"));
             std::fs::write(&img, image).map_err(|e| Error::io(img.display(), e))?;
             v.image = Some(img.clone());
-            let saved = Saved { violation: v.clone(), before: op.before.clone(), after: op.after.clone() };
+            let saved = Saved {
+                violation: v.clone(),
+                sabotage: op.sabotage.name().into(),
+                before: op.before.clone(),
+                after: op.after.clone(),
+            };
             let json = serde_json::to_vec_pretty(&saved).map_err(|e| Error::io("encode", std::io::Error::other(e)))?;
             let side = img.with_extension("json");
             std::fs::write(&side, json).map_err(|e| Error::io(side.display(), e))?;
@@ -396,13 +472,15 @@ impl Explorer<'_> {
 /// The operation whose images are being checked and the states it may leave.
 #[derive(Clone)]
 struct Op<'a> {
-    /// The journal ring's device range.
+    /// The journal's device range: its header (the checkpoint) and the ring.
     ring: Range<u64>,
     sequence: usize,
     index: usize,
     step: &'a Step,
     before: &'a FsState,
     after: &'a FsState,
+    /// The bug planted in the run, kept in every image's recovery.
+    sabotage: Sabotage,
 }
 
 struct Outcome {
@@ -415,7 +493,8 @@ fn check_task(task: &Task, op: &Op<'_>, per_recovery_fence: usize, rng: &mut Rng
     let mut img = (*task.base).clone();
     overlay(&mut img, &task.patches);
     let mut recovery_fences = Vec::new();
-    let verdict = recover_and_judge(&img, op.before, op.after, per_recovery_fence > 0, &mut recovery_fences);
+    let verdict =
+        recover_and_judge(op.sabotage, &img, op.before, op.after, per_recovery_fence > 0, &mut recovery_fences);
     if let Err(reason) = verdict {
         return Outcome { recovery_states: 0, violation: Some((reason, img)) };
     }
@@ -423,13 +502,13 @@ fn check_task(task: &Task, op: &Op<'_>, per_recovery_fence: usize, rng: &mut Rng
     let mut states = 0;
     let mut base = img;
     for (f, lines) in recovery_fences.iter().enumerate() {
-        let images = crash_images(&base, lines, &op.ring, rng, per_recovery_fence + 1);
+        let images = crash_images(&base, lines, &op.ring, rng, per_recovery_fence + 1, true);
         // The first image takes no line: the state already checked.
         for (label, patches) in images.into_iter().skip(1) {
             let mut nested = base.clone();
             overlay(&mut nested, &patches);
             states += 1;
-            if let Err(reason) = recover_and_judge(&nested, op.before, op.after, false, &mut Vec::new()) {
+            if let Err(reason) = recover_and_judge(op.sabotage, &nested, op.before, op.after, false, &mut Vec::new()) {
                 let reason = format!("crash at fence {f} of the recovery ({label}): {reason}");
                 return Outcome { recovery_states: states, violation: Some((reason, nested)) };
             }
@@ -465,6 +544,7 @@ fn persist(img: &mut [u8], lines: &[InFlight]) {
 /// Mounts a copy of `img`, fscks it and judges its state. With `record`, the fences of a
 /// recovery that replayed records are returned in `fences`.
 fn recover_and_judge(
+    sabotage: Sabotage,
     img: &[u8],
     before: &FsState,
     after: &FsState,
@@ -473,6 +553,7 @@ fn recover_and_judge(
 ) -> std::result::Result<Matched, String> {
     let dev = Device::anonymous(img.len() as u64).map_err(|e| format!("device: {e}"))?;
     dev.write(0, img).map_err(|e| format!("device: {e}"))?;
+    dev.sabotage(sabotage);
     let seen = if record { record_fences(&dev) } else { Arc::default() };
     let fs = Fs::mount(dev).map_err(|e| format!("mount: {e}"))?;
     fs.device().stop_recording();
@@ -490,13 +571,16 @@ fn recover_and_judge(
     judge(before, after, &got)
 }
 
-/// The crash images of one fence: `(label, lines to take)`, at most about `budget` of them.
+/// The crash images of one fence: `(label, lines to take)`, at most about `budget` of them; with
+/// `halves`, also each run of lines stored together cut in two, either half alone (a wipe of the
+/// ring that persisted over one record and not another).
 fn crash_images(
     base: &[u8],
     lines: &[InFlight],
     ring: &Range<u64>,
     rng: &mut Rng,
     budget: usize,
+    halves: bool,
 ) -> Vec<(String, Patches)> {
     let at = |l: u64| &base[l as usize..l as usize + LINE];
     // Lines that change nothing are not in flight.
@@ -541,6 +625,9 @@ fn crash_images(
         out.push(("journal lines only".into(), finals(&in_journal)));
         let rest: Vec<bool> = in_journal.iter().map(|j| !j).collect();
         out.push(("all but the journal lines".into(), finals(&rest)));
+    }
+    if halves {
+        out.extend(units.iter().filter(|u| u.len() > 1).flat_map(|u| cut_in_two(u)));
     }
     let budget = budget.max(out.len());
     if n < 16 && (1usize << n) + out.len() <= budget {
@@ -603,6 +690,14 @@ fn crash_images(
     out
 }
 
+/// The images of a run of lines stored together with only its first half, or only its second.
+fn cut_in_two(run: &[&InFlight]) -> [(String, Patches); 2] {
+    let (first, second) = run.split_at(run.len() / 2);
+    let label = |which: &str| format!("the {which} half of {:#x}+{} only", run[0].line, run.len());
+    let finals = |part: &[&InFlight]| part.iter().map(|l| (l.line, *l.versions.last().expect("a version"))).collect();
+    [(label("first"), finals(first)), (label("second"), finals(second))]
+}
+
 /// Replays a saved violation: recovers the image, fscks it and judges it against the states
 /// saved beside it. Returns the judgement, `Ok` when the image is now accepted.
 pub fn replay(image: &Path) -> Result<(Saved, std::result::Result<Matched, String>)> {
@@ -611,7 +706,8 @@ pub fn replay(image: &Path) -> Result<(Saved, std::result::Result<Matched, Strin
     let text = std::fs::read(&side).map_err(|e| Error::io(side.display(), e))?;
     let saved: Saved = serde_json::from_slice(&text)
         .map_err(|e| Error::io(side.display(), std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
-    let verdict = recover_and_judge(&img, &saved.before, &saved.after, false, &mut Vec::new());
+    let sabotage = Sabotage::ALL.iter().find(|(n, _)| *n == saved.sabotage).map_or(Sabotage::None, |&(_, s)| s);
+    let verdict = recover_and_judge(sabotage, &img, &saved.before, &saved.after, false, &mut Vec::new());
     Ok((saved, verdict))
 }
 

@@ -39,6 +39,10 @@ pub struct Payload {
     /// A regular file's bytes (hex in JSON).
     #[serde(default, skip_serializing_if = "Vec::is_empty", with = "hex")]
     pub data: Vec<u8>,
+    /// The bytes from EOF to the end of its page as a mapping of that page shows them: zero
+    /// always (only those not zero are kept, hex in JSON).
+    #[serde(default, skip_serializing_if = "Vec::is_empty", with = "hex")]
+    pub past_eof: Vec<u8>,
 }
 
 /// A whole file system, by path ("/" first).
@@ -92,8 +96,10 @@ impl FsState {
                     }
                     data = buf;
                 }
+                let past_eof =
+                    if kind == S_IFREG { past_eof(fs, ino).map_err(|e| format!("{path}: {e}"))? } else { vec![] };
                 let t = |t: crate::Timespec| (t.sec, t.nsec);
-                slot.insert(Payload { times: [t(a.atime), t(a.mtime), t(a.ctime)], data });
+                slot.insert(Payload { times: [t(a.atime), t(a.mtime), t(a.ctime)], data, past_eof });
             }
             if kind == S_IFDIR {
                 if !seen_dirs.insert(ino) {
@@ -112,15 +118,38 @@ impl FsState {
     }
 }
 
+/// The bytes of file `ino` from EOF to the end of its page, as a mapping of the page shows them:
+/// what mmap leaves there (`Fs::clean_tail`), then the device's bytes in written blocks, zeros
+/// elsewhere. Nothing when they are all zero.
+fn past_eof(fs: &Fs, ino: u64) -> crate::Result<Vec<u8>> {
+    let n = fs.node(ino)?;
+    let mut g = crate::sync::wr(&n.inode);
+    fs.clean_tail(&mut g)?;
+    let mut out = vec![0u8; (g.attr.size.next_multiple_of(crate::PAGE) - g.attr.size) as usize];
+    for (at, from, len) in fs.past_eof_runs(&g) {
+        fs.device().read(at, &mut out[from as usize..(from + len) as usize])?;
+    }
+    Ok(if out.iter().all(|&b| b == 0) { Vec::new() } else { out })
+}
+
 impl FsState {
     /// The first file byte that holds the poison free space is filled with ([`super::POISON`]):
     /// bytes a new block showed before anything zeroed or wrote them (workload bytes never take
     /// that value).
+    /// Or the first byte past EOF in its page that is not zero: a mapping of the page shows it.
     pub fn stale(&self) -> Option<String> {
         self.shape.iter().find_map(|(path, shape)| {
-            let data = &self.payload.get(&shape.ino)?.data;
-            let i = data.iter().position(|&b| b == super::POISON)?;
-            Some(format!("{path}: byte {i} is {:#04x}, the poison of free space: stale bytes show", super::POISON))
+            let p = self.payload.get(&shape.ino)?;
+            if let Some(i) = p.data.iter().position(|&b| b == super::POISON) {
+                let poison = super::POISON;
+                return Some(format!("{path}: byte {i} is {poison:#04x}, the poison of free space: stale bytes show"));
+            }
+            let i = p.past_eof.iter().position(|&b| b != 0)?;
+            let at = shape.size + i as u64;
+            Some(format!(
+                "{path}: byte {at} is {:#04x}, past EOF ({}) in its page: a mapping shows it",
+                p.past_eof[i], shape.size
+            ))
         })
     }
 }

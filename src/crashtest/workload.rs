@@ -75,6 +75,9 @@ pub enum Step {
         len: u64,
         seed: u8,
     },
+    /// Unmount and mount again (recovery runs, the checkpoint moves to the head): what only the
+    /// journal held must now be in place. The explorer does it; [`Step::apply`] cannot.
+    Remount,
 }
 
 /// The bytes a write with `seed` stores at file offset `at`.
@@ -107,6 +110,7 @@ impl Step {
             Step::MapStore { path, off, len, .. } => format!("mmap store {path} {off}+{len}"),
             Step::SetXattr { path, name, len, .. } => format!("setxattr {path} {name} {len} bytes"),
             Step::RemoveXattr { path, name } => format!("removexattr {path} {name}"),
+            Step::Remount => "remount".into(),
         }
     }
 
@@ -161,6 +165,7 @@ impl Step {
                 fs.setxattr(ino, name.as_bytes(), &bytes(*seed, 0, *len), Default::default())
             }
             Step::RemoveXattr { path, name } => fs.removexattr(fs.resolve(path, false)?, name.as_bytes()),
+            Step::Remount => Err(crate::Error::InvalidArgument("a remount needs the file system itself")),
         }
     }
 }
@@ -296,7 +301,7 @@ pub fn random(bs: u64, seed: u64, ops: usize) -> Vec<Step> {
         let (p, q) = (name(), name());
         let seed = (i % 200) as u8;
         let (off, len) = (next(6 * bs), 1 + next(2 * bs));
-        out.push(match next(19) {
+        out.push(match next(20) {
             0..=2 => Step::Write { path: p, off, len, seed },
             16 => Step::Create(p),
             3 => Step::Truncate { path: p, size: next(6 * bs) },
@@ -314,6 +319,7 @@ pub fn random(bs: u64, seed: u64, ops: usize) -> Vec<Step> {
             14 => Step::Rmdir(p),
             17 => Step::SetXattr { path: p, name: format!("user.{}", next(3)), len: next(bs / 2), seed },
             18 => Step::RemoveXattr { path: p, name: format!("user.{}", next(3)) },
+            19 => Step::Remount,
             _ => Step::Symlink { target: q, link: p },
         });
     }

@@ -331,6 +331,13 @@ impl Device {
         }
     }
 
+    /// Whether bug `which` is planted: never, without the `crash-test` feature.
+    #[cfg(not(feature = "crash-test"))]
+    #[inline(always)]
+    pub(crate) fn planted(&self, _which: crate::sabotage::Sabotage) -> bool {
+        false
+    }
+
     /// Whether the image was opened read-only ([`Device::open_read_only`]).
     pub fn is_read_only(&self) -> bool {
         self.read_only

@@ -3,11 +3,12 @@
 //! crash explorer.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Mutex;
 
 use super::persist::LINE;
 use super::Device;
+use crate::sabotage::Sabotage;
 
 /// Called at every fence while recording, with the cache lines stored or written back since the
 /// previous fence (ascending). Between two fences each of those lines may have reached the medium
@@ -29,6 +30,8 @@ pub struct InFlight {
 pub(super) struct Recording {
     on: AtomicBool,
     recorder: Mutex<Option<Recorder>>,
+    /// The planted bug the file system on this device runs with (`Sabotage as u8`).
+    sabotage: AtomicU8,
 }
 
 struct Recorder {
@@ -63,6 +66,23 @@ impl Recording {
 }
 
 impl Device {
+    /// Plants bug `which` in every file system mounted on this device (and in recovery), from
+    /// now on; `Sabotage::None` takes it out. Never use it on data you keep.
+    pub fn sabotage(&self, which: Sabotage) {
+        self.recording.sabotage.store(which as u8, Ordering::Relaxed);
+    }
+
+    /// The bug planted on this device.
+    pub fn sabotaged(&self) -> Sabotage {
+        Sabotage::from_u8(self.recording.sabotage.load(Ordering::Relaxed))
+    }
+
+    /// Whether bug `which` is planted.
+    #[inline]
+    pub(crate) fn planted(&self, which: Sabotage) -> bool {
+        self.recording.sabotage.load(Ordering::Relaxed) == which as u8
+    }
+
     /// Starts recording for crash-state exploration: `on_fence` runs at every later fence with
     /// the lines stored since the previous one and each state they passed through.
     pub fn record(&self, on_fence: FenceHook) {

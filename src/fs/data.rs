@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 use crate::extent::{Extent, ExtentMap, Piece, State};
 use crate::inode::{Inode, Timespec};
 use crate::journal::Tx;
+use crate::sabotage::Sabotage;
 use crate::sync::{rd, wr};
 
 use super::mmap::overlaps_mapping;
@@ -342,6 +343,10 @@ impl Fs {
         }
         g.attr.size = g.attr.size.max(end);
         g.log_attr(&geo, &mut tx);
+        if self.planted(Sabotage::SizeInPlace) {
+            let at = geo.inode_at(g.ino) + std::mem::offset_of!(crate::layout::RawInode, size) as u64;
+            self.inner.dev.write(at, &g.attr.size.to_le_bytes())?;
+        }
         self.commit(&tx)?;
         Ok(())
     }
@@ -358,7 +363,7 @@ impl Fs {
         let s = start.max(off);
         let t = stop.min(end);
         let base = geo.block_at(physical);
-        let zeros = !self.edge_zeros_dropped();
+        let zeros = !self.planted(Sabotage::EdgeZeros);
         if s > start && zeros {
             tx.content_zero(dev, base, s - start)?;
         }
@@ -404,7 +409,6 @@ impl Fs {
             return Err(Error::InvalidArgument("only regular files can be truncated"));
         }
         let geo = self.inner.geo;
-        let dev = &self.inner.dev;
         let bs = geo.block_size;
         let keep = size.div_ceil(bs);
         let shrinking = size < g.attr.size;
@@ -446,13 +450,14 @@ impl Fs {
         g.log_attr(&geo, &mut tx);
         let head = self.commit(&tx)?;
         self.free_after(head, freed.iter().map(Extent::run).collect());
-        if shrinking && size % bs != 0 {
-            // The tail of the new last block is past EOF now, where bytes may hold anything
-            // (every growth zeroes them first); it is zeroed after the commit, so a crash shows
-            // the old size with the old bytes or the new size, and a later mapping sees zeros.
+        if shrinking && size % bs != 0 && !self.planted(Sabotage::TruncateTail) {
+            // The tail of the new last block is past EOF now, where a mapping of the page must
+            // see zeros; it holds the old data, zeroed after the commit (zeroing it before would
+            // change bytes the old size still shows). A crash in between leaves them there,
+            // which is why the first mapping after a mount zeroes the tail (`Fs::clean_tail`).
             if let Some(Piece::Mapped(e)) = g.ext.pieces(size / bs, 1).first() {
                 if e.state == State::Written {
-                    dev.zero(geo.block_at(e.physical) + size % bs, bs - size % bs)?;
+                    self.inner.dev.zero(geo.block_at(e.physical) + size % bs, bs - size % bs)?;
                 }
             }
         }

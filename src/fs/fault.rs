@@ -10,6 +10,7 @@ use crate::error::{Error, Result};
 use crate::extent::{Extent, ExtentMap, Piece, State};
 use crate::inode::{Inode, Timespec};
 use crate::journal::Tx;
+use crate::sabotage::Sabotage;
 use crate::sync::{
     lock, rd, thread, wr, AtomicBool, AtomicUsize, Condvar, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard,
     TryLockError,
@@ -304,6 +305,7 @@ impl Fs {
                             }
                         }
                         Piece::Mapped(x) => tx.content_zero(dev, base + (x.logical - first) * bs, x.len * bs)?,
+                        Piece::Hole { .. } if self.planted(Sabotage::FirstStoreZeros) => {}
                         Piece::Hole { logical, len } => {
                             tx.content_zero(dev, base + (logical - first) * bs, len * bs)?
                         }
@@ -378,7 +380,9 @@ impl Fs {
             taken.push(run);
             let mut tx = Tx::new();
             self.reserve_slots(g, ExtentMap::slots_needed(1), &mut tx)?;
-            tx.content_zero(&self.inner.dev, at, pages * PAGE)?;
+            if !self.planted(Sabotage::FirstStoreZeros) {
+                tx.content_zero(&self.inner.dev, at, pages * PAGE)?;
+            }
             let logical = first * PAGE / bs;
             g.ext.insert(Extent { logical, physical: run.start, len: blocks, state: State::Written }, &mut tx)?;
             let now = Timespec::now();

@@ -133,6 +133,7 @@ impl Fs {
         if !crate::layout::mode::is_reg(g.attr.mode) {
             return Err(Error::Unsupported("only regular files can be mapped".into()));
         }
+        self.clean_tail(&mut g)?;
         if mode & MODE_WP != 0 {
             // Copies of written pages in other mappings would miss this mapping's stores: they
             // go, and those pages are mapped from the device when loaded again.
@@ -257,6 +258,47 @@ impl Fs {
         }
         self.unmap_range(n, old / PAGE * PAGE, new, Reach::Shared)?;
         self.unmap_range(n, old.next_multiple_of(PAGE), new, Reach::All)
+    }
+
+    /// Zeroes the bytes past EOF in its page unless they are known to be zero, so a mapping of
+    /// the page shows zeros there. Running, every path keeps them zero (truncate zeroes the new
+    /// tail, growth zeroes what mappings stored there); after a mount they may hold what a crash
+    /// left: a growing write's bytes stored before its commit, a truncated tail before its
+    /// zeroing. The caller holds the inode lock exclusively.
+    pub(crate) fn clean_tail(&self, g: &mut Inode) -> Result<()> {
+        if g.tail_clean {
+            return Ok(());
+        }
+        for (at, _, len) in self.past_eof_runs(g) {
+            let mut bytes = vec![0u8; len as usize];
+            self.inner.dev.read(at, &mut bytes)?;
+            if bytes.iter().any(|&b| b != 0) {
+                self.inner.dev.zero(at, len)?;
+            }
+        }
+        g.tail_clean = true;
+        Ok(())
+    }
+
+    /// The written device bytes between EOF and the end of its page: `(device offset, bytes
+    /// past EOF, length)` each (the rest of the page is holes or unwritten, which read zero).
+    pub(crate) fn past_eof_runs(&self, g: &Inode) -> Vec<(u64, u64, u64)> {
+        let (size, geo) = (g.attr.size, &self.inner.geo);
+        let (end, bs) = (size.next_multiple_of(PAGE), geo.block_size);
+        if end == size {
+            return Vec::new();
+        }
+        let first = size / bs;
+        let written = g.ext.pieces(first, (end - 1) / bs - first + 1).into_iter().filter_map(|p| match p {
+            Piece::Mapped(e) if e.state == State::Written => Some(e),
+            _ => None,
+        });
+        written
+            .map(|e| {
+                let (s, t) = ((e.logical * bs).max(size), (e.end() * bs).min(end));
+                (geo.block_at(e.physical) + s - e.logical * bs, s - size, t - s)
+            })
+            .collect()
     }
 
     /// Flushes every written block under `n`'s shared writable mappings to the medium.

@@ -145,8 +145,6 @@ impl Fs {
                 read_only,
                 broken: Mutex::new(None),
                 stopped: AtomicBool::new(false),
-                #[cfg(feature = "crash-test")]
-                edge_zeros_dropped: AtomicBool::new(false),
                 mmap: Default::default(),
             }),
         };

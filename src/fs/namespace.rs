@@ -310,6 +310,9 @@ impl Fs {
         let removed = (|| {
             let (_, zeros) = pg.dir_mut()?.remove(name).expect("entry looked up under the same lock");
             tx.put(self.dir_off(&pg, e.pos)?, &zeros);
+            if self.planted(crate::sabotage::Sabotage::EntryInPlace) {
+                self.inner.dev.write(self.dir_off(&pg, e.pos)?, &zeros)?;
+            }
             let now = Timespec::now();
             pg.attr.mtime = now;
             pg.attr.ctime = now;

@@ -247,6 +247,10 @@ impl Fs {
                 None => self.add_entry(dg, m.newname, m.src.ino, m.src.dtype, tx, taken)?,
             }
         }
+        if self.planted(crate::sabotage::Sabotage::RenameSplit) {
+            self.commit(tx)?;
+            *tx = Tx::new();
+        }
         let (removed, zeros) = h.sp.dir_mut()?.remove(m.name).expect("present");
         tx.put(self.dir_off(h.sp, removed.pos)?, &zeros);
         let dg = h.dp.as_deref_mut().unwrap_or(&mut *h.sp);

@@ -55,10 +55,6 @@ pub(crate) struct Inner {
     pub(super) broken: Mutex<Option<String>>,
     /// Set once `broken` holds a reason: the one load every change makes.
     pub(super) stopped: AtomicBool,
-    /// Test-only: writes into new blocks leave out the zeros around their data
-    /// (`Sabotage::EdgeZeros`), read without the journal's lock.
-    #[cfg(feature = "crash-test")]
-    pub(super) edge_zeros_dropped: AtomicBool,
     pub(crate) mmap: ServiceSlot,
 }
 
@@ -143,6 +139,8 @@ impl Fs {
         let ahead = crate::alloc::subtract(g.owned_runs().chain(taken).collect(), fresh.owned_runs().collect());
         self.unreserve(ahead);
         (fresh.open, fresh.freed, fresh.writing) = (g.open, g.freed, g.writing);
+        // The change may have stored bytes past EOF (a growing write's, before its commit).
+        fresh.tail_clean = false;
         *g = fresh;
     }
 
@@ -152,22 +150,23 @@ impl Fs {
         self.inner.dev.sync()
     }
 
-    /// Test-only sabotage switch for the crash explorer: commits drop one fence of the protocol.
-    /// Never use it on data you keep.
+    /// Plants a bug for the crash explorer (see [`crate::Device::sabotage`]). Never use it on
+    /// data you keep.
     #[cfg(feature = "crash-test")]
-    pub fn sabotage(&self, which: crate::journal::Sabotage) {
-        self.inner.edge_zeros_dropped.store(which == crate::journal::Sabotage::EdgeZeros, Ordering::Relaxed);
-        lock(&self.inner.journal).sabotage(which);
+    pub fn sabotage(&self, which: crate::sabotage::Sabotage) {
+        self.inner.dev.sabotage(which);
     }
 
-    /// Whether a test made writes into new blocks leave out their edge zeros (never, without
-    /// `crash-test`).
+    /// Journal ring bytes left before a commit moves the checkpoint (for the crash explorer).
+    #[cfg(feature = "crash-test")]
+    pub fn journal_room(&self) -> u64 {
+        lock(&self.inner.journal).room()
+    }
+
+    /// Whether bug `which` is planted (never, without `crash-test`).
     #[inline(always)]
-    pub(super) fn edge_zeros_dropped(&self) -> bool {
-        #[cfg(feature = "crash-test")]
-        return self.inner.edge_zeros_dropped.load(Ordering::Relaxed);
-        #[cfg(not(feature = "crash-test"))]
-        false
+    pub(crate) fn planted(&self, which: crate::sabotage::Sabotage) -> bool {
+        self.inner.dev.planted(which)
     }
 
     pub fn device(&self) -> &Device {
@@ -338,7 +337,9 @@ impl Fs {
     }
 
     pub(crate) fn free_after(&self, pos: u64, runs: Vec<Run>) {
-        if !runs.is_empty() {
+        if self.planted(crate::sabotage::Sabotage::EarlyReuse) {
+            lock(&self.inner.alloc).unreserve(runs);
+        } else if !runs.is_empty() {
             lock(&self.inner.alloc).free_after(pos, runs);
         }
     }

@@ -112,6 +112,9 @@ impl Fs {
         let mut tx = Tx::new();
         if block != 0 {
             tx.put(geo.block_at(block), &bytes);
+            if old != 0 && self.planted(crate::sabotage::Sabotage::XattrInPlace) {
+                self.device().write(geo.block_at(block), &bytes)?;
+            }
         }
         let before = (g.xattr.block, g.attr.ctime);
         g.xattr.block = block;
