@@ -46,6 +46,7 @@ pub enum Sabotage {
     EntryInPlace,
 }
 
+#[cfg(feature = "crash-test")]
 impl Sabotage {
     /// Every planted bug, with the name `udax crashtest --sabotage` takes.
     pub const ALL: [(&'static str, Sabotage); 16] = [
@@ -67,14 +68,7 @@ impl Sabotage {
         ("entry-in-place", Sabotage::EntryInPlace),
     ];
 
-    /// The switch a device stores.
-    #[cfg_attr(not(feature = "crash-test"), allow(dead_code))]
-    pub(crate) fn from_u8(v: u8) -> Sabotage {
-        Sabotage::ALL.iter().map(|&(_, s)| s).find(|&s| s as u8 == v).unwrap_or(Sabotage::None)
-    }
-
     /// The name `udax crashtest --sabotage` takes.
-    #[cfg(feature = "crash-test")]
     pub fn name(self) -> &'static str {
         Sabotage::ALL.iter().find(|&&(_, s)| s == self).map_or("none", |&(n, _)| n)
     }

@@ -71,7 +71,7 @@ fn an_open_by_path_never_reaches_a_file_that_reused_the_inode_number() {
         w.join().unwrap();
     }
     assert!(strays.is_empty(), "a write through /ns/n landed in {strays:?}");
-    assert!(made.load(Ordering::Relaxed) > 1000, "the race ran too few rounds");
+    assert!(made.load(Ordering::Relaxed) > 200, "the race ran too few rounds");
     let r = udax::check::check(&fs, &mut |_, _| {});
     assert!(r.is_clean(), "{:?}", r.findings);
 }

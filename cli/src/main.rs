@@ -521,8 +521,8 @@ pub struct CrashtestArgs {
     #[arg(long)]
     pub fill_journal: bool,
     /// Testing the tester: run every planted bug against the sweeps CI runs (seq1, seq2 with a
-    /// nearly full journal, a long random run on a 16 KiB journal) and report which caught it;
-    /// exit status 4 if one survived
+    /// nearly full journal, a long random run on a 16 KiB journal) at --block-size (CI's test
+    /// uses 1024) and report which caught it; exit status 4 if one survived
     #[arg(long)]
     pub mutants: bool,
     /// Testing the tester: plant one bug (a dropped fence, a wrong recovery order, a missing

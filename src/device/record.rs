@@ -72,11 +72,6 @@ impl Device {
         self.recording.sabotage.store(which as u8, Ordering::Relaxed);
     }
 
-    /// The bug planted on this device.
-    pub fn sabotaged(&self) -> Sabotage {
-        Sabotage::from_u8(self.recording.sabotage.load(Ordering::Relaxed))
-    }
-
     /// Whether bug `which` is planted.
     #[inline]
     pub(crate) fn planted(&self, which: Sabotage) -> bool {
