@@ -4,8 +4,8 @@
 //! act on the inode the name named, or fail with ENOENT.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
 
 use udax::{Device, Error, Fs, MkfsOptions, OpenOptions};
 
@@ -34,9 +34,10 @@ fn an_open_by_path_never_reaches_a_file_that_reused_the_inode_number() {
     // Removers unlink the shared name, then make files of their own that only they write:
     // each must stay empty.
     let made = Arc::new(AtomicU64::new(0));
+    let (found, first_stray) = mpsc::channel::<()>();
     let removers: Vec<_> = (0..2)
         .map(|t| {
-            let (fs, stop, made) = (fs.clone(), stop.clone(), made.clone());
+            let (fs, stop, made, found) = (fs.clone(), stop.clone(), made.clone(), found.clone());
             std::thread::spawn(move || {
                 let mut stray = None;
                 let mut i = 0u64;
@@ -51,6 +52,7 @@ fn an_open_by_path_never_reaches_a_file_that_reused_the_inode_number() {
                     std::thread::yield_now();
                     if f.metadata().unwrap().size != 0 {
                         stray = Some(path.clone());
+                        let _ = found.send(());
                     }
                     drop(f);
                     fs.unlink_path(&path).unwrap();
@@ -61,10 +63,8 @@ fn an_open_by_path_never_reaches_a_file_that_reused_the_inode_number() {
             })
         })
         .collect();
-    let start = Instant::now();
-    while start.elapsed() < RACE && !removers.iter().any(|r| r.is_finished()) {
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    // The race runs its time, or ends at the first stray write a remover reports.
+    let _ = first_stray.recv_timeout(RACE);
     stop.store(true, Ordering::Relaxed);
     let strays: Vec<String> = removers.into_iter().filter_map(|r| r.join().unwrap()).collect();
     for w in writers {
