@@ -17,6 +17,11 @@ use crate::journal::Tx;
 use crate::layout::{mode, off, Geometry, RawInode, RawTime, INODE_ATTR_LEN, INODE_EXTENTS_OFF};
 use crate::xattr::Xattrs;
 
+#[cfg(feature = "crash-test")]
+thread_local! {
+    static FROZEN: std::cell::Cell<Option<Timespec>> = const { std::cell::Cell::new(None) };
+}
+
 /// A point in time with nanoseconds, as stat(2) reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, serde::Serialize)]
 pub struct Timespec {
@@ -28,12 +33,27 @@ impl Timespec {
     /// The coarse clock (one tick is a few milliseconds), which pure overwrites compare times
     /// against, as Linux stamps them.
     pub fn coarse_now() -> Timespec {
+        #[cfg(feature = "crash-test")]
+        if let Some(t) = FROZEN.get() {
+            return t;
+        }
         let t = rustix::time::clock_gettime(rustix::time::ClockId::RealtimeCoarse);
         Timespec { sec: t.tv_sec, nsec: t.tv_nsec as u32 }
     }
 
     pub fn now() -> Timespec {
+        #[cfg(feature = "crash-test")]
+        if let Some(t) = FROZEN.get() {
+            return t;
+        }
         Timespec::from_system(SystemTime::now())
+    }
+
+    /// Stops the calling thread's clock at `t` (`None` starts it again), so that runs of the
+    /// same operations stamp the same times (test machinery, `crash-test` feature).
+    #[cfg(feature = "crash-test")]
+    pub fn freeze_clock(t: Option<Timespec>) {
+        FROZEN.set(t);
     }
 
     /// A `SystemTime`, before the epoch too (negative seconds, nanoseconds counted forward).

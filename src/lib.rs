@@ -65,6 +65,8 @@ mod fs;
 pub mod model;
 mod repair;
 mod sync;
+#[cfg(feature = "crash-test")]
+mod turnstile;
 #[allow(unsafe_code)]
 mod uffd;
 

@@ -44,12 +44,16 @@ pub enum Sabotage {
     XattrInPlace,
     /// unlink clears the directory entry in place before its commit.
     EntryInPlace,
+    /// Commit: releasing the journal lock does not order the entries applied in place (as a
+    /// lock released by a plain store would not), so a checkpoint another thread takes next can
+    /// pass a record whose entries are not yet persistent.
+    UnorderedRelease,
 }
 
 #[cfg(feature = "crash-test")]
 impl Sabotage {
     /// Every planted bug, with the name `udax crashtest --sabotage` takes.
-    pub const ALL: [(&'static str, Sabotage); 16] = [
+    pub const ALL: [(&'static str, Sabotage); 17] = [
         ("content-fence", Sabotage::ContentFence),
         ("record-fence", Sabotage::RecordFence),
         ("checkpoint-fence", Sabotage::CheckpointFence),
@@ -66,6 +70,7 @@ impl Sabotage {
         ("rename-split", Sabotage::RenameSplit),
         ("xattr-in-place", Sabotage::XattrInPlace),
         ("entry-in-place", Sabotage::EntryInPlace),
+        ("unordered-release", Sabotage::UnorderedRelease),
     ];
 
     /// The name `udax crashtest --sabotage` takes.

@@ -21,11 +21,36 @@ pub(crate) use shuttle::thread;
 /// undone (`Fs::undoable`), and a panic during one stops all changes, so the data a lock guards
 /// never needs poisoning to be safe to read.
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    #[cfg(feature = "crash-test")]
+    if crate::turnstile::joined_any() {
+        return take_in_turn(|| m.try_lock());
+    }
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 pub(crate) fn rd<T>(m: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    #[cfg(feature = "crash-test")]
+    if crate::turnstile::joined_any() {
+        return take_in_turn(|| m.try_read());
+    }
     m.read().unwrap_or_else(|e| e.into_inner())
 }
 pub(crate) fn wr<T>(m: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    #[cfg(feature = "crash-test")]
+    if crate::turnstile::joined_any() {
+        return take_in_turn(|| m.try_write());
+    }
     m.write().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A thread of the crash explorer's interleaved run never blocks on a lock: while it is held,
+/// the turn goes to another thread (perhaps the holder), and the lock is tried again.
+#[cfg(feature = "crash-test")]
+fn take_in_turn<G>(mut try_take: impl FnMut() -> Result<G, TryLockError<G>>) -> G {
+    loop {
+        match try_take() {
+            Ok(g) => return g,
+            Err(TryLockError::Poisoned(e)) => return e.into_inner(),
+            Err(TryLockError::WouldBlock) => crate::turnstile::lock_held(),
+        }
+    }
 }

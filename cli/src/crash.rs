@@ -20,7 +20,10 @@ pub fn run(a: &CrashtestArgs) -> CliResult {
         "seq1" => Workload::Seq1,
         "seq2" => Workload::Seq2,
         "random" => Workload::Random { ops: a.ops },
-        other => return Err(Failure::plain(CMD, format!("unknown workload {other:?} (seq1, seq2 or random)"))),
+        "concurrent" => Workload::Concurrent { schedules: a.schedules },
+        other => {
+            return Err(Failure::plain(CMD, format!("unknown workload {other:?} (seq1, seq2, random or concurrent)")))
+        }
     };
     let sabotage = match &a.sabotage {
         None => Sabotage::None,
@@ -133,7 +136,7 @@ fn replay(a: &CrashtestArgs, img: &std::path::Path) -> CliResult {
     if a.json {
         let j = serde_json::json!({
             "violation": v,
-            "verdict": match &verdict { Ok(m) => format!("matches the state {m:?}"), Err(e) => e.clone() },
+            "verdict": match &verdict { Ok(m) => format!("matches the state {m}"), Err(e) => e.clone() },
             "ok": verdict.is_ok(),
         });
         writeln!(o, "{j:#}").out()?;
@@ -144,7 +147,7 @@ fn replay(a: &CrashtestArgs, img: &std::path::Path) -> CliResult {
         writeln!(o, "crash image     {}", v.subset).out()?;
         writeln!(o, "found           {}", v.reason).out()?;
         match &verdict {
-            Ok(m) => writeln!(o, "now             recovers to the state {m:?} the operation; no violation").out()?,
+            Ok(m) => writeln!(o, "now             recovers to the state {m} the operation; no violation").out()?,
             Err(e) => writeln!(o, "now             {e}").out()?,
         }
     }

@@ -215,11 +215,15 @@ enum Cmd {
                       truncate up and down, every fallocate mode, renames incl. overwrite, exchange and\n\
                       across directories, link, unlink, symlink, rmdir, chmod, chown, utimes, stores\n\
                       through a mapping), seq2 (every ordered pair of a reduced set on shared files),\n\
-                      random (--ops operations from --seed).",
+                      random (--ops operations from --seed), concurrent (pairs of operations run by two\n\
+                      threads at once, interleaved at fences and held locks by --schedules seeded\n\
+                      schedules each; an image may show either operation alone, never undo one that\n\
+                      returned, and the run must end as one order of the two would).",
         after_help = "Exit status: 0 no violation, 4 violations found, 1 an error.\n\n\
                       Examples:\n  udax crashtest                                  seq1, 4 KiB blocks\n  \
                       udax crashtest --workload seq2 --block-size 1024\n  \
                       udax crashtest --workload random --seed 7 --ops 500 --max-states 100000\n  \
+                      udax crashtest --workload concurrent --schedules 4 --fill-journal\n  \
                       udax crashtest --workload seq2 --save /tmp/crash --json\n  \
                       udax crashtest --replay /tmp/crash/seq2-3-0.img"
     )]
@@ -476,7 +480,7 @@ pub struct MountArgs {
 #[derive(Debug, Args)]
 #[cfg(feature = "crash-test")]
 pub struct CrashtestArgs {
-    /// seq1, seq2 or random
+    /// seq1, seq2, random or concurrent
     #[arg(long, default_value = "seq1")]
     pub workload: String,
     /// Block size of the scratch image: 1024, 2048 or 4096
@@ -488,6 +492,9 @@ pub struct CrashtestArgs {
     /// Operations of the random workload
     #[arg(long, default_value_t = 200)]
     pub ops: usize,
+    /// Interleavings of each pair of the concurrent workload (who starts, how often turns change)
+    #[arg(long, default_value_t = 2)]
+    pub schedules: usize,
     /// Stop after this many crash states (0: no limit)
     #[arg(long, default_value_t = 0)]
     pub max_states: u64,

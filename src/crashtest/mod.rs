@@ -15,6 +15,7 @@
 //! trusting the journal, whose ordering is what is under test. Images whose recovery replays
 //! records are also crashed inside that recovery.
 
+mod concurrent;
 pub mod mutants;
 pub mod state;
 pub mod workload;
@@ -33,7 +34,7 @@ use crate::layout::{Geometry, JOURNAL_HEADER_OFF, JOURNAL_RING_OFF};
 use crate::{Device, Error, Fs, MkfsOptions, Result};
 
 pub use crate::sabotage::Sabotage;
-pub use state::{judge, FsState, Matched};
+pub use state::{judge, judge_among, FsState, Matched};
 pub use workload::Step;
 
 /// Free space is filled with this byte before the workload; workloads never write it.
@@ -50,6 +51,9 @@ pub enum Workload {
     Seq2,
     /// `ops` random operations from the seed.
     Random { ops: usize },
+    /// Pairs of operations run by two threads at once, each pair under `schedules` different
+    /// interleavings.
+    Concurrent { schedules: usize },
 }
 
 impl Workload {
@@ -58,6 +62,7 @@ impl Workload {
             Workload::Seq1 => "seq1",
             Workload::Seq2 => "seq2",
             Workload::Random { .. } => "random",
+            Workload::Concurrent { .. } => "concurrent",
         }
     }
 }
@@ -166,6 +171,9 @@ pub struct Saved {
     pub sabotage: String,
     pub before: FsState,
     pub after: FsState,
+    /// States between the two that operations in flight together may also leave.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub between: Vec<FsState>,
 }
 
 /// Runs an exploration.
@@ -176,6 +184,11 @@ pub fn run(opts: &Options, progress: &mut dyn FnMut(&Progress)) -> Result<Report
         Workload::Seq1 => workload::seq1(bs).into_iter().map(|s| vec![s]).collect(),
         Workload::Seq2 => workload::seq2(bs),
         Workload::Random { ops } => vec![workload::random(bs, opts.seed, ops)],
+        Workload::Concurrent { .. } => workload::concurrent_pairs(bs),
+    };
+    let schedules = match opts.workload {
+        Workload::Concurrent { schedules } => schedules,
+        _ => 1,
     };
     let (prepared, geo) = prepare_image(opts.block_size, opts.journal_bytes)?;
     let mut ex = Explorer {
@@ -187,7 +200,7 @@ pub fn run(opts: &Options, progress: &mut dyn FnMut(&Progress)) -> Result<Report
             ..Default::default()
         },
         rng: Rng(opts.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1),
-        ops_total: sequences.iter().map(|s| s.len() as u64).sum(),
+        ops_total: sequences.iter().map(|s| s.len() as u64).sum::<u64>() * schedules as u64,
         ring: JOURNAL_HEADER_OFF..JOURNAL_RING_OFF + geo.journal_len,
     };
     if let Some(dir) = &opts.save_dir {
@@ -197,7 +210,15 @@ pub fn run(opts: &Options, progress: &mut dyn FnMut(&Progress)) -> Result<Report
         if ex.full() {
             break;
         }
-        ex.sequence(i, seq, &prepared, progress)?;
+        if let Workload::Concurrent { .. } = opts.workload {
+            for k in 0..schedules {
+                if !ex.full() {
+                    ex.concurrent(i, seq, k, &prepared, progress)?;
+                }
+            }
+        } else {
+            ex.sequence(i, seq, &prepared, progress)?;
+        }
         ex.report.sequences += 1;
     }
     ex.report.seconds = started.elapsed().as_secs_f64();
@@ -275,13 +296,9 @@ impl Explorer<'_> {
             || (self.opts.first_violation && self.report.violation_count > 0)
     }
 
-    fn sequence(
-        &mut self,
-        index: usize,
-        steps: &[Step],
-        prepared: &[u8],
-        progress: &mut dyn FnMut(&Progress),
-    ) -> Result<()> {
+    /// Mounts a copy of the prepared image for sequence `index`, with the planted bug and the
+    /// journal as the options want it.
+    fn start(&self, index: usize, prepared: &[u8]) -> Result<Fs> {
         let dev = Device::anonymous(prepared.len() as u64)?;
         dev.write(0, prepared)?;
         dev.fence();
@@ -294,6 +311,17 @@ impl Explorer<'_> {
                 free_a_journaled_block(&fs)?;
             }
         }
+        Ok(fs)
+    }
+
+    fn sequence(
+        &mut self,
+        index: usize,
+        steps: &[Step],
+        prepared: &[u8],
+        progress: &mut dyn FnMut(&Progress),
+    ) -> Result<()> {
+        let fs = self.start(index, prepared)?;
         let mut base = vec![0u8; prepared.len()];
         fs.device().read(0, &mut base)?;
         let mut base = Arc::new(base);
@@ -316,9 +344,8 @@ impl Explorer<'_> {
                     ring: self.ring.clone(),
                     sequence: index,
                     index: k,
-                    step,
-                    before: &before,
-                    after: &after,
+                    what: step.describe(),
+                    allowed: vec![&before, &after],
                     sabotage: self.opts.sabotage,
                 };
                 let fences = in_op.len();
@@ -338,7 +365,7 @@ impl Explorer<'_> {
                     // or not, but the operation must not be undone.
                     fs.device().fence();
                     let tail = take();
-                    let done = Op { before: &after, ..op };
+                    let done = Op { allowed: vec![&after], ..op };
                     base = self.check_fences(&done, base.clone(), tail, fences)?;
                 }
                 self.report.ops += 1;
@@ -442,7 +469,7 @@ impl Explorer<'_> {
         let mut v = Violation {
             sequence: op.sequence,
             op_index: op.index,
-            op: op.step.describe(),
+            op: op.what.clone(),
             fence: task.fence,
             subset: task.label.clone(),
             reason,
@@ -457,8 +484,15 @@ impl Explorer<'_> {
             let saved = Saved {
                 violation: v.clone(),
                 sabotage: op.sabotage.name().into(),
-                before: op.before.clone(),
-                after: op.after.clone(),
+                before: op.allowed.first().map(|&s| s.clone()).unwrap_or_default(),
+                after: op.allowed.last().map(|&s| s.clone()).unwrap_or_default(),
+                between: op
+                    .allowed
+                    .iter()
+                    .skip(1)
+                    .take(op.allowed.len().saturating_sub(2))
+                    .map(|&s| s.clone())
+                    .collect(),
             };
             let json = serde_json::to_vec_pretty(&saved).map_err(|e| Error::io("encode", std::io::Error::other(e)))?;
             let side = img.with_extension("json");
@@ -476,9 +510,10 @@ struct Op<'a> {
     ring: Range<u64>,
     sequence: usize,
     index: usize,
-    step: &'a Step,
-    before: &'a FsState,
-    after: &'a FsState,
+    /// What is in flight, for reports.
+    what: String,
+    /// The states a crash image may show, the one before first.
+    allowed: Vec<&'a FsState>,
     /// The bug planted in the run, kept in every image's recovery.
     sabotage: Sabotage,
 }
@@ -493,8 +528,7 @@ fn check_task(task: &Task, op: &Op<'_>, per_recovery_fence: usize, rng: &mut Rng
     let mut img = (*task.base).clone();
     overlay(&mut img, &task.patches);
     let mut recovery_fences = Vec::new();
-    let verdict =
-        recover_and_judge(op.sabotage, &img, op.before, op.after, per_recovery_fence > 0, &mut recovery_fences);
+    let verdict = recover_and_judge(op.sabotage, &img, &op.allowed, per_recovery_fence > 0, &mut recovery_fences);
     if let Err(reason) = verdict {
         return Outcome { recovery_states: 0, violation: Some((reason, img)) };
     }
@@ -508,7 +542,7 @@ fn check_task(task: &Task, op: &Op<'_>, per_recovery_fence: usize, rng: &mut Rng
             let mut nested = base.clone();
             overlay(&mut nested, &patches);
             states += 1;
-            if let Err(reason) = recover_and_judge(op.sabotage, &nested, op.before, op.after, false, &mut Vec::new()) {
+            if let Err(reason) = recover_and_judge(op.sabotage, &nested, &op.allowed, false, &mut Vec::new()) {
                 let reason = format!("crash at fence {f} of the recovery ({label}): {reason}");
                 return Outcome { recovery_states: states, violation: Some((reason, nested)) };
             }
@@ -533,9 +567,9 @@ fn overlay(img: &mut [u8], patches: &Patches) {
     }
 }
 
-/// What a fence leaves on the medium: each in-flight line in its last state.
+/// What a fence leaves on the medium: each line it fenced in its last state.
 fn persist(img: &mut [u8], lines: &[InFlight]) {
-    for l in lines {
+    for l in lines.iter().filter(|l| l.fenced) {
         let at = l.line as usize;
         img[at..at + LINE].copy_from_slice(l.versions.last().expect("a line has a version"));
     }
@@ -546,11 +580,10 @@ fn persist(img: &mut [u8], lines: &[InFlight]) {
 fn recover_and_judge(
     sabotage: Sabotage,
     img: &[u8],
-    before: &FsState,
-    after: &FsState,
+    allowed: &[&FsState],
     record: bool,
     fences: &mut Vec<Vec<InFlight>>,
-) -> std::result::Result<Matched, String> {
+) -> std::result::Result<usize, String> {
     let dev = Device::anonymous(img.len() as u64).map_err(|e| format!("device: {e}"))?;
     dev.write(0, img).map_err(|e| format!("device: {e}"))?;
     dev.sabotage(sabotage);
@@ -568,7 +601,7 @@ fn recover_and_judge(
     if let Some(stale) = got.stale() {
         return Err(stale);
     }
-    judge(before, after, &got)
+    judge_among(allowed, &got)
 }
 
 /// The crash images of one fence: `(label, lines to take)`, at most about `budget` of them; with
@@ -699,15 +732,22 @@ fn cut_in_two(run: &[&InFlight]) -> [(String, Patches); 2] {
 }
 
 /// Replays a saved violation: recovers the image, fscks it and judges it against the states
-/// saved beside it. Returns the judgement, `Ok` when the image is now accepted.
-pub fn replay(image: &Path) -> Result<(Saved, std::result::Result<Matched, String>)> {
+/// saved beside it. Returns the judgement: `Ok` with the state it matched ("before", "after",
+/// or one between) when the image is now accepted.
+pub fn replay(image: &Path) -> Result<(Saved, std::result::Result<String, String>)> {
     let img = std::fs::read(image).map_err(|e| Error::io(image.display(), e))?;
     let side = image.with_extension("json");
     let text = std::fs::read(&side).map_err(|e| Error::io(side.display(), e))?;
     let saved: Saved = serde_json::from_slice(&text)
         .map_err(|e| Error::io(side.display(), std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
     let sabotage = Sabotage::ALL.iter().find(|(n, _)| *n == saved.sabotage).map_or(Sabotage::None, |&(_, s)| s);
-    let verdict = recover_and_judge(sabotage, &img, &saved.before, &saved.after, false, &mut Vec::new());
+    let allowed: Vec<&FsState> =
+        std::iter::once(&saved.before).chain(&saved.between).chain(std::iter::once(&saved.after)).collect();
+    let verdict = recover_and_judge(sabotage, &img, &allowed, false, &mut Vec::new()).map(|i| match i {
+        0 => "before".to_string(),
+        i if i + 1 == allowed.len() => "after".to_string(),
+        i => format!("between, number {i}"),
+    });
     Ok((saved, verdict))
 }
 

@@ -8,7 +8,8 @@ use crate::Result;
 
 /// The sweeps a planted bug meets, in order: each operation alone; every pair of operations,
 /// every other pair starting with the ring nearly full; a long random sequence whose small ring
-/// wraps and checkpoints often.
+/// wraps and checkpoints often; pairs of operations run by two threads at once, every other pair
+/// starting with the ring nearly full.
 pub fn sweeps(block_size: u32) -> Vec<Options> {
     let base = Options {
         block_size,
@@ -21,7 +22,8 @@ pub fn sweeps(block_size: u32) -> Vec<Options> {
     vec![
         Options { workload: Workload::Seq1, ..base.clone() },
         Options { workload: Workload::Seq2, fill_journal: true, ..base.clone() },
-        Options { workload: Workload::Random { ops: 300 }, ..base },
+        Options { workload: Workload::Random { ops: 300 }, ..base.clone() },
+        Options { workload: Workload::Concurrent { schedules: 2 }, fill_journal: true, ..base },
     ]
 }
 

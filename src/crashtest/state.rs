@@ -167,47 +167,47 @@ pub enum Matched {
 /// atomic, but never show bytes that were not written). When the tree changed, times must come
 /// from the state the tree matched: only a pure overwrite updates times outside a transaction.
 pub fn judge(before: &FsState, after: &FsState, got: &FsState) -> Result<Matched, String> {
-    let matched = if got.shape == before.shape {
-        Matched::Before
-    } else if got.shape == after.shape {
-        Matched::After
-    } else {
-        return Err(format!(
-            "the tree matches neither state: against before, {}; against after, {}",
-            first_shape_difference(&before.shape, &got.shape),
-            first_shape_difference(&after.shape, &got.shape)
-        ));
+    judge_among(&[before, after], got).map(|i| if i == 0 { Matched::Before } else { Matched::After })
+}
+
+/// [`judge`] with any number of allowed states (operations in flight together may leave any of
+/// the states their orders pass through): the tree and attributes exactly as in one of them,
+/// times from a state whose tree that is, each byte from any of them. Returns the index of the
+/// first state whose tree matched.
+pub fn judge_among(allowed: &[&FsState], got: &FsState) -> Result<usize, String> {
+    let Some(matched) = allowed.iter().position(|s| s.shape == got.shape) else {
+        let against: Vec<String> = allowed
+            .iter()
+            .enumerate()
+            .map(|(i, s)| format!("against state {i}, {}", first_shape_difference(&s.shape, &got.shape)))
+            .collect();
+        return Err(format!("the tree matches no allowed state: {}", against.join("; ")));
     };
-    let shape_changed = before.shape != after.shape;
+    let same_tree: Vec<&FsState> = allowed.iter().copied().filter(|s| s.shape == got.shape).collect();
     for (ino, p) in &got.payload {
         let path = got.shape.iter().find(|(_, s)| s.ino == *ino).map_or("?", |(p, _)| p.as_str());
-        let (b, a) = (before.payload.get(ino), after.payload.get(ino));
-        let allowed: Vec<&Payload> = match (shape_changed, matched) {
-            (true, Matched::Before) => b.into_iter().collect(),
-            (true, Matched::After) => a.into_iter().collect(),
-            (false, _) => b.into_iter().chain(a).collect(),
-        };
-        if allowed.is_empty() {
-            return Err(format!("{path} (inode {ino}) exists in neither state"));
+        let timed: Vec<&Payload> = same_tree.iter().filter_map(|s| s.payload.get(ino)).collect();
+        if timed.is_empty() {
+            return Err(format!("{path} (inode {ino}) exists in no allowed state"));
         }
         for (i, name) in ["atime", "mtime", "ctime"].iter().enumerate() {
-            if !allowed.iter().any(|x| x.times[i] == p.times[i]) {
+            if !timed.iter().any(|x| x.times[i] == p.times[i]) {
                 return Err(format!(
-                    "{path}: {name} {:?} is neither {:?}",
+                    "{path}: {name} {:?} is none of {:?}",
                     p.times[i],
-                    allowed.iter().map(|x| x.times[i]).collect::<Vec<_>>()
+                    timed.iter().map(|x| x.times[i]).collect::<Vec<_>>()
                 ));
             }
         }
-        // Contents: each byte from before or after (either state, whatever the tree matched: a
-        // file's bytes below its size may be overwritten in place before the commit that
-        // changes its size).
-        let sources: Vec<&[u8]> = b.into_iter().chain(a).map(|x| x.data.as_slice()).collect();
+        // Contents: each byte from any allowed state, whatever the tree matched: a file's bytes
+        // below its size may be overwritten in place before the commit that changes its size.
+        let sources: Vec<&[u8]> =
+            allowed.iter().filter_map(|s| s.payload.get(ino)).map(|x| x.data.as_slice()).collect();
         for (i, &byte) in p.data.iter().enumerate() {
             if !sources.iter().any(|s| s.get(i) == Some(&byte)) {
                 let was: Vec<String> =
                     sources.iter().map(|s| s.get(i).map_or("-".into(), |v| format!("{v:#04x}"))).collect();
-                return Err(format!("{path}: byte {i} is {byte:#04x}, neither before nor after ({})", was.join(" / ")));
+                return Err(format!("{path}: byte {i} is {byte:#04x}, in no allowed state ({})", was.join(" / ")));
             }
         }
     }

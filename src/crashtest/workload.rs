@@ -285,6 +285,37 @@ pub fn seq2(bs: u64) -> Vec<Vec<Step>> {
     out
 }
 
+/// Pairs for the concurrent workload: every two operations of a set spread over the tree (the
+/// same file, files beside each other, a directory and its entries), except two that both take
+/// a new inode: which number each gets depends on the order they ask, not on the order they
+/// commit, so the states of one of them alone are not known.
+pub fn concurrent_pairs(bs: u64) -> Vec<Vec<Step>> {
+    let set = vec![
+        Step::Write { path: s("/a"), off: bs * 5 / 2, len: bs, seed: 9 },
+        Step::Write { path: s("/b"), off: bs - 50, len: 200, seed: 10 },
+        Step::Truncate { path: s("/a"), size: bs / 2 },
+        Step::Falloc { path: s("/b"), off: 3 * bs, len: bs, mode: FallocMode::PunchHole },
+        Step::Falloc { path: s("/d/c"), off: 0, len: 2 * bs, mode: FallocMode::Allocate { keep_size: false } },
+        Step::Rename { from: s("/a"), to: s("/d/c"), mode: RenameMode::Replace },
+        Step::Link { from: s("/b"), to: s("/d/l") },
+        Step::Unlink(s("/h")),
+        Step::Create(s("/n")),
+        Step::Mkdir(s("/d/m")),
+        Step::SetXattr { path: s("/b"), name: s("user.n"), len: bs / 2, seed: 12 },
+        Step::Chmod { path: s("/a"), mode: 0o600 },
+    ];
+    let new_inode = |st: &Step| matches!(st, Step::Create(_) | Step::Mkdir(_));
+    let mut out = Vec::new();
+    for (i, a) in set.iter().enumerate() {
+        for b in &set[i + 1..] {
+            if !(new_inode(a) && new_inode(b)) {
+                out.push(vec![a.clone(), b.clone()]);
+            }
+        }
+    }
+    out
+}
+
 /// `ops` random operations over a few names in `/` and `/d`, from `seed`.
 pub fn random(bs: u64, seed: u64, ops: usize) -> Vec<Step> {
     let mut x = seed | 1;

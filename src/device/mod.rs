@@ -521,8 +521,18 @@ impl Device {
             persist::sfence();
             self.counters.fences.fetch_add(1, Ordering::Relaxed);
             #[cfg(feature = "crash-test")]
-            self.recording.fenced();
+            self.ordered();
         }
+    }
+
+    /// For the crash-state recorder: the calling thread just ran an instruction that orders its
+    /// earlier write-backs and non-temporal stores as a fence does (a fence, or a lock's release,
+    /// which on x86 is a locked `xchg`). Those lines persist from here on.
+    #[cfg(feature = "crash-test")]
+    pub(crate) fn ordered(&self) {
+        self.recording.fenced();
+        // Outside the recorder's lock: the explorer's interleaved threads change turns here.
+        crate::turnstile::at_fence();
     }
 
     /// Tells the crash-state recorder, when there is one, that `[off, off+len)` was stored to.

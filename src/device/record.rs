@@ -1,18 +1,21 @@
 //! The crash-state recorder (test machinery, `crash-test` feature): while on, every store notes
-//! the cache lines it touched with their bytes, and every fence hands the lines in flight to the
-//! crash explorer.
+//! the cache lines it touched with their bytes and the thread that stored them, and every fence
+//! hands the lines in flight to the crash explorer. A fence orders only its own thread's stores
+//! and write-backs (as `sfence` does), so only the lines its thread touched leave the flight.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Mutex;
+use std::thread::ThreadId;
 
 use super::persist::LINE;
 use super::Device;
 use crate::sabotage::Sabotage;
 
-/// Called at every fence while recording, with the cache lines stored or written back since the
-/// previous fence (ascending). Between two fences each of those lines may have reached the medium
-/// in any of the states it passed through; at the fence every line has its last one.
+/// Called at every fence while recording, with the cache lines in flight (ascending): stored or
+/// written back and not yet made persistent by a fence of a thread that touched them. Until then
+/// each of those lines may have reached the medium in any of the states it passed through; the
+/// lines marked `fenced` have their last one from this fence on, the others stay in flight.
 pub type FenceHook = Box<dyn FnMut(&[InFlight]) + Send>;
 
 /// One cache line in flight between two fences.
@@ -23,6 +26,8 @@ pub struct InFlight {
     /// The line's bytes after each store that touched it, oldest first; the last is what the
     /// fence makes persistent.
     pub versions: Vec<[u8; LINE]>,
+    /// Whether this fence makes the line persistent (its thread touched it).
+    pub fenced: bool,
 }
 
 /// A device's recording state: off (one relaxed load per store and fence) or a recorder.
@@ -35,8 +40,14 @@ pub(super) struct Recording {
 }
 
 struct Recorder {
-    inflight: BTreeMap<u64, Vec<[u8; LINE]>>,
+    inflight: BTreeMap<u64, Line>,
     on_fence: FenceHook,
+}
+
+/// A line in flight: its states, and the threads that stored to it or wrote it back.
+struct Line {
+    versions: Vec<[u8; LINE]>,
+    threads: Vec<ThreadId>,
 }
 
 impl std::fmt::Debug for Recorder {
@@ -56,10 +67,13 @@ impl Recording {
             return;
         }
         if let Some(r) = self.recorder().as_mut() {
-            let lines: Vec<InFlight> = std::mem::take(&mut r.inflight)
-                .into_iter()
-                .map(|(line, versions)| InFlight { line, versions })
+            let me = std::thread::current().id();
+            let lines: Vec<InFlight> = r
+                .inflight
+                .iter()
+                .map(|(&line, l)| InFlight { line, versions: l.versions.clone(), fenced: l.threads.contains(&me) })
                 .collect();
+            r.inflight.retain(|_, l| !l.threads.contains(&me));
             (r.on_fence)(&lines);
         }
     }
@@ -104,9 +118,14 @@ impl Device {
                 let mut bytes = [0u8; LINE];
                 let n = (self.len as u64 - l * line).min(line) as usize;
                 let _ = self.read(l * line, &mut bytes[..n]);
-                let versions = r.inflight.entry(l * line).or_default();
-                if versions.last() != Some(&bytes) {
-                    versions.push(bytes);
+                let me = std::thread::current().id();
+                let entry =
+                    r.inflight.entry(l * line).or_insert_with(|| Line { versions: Vec::new(), threads: Vec::new() });
+                if entry.versions.last() != Some(&bytes) {
+                    entry.versions.push(bytes);
+                }
+                if !entry.threads.contains(&me) {
+                    entry.threads.push(me);
                 }
             }
         }
