@@ -15,6 +15,7 @@
 //! trusting the journal, whose ordering is what is under test. Images whose recovery replays
 //! records are also crashed inside that recovery.
 
+pub mod model;
 pub mod mutants;
 pub mod state;
 pub mod workload;
