@@ -16,6 +16,7 @@
 //! records are also crashed inside that recovery.
 
 mod concurrent;
+pub mod model;
 pub mod mutants;
 pub mod state;
 pub mod workload;

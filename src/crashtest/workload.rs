@@ -85,7 +85,8 @@ fn pattern(seed: u8, at: u64) -> u8 {
     1 + ((at.wrapping_mul(7) + u64::from(seed) * 13) % 0x7e) as u8
 }
 
-fn bytes(seed: u8, off: u64, len: u64) -> Vec<u8> {
+/// The `len` bytes a write with `seed` stores from file offset `off`.
+pub(crate) fn bytes(seed: u8, off: u64, len: u64) -> Vec<u8> {
     (off..off + len).map(|at| pattern(seed, at)).collect()
 }
 
