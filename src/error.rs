@@ -23,6 +23,8 @@ pub enum Error {
     NotDir,
     #[error("is a directory")]
     IsDir,
+    #[error("illegal seek: a FIFO, socket or device file has no offset to read or write at")]
+    NotSeekable,
     #[error("directory not empty")]
     NotEmpty,
     #[error("too many links")]
@@ -93,6 +95,7 @@ impl Error {
             Error::BadName(_) => libc::EINVAL,
             Error::NotDir => libc::ENOTDIR,
             Error::IsDir => libc::EISDIR,
+            Error::NotSeekable => libc::ESPIPE,
             Error::NotEmpty => libc::ENOTEMPTY,
             Error::TooManyLinks => libc::EMLINK,
             Error::Loop => libc::ELOOP,

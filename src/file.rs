@@ -182,7 +182,8 @@ impl Fs {
     /// As [`Fs::open`], creating files owned by `who`.
     pub fn open_as(&self, path: impl AsRef<Path>, opts: OpenOptions, who: Creds) -> Result<File> {
         let path = path.as_ref();
-        let node = match self.resolve_node(path, true) {
+        // O_EXCL never follows a symbolic link in the last place: the link itself is a name that exists.
+        let node = match self.resolve_node(path, !opts.create_new) {
             Ok(_) if opts.create_new => return Err(Error::Exists),
             Ok(node) => node,
             Err(Error::NotFound) if opts.create || opts.create_new => self.create_for_open(path, &opts, who)?,

@@ -14,8 +14,6 @@ pub enum Sabotage {
     ContentFence,
     /// Commit: no fence after the record, so operations return before they are durable.
     RecordFence,
-    /// Checkpoint: no fence making applied entries persistent before the checkpoint passes them.
-    CheckpointFence,
     /// Commit: entries applied in place before the record is written.
     ApplyBeforeRecord,
     /// Recovery: a record whose checksum does not match is replayed anyway.
@@ -53,10 +51,9 @@ pub enum Sabotage {
 #[cfg(feature = "crash-test")]
 impl Sabotage {
     /// Every planted bug, with the name `udax crashtest --sabotage` takes.
-    pub const ALL: [(&'static str, Sabotage); 17] = [
+    pub const ALL: [(&'static str, Sabotage); 16] = [
         ("content-fence", Sabotage::ContentFence),
         ("record-fence", Sabotage::RecordFence),
-        ("checkpoint-fence", Sabotage::CheckpointFence),
         ("apply-before-record", Sabotage::ApplyBeforeRecord),
         ("record-unchecked", Sabotage::RecordUnchecked),
         ("wipe-before-checkpoint", Sabotage::WipeBeforeCheckpoint),

@@ -1,7 +1,8 @@
 //! The mutation test of the crash explorer: every planted bug (`Sabotage::ALL`: commit
 //! ordering, content fencing, checksums, recovery order, ring wrap, block reuse, zeroing of new
 //! and truncated blocks, in-place metadata, rename atomicity, attribute blocks, directory
-//! entries, first stores through a mapping) must be caught by the sweeps the CI runs. One that
+//! entries, first stores through a mapping, a commit's entries left unordered for another
+//! thread's checkpoint) must be caught by the sweeps the CI runs. One that
 //! survives is a gap in the explorer, and fails the test.
 
 use udax::crashtest::{mutants, Sabotage};
@@ -25,4 +26,15 @@ fn every_planted_bug_is_caught() {
         }
     }
     assert!(survivors.is_empty(), "planted bugs no sweep caught: {survivors:?}");
+}
+
+/// The concurrent sweep on its own catches the bug only two threads can show: a commit's
+/// entries left unordered while another thread's checkpoint passes its record.
+#[test]
+fn the_concurrent_sweep_catches_an_unordered_release() {
+    use udax::crashtest::{run, Options, Workload};
+    let sweep = mutants::sweeps(1024).into_iter().find(|o| matches!(o.workload, Workload::Concurrent { .. })).unwrap();
+    let r = run(&Options { sabotage: Sabotage::UnorderedRelease, ..sweep }, &mut |_| {}).unwrap();
+    let first = r.violations.first().expect("the planted bug went unseen");
+    println!("caught at {} after {} states: {}", first.op, r.states, first.reason);
 }

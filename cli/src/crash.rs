@@ -107,6 +107,15 @@ fn print_report(a: &CrashtestArgs, r: &Report) -> CliResult {
     }
     writeln!(o, "workload        {} (block size {}, seed {})", r.workload, r.block_size, r.seed).out()?;
     writeln!(o, "operations      {} in {} sequences", r.ops, r.sequences).out()?;
+    if r.workload == "concurrent" {
+        writeln!(
+            o,
+            "interleaved     {} runs of {} (turns passed with both operations in flight)",
+            r.interleaved,
+            r.ops / 2
+        )
+        .out()?;
+    }
     writeln!(o, "fences          {}", r.fences).out()?;
     writeln!(
         o,

@@ -3,8 +3,8 @@
 //! ([`crate::turnstile`]). A fence orders only its own thread's lines (the recorder keeps each
 //! thread's apart), so one thread's commit can persist while the other's stores stay in flight.
 //!
-//! Each order of the two operations is also run alone, with the same clocks, to give the
-//! states an interleaving may pass through: before, either operation alone, and what the run
+//! Each order of the two operations is also run alone, with the same clocks (and checked
+//! against the model, [`super::model`]), to give the states an interleaving may pass through: before, either operation alone, and what the run
 //! ended with — which must be one of the two orders' results. A crash image must recover to
 //! one of those states that includes every operation that had returned.
 
@@ -16,6 +16,7 @@ use crate::device::InFlight;
 use crate::turnstile::Turnstile;
 use crate::{Fs, Result, Timespec};
 
+use super::model::Model;
 use super::state::FsState;
 use super::workload::Step;
 
@@ -50,18 +51,7 @@ impl Explorer<'_> {
         prepared: &[u8],
         progress: &mut dyn FnMut(&Progress),
     ) -> Result<()> {
-        // Each order alone: `alone[t]` holds the state after thread t's operation ran first,
-        // then after both.
-        let mut alone = Vec::new();
-        for order in [[0, 1], [1, 0]] {
-            let fs = at_clock(SETUP, || self.start(index, prepared))?;
-            let mut states = Vec::new();
-            for t in order {
-                let _ = at_clock(t, || pair[t].apply(&fs));
-                states.push(FsState::capture(&fs).map_err(live_tree)?);
-            }
-            alone.push(states);
-        }
+        let (alone, findings) = self.each_order_alone(index, pair, prepared)?;
         let fs = Arc::new(at_clock(SETUP, || self.start(index, prepared))?);
         let before = FsState::capture(&fs).map_err(live_tree)?;
         let mut base = vec![0u8; prepared.len()];
@@ -100,6 +90,10 @@ impl Explorer<'_> {
         let fences = std::mem::take(&mut *fences.lock().unwrap_or_else(|e| e.into_inner()));
         let after = FsState::capture(&fs).map_err(live_tree)?;
 
+        // The first hand-over before a thread finished shows the two in flight together.
+        if turn.trace().len() > 2 {
+            self.report.interleaved += 1;
+        }
         let what = format!("{} | {} (schedule {schedule}: turns {:?})", pair[0].describe(), pair[1].describe(), {
             let mut t = turn.trace();
             t.truncate(24);
@@ -117,7 +111,7 @@ impl Explorer<'_> {
             let label = "the running file system".to_string();
             (Task { fence: fences.len(), base: base.clone(), patches: Vec::new(), label }, reason)
         };
-        let mut findings = Vec::new();
+        let mut findings: Vec<_> = findings.into_iter().map(whole).collect();
         if turn.stalled() {
             findings.push(whole("a thread waited 10 s for its turn: the two operations deadlocked".into()));
         }
@@ -148,6 +142,35 @@ impl Explorer<'_> {
             violations: self.report.violation_count,
         });
         Ok(())
+    }
+}
+
+impl Explorer<'_> {
+    /// Each order of `pair` alone, checked against the model as it runs: `[t]` holds the state
+    /// after thread t's operation ran first, then after both; and what the model found.
+    fn each_order_alone(
+        &self,
+        index: usize,
+        pair: &[Step],
+        prepared: &[u8],
+    ) -> Result<(Vec<Vec<FsState>>, Vec<String>)> {
+        let bs = u64::from(self.opts.block_size);
+        let (mut alone, mut findings) = (Vec::new(), Vec::new());
+        for order in [[0, 1], [1, 0]] {
+            let fs = at_clock(SETUP, || self.start(index, prepared))?;
+            let mut model = Model::from_state(&FsState::capture(&fs).map_err(live_tree)?);
+            let mut states = Vec::new();
+            for t in order {
+                let got = at_clock(t, || pair[t].apply(&fs)).map_err(|e| e.errno());
+                let st = FsState::capture(&fs).map_err(live_tree)?;
+                if let Some(wrong) = model.disagrees(&pair[t], bs, got, &st) {
+                    findings.push(format!("{} run alone: {wrong}", pair[t].describe()));
+                }
+                states.push(st);
+            }
+            alone.push(states);
+        }
+        Ok((alone, findings))
     }
 }
 

@@ -35,6 +35,7 @@ use crate::layout::{Geometry, JOURNAL_HEADER_OFF, JOURNAL_RING_OFF};
 use crate::{Device, Error, Fs, MkfsOptions, Result};
 
 pub use crate::sabotage::Sabotage;
+pub use model::Model;
 pub use state::{judge, judge_among, FsState, Matched};
 pub use workload::Step;
 
@@ -148,6 +149,9 @@ pub struct Report {
     /// Images built twice and checked once.
     pub duplicates: u64,
     pub max_images_per_fence: u64,
+    /// Concurrent workload: runs whose turn passed between the threads while both operations
+    /// were in flight (the others ran one operation after the other).
+    pub interleaved: u64,
     pub violation_count: u64,
     /// The first violations (at most 100).
     pub violations: Vec<Violation>,
@@ -322,22 +326,25 @@ impl Explorer<'_> {
         prepared: &[u8],
         progress: &mut dyn FnMut(&Progress),
     ) -> Result<()> {
+        let bs = u64::from(self.opts.block_size);
         let fs = self.start(index, prepared)?;
         let mut base = vec![0u8; prepared.len()];
         fs.device().read(0, &mut base)?;
         let mut base = Arc::new(base);
         let fences = record_fences(fs.device());
         let take = || std::mem::take(&mut *fences.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut model = Model::from_state(&FsState::capture(&fs).map_err(live_tree)?);
         // The mounted file system: a remount takes it out and puts the new mount back.
         let mut held = Some(fs);
         let result = (|| {
             for (k, step) in steps.iter().enumerate() {
                 let before = FsState::capture(held.as_ref().expect("mounted")).map_err(live_tree)?;
-                if *step == Step::Remount {
+                let got = if *step == Step::Remount {
                     held = Some(remount(held.take().expect("mounted"))?);
+                    Ok(())
                 } else {
-                    let _ = step.apply(held.as_ref().expect("mounted"));
-                }
+                    step.apply(held.as_ref().expect("mounted")).map_err(|e| e.errno())
+                };
                 let fs = held.as_ref().expect("mounted");
                 let in_op = take();
                 let after = FsState::capture(fs).map_err(live_tree)?;
@@ -350,15 +357,17 @@ impl Explorer<'_> {
                     sabotage: self.opts.sabotage,
                 };
                 let fences = in_op.len();
-                if let Some(stale) = after.stale() {
-                    // The running file system itself shows stale bytes: no crash needed.
+                // The running file system itself shows stale bytes, or a result or state the
+                // model of the operation does not: no crash needed.
+                let wrong = after.stale().or_else(|| model.disagrees(step, bs, got, &after));
+                if let Some(reason) = wrong {
                     let task = Task {
                         fence: fences,
                         base: base.clone(),
                         patches: Default::default(),
                         label: "the running file system".into(),
                     };
-                    self.violation(&op, &task, stale, &[])?;
+                    self.violation(&op, &task, reason, &[])?;
                 }
                 base = self.check_fences(&op, base.clone(), in_op, 0)?;
                 if k + 1 == steps.len() {

@@ -85,6 +85,9 @@ impl Fs {
         if g.is_dir() {
             return Err(Error::IsDir);
         }
+        if !crate::layout::mode::is_reg(g.attr.mode) && !crate::layout::mode::is_symlink(g.attr.mode) {
+            return Err(Error::NotSeekable);
+        }
         self.read_locked(&g, off, buf)
     }
 
@@ -150,6 +153,9 @@ impl Fs {
             g.live()?;
             if g.is_dir() {
                 return Err(Error::IsDir);
+            }
+            if !crate::layout::mode::is_reg(g.attr.mode) {
+                return Err(Error::NotSeekable);
             }
             off.unwrap_or(g.attr.size)
         };

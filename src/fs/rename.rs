@@ -87,7 +87,8 @@ impl Fs {
             Some(d) => d.dir()?.get(newname).copied(),
             None => {
                 if name == newname {
-                    return Ok(());
+                    // The name exists (it is the source): RENAME_NOREPLACE refuses it.
+                    return if how == RenameMode::NoReplace { Err(Error::Exists) } else { Ok(()) };
                 }
                 sg.dir()?.get(newname).copied()
             }

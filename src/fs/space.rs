@@ -62,7 +62,7 @@ impl Fs {
             return Err(Error::IsDir);
         }
         if !mode::is_reg(g.attr.mode) {
-            return Err(Error::InvalidArgument("fallocate needs a regular file"));
+            return Err(Error::NotSeekable);
         }
         let bs = self.inner.geo.block_size;
         // The blocks the mode works on whole, and the bytes it zeroes in partial edge blocks.
