@@ -66,22 +66,22 @@ impl Explorer<'_> {
         }));
         let seed = self.opts.seed ^ ((index * 64 + schedule) as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
         let turn = Turnstile::new(2, schedule % 2, seed, 1 + (schedule / 2 % 3) as u64);
-        if !run_pair(&fs, pair, &turn, &done) {
-            let task = Task { fence: 0, base, patches: Vec::new(), label: "the running file system".into() };
-            let op = Op {
-                ring: self.ring.clone(),
-                sequence: index,
-                index: schedule,
-                what: format!("{} | {}", pair[0].describe(), pair[1].describe()),
-                allowed: Vec::new(),
-                sabotage: self.opts.sabotage,
-            };
-            return self.violation(
-                &op,
-                &task,
-                "the two operations did not return within a minute: deadlock".into(),
-                &[],
-            );
+        let returned = run_pair(&fs, pair, &turn, &done);
+        let mut trace = turn.trace();
+        trace.truncate(24);
+        let mut op = Op {
+            ring: self.ring.clone(),
+            sequence: index,
+            index: schedule,
+            what: format!("{} | {} (schedule {schedule}: turns {trace:?})", pair[0].describe(), pair[1].describe()),
+            allowed: Vec::new(),
+            sabotage: self.opts.sabotage,
+        };
+        let label = || "the running file system".to_string();
+        if !returned {
+            let task = Task { fence: 0, base, patches: Vec::new(), label: label() };
+            let why = "the two operations did not return within a minute: deadlock";
+            return self.violation(&op, &task, why.into(), &[]);
         }
         // What the threads left in flight after they returned: a fence of this thread, which
         // touched none of it, makes none of it persistent.
@@ -94,22 +94,9 @@ impl Explorer<'_> {
         if turn.trace().len() > 2 {
             self.report.interleaved += 1;
         }
-        let what = format!("{} | {} (schedule {schedule}: turns {:?})", pair[0].describe(), pair[1].describe(), {
-            let mut t = turn.trace();
-            t.truncate(24);
-            t
-        });
-        let mut op = Op {
-            ring: self.ring.clone(),
-            sequence: index,
-            index: schedule,
-            what,
-            allowed: vec![&before, &after],
-            sabotage: self.opts.sabotage,
-        };
+        op.allowed = vec![&before, &after];
         let whole = |reason: String| {
-            let label = "the running file system".to_string();
-            (Task { fence: fences.len(), base: base.clone(), patches: Vec::new(), label }, reason)
+            (Task { fence: fences.len(), base: base.clone(), patches: Vec::new(), label: label() }, reason)
         };
         let mut findings: Vec<_> = findings.into_iter().map(whole).collect();
         if turn.stalled() {
@@ -143,9 +130,7 @@ impl Explorer<'_> {
         });
         Ok(())
     }
-}
 
-impl Explorer<'_> {
     /// Each order of `pair` alone, checked against the model as it runs: `[t]` holds the state
     /// after thread t's operation ran first, then after both; and what the model found.
     fn each_order_alone(

@@ -85,13 +85,9 @@ impl Fs {
         let src = *sg.dir()?.get(name).ok_or(Error::NotFound)?;
         let dst = match &dg_own {
             Some(d) => d.dir()?.get(newname).copied(),
-            None => {
-                if name == newname {
-                    // The name exists (it is the source): RENAME_NOREPLACE refuses it.
-                    return if how == RenameMode::NoReplace { Err(Error::Exists) } else { Ok(()) };
-                }
-                sg.dir()?.get(newname).copied()
-            }
+            // The same name: it exists (it is the source), so only RENAME_NOREPLACE refuses it.
+            None if name == newname => return (how != RenameMode::NoReplace).then_some(()).ok_or(Error::Exists),
+            None => sg.dir()?.get(newname).copied(),
         };
         if dg_own.as_ref().is_some_and(|d| d.attr.nlink == 0) {
             return Err(Error::NotFound);
