@@ -324,18 +324,34 @@ pub struct InfoArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(disable_help_flag = true)]
 pub struct LsArgs {
     /// The udax image (a file or a device-dax device)
     pub image: PathBuf,
-    /// Directory or file inside the image
+    /// Directories or files inside the image
     #[arg(default_value = "/")]
-    pub path: PathBuf,
+    pub paths: Vec<PathBuf>,
     /// Long listing: mode, links, owner, group, size, mtime (UTC), name
     #[arg(short = 'l')]
     pub long: bool,
-    /// Include . and .. (other names starting with a dot are always listed)
+    /// Do not hide names starting with a dot, and list . and ..
     #[arg(short = 'a')]
     pub all: bool,
+    /// With -l, sizes in powers of 1024 (1.5K, 234M)
+    #[arg(short = 'h', long = "human-readable")]
+    pub human: bool,
+    /// List directories' contents recursively
+    #[arg(short = 'R')]
+    pub recursive: bool,
+    /// List directories themselves, not their contents
+    #[arg(short = 'd')]
+    pub directory: bool,
+    /// One name per line (what udax ls always prints)
+    #[arg(short = '1')]
+    pub one: bool,
+    /// Print help
+    #[arg(long, action = clap::ArgAction::Help)]
+    pub help: Option<bool>,
 }
 
 #[derive(Debug, Args)]

@@ -27,84 +27,152 @@ struct Row {
 pub fn ls(a: &LsArgs) -> CliResult {
     const CMD: &str = "ls";
     with_image_read_only(CMD, &a.image, |fs| {
-        let p = &a.path;
-        let err = |e: Error| Failure::fs(CMD, p, &e);
-        let lst = fs.lstat(p).map_err(err)?;
-        // Like ls: a symlink to a directory is listed as the directory unless -l.
-        let list_dir = mode::is_dir(lst.mode)
-            || (mode::is_symlink(lst.mode) && !a.long && fs.stat(p).is_ok_and(|s| mode::is_dir(s.mode)));
-        let mut rows = Vec::new();
-        if list_dir {
-            let dir = fs.resolve(p, true).map_err(err)?;
-            if a.all {
-                rows.push(Row { name: b".".to_vec(), st: fs.getattr(dir).map_err(err)?, target: None });
-                rows.push(Row { name: b"..".to_vec(), st: fs.lookup(dir, b"..").map_err(err)?, target: None });
+        let mut out = Listing { o: std::io::BufWriter::new(std::io::stdout().lock()), a, ids: Default::default() };
+        // As ls: the operands that are not directories (all of them, with -d) first, together;
+        // then each directory's contents, titled when there is more than one thing to show.
+        let (mut files, mut dirs) = (Vec::new(), Vec::new());
+        let status = each(&a.paths, |p| {
+            let lst = fs.lstat(p).map_err(|e| Failure::fs(CMD, p, &e))?;
+            // A symbolic link to a directory is listed as the directory unless -l or -d.
+            let is_dir = mode::is_dir(lst.mode)
+                || (mode::is_symlink(lst.mode) && !a.long && fs.stat(p).is_ok_and(|s| mode::is_dir(s.mode)));
+            if is_dir && !a.directory {
+                dirs.push(p.clone());
+            } else {
+                files.push(Row { name: p.as_os_str().as_bytes().to_vec(), st: lst, target: None });
             }
-            for e in fs.readdir(dir, 0).map_err(err)? {
-                let st = fs.getattr(e.ino).map_err(|x| Failure::fs(CMD, p.join(OsStr::from_bytes(&e.name)), &x))?;
-                rows.push(Row { name: e.name, st, target: None });
+            Ok(())
+        });
+        files.sort_by(|x, y| x.name.cmp(&y.name));
+        dirs.sort();
+        out.rows(fs, &mut files)?;
+        let titled = a.paths.len() > 1 || a.recursive;
+        let mut first = files.is_empty();
+        // Depth first without recursion: trees may be deeper than the stack.
+        let mut todo: Vec<PathBuf> = dirs.into_iter().rev().collect();
+        while let Some(dir) = todo.pop() {
+            if !first {
+                out.o.write_all(b"\n").out()?;
             }
-            rows.sort_by(|x, y| x.name.cmp(&y.name));
-        } else {
-            rows.push(Row { name: p.as_os_str().as_bytes().to_vec(), st: lst, target: None });
-        }
-        if a.long {
-            for r in &mut rows {
-                if mode::is_symlink(r.st.mode) {
-                    r.target = fs.readlink(r.st.ino).ok();
+            first = false;
+            if titled {
+                out.o.write_all(dir.as_os_str().as_bytes()).out()?;
+                out.o.write_all(b":\n").out()?;
+            }
+            let mut rows = match dir_rows(fs, &dir, a.all) {
+                Ok(rows) => rows,
+                Err(e) => {
+                    let _ = e.exit();
+                    continue;
                 }
+            };
+            out.rows(fs, &mut rows)?;
+            if a.recursive {
+                let subdirs = rows.iter().filter(|r| mode::is_dir(r.st.mode) && r.name != b"." && r.name != b"..");
+                let subdirs: Vec<PathBuf> = subdirs.map(|r| dir.join(OsStr::from_bytes(&r.name))).collect();
+                todo.extend(subdirs.into_iter().rev());
             }
         }
-        print_rows(&rows, a.long)
+        out.o.flush().out()?;
+        status
     })
 }
 
-fn size_column(st: &Stat) -> String {
-    match st.mode & mode::S_IFMT {
-        mode::S_IFCHR | mode::S_IFBLK => {
-            format!("{}, {}", libc::major(st.rdev as libc::dev_t), libc::minor(st.rdev as libc::dev_t))
+/// A directory's entries, sorted by name; with `all`, `.` and `..` first and dot names too.
+fn dir_rows(fs: &Fs, p: &Path, all: bool) -> Result<Vec<Row>, Failure> {
+    const CMD: &str = "ls";
+    let err = |e: Error| Failure::fs(CMD, p, &e);
+    let dir = fs.resolve(p, true).map_err(err)?;
+    let mut rows = Vec::new();
+    if all {
+        rows.push(Row { name: b".".to_vec(), st: fs.getattr(dir).map_err(err)?, target: None });
+        rows.push(Row { name: b"..".to_vec(), st: fs.lookup(dir, b"..").map_err(err)?, target: None });
+    }
+    for e in fs.readdir(dir, 0).map_err(err)? {
+        if !all && e.name.starts_with(b".") {
+            continue;
         }
-        _ => st.size.to_string(),
+        let st = fs.getattr(e.ino).map_err(|x| Failure::fs(CMD, p.join(OsStr::from_bytes(&e.name)), &x))?;
+        rows.push(Row { name: e.name, st, target: None });
+    }
+    rows.sort_by(|x, y| x.name.cmp(&y.name));
+    Ok(rows)
+}
+
+/// Where `ls` prints, with its options and the owner and group names looked up so far.
+struct Listing<'a, W: Write> {
+    o: W,
+    a: &'a LsArgs,
+    ids: std::collections::HashMap<(bool, u32), String>,
+}
+
+impl<W: Write> Listing<'_, W> {
+    /// A user (`group` false) or group name, or the number when the host has no name for it.
+    fn id(&mut self, group: bool, id: u32) -> String {
+        let file = if group { "/etc/group" } else { "/etc/passwd" };
+        self.ids.entry((group, id)).or_insert_with(|| id_name(file, id).unwrap_or_else(|| id.to_string())).clone()
+    }
+
+    fn size(&self, st: &Stat) -> String {
+        match st.mode & mode::S_IFMT {
+            mode::S_IFCHR | mode::S_IFBLK => {
+                format!("{}, {}", libc::major(st.rdev as libc::dev_t), libc::minor(st.rdev as libc::dev_t))
+            }
+            _ if self.a.human => human_short(st.size),
+            _ => st.size.to_string(),
+        }
+    }
+
+    fn rows(&mut self, fs: &Fs, rows: &mut [Row]) -> CliResult {
+        if !self.a.long {
+            for r in rows.iter() {
+                self.o.write_all(&r.name).out()?;
+                self.o.write_all(b"\n").out()?;
+            }
+            return Ok(());
+        }
+        for r in rows.iter_mut().filter(|r| mode::is_symlink(r.st.mode)) {
+            r.target = fs.readlink(r.st.ino).ok();
+        }
+        let cols: Vec<[String; 4]> = rows
+            .iter()
+            .map(|r| [r.st.nlink.to_string(), self.id(false, r.st.uid), self.id(true, r.st.gid), self.size(&r.st)])
+            .collect();
+        let w = |i: usize| cols.iter().map(|c| c[i].len()).max().unwrap_or(0);
+        let (wl, wu, wg, ws) = (w(0), w(1), w(2), w(3));
+        for (r, [links, user, group, size]) in rows.iter().zip(&cols) {
+            let (mode, time) = (mode_string(r.st.mode), fmt_minutes(r.st.mtime));
+            write!(self.o, "{mode} {links:>wl$} {user:<wu$} {group:<wg$} {size:>ws$} {time} ").out()?;
+            self.o.write_all(&r.name).out()?;
+            if let Some(t) = &r.target {
+                self.o.write_all(b" -> ").out()?;
+                self.o.write_all(t).out()?;
+            }
+            self.o.write_all(b"\n").out()?;
+        }
+        Ok(())
     }
 }
 
-fn print_rows(rows: &[Row], long: bool) -> CliResult {
-    let mut o = std::io::BufWriter::new(std::io::stdout().lock());
-    if !long {
-        for r in rows {
-            o.write_all(&r.name).out()?;
-            o.write_all(b"\n").out()?;
-        }
-        return o.flush().out();
+/// A size as `ls -h` shows it: bytes below 1024, else one decimal below 10 of a unit and whole
+/// units above, rounded up (`1.5K`, `234M`).
+fn human_short(bytes: u64) -> String {
+    if bytes < 1024 {
+        return bytes.to_string();
     }
-    let w = |f: &dyn Fn(&Row) -> String| rows.iter().map(|r| f(r).len()).max().unwrap_or(0);
-    let (wl, wu, wg, ws) = (
-        w(&|r| r.st.nlink.to_string()),
-        w(&|r| r.st.uid.to_string()),
-        w(&|r| r.st.gid.to_string()),
-        w(&|r| size_column(&r.st)),
-    );
-    for r in rows {
-        let st = &r.st;
-        write!(
-            o,
-            "{} {:>wl$} {:<wu$} {:<wg$} {:>ws$} {} ",
-            mode_string(st.mode),
-            st.nlink,
-            st.uid,
-            st.gid,
-            size_column(st),
-            fmt_minutes(st.mtime)
-        )
-        .out()?;
-        o.write_all(&r.name).out()?;
-        if let Some(t) = &r.target {
-            o.write_all(b" -> ").out()?;
-            o.write_all(t).out()?;
-        }
-        o.write_all(b"\n").out()?;
+    let mut v = bytes as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < 6 {
+        v /= 1024.0;
+        unit += 1;
     }
-    o.flush().out()
+    let u = ["", "K", "M", "G", "T", "P", "E"][unit];
+    let tenths = (v * 10.0).ceil() / 10.0;
+    if tenths < 10.0 {
+        format!("{tenths:.1}{u}")
+    } else {
+        format!("{}{u}", v.ceil())
+    }
 }
 
 pub fn cat(a: &CatArgs) -> CliResult {

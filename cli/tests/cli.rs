@@ -885,6 +885,35 @@ fn namespace_commands() {
     assert!(ok(&["fsck", s(&img)]).contains("clean"));
 }
 
+/// `udax ls` took one path, always showed dot names, printed help for -h, had no -R, -d or -1,
+/// and -l showed numbers where stat showed names.
+#[test]
+fn ls_follows_coreutils() {
+    let d = tmp();
+    let img = mkfs(d.path(), "16M");
+    let h = d.path().join("h");
+    std::fs::create_dir_all(h.join("a/b")).unwrap();
+    std::fs::write(h.join("a/b/f"), b"hi").unwrap();
+    std::fs::write(h.join(".hidden"), b"x").unwrap();
+    std::fs::write(h.join("big"), vec![7u8; 1536 * 1024]).unwrap();
+    ok(&["put", s(&img), s(&h), "/h"]);
+    assert_eq!(ok(&["ls", s(&img), "/h"]), "a\nbig\n", "dot names hide without -a");
+    assert_eq!(ok(&["ls", s(&img), "/h", "-a"]), ".\n..\n.hidden\na\nbig\n");
+    assert_eq!(ok(&["ls", s(&img), "-1", "/h"]), "a\nbig\n");
+    let long = ok(&["ls", s(&img), "-lh", "/h"]);
+    assert!(long.contains(" root root 1.5M ") && long.ends_with(" big\n"), "{long}");
+    assert_eq!(ok(&["ls", s(&img), "-R", "/h"]), "/h:\na\nbig\n\n/h/a:\nb\n\n/h/a/b:\nf\n");
+    assert_eq!(ok(&["ls", s(&img), "-d", "/h/a", "/h"]), "/h\n/h/a\n");
+    // Several operands: files first, then each directory under its name.
+    assert_eq!(ok(&["ls", s(&img), "/h/a", "/h/big"]), "/h/big\n\n/h/a:\nb\n");
+    // A missing operand is reported; the others are still listed, and the status says it.
+    let out = udax(&["ls", s(&img), "/nope", "/h/a/b"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(text(&out.stdout), "/h/a/b:\nf\n");
+    assert!(text(&out.stderr).contains("/nope: No such file or directory"));
+    assert!(ok(&["ls", "--help"]).contains("-h, --human-readable"));
+}
+
 #[test]
 fn long_names_are_refused() {
     let d = tmp();
