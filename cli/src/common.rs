@@ -102,13 +102,23 @@ pub fn describe_open(e: &Error) -> String {
 
 /// Opens and mounts an image (replaying its journal), with failures worded for `cmd`.
 pub fn open_image(cmd: &str, image: &Path) -> CliResult<Fs> {
-    Fs::open_image(image).map_err(|e| Failure::new(cmd, image.display(), describe_open(&e)))
+    Fs::open_image(image).map_err(|e| image_failure(cmd, image, &e))
 }
 
 /// Opens and mounts an image read-only: no write access needed (a 0444 file, a read-only
 /// mount), nothing written (a journal replay stays in memory), other readers welcome.
 pub fn open_image_read_only(cmd: &str, image: &Path) -> CliResult<Fs> {
-    Fs::open_image_read_only(image).map_err(|e| Failure::new(cmd, image.display(), describe_open(&e)))
+    Fs::open_image_read_only(image).map_err(|e| image_failure(cmd, image, &e))
+}
+
+/// Why `image` did not open; a directory given as the image is most likely a path inside the
+/// image given first, so the usage is said.
+fn image_failure(cmd: &str, image: &Path, e: &Error) -> Failure {
+    if image.is_dir() {
+        let why = format!("is a directory, not a udax image (the image comes first: udax {cmd} IMAGE PATH...)");
+        return Failure::new(cmd, image.display(), why);
+    }
+    Failure::new(cmd, image.display(), describe_open(e))
 }
 
 /// Syncs and lets go of an image (msync for page-cache-backed files).

@@ -202,6 +202,12 @@ enum Cmd {
     )]
     Mount(MountArgs),
 
+    /// Unmount a udax mount (as umount(8) would; fusermount3 for a user who is not root)
+    #[command(after_help = "Exit status: 0 unmounted, 1 not a udax mount, busy or refused.\n\n\
+                      Examples:\n  udax umount /mnt/pm\n  \
+                      udax umount -l /mnt/pm      (detach now; finish when no longer busy)")]
+    Umount(UmountArgs),
+
     /// Explore crash states: recover every image a power cut could leave and judge it
     #[command(
         long_about = "Run a workload on a small scratch image while recording every cache line the file\n\
@@ -494,6 +500,15 @@ pub struct MountArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct UmountArgs {
+    /// Where the image is mounted
+    pub dir: PathBuf,
+    /// Lazy: detach the mount now and finish when it is no longer busy (umount -l)
+    #[arg(short = 'l', long)]
+    pub lazy: bool,
+}
+
+#[derive(Debug, Args)]
 #[cfg(feature = "crash-test")]
 pub struct CrashtestArgs {
     /// seq1, seq2, random or concurrent
@@ -622,6 +637,7 @@ fn run(cli: Cli) -> CliResult {
         #[cfg(feature = "crash-test")]
         Cmd::Crashtest(a) => crash::run(&a),
         Cmd::Mount(a) => mount::run(&a),
+        Cmd::Umount(a) => mount::umount(&a),
         Cmd::Stress(a) => stress::run(&a),
     }
 }

@@ -33,7 +33,10 @@ pub fn run(a: &MountArgs) -> CliResult {
 }
 
 fn check_mount_point(dir: &Path, nonempty: bool) -> CliResult {
-    let meta = std::fs::metadata(dir).map_err(|e| Failure::new(CMD, dir.display(), e))?;
+    let meta = std::fs::metadata(dir).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Failure::new(CMD, dir.display(), "mount point does not exist (mkdir it first)"),
+        _ => Failure::new(CMD, dir.display(), crate::common::strerror(e.raw_os_error().unwrap_or(libc::EIO))),
+    })?;
     if !meta.is_dir() {
         return Err(Failure::new(CMD, dir.display(), "not a directory"));
     }
@@ -119,4 +122,59 @@ fn serve(a: &MountArgs, opts: &MountOptions, report: bool) -> CliResult {
     let closed = close_image(CMD, &a.image, keep);
     served.map_err(|e| Failure::new(CMD, a.dir.display(), e))?;
     closed
+}
+
+/// `udax umount DIR`: unmounts a udax mount, directly as root, else through fusermount3 (or
+/// fusermount), which lets a user unmount what they mounted.
+pub fn umount(a: &crate::UmountArgs) -> CliResult {
+    const CMD: &str = "umount";
+    let dir = std::fs::canonicalize(&a.dir).map_err(|e| {
+        Failure::new(CMD, a.dir.display(), crate::common::strerror(e.raw_os_error().unwrap_or(libc::EIO)))
+    })?;
+    let mounts = std::fs::read_to_string("/proc/self/mounts")
+        .map_err(|e| Failure::plain(CMD, format!("/proc/self/mounts: {e}")))?;
+    // Fields: source, mount point (spaces as \040), type, ...; the last mount there is the one seen.
+    let here = mounts
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            (f.len() > 2 && f[1].replace("\\040", " ") == dir.to_string_lossy())
+                .then(|| (f[0].to_string(), f[2].to_string()))
+        })
+        .last();
+    match here {
+        None => return Err(Failure::new(CMD, a.dir.display(), "not mounted")),
+        Some((source, kind)) if !(kind.starts_with("fuse") && (source == "udax" || kind == "fuse.udax")) => {
+            return Err(Failure::new(
+                CMD,
+                a.dir.display(),
+                format!("not a udax mount (a {kind} mount of {source}); use umount(8)"),
+            ));
+        }
+        Some(_) => {}
+    }
+    if rustix::process::geteuid().is_root() {
+        let flags = if a.lazy { rustix::mount::UnmountFlags::DETACH } else { rustix::mount::UnmountFlags::empty() };
+        return rustix::mount::unmount(&dir, flags).map_err(|e| {
+            let why = match e {
+                rustix::io::Errno::BUSY => "target is busy: a process has a file open or its working directory there (udax umount -l detaches it lazily)".to_string(),
+                e => crate::common::strerror(e.raw_os_error()),
+            };
+            Failure::new(CMD, a.dir.display(), why)
+        });
+    }
+    for tool in ["fusermount3", "fusermount"] {
+        let mut c = Command::new(tool);
+        c.arg("-u");
+        if a.lazy {
+            c.arg("-z");
+        }
+        match c.arg(&dir).status() {
+            Ok(st) if st.success() => return Ok(()),
+            Ok(_) => return Err(Failure::status(1)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(Failure::plain(CMD, format!("{tool}: {e}"))),
+        }
+    }
+    Err(Failure::new(CMD, a.dir.display(), "only root can unmount without fusermount3 (install the fuse3 package)"))
 }

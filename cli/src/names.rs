@@ -300,6 +300,13 @@ pub fn rm(a: &RmArgs) -> CliResult {
                 if !a.recursive {
                     return Err(Failure::new(CMD, p.display(), describe(&Error::IsDir)));
                 }
+                if st.ino == udax::ROOT_INO {
+                    return Err(Failure::new(
+                        CMD,
+                        p.display(),
+                        "refusing to remove the root directory (name what it holds)",
+                    ));
+                }
                 fs.remove_all(p).map_err(err)
             } else {
                 fs.unlink_path(p).map_err(err)

@@ -914,6 +914,25 @@ fn ls_follows_coreutils() {
     assert!(ok(&["ls", "--help"]).contains("-h, --human-readable"));
 }
 
+/// Swapped arguments blamed "/", `rm -r /` spoke of the root's parent, and `--size 1.5G` must
+/// keep working.
+#[test]
+fn mistakes_get_errors_that_say_what_to_do() {
+    let d = tmp();
+    let img = mkfs(d.path(), "16M");
+    let (code, err) = fails(&["ls", "/", s(&img)]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("the image comes first: udax ls IMAGE PATH"), "{err}");
+    ok(&["mkdir", s(&img), "/a"]);
+    let (_, err) = fails(&["rm", s(&img), "-r", "/"]);
+    assert!(err.contains("refusing to remove the root directory"), "{err}");
+    assert_eq!(ok(&["ls", s(&img)]), "a\n", "nothing removed");
+    let out = ok(&["mkfs", s(&d.path().join("dec")), "--size", "1.5M"]);
+    assert!(out.contains("(1572864 bytes)"), "{out}");
+    let (_, err) = fails(&["umount", s(d.path())]);
+    assert!(err.contains("not mounted"), "{err}");
+}
+
 #[test]
 fn long_names_are_refused() {
     let d = tmp();

@@ -337,7 +337,7 @@ fn bad_mount_points_and_busy_images_get_clear_errors() {
     let missing = dir.path().join("missing");
     let out = udax(&[OsStr::new("mount"), img.as_os_str(), missing.as_os_str()]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("No such file"), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("mount point does not exist"), "{out:?}");
     let full = dir.path().join("full");
     std::fs::create_dir(&full).unwrap();
     std::fs::write(full.join("x"), b"x").unwrap();
@@ -357,7 +357,17 @@ fn bad_mount_points_and_busy_images_get_clear_errors() {
     // Named: the server's pid and command line.
     assert!(err.contains("in use by process") && err.contains(" mount "), "{out:?}");
     assert!(!is_mounted(&mnt2));
-    sh(&format!("umount {}", mnt.display()), Path::new("/"));
+    // udax umount: busy while a process works inside, then unmounts; a second time, not mounted.
+    let mut inside = Command::new("sleep").arg("30").current_dir(&mnt).spawn().unwrap();
+    let out = udax(&[OsStr::new("umount"), mnt.as_os_str()]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("target is busy"), "{out:?}");
+    assert!(is_mounted(&mnt));
+    let _ = inside.kill();
+    let _ = inside.wait();
+    ok(&[OsStr::new("umount"), mnt.as_os_str()]);
+    assert!(!is_mounted(&mnt));
+    let out = udax(&[OsStr::new("umount"), mnt.as_os_str()]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not mounted"), "{out:?}");
     wait_released(&img);
     // A corrupt image.
     std::fs::write(&img, vec![0x5a; 1 << 20]).unwrap();
