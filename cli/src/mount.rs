@@ -134,14 +134,11 @@ pub fn umount(a: &crate::UmountArgs) -> CliResult {
     let mounts = std::fs::read_to_string("/proc/self/mounts")
         .map_err(|e| Failure::plain(CMD, format!("/proc/self/mounts: {e}")))?;
     // Fields: source, mount point (spaces as \040), type, ...; the last mount there is the one seen.
-    let here = mounts
-        .lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split(' ').collect();
-            (f.len() > 2 && f[1].replace("\\040", " ") == dir.to_string_lossy())
-                .then(|| (f[0].to_string(), f[2].to_string()))
-        })
-        .last();
+    let here = mounts.lines().rev().find_map(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        (f.len() > 2 && f[1].replace("\\040", " ") == dir.to_string_lossy())
+            .then(|| (f[0].to_string(), f[2].to_string()))
+    });
     match here {
         None => return Err(Failure::new(CMD, a.dir.display(), "not mounted")),
         Some((source, kind)) if !(kind.starts_with("fuse") && (source == "udax" || kind == "fuse.udax")) => {
