@@ -110,17 +110,55 @@ fn serve(a: &MountArgs, opts: &MountOptions, report: bool) -> CliResult {
     let signals = signal_hook::iterator::Signals::new([libc::SIGINT, libc::SIGTERM, libc::SIGHUP]);
     let mut signals = signals.map_err(|e| fail(Failure::plain(CMD, format!("signal handlers: {e}"))))?;
     let handle = signals.handle();
+    let (dir, log) = (a.dir.clone(), a.foreground && !report);
+    // A signal unmounts; on a busy mount it says so and keeps listening, and the next one
+    // unmounts if the mount is idle by then, or else detaches it lazily (umount -l): the
+    // session then ends when the last file there is closed.
     let waiter = std::thread::spawn(move || {
-        if signals.forever().next().is_some() {
-            let _ = unmounter.unmount();
+        let mut asked = false;
+        for _ in signals.forever() {
+            match rustix::mount::unmount(&dir, rustix::mount::UnmountFlags::empty()) {
+                Ok(()) => return,
+                Err(rustix::io::Errno::BUSY) if asked => {
+                    let _ = rustix::mount::unmount(&dir, rustix::mount::UnmountFlags::DETACH);
+                    eprintln!(
+                        "udax mount: {}: still busy; detached lazily, ends when the last user leaves",
+                        dir.display()
+                    );
+                    return;
+                }
+                Err(rustix::io::Errno::BUSY) => {
+                    eprintln!(
+                        "udax mount: {}: busy, not unmounted (a process has a file open or its working directory \
+                         there); signal again to unmount, lazily if it is still busy",
+                        dir.display(),
+                    );
+                    asked = true;
+                }
+                // Not allowed to unmount directly: the session's own way (fusermount).
+                Err(_) => {
+                    let _ = unmounter.unmount();
+                    return;
+                }
+            }
         }
     });
     say("ready");
+    if log {
+        eprintln!(
+            "udax mount: {} mounted on {} (Ctrl-C or udax umount to unmount)",
+            a.image.display(),
+            a.dir.display()
+        );
+    }
     let served = session.run();
     handle.close();
     let _ = waiter.join();
     let closed = close_image(CMD, &a.image, keep);
     served.map_err(|e| Failure::new(CMD, a.dir.display(), e))?;
+    if log && closed.is_ok() {
+        eprintln!("udax mount: {} unmounted, {} synced", a.dir.display(), a.image.display());
+    }
     closed
 }
 
