@@ -391,6 +391,59 @@ fn sigterm_unmounts_with_everything_durable() {
     assert_eq!(ok(&[OsStr::new("cat"), m.img.as_os_str(), OsStr::new("/f")]), "kept");
 }
 
+/// A signal to a busy mount was taken and then nothing more was listened to: the mount and
+/// the server stayed until umount.
+#[test]
+fn a_signal_on_a_busy_mount_says_so_and_the_next_one_unmounts() {
+    use std::io::BufRead;
+    if !can_mount() {
+        return;
+    }
+    let dir = tmp();
+    let (img, mnt) = (dir.path().join("img"), dir.path().join("mnt"));
+    std::fs::create_dir(&mnt).unwrap();
+    ok(&[OsStr::new("mkfs"), img.as_os_str(), OsStr::new("--size"), OsStr::new("16M")]);
+    // Whatever fails, nothing stays mounted.
+    struct Detach<'a>(&'a Path);
+    impl Drop for Detach<'_> {
+        fn drop(&mut self) {
+            if is_mounted(self.0) {
+                let _ = Command::new("umount").arg("-l").arg(self.0).status();
+            }
+        }
+    }
+    let _detach = Detach(&mnt);
+    for lazy in [false, true] {
+        let mut server = Command::new(env!("CARGO_BIN_EXE_udax"))
+            .args([OsStr::new("mount"), img.as_os_str(), mnt.as_os_str(), OsStr::new("-f")])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut said = std::io::BufReader::new(server.stderr.take().unwrap()).lines();
+        let mut next = || said.next().unwrap().unwrap();
+        assert!(next().contains("mounted on"));
+        let mut inside = Command::new("sleep").arg("60").current_dir(&mnt).spawn().unwrap();
+        let term = || sh(&format!("kill -TERM {}", server.id()), Path::new("/"));
+        term();
+        assert!(next().contains("busy, not unmounted"));
+        assert!(is_mounted(&mnt), "a busy mount stays");
+        if lazy {
+            term();
+            assert!(next().contains("detached lazily"));
+            assert!(!is_mounted(&mnt));
+            let _ = inside.kill();
+            let _ = inside.wait();
+        } else {
+            let _ = inside.kill();
+            let _ = inside.wait();
+            term();
+        }
+        assert!(next().contains("unmounted"));
+        assert!(server.wait().unwrap().success());
+        assert!(!is_mounted(&mnt));
+    }
+}
+
 #[test]
 fn a_killed_server_leaves_every_returned_write_in_the_image() {
     if !can_mount() {
