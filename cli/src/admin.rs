@@ -22,7 +22,7 @@ const FSCK_FINDINGS: u8 = 4;
 const FSCK_CANNOT_OPEN: u8 = 8;
 
 /// Whether the file at `path` already starts with the udax magic.
-fn holds_udax(path: &Path) -> bool {
+pub fn holds_udax(path: &Path) -> bool {
     let mut magic = [0u8; 8];
     match std::fs::File::open(path) {
         Ok(mut f) => f.read_exact(&mut magic).is_ok() && magic == udax::MAGIC,

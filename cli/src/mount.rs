@@ -19,7 +19,9 @@ const CMD: &str = "mount";
 const READY_ENV: &str = "UDAX_MOUNT_REPORT";
 
 pub fn run(a: &MountArgs) -> CliResult {
-    let opts = MountOptions::parse(&a.options).map_err(|e| Failure::plain(CMD, e))?;
+    let mut opts = MountOptions::parse(&a.options).map_err(|e| Failure::plain(CMD, e))?;
+    // The image as the mount's source, as mount(8) and df show a block device.
+    opts.source = std::fs::canonicalize(&a.image).ok().map(|p| p.to_string_lossy().into_owned());
     let nonempty = a.options.iter().flat_map(|o| o.split(',')).any(|o| o == "nonempty");
     check_mount_point(&a.dir, nonempty)?;
     if let Err(e) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/fuse") {
@@ -179,7 +181,10 @@ pub fn umount(a: &crate::UmountArgs) -> CliResult {
     });
     match here {
         None => return Err(Failure::new(CMD, a.dir.display(), "not mounted")),
-        Some((source, kind)) if !(kind.starts_with("fuse") && (source == "udax" || kind == "fuse.udax")) => {
+        Some((source, kind))
+            if !(kind.starts_with("fuse")
+                && (source == "udax" || crate::admin::holds_udax(Path::new(&source.replace("\\040", " "))))) =>
+        {
             return Err(Failure::new(
                 CMD,
                 a.dir.display(),

@@ -422,6 +422,10 @@ fn a_signal_on_a_busy_mount_says_so_and_the_next_one_unmounts() {
         let mut said = std::io::BufReader::new(server.stderr.take().unwrap()).lines();
         let mut next = || said.next().unwrap().unwrap();
         assert!(next().contains("mounted on"));
+        // mount(8) and df name the image as the source.
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+        let line = mounts.lines().find(|l| l.split(' ').nth(1) == mnt.canonicalize().unwrap().to_str()).unwrap();
+        assert!(line.starts_with(&format!("{} ", img.canonicalize().unwrap().display())), "{line}");
         let mut inside = Command::new("sleep").arg("60").current_dir(&mnt).spawn().unwrap();
         let term = || sh(&format!("kill -TERM {}", server.id()), Path::new("/"));
         term();

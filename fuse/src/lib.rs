@@ -49,6 +49,8 @@ pub struct MountOptions {
     pub threads: usize,
     /// Options passed to the kernel as they are (`-o max_read=…`).
     pub other: Vec<String>,
+    /// What mount(8) and df show as the source: the image's path ("udax" when not set).
+    pub source: Option<String>,
 }
 
 impl MountOptions {
@@ -80,7 +82,8 @@ impl MountOptions {
 
     fn config(&self) -> Config {
         let mut c = Config::default();
-        c.mount_options = vec![MountOption::FSName("udax".into()), MountOption::Subtype("udax".into())];
+        let source = self.source.clone().unwrap_or_else(|| "udax".into());
+        c.mount_options = vec![MountOption::FSName(source), MountOption::Subtype("udax".into())];
         c.mount_options.push(if self.read_only { MountOption::RO } else { MountOption::RW });
         if self.default_permissions {
             c.mount_options.push(MountOption::DefaultPermissions);
