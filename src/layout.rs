@@ -323,6 +323,26 @@ impl Geometry {
     /// file system makes, a full attribute block with its inode among them.
     pub const MIN_JOURNAL: u64 = 16 << 10;
 
+    /// The smallest image [`Geometry::plan`] lays out with these choices (a multiple of 4 KiB),
+    /// for an error that can say how much is needed.
+    pub fn min_size(block_size: u32, inode_count: u64, journal_len: u64) -> Option<u64> {
+        let fits = |size: u64| Geometry::plan(size, block_size, inode_count, journal_len).is_ok();
+        let (mut lo, mut hi) = (0u64, 1u64 << 20);
+        while !fits(hi * 4096) {
+            hi = hi.checked_mul(2).filter(|&h| h <= 1 << 40)?;
+        }
+        // The smallest fitting multiple of 4 KiB lies in (lo, hi].
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            if fits(mid * 4096) {
+                hi = mid;
+            } else {
+                lo = mid;
+            }
+        }
+        Some(hi * 4096)
+    }
+
     pub fn plan(size_bytes: u64, block_size: u32, inode_count: u64, journal_len: u64) -> Result<Geometry> {
         if !BLOCK_SIZES.contains(&block_size) {
             return Err(Error::InvalidArgument("block size must be 1024, 2048 or 4096"));

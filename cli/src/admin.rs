@@ -38,6 +38,9 @@ pub fn mkfs(a: &MkfsArgs) -> CliResult {
     if existing.is_some() && !a.force && holds_udax(img) {
         return Err(fail("already holds a udax file system; use --force to overwrite it".into()));
     }
+    if existing.as_ref().is_some_and(|m| m.is_file() && m.len() > 0) && !a.force {
+        return Err(fail("is a file with data in it, not a udax image; use --force to overwrite it".into()));
+    }
     let size = match (a.size, &existing) {
         (Some(s), _) => s,
         (None, Some(m)) if m.is_file() && m.len() > 0 => m.len(),
@@ -59,8 +62,14 @@ pub fn mkfs(a: &MkfsArgs) -> CliResult {
     }
     // Check the geometry before touching the file, so a bad size leaves nothing behind.
     let table_bytes = if size > 0 {
-        let g =
-            udax::Geometry::plan(size, block_size, opts.inodes, opts.journal_bytes).map_err(|e| fail(describe(&e)))?;
+        let g = udax::Geometry::plan(size, block_size, opts.inodes, opts.journal_bytes).map_err(|e| {
+            match udax::Geometry::min_size(block_size, opts.inodes, opts.journal_bytes).filter(|&min| size < min) {
+                Some(min) => {
+                    fail(format!("{}: it needs at least {} ({min} bytes) with these options", describe(&e), human(min)))
+                }
+                None => fail(describe(&e)),
+            }
+        })?;
         g.inode_count * udax::INODE_SIZE
     } else {
         0

@@ -89,7 +89,14 @@ fn mkfs_info_ls() {
     let (_, err) = fails(&["mkfs", s(&d.path().join("new")), "--size", "16M", "--block-size", "512"]);
     assert!(err.contains("block size"), "{err}");
     let (_, err) = fails(&["mkfs", s(&d.path().join("tiny")), "--size", "8k"]);
-    assert!(err.contains("too small"), "{err}");
+    assert!(err.contains("too small") && err.contains("needs at least 344.0 KiB (352256 bytes)"), "{err}");
+    ok(&["mkfs", s(&d.path().join("smallest")), "--size", "352256"]);
+    // A file that is not an image is not overwritten without --force.
+    let text = d.path().join("notes.txt");
+    std::fs::write(&text, b"keep me").unwrap();
+    let (_, err) = fails(&["mkfs", s(&text), "--size", "16M"]);
+    assert!(err.contains("not a udax image; use --force"), "{err}");
+    assert_eq!(std::fs::read(&text).unwrap(), b"keep me");
     assert!(!d.path().join("tiny").exists(), "a refused mkfs left a file behind");
     let (_, err) = fails(&["mkfs", s(&d.path().join("nosize"))]);
     assert!(err.contains("--size"), "{err}");
@@ -1192,7 +1199,7 @@ fn a_failed_mkfs_force_leaves_the_old_image_whole() {
 #[cfg(feature = "crash-test")]
 fn crashtest_finds_nothing_until_a_fence_is_dropped() {
     let quick =
-        ["crashtest", "--workload", "seq1", "--block-size", "1024", "--per-fence", "4", "--per-recovery-fence", "0"];
+        ["crashtest", "--workload", "seq1", "--block-size", "1024", "--per-fence", "12", "--per-recovery-fence", "0"];
     let out = ok(&[&quick[..], &["--json"]].concat());
     let report: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(report["violation_count"], 0, "{out}");
