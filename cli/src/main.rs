@@ -15,6 +15,7 @@ mod mount;
 mod names;
 mod size;
 mod stress;
+mod usage;
 mod xio;
 
 use std::path::PathBuf;
@@ -50,7 +51,7 @@ Exit status: 0 on success, 1 on an error (message on stderr), 2 on bad usage;
 fsck: 4 when problems remain, 8 when the image cannot be opened.";
 
 #[derive(Debug, Parser)]
-#[command(name = "udax", version, about = ABOUT, long_about = LONG_ABOUT, after_help = AFTER_HELP)]
+#[command(name = "udax", version, propagate_version = true, about = ABOUT, long_about = LONG_ABOUT, after_help = AFTER_HELP)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -135,6 +136,28 @@ enum Cmd {
     /// Create directories
     #[command(after_help = "Examples:\n  udax mkdir img /a /b\n  udax mkdir img -p /x/y/z -m 700")]
     Mkdir(MkdirArgs),
+
+    /// Create files, or set their access and modification times to now
+    #[command(after_help = "Examples:\n  udax touch img /a /b\n  udax touch img -c /maybe   (never creates)")]
+    Touch(TouchArgs),
+
+    /// Change permission bits (octal)
+    #[command(after_help = "Examples:\n  udax chmod img 644 /a /b\n  udax chmod img 1777 /tmp")]
+    Chmod(ChmodArgs),
+
+    /// Change owner and group (names from this host's /etc/passwd and /etc/group, or numbers)
+    #[command(
+        after_help = "Examples:\n  udax chown img alice /a\n  udax chown img 1000:100 /a /b\n  udax chown img :staff /a"
+    )]
+    Chown(ChownArgs),
+
+    /// Space and inodes used and free, as df shows a mounted file system
+    #[command(after_help = "Examples:\n  udax df img\n  udax df -h img other.img\n  udax df -i img")]
+    Df(DfArgs),
+
+    /// Space files and directories take, as du counts it (hard links once)
+    #[command(after_help = "Examples:\n  udax du img /src\n  udax du -sh img /src /docs")]
+    Du(DuArgs),
 
     /// Remove files, or trees with -r
     #[command(after_help = "Examples:\n  udax rm img /docs/n.txt\n  udax rm img -rf /project")]
@@ -422,6 +445,77 @@ pub struct MkdirArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct TouchArgs {
+    /// The udax image (a file or a device-dax device)
+    pub image: PathBuf,
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
+    /// Do not create files that do not exist
+    #[arg(short = 'c', long = "no-create")]
+    pub no_create: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ChmodArgs {
+    /// The udax image (a file or a device-dax device)
+    pub image: PathBuf,
+    /// Permission bits, octal (755, 0644, 4755)
+    #[arg(value_parser = parse_mode)]
+    pub mode: u32,
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ChownArgs {
+    /// The udax image (a file or a device-dax device)
+    pub image: PathBuf,
+    /// OWNER, OWNER:GROUP or :GROUP (names or numbers)
+    pub owner: String,
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+#[command(disable_help_flag = true)]
+pub struct DfArgs {
+    /// udax images
+    #[arg(required = true)]
+    pub images: Vec<PathBuf>,
+    /// Sizes in powers of 1024 (1.5K, 234M) instead of 1K blocks
+    #[arg(short = 'h', long = "human-readable")]
+    pub human: bool,
+    /// Inodes instead of space
+    #[arg(short = 'i', long)]
+    pub inodes: bool,
+    /// Print help
+    #[arg(long, action = clap::ArgAction::Help)]
+    pub help: Option<bool>,
+}
+
+#[derive(Debug, Args)]
+#[command(disable_help_flag = true)]
+pub struct DuArgs {
+    /// The udax image (a file or a device-dax device)
+    pub image: PathBuf,
+    /// Files or directories inside the image
+    #[arg(default_value = "/")]
+    pub paths: Vec<PathBuf>,
+    /// Only a total for each argument
+    #[arg(short = 's', long)]
+    pub summarize: bool,
+    /// Every file, not only directories
+    #[arg(short = 'a', long)]
+    pub all: bool,
+    /// Sizes in powers of 1024 (1.5K, 234M) instead of 1K blocks
+    #[arg(short = 'h', long = "human-readable")]
+    pub human: bool,
+    /// Print help
+    #[arg(long, action = clap::ArgAction::Help)]
+    pub help: Option<bool>,
+}
+
+#[derive(Debug, Args)]
 pub struct RmArgs {
     /// The udax image (a file or a device-dax device)
     pub image: PathBuf,
@@ -638,6 +732,11 @@ fn run(cli: Cli) -> CliResult {
         Cmd::Crashtest(a) => crash::run(&a),
         Cmd::Mount(a) => mount::run(&a),
         Cmd::Umount(a) => mount::umount(&a),
+        Cmd::Touch(a) => usage::touch(&a),
+        Cmd::Chmod(a) => usage::chmod(&a),
+        Cmd::Chown(a) => usage::chown(&a),
+        Cmd::Df(a) => usage::df(&a),
+        Cmd::Du(a) => usage::du(&a),
         Cmd::Stress(a) => stress::run(&a),
     }
 }

@@ -118,7 +118,7 @@ impl<W: Write> Listing<'_, W> {
             mode::S_IFCHR | mode::S_IFBLK => {
                 format!("{}, {}", libc::major(st.rdev as libc::dev_t), libc::minor(st.rdev as libc::dev_t))
             }
-            _ if self.a.human => human_short(st.size),
+            _ if self.a.human => crate::size::human_short(st.size),
             _ => st.size.to_string(),
         }
     }
@@ -151,27 +151,6 @@ impl<W: Write> Listing<'_, W> {
             self.o.write_all(b"\n").out()?;
         }
         Ok(())
-    }
-}
-
-/// A size as `ls -h` shows it: bytes below 1024, else one decimal below 10 of a unit and whole
-/// units above, rounded up (`1.5K`, `234M`).
-fn human_short(bytes: u64) -> String {
-    if bytes < 1024 {
-        return bytes.to_string();
-    }
-    let mut v = bytes as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit < 6 {
-        v /= 1024.0;
-        unit += 1;
-    }
-    let u = ["", "K", "M", "G", "T", "P", "E"][unit];
-    let tenths = (v * 10.0).ceil() / 10.0;
-    if tenths < 10.0 {
-        format!("{tenths:.1}{u}")
-    } else {
-        format!("{}{u}", v.ceil())
     }
 }
 

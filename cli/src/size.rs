@@ -69,6 +69,27 @@ pub fn human(bytes: u64) -> String {
     format!("{v:.1} {}", UNITS[u])
 }
 
+/// A size as `ls -h` shows it: bytes below 1024, else one decimal below 10 of a unit and whole
+/// units above, rounded up (`1.5K`, `234M`).
+pub fn human_short(bytes: u64) -> String {
+    if bytes < 1024 {
+        return bytes.to_string();
+    }
+    let mut v = bytes as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < 6 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    let u = ["", "K", "M", "G", "T", "P", "E"][unit];
+    let tenths = (v * 10.0).ceil() / 10.0;
+    if tenths < 10.0 {
+        format!("{tenths:.1}{u}")
+    } else {
+        format!("{}{u}", v.ceil())
+    }
+}
+
 /// xfs_io's `cvtstr`: "4 KiB" for whole numbers of a unit's worth, "1.500 MiB" otherwise.
 pub fn cvtstr(value: f64) -> String {
     const UNITS: [(&str, u32); 6] = [("EiB", 60), ("PiB", 50), ("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)];

@@ -940,6 +940,45 @@ fn mistakes_get_errors_that_say_what_to_do() {
     assert!(err.contains("not mounted"), "{err}");
 }
 
+/// touch, chmod, chown, df, du and `--version` on every command did not exist.
+#[test]
+fn touch_chmod_chown_df_du() {
+    let d = tmp();
+    let img = mkfs(d.path(), "16M");
+    ok(&["touch", s(&img), "/t", "/u"]);
+    ok(&["touch", s(&img), "-c", "/never"]);
+    assert_eq!(ok(&["ls", s(&img)]), "t\nu\n");
+    ok(&["chmod", s(&img), "4711", "/t"]);
+    ok(&["chown", s(&img), "1234:5678", "/t"]);
+    let st = ok(&["stat", s(&img), "/t", "--json"]);
+    let j: serde_json::Value = serde_json::from_str(&st).unwrap();
+    assert_eq!((j["uid"].as_u64(), j["gid"].as_u64()), (Some(1234), Some(5678)), "{st}");
+    // chown(2) of a file drops set-user-ID, as Linux does.
+    assert_eq!(j["mode"].as_u64().unwrap() & 0o7777, 0o711, "{st}");
+    let (_, err) = fails(&["chown", s(&img), "no-such-user-here", "/t"]);
+    assert!(err.contains("invalid user"), "{err}");
+    let (_, err) = fails(&["chmod", s(&img), "999", "/t"]);
+    assert!(err.contains("invalid mode"), "{err}");
+    // 100 KiB in /d/f, 8 KiB linked twice (counted once).
+    ok(&["mkdir", s(&img), "/d"]);
+    ok(&["io", "-f", s(&img), "/d/f", "-c", "pwrite 0 100k", "-c", "fsync"]);
+    ok(&["io", "-f", s(&img), "/d/g", "-c", "pwrite 0 8k"]);
+    ok(&["ln", s(&img), "/d/g", "/d/g2"]);
+    let du = ok(&["du", s(&img), "-s", "/d"]);
+    assert_eq!(du, "112\t/d\n", "100 + 8 KiB of data and the directory's 4 KiB block: {du}");
+    let du = ok(&["du", s(&img), "-a", "/d"]);
+    assert!(du.contains("100\t/d/f\n") && du.ends_with("112\t/d\n"), "{du}");
+    let df = ok(&["df", s(&img)]);
+    let row: Vec<&str> = df.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(row[0], s(&img));
+    let (total, used, free): (u64, u64, u64) =
+        (row[1].parse().unwrap(), row[2].parse().unwrap(), row[3].parse().unwrap());
+    assert_eq!(total, used + free, "{df}");
+    assert!(used >= 112, "{df}");
+    assert!(ok(&["df", "-i", s(&img)]).lines().nth(1).unwrap().contains(" 1024 "));
+    assert!(ok(&["df", "--version"]).contains("0.1"));
+}
+
 #[test]
 fn long_names_are_refused() {
     let d = tmp();
@@ -1073,7 +1112,7 @@ fn help_teaches() {
     assert!(top.contains("udax demo"), "{top}");
     for cmd in [
         "mkfs", "fsck", "info", "ls", "put", "get", "cat", "stat", "mkdir", "rm", "mv", "ln", "extents", "io", "demo",
-        "stress",
+        "stress", "umount", "touch", "chmod", "chown", "df", "du",
     ] {
         let h = ok(&[cmd, "--help"]);
         assert!(h.contains("Example"), "udax {cmd} --help has no example:\n{h}");
