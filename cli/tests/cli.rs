@@ -979,6 +979,39 @@ fn touch_chmod_chown_df_du() {
     assert!(ok(&["df", "--version"]).contains("0.1"));
 }
 
+/// `udax io` without -c read all of stdin before running anything, and one bad line dropped
+/// every other: now each line runs as it is read, as xfs_io's do.
+#[test]
+fn io_runs_each_line_of_stdin_as_it_comes() {
+    use std::io::{BufRead, Write};
+    use std::process::{Command, Stdio};
+    let d = tmp();
+    let img = mkfs(d.path(), "16M");
+    let mut io = Command::new(env!("CARGO_BIN_EXE_udax"))
+        .args(["io", s(&img), "/f", "-f"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = io.stdin.take().unwrap();
+    let mut out = std::io::BufReader::new(io.stdout.take().unwrap());
+    stdin.write_all(b"pwrite 0 4k\n").unwrap();
+    stdin.flush().unwrap();
+    // Its answer comes while stdin is still open.
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "wrote 4096/4096 bytes at offset 0\n");
+    stdin.write_all(b"frob 1 2\nstat\n").unwrap();
+    drop(stdin);
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    let done = io.wait_with_output().unwrap();
+    assert_eq!(done.status.code(), Some(1), "a bad line fails the run");
+    assert!(text(&done.stderr).contains("\"frob\""), "{}", text(&done.stderr));
+    assert!(rest.contains("stat.size = 4096"), "the line after the bad one ran: {rest}");
+}
+
 #[test]
 fn long_names_are_refused() {
     let d = tmp();

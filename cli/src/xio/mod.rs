@@ -369,22 +369,13 @@ impl Session {
     }
 }
 
+/// Runs commands: those of `-c`, all checked before any runs (a script with a typo runs
+/// nothing); or, without `-c`, each line of stdin as it is read, as xfs_io does, with a prompt
+/// on a terminal: a line that does not parse is reported and the next one read.
 pub fn run(a: &IoArgs) -> CliResult {
     const CMD: &str = "io";
-    let lines: Vec<String> = if a.commands.is_empty() {
-        let mut v = Vec::new();
-        for l in std::io::stdin().lock().lines() {
-            let l = l.map_err(|e| Failure::plain(CMD, format!("reading commands from stdin: {e}")))?;
-            if !l.trim_start().starts_with('#') {
-                v.push(l);
-            }
-        }
-        v
-    } else {
-        a.commands.clone()
-    };
     let mut ops = Vec::new();
-    for l in &lines {
+    for l in &a.commands {
         if let Some(op) = parse(l).map_err(|e| Failure::plain(CMD, e))? {
             ops.push(op);
         }
@@ -400,22 +391,63 @@ pub fn run(a: &IoArgs) -> CliResult {
         let file = fs.open(&a.path, opts).map_err(|e| Failure::fs(CMD, &a.path, &e))?;
         let mut s = Session { file, path: a.path.clone(), writable: !a.read_only, map: None };
         let mut status = Ok(());
-        for (name, op) in &ops {
-            match s.exec(op) {
-                Ok(()) => {}
-                Err(CmdError::Fs(e)) => {
-                    let _ = writeln!(std::io::stderr(), "{name}: {}", strerror(e.errno()));
-                    status = Err(Failure::status(1));
+        if !a.commands.is_empty() {
+            for (name, op) in &ops {
+                if !s.run_one(name, op, &mut status) {
+                    break;
                 }
-                Err(CmdError::Msg(m)) if m.is_empty() => return Err(Failure::status(0)),
-                Err(CmdError::Msg(m)) => {
-                    let _ = writeln!(std::io::stderr(), "{m}");
+            }
+            return status;
+        }
+        let stdin = std::io::stdin();
+        let prompt = std::io::IsTerminal::is_terminal(&stdin);
+        let mut lines = stdin.lock().lines();
+        loop {
+            if prompt {
+                let mut o = std::io::stdout().lock();
+                write!(o, "udax io> ").out()?;
+                o.flush().out()?;
+            }
+            let Some(line) = lines.next() else { break };
+            let line = line.map_err(|e| Failure::plain(CMD, format!("reading commands from stdin: {e}")))?;
+            if line.trim_start().starts_with('#') {
+                continue;
+            }
+            match parse(&line) {
+                Ok(Some((name, op))) => {
+                    if !s.run_one(&name, &op, &mut status) {
+                        break;
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    let _ = writeln!(std::io::stderr(), "{e}");
                     status = Err(Failure::status(1));
                 }
             }
         }
         status
     })
+}
+
+impl Session {
+    /// Runs one command, printing its failure as xfs_io does (and noting it in `status`);
+    /// false when it asked to quit.
+    fn run_one(&mut self, name: &str, op: &Op, status: &mut CliResult) -> bool {
+        match self.exec(op) {
+            Ok(()) => {}
+            Err(CmdError::Fs(e)) => {
+                let _ = writeln!(std::io::stderr(), "{name}: {}", strerror(e.errno()));
+                *status = Err(Failure::status(1));
+            }
+            Err(CmdError::Msg(m)) if m.is_empty() => return false,
+            Err(CmdError::Msg(m)) => {
+                let _ = writeln!(std::io::stderr(), "{m}");
+                *status = Err(Failure::status(1));
+            }
+        }
+        true
+    }
 }
 
 #[cfg(test)]
