@@ -189,7 +189,7 @@ enum Cmd {
     #[command(
         long_about = "Open PATH inside the image once and run each -c command on it in order, in\n\
                       the manner of xfs_io. Offsets and lengths take K/M/G suffixes and 0x hex.\n\
-                      Without -c, commands are read from stdin, one per line.",
+                      Without -c, each line of stdin runs as it is read (a prompt on a terminal), as in xfs_io.",
         after_help = xio::AFTER_HELP
     )]
     Io(IoArgs),

@@ -415,7 +415,7 @@ pub fn run(a: &IoArgs) -> CliResult {
             }
             match parse(&line) {
                 Ok(Some((name, op))) => {
-                    if !s.run_one(&name, &op, &mut status) {
+                    if !s.run_one(name, &op, &mut status) {
                         break;
                     }
                 }
