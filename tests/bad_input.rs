@@ -286,3 +286,21 @@ fn a_wild_extent_chain_pointer_is_corruption() {
     dev.write(geo.inode_at(ino) + 112, &(u64::MAX / 3).to_le_bytes()).unwrap();
     assert!(matches!(Fs::mount(dev), Err(Error::Corrupt { what: "extent block chain", .. })));
 }
+
+/// `Fs::mkfs` over an image silently reformatted it, and `Device::create`/`Fs::open_image`
+/// took only `&Path` (a `&str` did not compile).
+#[test]
+fn mkfs_keeps_an_existing_image_unless_told() {
+    let dir = shm_dir();
+    let p = dir.path().join("img");
+    let path: &str = p.to_str().unwrap();
+    let fs = Fs::mkfs(Device::create(path, 16 << 20).unwrap(), &MkfsOptions::default()).unwrap();
+    fs.open("/kept", OpenOptions::create()).unwrap().write_at(b"data", 0).unwrap();
+    drop(fs);
+    let e = Fs::mkfs(Device::open(path).unwrap(), &MkfsOptions::default()).unwrap_err();
+    assert!(matches!(e, Error::Exists), "{e:?}");
+    assert_eq!(Fs::open_image(path).unwrap().read_file("/kept").unwrap(), b"data");
+    let again = MkfsOptions { overwrite: true, ..Default::default() };
+    let fs = Fs::mkfs(Device::open(path).unwrap(), &again).unwrap();
+    assert!(matches!(fs.stat("/kept"), Err(Error::NotFound)));
+}

@@ -56,6 +56,8 @@ pub fn mkfs(a: &MkfsArgs) -> CliResult {
         inodes: a.inodes.unwrap_or(0),
         journal_bytes: a.journal_size.unwrap_or(0),
         label: a.label.clone(),
+        // Refusing an image without --force happened above, with the path in the message.
+        overwrite: true,
     };
     if opts.label.len() > 31 {
         return Err(fail(format!("label {:?} is longer than 31 bytes", opts.label)));

@@ -136,16 +136,16 @@ const MAP_SYNC: libc::c_int = 0x80000;
 
 impl Device {
     /// Opens an existing image (regular file, /dev/shm file or device-dax) and locks it.
-    pub fn open(path: &Path) -> Result<Device> {
-        Self::open_as(path, false)
+    pub fn open(path: impl AsRef<Path>) -> Result<Device> {
+        Self::open_as(path.as_ref(), false)
     }
 
     /// Opens an existing image without write access (an O_RDONLY descriptor, a shared lock, so
     /// other readers may open it too but no writer): a 0444 file or one on a read-only mount
     /// works. The image is mapped privately: stores (a journal replay at mount) change only this
     /// process's view, never the image.
-    pub fn open_read_only(path: &Path) -> Result<Device> {
-        Self::open_as(path, true)
+    pub fn open_read_only(path: impl AsRef<Path>) -> Result<Device> {
+        Self::open_as(path.as_ref(), true)
     }
 
     fn open_as(path: &Path, read_only: bool) -> Result<Device> {
@@ -185,15 +185,15 @@ impl Device {
     /// system (fallocate) and opens it. An existing file's contents are kept; mkfs overwrites
     /// what it needs. When the host has no room the file is removed (or given back its old
     /// size) and the error says so: a store into the image can never meet a missing page.
-    pub fn create(path: &Path, len_bytes: u64) -> Result<Device> {
-        Self::create_as(path, len_bytes, false)
+    pub fn create(path: impl AsRef<Path>, len_bytes: u64) -> Result<Device> {
+        Self::create_as(path.as_ref(), len_bytes, false)
     }
 
     /// As [`Device::create`], without reserving: the image takes host space as blocks are
     /// allocated (each allocation reserves its blocks first), so a full
     /// host makes operations fail with ENOSPC, never a store fault.
-    pub fn create_sparse(path: &Path, len_bytes: u64) -> Result<Device> {
-        Self::create_as(path, len_bytes, true)
+    pub fn create_sparse(path: impl AsRef<Path>, len_bytes: u64) -> Result<Device> {
+        Self::create_as(path.as_ref(), len_bytes, true)
     }
 
     fn create_as(path: &Path, len_bytes: u64, sparse: bool) -> Result<Device> {

@@ -17,7 +17,8 @@ use super::state::{Fs, Inner};
 use super::types::MkfsOptions;
 
 impl Fs {
-    /// Formats `dev` and mounts it.
+    /// Formats `dev` and mounts it. A device that already holds a udax file system is refused
+    /// with [`Error::Exists`] unless [`MkfsOptions::overwrite`] says to format it anyway.
     pub fn mkfs(dev: Device, opts: &MkfsOptions) -> Result<Fs> {
         Self::mkfs_with_progress(dev, opts, &mut |_, _| {})
     }
@@ -25,6 +26,13 @@ impl Fs {
     /// As [`Fs::mkfs`], reporting `(bytes done, bytes total)` while the inode table is cleared.
     pub fn mkfs_with_progress(dev: Device, opts: &MkfsOptions, progress: &mut dyn FnMut(u64, u64)) -> Result<Fs> {
         let geo = Geometry::plan(dev.len(), opts.block_size, opts.inodes, opts.journal_bytes)?;
+        if !opts.overwrite && dev.len() >= 8 {
+            let mut magic = [0u8; 8];
+            dev.read(0, &mut magic)?;
+            if magic == layout::MAGIC {
+                return Err(Error::Exists);
+            }
+        }
         // A sparse image takes host space for its metadata now (data blocks as they are
         // allocated), so a full host fails here rather than at a store.
         dev.back(0, geo.data_start * geo.block_size)?;
@@ -63,13 +71,13 @@ impl Fs {
     }
 
     /// Opens an image file (or device-dax) and mounts it.
-    pub fn open_image(path: &std::path::Path) -> Result<Fs> {
+    pub fn open_image(path: impl AsRef<std::path::Path>) -> Result<Fs> {
         Fs::mount(Device::open(path)?)
     }
 
     /// Opens an image without write access and mounts it read-only: nothing reaches the image
     /// (a journal replay stays in this process's view), and every change is EROFS.
-    pub fn open_image_read_only(path: &std::path::Path) -> Result<Fs> {
+    pub fn open_image_read_only(path: impl AsRef<std::path::Path>) -> Result<Fs> {
         Fs::mount(Device::open_read_only(path)?)
     }
 

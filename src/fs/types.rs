@@ -36,11 +36,13 @@ pub struct MkfsOptions {
     /// 0: chosen by size.
     pub journal_bytes: u64,
     pub label: String,
+    /// Format a device that already holds a udax file system (mkfs refuses it otherwise).
+    pub overwrite: bool,
 }
 
 impl Default for MkfsOptions {
     fn default() -> Self {
-        MkfsOptions { block_size: 4096, inodes: 0, journal_bytes: 0, label: String::new() }
+        MkfsOptions { block_size: 4096, inodes: 0, journal_bytes: 0, label: String::new(), overwrite: false }
     }
 }
 

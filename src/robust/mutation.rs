@@ -66,7 +66,8 @@ impl Template {
     /// Builds the template with `block_size` blocks (1024: a 1 MiB image; else 2 MiB).
     pub fn build(block_size: u32) -> Result<Template> {
         let size = if block_size == 1024 { 1 << 20 } else { 2 << 20 };
-        let opts = MkfsOptions { block_size, inodes: 64, journal_bytes: 64 << 10, label: "robust".into() };
+        let opts =
+            MkfsOptions { block_size, inodes: 64, journal_bytes: 64 << 10, label: "robust".into(), overwrite: false };
         let fs = Fs::mkfs(Device::anonymous(size)?, &opts)?;
         let bs = u64::from(block_size);
         fs.mkdir_all("/a/b/c", 0o755)?;

@@ -278,7 +278,8 @@ fn make_fs(a: &StressArgs, size: u64) -> CliResult<Fs> {
         Some(p) => Device::create(p, size).map_err(|e| Failure::fs(CMD, p, &e))?,
         None => Device::anonymous(size).map_err(|e| Failure::plain(CMD, describe(&e)))?,
     };
-    let opts = MkfsOptions { block_size: a.block_size, ..MkfsOptions::default() };
+    // A scratch image: --image names where, and what was there goes.
+    let opts = MkfsOptions { block_size: a.block_size, overwrite: true, ..MkfsOptions::default() };
     Fs::mkfs(dev, &opts).map_err(|e| Failure::plain(CMD, format!("mkfs: {}", describe(&e))))
 }
 
