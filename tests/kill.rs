@@ -22,7 +22,7 @@ fn record(i: u64) -> Vec<u8> {
 #[ignore = "a child-process entry point, run by its test with its environment set"]
 fn child_writer() {
     let Some(path) = std::env::var_os("UDAX_KILL_CHILD_IMAGE") else { return };
-    let fs = Fs::open_image(path.as_ref()).unwrap();
+    let fs = Fs::open_image(&path).unwrap();
     let log = fs.open("/log", OpenOptions { append: true, ..OpenOptions::create() }).unwrap();
     let mut next = fs.stat("/log").unwrap().size / RECORD as u64;
     let mut out = std::io::stdout().lock();
