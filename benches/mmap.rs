@@ -58,7 +58,7 @@ fn main() {
     let dir = tempfile::tempdir_in(base).unwrap();
     // Populated, as the memory of a pmem or CXL device is present: first stores pay for zeroing
     // and mapping the device, not for tmpfs allocating and clearing its pages.
-    let dev = Device::create(&dir.path().join("bench.img"), len + 3 * holes + (256 << 20)).unwrap();
+    let dev = Device::create(dir.path().join("bench.img"), len + 3 * holes + (256 << 20)).unwrap();
     dev.populate().unwrap();
     let fs = Fs::mkfs(dev, &MkfsOptions::default()).unwrap();
     println!("udax image on {base} (populated), 4 KiB blocks; written file {} MiB", len >> 20);
@@ -154,7 +154,7 @@ fn main() {
     // The same 2 MiB path on a sparse image, where tmpfs allocates and clears each device page
     // at its first touch (the emulation's cost, which device memory does not have).
     let sparse =
-        Fs::mkfs(Device::create(&dir.path().join("sparse.img"), holes + (64 << 20)).unwrap(), &MkfsOptions::default())
+        Fs::mkfs(Device::create(dir.path().join("sparse.img"), holes + (64 << 20)).unwrap(), &MkfsOptions::default())
             .unwrap();
     let h = sparse.open("/holes", OpenOptions::create()).unwrap();
     h.set_len(holes).unwrap();
