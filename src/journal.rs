@@ -36,7 +36,7 @@ const MAX_LOG_POS: u64 = 1 << 62;
 ///
 /// Content the transaction makes reachable — new blocks, a zeroed tail — is stored through
 /// [`Tx::content_write`] / [`Tx::content_zero`]: stored at once, and commit then fences it
-/// before the record is written (SPEC §3.3), so a record can never persist ahead of what it
+/// before the record is written (DESIGN.md "Commit protocol"), so a record can never persist ahead of what it
 /// links. A transaction without such content costs one fence.
 #[derive(Debug, Default)]
 pub struct Tx {
@@ -334,7 +334,7 @@ impl Journal {
     }
 
     /// Commits `tx`: durable when this returns. Content stored through the transaction is
-    /// fenced before the record (SPEC §3.3).
+    /// fenced before the record (DESIGN.md "Commit protocol").
     pub fn commit(&mut self, dev: &Device, tx: &Tx) -> Result<Committed> {
         let len = tx.record_len();
         if len > self.max_record_len() {

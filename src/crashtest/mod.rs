@@ -1,4 +1,4 @@
-//! The crash-state explorer behind `udax crashtest` (SPEC §7; DESIGN.md "Guarantees").
+//! The crash-state explorer behind `udax crashtest` (DESIGN.md "Guarantees and what proves them").
 //!
 //! A workload runs on a small prepared image while the device records every cache line stored or
 //! written back, with the bytes it held after each store ([`Device::record`]). At each fence the

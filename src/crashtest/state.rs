@@ -30,8 +30,8 @@ pub struct Shape {
     pub xattrs: BTreeMap<String, String>,
 }
 
-/// Times and contents, which an in-place overwrite changes without a transaction: SPEC §3.2 lets
-/// each byte (and each time) show its value from before or after the operation.
+/// Times and contents, which an in-place overwrite changes without a transaction: the guarantees
+/// (DESIGN.md) let each byte (and each time) show its value from before or after the operation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Payload {
     /// atime, mtime, ctime as (seconds, nanoseconds).
@@ -163,7 +163,7 @@ pub enum Matched {
 
 /// Decides whether `got` is a state the operation that took `before` to `after` may leave:
 /// the tree and every attribute exactly as before or as after (atomicity), and each time and
-/// each byte of each file holding its value from one of the two (SPEC §3.2: overwrites are not
+/// each byte of each file holding its value from one of the two (DESIGN.md "Guarantees": overwrites are not
 /// atomic, but never show bytes that were not written). When the tree changed, times must come
 /// from the state the tree matched: only a pure overwrite updates times outside a transaction.
 pub fn judge(before: &FsState, after: &FsState, got: &FsState) -> Result<Matched, String> {

@@ -4,7 +4,7 @@
 //! and fences once; it logs new mtime/ctime (in a record, never in place) only when the coarse
 //! clock has ticked past them. A write that needs blocks (holes, unwritten
 //! extents, growth) fills every new block whole — its data and zeros around it — fences, and
-//! only then commits the transaction that links the blocks and sets the size (SPEC §3.3).
+//! only then commits the transaction that links the blocks and sets the size (DESIGN.md "Commit protocol").
 
 use crate::alloc::Run;
 use crate::error::{Error, Result};
@@ -380,7 +380,7 @@ impl Fs {
         Ok(())
     }
 
-    /// Sets the size of a regular file (SPEC §4): down frees whole blocks past the new last block
+    /// Sets the size of a regular file (DESIGN.md "Space"): down frees whole blocks past the new last block
     /// and then zeroes its tail; up leaves `[old EOF, new EOF)` reading zero.
     pub fn truncate(&self, ino: u64, size: u64) -> Result<()> {
         self.truncate_node(&*self.node(ino)?, size)

@@ -4,7 +4,7 @@
 //! with one of the service's userfaultfds. At mmap time every written, page-aligned run of the
 //! file is mapped straight from the device (`mmap(MAP_FIXED)` of the device's descriptor), so
 //! loads and stores to existing data never fault. What is left faults to the service, which
-//! plays the kernel's `fault` / `page_mkwrite` roles (SPEC §5):
+//! plays the kernel's `fault` / `page_mkwrite` roles (DESIGN.md "mmap and the fault service"):
 //!
 //! - a load from a page with no written block gets zeros (in a shared writable mapping a page
 //!   of zeros installed write-protected in one step, elsewhere the shared zero page); nothing is

@@ -1,6 +1,6 @@
 //! The `Fs` facade: mkfs, mount and every namespace operation, and the locking that orders them.
 //!
-//! Lock order (SPEC §5, kept from the kernel): the rename lock (cross-directory renames only) →
+//! Lock order (DESIGN.md "Locking", kept from the kernel): the rename lock (cross-directory renames only) →
 //! a file's data lock (`Node::io`: writes, truncates and fallocate; reads shared) →
 //! inode locks (directories before non-directories; among directories an ancestor before its
 //! descendant, unrelated ones by ascending number; non-directories by ascending number) → the

@@ -394,7 +394,7 @@ impl Fs {
             .collect())
     }
 
-    /// Changes attributes; `size` truncates or extends (SPEC §4). Returns the new attributes.
+    /// Changes attributes; `size` truncates or extends (DESIGN.md "Space"). Returns the new attributes.
     pub fn setattr(&self, ino: u64, set: &SetAttr) -> Result<Stat> {
         self.setattr_node(&*self.node(ino)?, set)
     }
