@@ -79,7 +79,7 @@ fn random_sequences_recover_to_a_state_before_or_after_each_operation() {
 fn two_threads_at_once_recover_to_a_state_some_order_of_their_operations_allows() {
     // Every pair of the set, on two threads interleaved at fences and held locks; every other
     // pair starts with the ring nearly full, so commits and checkpoints of the two threads meet.
-    let (schedules, per_fence) = if long() { (3, 24) } else { (1, 8) };
+    let (schedules, per_fence) = if long() { (2, 16) } else { (1, 8) };
     for bs in [1024, 4096] {
         let opts = Options {
             workload: Workload::Concurrent { schedules },

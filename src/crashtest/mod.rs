@@ -6,7 +6,7 @@
 //! none, all, or chosen subsets of the lines in flight, lines in an earlier state, and torn lines
 //! whose 8-byte words persist independently. Each image is recovered (mount), checked (fsck) and
 //! read whole; its tree, attributes and contents must be the state before or after the operation
-//! in flight ([`state::judge`]), which includes every operation that had returned. Lines still in
+//! in flight ([`judge`](crate::crashtest::judge)), which includes every operation that had returned. Lines still in
 //! flight after an operation returned may be lost only if nothing changes: those images must
 //! show the state after it.
 //!

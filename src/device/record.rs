@@ -21,7 +21,7 @@ pub type FenceHook = Box<dyn FnMut(&[InFlight]) + Send>;
 /// One cache line in flight between two fences.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InFlight {
-    /// Device offset of the line (a multiple of [`LINE`]).
+    /// Device offset of the line (a multiple of the 64-byte line size).
     pub line: u64,
     /// The line's bytes after each store that touched it, oldest first; the last is what the
     /// fence makes persistent.

@@ -250,8 +250,8 @@ impl Fs {
         drop(j);
         // The entries applied in place persist at that release (DESIGN "Media assumptions"): a
         // checkpoint another thread takes next never runs ahead of them.
-        #[cfg(feature = "crash-test")]
         if !self.inner.dev.planted(crate::sabotage::Sabotage::UnorderedRelease) {
+            #[cfg(feature = "crash-test")]
             self.inner.dev.ordered();
         }
         if let Some(cp) = done.checkpoint {
