@@ -111,19 +111,11 @@ pub fn df(a: &DfArgs) -> CliResult {
     let widths: Vec<usize> = (0..5).map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0)).collect();
     let mut o = std::io::stdout().lock();
     for r in &rows {
-        let line = format!(
-            "{:<w0$} {:>w1$} {:>w2$} {:>w3$} {:>w4$}",
-            r[0],
-            r[1],
-            r[2],
-            r[3],
-            r[4],
-            w0 = widths[0],
-            w1 = widths[1],
-            w2 = widths[2],
-            w3 = widths[3],
-            w4 = widths[4]
-        );
+        // The name to the left, numbers to the right, as df aligns them.
+        let mut line = format!("{:<w$}", r[0], w = widths[0]);
+        for (cell, w) in r.iter().zip(&widths).skip(1) {
+            line.push_str(&format!(" {cell:>w$}"));
+        }
         writeln!(o, "{}", line.trim_end()).out()?;
     }
     status
