@@ -36,7 +36,7 @@ use crate::{Device, Error, Fs, MkfsOptions, Result};
 
 pub use crate::sabotage::Sabotage;
 pub use model::Model;
-pub use state::{judge, judge_among, FsState, Matched};
+pub use state::{judge, FsState};
 pub use workload::Step;
 
 /// Free space is filled with this byte before the workload; workloads never write it.
@@ -611,7 +611,7 @@ fn recover_and_judge(
     if let Some(stale) = got.stale() {
         return Err(stale);
     }
-    judge_among(allowed, &got)
+    judge(allowed, &got)
 }
 
 /// The crash images of one fence: `(label, lines to take)`, at most about `budget` of them; with

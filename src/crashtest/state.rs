@@ -154,27 +154,13 @@ impl FsState {
     }
 }
 
-/// Which allowed state a crash image showed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Matched {
-    Before,
-    After,
-}
-
-/// Decides whether `got` is a state the operation that took `before` to `after` may leave:
-/// the tree and every attribute exactly as before or as after (atomicity), and each time and
-/// each byte of each file holding its value from one of the two (DESIGN.md "Guarantees": overwrites are not
-/// atomic, but never show bytes that were not written). When the tree changed, times must come
-/// from the state the tree matched: only a pure overwrite updates times outside a transaction.
-pub fn judge(before: &FsState, after: &FsState, got: &FsState) -> Result<Matched, String> {
-    judge_among(&[before, after], got).map(|i| if i == 0 { Matched::Before } else { Matched::After })
-}
-
-/// [`judge`] with any number of allowed states (operations in flight together may leave any of
-/// the states their orders pass through): the tree and attributes exactly as in one of them,
-/// times from a state whose tree that is, each byte from any of them. Returns the index of the
-/// first state whose tree matched.
-pub fn judge_among(allowed: &[&FsState], got: &FsState) -> Result<usize, String> {
+/// Decides whether `got` is a state the operations in flight may leave, given the states they
+/// may pass through (`allowed`: for one operation, the state before it and the state after):
+/// the tree and every attribute exactly as in one of them (atomicity); each time from a state
+/// whose tree that is (only a pure overwrite updates times outside a transaction); each byte of
+/// each file from any of them (overwrites are not atomic, but never show bytes that were not
+/// written). Returns the index of the first state whose tree matched.
+pub fn judge(allowed: &[&FsState], got: &FsState) -> Result<usize, String> {
     let Some(matched) = allowed.iter().position(|s| s.shape == got.shape) else {
         let against: Vec<String> = allowed
             .iter()
