@@ -31,7 +31,7 @@ pub fn ls(a: &LsArgs) -> CliResult {
         // As ls: the operands that are not directories (all of them, with -d) first, together;
         // then each directory's contents, titled when there is more than one thing to show.
         let (mut files, mut dirs) = (Vec::new(), Vec::new());
-        let status = each(&a.paths, |p| {
+        let mut status = each(&a.paths, |p| {
             let lst = fs.lstat(p).map_err(|e| Failure::fs(CMD, p, &e))?;
             // A symbolic link to a directory is listed as the directory unless -l or -d.
             let is_dir = mode::is_dir(lst.mode)
@@ -62,6 +62,9 @@ pub fn ls(a: &LsArgs) -> CliResult {
             let mut rows = match dir_rows(fs, &dir, a.all) {
                 Ok(rows) => rows,
                 Err(e) => {
+                    // Said now, between the listings, and the exit status says it too.
+                    out.o.flush().out()?;
+                    status = Err(Failure::status(e.code));
                     let _ = e.exit();
                     continue;
                 }
