@@ -13,6 +13,7 @@ mod demo;
 mod extents;
 mod mount;
 mod names;
+mod server_log;
 mod size;
 mod stress;
 mod usage;
@@ -217,10 +218,15 @@ enum Cmd {
                       no_default_permissions, nonempty (mount over a non-empty directory),\n\
                       suid and dev (honour set-user-ID bits and device nodes on the image; off by\n\
                       default, as nosuid,nodev, since an image may come from anyone),\n\
-                      threads=N (request threads, default one per CPU up to 8), max_read=N.",
+                      threads=N (request threads, default one per CPU up to 8), max_read=N,\n\
+                      debug (log every request), log=FILE (append the log to FILE).\n\n\
+                      The server logs its start, unmount and errors: to standard error with -f, to\n\
+                      FILE with log=FILE, else to syslog. A user who is not root mounts through\n\
+                      fusermount3 (the fuse3 package) and unmounts with udax umount or fusermount3 -u.",
         after_help = "Examples:\n  udax mount /dev/shm/pm.img /mnt/pm\n  \
                       udax mount img /mnt/pm -o ro,allow_other\n  \
                       udax mount img /mnt/pm -f            (foreground; Ctrl-C unmounts)\n  \
+                      udax mount img /mnt/pm -o debug,log=/tmp/pm.log\n  \
                       umount /mnt/pm"
     )]
     Mount(MountArgs),

@@ -12,6 +12,7 @@ use std::process::{Command, Stdio};
 use udax_fuse::MountOptions;
 
 use crate::common::{close_image, open_image, open_image_read_only, CliResult, Failure};
+use crate::server_log::{self, Sink};
 use crate::MountArgs;
 
 const CMD: &str = "mount";
@@ -24,14 +25,14 @@ pub fn run(a: &MountArgs) -> CliResult {
     opts.source = std::fs::canonicalize(&a.image).ok().map(|p| p.to_string_lossy().into_owned());
     let nonempty = a.options.iter().flat_map(|o| o.split(',')).any(|o| o == "nonempty");
     check_mount_point(&a.dir, nonempty)?;
-    if let Err(e) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/fuse") {
-        return Err(Failure::new(CMD, "/dev/fuse", format!("{e} (is the fuse module loaded?)")));
+    if !Path::new("/dev/fuse").exists() {
+        return Err(Failure::new(CMD, "/dev/fuse", "No such file or directory (is the fuse module loaded?)"));
     }
     if a.foreground {
         let report = std::env::var_os(READY_ENV).is_some();
         return serve(a, &opts, report);
     }
-    background(a)
+    background(a, &opts)
 }
 
 fn check_mount_point(dir: &Path, nonempty: bool) -> CliResult {
@@ -50,18 +51,26 @@ fn check_mount_point(dir: &Path, nonempty: bool) -> CliResult {
 }
 
 /// Starts `udax mount -f` in its own process group and waits for its report.
-fn background(a: &MountArgs) -> CliResult {
+fn background(a: &MountArgs, opts: &MountOptions) -> CliResult {
     let exe = std::env::current_exe().map_err(|e| Failure::plain(CMD, format!("cannot find the udax binary: {e}")))?;
     let mut cmd = Command::new(exe);
     cmd.arg("mount").arg(&a.image).arg(&a.dir).arg("-f");
     for o in &a.options {
         cmd.arg("-o").arg(o);
     }
+    // With -o log=FILE the server's standard error goes there too (a panic's message, say).
+    let stderr = match &opts.log {
+        Some(path) => match std::fs::OpenOptions::new().create(true).append(true).open(path) {
+            Ok(f) => Stdio::from(f),
+            Err(e) => return Err(Failure::new(CMD, path.display(), e)),
+        },
+        None => Stdio::null(),
+    };
     let mut child = cmd
         .env(READY_ENV, "1")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .process_group(0)
         .spawn()
         .map_err(|e| Failure::plain(CMD, format!("cannot start the server: {e}")))?;
@@ -79,6 +88,12 @@ fn background(a: &MountArgs) -> CliResult {
 
 /// Mounts and serves in this process until unmounted.
 fn serve(a: &MountArgs, opts: &MountOptions, report: bool) -> CliResult {
+    let sink = match (&opts.log, report) {
+        (Some(path), _) => Sink::file(path).map_err(|e| Failure::new(CMD, path.display(), e))?,
+        (None, false) => Sink::Stderr,
+        (None, true) => Sink::syslog(),
+    };
+    server_log::init(sink, opts.debug);
     let say = |line: &str| {
         if report {
             let mut o = std::io::stdout().lock();
@@ -89,6 +104,7 @@ fn serve(a: &MountArgs, opts: &MountOptions, report: bool) -> CliResult {
     let fail = |f: Failure| {
         if let Some(m) = &f.msg {
             say(&format!("error: {m}"));
+            log::error!("{m}");
         }
         f
     };
@@ -99,67 +115,68 @@ fn serve(a: &MountArgs, opts: &MountOptions, report: bool) -> CliResult {
     // plain unmount fail), the session ends when the last is closed, and the image is synced.
     let dir = a.dir.clone();
     let stop = Box::new(move || {
-        let _ = rustix::mount::unmount(&dir, rustix::mount::UnmountFlags::DETACH);
+        let _ = udax_fuse::detach(&dir, true);
     });
-    let mut session = match udax_fuse::session(fs, &a.dir, opts, stop) {
+    let session = match udax_fuse::session(fs, &a.dir, opts, stop) {
         Ok(s) => s,
         Err(e) => {
             let _ = close_image(CMD, &a.image, keep);
             return Err(fail(Failure::new(CMD, a.dir.display(), e)));
         }
     };
-    let mut unmounter = session.unmount_callable();
     let signals = signal_hook::iterator::Signals::new([libc::SIGINT, libc::SIGTERM, libc::SIGHUP]);
     let mut signals = signals.map_err(|e| fail(Failure::plain(CMD, format!("signal handlers: {e}"))))?;
     let handle = signals.handle();
-    let (dir, log) = (a.dir.clone(), a.foreground && !report);
+    let dir = a.dir.clone();
     // A signal unmounts; on a busy mount it says so and keeps listening, and the next one
     // unmounts if the mount is idle by then, or else detaches it lazily (umount -l): the
     // session then ends when the last file there is closed.
     let waiter = std::thread::spawn(move || {
         let mut asked = false;
         for _ in signals.forever() {
-            match rustix::mount::unmount(&dir, rustix::mount::UnmountFlags::empty()) {
+            match udax_fuse::detach(&dir, false) {
                 Ok(()) => return,
-                Err(rustix::io::Errno::BUSY) if asked => {
-                    let _ = rustix::mount::unmount(&dir, rustix::mount::UnmountFlags::DETACH);
-                    eprintln!(
-                        "udax mount: {}: still busy; detached lazily, ends when the last user leaves",
-                        dir.display()
-                    );
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) && asked => {
+                    let _ = udax_fuse::detach(&dir, true);
+                    log::warn!("{}: still busy; detached lazily, ends when the last user leaves", dir.display());
                     return;
                 }
-                Err(rustix::io::Errno::BUSY) => {
-                    eprintln!(
-                        "udax mount: {}: busy, not unmounted (a process has a file open or its working directory \
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                    log::warn!(
+                        "{}: busy, not unmounted (a process has a file open or its working directory \
                          there); signal again to unmount, lazily if it is still busy",
                         dir.display(),
                     );
                     asked = true;
                 }
-                // Not allowed to unmount directly: the session's own way (fusermount).
-                Err(_) => {
-                    let _ = unmounter.unmount();
-                    return;
-                }
+                Err(e) => log::error!("{}: cannot unmount: {e}", dir.display()),
             }
         }
     });
     say("ready");
-    if log {
-        eprintln!(
-            "udax mount: {} mounted on {} (Ctrl-C or udax umount to unmount)",
-            a.image.display(),
-            a.dir.display()
-        );
-    }
+    log::info!(
+        "{} mounted on {} ({}; Ctrl-C or udax umount to unmount)",
+        a.image.display(),
+        a.dir.display(),
+        if opts.read_only { "read-only" } else { "read-write" }
+    );
     let served = session.run();
     handle.close();
     let _ = waiter.join();
+    if served.is_err() {
+        // The session failed while mounted: take the mount away with it.
+        let _ = udax_fuse::detach(&a.dir, true);
+    }
     let closed = close_image(CMD, &a.image, keep);
+    if let Err(e) = &served {
+        log::error!("{}: serving failed: {e}", a.dir.display());
+    }
     served.map_err(|e| Failure::new(CMD, a.dir.display(), e))?;
-    if log && closed.is_ok() {
-        eprintln!("udax mount: {} unmounted, {} synced", a.dir.display(), a.image.display());
+    match &closed {
+        Ok(()) => log::info!("{} unmounted, {} synced", a.dir.display(), a.image.display()),
+        Err(f) => {
+            log::error!("{} unmounted; closing the image failed: {}", a.dir.display(), f.msg.as_deref().unwrap_or(""))
+        }
     }
     closed
 }
@@ -193,28 +210,14 @@ pub fn umount(a: &crate::UmountArgs) -> CliResult {
         }
         Some(_) => {}
     }
-    if rustix::process::geteuid().is_root() {
-        let flags = if a.lazy { rustix::mount::UnmountFlags::DETACH } else { rustix::mount::UnmountFlags::empty() };
-        return rustix::mount::unmount(&dir, flags).map_err(|e| {
-            let why = match e {
-                rustix::io::Errno::BUSY => "target is busy: a process has a file open or its working directory there (udax umount -l detaches it lazily)".to_string(),
-                e => crate::common::strerror(e.raw_os_error()),
-            };
-            Failure::new(CMD, a.dir.display(), why)
-        });
-    }
-    for tool in ["fusermount3", "fusermount"] {
-        let mut c = Command::new(tool);
-        c.arg("-u");
-        if a.lazy {
-            c.arg("-z");
-        }
-        match c.arg(&dir).status() {
-            Ok(st) if st.success() => return Ok(()),
-            Ok(_) => return Err(Failure::status(1)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(Failure::plain(CMD, format!("{tool}: {e}"))),
-        }
-    }
-    Err(Failure::new(CMD, a.dir.display(), "only root can unmount without fusermount3 (install the fuse3 package)"))
+    udax_fuse::detach(&dir, a.lazy).map_err(|e| {
+        let why = match e.raw_os_error() {
+            Some(libc::EBUSY) => "target is busy: a process has a file open or its working directory there \
+                                  (udax umount -l detaches it lazily)"
+                .to_string(),
+            Some(n) => crate::common::strerror(n),
+            None => e.to_string(),
+        };
+        Failure::new(CMD, a.dir.display(), why)
+    })
 }

@@ -426,6 +426,7 @@ fn a_signal_on_a_busy_mount_says_so_and_the_next_one_unmounts() {
         let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
         let line = mounts.lines().find(|l| l.split(' ').nth(1) == mnt.canonicalize().unwrap().to_str()).unwrap();
         assert!(line.starts_with(&format!("{} ", img.canonicalize().unwrap().display())), "{line}");
+        assert_eq!(line.split(' ').nth(2), Some("fuse.udax"), "{line}");
         let mut inside = Command::new("sleep").arg("60").current_dir(&mnt).spawn().unwrap();
         let term = || sh(&format!("kill -TERM {}", server.id()), Path::new("/"));
         term();
@@ -552,4 +553,108 @@ fn a_command_right_after_umount_finds_the_image_free() {
         let out = udax(&[OsStr::new("fsck"), m.img.as_os_str()]);
         assert!(out.status.success(), "round {i}: {}", String::from_utf8_lossy(&out.stderr));
     }
+}
+
+/// A background server logged nothing anywhere (its standard error went to /dev/null) and had no
+/// debug switch: `-o log=FILE` now gets its start, unmount and, with `debug`, every request.
+#[test]
+fn the_server_logs_its_start_requests_and_unmount() {
+    if !can_mount() {
+        return;
+    }
+    let m = Mounted::with_options("16M", "debug");
+    m.unmount();
+    let log = m.img.with_file_name("server.log");
+    let opts = format!("debug,log={}", log.display());
+    ok(&[OsStr::new("mount"), m.img.as_os_str(), m.mnt.as_os_str(), OsStr::new("-o"), OsStr::new(&opts)]);
+    std::fs::write(m.mnt.join("f"), b"logged").unwrap();
+    m.unmount();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains(&format!("mounted on {}", m.mnt.display())), "{text}");
+    assert!(text.contains("CREATE") && text.contains("WRITE"), "requests logged: {text}");
+    assert!(text.contains(&format!("{} unmounted", m.mnt.display())), "{text}");
+    // Without debug, no request lines.
+    std::fs::remove_file(&log).unwrap();
+    let opts = format!("log={}", log.display());
+    ok(&[OsStr::new("mount"), m.img.as_os_str(), m.mnt.as_os_str(), OsStr::new("-o"), OsStr::new(&opts)]);
+    assert_eq!(std::fs::read(m.mnt.join("f")).unwrap(), b"logged");
+    m.unmount();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("mounted on") && !text.contains("debug:"), "{text}");
+}
+
+/// A user who is not root could not mount ("/dev/fuse: Permission denied"): fusermount3 now
+/// mounts for them, and `udax umount` unmounts through it.
+#[test]
+fn a_user_who_is_not_root_mounts_through_fusermount3() {
+    if !can_mount() {
+        return;
+    }
+    let mut missing = Vec::new();
+    for tool in ["fusermount3", "setpriv"] {
+        let found = Command::new("sh").args(["-c", &format!("command -v {tool}")]).output();
+        if !found.is_ok_and(|o| o.status.success()) {
+            missing.push(tool);
+        }
+    }
+    let fuse_mode =
+        std::fs::metadata("/dev/fuse").map_or(0, |m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()));
+    if fuse_mode & 0o006 != 0o006 {
+        missing.push("/dev/fuse open to every user (mode 0666, as the fuse3 package's udev rule sets it)");
+    }
+    if !missing.is_empty() {
+        let msg = format!("skipping: a mount by a user needs {}", missing.join(", "));
+        assert!(std::env::var_os("UDAX_REQUIRE_MOUNT").is_none(), "{msg}, and UDAX_REQUIRE_MOUNT is set");
+        eprintln!("{msg}");
+        return;
+    }
+    // nobody (65534) owns the image, its root directory and the mount point, and runs a copy of
+    // the binary it can reach.
+    let dir = tmp();
+    let d = dir.path();
+    std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let (img, mnt, bin) = (d.join("img"), d.join("mnt"), d.join("udax"));
+    std::fs::copy(env!("CARGO_BIN_EXE_udax"), &bin).unwrap();
+    std::fs::create_dir(&mnt).unwrap();
+    ok(&[OsStr::new("mkfs"), img.as_os_str(), OsStr::new("--size"), OsStr::new("16M")]);
+    ok(&[OsStr::new("chown"), img.as_os_str(), OsStr::new("65534:65534"), OsStr::new("/")]);
+    std::os::unix::fs::chown(&img, Some(65534), Some(65534)).unwrap();
+    std::os::unix::fs::chown(&mnt, Some(65534), Some(65534)).unwrap();
+    let as_nobody = |cmd: &str| {
+        let out = Command::new("setpriv")
+            .args(["--reuid", "65534", "--regid", "65534", "--clear-groups", "sh", "-c", cmd])
+            .current_dir(d)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "`{cmd}` as nobody failed ({}): {err}", out.status);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    as_nobody("./udax mount img mnt");
+    struct Detach<'a>(&'a Path);
+    impl Drop for Detach<'_> {
+        fn drop(&mut self) {
+            if is_mounted(self.0) {
+                let _ = Command::new("umount").arg("-l").arg(self.0).status();
+            }
+        }
+    }
+    let _detach = Detach(&mnt);
+    let line = std::fs::read_to_string("/proc/self/mounts")
+        .unwrap()
+        .lines()
+        .find(|l| l.split(' ').nth(1) == mnt.canonicalize().unwrap().to_str())
+        .map(str::to_string)
+        .expect("mounted");
+    assert_eq!(line.split(' ').nth(2), Some("fuse.udax"), "{line}");
+    assert!(
+        line.contains("user_id=65534") && line.starts_with(img.canonicalize().unwrap().to_str().unwrap()),
+        "{line}"
+    );
+    assert_eq!(as_nobody("echo made by nobody > mnt/f && cat mnt/f && stat -c %u mnt/f"), "made by nobody\n65534\n");
+    as_nobody("./udax umount mnt");
+    assert!(!is_mounted(&mnt));
+    wait_released(&img);
+    ok(&[OsStr::new("fsck"), img.as_os_str()]);
+    assert_eq!(ok(&[OsStr::new("cat"), img.as_os_str(), OsStr::new("/f")]), "made by nobody\n");
 }

@@ -13,11 +13,15 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+mod attach;
+
+pub use attach::{detach, Attached, FS_TYPE};
+
 use fuser::{
     AccessFlags, Config, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
-    INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs,
-    ReplyWrite, ReplyXattr, Request, SessionACL, TimeOrNow, WriteFlags,
+    INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request, SessionACL, TimeOrNow, WriteFlags,
 };
 use udax::{Creds, FallocMode, Fs, RenameMode, SetAttr, SetTime, Stat, Timespec, XattrFlags};
 
@@ -51,6 +55,11 @@ pub struct MountOptions {
     pub other: Vec<String>,
     /// What mount(8) and df show as the source: the image's path ("udax" when not set).
     pub source: Option<String>,
+    /// Log every request and its answer (`-o debug`).
+    pub debug: bool,
+    /// Where the server logs (`-o log=FILE`; by default its standard error in the foreground,
+    /// syslog in the background).
+    pub log: Option<std::path::PathBuf>,
 }
 
 impl MountOptions {
@@ -70,6 +79,8 @@ impl MountOptions {
                 "nosuid" => o.suid = false,
                 "dev" => o.dev = true,
                 "nodev" => o.dev = false,
+                "debug" => o.debug = true,
+                s if s.starts_with("log=") && s.len() > "log=".len() => o.log = Some(s["log=".len()..].into()),
                 s if s.starts_with("threads=") => {
                     o.threads = s["threads=".len()..].parse().map_err(|_| format!("bad thread count in {s:?}"))?;
                 }
@@ -82,17 +93,6 @@ impl MountOptions {
 
     fn config(&self) -> Config {
         let mut c = Config::default();
-        let source = self.source.clone().unwrap_or_else(|| "udax".into());
-        c.mount_options = vec![MountOption::FSName(source), MountOption::Subtype("udax".into())];
-        c.mount_options.push(if self.read_only { MountOption::RO } else { MountOption::RW });
-        if self.default_permissions {
-            c.mount_options.push(MountOption::DefaultPermissions);
-        }
-        // An image may come from anyone: its device nodes and set-user-ID programs are inert
-        // unless asked for, whoever mounts it.
-        c.mount_options.push(if self.dev { MountOption::Dev } else { MountOption::NoDev });
-        c.mount_options.push(if self.suid { MountOption::Suid } else { MountOption::NoSuid });
-        c.mount_options.extend(self.other.iter().map(|s| MountOption::CUSTOM(s.clone())));
         if self.allow_other {
             c.acl = SessionACL::All;
         }
@@ -102,8 +102,8 @@ impl MountOptions {
     }
 }
 
-/// Mounts `fs` on `dir`. The returned session serves requests when run; it holds the mount
-/// until it ends (an unmount from outside, or [`fuser::SessionUnmounter`]).
+/// Mounts `fs` on `dir` (see [`Attached`] for how). The returned session serves requests when
+/// run, until the mount goes ([`detach`], or an unmount from outside).
 ///
 /// `on_host_full` runs once when the host file system holding a sparse image fills up: the image
 /// takes no more changes from then on (every change is EROFS), and the caller should end the
@@ -115,7 +115,11 @@ pub fn session(
     on_host_full: Box<dyn Fn() + Send + Sync>,
 ) -> std::io::Result<fuser::Session<UdaxFuse>> {
     let _ = ON_HOST_FULL.set(on_host_full);
-    fuser::Session::new(UdaxFuse { fs }, dir, &opts.config())
+    let (fd, _) = attach::attach(dir, opts)?;
+    let c = opts.config();
+    fuser::Session::from_fd(UdaxFuse { fs }, fd, c.acl, c).inspect_err(|_| {
+        let _ = detach(dir, true);
+    })
 }
 
 /// What to do when the host fills up (see [`session`]): one mount per process.
@@ -137,7 +141,7 @@ impl UdaxFuse {
 fn errno(e: &udax::Error) -> Errno {
     static HOST_FULL_LOGGED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     if matches!(e, udax::Error::HostFull(_)) && !HOST_FULL_LOGGED.swap(true, std::sync::atomic::Ordering::Relaxed) {
-        eprintln!("udax mount: {e}; the image takes no more changes: unmounting");
+        log::error!("{e}; the image takes no more changes: unmounting");
         if let Some(stop) = ON_HOST_FULL.get() {
             stop();
         }
