@@ -55,8 +55,13 @@ pub enum Error {
     OutOfMappings { budget: u64 },
     #[error("image is in use by another process (it holds the image lock)")]
     Busy,
-    #[error("image is in use by {0} (it holds the image lock)")]
-    InUse(String),
+    #[error("image is in use by {who} (it holds the image lock){}", mount.as_ref().map(|d| format!(", mounted on {}", d.display())).unwrap_or_default())]
+    InUse {
+        /// The holder: its pid and command line.
+        who: String,
+        /// Where the image is mounted, when the holder is a udax mount server.
+        mount: Option<std::path::PathBuf>,
+    },
     #[error("read-only file system")]
     ReadOnly,
     #[error("read-only file system: it takes no more changes since {0}")]
@@ -109,7 +114,7 @@ impl Error {
             Error::TooBig(_) => libc::E2BIG,
             Error::OutOfMappings { .. } => libc::ENOMEM,
             Error::Busy => libc::EBUSY,
-            Error::InUse(_) => libc::EBUSY,
+            Error::InUse { .. } => libc::EBUSY,
             Error::ReadOnly => libc::EROFS,
             Error::Stopped(_) => libc::EROFS,
             Error::NotUdax(_) => libc::EINVAL,

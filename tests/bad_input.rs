@@ -75,7 +75,7 @@ fn an_image_in_use_is_refused() {
     let e = Fs::open_image(&p).unwrap_err();
     // The holder is named: this very process.
     let me = format!("process {} (", std::process::id());
-    assert!(matches!(&e, Error::InUse(who) if who.starts_with(&me)), "{e}");
+    assert!(matches!(&e, Error::InUse { who, .. } if who.starts_with(&me)), "{e}");
     assert_eq!(e.errno(), libc::EBUSY);
     assert!(e.to_string().contains("in use"));
 }

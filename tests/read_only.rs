@@ -67,7 +67,7 @@ fn a_read_only_open_reads_everything_changes_nothing_and_writes_nothing() {
     erofs(fs.removexattr(f.ino(), b"user.a"));
     // Another reader at the same time; no writer.
     let second = Fs::open_image_read_only(&p).unwrap();
-    assert!(matches!(Fs::open_image(&p), Err(Error::InUse(_))));
+    assert!(matches!(Fs::open_image(&p), Err(Error::InUse { .. })));
     drop((f, second));
     fs.unmount().unwrap();
     assert!(std::fs::read(&p).unwrap() == before, "a read-only open changed the image");

@@ -215,7 +215,9 @@ fn print_report(o: &mut impl Write, img: &Path, report: &udax::check::Report) ->
 pub fn info(a: &InfoArgs) -> CliResult {
     const CMD: &str = "info";
     let fs = open_image_read_only(CMD, &a.image)?;
-    let i = fs.info();
+    let mut i = fs.info();
+    // The image as named (a mounted image is read from a snapshot, which has no path of its own).
+    i.device.path = Some(std::fs::canonicalize(&a.image).unwrap_or_else(|_| a.image.clone()));
     let mut o = std::io::stdout().lock();
     if a.json {
         let v = serde_json::to_value(&i).map_err(|e| Failure::plain(CMD, e))?;

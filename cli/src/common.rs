@@ -83,7 +83,13 @@ pub fn describe(e: &Error) -> String {
         Error::Busy => "image is in use by another process (it holds the image lock); \
                         close it there first"
             .into(),
-        Error::InUse(who) => format!("image is in use by {who}, which holds the image lock; close it there first"),
+        Error::InUse { who, mount: None } => {
+            format!("image is in use by {who}, which holds the image lock; close it there first")
+        }
+        Error::InUse { who, mount: Some(dir) } => format!(
+            "image is mounted on {} by {who}; unmount it first (commands that only read work on it meanwhile)",
+            dir.display()
+        ),
         other => strip_os_error(&other.to_string()),
     }
 }
@@ -106,9 +112,24 @@ pub fn open_image(cmd: &str, image: &Path) -> CliResult<Fs> {
 }
 
 /// Opens and mounts an image read-only: no write access needed (a 0444 file, a read-only
-/// mount), nothing written (a journal replay stays in memory), other readers welcome.
+/// mount), nothing written (a journal replay stays in memory), other readers welcome. An image
+/// a udax mount holds is read from a snapshot the mount takes (see `snapshot`), which is said on
+/// standard error.
 pub fn open_image_read_only(cmd: &str, image: &Path) -> CliResult<Fs> {
-    Fs::open_image_read_only(image).map_err(|e| image_failure(cmd, image, &e))
+    let e = match Fs::open_image_read_only(image) {
+        Ok(fs) => return Ok(fs),
+        Err(e @ (Error::InUse { .. } | Error::Busy)) => e,
+        Err(e) => return Err(image_failure(cmd, image, &e)),
+    };
+    match crate::snapshot::request(image) {
+        None => Err(image_failure(cmd, image, &e)),
+        Some(Err(why)) => Err(Failure::new(cmd, image.display(), format!("{}; {why}", describe(&e)))),
+        Some(Ok((copy, dir))) => {
+            eprintln!("udax {cmd}: {} is mounted on {}: reading a snapshot taken now", image.display(), dir.display());
+            let path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&copy));
+            Fs::open_image_read_only(path).map_err(|e| Failure::new(cmd, image.display(), describe_open(&e)))
+        }
+    }
 }
 
 /// Why `image` did not open; a directory given as the image is most likely a path inside the

@@ -15,6 +15,7 @@ mod mount;
 mod names;
 mod server_log;
 mod size;
+mod snapshot;
 mod stress;
 mod usage;
 mod xio;

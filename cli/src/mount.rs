@@ -124,6 +124,10 @@ fn serve(a: &MountArgs, opts: &MountOptions, report: bool) -> CliResult {
             return Err(fail(Failure::new(CMD, a.dir.display(), e)));
         }
     };
+    // Commands that only read get snapshots of the mounted image (see `snapshot`).
+    let snapshots = crate::snapshot::Server::start(keep.clone(), &a.image, &a.dir)
+        .inspect_err(|e| log::warn!("no snapshots for read-only commands on the mounted image: {e}"))
+        .ok();
     let signals = signal_hook::iterator::Signals::new([libc::SIGINT, libc::SIGTERM, libc::SIGHUP]);
     let mut signals = signals.map_err(|e| fail(Failure::plain(CMD, format!("signal handlers: {e}"))))?;
     let handle = signals.handle();
@@ -166,6 +170,9 @@ fn serve(a: &MountArgs, opts: &MountOptions, report: bool) -> CliResult {
     if served.is_err() {
         // The session failed while mounted: take the mount away with it.
         let _ = udax_fuse::detach(&a.dir, true);
+    }
+    if let Some(s) = snapshots {
+        s.stop();
     }
     let closed = close_image(CMD, &a.image, keep);
     if let Err(e) = &served {

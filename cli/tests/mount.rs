@@ -92,7 +92,7 @@ impl Mounted {
 
     /// Unmounts and waits for the server to let go of the image.
     fn unmount(&self) {
-        sh(&format!("umount {}", self.mnt.display()), Path::new("/"));
+        umount(&self.mnt);
         wait_released(&self.img);
     }
 }
@@ -105,6 +105,23 @@ impl Drop for Mounted {
             let _ = Command::new("flock").arg("-w").arg("20").arg(&self.img).arg("true").status();
         }
     }
+}
+
+/// umount(8) on `dir`. Tests run in parallel and spawn programs: a child between fork and exec
+/// holds copies of every descriptor the test process had open, files on this mount included,
+/// for as long as the exec takes on a loaded machine; a busy mount is retried for up to 2 s.
+#[track_caller]
+fn umount(dir: &Path) {
+    for _ in 0..100 {
+        let out = Command::new("umount").arg(dir).output().unwrap();
+        if out.status.success() {
+            return;
+        }
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("busy"), "umount {} failed ({}): {err}", dir.display(), out.status);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    panic!("{} stayed busy for 2 s", dir.display());
 }
 
 /// The server holds the image's lock until it has checkpointed and synced it: taking the lock
@@ -355,7 +372,11 @@ fn bad_mount_points_and_busy_images_get_clear_errors() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     // Named: the server's pid and command line.
-    assert!(err.contains("in use by process") && err.contains(" mount "), "{out:?}");
+    assert!(
+        err.contains(&format!("is mounted on {} by process", mnt.canonicalize().unwrap().display()))
+            && err.contains(" mount "),
+        "{out:?}"
+    );
     assert!(!is_mounted(&mnt2));
     // udax umount: busy while a process works inside, then unmounts; a second time, not mounted.
     let mut inside = Command::new("sleep").arg("30").current_dir(&mnt).spawn().unwrap();
@@ -549,7 +570,7 @@ fn a_command_right_after_umount_finds_the_image_free() {
             ok(&[OsStr::new("mount"), m.img.as_os_str(), m.mnt.as_os_str()]);
         }
         std::fs::write(m.mnt.join(format!("f{}", i % 4)), vec![i as u8; 1 << 20]).unwrap();
-        sh(&format!("umount {}", m.mnt.display()), Path::new("/"));
+        umount(&m.mnt);
         let out = udax(&[OsStr::new("fsck"), m.img.as_os_str()]);
         assert!(out.status.success(), "round {i}: {}", String::from_utf8_lossy(&out.stderr));
     }
@@ -657,4 +678,55 @@ fn a_user_who_is_not_root_mounts_through_fusermount3() {
     wait_released(&img);
     ok(&[OsStr::new("fsck"), img.as_os_str()]);
     assert_eq!(ok(&[OsStr::new("cat"), img.as_os_str(), OsStr::new("/f")]), "made by nobody\n");
+}
+
+/// A mounted image could not be inspected: `info`, `ls`, `fsck` said "image is in use by another
+/// process" without naming the mount. Commands that only read now read a snapshot the mount
+/// takes, and those that change the image name the mount point.
+#[test]
+fn commands_that_only_read_work_on_a_mounted_image() {
+    if !can_mount() {
+        return;
+    }
+    let m = Mounted::new("32M");
+    std::fs::create_dir(m.mnt.join("d")).unwrap();
+    std::fs::write(m.mnt.join("d/f"), b"seen while mounted\n").unwrap();
+    let img = m.img.as_os_str();
+    let mnt = m.mnt.canonicalize().unwrap();
+    let run = |args: &[&str]| {
+        let mut all = vec![args[0].as_ref(), img];
+        all.extend(args[1..].iter().map(OsStr::new));
+        let out = udax(&all);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned(), err)
+    };
+    for args in [
+        &["ls", "/d"][..],
+        &["cat", "/d/f"],
+        &["info"],
+        &["stat", "/d/f"],
+        &["extents", "/d/f"],
+        &["du", "/d"],
+        &["df"],
+    ] {
+        let (code, out, err) = run(args);
+        assert_eq!(code, Some(0), "udax {args:?}: {err}");
+        assert!(err.contains(&format!("is mounted on {}: reading a snapshot", mnt.display())), "{args:?}: {err}");
+        if args[0] == "cat" {
+            assert_eq!(out, "seen while mounted\n");
+        }
+    }
+    let out_dir = m.img.with_file_name("got");
+    let (code, _, err) = run(&["get", "/d", out_dir.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(std::fs::read(out_dir.join("f")).unwrap(), b"seen while mounted\n");
+    // A change is refused, naming the holder and the mount point; nothing changed.
+    let (code, _, err) = run(&["rm", "/d/f"]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains(&format!("is mounted on {} by process", mnt.display())) && err.contains("unmount it"),
+        "{err}"
+    );
+    assert!(m.mnt.join("d/f").exists());
+    m.unmount();
 }

@@ -27,12 +27,12 @@ pub(super) fn lock(file: &File, exclusive: bool) -> Result<()> {
             return Err(Error::io("lock image", err));
         }
         match lock_holder(file) {
-            Some(h) if !h.finishing_mount() => return Err(Error::InUse(h.describe())),
+            Some(h) if !h.finishing_mount() => return Err(h.in_use()),
             Some(h) => {
                 // The server lets go when it exits: wait for exactly that, then look again.
                 let left = LOCK_WAIT.saturating_sub(start.elapsed());
                 if left.is_zero() || !wait_for_exit(h.pid, left)? {
-                    return Err(Error::InUse(h.describe()));
+                    return Err(h.in_use());
                 }
             }
             // Gone between the two looks (it just let go): look again, a few times; or /proc
@@ -82,20 +82,23 @@ pub(super) struct Holder {
 }
 
 impl Holder {
-    fn describe(&self) -> String {
-        match self.cmdline.is_empty() {
+    /// The error for a refused opener: who holds the image, and where it is mounted if the
+    /// holder is a udax mount server.
+    fn in_use(&self) -> Error {
+        let who = match self.cmdline.is_empty() {
             true => format!("process {}", self.pid),
             false => format!("process {} ({})", self.pid, self.cmdline.join(" ")),
-        }
+        };
+        let mount = self.mount_point().filter(|dir| is_mount_point(dir));
+        Error::InUse { who, mount }
     }
 
-    /// A udax mount server (`udax mount [-f] [-o OPTS] IMAGE DIR`) whose DIR is no longer
-    /// mounted.
-    fn finishing_mount(&self) -> bool {
+    /// DIR, for a udax mount server (`udax mount [-f] [-o OPTS] IMAGE DIR`), made absolute.
+    fn mount_point(&self) -> Option<PathBuf> {
         let c = &self.cmdline;
         let is_server = c.len() >= 2 && Path::new(&c[0]).file_name().is_some_and(|n| n == "udax") && c[1] == "mount";
         if !is_server {
-            return false;
+            return None;
         }
         // The second operand, skipping flags and the values of -o.
         let mut operands = Vec::new();
@@ -108,15 +111,25 @@ impl Holder {
                 _ => operands.push(a),
             }
         }
-        let Some(dir) = operands.get(1) else { return false };
+        let dir = operands.get(1)?;
         let dir = match &self.cwd {
             Some(cwd) => cwd.join(dir),
             None => PathBuf::from(dir),
         };
-        let Ok(dir) = std::fs::canonicalize(dir) else { return true };
-        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-        !mounts.lines().any(|l| l.split(' ').nth(1).map(unescape_mount_field).as_deref() == dir.to_str())
+        Some(std::fs::canonicalize(&dir).unwrap_or(dir))
     }
+
+    /// A udax mount server whose DIR is no longer mounted, or a process already exiting (its
+    /// command line is gone before its descriptors, and with them the lock, are closed).
+    fn finishing_mount(&self) -> bool {
+        self.cmdline.is_empty() || self.mount_point().is_some_and(|dir| !is_mount_point(&dir))
+    }
+}
+
+/// Whether a mount sits on `dir` (an absolute, canonical path).
+fn is_mount_point(dir: &Path) -> bool {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    mounts.lines().any(|l| l.split(' ').nth(1).map(unescape_mount_field).as_deref() == dir.to_str())
 }
 
 /// A field of /proc/self/mounts as a path: the kernel writes space, tab, newline and backslash

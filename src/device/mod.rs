@@ -733,6 +733,6 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("img");
         let _a = Device::create(&p, 1 << 20).unwrap();
-        assert!(matches!(Device::open(&p), Err(Error::InUse(_))));
+        assert!(matches!(Device::open(&p), Err(Error::InUse { .. })));
     }
 }

@@ -14,7 +14,7 @@
 //! - `types`: the value types callers see (stat, setattr, mkfs options, mapping protections);
 //! - `node`: in-memory inodes and their live mappings, and the fault service's shared state;
 //! - `state`: `Fs` itself, the change guard and undo, commits and allocation;
-//! - `mount`: mkfs, mount and recovery, unmount;
+//! - `mount`: mkfs, mount and recovery, unmount; `snapshot`: a consistent copy of the image;
 //! - `namespace` and `rename`: names and attributes;
 //! - `data`, `space` and `xattr`: read and write, fallocate and seek, extended attributes;
 //! - `mmap` and `fault`: DAX mappings and the userfaultfd service behind them.
@@ -26,6 +26,7 @@ mod mount;
 mod namespace;
 mod node;
 mod rename;
+mod snapshot;
 mod space;
 mod state;
 mod types;
