@@ -82,7 +82,15 @@ pub fn mkfs(a: &MkfsArgs) -> CliResult {
         if created {
             let _ = std::fs::remove_file(img);
         }
-        fail(describe_open(&e))
+        match e.errno() {
+            libc::ENOMEM => fail(format!(
+                "{}: the kernel would not map {} ({size} bytes) into this process (address space, or \
+                 the overcommit limit: vm.overcommit_memory); the old contents are untouched",
+                describe_open(&e),
+                human(size)
+            )),
+            _ => fail(describe_open(&e)),
+        }
     })?;
     let dev_len = dev.len();
     let sparse = dev.is_sparse();

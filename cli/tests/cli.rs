@@ -1262,6 +1262,12 @@ fn a_failed_mkfs_force_leaves_the_old_image_whole() {
     assert!(err.contains("no room"), "{err}");
     assert_eq!(std::fs::metadata(&img).unwrap().len(), 16 << 20);
     assert_eq!(ok(&["cat", s(&img), "/keep.txt"]), "keep me\n");
+    // Sparse, 100 TiB takes no host space but cannot be mapped: said, and the old image stays.
+    let (code, err) = fails(&["mkfs", s(&img), "--force", "--sparse", "--size", "100T"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("would not map") && err.contains("untouched"), "{err}");
+    assert_eq!(std::fs::metadata(&img).unwrap().len(), 16 << 20);
+    assert_eq!(ok(&["cat", s(&img), "/keep.txt"]), "keep me\n");
     ok(&["fsck", s(&img)]);
 }
 
