@@ -85,9 +85,10 @@ pub fn mkfs(a: &MkfsArgs) -> CliResult {
         match e.errno() {
             libc::ENOMEM => fail(format!(
                 "{}: the kernel would not map {} ({size} bytes) into this process (address space, or \
-                 the overcommit limit: vm.overcommit_memory); the old contents are untouched",
+                 the overcommit limit: vm.overcommit_memory){}",
                 describe_open(&e),
-                human(size)
+                human(size),
+                if created { "" } else { "; the old contents are untouched" }
             )),
             _ => fail(describe_open(&e)),
         }
