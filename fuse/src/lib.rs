@@ -7,6 +7,7 @@
 //! cache (write-through: writeback caching stays off, so every `write(2)` that returns is durable
 //! in the image); true DAX access is the library's.
 #![deny(unsafe_code)]
+#![deny(missing_docs)]
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -35,6 +36,7 @@ const OPEN_FLAGS: FopenFlags = FopenFlags::FOPEN_KEEP_CACHE;
 /// What `-o` asked for.
 #[derive(Debug, Clone, Default)]
 pub struct MountOptions {
+    /// Mount read-only (`-o ro`): every change fails with EROFS.
     pub read_only: bool,
     /// Let other users in (and have the kernel check permissions with `default_permissions`).
     pub allow_other: bool,

@@ -369,6 +369,7 @@ impl Mapping {
         self.len
     }
 
+    /// Whether the mapping has no pages (never true for a mapping [`File::mmap`](crate::File::mmap) made).
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
@@ -378,10 +379,12 @@ impl Mapping {
         self.state.file_off
     }
 
+    /// What the mapping's pages allow.
     pub fn prot(&self) -> Prot {
         self.prot
     }
 
+    /// Whether stores reach the file or stay private to the mapping.
     pub fn share(&self) -> Share {
         self.state.share
     }
