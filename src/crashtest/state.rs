@@ -98,7 +98,7 @@ impl FsState {
                 if kind == S_IFREG {
                     let len = usize::try_from(a.size).ok().filter(|&n| n <= 64 << 20);
                     let mut buf = vec![0u8; len.ok_or_else(|| format!("{path}: size {} too large", a.size))?];
-                    let n = fs.read(ino, 0, &mut buf).map_err(|e| format!("read {path}: {e}"))?;
+                    let n = fs.read(ino, &mut buf, 0).map_err(|e| format!("read {path}: {e}"))?;
                     if n != buf.len() {
                         return Err(format!("read {path}: {n} of {} bytes", buf.len()));
                     }

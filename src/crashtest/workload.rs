@@ -206,7 +206,7 @@ impl Step {
                 let start = off / crate::PAGE * crate::PAGE;
                 let end = (off + len).div_ceil(crate::PAGE) * crate::PAGE;
                 let map = f.mmap(start, end - start, Prot::ReadWrite, Share::Shared)?;
-                map.write(off - start, &bytes(*seed, *off, *len))?;
+                map.write_at(&bytes(*seed, *off, *len), off - start)?;
                 map.flush()
             }
             Step::SetXattr { path, name, len, seed } => {

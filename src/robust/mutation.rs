@@ -93,7 +93,7 @@ impl Template {
         // A directory of several blocks: one file under many names.
         let big = fs.mkdir_all("/big", 0o755)?;
         let target = fs.create(big, b"target", 0o644, Creds::ROOT)?.ino;
-        fs.write(target, 0, b"linked many times")?;
+        fs.write(target, b"linked many times", 0)?;
         let names = if bs == 1024 { 90 } else { 150 };
         for i in 0..names {
             fs.link(target, big, format!("name-{i:03}-{}", "n".repeat(i % 40)).as_bytes())?;
@@ -103,13 +103,13 @@ impl Template {
         let frag = fs.create(ROOT_INO, b"frag", 0o644, Creds::ROOT)?.ino;
         let pieces = if bs == 1024 { 100 } else { 200 };
         for i in 0..pieces {
-            fs.write(frag, 2 * i * bs, &[i as u8 | 1; 300])?;
+            fs.write(frag, &[i as u8 | 1; 300], 2 * i * bs)?;
         }
         let sparse = fs.create(ROOT_INO, b"sparse", 0o644, Creds::ROOT)?.ino;
         fs.truncate(sparse, 1 << 30)?;
-        fs.write(sparse, 1 << 29, b"middle")?;
+        fs.write(sparse, b"middle", 1 << 29)?;
         let pre = fs.create(ROOT_INO, b"prealloc", 0o644, Creds::ROOT)?.ino;
-        fs.write(pre, 0, &[7; 5000])?;
+        fs.write(pre, &[7; 5000], 0)?;
         fs.fallocate(pre, 8192, 20_000, FallocMode::Allocate { keep_size: false })?;
         fs.fallocate(pre, 1000, 2000, FallocMode::PunchHole)?;
         let xattrs = [
