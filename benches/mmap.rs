@@ -81,7 +81,7 @@ fn main() {
     });
     let m = f.mmap(0, len, Prot::ReadWrite, Share::Shared).unwrap();
     let before = fs.mmap_stats();
-    let first = bandwidth(len, |o, b| m.read(o, b).unwrap());
+    let first = bandwidth(len, |o, b| m.read_at(b, o).unwrap());
     let after = fs.mmap_stats();
     let faults = (after.faults_zero_page + after.faults_first_store + after.faults_mapped + after.faults_copied)
         - (before.faults_zero_page + before.faults_first_store + before.faults_mapped + before.faults_copied);
@@ -90,7 +90,7 @@ fn main() {
         len >> 20,
         setup * 1e6
     );
-    let udax_bw = median(5, || bandwidth(len, |o, b| m.read(o, b).unwrap()));
+    let udax_bw = median(5, || bandwidth(len, |o, b| m.read_at(b, o).unwrap()));
     // The floor: the same bytes copied straight from the device's own mapping.
     let dev = fs.device();
     let ext = f.extents().unwrap();
@@ -113,7 +113,7 @@ fn main() {
         udax_bw / floor_bw,
         udax_bw / tmpfs_bw
     );
-    m.write(12345, &[1]).unwrap();
+    m.write_at(&[1], 12345).unwrap();
     let t = Instant::now();
     m.flush().unwrap();
     println!(
@@ -137,7 +137,7 @@ fn main() {
         let s0 = fs.mmap_stats();
         let t = Instant::now();
         for p in 0..len / PAGE {
-            hm.write(p * PAGE, &[1]).unwrap();
+            hm.write_at(&[1], p * PAGE).unwrap();
         }
         let per = secs(t) / (len / PAGE) as f64;
         let s1 = fs.mmap_stats();
@@ -161,7 +161,7 @@ fn main() {
     let hm = h.mmap(0, holes, Prot::ReadWrite, Share::Shared).unwrap();
     let t = Instant::now();
     for p in 0..holes / PAGE {
-        hm.write(p * PAGE, &[1]).unwrap();
+        hm.write_at(&[1], p * PAGE).unwrap();
     }
     let sparse_per = secs(t) / (holes / PAGE) as f64;
     drop((hm, h, sparse));
@@ -207,7 +207,7 @@ fn fault_throughput(fs: &Fs) {
                     s.spawn(move || {
                         let mut b = [0u8; 1];
                         for p in 0..PAGES {
-                            m.read(p * PAGE, &mut b).unwrap();
+                            m.read_at(&mut b, p * PAGE).unwrap();
                         }
                     });
                 }
@@ -236,7 +236,7 @@ fn y_latency(fs: &Fs, name: &str) -> (f64, f64) {
     let mut lat: Vec<f64> = (0..PAGES)
         .map(|p| {
             let t = Instant::now();
-            m.read(p * PAGE, &mut b).unwrap();
+            m.read_at(&mut b, p * PAGE).unwrap();
             secs(t) * 1e6
         })
         .collect();
@@ -262,7 +262,7 @@ fn fault_latency_beside_writes(fs: &Fs) {
             let mut b = [0u8; 1];
             let mut p = 0;
             while !stop.load(Ordering::Relaxed) && p < (64 << 20) / PAGE {
-                mx.read(p * PAGE, &mut b).unwrap();
+                mx.read_at(&mut b, p * PAGE).unwrap();
                 p += 1;
             }
         });

@@ -13,7 +13,9 @@ use crate::layout::Geometry;
 /// A run of device blocks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Run {
+    /// First block number.
     pub start: u64,
+    /// Length in blocks.
     pub len: u64,
 }
 
@@ -41,6 +43,8 @@ pub fn carved_extents(runs: &[Run], hole_lens: impl Iterator<Item = u64>) -> usi
     hole_lens.map(|len| take_front(&mut queue, len).len()).sum()
 }
 
+/// The free block runs of the data area, and the runs freed but not yet reusable (see the
+/// module docs).
 #[derive(Debug)]
 pub struct Allocator {
     /// start -> length, coalesced, non-overlapping.

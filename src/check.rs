@@ -32,24 +32,35 @@ pub struct Finding {
     pub ino: Option<u64>,
     /// Device byte offset it concerns, if any.
     pub at: Option<u64>,
+    /// What is wrong, in words.
     pub detail: String,
 }
 
 /// What fsck saw.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct Report {
+    /// Every problem, in the order found; empty for a clean image.
     pub findings: Vec<Finding>,
+    /// Inodes in use on the medium.
     pub inodes: u64,
+    /// Of those, directories.
     pub directories: u64,
+    /// Of those, regular files.
     pub regular_files: u64,
+    /// Of those, symbolic links.
     pub symlinks: u64,
+    /// Of those, FIFOs, sockets and device nodes.
     pub special_files: u64,
+    /// Extents in all extent maps.
     pub extents: u64,
+    /// Data blocks some inode owns.
     pub blocks_used: u64,
+    /// Data blocks no inode owns.
     pub blocks_free: u64,
 }
 
 impl Report {
+    /// Whether fsck found no problem.
     pub fn is_clean(&self) -> bool {
         self.findings.is_empty()
     }

@@ -18,13 +18,17 @@ use crate::layout::{check_name, dirent_units, RawDirent, DIRENT_HEADER, DIRENT_U
 /// One entry as the index keeps it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Entry {
+    /// The inode the entry names.
     pub ino: u64,
+    /// DT_* type of that inode.
     pub dtype: u8,
     /// Byte position in the directory's data.
     pub pos: u64,
+    /// 32-byte units the entry fills.
     pub units: u64,
 }
 
+/// One directory's entries in memory: by name, by position, and its free spans.
 #[derive(Debug, Default, Clone)]
 pub struct DirIndex {
     names: HashMap<Box<[u8]>, Entry>,
@@ -138,10 +142,12 @@ impl DirIndex {
         self.by_units[i].push(pos);
     }
 
+    /// The entry named `name`, if any.
     pub fn get(&self, name: &[u8]) -> Option<&Entry> {
         self.names.get(name)
     }
 
+    /// Whether the directory has no entries (`.` and `..` are not stored).
     pub fn is_empty(&self) -> bool {
         self.names.is_empty()
     }
@@ -156,6 +162,7 @@ impl DirIndex {
         self.size
     }
 
+    /// Entries that name directories.
     pub fn subdirs(&self) -> u64 {
         self.subdirs
     }

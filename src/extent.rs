@@ -21,21 +21,30 @@ use crate::layout::{
 /// Longest extent one slot can describe.
 const MAX_EXTENT_BLOCKS: u64 = u32::MAX as u64;
 
+/// Whether an extent's blocks hold data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
+    /// The blocks hold the file's bytes.
     Written,
+    /// The blocks are allocated but read as zeros (preallocated, or zeroed by a zero range).
     Unwritten,
 }
 
+/// A run of file blocks backed by a run of device blocks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Extent {
+    /// First file block.
     pub logical: u64,
+    /// First device block.
     pub physical: u64,
+    /// Length in blocks.
     pub len: u64,
+    /// Whether the blocks hold data yet.
     pub state: State,
 }
 
 impl Extent {
+    /// The file block just past the extent.
     pub fn end(&self) -> u64 {
         self.logical + self.len
     }
@@ -79,10 +88,19 @@ impl Extent {
 /// A piece of a file range as the map sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Piece {
-    Hole { logical: u64, len: u64 },
+    /// File blocks no extent backs: they read as zeros.
+    Hole {
+        /// First file block.
+        logical: u64,
+        /// Length in blocks.
+        len: u64,
+    },
+    /// File blocks an extent backs (the part of it inside the range).
     Mapped(Extent),
 }
 
+/// One inode's extents in memory, sorted by file block, with the slots and overflow blocks
+/// they live in on the medium.
 #[derive(Debug, Clone, Default)]
 pub struct ExtentMap {
     /// Sorted by `logical`, non-overlapping; each with the device offset of its slot.
@@ -159,14 +177,17 @@ impl ExtentMap {
         self.blocks.first().copied().unwrap_or(0)
     }
 
+    /// The extents in file order.
     pub fn iter(&self) -> impl Iterator<Item = &Extent> {
         self.exts.iter().map(|(e, _)| e)
     }
 
+    /// Number of extents.
     pub fn len(&self) -> usize {
         self.exts.len()
     }
 
+    /// Whether the file has no extents (all hole).
     pub fn is_empty(&self) -> bool {
         self.exts.is_empty()
     }

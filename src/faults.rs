@@ -1,9 +1,9 @@
 //! Fault injection for the failure-atomicity test (`tests/failure_atomicity.rs`) and planted
 //! bugs for the checks that must catch them, built with the `faults` feature only; without it
-//! [`check`] and the plant queries are empty inline functions.
+//! `check` and the plant queries are empty inline functions.
 //!
 //! Every fallible step an operation takes after it has begun to change memory passes through
-//! [`check`]: taking blocks or an inode number, storing transaction content, committing. A test
+//! `check`: taking blocks or an inode number, storing transaction content, committing. A test
 //! arms the calling thread to fail (or panic at) its n-th step from then on, runs one
 //! operation, and sees whether the step was reached.
 

@@ -16,11 +16,17 @@ use crate::layout::{mode, ROOT_INO};
 /// How [`Fs::open`] opens a file, like std's `OpenOptions`.
 #[derive(Debug, Clone, Copy)]
 pub struct OpenOptions {
+    /// Open for reading (`O_RDONLY` / `O_RDWR`).
     pub read: bool,
+    /// Open for writing (`O_WRONLY` / `O_RDWR`).
     pub write: bool,
+    /// Every write goes to the end of the file, whatever its offset (`O_APPEND`).
     pub append: bool,
+    /// Create the file if it does not exist (`O_CREAT`).
     pub create: bool,
+    /// Create the file, failing with [`Error::Exists`] if the name is taken (`O_CREAT|O_EXCL`).
     pub create_new: bool,
+    /// Cut the file to zero bytes when opened for writing (`O_TRUNC`).
     pub truncate: bool,
     /// Permission bits for a created file.
     pub mode: u32,
@@ -41,6 +47,7 @@ impl Default for OpenOptions {
 }
 
 impl OpenOptions {
+    /// Read only; the file must exist.
     pub fn read_only() -> Self {
         Self::default()
     }
@@ -48,6 +55,7 @@ impl OpenOptions {
     pub fn create() -> Self {
         OpenOptions { write: true, create: true, ..Self::default() }
     }
+    /// Read-write; the file must exist.
     pub fn read_write() -> Self {
         OpenOptions { write: true, ..Self::default() }
     }
@@ -214,6 +222,7 @@ impl Fs {
         self.getattr_node(&*self.resolve_node(path.as_ref(), false)?)
     }
 
+    /// mkdir(2) of `path` with permission bits `perm`; returns the new directory's attributes.
     pub fn mkdir_path(&self, path: impl AsRef<Path>, perm: u32) -> Result<Stat> {
         let (parent, name) = self.parent_node(path.as_ref())?;
         self.mkdir_in(&parent, name, perm, Creds::current()).map(|n| n.0)
@@ -247,11 +256,13 @@ impl Fs {
         Ok(at.ino)
     }
 
+    /// unlink(2) of `path`: removes a name that is not a directory.
     pub fn unlink_path(&self, path: impl AsRef<Path>) -> Result<()> {
         let (parent, name) = self.parent_node(path.as_ref())?;
         self.remove_entry(&parent, name, false)
     }
 
+    /// rmdir(2) of `path`: removes an empty directory.
     pub fn rmdir_path(&self, path: impl AsRef<Path>) -> Result<()> {
         let (parent, name) = self.parent_node(path.as_ref())?;
         self.rmdir_in(&parent, name)
@@ -292,31 +303,39 @@ impl Fs {
         Ok(())
     }
 
+    /// rename(2): moves `from` to `to`, atomically replacing whatever `to` names.
     pub fn rename_path(&self, from: impl AsRef<Path>, to: impl AsRef<Path>) -> Result<()> {
         let (sp, sn) = self.parent_node(from.as_ref())?;
         let (dp, dn) = self.parent_node(to.as_ref())?;
         self.rename_nodes(&sp, sn, &dp, dn, RenameMode::Replace)
     }
 
+    /// link(2): makes `new` another name for the inode `existing` names (not followed if a
+    /// symbolic link); returns its attributes.
     pub fn link_path(&self, existing: impl AsRef<Path>, new: impl AsRef<Path>) -> Result<Stat> {
         let node = self.resolve_node(existing.as_ref(), false)?;
         let (dp, dn) = self.parent_node(new.as_ref())?;
         self.link_nodes(&node, &dp, dn)
     }
 
+    /// symlink(2): creates `link`, a symbolic link whose content is `target`.
     pub fn symlink_path(&self, target: impl AsRef<Path>, link: impl AsRef<Path>) -> Result<Stat> {
         let (dp, dn) = self.parent_node(link.as_ref())?;
         self.symlink_in(&dp, dn, target.as_ref().as_os_str().as_bytes(), Creds::current())
     }
 
+    /// readlink(2): the content of the symbolic link `path`.
     pub fn readlink_path(&self, path: impl AsRef<Path>) -> Result<Vec<u8>> {
         self.readlink_node(&*self.resolve_node(path.as_ref(), false)?)
     }
 
+    /// The entries of directory `path`, without `.` and `..`.
     pub fn read_dir_path(&self, path: impl AsRef<Path>) -> Result<Vec<DirEntry>> {
         self.readdir_node(&*self.resolve_node(path.as_ref(), true)?, 0)
     }
 
+    /// Changes the attributes `set` names on `path` (the last symbolic link followed if
+    /// `follow`); returns the attributes after.
     pub fn setattr_path(&self, path: impl AsRef<Path>, follow: bool, set: &SetAttr) -> Result<Stat> {
         self.setattr_node(&*self.resolve_node(path.as_ref(), follow)?, set)
     }
@@ -347,14 +366,22 @@ impl Fs {
 }
 
 impl File {
+    /// The file's inode number.
     pub fn ino(&self) -> u64 {
         self.ino
     }
 
+    /// The file system the file is on.
     pub fn fs(&self) -> &Fs {
         &self.fs
     }
 
+    /// Reads into `buf` from byte `off`; returns the bytes read, short only at end of file
+    /// (0 at or past it). Holes and unwritten extents read as zeros.
+    ///
+    /// # Errors
+    ///
+    /// `EBADF` (as [`Error::Io`]) if the file was not opened for reading.
     pub fn read_at(&self, buf: &mut [u8], off: u64) -> Result<usize> {
         if !self.opts.read {
             return Err(Error::Io { context: "read".into(), source: io::Error::from_raw_os_error(libc::EBADF) });
@@ -393,10 +420,13 @@ impl File {
         self.fs.extents_node(&self.node)
     }
 
+    /// truncate(2): sets the size to `size` bytes, freeing blocks past it or extending with a
+    /// hole.
     pub fn set_len(&self, size: u64) -> Result<()> {
         self.fs.truncate_node(&self.node, size)
     }
 
+    /// fstat(2).
     pub fn metadata(&self) -> Result<Stat> {
         self.fs.getattr_node(&self.node)
     }

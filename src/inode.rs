@@ -25,7 +25,9 @@ thread_local! {
 /// A point in time with nanoseconds, as stat(2) reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, serde::Serialize)]
 pub struct Timespec {
+    /// Seconds since the Unix epoch (negative before it).
     pub sec: i64,
+    /// Nanoseconds past `sec`, below 1,000,000,000.
     pub nsec: u32,
 }
 
@@ -41,6 +43,7 @@ impl Timespec {
         Timespec { sec: t.tv_sec, nsec: t.tv_nsec as u32 }
     }
 
+    /// The current time from the precise real-time clock.
     pub fn now() -> Timespec {
         #[cfg(feature = "crash-test")]
         if let Some(t) = FROZEN.get() {
@@ -87,21 +90,35 @@ impl Timespec {
 /// The attributes of an inode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Attr {
+    /// File type and permission bits.
     pub mode: u32,
+    /// Hard links (a directory: 2 plus one per subdirectory).
     pub nlink: u32,
+    /// Owner user ID.
     pub uid: u32,
+    /// Owner group ID.
     pub gid: u32,
+    /// Size in bytes.
     pub size: u64,
+    /// Generation of the slot: bumped each time the number is reused.
     pub generation: u32,
+    /// Last content change.
     pub mtime: Timespec,
+    /// Last inode change.
     pub ctime: Timespec,
+    /// Last access.
     pub atime: Timespec,
+    /// Creation.
     pub crtime: Timespec,
+    /// Device number of a device node; 0 otherwise.
     pub rdev: u64,
+    /// A directory's parent directory (the root's is itself); 0 for other files.
     pub parent: u64,
 }
 
 impl Attr {
+    /// Fresh attributes for a new inode: size 0, one link (two for a directory), every time
+    /// now.
     pub fn new(mode: u32, uid: u32, gid: u32, generation: u32) -> Attr {
         let now = Timespec::now();
         Attr {
@@ -124,10 +141,15 @@ impl Attr {
 /// A loaded inode.
 #[derive(Debug)]
 pub struct Inode {
+    /// Inode number.
     pub ino: u64,
+    /// Its attributes.
     pub attr: Attr,
+    /// Its extent map.
     pub ext: ExtentMap,
+    /// A directory's index of entries; `None` for other files.
     pub dir: Option<DirIndex>,
+    /// Its extended attributes.
     pub xattr: Xattrs,
     /// Open handles; an unlinked inode is freed at the last close.
     pub open: u32,
@@ -143,6 +165,7 @@ pub struct Inode {
 }
 
 impl Inode {
+    /// A new, empty inode `ino` with `attr` (a directory gets an empty index).
     pub fn new(ino: u64, attr: Attr, geo: &Geometry) -> Inode {
         let dir = mode::is_dir(attr.mode).then(DirIndex::default);
         Inode {
@@ -277,14 +300,17 @@ impl Inode {
         }
     }
 
+    /// Whether it is a directory.
     pub fn is_dir(&self) -> bool {
         mode::is_dir(self.attr.mode)
     }
 
+    /// A directory's index; [`Error::NotDir`] for other files.
     pub fn dir(&self) -> Result<&DirIndex> {
         self.dir.as_ref().ok_or(Error::NotDir)
     }
 
+    /// As [`Inode::dir`], to change.
     pub fn dir_mut(&mut self) -> Result<&mut DirIndex> {
         self.dir.as_mut().ok_or(Error::NotDir)
     }
@@ -330,6 +356,7 @@ pub struct InodeTable {
 }
 
 impl InodeTable {
+    /// A table of `count` inodes, all free.
     pub fn new(count: u64) -> InodeTable {
         InodeTable {
             used: vec![0; count.div_ceil(64) as usize],
@@ -349,6 +376,7 @@ impl InodeTable {
         self.quarantined.insert(ino);
     }
 
+    /// Marks `ino` in use (mount, for each inode it finds).
     pub fn mark_used(&mut self, ino: u64) {
         let i = ino - 1;
         let w = &mut self.used[(i / 64) as usize];
@@ -358,6 +386,7 @@ impl InodeTable {
         }
     }
 
+    /// Records the generation a free slot's last owner had, so its next owner gets a higher one.
     pub fn remember_generation(&mut self, ino: u64, generation: u32) {
         if generation != 0 {
             self.generations.insert(ino, generation);
@@ -389,6 +418,7 @@ impl InodeTable {
         Err(Error::NoInodes)
     }
 
+    /// Frees `ino`, whose owner had `generation` (a quarantined number stays in use).
     pub fn release(&mut self, ino: u64, generation: u32) {
         if self.quarantined.contains(&ino) {
             return;
@@ -403,6 +433,7 @@ impl InodeTable {
         }
     }
 
+    /// Inode numbers free to allocate.
     pub fn free_count(&self) -> u64 {
         self.free
     }

@@ -48,6 +48,7 @@ pub struct Tx {
 }
 
 impl Tx {
+    /// An empty transaction.
     pub fn new() -> Tx {
         Tx::default()
     }
@@ -75,6 +76,7 @@ impl Tx {
         dev.zero(off, len)
     }
 
+    /// Adds "write `v`'s bytes at device offset `off`" (as [`Tx::put`] of `v.as_bytes()`).
     pub fn put_obj<T: IntoBytes + zerocopy::Immutable>(&mut self, off: u64, v: &T) {
         self.put(off, v.as_bytes());
     }
@@ -147,7 +149,9 @@ pub struct Journal {
 /// What recovery found.
 #[derive(Debug, Clone, Copy, Default, serde::Serialize)]
 pub struct RecoveryReport {
+    /// Committed journal records applied again because the checkpoint had not passed them.
     pub replayed_records: u64,
+    /// Their length in bytes, headers included.
     pub replayed_bytes: u64,
 }
 
@@ -306,6 +310,8 @@ impl Journal {
         self.ring_len / 2
     }
 
+    /// Log position where the next record goes (bytes since mkfs; ring offset = position %
+    /// ring length).
     pub fn head(&self) -> u64 {
         self.head
     }

@@ -17,29 +17,42 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use crate::error::{Error, Result};
 
+/// The superblock's first 8 bytes on every udax image.
 pub const MAGIC: [u8; 8] = *b"udaxFS\x00\x01";
+/// The format version this udax reads and writes.
 pub const VERSION: u32 = 1;
-/// Feature-flag words: a reader refuses an image with an incompat bit it does not know, opens
-/// read-only one with an unknown ro_compat bit, and ignores unknown compat bits (none is
-/// defined yet).
+
+// Feature-flag words: a reader refuses an image with an incompat bit it does not know, opens
+// read-only one with an unknown ro_compat bit, and ignores unknown compat bits (none is
+// defined yet).
+
 /// Inodes may name an extended-attribute block (`RawInode::xattr`). Incompatible: a reader
 /// without it would take such an inode for damage.
 pub const FEATURE_INCOMPAT_XATTR: u64 = 1;
+/// Incompatible feature bits this udax knows; an image with any other is refused.
 pub const FEATURES_INCOMPAT_KNOWN: u64 = FEATURE_INCOMPAT_XATTR;
+/// Read-only-compatible feature bits this udax knows; an image with any other opens read-only.
 pub const FEATURES_RO_COMPAT_KNOWN: u64 = 0;
 
+/// Device offset of the superblock.
 pub const SUPERBLOCK_OFF: u64 = 0;
+/// Device offset of the journal header.
 pub const JOURNAL_HEADER_OFF: u64 = 4096;
+/// Device offset of the journal ring, which runs to the inode table.
 pub const JOURNAL_RING_OFF: u64 = 8192;
+/// Bytes per inode slot.
 pub const INODE_SIZE: u64 = 256;
+/// Inode number of the root directory.
 pub const ROOT_INO: u64 = 1;
+/// Longest name of a directory entry, in bytes.
 pub const NAME_MAX: usize = 255;
+/// Longest symbolic-link target, in bytes.
 pub const SYMLINK_MAX: usize = 4095;
+/// The block sizes mkfs accepts, in bytes.
 pub const BLOCK_SIZES: [u32; 3] = [1024, 2048, 4096];
 /// The data area starts 2 MiB-aligned on images big enough, so 2 MiB mappings are possible.
 pub const HUGE: u64 = 2 << 20;
 
-/// Superblock, 256 bytes at offset 0. Never rewritten after mkfs.
 /// Byte offset of `field` within on-media struct `T`, as a device offset delta (for
 /// `Corrupt { at }` and entries that rewrite one field).
 macro_rules! off {
@@ -49,26 +62,45 @@ macro_rules! off {
 }
 pub(crate) use off;
 
+/// Superblock, 256 bytes at offset 0. Never rewritten after mkfs.
 #[repr(C)]
 #[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug)]
 pub struct RawSuperblock {
+    /// [`MAGIC`].
     pub magic: [u8; 8],
+    /// [`VERSION`].
     pub version: U32,
+    /// Block size in bytes, one of [`BLOCK_SIZES`].
     pub block_size: U32,
+    /// Compatible feature bits (none defined).
     pub features_compat: U64,
+    /// Incompatible feature bits (`FEATURE_INCOMPAT_*`).
     pub features_incompat: U64,
+    /// Read-only-compatible feature bits (none defined).
     pub features_ro_compat: U64,
+    /// Image size in bytes (at most the device's).
     pub size_bytes: U64,
+    /// Journal ring length in bytes.
     pub journal_len: U64,
+    /// Device offset of the inode table.
     pub inode_off: U64,
+    /// Inode slots in the table.
     pub inode_count: U64,
+    /// First data block (a block number: device offset / block size).
     pub data_start: U64,
+    /// Data blocks, running to the end of the image.
     pub data_blocks: U64,
+    /// [`ROOT_INO`].
     pub root_ino: U64,
+    /// When mkfs ran, seconds since the Unix epoch.
     pub mkfs_time: I64,
+    /// Random identity of the image.
     pub uuid: [u8; 16],
+    /// Volume label, NUL-padded.
     pub label: [u8; 32],
+    /// Zero.
     pub reserved: [u8; 100],
+    /// crc32c of bytes 0..252 ([`superblock_crc`]).
     pub crc: U32,
 }
 const _: () = assert!(core::mem::size_of::<RawSuperblock>() == 256);
@@ -77,12 +109,14 @@ const _: () = assert!(core::mem::size_of::<RawSuperblock>() == 256);
 #[repr(C)]
 #[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug)]
 pub struct RawJournalHeader {
+    /// [`JOURNAL_MAGIC`].
     pub magic: U64,
     /// The newest checkpoint position (what images made before the slots read).
     pub checkpoint: U64,
     /// The checkpoint, written to the slots in turn; recovery takes the valid one with the
     /// higher sequence, so a store torn below 8 bytes falls back to the previous checkpoint.
     pub slots: [RawCheckpoint; 2],
+    /// Zero.
     pub reserved: [u8; 16],
 }
 const _: () = assert!(core::mem::size_of::<RawJournalHeader>() == 64);
@@ -91,6 +125,7 @@ const _: () = assert!(core::mem::size_of::<RawJournalHeader>() == 64);
 #[repr(C)]
 #[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, Default)]
 pub struct RawCheckpoint {
+    /// The checkpoint: log position where recovery starts.
     pub pos: U64,
     /// Counts checkpoints since mkfs (wrapping).
     pub seq: U32,
@@ -100,22 +135,26 @@ pub struct RawCheckpoint {
 const _: () = assert!(core::mem::size_of::<RawCheckpoint>() == 16);
 
 impl RawCheckpoint {
+    /// A slot holding checkpoint `pos` with sequence `seq`, its checksum computed.
     pub fn new(pos: u64, seq: u32) -> RawCheckpoint {
         let mut c = RawCheckpoint { pos: pos.into(), seq: seq.into(), crc: 0.into() };
         c.crc = crc32c::crc32c(&c.as_bytes()[..12]).into();
         c
     }
 
+    /// Whether the checksum matches (false for a torn or never-written slot).
     pub fn valid(&self) -> bool {
         crc32c::crc32c(&self.as_bytes()[..12]) == self.crc.get()
     }
 }
+/// [`RawJournalHeader::magic`].
 pub const JOURNAL_MAGIC: u64 = 0x6c6e_726a_7864_7501; // "\x01udxjrnl"
 
 /// Journal record header, 32 bytes; records are 64-byte aligned in the ring.
 #[repr(C)]
 #[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug)]
 pub struct RawRecordHeader {
+    /// [`RECORD_MAGIC`].
     pub magic: U32,
     /// crc32c of the whole record with this field zero.
     pub crc: U32,
@@ -123,18 +162,24 @@ pub struct RawRecordHeader {
     pub pos: U64,
     /// Total record length in bytes, header included, a multiple of 64.
     pub len: U32,
+    /// Redo entries that follow the header.
     pub entries: U32,
+    /// Zero.
     pub reserved: U64,
 }
 const _: () = assert!(core::mem::size_of::<RawRecordHeader>() == 32);
+/// [`RawRecordHeader::magic`].
 pub const RECORD_MAGIC: u32 = 0x5244_5855; // "UXDR"
 
 /// One redo entry of a record: `len` bytes to write at device offset `off`, padded to 8.
 #[repr(C)]
 #[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug)]
 pub struct RawEntryHeader {
+    /// Device offset the entry's bytes go to.
     pub off: U64,
+    /// Bytes of data that follow the header.
     pub len: U32,
+    /// Zero.
     pub reserved: U32,
 }
 const _: () = assert!(core::mem::size_of::<RawEntryHeader>() == 16);
@@ -143,8 +188,11 @@ const _: () = assert!(core::mem::size_of::<RawEntryHeader>() == 16);
 #[repr(C)]
 #[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, Default)]
 pub struct RawTime {
+    /// Seconds since the Unix epoch.
     pub sec: I64,
+    /// Nanoseconds, below 1,000,000,000.
     pub nsec: U32,
+    /// Zero.
     pub reserved: U32,
 }
 const _: () = assert!(core::mem::size_of::<RawTime>() == 16);
@@ -158,18 +206,29 @@ pub const INLINE_EXTENTS: usize = 5;
 #[repr(C)]
 #[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug)]
 pub struct RawInode {
+    /// File type and permission bits (stat's `st_mode`).
     pub mode: U32,
+    /// Hard links; 0 marks a free slot.
     pub nlink: U32,
+    /// Owner user ID.
     pub uid: U32,
+    /// Owner group ID.
     pub gid: U32,
+    /// Size in bytes.
     pub size: U64,
     /// Bumped each time the slot is reused, so (ino, generation) names one file forever.
     pub generation: U32,
+    /// Zero (no inode flags are defined).
     pub flags: U32,
+    /// Last content change.
     pub mtime: RawTime,
+    /// Last inode change.
     pub ctime: RawTime,
+    /// Last access.
     pub atime: RawTime,
+    /// Creation.
     pub crtime: RawTime,
+    /// Device number of a device node.
     pub rdev: U64,
     /// Directories: the parent directory's inode number.
     pub parent: U64,
@@ -178,11 +237,15 @@ pub struct RawInode {
     /// Extended-attribute block (block number), 0 when none. Nonzero only on images with
     /// [`FEATURE_INCOMPAT_XATTR`].
     pub xattr: U64,
+    /// The first extents of the map, in file order; empty slots are all zero.
     pub extents: [RawExtent; INLINE_EXTENTS],
+    /// Zero.
     pub reserved: [u8; 8],
 }
 const _: () = assert!(core::mem::size_of::<RawInode>() == INODE_SIZE as usize);
+/// Bytes of an inode that hold its attributes (before the extent slots).
 pub const INODE_ATTR_LEN: usize = 128;
+/// Offset of the inline extent slots within an inode.
 pub const INODE_EXTENTS_OFF: u64 = off!(RawInode, extents);
 
 /// Extent record, 24 bytes. All-zero means an empty slot.
@@ -195,27 +258,36 @@ pub struct RawExtent {
     pub physical: U64,
     /// Length in blocks.
     pub len: U32,
+    /// [`EXTENT_IN_USE`], plus [`EXTENT_UNWRITTEN`] while the blocks read as zeros.
     pub flags: U32,
 }
 const _: () = assert!(core::mem::size_of::<RawExtent>() == 24);
+/// [`RawExtent::flags`] bit: the slot holds an extent.
 pub const EXTENT_IN_USE: u32 = 1;
+/// [`RawExtent::flags`] bit: the blocks are allocated but read as zeros.
 pub const EXTENT_UNWRITTEN: u32 = 2;
+/// Bytes per extent record.
 pub const EXTENT_SIZE: u64 = 24;
 
 /// Header of an overflow extent block; slots follow at byte 32.
 #[repr(C)]
 #[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug)]
 pub struct RawExtentBlockHeader {
+    /// [`EXTENT_BLOCK_MAGIC`].
     pub magic: U32,
+    /// Zero.
     pub reserved0: U32,
     /// Inode that owns the block (fsck cross-checks it).
     pub owner: U64,
     /// Next overflow block, 0 at the end of the chain.
     pub next: U64,
+    /// Zero.
     pub reserved: U64,
 }
 const _: () = assert!(core::mem::size_of::<RawExtentBlockHeader>() == 32);
+/// [`RawExtentBlockHeader::magic`].
 pub const EXTENT_BLOCK_MAGIC: u32 = 0x4b4c_4258; // "XBLK"
+/// Bytes of an extent block's header; its slots follow.
 pub const EXTENT_BLOCK_HEADER: u64 = 32;
 /// Offset of `next` within an extent block.
 pub const EXTENT_BLOCK_NEXT_OFF: u64 = 16;
@@ -226,14 +298,17 @@ pub const EXTENT_BLOCK_NEXT_OFF: u64 = 16;
 #[repr(C)]
 #[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug)]
 pub struct RawXattrHeader {
+    /// [`XATTR_BLOCK_MAGIC`].
     pub magic: U32,
     /// Entries in the block, in ascending name order.
     pub count: U16,
+    /// Zero.
     pub reserved: U16,
     /// Inode that owns the block.
     pub owner: U64,
 }
 const _: () = assert!(core::mem::size_of::<RawXattrHeader>() == 16);
+/// [`RawXattrHeader::magic`].
 pub const XATTR_BLOCK_MAGIC: u32 = 0x4158_5855; // "UXXA"
 
 /// One extended attribute: lengths, then `name_len` bytes of full name (namespace prefix
@@ -241,8 +316,11 @@ pub const XATTR_BLOCK_MAGIC: u32 = 0x4158_5855; // "UXXA"
 #[repr(C)]
 #[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug)]
 pub struct RawXattrEntry {
+    /// Length of the full name in bytes.
     pub name_len: u8,
+    /// Zero.
     pub reserved: u8,
+    /// Length of the value in bytes.
     pub value_len: U16,
 }
 const _: () = assert!(core::mem::size_of::<RawXattrEntry>() == 4);
@@ -252,14 +330,21 @@ const _: () = assert!(core::mem::size_of::<RawXattrEntry>() == 4);
 #[repr(C)]
 #[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug)]
 pub struct RawDirent {
+    /// The inode the entry names; 0 for free units.
     pub ino: U64,
+    /// Length of the name in bytes.
     pub name_len: U16,
+    /// DT_* type of the inode, as readdir reports it.
     pub file_type: u8,
+    /// 32-byte units the entry fills, header and name included.
     pub units: u8,
+    /// Zero.
     pub reserved: U32,
 }
 const _: () = assert!(core::mem::size_of::<RawDirent>() == 16);
+/// Bytes per directory-entry unit.
 pub const DIRENT_UNIT: u64 = 32;
+/// Bytes of a directory entry's header; the name follows.
 pub const DIRENT_HEADER: usize = 16;
 
 /// Units an entry with a name of `name_len` bytes fills.
@@ -269,26 +354,40 @@ pub fn dirent_units(name_len: usize) -> u64 {
 
 /// File type bits of `mode`, as in stat(2).
 pub mod mode {
+    /// Mask of the file-type bits.
     pub const S_IFMT: u32 = 0o170000;
+    /// Regular file.
     pub const S_IFREG: u32 = 0o100000;
+    /// Directory.
     pub const S_IFDIR: u32 = 0o040000;
+    /// Symbolic link.
     pub const S_IFLNK: u32 = 0o120000;
+    /// FIFO (named pipe).
     pub const S_IFIFO: u32 = 0o010000;
+    /// Character device.
     pub const S_IFCHR: u32 = 0o020000;
+    /// Block device.
     pub const S_IFBLK: u32 = 0o060000;
+    /// Unix-domain socket.
     pub const S_IFSOCK: u32 = 0o140000;
+    /// Set-user-ID bit.
     pub const S_ISUID: u32 = 0o4000;
+    /// Set-group-ID bit.
     pub const S_ISGID: u32 = 0o2000;
 
+    /// Whether the type bits of `m` name one of the seven file types.
     pub fn is_valid_type(m: u32) -> bool {
         matches!(m & S_IFMT, S_IFREG | S_IFDIR | S_IFLNK | S_IFIFO | S_IFCHR | S_IFBLK | S_IFSOCK)
     }
+    /// Whether `m` is a directory's mode.
     pub fn is_dir(m: u32) -> bool {
         m & S_IFMT == S_IFDIR
     }
+    /// Whether `m` is a regular file's mode.
     pub fn is_reg(m: u32) -> bool {
         m & S_IFMT == S_IFREG
     }
+    /// Whether `m` is a symbolic link's mode.
     pub fn is_symlink(m: u32) -> bool {
         m & S_IFMT == S_IFLNK
     }
@@ -305,21 +404,26 @@ pub mod mode {
 /// Where everything is, derived from a checked superblock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct Geometry {
+    /// Image size in bytes.
     pub size_bytes: u64,
+    /// Block size in bytes.
     pub block_size: u64,
+    /// Journal ring length in bytes.
     pub journal_len: u64,
+    /// Device offset of the inode table.
     pub inode_off: u64,
+    /// Inode slots in the table.
     pub inode_count: u64,
+    /// First data block (a block number: device offset / block size).
     pub data_start: u64,
+    /// Data blocks, running to the end of the image.
     pub data_blocks: u64,
     /// The image carries the extended-attribute feature flag (every image mkfs makes now does).
     pub xattr: bool,
 }
 
 impl Geometry {
-    /// Lays out an image of `size_bytes` with `block_size` and `inode_count` inodes (0 picks one
-    /// inode per 16 KiB), and a journal of `journal_len` bytes (0 picks by size).
-    /// The smallest journal ring: its largest record (half of it) holds any transaction the
+        /// The smallest journal ring: its largest record (half of it) holds any transaction the
     /// file system makes, a full attribute block with its inode among them.
     pub const MIN_JOURNAL: u64 = 16 << 10;
 
@@ -343,6 +447,13 @@ impl Geometry {
         Some(hi * 4096)
     }
 
+    /// Lays out an image of `size_bytes` with `block_size` and `inode_count` inodes (0 picks one
+    /// inode per 16 KiB), and a journal of `journal_len` bytes (0 picks by size).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] for a block size not in [`BLOCK_SIZES`], a journal size not a
+    /// multiple of 4 KiB or under [`Geometry::MIN_JOURNAL`], or an image too small for them.
     pub fn plan(size_bytes: u64, block_size: u32, inode_count: u64, journal_len: u64) -> Result<Geometry> {
         if !BLOCK_SIZES.contains(&block_size) {
             return Err(Error::InvalidArgument("block size must be 1024, 2048 or 4096"));
@@ -427,6 +538,7 @@ impl Geometry {
         Ok(Geometry { xattr: sb.features_incompat.get() & FEATURE_INCOMPAT_XATTR != 0, ..g })
     }
 
+    /// The superblock that describes this geometry, with its checksum.
     pub fn superblock(&self, mkfs_time: i64, uuid: [u8; 16], label: &str) -> RawSuperblock {
         let mut l = [0u8; 32];
         let n = label.len().min(31);
@@ -482,6 +594,7 @@ impl Geometry {
     }
 }
 
+/// crc32c of the superblock's first 252 bytes, all but `crc`.
 pub fn superblock_crc(sb: &RawSuperblock) -> u32 {
     crc32c::crc32c(&sb.as_bytes()[..252])
 }

@@ -25,6 +25,7 @@
 //! they build images with), `faults` (fault injection for the failure-atomicity test) and
 //! `model` (shuttle's threads and a simulated userfaultfd for the model check).
 #![deny(unsafe_code)]
+#![deny(missing_docs)]
 
 /// Declares modules that are internals: private to the crate, and public only with the
 /// `crash-test` feature, for the crash explorer, the corrupt-image harness and the tests that

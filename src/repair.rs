@@ -26,7 +26,9 @@ use crate::sync::{lock, rd, wr};
 pub struct Repair {
     /// What was mended, in fsck's words ("dangling entry", "link count", ...).
     pub kind: &'static str,
+    /// The inode mended, or the directory whose entry was.
     pub ino: u64,
+    /// What was done, in words.
     pub detail: String,
 }
 

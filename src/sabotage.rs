@@ -8,6 +8,7 @@
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[repr(u8)]
 pub enum Sabotage {
+    /// No bug planted: the shipped behaviour.
     #[default]
     None,
     /// Commit: no fence between a transaction's content and its record.

@@ -88,6 +88,7 @@ impl Xattrs {
         Ok(Xattrs { block, map })
     }
 
+    /// The value of attribute `name` (full name, namespace prefix included), if set.
     pub fn get(&self, name: &[u8]) -> Option<&[u8]> {
         self.map.get(name).map(Vec::as_slice)
     }

@@ -156,7 +156,7 @@ fn describe(fs: &Fs, ino: u64, times: bool) -> udax::Result<(String, bool)> {
         0o120000 => out += &format!("  -> {:?}\n", fs.readlink(ino)?),
         0o100000 => {
             let mut data = vec![0; s.size as usize];
-            fs.read(ino, 0, &mut data)?;
+            fs.read(ino, &mut data, 0)?;
             out += &format!("  crc {:08x} extents {:?}\n", crc(&data), fs.extents(ino)?);
         }
         _ => {}
@@ -339,10 +339,10 @@ fn a_panic_during_a_change_stops_changes_and_the_image_remounts_clean() {
                 }
                 other => panic!("{ctx}: a change after the panic gave {other:?}"),
             }
-            let w = fs.write(x, 0, b"w");
+            let w = fs.write(x, b"w", 0);
             assert!(matches!(w, Err(Error::Stopped(_))), "{ctx}: {w:?}");
             let mut buf = [0u8; 1];
-            assert_eq!(fs.read(x, 0, &mut buf).unwrap(), 1, "{ctx}: reads go on");
+            assert_eq!(fs.read(x, &mut buf, 0).unwrap(), 1, "{ctx}: reads go on");
             assert_eq!(&buf, b"x", "{ctx}");
             let fs = Fs::mount(fs.unmount().unwrap().unwrap()).unwrap();
             fsck(&fs, &ctx).unwrap();

@@ -76,7 +76,7 @@ fn bytes_past_eof_in_the_last_block_are_allowed_and_never_shown() {
     assert!(udax::check::check(&fs, &mut |_, _| {}).findings.is_empty());
     fs.truncate(g, 4096).unwrap();
     let mut back = vec![1u8; 4096];
-    fs.read(g, 0, &mut back).unwrap();
+    fs.read(g, &mut back, 0).unwrap();
     assert!(back[size as usize..].iter().all(|&b| b == 0), "stale bytes resurfaced after truncate up");
 }
 

@@ -60,17 +60,17 @@ fn s5_zero_page_then_first_store_is_seen_by_every_mapping() {
         let b = f.mmap(0, 16 * PAGE, Prot::ReadWrite, Share::Shared).unwrap();
         let before = used_blocks(&fs);
         let mut buf = [1u8; 64];
-        a.read(3 * PAGE, &mut buf).unwrap();
+        a.read_at(&mut buf, 3 * PAGE).unwrap();
         assert_eq!(buf, [0; 64]);
-        b.read(3 * PAGE, &mut buf).unwrap();
+        b.read_at(&mut buf, 3 * PAGE).unwrap();
         let st = fs.mmap_stats();
         assert_eq!(st.faults_zero_page, 2, "{st:?}");
         assert_eq!(used_blocks(&fs), before, "a load allocates nothing");
-        a.write(3 * PAGE + 5, b"dax").unwrap();
+        a.write_at(b"dax", 3 * PAGE + 5).unwrap();
         let st = fs.mmap_stats();
         assert_eq!(st.faults_first_store, 1, "{st:?}");
         assert_eq!(used_blocks(&fs), before + PAGE / bs as u64, "one page of blocks");
-        b.read(3 * PAGE + 5, &mut buf[..3]).unwrap();
+        b.read_at(&mut buf[..3], 3 * PAGE + 5).unwrap();
         assert_eq!(&buf[..3], b"dax", "the second mapping sees the store at once");
         let mut via_read = [0u8; 3];
         f.read_at(&mut via_read, 3 * PAGE + 5).unwrap();
@@ -90,11 +90,11 @@ fn sparse_store_allocates_one_page_and_loads_nothing() {
         let before = used_blocks(&fs);
         for p in 0..64 {
             let mut b = [9u8; 1];
-            m.read(p * PAGE + 7, &mut b).unwrap();
+            m.read_at(&mut b, p * PAGE + 7).unwrap();
             assert_eq!(b, [0]);
         }
         assert_eq!(used_blocks(&fs), before);
-        m.write(40 * PAGE + 1, &[0xee]).unwrap();
+        m.write_at(&[0xee], 40 * PAGE + 1).unwrap();
         assert_eq!(used_blocks(&fs), before + PAGE / bs as u64);
         let ext = f.extents().unwrap();
         assert_eq!(ext.len(), 1, "{ext:?}");
@@ -115,13 +115,13 @@ fn s1_block_smaller_than_page_stores_survive_growth_and_remount() {
                 f.set_len(0).unwrap();
                 f.write_at(&[0x11; 1024], 0).unwrap();
                 let m = f.mmap(0, PAGE, Prot::ReadWrite, Share::Shared).unwrap();
-                m.write(0, &[0xaa]).unwrap();
+                m.write_at(&[0xaa], 0).unwrap();
                 if grow_by_write {
                     f.write_at(&[0x22], 10000).unwrap();
                 } else {
                     f.set_len(10000).unwrap();
                 }
-                m.write(2000, &[0xbb]).unwrap();
+                m.write_at(&[0xbb], 2000).unwrap();
                 f.sync_all().unwrap();
                 fsck_clean(&fs);
             }
@@ -150,12 +150,12 @@ fn s3_sparse_gigabyte_reads_allocate_nothing_and_one_store_allocates_one_run() {
         let before = used_blocks(&fs);
         let mut b = [0xffu8; 1];
         for p in 0..(1u64 << 30) / PAGE {
-            m.read(p * PAGE + p % PAGE, &mut b).unwrap();
+            m.read_at(&mut b, p * PAGE + p % PAGE).unwrap();
             assert_eq!(b, [0]);
         }
         assert_eq!(used_blocks(&fs), before, "bs {bs}: loads allocated");
         assert_eq!(fs.mmap_stats().faults_zero_page, (1 << 30) / PAGE);
-        m.write((300 << 20) + 12345, &[1]).unwrap();
+        m.write_at(&[1], (300 << 20) + 12345).unwrap();
         let st = fs.mmap_stats();
         assert_eq!(st.faults_huge, 1, "{st:?}");
         assert_eq!(used_blocks(&fs) - before, udax::HUGE / bs as u64, "bs {bs}: one aligned 2 MiB run");
@@ -178,9 +178,9 @@ fn s2_store_into_an_unwritten_page_converts_exactly_that_page() {
         assert_eq!(states(&f).len(), 3);
         let m = f.mmap(0, 1 << 20, Prot::ReadWrite, Share::Shared).unwrap();
         let mut b = [1u8; 16];
-        m.read(100 * PAGE, &mut b).unwrap();
+        m.read_at(&mut b, 100 * PAGE).unwrap();
         assert_eq!(b, [0; 16]);
-        m.write(25 * PAGE + 10, b"x").unwrap();
+        m.write_at(b"x", 25 * PAGE + 10).unwrap();
         let p = 25 * PAGE;
         assert_eq!(
             states(&f),
@@ -223,21 +223,21 @@ fn s6_mapped_stores_into_holes_never_show_stale_data() {
         let f = rw(&fs, "/hole");
         f.set_len(8 << 20).unwrap();
         let m = f.mmap(0, 8 << 20, Prot::ReadWrite, Share::Shared).unwrap();
-        m.write(3 * PAGE + 1, &[1]).unwrap();
-        m.write((4 << 20) + 5, &[2]).unwrap();
+        m.write_at(&[1], 3 * PAGE + 1).unwrap();
+        m.write_at(&[2], (4 << 20) + 5).unwrap();
         let g = rw(&fs, "/unwritten");
         g.fallocate(0, 1 << 20, FallocMode::Allocate { keep_size: false }).unwrap();
         let n = g.mmap(0, 1 << 20, Prot::ReadWrite, Share::Shared).unwrap();
-        n.write(77 * PAGE + 3, &[3]).unwrap();
+        n.write_at(&[3], 77 * PAGE + 3).unwrap();
         let h = rw(&fs, "/tail");
         h.write_at(&[4; 100], 0).unwrap();
         let t = h.mmap(0, PAGE, Prot::ReadWrite, Share::Shared).unwrap();
-        t.write(200, &[SECRET; 50]).unwrap(); // past EOF, inside the EOF page
+        t.write_at(&[SECRET; 50], 200).unwrap(); // past EOF, inside the EOF page
         h.set_len(3 * PAGE).unwrap();
         let pages = [(&m, 8u64 << 20), (&n, 1 << 20), (&t, PAGE)];
         for (map, len) in pages {
             let mut buf = vec![0u8; len as usize];
-            map.read(0, &mut buf).unwrap();
+            map.read_at(&mut buf, 0).unwrap();
             assert!(!buf.contains(&SECRET), "bs {bs}: a mapping shows the secret");
         }
         for path in ["/hole", "/unwritten", "/tail"] {
@@ -272,8 +272,8 @@ fn s4_write_fault_and_truncate_race_on_one_page() {
             s.spawn(|| {
                 let mut page = vec![0u8; PAGE as usize];
                 for _ in 0..rounds {
-                    m.write(100, &[0x77; 16]).unwrap();
-                    m.read(0, &mut page).unwrap();
+                    m.write_at(&[0x77; 16], 100).unwrap();
+                    m.read_at(&mut page, 0).unwrap();
                     assert!(!page.contains(&SECRET), "bs {bs}: the mapping showed stale data");
                 }
             });
@@ -295,12 +295,12 @@ fn private_mapping_stores_never_reach_the_file() {
         let before = used_blocks(&fs);
         let p = f.mmap(0, 3 * PAGE, Prot::ReadWrite, Share::Private).unwrap();
         let s = f.mmap(0, 3 * PAGE, Prot::ReadWrite, Share::Shared).unwrap();
-        p.write(10, b"private").unwrap();
-        p.write(2 * PAGE + 10, b"hole").unwrap();
+        p.write_at(b"private", 10).unwrap();
+        p.write_at(b"hole", 2 * PAGE + 10).unwrap();
         let mut b = [0u8; 7];
-        p.read(10, &mut b).unwrap();
+        p.read_at(&mut b, 10).unwrap();
         assert_eq!(&b, b"private");
-        s.read(10, &mut b).unwrap();
+        s.read_at(&mut b, 10).unwrap();
         assert_eq!(&b, b"AAAAAAA", "a shared mapping never sees private stores");
         f.read_at(&mut b, 10).unwrap();
         assert_eq!(&b, b"AAAAAAA");
@@ -330,7 +330,7 @@ fn read_into_an_unpopulated_mapping_of_a_hole_works() {
     if fs.mmap_stats().user_mode_only {
         println!("user-mode faults only: read(2) into an unpopulated page fails with EFAULT");
         assert_eq!(n.unwrap_err().raw_os_error(), Some(libc::EFAULT));
-        m.write(PAGE, b"from the kernel").unwrap();
+        m.write_at(b"from the kernel", PAGE).unwrap();
     } else {
         assert_eq!(n.unwrap(), 15);
     }
@@ -361,9 +361,9 @@ fn sigbus_child_past_eof() {
     f.write_at(&[1; 100], 0).unwrap();
     let m = f.mmap(0, 2 * PAGE, Prot::ReadWrite, Share::Shared).unwrap();
     let mut b = [9u8; 1];
-    m.read(200, &mut b).unwrap(); // inside the EOF page: zero
+    m.read_at(&mut b, 200).unwrap(); // inside the EOF page: zero
     assert_eq!(b, [0]);
-    m.read(PAGE, &mut b).unwrap();
+    m.read_at(&mut b, PAGE).unwrap();
     std::process::exit(3);
 }
 
@@ -384,10 +384,10 @@ fn sigbus_child_after_truncate() {
     f.write_at(&[1; 3 * PAGE as usize], 0).unwrap();
     let m = f.mmap(0, 3 * PAGE, Prot::ReadWrite, Share::Shared).unwrap();
     let mut b = [0u8; 1];
-    m.read(2 * PAGE, &mut b).unwrap();
+    m.read_at(&mut b, 2 * PAGE).unwrap();
     assert_eq!(b, [1]);
     f.set_len(100).unwrap();
-    m.read(2 * PAGE, &mut b).unwrap();
+    m.read_at(&mut b, 2 * PAGE).unwrap();
     std::process::exit(3);
 }
 
@@ -401,7 +401,7 @@ fn truncate_down_while_mapped() {
     let old: Vec<u64> = f.extents().unwrap().iter().map(|e| e.physical).collect();
     let m = f.mmap(0, 3 * PAGE, Prot::ReadWrite, Share::Shared).unwrap();
     let mut page = vec![0u8; PAGE as usize];
-    m.read(2 * PAGE, &mut page).unwrap();
+    m.read_at(&mut page, 2 * PAGE).unwrap();
     f.set_len(PAGE).unwrap();
     let b = rw(&fs, "/b");
     let free = fs.statfs().blocks_free * PAGE;
@@ -410,8 +410,8 @@ fn truncate_down_while_mapped() {
     let reused =
         b.extents().unwrap().iter().any(|e| e.physical <= old[0] + PAGE && old[0] + PAGE < e.physical + e.length);
     assert!(reused, "the freed blocks were not reused: the test proves nothing");
-    m.write(0, &[b'A'; PAGE as usize]).unwrap();
-    m.read(0, &mut page).unwrap();
+    m.write_at(&[b'A'; PAGE as usize], 0).unwrap();
+    m.read_at(&mut page, 0).unwrap();
     assert!(page.iter().all(|&x| x == b'A'));
     assert!(read_all(&fs, "/b").iter().all(|&x| x == b'b'), "the old mapping changed another file's blocks");
     drop(m);
@@ -432,7 +432,7 @@ fn stores_through_a_mapping_survive_flush_and_remount() {
             for p in 0..8u64 {
                 let at = p * PAGE + p * 97;
                 let bytes: Vec<u8> = (0..300).map(|i| (i as u8).wrapping_mul(p as u8 + 1)).collect();
-                m.write(at, &bytes).unwrap();
+                m.write_at(&bytes, at).unwrap();
                 want[at as usize..at as usize + 300].copy_from_slice(&bytes);
             }
             m.flush().unwrap();
@@ -456,20 +456,20 @@ fn a_file_of_100000_extents_maps_and_reads_correctly() {
     let m = f.mmap(0, 2 * EXTENTS * PAGE, Prot::ReadWrite, Share::Shared).unwrap();
     let mut page = vec![0u8; PAGE as usize];
     for i in 0..EXTENTS {
-        m.read(2 * i * PAGE, &mut page).unwrap();
+        m.read_at(&mut page, 2 * i * PAGE).unwrap();
         assert!(page.chunks(4).all(|c| c == (i as u32).to_le_bytes()), "page {i}");
     }
     let mut hole = [1u8; 8];
-    m.read(PAGE, &mut hole).unwrap();
+    m.read_at(&mut hole, PAGE).unwrap();
     assert_eq!(hole, [0; 8]);
     // A store into a page served as a copy goes to the file.
-    m.write(2 * (EXTENTS - 1) * PAGE, b"last").unwrap();
+    m.write_at(b"last", 2 * (EXTENTS - 1) * PAGE).unwrap();
     let mut back = [0u8; 4];
     f.read_at(&mut back, 2 * (EXTENTS - 1) * PAGE).unwrap();
     assert_eq!(&back, b"last");
     // And an overwrite through write() reaches a page served as a copy.
     f.write_at(b"new!", 2 * (EXTENTS - 2) * PAGE).unwrap();
-    m.read(2 * (EXTENTS - 2) * PAGE, &mut back).unwrap();
+    m.read_at(&mut back, 2 * (EXTENTS - 2) * PAGE).unwrap();
     assert_eq!(&back, b"new!");
     let st = fs.mmap_stats();
     assert!(st.faults_copied > 0 && st.pages_mapped_eagerly > 0, "{st:?}");
@@ -492,7 +492,7 @@ fn sigbus_child_enospc() {
     let free = fs.statfs().blocks_free * PAGE;
     fill.fallocate(0, free, FallocMode::Allocate { keep_size: false }).unwrap();
     assert_eq!(fs.statfs().blocks_free, 0);
-    m.write(PAGE, &[1]).unwrap();
+    m.write_at(&[1], PAGE).unwrap();
     std::process::exit(3);
 }
 
@@ -514,11 +514,11 @@ fn read_only_mappings_load_holes() {
     for share in [Share::Shared, Share::Private] {
         let m = f.mmap(0, 4 * PAGE, Prot::Read, share).unwrap();
         let mut b = [9u8; 4];
-        m.read(PAGE, &mut b).unwrap();
+        m.read_at(&mut b, PAGE).unwrap();
         assert_eq!(b, [0; 4], "{share:?}");
-        m.read(2 * PAGE, &mut b).unwrap();
+        m.read_at(&mut b, 2 * PAGE).unwrap();
         assert_eq!(&b, b"data", "{share:?}");
-        assert!(m.write(0, b"x").is_err(), "a read-only mapping refuses stores");
+        assert!(m.write_at(b"x", 0).is_err(), "a read-only mapping refuses stores");
     }
     assert_eq!(fs.mmap_stats().faults_sigbus, 0);
 }
@@ -576,7 +576,7 @@ fn bytes_a_crash_left_past_eof_read_zero_through_the_first_mapping() {
         let f = fs.open("/f", OpenOptions::read_only()).unwrap();
         let m = f.mmap(PAGE, PAGE, Prot::Read, Share::Shared).unwrap();
         let mut page = vec![0u8; PAGE as usize];
-        m.read(0, &mut page).unwrap();
+        m.read_at(&mut page, 0).unwrap();
         let inside = (size - PAGE) as usize;
         assert!(page[..inside].iter().all(|&b| b == 7), "bs {bs}: file bytes changed");
         assert!(page[inside..].iter().all(|&b| b == 0), "bs {bs}: a mapping shows bytes past EOF");

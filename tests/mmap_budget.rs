@@ -72,7 +72,7 @@ fn scattered_first_stores_into_a_sparse_mapping_complete() {
     f.set_len(LEN).unwrap();
     let m = f.mmap(0, LEN, Prot::ReadWrite, Share::Shared).unwrap();
     for p in (0..LEN / PAGE).step_by(2) {
-        m.write(p * PAGE + 7, &[(p % 251 + 1) as u8]).unwrap();
+        m.write_at(&[(p % 251 + 1) as u8], p * PAGE + 7).unwrap();
     }
     let st = fs.mmap_stats();
     assert!(st.faults_clustered > 0, "the budget never pressed: {st:?}");
@@ -112,7 +112,7 @@ fn mmap_past_the_budget_fails_cleanly_and_leaves_vmas_for_the_program() {
     std::thread::spawn(|| ()).join().unwrap();
     drop(bufs);
     // Mappings still serve faults, and room comes back as they go.
-    maps[0].write(0, b"still here").unwrap();
+    maps[0].write_at(b"still here", 0).unwrap();
     let mut back = [0u8; 10];
     f.read_at(&mut back, 0).unwrap();
     assert_eq!(&back, b"still here");
@@ -142,12 +142,12 @@ fn read_only_mappings_past_the_budget_load_copies_and_allocate_nothing() {
     for prot in [Prot::Read, Prot::ReadWrite] {
         let m = f.mmap(0, want.len() as u64, prot, Share::Shared).unwrap();
         let mut got = vec![0u8; want.len()];
-        m.read(0, &mut got).unwrap();
+        m.read_at(&mut got, 0).unwrap();
         assert!(got == want, "{prot:?}: the mapping shows other bytes than the file");
         assert_eq!(used_blocks(&fs), used, "{prot:?}: loads allocated blocks");
         if prot == Prot::ReadWrite {
             // A store into a page served as a copy reaches the file.
-            m.write(3998 * PAGE, b"stored").unwrap();
+            m.write_at(b"stored", 3998 * PAGE).unwrap();
             let mut back = [0u8; 6];
             f.read_at(&mut back, 3998 * PAGE).unwrap();
             assert_eq!(&back, b"stored");
@@ -171,7 +171,7 @@ fn loads_of_partly_written_pages_allocate_nothing() {
     for prot in [Prot::Read, Prot::ReadWrite] {
         let m = f.mmap(0, want.len() as u64, prot, Share::Shared).unwrap();
         let mut got = vec![0u8; want.len()];
-        m.read(0, &mut got).unwrap();
+        m.read_at(&mut got, 0).unwrap();
         assert!(got == want, "{prot:?}");
         assert_eq!(used_blocks(&fs), used, "{prot:?}: loads allocated blocks");
     }
@@ -190,18 +190,18 @@ fn copies_never_hide_stores_through_another_mapping() {
     let len = 800 * PAGE;
     let a = f.mmap(0, len, Prot::ReadWrite, Share::Shared).unwrap();
     let mut got = vec![0u8; len as usize];
-    a.read(0, &mut got).unwrap();
+    a.read_at(&mut got, 0).unwrap();
     assert!(fs.mmap_stats().faults_copied > 0, "the budget never pressed");
     let b = f.mmap(0, len, Prot::ReadWrite, Share::Shared).unwrap();
     for p in (0..800).step_by(2) {
-        b.write(p * PAGE + 1, &[0x7a]).unwrap();
+        b.write_at(&[0x7a], p * PAGE + 1).unwrap();
     }
     let mut byte = [0u8; 1];
     for p in (0..800).step_by(2) {
-        a.read(p * PAGE + 1, &mut byte).unwrap();
+        a.read_at(&mut byte, p * PAGE + 1).unwrap();
         assert_eq!(byte, [0x7a], "page {p}: mapping A missed a store through B");
-        a.write(p * PAGE + 2, &[0x7b]).unwrap();
-        b.read(p * PAGE + 2, &mut byte).unwrap();
+        a.write_at(&[0x7b], p * PAGE + 2).unwrap();
+        b.read_at(&mut byte, p * PAGE + 2).unwrap();
         assert_eq!(byte, [0x7b], "page {p}: mapping B missed a store through A");
     }
     drop((a, b));

@@ -129,9 +129,9 @@ fn mapping_stays_coherent(bs: u32, churn: Churn, rounds: u32) -> u32 {
                             continue;
                         }
                         if store {
-                            m.write(off, &[1 + r.below(200) as u8; 64]).unwrap();
+                            m.write_at(&[1 + r.below(200) as u8; 64], off).unwrap();
                         } else {
-                            m.read(off, &mut b).unwrap();
+                            m.read_at(&mut b, off).unwrap();
                         }
                     }
                     gate.wait();
@@ -146,12 +146,12 @@ fn mapping_stays_coherent(bs: u32, churn: Churn, rounds: u32) -> u32 {
             let size = f.metadata().unwrap().size;
             let mut via_map = vec![0u8; size as usize];
             let mut via_read = vec![0u8; size as usize];
-            m.read(0, &mut via_map).unwrap();
+            m.read_at(&mut via_map, 0).unwrap();
             f.read_at(&mut via_read, 0).unwrap();
             let mut ok = via_map == via_read;
             if size > 0 {
                 let mark = [(round % 250 + 1) as u8; 8];
-                m.write(size - 8, &mark).unwrap();
+                m.write_at(&mark, size - 8).unwrap();
                 let mut back = [0u8; 8];
                 f.read_at(&mut back, size - 8).unwrap();
                 ok &= back == mark;
@@ -203,9 +203,9 @@ fn simultaneous_faults_on_one_page_never_raise_sigbus() {
                     let mut b = [0u8; 1];
                     for i in 0..300u64 {
                         gate.wait();
-                        m.read((i + t) % 4 * PAGE, &mut b).unwrap();
+                        m.read_at(&mut b, (i + t) % 4 * PAGE).unwrap();
                         if i % 3 == 0 {
-                            m.write(i % 4 * PAGE + t, &[1]).unwrap();
+                            m.write_at(&[1], i % 4 * PAGE + t).unwrap();
                         }
                         gate.wait();
                     }
@@ -236,7 +236,7 @@ fn a_shrink_takes_every_page_past_eof_out_at_once() {
             let m = f.mmap(0, PAGES * PAGE, Prot::ReadWrite, Share::Shared).unwrap();
             let mut b = [0u8; 1];
             for p in 0..PAGES {
-                m.read(p * PAGE, &mut b).unwrap();
+                m.read_at(&mut b, p * PAGE).unwrap();
             }
             let done = AtomicBool::new(false);
             std::thread::scope(|s| {
@@ -342,12 +342,12 @@ fn faults_on_one_file_do_not_wait_for_a_long_write_to_another() {
                 std::hint::spin_loop();
             }
             std::thread::sleep(Duration::from_millis(5));
-            s.spawn(move || mx.read(0, &mut [0u8; 1]).unwrap());
+            s.spawn(move || mx.read_at(&mut [0u8; 1], 0).unwrap());
             // Time for X's fault to reach the service (the write takes a second or more).
             std::thread::sleep(Duration::from_millis(20));
             let mut b = [0u8; 1];
             for p in 0..YPAGES {
-                my.read(p * PAGE, &mut b).unwrap();
+                my.read_at(&mut b, p * PAGE).unwrap();
                 y_done.fetch_add(1, Ordering::AcqRel);
             }
             writer.join().unwrap()
@@ -388,7 +388,7 @@ fn faults_on_a_file_are_served_during_a_long_write_to_it() {
             let mut during = 0;
             let mut b = [0u8; 1];
             for p in 0..PAGES {
-                m.read(p * PAGE, &mut b).unwrap();
+                m.read_at(&mut b, p * PAGE).unwrap();
                 assert_eq!(b, [0]);
                 during += u64::from(!done.load(Ordering::Acquire));
             }
@@ -427,8 +427,8 @@ fn faults_served_while_another_file_is_reset() {
                 let mut b = [0u8; 1];
                 for _ in 0..3000 {
                     f1.fallocate(0, PAGES * PAGE, FallocMode::PunchHole).unwrap();
-                    m1.write(0, &[1]).unwrap();
-                    m1.read(5 * PAGE, &mut b).unwrap();
+                    m1.write_at(&[1], 0).unwrap();
+                    m1.read_at(&mut b, 5 * PAGE).unwrap();
                 }
                 stop.store(true, Ordering::Relaxed);
             });
@@ -439,7 +439,7 @@ fn faults_served_while_another_file_is_reset() {
                     while !stop.load(Ordering::Relaxed) {
                         for m in loads {
                             for p in (t..PAGES).step_by(2) {
-                                m.read(p * PAGE, &mut b).unwrap();
+                                m.read_at(&mut b, p * PAGE).unwrap();
                             }
                         }
                         // Zero range keeps the pages inside EOF and makes them fault again.

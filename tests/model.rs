@@ -677,13 +677,13 @@ impl Sut {
             Op::MapStore { path, off, len, seed } => {
                 let Some((off, end)) = m.mappable(p(*path), *off, *len) else { return Ok(()) };
                 let data = fill((end - off) as usize, *seed);
-                self.mapping(p(*path), m).write(off, &data).unwrap();
+                self.mapping(p(*path), m).write_at(&data, off).unwrap();
                 m.map_store(p(*path), off, &data);
             }
             Op::MapLoad { path, off, len } => {
                 let Some((off, end)) = m.mappable(p(*path), *off, *len) else { return Ok(()) };
                 let mut got = vec![0xee; (end - off) as usize];
-                self.mapping(p(*path), m).read(off, &mut got).unwrap();
+                self.mapping(p(*path), m).read_at(&mut got, off).unwrap();
                 let want = m.map_load(p(*path), off, end);
                 got.truncate(want.len());
                 prop_assert!(got == want, "load through the mapping of {} at {} len {}", p(*path), off, end - off);
@@ -699,9 +699,9 @@ impl Sut {
                 let base = off / PAGE * PAGE;
                 let map = f.mmap(base, end - base, Prot::ReadWrite, Share::Private).unwrap();
                 let data = fill((end - off) as usize, *seed);
-                map.write(off - base, &data).unwrap();
+                map.write_at(&data, off - base).unwrap();
                 let mut back = vec![0; data.len()];
-                map.read(off - base, &mut back).unwrap();
+                map.read_at(&mut back, off - base).unwrap();
                 prop_assert!(back == data, "a private mapping reads back its own stores");
                 // The file is untouched: read(2) still gives the model's bytes.
                 let want = m.read(p(*path), off, data.len()).unwrap();
@@ -803,7 +803,7 @@ impl Sut {
                     prop_assert_eq!(st.mode, 0o100000 | n.mode, "mode of {}", path);
                     prop_assert_eq!(st.size, d.len() as u64, "size of {}", path);
                     let mut b = vec![0; d.len()];
-                    fs.read(ino, 0, &mut b).unwrap();
+                    fs.read(ino, &mut b, 0).unwrap();
                     prop_assert!(&b == d, "contents of {}", path);
                 }
                 Kind::Dir => prop_assert_eq!(st.mode, 0o040000 | n.mode, "mode of {}", path),

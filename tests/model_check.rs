@@ -46,11 +46,11 @@ fn file(len: u64, written: bool) -> (Fs, Arc<File>, Arc<Mapping>) {
 fn coherent(f: &File, m: &Mapping) {
     let size = f.metadata().unwrap().size as usize;
     let (mut via_map, mut via_read) = (vec![0; size], vec![0; size]);
-    m.read(0, &mut via_map).unwrap();
+    m.read_at(&mut via_map, 0).unwrap();
     f.read_at(&mut via_read, 0).unwrap();
     assert!(via_map == via_read, "the mapping shows other bytes than the file");
     if size > 0 {
-        m.write(size as u64 - 1, &[0x55]).unwrap();
+        m.write_at(&[0x55], size as u64 - 1).unwrap();
         let mut back = [0];
         f.read_at(&mut back, size as u64 - 1).unwrap();
         assert_eq!(back, [0x55], "a store through the mapping did not reach the file");
@@ -72,10 +72,10 @@ fn churn_against_access(how: FallocMode) -> impl Fn() + Send + Sync + 'static {
         };
         let store = {
             let m = m.clone();
-            thread::spawn(move || m.write(100, &[9; 8]).unwrap())
+            thread::spawn(move || m.write_at(&[9; 8], 100).unwrap())
         };
         let mut b = [0; 8];
-        m.read(PAGE + 100, &mut b).unwrap();
+        m.read_at(&mut b, PAGE + 100).unwrap();
         churn.join().unwrap();
         store.join().unwrap();
         coherent(&f, &m);
@@ -92,7 +92,7 @@ fn punch_write_against_store() {
             f.write_at(&[3; 16], 200).unwrap();
         })
     };
-    m.write(100, &[9; 8]).unwrap();
+    m.write_at(&[9; 8], 100).unwrap();
     churn.join().unwrap();
     coherent(&f, &m);
 }
@@ -104,10 +104,10 @@ fn hole_load_against_store() {
         let m = m.clone();
         thread::spawn(move || {
             let mut b = [0; 8];
-            m.read(0, &mut b).unwrap();
+            m.read_at(&mut b, 0).unwrap();
         })
     };
-    m.write(8, &[9; 8]).unwrap();
+    m.write_at(&[9; 8], 8).unwrap();
     load.join().unwrap();
     coherent(&f, &m);
 }
@@ -137,7 +137,7 @@ fn grow_against_access() {
         let f = f.clone();
         thread::spawn(move || f.write_at(&[4; 16], PAGE + 500).unwrap())
     };
-    m.write(PAGE + 2, &[9; 4]).unwrap();
+    m.write_at(&[9; 4], PAGE + 2).unwrap();
     let _ = m.loadable(PAGE + 600);
     grow.join().unwrap();
     coherent(&f, &m);
@@ -157,10 +157,10 @@ fn write_against_first_store() {
         let m = m.clone();
         thread::spawn(move || {
             let mut b = [0; 8];
-            m.read(PAGE + 8, &mut b).unwrap();
+            m.read_at(&mut b, PAGE + 8).unwrap();
         })
     };
-    m.write(200, &[9; 8]).unwrap();
+    m.write_at(&[9; 8], 200).unwrap();
     write.join().unwrap();
     load.join().unwrap();
     let mut b = [0; 8];
@@ -189,11 +189,11 @@ fn read_only_mapping_against_writes() {
         })
     };
     let mut b = [0; 8];
-    m.read(PAGE, &mut b).unwrap();
-    m.read(96, &mut b).unwrap();
+    m.read_at(&mut b, PAGE).unwrap();
+    m.read_at(&mut b, 96).unwrap();
     churn.join().unwrap();
     let (mut via_map, mut via_read) = (vec![0; LEN], vec![0; LEN]);
-    m.read(0, &mut via_map).unwrap();
+    m.read_at(&mut via_map, 0).unwrap();
     f.read_at(&mut via_read, 0).unwrap();
     assert!(via_map == via_read, "the mapping shows other bytes than the file");
 }

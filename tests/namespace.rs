@@ -234,12 +234,12 @@ fn set_id_bits_drop_with_the_write_or_chown_that_drops_them() {
 
     // A write by a caller without CAP_FSETID: set-user-ID goes, and set-group-ID with group exec.
     set_mode("/tool", 0o6755);
-    fs.write(tool, 0, b"#").unwrap();
+    fs.write(tool, b"#", 0).unwrap();
     assert_eq!(mode("/tool"), 0o6755, "a plain write keeps them");
-    fs.write_dropping_set_id(tool, 0, b"#").unwrap();
+    fs.write_dropping_set_id(tool, b"#", 0).unwrap();
     assert_eq!(mode("/tool"), 0o755);
     set_mode("/tool", 0o2644);
-    fs.write_dropping_set_id(tool, 0, b"#").unwrap();
+    fs.write_dropping_set_id(tool, b"#", 0).unwrap();
     assert_eq!(mode("/tool"), 0o2644, "set-group-ID without group exec is mandatory locking: kept");
 
     // A chown: always set-user-ID; set-group-ID with group exec, or when the caller is an outsider.

@@ -39,8 +39,8 @@ fn measured() -> Vec<(String, Counters)> {
         fs.create(1, format!("warm-{i}").as_bytes(), 0o644, who).unwrap();
     }
     let file = fs.create(1, b"data", 0o644, who).unwrap().ino;
-    fs.write(file, 0, &[1; 8192]).unwrap();
-    fs.write(file, 0, &[2; 4096]).unwrap();
+    fs.write(file, &[1; 8192], 0).unwrap();
+    fs.write(file, &[2; 4096], 0).unwrap();
     let block = [3u8; 4096];
     let mut rows = vec![];
     rows.push((
@@ -49,18 +49,18 @@ fn measured() -> Vec<(String, Counters)> {
             fs.create(1, b"file-0001", 0o644, who).unwrap();
         }),
     ));
-    rows.push(("4k-append".into(), measure(&fs, || assert_eq!(fs.write(file, 8192, &block).unwrap(), 4096))));
-    rows.push(("100b-append".into(), measure(&fs, || assert_eq!(fs.write(file, 12288, &block[..100]).unwrap(), 100))));
+    rows.push(("4k-append".into(), measure(&fs, || assert_eq!(fs.write(file, &block, 8192).unwrap(), 4096))));
+    rows.push(("100b-append".into(), measure(&fs, || assert_eq!(fs.write(file, &block[..100], 12288).unwrap(), 100))));
     rows.push((
         "100b-append-in-block".into(),
-        measure(&fs, || assert_eq!(fs.write(file, 12388, &block[..100]).unwrap(), 100)),
+        measure(&fs, || assert_eq!(fs.write(file, &block[..100], 12388).unwrap(), 100)),
     ));
     // An overwrite once the clock has ticked past the file's times logs them; the next ones,
     // within the tick, store data only (the least of three, in case one straddles a tick).
     let past = udax::SetTime::At(udax::Timespec { sec: 1_000_000_000, nsec: 0 });
     fs.setattr(file, &udax::SetAttr { mtime: Some(past), ..Default::default() }).unwrap();
-    rows.push(("4k-overwrite-new-tick".into(), measure(&fs, || assert_eq!(fs.write(file, 0, &block).unwrap(), 4096))));
-    let steady = (0..3).map(|_| measure(&fs, || assert_eq!(fs.write(file, 4096, &block).unwrap(), 4096)));
+    rows.push(("4k-overwrite-new-tick".into(), measure(&fs, || assert_eq!(fs.write(file, &block, 0).unwrap(), 4096))));
+    let steady = (0..3).map(|_| measure(&fs, || assert_eq!(fs.write(file, &block, 4096).unwrap(), 4096)));
     rows.push(("4k-overwrite".into(), steady.min_by_key(|c| (c.fences, c.flush_lines, c.nt_bytes)).unwrap()));
     rows.push((
         "rename".into(),
@@ -101,7 +101,7 @@ fn multi_fence_rows(fs: &Fs, file: u64) -> Vec<(String, Counters)> {
     rows.push(("create-growing-its-directory".into(), grown));
     let punch = FallocMode::PunchHole;
     rows.push(("punch-written-edges".into(), measure(fs, || fs.fallocate(file, 100, 8000, punch).unwrap())));
-    fs.write(file, 0, &[4; 12288]).unwrap();
+    fs.write(file, &[4; 12288], 0).unwrap();
     let zero = FallocMode::ZeroRange { keep_size: true };
     rows.push(("zero-range-written-edges".into(), measure(fs, || fs.fallocate(file, 100, 8000, zero).unwrap())));
     let size = fs.getattr(file).unwrap().size;
@@ -110,7 +110,7 @@ fn multi_fence_rows(fs: &Fs, file: u64) -> Vec<(String, Counters)> {
     let f = fs.open("/sparse", OpenOptions::create()).unwrap();
     f.set_len(1 << 20).unwrap();
     let m = f.mmap(0, 1 << 20, Prot::ReadWrite, Share::Shared).unwrap();
-    rows.push(("mmap-first-store".into(), measure(fs, || m.write(8192, &[5]).unwrap())));
+    rows.push(("mmap-first-store".into(), measure(fs, || m.write_at(&[5], 8192).unwrap())));
     drop(m);
     // Fill the ring until a small record no longer fits: the next commit checkpoints first.
     let mode = |m: u32| assert!(fs.setattr(file, &SetAttr { mode: Some(m), ..Default::default() }).is_ok());

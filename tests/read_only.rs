@@ -43,7 +43,7 @@ fn a_read_only_open_reads_everything_changes_nothing_and_writes_nothing() {
     assert_eq!(s, "hello");
     let m = f.mmap(0, 4096, Prot::Read, Share::Shared).unwrap();
     let mut b = [0u8; 5];
-    m.read(0, &mut b).unwrap();
+    m.read_at(&mut b, 0).unwrap();
     assert_eq!(&b, b"hello");
     drop(m);
     // A private writable mapping is the process's own: allowed, as on Linux.
@@ -61,7 +61,7 @@ fn a_read_only_open_reads_everything_changes_nothing_and_writes_nothing() {
     erofs(fs.symlink_path("f", "/d/s"));
     erofs(fs.truncate(f.ino(), 0));
     erofs(fs.fallocate(f.ino(), 0, 4096, FallocMode::PunchHole));
-    erofs(fs.write(f.ino(), 0, b"x"));
+    erofs(fs.write(f.ino(), b"x", 0));
     erofs(fs.setattr(f.ino(), &SetAttr { mode: Some(0o600), ..Default::default() }));
     erofs(fs.setxattr(f.ino(), b"user.a", b"1", XattrFlags::default()));
     erofs(fs.removexattr(f.ino(), b"user.a"));

@@ -283,7 +283,7 @@ fn no_public_function_lends_device_or_mapped_memory() {
     let planted = "impl Mapping {\n    pub fn with_slice_mut<R>(&self, off: u64, len: u64, f: impl FnOnce(&mut [u8]) -> R) -> R {\n";
     assert_eq!(lending(planted).len(), 1);
     assert_eq!(lending("pub fn bytes(&self) -> &[u8] {").len(), 1);
-    assert!(lending("pub fn read(&self, off: u64, buf: &mut [u8]) -> Result<()> {").is_empty());
+    assert!(lending("pub fn read_at(&self, buf: &mut [u8], off: u64) -> Result<()> {").is_empty());
 }
 
 /// Files over this many lines, and functions over `FN_MAX`, in the product's source.

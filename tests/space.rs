@@ -30,7 +30,7 @@ fn file(fs: &Fs, name: &str) -> u64 {
 
 fn read_all(fs: &Fs, ino: u64) -> Vec<u8> {
     let mut b = vec![0xee; fs.getattr(ino).unwrap().size as usize];
-    assert_eq!(fs.read(ino, 0, &mut b).unwrap(), b.len());
+    assert_eq!(fs.read(ino, &mut b, 0).unwrap(), b.len());
     b
 }
 
@@ -48,7 +48,7 @@ fn s2_fallocate_then_write_in_the_middle_splits_in_three() {
         fs.fallocate(f, 0, 1 << 20, GROW).unwrap();
         assert_eq!(fs.getattr(f).unwrap().size, 1 << 20);
         assert_eq!(shape(&fs.extents(f).unwrap()), vec![(0, 1 << 20, "unwritten")], "bs {bs}");
-        assert_eq!(fs.write(f, 512 << 10, &[0x5a; 4096]).unwrap(), 4096);
+        assert_eq!(fs.write(f, &[0x5a; 4096], 512 << 10).unwrap(), 4096);
         let want = vec![(0, 512 << 10, "unwritten"), (512 << 10, 4096, "written"), (516 << 10, 508 << 10, "unwritten")];
         assert_eq!(shape(&fs.extents(f).unwrap()), want, "bs {bs}");
         let data = read_all(&fs, f);
@@ -69,7 +69,7 @@ fn unaligned_write_into_unwritten_zeroes_the_rest_of_its_blocks() {
         let f = file(&fs, "u");
         fs.fallocate(f, 0, 64 << 10, GROW).unwrap();
         let off = u64::from(bs) * 3 + 100;
-        fs.write(f, off, &[7; 50]).unwrap();
+        fs.write(f, &[7; 50], off).unwrap();
         let ext = fs.extents(f).unwrap();
         let written: Vec<_> = ext.iter().filter(|e| e.state == "written").collect();
         assert_eq!(written.len(), 1);
@@ -92,7 +92,7 @@ fn s6_stale_data_never_shows() {
         loop {
             let f = file(&fs, &format!("secret{n}"));
             n += 1;
-            match fs.write(f, 0, &secret) {
+            match fs.write(f, &secret, 0) {
                 Ok(w) if w == secret.len() => {}
                 _ => break,
             }
@@ -110,14 +110,14 @@ fn s6_stale_data_never_shows() {
             round += 1;
             let f = file(&fs, &format!("grow{round}"));
             let steps: Vec<(&str, Step)> = vec![
-                ("extending write", Box::new(move |fs| fs.write(f, 3000, &[1; 10]).map(drop))),
+                ("extending write", Box::new(move |fs| fs.write(f, &[1; 10], 3000).map(drop))),
                 ("fallocate", Box::new(move |fs| fs.fallocate(f, 0, 96 << 10, GROW))),
                 ("fallocate keep-size", Box::new(move |fs| fs.fallocate(f, 96 << 10, 64 << 10, KEEP))),
                 ("truncate up", Box::new(move |fs| fs.truncate(f, 200 << 10))),
-                ("unaligned write into unwritten", Box::new(move |fs| fs.write(f, 5000, &[2; 3333]).map(drop))),
+                ("unaligned write into unwritten", Box::new(move |fs| fs.write(f, &[2; 3333], 5000).map(drop))),
                 (
                     "unaligned write past the old end",
-                    Box::new(move |fs| fs.write(f, (150 << 10) + 17, &[3; 99]).map(drop)),
+                    Box::new(move |fs| fs.write(f, &[3; 99], (150 << 10) + 17).map(drop)),
                 ),
                 ("punch", Box::new(move |fs| fs.fallocate(f, 1000, 20_000, FallocMode::PunchHole))),
                 (
@@ -130,7 +130,7 @@ fn s6_stale_data_never_shows() {
                         fs.fallocate(f, 199 << 10, 40 << 10, FallocMode::ZeroRange { keep_size: false })
                     }),
                 ),
-                ("extending write over preallocation", Box::new(move |fs| fs.write(f, 250 << 10, &[4; 7]).map(drop))),
+                ("extending write over preallocation", Box::new(move |fs| fs.write(f, &[4; 7], 250 << 10).map(drop))),
             ];
             for (what, step) in steps {
                 match step(&fs) {
@@ -155,7 +155,7 @@ fn keep_size_preallocates_past_eof_without_growing() {
     for bs in BLOCK_SIZES {
         let fs = fresh(16 << 20, bs);
         let f = file(&fs, "k");
-        fs.write(f, 0, &[9; 100]).unwrap();
+        fs.write(f, &[9; 100], 0).unwrap();
         fs.fallocate(f, 1 << 20, 64 << 10, KEEP).unwrap();
         let st = fs.getattr(f).unwrap();
         assert_eq!(st.size, 100);
@@ -176,7 +176,7 @@ fn punch_frees_whole_blocks_and_zeroes_partial_ones() {
         let b = u64::from(bs);
         let fs = fresh(16 << 20, bs);
         let f = file(&fs, "p");
-        fs.write(f, 0, &vec![0xab; (8 * b) as usize]).unwrap();
+        fs.write(f, &vec![0xab; (8 * b) as usize], 0).unwrap();
         let before = fs.getattr(f).unwrap().blocks;
         // Unaligned start and end within one block: nothing freed, those bytes zero.
         fs.fallocate(f, 100, 200, FallocMode::PunchHole).unwrap();
@@ -210,7 +210,7 @@ fn zero_range_reads_zero_and_keeps_blocks() {
         let b = u64::from(bs);
         let fs = fresh(16 << 20, bs);
         let f = file(&fs, "z");
-        fs.write(f, 0, &vec![0xcd; (6 * b) as usize]).unwrap();
+        fs.write(f, &vec![0xcd; (6 * b) as usize], 0).unwrap();
         let blocks = fs.getattr(f).unwrap().blocks;
         fs.fallocate(f, b / 2, 3 * b, FallocMode::ZeroRange { keep_size: true }).unwrap();
         let data = read_all(&fs, f);
@@ -233,16 +233,16 @@ fn zero_range_reads_zero_and_keeps_blocks() {
 fn zero_length_and_beyond_eof_edges() {
     let fs = fresh(16 << 20, 4096);
     let f = file(&fs, "e");
-    assert_eq!(fs.write(f, 1 << 20, &[]).unwrap(), 0);
+    assert_eq!(fs.write(f, &[], 1 << 20).unwrap(), 0);
     assert_eq!(fs.getattr(f).unwrap().size, 0, "a zero-length write past EOF does not extend");
     for how in [GROW, KEEP, FallocMode::PunchHole, FallocMode::ZeroRange { keep_size: true }] {
         assert_eq!(fs.fallocate(f, 0, 0, how).unwrap_err().errno(), libc::EINVAL, "{how:?}");
     }
     assert_eq!(fs.fallocate(f, u64::MAX - 10, 100, GROW).unwrap_err().errno(), libc::EFBIG);
-    fs.write(f, 0, &[1; 5000]).unwrap();
+    fs.write(f, &[1; 5000], 0).unwrap();
     let mut buf = [9u8; 10];
-    assert_eq!(fs.read(f, 5000, &mut buf).unwrap(), 0);
-    assert_eq!(fs.read(f, 1 << 30, &mut buf).unwrap(), 0);
+    assert_eq!(fs.read(f, &mut buf, 5000).unwrap(), 0);
+    assert_eq!(fs.read(f, &mut buf, 1 << 30).unwrap(), 0);
     // Punch and zero entirely past EOF change nothing visible.
     fs.fallocate(f, 1 << 20, 1 << 20, FallocMode::PunchHole).unwrap();
     fs.fallocate(f, 1 << 20, 4096, FallocMode::ZeroRange { keep_size: true }).unwrap();
@@ -261,7 +261,7 @@ fn fallocate_on_a_full_device_is_enospc_with_nothing_done() {
     for bs in BLOCK_SIZES {
         let fs = fresh(4 << 20, bs);
         let f = file(&fs, "full");
-        fs.write(f, 0, &[1; 10_000]).unwrap();
+        fs.write(f, &[1; 10_000], 0).unwrap();
         let free = fs.statfs().blocks_free;
         let before = (fs.getattr(f).unwrap(), fs.extents(f).unwrap());
         let want = (free + 1) * u64::from(bs);
@@ -291,8 +291,8 @@ fn sequential_appends_stay_one_extent() {
         let b = file(&fs, "b");
         for i in 0..200u64 {
             // Two files growing in turn must not interleave each other's blocks into runs of one.
-            fs.write(a, i * 10_000, &[1; 10_000]).unwrap();
-            fs.write(b, i * 3_000, &[2; 3_000]).unwrap();
+            fs.write(a, &[1; 10_000], i * 10_000).unwrap();
+            fs.write(b, &[2; 3_000], i * 3_000).unwrap();
         }
         let ea = fs.extents(a).unwrap();
         let eb = fs.extents(b).unwrap();
@@ -314,7 +314,7 @@ fn fragmented_free_space_does_not_overflow_a_transaction() {
         let name = format!("f{i}");
         match fs.create(1, name.as_bytes(), 0o644, Creds::ROOT) {
             Ok(st) => {
-                if fs.write(st.ino, 0, &[1; 1000]).is_err() {
+                if fs.write(st.ino, &[1; 1000], 0).is_err() {
                     fs.unlink(1, name.as_bytes()).unwrap();
                     break;
                 }
@@ -329,7 +329,7 @@ fn fragmented_free_space_does_not_overflow_a_transaction() {
     let free = fs.statfs().blocks_free;
     assert!(free > 4000, "{free} blocks free");
     let w = file(&fs, "w");
-    let n = fs.write(w, 0, &vec![7; (free as usize / 2) * 1024]).unwrap();
+    let n = fs.write(w, &vec![7; (free as usize / 2) * 1024], 0).unwrap();
     assert_eq!(n, (free as usize / 2) * 1024);
     assert!(fs.extents(w).unwrap().len() > 1000, "the test did not fragment the write");
     let a = file(&fs, "a");
@@ -352,14 +352,14 @@ fn truncating_thousands_of_extents_on_a_small_journal() {
     let fs = Fs::mkfs(Device::anonymous(16 << 20).unwrap(), &opts).unwrap();
     let f = file(&fs, "holes");
     for i in 0..1000u64 {
-        fs.write(f, i * 2048, &[1]).unwrap();
+        fs.write(f, &[1], i * 2048).unwrap();
     }
     assert_eq!(fs.extents(f).unwrap().len(), 1000);
     fs.truncate(f, 0).unwrap();
     assert!(fs.extents(f).unwrap().is_empty());
     clean(&fs);
     for i in 0..10u64 {
-        fs.write(f, i * 4096, &[2; 100]).unwrap();
+        fs.write(f, &[2; 100], i * 4096).unwrap();
     }
     remount(fs);
 }

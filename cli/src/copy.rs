@@ -415,7 +415,7 @@ impl Put<'_> {
                 break;
             }
             if !is_zero(&buf[..n]) {
-                let w = self.fs.write(ino, off, &buf[..n]).map_err(|e| Failure::fs("put", dst.path(), &e))?;
+                let w = self.fs.write(ino, &buf[..n], off).map_err(|e| Failure::fs("put", dst.path(), &e))?;
                 if w < n {
                     return Err(Failure::fs("put", dst.path(), &Error::NoSpace));
                 }
@@ -636,7 +636,7 @@ impl Get<'_> {
         let mut buf = vec![0u8; CHUNK];
         let mut off = 0u64;
         loop {
-            let n = self.fs.read(st.ino, off, &mut buf).map_err(|e| Failure::fs("get", src.path(), &e))?;
+            let n = self.fs.read(st.ino, &mut buf, off).map_err(|e| Failure::fs("get", src.path(), &e))?;
             if n == 0 {
                 break;
             }

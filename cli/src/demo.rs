@@ -152,9 +152,9 @@ fn costs(fs: &Fs) -> Result<Vec<u8>, Failure> {
     let ino = fs.stat("/data.bin").map_err(|e| fail("/data.bin", e))?.ino;
     let block = vec![0x5au8; 4096];
     let c0 = dev.counters();
-    fs.write(ino, 0, &block).map_err(|e| fail("/data.bin", e))?;
+    fs.write(ino, &block, 0).map_err(|e| fail("/data.bin", e))?;
     let c1 = dev.counters();
-    fs.write(ino, 4096, &block).map_err(|e| fail("/data.bin", e))?;
+    fs.write(ino, &block, 4096).map_err(|e| fail("/data.bin", e))?;
     let c2 = dev.counters();
     fs.append(ino, &block).map_err(|e| fail("/data.bin", e))?;
     let c3 = dev.counters();
@@ -215,7 +215,7 @@ fn mapped_hole(fs: &Fs) -> Result<(u64, &'static [u8]), Failure> {
     say!("Made /mapped a {} hole (set_len) and mapped all of it shared and read-write.", human(map_len));
     let (s0, free0) = (fs.mmap_stats(), fs.statfs().blocks_free);
     let mut page = vec![0xffu8; 4096];
-    map.read(at, &mut page).map_err(|e| fail("/mapped", e))?;
+    map.read_at(&mut page, at).map_err(|e| fail("/mapped", e))?;
     let (s1, free1) = (fs.mmap_stats(), fs.statfs().blocks_free);
     say!(
         "Loaded the 4 KiB page at {} through the mapping: {}.",
@@ -228,7 +228,7 @@ fn mapped_hole(fs: &Fs) -> Result<(u64, &'static [u8]), Failure> {
         s1.faults_zero_page
     );
     say!("  zero page, read-only, and nothing was allocated.");
-    map.write(at + 100, stored).map_err(|e| fail("/mapped", e))?;
+    map.write_at(stored, at + 100).map_err(|e| fail("/mapped", e))?;
     let (s2, free2) = (fs.mmap_stats(), fs.statfs().blocks_free);
     let used = free1.saturating_sub(free2);
     say!("Stored {} bytes at {} + 100 through the mapping.", stored.len(), human(at));
@@ -251,7 +251,7 @@ fn mapped_hole(fs: &Fs) -> Result<(u64, &'static [u8]), Failure> {
     let s3 = fs.mmap_stats();
     let map2 = mf.mmap(0, map_len, Prot::Read, Share::Shared).map_err(|e| fail("/mapped", e))?;
     let mut back2 = vec![0u8; stored.len()];
-    map2.read(at + 100, &mut back2).map_err(|e| fail("/mapped", e))?;
+    map2.read_at(&mut back2, at + 100).map_err(|e| fail("/mapped", e))?;
     let s4 = fs.mmap_stats();
     say!("A second, read-only mapping of /mapped reads {:?} there.", String::from_utf8_lossy(&back2));
     say!(
@@ -277,7 +277,7 @@ fn mapped_file(fs: &Fs, data: &[u8]) -> CliResult {
     let wmap = wf.mmap(0, full.len() as u64, Prot::Read, Share::Shared).map_err(|e| fail("/written", e))?;
     let s1 = fs.mmap_stats();
     let mut through = vec![0u8; full.len()];
-    wmap.read(0, &mut through).map_err(|e| fail("/written", e))?;
+    wmap.read_at(&mut through, 0).map_err(|e| fail("/written", e))?;
     let s2 = fs.mmap_stats();
     say!("Wrote {} to /written with write_at, then mapped it read-only.", human(full.len() as u64));
     say!(

@@ -167,7 +167,7 @@ pub fn cat(a: &CatArgs) -> CliResult {
             let ino = fs.resolve(p, true).map_err(err)?;
             let mut off = 0u64;
             loop {
-                let n = fs.read(ino, off, &mut buf).map_err(err)?;
+                let n = fs.read(ino, &mut buf, off).map_err(err)?;
                 if n == 0 {
                     break;
                 }

@@ -7,6 +7,7 @@
 //! cache (write-through: writeback caching stays off, so every `write(2)` that returns is durable
 //! in the image); true DAX access is the library's.
 #![deny(unsafe_code)]
+#![deny(missing_docs)]
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -39,6 +40,7 @@ const OPEN_FLAGS: FopenFlags = FopenFlags::FOPEN_KEEP_CACHE;
 /// What `-o` asked for.
 #[derive(Debug, Clone, Default)]
 pub struct MountOptions {
+    /// Mount read-only (`-o ro`): every change fails with EROFS.
     pub read_only: bool,
     /// Let other users in (and have the kernel check permissions with `default_permissions`).
     pub allow_other: bool,
@@ -419,7 +421,7 @@ impl Filesystem for UdaxFuse {
         reply: ReplyData,
     ) {
         let mut buf = vec![0u8; size as usize];
-        match self.fs.read(ino.0, offset, &mut buf) {
+        match self.fs.read(ino.0, &mut buf, offset) {
             Ok(n) => reply.data(&buf[..n]),
             Err(e) => reply.error(errno(&e)),
         }
@@ -439,9 +441,9 @@ impl Filesystem for UdaxFuse {
     ) {
         // Sent with every write by a caller without CAP_FSETID.
         let written = if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
-            self.fs.write_dropping_set_id(ino.0, offset, data)
+            self.fs.write_dropping_set_id(ino.0, data, offset)
         } else {
-            self.fs.write(ino.0, offset, data)
+            self.fs.write(ino.0, data, offset)
         };
         match written {
             Ok(n) => reply.written(n as u32),
@@ -649,7 +651,7 @@ impl Filesystem for UdaxFuse {
         // One chunk per request, at most 1 MiB: the caller loops, as with a short write.
         let mut buf = vec![0u8; len.min(1 << 20) as usize];
         let r =
-            self.fs.read(ino_in.0, offset_in, &mut buf).and_then(|n| self.fs.write(ino_out.0, offset_out, &buf[..n]));
+            self.fs.read(ino_in.0, &mut buf, offset_in).and_then(|n| self.fs.write(ino_out.0, &buf[..n], offset_out));
         match r {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(errno(&e)),

@@ -18,6 +18,7 @@
 mod concurrent;
 pub mod model;
 pub mod mutants;
+mod report;
 pub mod state;
 pub mod workload;
 
@@ -28,7 +29,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::device::{InFlight, LINE};
 use crate::layout::{Geometry, JOURNAL_HEADER_OFF, JOURNAL_RING_OFF};
@@ -36,6 +37,7 @@ use crate::{Device, Error, Fs, MkfsOptions, Result};
 
 pub use crate::sabotage::Sabotage;
 pub use model::Model;
+pub use report::{Progress, Report, Saved, Violation};
 pub use state::{judge, FsState};
 pub use workload::Step;
 
@@ -52,13 +54,20 @@ pub enum Workload {
     /// Every ordered pair from a reduced set, on shared files.
     Seq2,
     /// `ops` random operations from the seed.
-    Random { ops: usize },
+    Random {
+        /// Operations in the sequence.
+        ops: usize,
+    },
     /// Pairs of operations run by two threads at once, each pair under `schedules` different
     /// interleavings.
-    Concurrent { schedules: usize },
+    Concurrent {
+        /// Interleavings run per pair.
+        schedules: usize,
+    },
 }
 
 impl Workload {
+    /// The workload's name on the command line (`--workload`).
     pub fn name(&self) -> &'static str {
         match self {
             Workload::Seq1 => "seq1",
@@ -72,8 +81,11 @@ impl Workload {
 /// How an exploration runs.
 #[derive(Debug, Clone)]
 pub struct Options {
+    /// Which operations run.
     pub workload: Workload,
+    /// Block size of the explored image, in bytes.
     pub block_size: u32,
+    /// Seed of the random workload and of the subsets of in-flight lines chosen.
     pub seed: u64,
     /// Stop after this many crash states (0: no limit).
     pub max_states: u64,
@@ -81,6 +93,7 @@ pub struct Options {
     pub per_fence: usize,
     /// Images built at each fence of a recovery that replays records (0: none).
     pub per_recovery_fence: usize,
+    /// The bug planted for a mutation test ([`Sabotage::None`] for a real run).
     pub sabotage: Sabotage,
     /// Where images that violate a guarantee are saved, with a JSON file for `--replay`.
     pub save_dir: Option<PathBuf>,
@@ -115,70 +128,6 @@ impl Default for Options {
             fill_journal: false,
         }
     }
-}
-
-/// One crash image that showed a state the guarantees forbid.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Violation {
-    /// Index of the sequence in the workload, of the operation in the sequence.
-    pub sequence: usize,
-    pub op_index: usize,
-    pub op: String,
-    /// Fence index inside the operation (the fence after it returned is the last).
-    pub fence: usize,
-    /// Which in-flight lines the image took.
-    pub subset: String,
-    pub reason: String,
-    /// The saved image, when `save_dir` was given.
-    pub image: Option<PathBuf>,
-}
-
-/// What an exploration found.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Report {
-    pub workload: String,
-    pub block_size: u32,
-    pub seed: u64,
-    pub sequences: u64,
-    pub ops: u64,
-    pub fences: u64,
-    /// Distinct crash images recovered and checked (including those inside recoveries).
-    pub states: u64,
-    /// Of `states`, images crashed inside a recovery.
-    pub recovery_states: u64,
-    /// Images built twice and checked once.
-    pub duplicates: u64,
-    pub max_images_per_fence: u64,
-    /// Concurrent workload: runs whose turn passed between the threads while both operations
-    /// were in flight (the others ran one operation after the other).
-    pub interleaved: u64,
-    pub violation_count: u64,
-    /// The first violations (at most 100).
-    pub violations: Vec<Violation>,
-    pub seconds: f64,
-}
-
-/// Progress after each operation.
-#[derive(Debug, Clone, Copy)]
-pub struct Progress {
-    pub ops_done: u64,
-    pub ops_total: u64,
-    pub states: u64,
-    pub violations: u64,
-}
-
-/// What `--replay` keeps next to a saved image.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct Saved {
-    pub violation: Violation,
-    /// The planted bug the run had (`udax crashtest --sabotage` names), recovery keeps it.
-    #[serde(default)]
-    pub sabotage: String,
-    pub before: FsState,
-    pub after: FsState,
-    /// States between the two that operations in flight together may also leave.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub between: Vec<FsState>,
 }
 
 /// Runs an exploration.

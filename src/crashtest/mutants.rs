@@ -30,14 +30,17 @@ pub fn sweeps(block_size: u32) -> Vec<Options> {
 /// How one planted bug fared.
 #[derive(Debug, Clone, Serialize)]
 pub struct Caught {
+    /// The planted bug's name ([`Sabotage`]'s, as `--sabotage` takes it).
     pub sabotage: &'static str,
     /// The sweep that caught it (none: it survived every sweep).
     pub workload: Option<&'static str>,
     /// The operation in flight at the first violation, and its index in its sequence.
     pub op: Option<String>,
+    /// Index of that operation in its sequence.
     pub op_index: Option<usize>,
     /// Crash states checked, over every sweep it met, until caught.
     pub states: u64,
+    /// Wall-clock time spent on it.
     pub seconds: f64,
     /// Why the first violating image was refused.
     pub reason: Option<String>,

@@ -15,12 +15,19 @@ const S_IFLNK: u32 = 0o120000;
 /// What the oracle compares of one name: everything an operation changes atomically.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Shape {
+    /// Inode number.
     pub ino: u64,
+    /// File type and permission bits.
     pub mode: u32,
+    /// Owner user ID.
     pub uid: u32,
+    /// Owner group ID.
     pub gid: u32,
+    /// Hard links.
     pub nlink: u32,
+    /// Size in bytes.
     pub size: u64,
+    /// Device number of a device node.
     pub rdev: u64,
     /// A symbolic link's target.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -48,6 +55,7 @@ pub struct Payload {
 /// A whole file system, by path ("/" first).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FsState {
+    /// Every name's shape, by path.
     pub shape: BTreeMap<String, Shape>,
     /// By inode number (hard links share one).
     pub payload: BTreeMap<u64, Payload>,
@@ -90,7 +98,7 @@ impl FsState {
                 if kind == S_IFREG {
                     let len = usize::try_from(a.size).ok().filter(|&n| n <= 64 << 20);
                     let mut buf = vec![0u8; len.ok_or_else(|| format!("{path}: size {} too large", a.size))?];
-                    let n = fs.read(ino, 0, &mut buf).map_err(|e| format!("read {path}: {e}"))?;
+                    let n = fs.read(ino, &mut buf, 0).map_err(|e| format!("read {path}: {e}"))?;
                     if n != buf.len() {
                         return Err(format!("read {path}: {n} of {} bytes", buf.len()));
                     }

@@ -9,70 +9,118 @@ use crate::{Creds, FallocMode, Fs, OpenOptions, Prot, RenameMode, SetAttr, SetTi
 /// One operation of a workload.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
+    /// Creates an empty regular file (`O_CREAT|O_EXCL`).
     Create(String),
+    /// Creates a directory.
     Mkdir(String),
+    /// Creates a FIFO.
     Mkfifo(String),
     /// pwrite into an existing file.
     Write {
+        /// The file.
         path: String,
+        /// File offset in bytes.
         off: u64,
+        /// Bytes written.
         len: u64,
+        /// Picks the pattern of the bytes.
         seed: u8,
     },
+    /// Truncates or extends a file.
     Truncate {
+        /// The file.
         path: String,
+        /// New size in bytes.
         size: u64,
     },
+    /// fallocate(2) on a file.
     Falloc {
+        /// The file.
         path: String,
+        /// File offset in bytes.
         off: u64,
+        /// Length in bytes.
         len: u64,
+        /// What to do to the range.
         mode: FallocMode,
     },
+    /// rename(2), with its flags.
     Rename {
+        /// The name moved.
         from: String,
+        /// Where it goes.
         to: String,
+        /// Replace, no-replace or exchange.
         mode: RenameMode,
     },
+    /// Adds a hard link.
     Link {
+        /// The existing name.
         from: String,
+        /// The new name.
         to: String,
     },
+    /// Removes a name that is not a directory.
     Unlink(String),
+    /// Creates a symbolic link.
     Symlink {
+        /// Its content.
         target: String,
+        /// Its path.
         link: String,
     },
+    /// Removes an empty directory.
     Rmdir(String),
+    /// Changes permission bits.
     Chmod {
+        /// The file (not followed if a symbolic link).
         path: String,
+        /// New permission bits.
         mode: u32,
     },
+    /// Changes owner and group.
     Chown {
+        /// The file (not followed if a symbolic link).
         path: String,
+        /// New owner.
         uid: u32,
+        /// New group.
         gid: u32,
     },
+    /// Sets access and modification times.
     Utimes {
+        /// The file (not followed if a symbolic link).
         path: String,
+        /// The seconds of both times.
         sec: i64,
     },
     /// Sets extended attribute `name` to `len` pattern bytes.
     SetXattr {
+        /// The file (not followed if a symbolic link).
         path: String,
+        /// Full attribute name.
         name: String,
+        /// Length of the value in bytes.
         len: u64,
+        /// Picks the pattern of the value.
         seed: u8,
     },
+    /// Removes an extended attribute.
     RemoveXattr {
+        /// The file (not followed if a symbolic link).
         path: String,
+        /// Full attribute name.
         name: String,
     },
     /// Stores `len` bytes at `off` through a shared mapping of the pages around them, then msync.
     MapStore {
+        /// The file.
         path: String,
+        /// File offset in bytes, below EOF.
         off: u64,
+        /// Bytes stored, none past EOF.
         len: u64,
+        /// Picks the pattern of the bytes.
         seed: u8,
     },
     /// Unmount and mount again (recovery runs, the checkpoint moves to the head): what only the
@@ -158,7 +206,7 @@ impl Step {
                 let start = off / crate::PAGE * crate::PAGE;
                 let end = (off + len).div_ceil(crate::PAGE) * crate::PAGE;
                 let map = f.mmap(start, end - start, Prot::ReadWrite, Share::Shared)?;
-                map.write(off - start, &bytes(*seed, *off, *len))?;
+                map.write_at(&bytes(*seed, *off, *len), off - start)?;
                 map.flush()
             }
             Step::SetXattr { path, name, len, seed } => {

@@ -51,8 +51,11 @@ pub enum Backend {
 /// Counts of persistence work issued, for the flush/fence table and benchmarks.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct Counters {
+    /// Cache-line write-back instructions issued (one per 64-byte line per flush).
     pub flush_lines: u64,
+    /// Store fences.
     pub fences: u64,
+    /// Bytes copied or filled with non-temporal stores.
     pub nt_bytes: u64,
 }
 
@@ -77,11 +80,17 @@ struct AtomicCounters {
 /// How the device was mapped, for `udax info`.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct DeviceInfo {
+    /// `file`, `devdax`, `anonymous` or `heap` (see [`Backend`]).
     pub backend: String,
+    /// The image file or device, for the backends that have one.
     pub path: Option<PathBuf>,
+    /// Size of the device in bytes.
     pub len_bytes: u64,
+    /// Whether the mapping took `MAP_SYNC` (flushed stores are then power-fail durable).
     pub map_sync: bool,
+    /// The cache-line write-back instruction in use ([`FlushInsn::name`]).
     pub flush: &'static str,
+    /// The non-temporal copy in use ([`NtInsn::name`]).
     pub nt_copy: &'static str,
 }
 
@@ -360,6 +369,7 @@ impl Device {
         self.len == 0
     }
 
+    /// What the device's memory is.
     pub fn backend(&self) -> &Backend {
         &self.backend
     }
@@ -411,6 +421,7 @@ impl Device {
         self.map_sync
     }
 
+    /// How the device is mapped and which persistence instructions it uses, for `udax info`.
     pub fn info(&self) -> DeviceInfo {
         let (backend, path) = match &self.backend {
             Backend::File(p) => ("file", Some(p.clone())),

@@ -11,8 +11,11 @@ pub const LINE: usize = 64;
 /// The cache-line write-back instruction in use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FlushInsn {
+    /// `clwb`: writes the line back and may keep it cached.
     Clwb,
+    /// `clflushopt`: writes back and evicts, unordered with other flushes.
     Clflushopt,
+    /// `clflush`: writes back and evicts, ordered with every other store and flush.
     Clflush,
     /// Not x86_64: a full fence stands in for every flush (the mapping is msync'd for durability).
     None,
@@ -33,12 +36,16 @@ impl FlushInsn {
 /// Non-temporal copy implementation in use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NtInsn {
+    /// 32-byte `vmovntdq` stores.
     Avx2,
+    /// 16-byte `movntdq` stores.
     Sse2,
+    /// No non-temporal stores: plain stores, then a flush of every line.
     None,
 }
 
 impl NtInsn {
+    /// Name of the instruction, or of the fallback, as `udax info` shows it.
     pub fn name(self) -> &'static str {
         match self {
             NtInsn::Avx2 => "avx2 vmovntdq",

@@ -67,7 +67,7 @@ impl Drop for WriteMark<'_> {
 impl Fs {
     /// Reads up to `buf.len()` bytes at `off`; stops at EOF. Holes and unwritten extents read
     /// as zeros.
-    pub fn read(&self, ino: u64, off: u64, buf: &mut [u8]) -> Result<usize> {
+    pub fn read(&self, ino: u64, buf: &mut [u8], off: u64) -> Result<usize> {
         self.read_node(&*self.node(ino)?, off, buf)
     }
 
@@ -122,14 +122,14 @@ impl Fs {
 
     /// Writes `data` at `off` (growing the file past EOF); durable on return. Returns the
     /// bytes written, short only when the device filled after some of them.
-    pub fn write(&self, ino: u64, off: u64, data: &[u8]) -> Result<usize> {
+    pub fn write(&self, ino: u64, data: &[u8], off: u64) -> Result<usize> {
         self.write_node(&*self.node(ino)?, Some(off), data, false)
     }
 
     /// As [`Fs::write`], for a caller without CAP_FSETID (a front end serving other processes):
     /// the file's set-user-ID bit, and its set-group-ID bit when group-executable, go in the
     /// transaction of the write's first chunk, as Linux drops them.
-    pub fn write_dropping_set_id(&self, ino: u64, off: u64, data: &[u8]) -> Result<usize> {
+    pub fn write_dropping_set_id(&self, ino: u64, data: &[u8], off: u64) -> Result<usize> {
         self.write_node(&*self.node(ino)?, Some(off), data, true)
     }
 

@@ -344,7 +344,7 @@ pub(crate) fn unmapped(bytes: &[u8]) -> std::borrow::Cow<'_, [u8]> {
 
 impl Mapping {
     /// First byte of the mapping, for callers that hand it to other code. Loads and stores
-    /// through it are served like those of [`Mapping::read`] and [`Mapping::write`]. udax lends
+    /// through it are served like those of [`Mapping::read_at`] and [`Mapping::write_at`]. udax lends
     /// no Rust reference to mapped memory (other threads, mappings, processes and truncates may
     /// change it at any time): a slice formed from this pointer is the caller's unsafe promise.
     ///
@@ -359,7 +359,7 @@ impl Mapping {
     /// let bytes: &mut [u8] = std::slice::from_raw_parts_mut(m.as_ptr(), 4096);
     /// ```
     ///
-    /// [`Mapping::read`] and [`Mapping::write`] copy instead.
+    /// [`Mapping::read_at`] and [`Mapping::write_at`] copy instead.
     pub fn as_ptr(&self) -> *mut u8 {
         self.state.region.start() as *mut u8
     }
@@ -369,6 +369,7 @@ impl Mapping {
         self.len
     }
 
+    /// Whether the mapping has no pages (never true for a mapping [`File::mmap`](crate::File::mmap) made).
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
@@ -378,22 +379,24 @@ impl Mapping {
         self.state.file_off
     }
 
+    /// What the mapping's pages allow.
     pub fn prot(&self) -> Prot {
         self.prot
     }
 
+    /// Whether stores reach the file or stay private to the mapping.
     pub fn share(&self) -> Share {
         self.state.share
     }
 
-    /// Loads `buf.len()` bytes at `off` of the mapping. A page at or past the file's EOF page
-    /// raises SIGBUS, as a load would.
-    pub fn read(&self, off: u64, buf: &mut [u8]) -> Result<()> {
+    /// Loads `buf.len()` bytes at byte `off` of the mapping. A page at or past the file's EOF
+    /// page raises SIGBUS, as a load would.
+    pub fn read_at(&self, buf: &mut [u8], off: u64) -> Result<()> {
         self.state.region.read(off, buf)
     }
 
-    /// Stores `data` at `off` of the mapping (EACCES on a read-only mapping).
-    pub fn write(&self, off: u64, data: &[u8]) -> Result<()> {
+    /// Stores `data` at byte `off` of the mapping (EACCES on a read-only mapping).
+    pub fn write_at(&self, data: &[u8], off: u64) -> Result<()> {
         self.state.region.write(off, data)
     }
 

@@ -25,19 +25,28 @@ use crate::MAX_FILE_SIZE;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FallocMode {
     /// Allocate unwritten blocks over holes; grow the size unless `keep_size`.
-    Allocate { keep_size: bool },
+    Allocate {
+        /// Leave the size alone even when the range ends past EOF (`FALLOC_FL_KEEP_SIZE`).
+        keep_size: bool,
+    },
     /// Free whole blocks in the range, zero the partial ones; the size is unchanged.
     PunchHole,
     /// Make the range read zero (whole blocks become unwritten); grow the size unless
     /// `keep_size`.
-    ZeroRange { keep_size: bool },
+    ZeroRange {
+        /// Leave the size alone even when the range ends past EOF (`FALLOC_FL_KEEP_SIZE`).
+        keep_size: bool,
+    },
 }
 
 /// One extent as `udax extents` and `bmap` show it, in bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct ExtentInfo {
+    /// File offset of the first byte.
     pub logical: u64,
+    /// Device offset of the first byte.
     pub physical: u64,
+    /// Length in bytes.
     pub length: u64,
     /// "written" or "unwritten".
     pub state: &'static str,

@@ -169,18 +169,22 @@ impl Fs {
         self.inner.dev.planted(which)
     }
 
+    /// The device the file system lives on.
     pub fn device(&self) -> &Device {
         &self.inner.dev
     }
 
+    /// Where the image's structures lie (from the superblock).
     pub fn geometry(&self) -> &Geometry {
         &self.inner.geo
     }
 
+    /// What journal recovery replayed when the image was mounted.
     pub fn recovery(&self) -> RecoveryReport {
         self.inner.recovery
     }
 
+    /// statfs(2): block and inode counts, free ones included.
     pub fn statfs(&self) -> StatFs {
         let g = &self.inner.geo;
         let free = lock(&self.inner.alloc).available_blocks();
@@ -194,6 +198,7 @@ impl Fs {
         }
     }
 
+    /// Facts about the mounted image and its device, for `udax info`.
     pub fn info(&self) -> FsInfo {
         let dev = self.inner.dev.info();
         let durability = if dev.map_sync {

@@ -11,11 +11,14 @@ pub const LINK_MAX: u32 = 65000;
 /// Who is acting: owner of what gets created.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Creds {
+    /// Effective user ID.
     pub uid: u32,
+    /// Effective group ID.
     pub gid: u32,
 }
 
 impl Creds {
+    /// The superuser (uid and gid 0), whom no permission check stops.
     pub const ROOT: Creds = Creds { uid: 0, gid: 0 };
 
     /// The effective ids of this process.
@@ -30,11 +33,14 @@ impl Creds {
 /// mkfs parameters.
 #[derive(Debug, Clone)]
 pub struct MkfsOptions {
+    /// Block size in bytes: 1024, 2048 or 4096 (the default).
     pub block_size: u32,
-    /// 0: one inode per 16 KiB.
+    /// Number of inodes; 0: one per 16 KiB of image.
     pub inodes: u64,
-    /// 0: chosen by size.
+    /// Journal ring size in bytes, a multiple of 4 KiB and at least 16 KiB; 0: 1/64 of the
+    /// image, between 256 KiB and 16 MiB.
     pub journal_bytes: u64,
+    /// Volume label, at most 31 bytes kept.
     pub label: String,
     /// Format a device that already holds a udax file system (mkfs refuses it otherwise).
     pub overwrite: bool,
@@ -49,48 +55,73 @@ impl Default for MkfsOptions {
 /// What stat(2) reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct Stat {
+    /// Inode number.
     pub ino: u64,
+    /// Generation of the inode slot: with `ino`, names this inode and no later one that reuses
+    /// the number (NFS-style file handles).
     pub generation: u32,
+    /// File type and permission bits ([`mode`](crate::mode)).
     pub mode: u32,
+    /// Number of hard links (a directory: 2 plus one per subdirectory).
     pub nlink: u32,
+    /// Owner user ID.
     pub uid: u32,
+    /// Owner group ID.
     pub gid: u32,
+    /// Size in bytes (a symbolic link: the length of its target).
     pub size: u64,
     /// 512-byte units allocated.
     pub blocks: u64,
+    /// Preferred I/O size in bytes: the block size, at least 4096.
     pub blksize: u32,
+    /// Device number of a character or block device node; 0 otherwise.
     pub rdev: u64,
+    /// Last access.
     pub atime: Timespec,
+    /// Last change of the content.
     pub mtime: Timespec,
+    /// Last change of the inode (content or attributes).
     pub ctime: Timespec,
+    /// Creation time.
     pub crtime: Timespec,
 }
 
 /// One directory entry as readdir reports it. `cookie` resumes after this entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DirEntry {
+    /// The name, bytes without `/` or NUL.
     pub name: Vec<u8>,
+    /// The inode it names.
     pub ino: u64,
     /// DT_* type.
     pub dtype: u8,
+    /// Pass to [`Fs::readdir`](crate::Fs::readdir) to continue after this entry.
     pub cookie: u64,
 }
 
 /// A time to set: a given one, or now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SetTime {
+    /// The current time (`UTIME_NOW`).
     Now,
+    /// This time.
     At(Timespec),
 }
 
 /// Attribute changes for [`Fs::setattr`](crate::Fs::setattr); `None` leaves a field alone.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SetAttr {
+    /// New permission bits (chmod); the file type bits are ignored.
     pub mode: Option<u32>,
+    /// New owner (chown).
     pub uid: Option<u32>,
+    /// New group (chown).
     pub gid: Option<u32>,
+    /// New size in bytes (truncate): frees blocks past it, or extends with a hole.
     pub size: Option<u64>,
+    /// New access time.
     pub atime: Option<SetTime>,
+    /// New modification time.
     pub mtime: Option<SetTime>,
     /// The caller, when the change drops set-ID bits as Linux drops them (a front end serving
     /// other processes): a chown of a non-directory always, a size change when the caller
@@ -113,53 +144,76 @@ pub(crate) fn killed_set_id(mode: u32, outsider: bool) -> u32 {
 /// Space and inode counts, as statfs(2) reports them.
 #[derive(Debug, Clone, Copy, serde::Serialize)]
 pub struct StatFs {
+    /// Block size in bytes.
     pub block_size: u64,
+    /// Data blocks on the image (metadata areas excluded).
     pub blocks: u64,
+    /// Data blocks free to allocate.
     pub blocks_free: u64,
+    /// Inode slots on the image.
     pub inodes: u64,
+    /// Inode slots free.
     pub inodes_free: u64,
+    /// Longest name in bytes (255).
     pub name_max: u32,
 }
 
 /// rename(2) flags.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum RenameMode {
+    /// Replace the destination if it exists (plain rename(2)).
     #[default]
     Replace,
+    /// Fail with [`Error::Exists`](crate::Error::Exists) if the destination exists
+    /// (`RENAME_NOREPLACE`).
     NoReplace,
+    /// Swap the two names atomically; both must exist (`RENAME_EXCHANGE`).
     Exchange,
 }
 
 /// Facts about a mounted image, for `udax info`.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct FsInfo {
+    /// Where the image's structures lie.
     pub geometry: Geometry,
+    /// How the device is mapped.
     pub device: crate::device::DeviceInfo,
+    /// The image's UUID, 32 hex digits.
     pub uuid: String,
+    /// The volume label (empty when none).
     pub label: String,
+    /// When mkfs made the image, in seconds since the Unix epoch.
     pub mkfs_time: i64,
+    /// Block and inode counts.
     pub statfs: StatFs,
+    /// What recovery replayed at mount.
     pub recovery: RecoveryReport,
+    /// What a returned operation survives on this device, in words.
     pub durability: &'static str,
 }
 
 /// The page size mappings work in.
 pub const PAGE: u64 = 4096;
 
-/// Size of a large first-store allocation.
+/// Size in bytes of a large first-store allocation: a first store into a hole of a mapping
+/// may allocate and map this much, aligned, at once.
 pub const HUGE: u64 = 2 << 20;
 
 /// What a mapping's pages allow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Prot {
+    /// Loads only (`PROT_READ`); a store raises SIGSEGV.
     Read,
+    /// Loads and stores (`PROT_READ|PROT_WRITE`).
     ReadWrite,
 }
 
 /// Whether stores reach the file (`Shared`) or copy on write (`Private`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Share {
+    /// `MAP_SHARED`: stores reach the file (and other mappings of it).
     Shared,
+    /// `MAP_PRIVATE`: the first store to a page copies it; the file never sees the stores.
     Private,
 }
 

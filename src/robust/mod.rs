@@ -158,7 +158,7 @@ fn reachable(fs: &Fs) -> std::collections::BTreeMap<String, (u32, u64, u32)> {
                 }
                 mode::S_IFREG => {
                     let mut buf = vec![0u8; st.size.min(READ_CAP) as usize];
-                    let sum = match fs.read(e.ino, 0, &mut buf) {
+                    let sum = match fs.read(e.ino, &mut buf, 0) {
                         Ok(n) => crc32c::crc32c(&buf[..n]),
                         Err(_) => 0,
                     };
@@ -256,11 +256,11 @@ fn read_capped(fs: &Fs, ino: u64, size: u64) {
     let half = READ_CAP / 2;
     let mut buf = vec![0u8; size.min(READ_CAP) as usize];
     if size <= READ_CAP {
-        let _ = fs.read(ino, 0, &mut buf);
+        let _ = fs.read(ino, &mut buf, 0);
     } else {
         let (a, b) = buf.split_at_mut(half as usize);
-        let _ = fs.read(ino, 0, a);
-        let _ = fs.read(ino, size - half, b);
+        let _ = fs.read(ino, a, 0);
+        let _ = fs.read(ino, b, size - half);
     }
 }
 
@@ -270,12 +270,12 @@ fn change(fs: &Fs, found: &Found) {
     let r = ROOT_INO;
     if let Ok(st) = fs.create(r, b"robust-new", 0o644, who) {
         let f = st.ino;
-        let _ = fs.write(f, 3000, &[0x5a; 5000]);
+        let _ = fs.write(f, &[0x5a; 5000], 3000);
         let _ = fs.truncate(f, 1000);
         let _ = fs.fallocate(f, 0, 20_000, FallocMode::Allocate { keep_size: false });
         let _ = fs.fallocate(f, 2000, 4000, FallocMode::PunchHole);
         let _ = fs.fallocate(f, 9000, 3000, FallocMode::ZeroRange { keep_size: true });
-        let _ = fs.write(f, 100_000, b"far");
+        let _ = fs.write(f, b"far", 100_000);
         let _ = fs.link(f, r, b"robust-link");
         let _ = fs.rename(r, b"robust-new", r, b"robust-renamed", RenameMode::Replace);
         let _ = fs.unlink(r, b"robust-link");
@@ -289,7 +289,7 @@ fn change(fs: &Fs, found: &Found) {
         }
     }
     if let Some((parent, ino, name)) = &found.file {
-        let _ = fs.write(*ino, 0, b"overwrite in place");
+        let _ = fs.write(*ino, b"overwrite in place", 0);
         let _ = fs.append(*ino, &[1; 5000]);
         if let Ok(st) = fs.getattr(*ino) {
             let _ = fs.truncate(*ino, st.size / 2);

@@ -18,22 +18,32 @@ pub(super) const PAGE: usize = 4096;
 /// A part of the template image a mutation aims at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Region {
+    /// The whole image.
     Anywhere,
+    /// The superblock.
     Superblock,
+    /// The journal header and its checkpoint slots.
     JournalHeader,
+    /// The journal ring.
     JournalRing,
+    /// The whole inode table, free slots included.
     InodeTable,
     /// The slots of the inodes in use.
     UsedInodes,
+    /// Directory data blocks.
     DirBlocks,
     /// Overflow extent blocks.
     ExtentBlocks,
+    /// Blocks holding symbolic-link targets.
     SymlinkBlocks,
+    /// Regular files' data blocks.
     FileData,
+    /// Extended-attribute blocks.
     XattrBlocks,
 }
 
 impl Region {
+    /// Every region, in declaration order (a region's index here is `region as usize`).
     pub const ALL: [Region; 11] = [
         Region::Anywhere,
         Region::Superblock,
@@ -56,7 +66,9 @@ impl Region {
 /// passed yet.
 #[derive(Debug, Clone)]
 pub struct Template {
+    /// The image's bytes.
     pub image: Vec<u8>,
+    /// Its geometry.
     pub geometry: Geometry,
     /// Byte ranges of each [`Region`], indexed like [`Region::ALL`].
     regions: Vec<Vec<Range<u64>>>,
@@ -81,7 +93,7 @@ impl Template {
         // A directory of several blocks: one file under many names.
         let big = fs.mkdir_all("/big", 0o755)?;
         let target = fs.create(big, b"target", 0o644, Creds::ROOT)?.ino;
-        fs.write(target, 0, b"linked many times")?;
+        fs.write(target, b"linked many times", 0)?;
         let names = if bs == 1024 { 90 } else { 150 };
         for i in 0..names {
             fs.link(target, big, format!("name-{i:03}-{}", "n".repeat(i % 40)).as_bytes())?;
@@ -91,13 +103,13 @@ impl Template {
         let frag = fs.create(ROOT_INO, b"frag", 0o644, Creds::ROOT)?.ino;
         let pieces = if bs == 1024 { 100 } else { 200 };
         for i in 0..pieces {
-            fs.write(frag, 2 * i * bs, &[i as u8 | 1; 300])?;
+            fs.write(frag, &[i as u8 | 1; 300], 2 * i * bs)?;
         }
         let sparse = fs.create(ROOT_INO, b"sparse", 0o644, Creds::ROOT)?.ino;
         fs.truncate(sparse, 1 << 30)?;
-        fs.write(sparse, 1 << 29, b"middle")?;
+        fs.write(sparse, b"middle", 1 << 29)?;
         let pre = fs.create(ROOT_INO, b"prealloc", 0o644, Creds::ROOT)?.ino;
-        fs.write(pre, 0, &[7; 5000])?;
+        fs.write(pre, &[7; 5000], 0)?;
         fs.fallocate(pre, 8192, 20_000, FallocMode::Allocate { keep_size: false })?;
         fs.fallocate(pre, 1000, 2000, FallocMode::PunchHole)?;
         let xattrs = [
@@ -192,8 +204,11 @@ impl Template {
 /// A value planted in an on-media field: small numbers and the boundaries that checks sit on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Value {
+    /// A small number.
     Small(u8),
+    /// `u64::MAX` (all ones in whatever width is stored).
     AllOnes,
+    /// Only the top bit of 64 set.
     HighBit,
     /// The image size in bytes, plus a delta.
     SizeBytes(i16),
@@ -207,6 +222,7 @@ pub enum Value {
     JournalLen(i16),
     /// 2^64 - 64 (k + 1), aligned like every position: overflow bait for positions and counts.
     NearMax(u8),
+    /// This exact value.
     Raw(u64),
 }
 
@@ -231,11 +247,15 @@ impl Value {
 /// One redo entry of a planted journal record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlantedEntry {
+    /// The part of the image the entry writes to.
     pub region: Region,
+    /// Byte offset within the region (modulo its length; see [`Template::locate`]).
     pub offset: u64,
     /// `1 << (width % 4)` bytes of `value` (aligned down to that), or `bytes` when set.
     pub width: u8,
+    /// What the entry writes.
     pub value: Value,
+    /// Bytes written instead of `value`.
     pub bytes: Option<Vec<u8>>,
 }
 
@@ -245,26 +265,69 @@ pub enum RecordBody {
     /// Well-formed entries (recovery replays them).
     Entries(Vec<PlantedEntry>),
     /// Arbitrary bytes under a valid checksum, with this `entries` count in the header.
-    Garbage { entries: u32, bytes: Vec<u8> },
+    Garbage {
+        /// The header's entry count.
+        entries: u32,
+        /// The record's body.
+        bytes: Vec<u8>,
+    },
 }
 
 /// One piece of damage to an image.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Mutation {
     /// XORs `mask` (never 0) into the byte at `offset` in `region`.
-    Flip { region: Region, offset: u64, mask: u8 },
+    Flip {
+        /// The part of the image aimed at.
+        region: Region,
+        /// Byte offset within the region (modulo its length; see [`Template::locate`]).
+        offset: u64,
+        /// Bits to flip.
+        mask: u8,
+    },
     /// Zeroes the block (or, unless `block`, the 64-byte line) holding `offset` in `region`.
-    Zero { region: Region, offset: u64, block: bool },
+    Zero {
+        /// The part of the image aimed at.
+        region: Region,
+        /// Byte offset within the region (modulo its length; see [`Template::locate`]).
+        offset: u64,
+        /// Zero the whole block, not the line.
+        block: bool,
+    },
     /// Cuts the image to `len` bytes (modulo its length).
-    Truncate { len: u64 },
+    Truncate {
+        /// The new length in bytes, modulo the image's.
+        len: u64,
+    },
     /// Stores `1 << (width % 4)` little-endian bytes of `value` at `offset` in `region`,
     /// aligned down to that width as every on-media field is.
-    Store { region: Region, offset: u64, width: u8, value: Value },
+    Store {
+        /// The part of the image aimed at.
+        region: Region,
+        /// Byte offset within the region (modulo its length; see [`Template::locate`]).
+        offset: u64,
+        /// Selects the width: `1 << (width % 4)` bytes.
+        width: u8,
+        /// What is stored.
+        value: Value,
+    },
     /// Copies `bytes` to `offset` in `region`.
-    Splice { region: Region, offset: u64, bytes: Vec<u8> },
+    Splice {
+        /// The part of the image aimed at.
+        region: Region,
+        /// Byte offset within the region (modulo its length; see [`Template::locate`]).
+        offset: u64,
+        /// The bytes copied in.
+        bytes: Vec<u8>,
+    },
     /// Writes a journal record with a valid checksum and the right position, so recovery
     /// replays it: at the checkpoint, or after the chain of valid records already there.
-    Record { after_chain: bool, body: RecordBody },
+    Record {
+        /// Place it after the valid records already in the ring, not at the checkpoint.
+        after_chain: bool,
+        /// What follows its header.
+        body: RecordBody,
+    },
     /// Recomputes the superblock checksum, so damage to its fields reaches the field checks.
     FixSuperblockCrc,
 }

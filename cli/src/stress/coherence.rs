@@ -106,7 +106,7 @@ fn check_mappings(
         if let Some((lo, hi)) = window(m, size) {
             pulse.doing(me, format!("loading through {} of {label} (size {size:#x})", describe_mapping(i, m)));
             let mut got = vec![0; (hi - lo) as usize];
-            m.read(lo - m.offset(), &mut got)?;
+            m.read_at(&mut got, lo - m.offset())?;
             let how = format!("{} vs read_at", describe_mapping(i, m));
             if m.share() == Share::Shared {
                 t.same(Check::MappingMatchesFile, None, label, lo, &content[lo as usize..hi as usize], &got, &how);
@@ -138,7 +138,7 @@ fn check_mappings(
     if let Some(&&(i, m)) = writable.get(rng.index(writable.len())) {
         let (off, bytes) = pick(rng, m, size);
         pulse.doing(me, format!("storing through {} of {label} at {off:#x}", describe_mapping(i, m)));
-        m.write(off - m.offset(), &bytes)?;
+        m.write_at(&bytes, off - m.offset())?;
         content[off as usize..off as usize + bytes.len()].copy_from_slice(&bytes);
         let mut got = vec![0; bytes.len()];
         let n = file.read_at(&mut got, off)?;
@@ -179,7 +179,7 @@ fn seen(
         let doing = format!("loading {lo:#x}..{hi:#x} through {} of {label} {after}", describe_mapping(i, m));
         run.pulse.doing(run.pulse.checker(), doing);
         let mut got = vec![0; (hi - lo) as usize];
-        m.read(lo - m.offset(), &mut got)?;
+        m.read_at(&mut got, lo - m.offset())?;
         let how = format!("{} {after}", describe_mapping(i, m));
         run.tally.same(check, None, label, lo, &content[lo as usize..hi as usize], &got, &how);
     }

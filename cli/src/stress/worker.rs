@@ -173,12 +173,12 @@ fn access(
     }
     if store {
         let bytes = rng.pattern(len);
-        m.write(off - lo, &bytes)?;
+        m.write_at(&bytes, off - lo)?;
         run.tally.op(Op::MappedStore);
         Ok(Access::Stored { off, bytes })
     } else {
         let mut bytes = vec![0; len as usize];
-        m.read(off - lo, &mut bytes)?;
+        m.read_at(&mut bytes, off - lo)?;
         run.tally.op(Op::MappedLoad);
         run.tally.values(Some(me), file, off, &bytes, &format!("a load through {}", describe_mapping(i, m)));
         Ok(Access::Loaded { off, bytes })
@@ -464,7 +464,7 @@ fn reopen(run: &Run, me: usize, rng: &mut Rng, path: &str) -> udax::Result<()> {
         let share = if rng.one_in(2) { Share::Shared } else { Share::Private };
         let m = f.mmap(0, size, Prot::Read, share)?;
         run.pulse.doing(me, format!("mapped_load {path} 0x0+{size:#x} through {}", describe_mapping(0, &m)));
-        m.read(0, &mut buf)?;
+        m.read_at(&mut buf, 0)?;
         run.tally.op(Op::MappedLoad);
         run.tally.values(Some(me), path, 0, &buf, &format!("a load through {}", describe_mapping(0, &m)));
     }

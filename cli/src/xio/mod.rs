@@ -325,7 +325,7 @@ impl Session {
                 let start = Instant::now();
                 while done < len {
                     let n = (len - done).min(BSIZE) as usize;
-                    m.read(at + done, &mut buf[..n])?;
+                    m.read_at(&mut buf[..n], at + done)?;
                     ops += 1;
                     if verbose && !quiet {
                         hexdump(&mut o, off + done, &buf[..n]).out()?;
