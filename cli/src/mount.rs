@@ -74,7 +74,9 @@ fn background(a: &MountArgs) -> CliResult {
     let status = child.wait().map_err(|e| Failure::plain(CMD, e))?;
     let msg = line.trim_end().strip_prefix("error: ").unwrap_or(line.trim_end()).to_string();
     let msg = if msg.is_empty() { format!("the server exited ({status}) before the mount was ready") } else { msg };
-    Err(Failure { msg: Some(msg), code: 1 })
+    // The server's message already names the command.
+    let msg = msg.strip_prefix("udax mount: ").map(str::to_string).unwrap_or(msg);
+    Err(Failure::plain(CMD, msg))
 }
 
 /// Mounts and serves in this process until unmounted.
