@@ -12,6 +12,7 @@ mod crash;
 mod demo;
 mod extents;
 mod json;
+mod manual;
 mod mount;
 mod names;
 mod size;
@@ -254,6 +255,14 @@ enum Cmd {
     /// Race threads over one file system's data, space, namespace and mappings, and check it
     #[command(long_about = stress::LONG_ABOUT, after_help = stress::AFTER_HELP)]
     Stress(StressArgs),
+
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    #[command(after_help = manual::COMPLETIONS_HELP)]
+    Completions(manual::CompletionsArgs),
+
+    /// Write the manual pages: udax.8 and one page per subcommand (udax-mkfs.8, ...)
+    #[command(after_help = manual::MAN_HELP)]
+    Man(manual::ManArgs),
 }
 
 #[derive(Debug, Args)]
@@ -620,6 +629,8 @@ fn run(cli: Cli) -> CliResult {
         Cmd::Df(a) => usage::df(&a),
         Cmd::Du(a) => usage::du(&a),
         Cmd::Stress(a) => stress::run(&a),
+        Cmd::Completions(a) => manual::completions(&a),
+        Cmd::Man(a) => manual::man(&a),
     }
 }
 
@@ -651,7 +662,9 @@ impl Cmd {
             | Cmd::Io(_)
             | Cmd::Demo(_)
             | Cmd::Mount(_)
-            | Cmd::Umount(_) => false,
+            | Cmd::Umount(_)
+            | Cmd::Completions(_)
+            | Cmd::Man(_) => false,
         }
     }
 }

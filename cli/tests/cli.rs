@@ -1304,3 +1304,56 @@ fn crashtest_finds_nothing_until_a_fence_is_dropped() {
     let (code, err) = fails(&["crashtest", "--replay", s(&image)]);
     assert_eq!(code, 4, "the replayed image violates again: {err}");
 }
+
+/// Every subcommand clap knows, from the top-level help.
+fn subcommands() -> Vec<String> {
+    let help = ok(&["--help"]);
+    let list = help.split("Commands:\n").nth(1).unwrap();
+    list.lines()
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| *c != "help")
+        .map(str::to_string)
+        .collect()
+}
+
+/// `udax man` prints udax(8), which names every subcommand; `udax man DIR` writes it and a page
+/// per subcommand; `udax completions SHELL` prints a script that knows the subcommands.
+#[test]
+fn man_pages_and_completions() {
+    let subs = subcommands();
+    assert!(subs.len() > 20 && subs.contains(&"man".to_string()), "{subs:?}");
+    let top = ok(&["man"]);
+    assert!(top.contains(".TH udax 8"), "{top}");
+    for sub in &subs {
+        assert!(top.contains(&format!("udax\\-{sub}(8)")), "udax-{sub}(8) missing from the top page");
+    }
+    let d = tmp();
+    let dir = d.path().join("man8");
+    assert_eq!(ok(&["man", s(&dir)]), "");
+    let mut pages: Vec<String> =
+        std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    pages.sort();
+    let mut want: Vec<String> = subs.iter().map(|c| format!("udax-{c}.8")).chain(["udax.8".to_string()]).collect();
+    want.sort();
+    assert_eq!(pages, want);
+    let mkfs = std::fs::read_to_string(dir.join("udax-mkfs.8")).unwrap();
+    assert!(
+        mkfs.contains(".TH udax-mkfs 8 ")
+            && mkfs.contains("udax\\-mkfs \\- Create")
+            && mkfs.contains("\\-\\-block\\-size"),
+        "{mkfs}"
+    );
+    assert_eq!(std::fs::read_to_string(dir.join("udax.8")).unwrap(), top);
+
+    let bash = ok(&["completions", "bash"]);
+    for word in ["mkfs", "fsck", "extents", "completions", "--block-size"] {
+        assert!(bash.contains(word), "{word} missing from the bash completions");
+    }
+    for shell in ["zsh", "fish", "elvish", "powershell"] {
+        assert!(ok(&["completions", shell]).contains("mkfs"), "{shell}");
+    }
+    let (code, err) = fails(&["completions", "tcsh"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("possible values"), "{err}");
+}
