@@ -24,7 +24,8 @@ use udax::mode;
 use udax::{Creds, Error, Fs, SetAttr, SetTime, Stat, Timespec};
 
 use crate::common::{stderr_is_tty, with_image, with_image_read_only, CliResult, Failure, OutResult, Progress};
-use crate::{json, GetArgs, PutArgs};
+use crate::stdio::is_stdio;
+use crate::{json, stdio, GetArgs, PutArgs};
 
 /// Copy unit: one `fs.write` / `fs.read` per MiB.
 const CHUNK: usize = 1 << 20;
@@ -251,6 +252,9 @@ fn host_totals(p: &Path, m: &Metadata) -> (u64, u64) {
 pub fn put(a: &PutArgs) -> CliResult {
     const CMD: &str = "put";
     let src = &a.host_path;
+    if is_stdio(src) {
+        return stdio::put(a);
+    }
     let meta = std::fs::symlink_metadata(src).map_err(|e| host_err(CMD, src, &e))?;
     let copied = with_image(CMD, &a.image, |fs| {
         let dst = &a.path;
@@ -486,6 +490,9 @@ fn image_totals(fs: &Fs, st: &Stat) -> (u64, u64) {
 
 pub fn get(a: &GetArgs) -> CliResult {
     const CMD: &str = "get";
+    if is_stdio(&a.host_path) {
+        return stdio::get(a);
+    }
     let copied = with_image_read_only(CMD, &a.image, |fs| {
         let src = &a.path;
         let st = fs.lstat(src).map_err(|e| Failure::fs(CMD, src, &e))?;

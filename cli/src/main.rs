@@ -16,6 +16,7 @@ mod manual;
 mod mount;
 mod names;
 mod size;
+mod stdio;
 mod stress;
 mod time;
 mod usage;
@@ -122,9 +123,12 @@ enum Cmd {
                       symbolic links (not followed), hard links, FIFOs, device nodes and extended\n\
                       attributes (user., trusted., security.; others are reported and skipped).\n\
                       If PATH is an existing directory the copy goes inside it under the source's\n\
-                      name; otherwise PATH becomes the copy.",
+                      name; otherwise PATH becomes the copy. HOST_PATH - reads stdin into the\n\
+                      regular file PATH, as cat > PATH would: made with mode 0644 if missing, else\n\
+                      replaced.",
         after_help = "Examples:\n  udax put img ./project /             makes /project\n  \
-                      udax put img notes.txt /docs/n.txt   copies to that name"
+                      udax put img notes.txt /docs/n.txt   copies to that name\n  \
+                      tar c src | udax put img - /src.tar  stdin into /src.tar (created or replaced)"
     )]
     Put(PutArgs),
 
@@ -134,8 +138,11 @@ enum Cmd {
                       bits, access and modification times, symbolic links, hard links and extended\n\
                       attributes (owners too when run as root). If HOST_PATH is an existing directory the copy goes\n\
                       inside it under the source's name; otherwise HOST_PATH becomes the copy.\n\
-                      FIFOs, sockets and device nodes are skipped with a warning.",
-        after_help = "Examples:\n  udax get img /project ./restore\n  udax get img /docs/n.txt ."
+                      FIFOs, sockets and device nodes are skipped with a warning.\n\
+                      HOST_PATH - writes the regular file PATH (a final symbolic link followed) to\n\
+                      stdout.",
+        after_help = "Examples:\n  udax get img /project ./restore\n  udax get img /docs/n.txt .\n  \
+                      udax get img /src.tar - | tar x      the file's bytes to stdout"
     )]
     Get(GetArgs),
 
@@ -364,7 +371,7 @@ pub struct LsArgs {
 pub struct PutArgs {
     /// The udax image (a file or a device-dax device)
     pub image: PathBuf,
-    /// Host file or directory to copy in
+    /// Host file or directory to copy in; - reads stdin into the file PATH
     pub host_path: PathBuf,
     /// Destination inside the image
     pub path: PathBuf,
@@ -382,7 +389,7 @@ pub struct GetArgs {
     pub image: PathBuf,
     /// File or directory inside the image
     pub path: PathBuf,
-    /// Destination on the host
+    /// Destination on the host; - writes the file's contents to stdout
     pub host_path: PathBuf,
     /// Print each path as it is copied
     #[arg(short, long)]

@@ -1305,6 +1305,81 @@ fn crashtest_finds_nothing_until_a_fence_is_dropped() {
     assert_eq!(code, 4, "the replayed image violates again: {err}");
 }
 
+/// Runs udax with `input` on its stdin.
+fn udax_with_stdin<S: AsRef<OsStr>>(args: &[S], input: &[u8]) -> Output {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_udax"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_vec();
+    // Fed from a thread: udax may stop reading (an error) while the pipe is full.
+    let feeder = std::thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    let out = child.wait_with_output().unwrap();
+    feeder.join().unwrap();
+    out
+}
+
+/// `put IMG - PATH` reads stdin into PATH as `cat > PATH` would (made, or emptied and
+/// rewritten in place); `get IMG PATH -` writes the file to stdout; directories are refused.
+#[test]
+fn put_and_get_through_stdin_and_stdout() {
+    let d = tmp();
+    let img = mkfs(d.path(), "16M");
+    ok(&["mkdir", s(&img), "/dir"]);
+    let data = noise(3 << 20, 5);
+    let out = udax_with_stdin(&["put", s(&img), "-", "/dir/f"], &data);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(out.stdout.is_empty());
+    assert_eq!(udax(&["get", s(&img), "/dir/f", "-"]).stdout, data);
+    let ino = |p: &str| -> u64 {
+        let j: serde_json::Value = serde_json::from_str(&ok(&["stat", s(&img), p, "--json"])).unwrap();
+        j["ino"].as_u64().unwrap()
+    };
+    let first = ino("/dir/f");
+    ok(&["chmod", s(&img), "600", "/dir/f"]);
+
+    // Replaced by something shorter: the same file, its mode kept, nothing of the old bytes left.
+    let out = udax_with_stdin(&["put", s(&img), "-", "/dir/f", "--json"], b"short\n");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((j["source"].as_str(), j["bytes"].as_u64()), (Some("-"), Some(6)), "{j}");
+    assert_eq!(ok(&["cat", s(&img), "/dir/f"]), "short\n");
+    assert_eq!(ino("/dir/f"), first);
+    assert!(ok(&["ls", s(&img), "-l", "/dir/f"]).starts_with("-rw------- "));
+
+    // Zeros in whole MiB stay a hole; through a symbolic link; empty stdin makes an empty file.
+    let mut sparse = vec![0u8; 2 << 20];
+    sparse.extend_from_slice(b"tail");
+    ok(&["ln", s(&img), "-s", "/dir/f", "/link"]);
+    assert!(udax_with_stdin(&["put", s(&img), "-", "/link"], &sparse).status.success());
+    assert_eq!(udax(&["get", s(&img), "/link", "-"]).stdout, sparse);
+    let j: serde_json::Value = serde_json::from_str(&ok(&["stat", s(&img), "/dir/f", "--json"])).unwrap();
+    assert_eq!(j["allocated_bytes"], 4096, "{j}");
+    assert!(udax_with_stdin(&["put", s(&img), "-", "/empty"], b"").status.success());
+    assert!(ok(&["stat", s(&img), "/empty"]).contains("regular empty file"));
+
+    // Directories: stdin has no name to copy under, and stdout takes one file.
+    let out = udax_with_stdin(&["put", s(&img), "-", "/dir"], b"x");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("udax put: /dir: Is a directory"), "{}", text(&out.stderr));
+    let (code, err) = fails(&["get", s(&img), "/dir", "-"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("udax get: /dir: Is a directory"), "{err}");
+    let (_, err) = fails(&["get", s(&img), "/missing", "-"]);
+    assert!(err.contains("udax get: /missing: No such file or directory"), "{err}");
+    let (_, err) = fails(&["get", s(&img), "/dir/f", "-", "--json"]);
+    assert!(err.contains("--json cannot go with -"), "{err}");
+    assert!(ok(&["fsck", s(&img)]).contains("clean"));
+}
+
 /// Every subcommand clap knows, from the top-level help.
 fn subcommands() -> Vec<String> {
     let help = ok(&["--help"]);
