@@ -680,9 +680,10 @@ impl Cmd {
 /// `--json` among the arguments, the error object too.
 fn refused(e: clap::Error) -> ExitCode {
     if e.use_stderr() && std::env::args_os().skip(1).any(|a| a == "--json") {
+        // clap's message up to its usage lines, on one line.
         let text = e.to_string();
-        let first = text.lines().next().unwrap_or_default();
-        let message = first.strip_prefix("error: ").unwrap_or(first).to_string();
+        let said = text.split("\n\n").next().unwrap_or_default();
+        let message = said.strip_prefix("error: ").unwrap_or(said).split_whitespace().collect::<Vec<_>>().join(" ");
         let _ = writeln!(std::io::stdout(), "{:#}", json::error(&ErrorReport { errno: libc::EINVAL, message }));
     }
     let _ = e.print();
