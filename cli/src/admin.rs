@@ -6,10 +6,11 @@ use std::path::Path;
 use udax::{Device, Fs, MkfsOptions};
 
 use crate::common::{
-    close_image, describe, describe_open, fmt_full, open_image_read_only, stderr_is_tty, CliResult, Failure, OutResult,
-    Progress,
+    close_image, describe, describe_open, open_image_read_only, stderr_is_tty, CliResult, Failure, OutResult, Progress,
 };
+use crate::json;
 use crate::size::human;
+use crate::time::fmt_full;
 use crate::{FsckArgs, InfoArgs, MkfsArgs};
 
 /// Images larger than this get a progress bar while mkfs clears the inode table.
@@ -36,10 +37,11 @@ pub fn mkfs(a: &MkfsArgs) -> CliResult {
     let fail = |m: String| Failure::new(CMD, img.display(), m);
     let existing = std::fs::metadata(img).ok();
     if existing.is_some() && !a.force && holds_udax(img) {
-        return Err(fail("already holds a udax file system; use --force to overwrite it".into()));
+        return Err(fail("already holds a udax file system; use --force to overwrite it".into()).errno(libc::EEXIST));
     }
     if existing.as_ref().is_some_and(|m| m.is_file() && m.len() > 0) && !a.force {
-        return Err(fail("is a file with data in it, not a udax image; use --force to overwrite it".into()));
+        let why = "is a file with data in it, not a udax image; use --force to overwrite it";
+        return Err(fail(why.into()).errno(libc::EEXIST));
     }
     let size = match (a.size, &existing) {
         (Some(s), _) => s,
@@ -71,6 +73,7 @@ pub fn mkfs(a: &MkfsArgs) -> CliResult {
                 }
                 None => fail(describe(&e)),
             }
+            .errno(e.errno())
         })?;
         g.inode_count * udax::INODE_SIZE
     } else {
@@ -92,6 +95,7 @@ pub fn mkfs(a: &MkfsArgs) -> CliResult {
             )),
             _ => fail(describe_open(&e)),
         }
+        .errno(e.errno())
     })?;
     let dev_len = dev.len();
     let sparse = dev.is_sparse();
@@ -100,10 +104,16 @@ pub fn mkfs(a: &MkfsArgs) -> CliResult {
         if created {
             let _ = std::fs::remove_file(img);
         }
-        fail(describe(&e))
+        fail(describe(&e)).errno(e.errno())
     })?;
     progress.done();
     let info = fs.info();
+    close_image(CMD, img, fs)?;
+    if a.json {
+        let mut o = json::info(&info);
+        o.insert("sparse".into(), sparse.into());
+        return json::print(o);
+    }
     let g = info.geometry;
     let mut o = std::io::stdout().lock();
     let rows = [
@@ -122,9 +132,7 @@ pub fn mkfs(a: &MkfsArgs) -> CliResult {
         ("durability", info.durability.into()),
     ];
     writeln!(o, "Creating udax file system on {}", img.display()).out()?;
-    print_rows(&mut o, &rows)?;
-    drop(o);
-    close_image(CMD, img, fs)
+    print_rows(&mut o, &rows)
 }
 
 fn print_rows(o: &mut impl Write, rows: &[(&str, String)]) -> CliResult {
@@ -138,17 +146,8 @@ fn print_rows(o: &mut impl Write, rows: &[(&str, String)]) -> CliResult {
 pub fn fsck(a: &FsckArgs) -> CliResult {
     let img = &a.image;
     let opened = if a.repair { Fs::open_image(img) } else { Fs::open_image_read_only(img) };
-    let fs = match opened {
-        Ok(fs) => fs,
-        Err(e) => {
-            let msg = describe_open(&e);
-            if a.json {
-                let v = serde_json::json!({ "clean": false, "error": msg });
-                writeln!(std::io::stdout(), "{v:#}").out()?;
-            }
-            return Err(Failure { msg: Some(format!("udax fsck: {}: {msg}", img.display())), code: FSCK_CANNOT_OPEN });
-        }
-    };
+    let fs = opened
+        .map_err(|e| Failure::new("fsck", img.display(), describe_open(&e)).errno(e.errno()).code(FSCK_CANNOT_OPEN))?;
     let check = |fs: &Fs| {
         let progress = Progress::new(stderr_is_tty(), fs.geometry().inode_count, false, "fsck: inodes");
         let report = udax::check::check(fs, &mut |done, total| progress.set(done, total));
@@ -158,21 +157,25 @@ pub fn fsck(a: &FsckArgs) -> CliResult {
     let report = check(&fs);
     let mut repaired = None;
     if a.repair && !report.is_clean() {
-        let repairs = fs.repair().map_err(|e| Failure {
-            msg: Some(format!("udax fsck: {}: repair stopped: {}", img.display(), describe(&e))),
-            code: FSCK_FINDINGS,
+        let repairs = fs.repair().map_err(|e| {
+            let msg = format!("repair stopped: {}", describe(&e));
+            Failure::new("fsck", img.display(), msg).errno(e.errno()).code(FSCK_FINDINGS)
         })?;
         repaired = Some((repairs, check(&fs)));
     }
     let clean = repaired.as_ref().map_or(&report, |(_, after)| after).is_clean();
+    let statfs = fs.statfs();
     let mut o = std::io::stdout().lock();
     if a.json {
-        let mut v = serde_json::json!({ "clean": clean, "report": report });
+        let mut v = json::Object::new();
+        v.insert("clean".into(), clean.into());
+        v.insert("image".into(), json::path(img));
+        v.insert("report".into(), report_json(&report, &statfs).into());
         if let Some((repairs, after)) = &repaired {
-            v["repairs"] = serde_json::json!(repairs);
-            v["after"] = serde_json::json!(after);
+            v.insert("repairs".into(), serde_json::json!(repairs));
+            v.insert("after".into(), report_json(after, &statfs).into());
         }
-        writeln!(o, "{v:#}").out()?;
+        writeln!(o, "{:#}", serde_json::Value::from(v)).out()?;
     } else {
         print_report(&mut o, img, &report)?;
         if let Some((repairs, after)) = &repaired {
@@ -184,12 +187,31 @@ pub fn fsck(a: &FsckArgs) -> CliResult {
         }
     }
     drop(o);
-    close_image("fsck", img, fs).map_err(|f| Failure { code: FSCK_CANNOT_OPEN, ..f })?;
+    close_image("fsck", img, fs).map_err(|f| f.code(FSCK_CANNOT_OPEN))?;
     match (clean, repaired.is_some()) {
         (true, false) => Ok(()),
         (true, true) => Err(Failure::status(FSCK_MENDED)),
         (false, _) => Err(Failure::status(FSCK_FINDINGS)),
     }
+}
+
+/// A check's report for `fsck --json`: its findings, what it counted, and the totals beside
+/// them under the names info and df use.
+fn report_json(r: &udax::check::Report, s: &udax::StatFs) -> json::Object {
+    let mut o = json::Object::new();
+    o.insert("findings".into(), serde_json::json!(r.findings));
+    json::counts(&mut o, "inodes", s.inodes, r.inodes);
+    json::counts(&mut o, "blocks", r.blocks_used + r.blocks_free, r.blocks_used);
+    for (k, n) in [
+        ("directories", r.directories),
+        ("regular_files", r.regular_files),
+        ("symlinks", r.symlinks),
+        ("special_files", r.special_files),
+        ("extents", r.extents),
+    ] {
+        o.insert(k.into(), n.into());
+    }
+    o
 }
 
 fn print_report(o: &mut impl Write, img: &Path, report: &udax::check::Report) -> CliResult {
@@ -225,63 +247,51 @@ pub fn info(a: &InfoArgs) -> CliResult {
     const CMD: &str = "info";
     let fs = open_image_read_only(CMD, &a.image)?;
     let mut i = fs.info();
+    close_image(CMD, &a.image, fs)?;
     // The image as named (a mounted image is read from a snapshot, which has no path of its own).
     i.device.path = Some(std::fs::canonicalize(&a.image).unwrap_or_else(|_| a.image.clone()));
-    let mut o = std::io::stdout().lock();
     if a.json {
-        let v = serde_json::to_value(&i).map_err(|e| Failure::plain(CMD, e))?;
-        writeln!(o, "{v:#}").out()?;
-    } else {
-        let g = &i.geometry;
-        let d = &i.device;
-        let s = &i.statfs;
-        let pct = |free: u64, all: u64| if all == 0 { 0.0 } else { free as f64 * 100.0 / all as f64 };
-        let rows = [
-            ("image", d.path.as_ref().map_or_else(|| "(anonymous memory)".into(), |p| p.display().to_string())),
-            ("backend", d.backend.clone()),
-            ("size", format!("{} ({} bytes)", human(g.size_bytes), g.size_bytes)),
-            ("device size", format!("{} bytes", d.len_bytes)),
-            ("block size", g.block_size.to_string()),
-            ("journal", format!("{} ({} bytes)", human(g.journal_len), g.journal_len)),
-            ("inode table", format!("{} inodes at {:#x}", g.inode_count, g.inode_off)),
-            (
-                "data area",
-                format!(
-                    "{} blocks from block {} (byte {:#x})",
-                    g.data_blocks,
-                    g.data_start,
-                    g.data_start * g.block_size
-                ),
-            ),
-            ("uuid", i.uuid.clone()),
-            ("label", if i.label.is_empty() { "(none)".into() } else { i.label.clone() }),
-            ("created", fmt_full(udax::Timespec { sec: i.mkfs_time, nsec: 0 })),
-            ("map_sync", if d.map_sync { "yes".into() } else { "no".into() }),
-            ("flush", d.flush.into()),
-            ("nt copy", d.nt_copy.into()),
-            (
-                "blocks free",
-                format!(
-                    "{} of {} ({:.1}%, {})",
-                    s.blocks_free,
-                    s.blocks,
-                    pct(s.blocks_free, s.blocks),
-                    human(s.blocks_free * s.block_size)
-                ),
-            ),
-            ("inodes free", format!("{} of {} ({:.1}%)", s.inodes_free, s.inodes, pct(s.inodes_free, s.inodes))),
-            ("name max", s.name_max.to_string()),
-            (
-                "recovery",
-                format!(
-                    "replayed {} journal record(s), {} bytes",
-                    i.recovery.replayed_records, i.recovery.replayed_bytes
-                ),
-            ),
-            ("durability", i.durability.into()),
-        ];
-        print_rows(&mut o, &rows)?;
+        return json::print(json::info(&i));
     }
-    drop(o);
-    close_image(CMD, &a.image, fs)
+    let g = &i.geometry;
+    let d = &i.device;
+    let s = &i.statfs;
+    let pct = |free: u64, all: u64| if all == 0 { 0.0 } else { free as f64 * 100.0 / all as f64 };
+    let rows = [
+        ("image", d.path.as_ref().map_or_else(|| "(anonymous memory)".into(), |p| p.display().to_string())),
+        ("backend", d.backend.clone()),
+        ("size", format!("{} ({} bytes)", human(g.size_bytes), g.size_bytes)),
+        ("device size", format!("{} bytes", d.len_bytes)),
+        ("block size", g.block_size.to_string()),
+        ("journal", format!("{} ({} bytes)", human(g.journal_len), g.journal_len)),
+        ("inode table", format!("{} inodes at {:#x}", g.inode_count, g.inode_off)),
+        (
+            "data area",
+            format!("{} blocks from block {} (byte {:#x})", g.data_blocks, g.data_start, g.data_start * g.block_size),
+        ),
+        ("uuid", i.uuid.clone()),
+        ("label", if i.label.is_empty() { "(none)".into() } else { i.label.clone() }),
+        ("created", fmt_full(udax::Timespec { sec: i.mkfs_time, nsec: 0 })),
+        ("map_sync", if d.map_sync { "yes".into() } else { "no".into() }),
+        ("flush", d.flush.into()),
+        ("nt copy", d.nt_copy.into()),
+        (
+            "blocks free",
+            format!(
+                "{} of {} ({:.1}%, {})",
+                s.blocks_free,
+                s.blocks,
+                pct(s.blocks_free, s.blocks),
+                human(s.blocks_free * s.block_size)
+            ),
+        ),
+        ("inodes free", format!("{} of {} ({:.1}%)", s.inodes_free, s.inodes, pct(s.inodes_free, s.inodes))),
+        ("name max", s.name_max.to_string()),
+        (
+            "recovery",
+            format!("replayed {} journal record(s), {} bytes", i.recovery.replayed_records, i.recovery.replayed_bytes),
+        ),
+        ("durability", i.durability.into()),
+    ];
+    print_rows(&mut std::io::stdout().lock(), &rows)
 }

@@ -1,5 +1,6 @@
-//! Plumbing shared by the subcommands: failures and exit codes, error messages, stdout writes
-//! that survive a closed pipe, progress bars, and the formatting of modes and times.
+//! Plumbing shared by the subcommands: failures and exit codes, error messages (as text, and as
+//! the `--json` error object), stdout writes that survive a closed pipe, progress bars, and the
+//! formatting of modes.
 
 use std::io::{IsTerminal, Write};
 use std::path::Path;
@@ -8,44 +9,98 @@ use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use udax::mode;
-use udax::{Error, Fs, Timespec};
+use udax::{Error, Fs};
 
-/// Why a subcommand stopped: what to print on stderr (nothing for a closed stdout) and the
-/// exit status.
+/// Why a subcommand stopped: the exit status, the message for stderr, and the error `--json`
+/// reports.
 #[derive(Debug)]
 pub struct Failure {
+    /// "udax CMD: WHAT: message" for stderr; None when it was printed already, or when there
+    /// is nothing to add (the command said it all).
     pub msg: Option<String>,
     pub code: u8,
+    /// What `--json` prints as `{"error": …}`; None when there is no error to report: the
+    /// command's own output says why it ends so (fsck findings, a closed stdout).
+    pub error: Option<ErrorReport>,
+}
+
+/// An error as `--json` reports it: the errno a kernel file system would give, and the message
+/// stderr shows without its "udax CMD: " prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErrorReport {
+    pub errno: i32,
+    pub message: String,
 }
 
 pub type CliResult<T = ()> = Result<T, Failure>;
 
 impl Failure {
-    /// "udax CMD: WHAT: message", exit status 1.
+    /// "udax CMD: WHAT: message", exit status 1, errno EINVAL until [`Failure::errno`] says
+    /// otherwise.
     pub fn new(cmd: &str, what: impl std::fmt::Display, msg: impl std::fmt::Display) -> Failure {
-        Failure { msg: Some(format!("udax {cmd}: {what}: {msg}")), code: 1 }
+        Failure::plain(cmd, format!("{what}: {msg}"))
     }
 
-    /// "udax CMD: message", exit status 1.
+    /// "udax CMD: message", exit status 1, errno EINVAL until [`Failure::errno`] says otherwise.
     pub fn plain(cmd: &str, msg: impl std::fmt::Display) -> Failure {
-        Failure { msg: Some(format!("udax {cmd}: {msg}")), code: 1 }
+        let message = msg.to_string();
+        Failure {
+            msg: Some(format!("udax {cmd}: {message}")),
+            code: 1,
+            error: Some(ErrorReport { errno: libc::EINVAL, message }),
+        }
     }
 
-    /// A udax error about `what` (an image path or a path inside the image).
+    /// A udax error about `what` (an image path or a path inside the image), with its errno.
     pub fn fs(cmd: &str, what: impl AsRef<Path>, e: &Error) -> Failure {
-        Failure::new(cmd, what.as_ref().display(), describe(e))
+        Failure::new(cmd, what.as_ref().display(), describe(e)).errno(e.errno())
+    }
+
+    /// A host I/O error about `what`: its strerror text and errno.
+    pub fn io(cmd: &str, what: impl AsRef<Path>, e: &std::io::Error) -> Failure {
+        let (msg, errno) = match e.raw_os_error() {
+            Some(n) => (strerror(n), n),
+            None => (strip_os_error(&e.to_string()), libc::EIO),
+        };
+        Failure::new(cmd, what.as_ref().display(), msg).errno(errno)
     }
 
     /// The status a finished subcommand leaves, having printed nothing more.
     pub fn status(code: u8) -> Failure {
-        Failure { msg: None, code }
+        Failure { msg: None, code, error: None }
     }
 
-    pub fn exit(self) -> ExitCode {
-        if let Some(m) = &self.msg {
+    /// The same failure with errno `n` in its error report.
+    pub fn errno(mut self, n: i32) -> Failure {
+        if let Some(e) = &mut self.error {
+            e.errno = n;
+        }
+        self
+    }
+
+    /// The same failure with exit status `code`.
+    pub fn code(self, code: u8) -> Failure {
+        Failure { code, ..self }
+    }
+
+    /// Prints the message on stderr now, keeping the status and the error report (for commands
+    /// that go on to their next operand).
+    pub fn said(mut self) -> Failure {
+        if let Some(m) = self.msg.take() {
             let _ = writeln!(std::io::stderr(), "{m}");
         }
-        ExitCode::from(self.code)
+        self
+    }
+
+    /// Prints the message on stderr and, with `json`, the error object on stdout; the exit
+    /// status.
+    pub fn exit(self, json: bool) -> ExitCode {
+        let code = self.code;
+        let f = self.said();
+        if let (true, Some(e)) = (json, &f.error) {
+            let _ = writeln!(std::io::stdout(), "{:#}", crate::json::error(e));
+        }
+        ExitCode::from(code)
     }
 }
 
@@ -137,9 +192,9 @@ pub fn open_image_read_only(cmd: &str, image: &Path) -> CliResult<Fs> {
 fn image_failure(cmd: &str, image: &Path, e: &Error) -> Failure {
     if image.is_dir() {
         let why = format!("is a directory, not a udax image (the image comes first: udax {cmd} IMAGE PATH...)");
-        return Failure::new(cmd, image.display(), why);
+        return Failure::new(cmd, image.display(), why).errno(libc::EISDIR);
     }
-    Failure::new(cmd, image.display(), describe_open(e))
+    Failure::new(cmd, image.display(), describe_open(e)).errno(e.errno())
 }
 
 /// Syncs and lets go of an image (msync for page-cache-backed files).
@@ -149,23 +204,24 @@ pub fn close_image(cmd: &str, image: &Path, fs: Fs) -> CliResult {
 
 /// Opens `image`, runs `f` on it, and closes it (syncing) whether or not `f` succeeded; the
 /// first failure wins.
-pub fn with_image(cmd: &str, image: &Path, f: impl FnOnce(&Fs) -> CliResult) -> CliResult {
+pub fn with_image<T>(cmd: &str, image: &Path, f: impl FnOnce(&Fs) -> CliResult<T>) -> CliResult<T> {
     let fs = open_image(cmd, image)?;
     let r = f(&fs);
     let c = close_image(cmd, image, fs);
-    r.and(c)
+    r.and_then(|v| c.map(|()| v))
 }
 
 /// [`with_image`] for commands that only read: the image is opened read-only.
-pub fn with_image_read_only(cmd: &str, image: &Path, f: impl FnOnce(&Fs) -> CliResult) -> CliResult {
+pub fn with_image_read_only<T>(cmd: &str, image: &Path, f: impl FnOnce(&Fs) -> CliResult<T>) -> CliResult<T> {
     let fs = open_image_read_only(cmd, image)?;
     let r = f(&fs);
     let c = close_image(cmd, image, fs);
-    r.and(c)
+    r.and_then(|v| c.map(|()| v))
 }
 
 /// Runs `f` for each item, printing each failure as it happens and going on (like rm or cat
-/// with several operands); fails with status 1 at the end if any did.
+/// with several operands); fails at the end if any did, with the first one's status and error
+/// report.
 pub fn each<T>(items: &[T], mut f: impl FnMut(&T) -> CliResult) -> CliResult {
     let mut status = Ok(());
     for it in items {
@@ -173,9 +229,8 @@ pub fn each<T>(items: &[T], mut f: impl FnMut(&T) -> CliResult) -> CliResult {
             if e.msg.is_none() {
                 return Err(e);
             }
-            let code = e.code;
-            let _ = e.exit();
-            status = Err(Failure::status(code));
+            let e = e.said();
+            status = status.and(Err(e));
         }
     }
     status
@@ -192,7 +247,7 @@ impl<T> OutResult<T> for std::io::Result<T> {
             if e.kind() == std::io::ErrorKind::BrokenPipe {
                 Failure::status(0)
             } else {
-                Failure::plain("write", format!("stdout: {}", strip_os_error(&e.to_string())))
+                Failure::io("write", "stdout", &e)
             }
         })
     }
@@ -255,40 +310,6 @@ pub fn type_key(m: u32) -> &'static str {
         mode::S_IFBLK => "block_device",
         _ => "regular",
     }
-}
-
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
-}
-
-/// Broken-down UTC time: (year, month, day, hour, minute, second).
-fn utc(sec: i64) -> (i64, u32, u32, u32, u32, u32) {
-    let days = sec.div_euclid(86_400);
-    let s = sec.rem_euclid(86_400);
-    let (y, mo, d) = civil_from_days(days);
-    (y, mo, d, (s / 3600) as u32, (s / 60 % 60) as u32, (s % 60) as u32)
-}
-
-/// "2024-05-01 13:45" (UTC), for `ls -l`.
-pub fn fmt_minutes(t: Timespec) -> String {
-    let (y, mo, d, h, mi, _) = utc(t.sec);
-    format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}")
-}
-
-/// "2024-05-01 13:45:07.123456789 +0000", for `stat`.
-pub fn fmt_full(t: Timespec) -> String {
-    let (y, mo, d, h, mi, s) = utc(t.sec);
-    format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02}.{:09} +0000", t.nsec)
 }
 
 /// Whether stderr is a terminal (progress bars only then).
@@ -379,14 +400,6 @@ mod tests {
         assert_eq!(mode_string(mode::S_IFREG | 0o2750), "-rwxr-s---");
         assert_eq!(mode_string(mode::S_IFLNK | 0o777), "lrwxrwxrwx");
         assert_eq!(mode_string(mode::S_IFIFO | 0o600), "prw-------");
-    }
-
-    #[test]
-    fn times() {
-        assert_eq!(fmt_minutes(Timespec { sec: 0, nsec: 0 }), "1970-01-01 00:00");
-        assert_eq!(fmt_full(Timespec { sec: 951_782_400, nsec: 5 }), "2000-02-29 00:00:00.000000005 +0000");
-        assert_eq!(fmt_minutes(Timespec { sec: 1_700_000_000, nsec: 0 }), "2023-11-14 22:13");
-        assert_eq!(fmt_minutes(Timespec { sec: -1, nsec: 0 }), "1969-12-31 23:59");
     }
 
     #[test]

@@ -23,10 +23,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use udax::mode;
 use udax::{Creds, Error, Fs, SetAttr, SetTime, Stat, Timespec};
 
-use crate::common::{
-    stderr_is_tty, strerror, with_image, with_image_read_only, CliResult, Failure, OutResult, Progress,
-};
-use crate::{GetArgs, PutArgs};
+use crate::common::{stderr_is_tty, with_image, with_image_read_only, CliResult, Failure, OutResult, Progress};
+use crate::stdio::is_stdio;
+use crate::{json, stdio, GetArgs, PutArgs};
 
 /// Copy unit: one `fs.write` / `fs.read` per MiB.
 const CHUNK: usize = 1 << 20;
@@ -36,11 +35,29 @@ const PROGRESS_BYTES: u64 = 64 << 20;
 const PROGRESS_FILES: u64 = 1000;
 
 fn host_err(cmd: &str, path: &Path, e: &std::io::Error) -> Failure {
-    let msg = match e.raw_os_error() {
-        Some(n) => strerror(n),
-        None => e.to_string(),
-    };
-    Failure::new(cmd, path.display(), msg)
+    Failure::io(cmd, path, e)
+}
+
+/// What a copy moved, for `--json`: files (every non-directory), directories, bytes of file
+/// contents.
+#[derive(Debug, Default, Clone, Copy)]
+struct Copied {
+    files: u64,
+    directories: u64,
+    bytes: u64,
+}
+
+impl Copied {
+    fn report(&self, image: &Path, source: &Path, destination: &Path) -> serde_json::Value {
+        serde_json::json!({
+            "image": json::path(image),
+            "source": json::path(source),
+            "destination": json::path(destination),
+            "files": self.files,
+            "directories": self.directories,
+            "bytes": self.bytes,
+        })
+    }
 }
 
 /// Reads until `buf` is full or EOF.
@@ -201,7 +218,7 @@ struct Put<'a> {
     progress: Progress,
     /// Host (dev, ino) of a multiply-linked file -> its copy's inode.
     links: HashMap<(u64, u64), u64>,
-    files: u64,
+    copied: Copied,
     verbose: bool,
 }
 
@@ -235,8 +252,11 @@ fn host_totals(p: &Path, m: &Metadata) -> (u64, u64) {
 pub fn put(a: &PutArgs) -> CliResult {
     const CMD: &str = "put";
     let src = &a.host_path;
+    if is_stdio(src) {
+        return stdio::put(a);
+    }
     let meta = std::fs::symlink_metadata(src).map_err(|e| host_err(CMD, src, &e))?;
-    with_image(CMD, &a.image, |fs| {
+    let copied = with_image(CMD, &a.image, |fs| {
         let dst = &a.path;
         let err = |e: Error| Failure::fs(CMD, dst, &e);
         let tty = stderr_is_tty();
@@ -247,14 +267,18 @@ pub fn put(a: &PutArgs) -> CliResult {
             who: Creds::current(),
             progress: Progress::new(show, totals.0, true, "put"),
             links: HashMap::new(),
-            files: 0,
+            copied: Copied::default(),
             verbose: a.verbose,
         };
         // An existing directory receives the copy under the source's name ("." merges into it).
         let (parent, name, shown) = match fs.stat(dst) {
             Ok(st) if mode::is_dir(st.mode) => match src.file_name() {
                 Some(base) => (st.ino, base.as_bytes().to_vec(), dst.join(base)),
-                None if meta.is_dir() => return p.copy_tree(src, &meta, st.ino, dst).map(|()| p.progress.done()),
+                None if meta.is_dir() => {
+                    p.copy_tree(src, &meta, st.ino, dst)?;
+                    p.progress.done();
+                    return Ok(p.copied);
+                }
                 None => return Err(Failure::new(CMD, src.display(), "cannot tell the source's name")),
             },
             Ok(_) | Err(Error::NotFound) => {
@@ -267,8 +291,12 @@ pub fn put(a: &PutArgs) -> CliResult {
             p.copy_tree(src, &meta, ino, &shown)?;
         }
         p.progress.done();
-        Ok(())
-    })
+        Ok(p.copied)
+    })?;
+    if a.json {
+        return json::print(copied.report(&a.image, src, &a.path));
+    }
+    Ok(())
 }
 
 impl Put<'_> {
@@ -312,18 +340,12 @@ impl Put<'_> {
                 if ft.is_dir() {
                     return Ok(Some(old.ino));
                 }
-                return Err(Failure::new(
-                    "put",
-                    dst.path().display(),
-                    "cannot overwrite a directory with a non-directory",
-                ));
+                let why = "cannot overwrite a directory with a non-directory";
+                return Err(Failure::new("put", dst.path().display(), why).errno(libc::EISDIR));
             }
             Ok(_) if ft.is_dir() => {
-                return Err(Failure::new(
-                    "put",
-                    dst.path().display(),
-                    "cannot overwrite a non-directory with a directory",
-                ));
+                let why = "cannot overwrite a non-directory with a directory";
+                return Err(Failure::new("put", dst.path().display(), why).errno(libc::ENOTDIR));
             }
             Ok(_) => fs.unlink(parent, name).map_err(err)?,
             Err(Error::NotFound) => {}
@@ -334,10 +356,11 @@ impl Put<'_> {
         }
         let perm = m.mode() & 0o7777;
         if ft.is_dir() {
+            self.copied.directories += 1;
             return Ok(Some(fs.mkdir(parent, name, perm, self.who).map_err(err)?.ino));
         }
-        self.files += 1;
-        self.progress.message(format!("{} files", self.files));
+        self.copied.files += 1;
+        self.progress.message(format!("{} files", self.copied.files));
         if m.nlink() > 1 && !ft.is_symlink() {
             if let Some(&ino) = self.links.get(&(m.dev(), m.ino())) {
                 return fs.link(ino, parent, name).map(|_| None).map_err(err);
@@ -422,6 +445,7 @@ impl Put<'_> {
                 written_to = off + n as u64;
             }
             off += n as u64;
+            self.copied.bytes += n as u64;
             self.progress.inc(n as u64);
         }
         if off > written_to {
@@ -445,7 +469,7 @@ struct Get<'a> {
     links: HashMap<u64, Vec<OsString>>,
     /// The host directory a tree copy goes into (hard links are made relative to it).
     top: PathBuf,
-    files: u64,
+    copied: Copied,
     verbose: bool,
 }
 
@@ -466,7 +490,10 @@ fn image_totals(fs: &Fs, st: &Stat) -> (u64, u64) {
 
 pub fn get(a: &GetArgs) -> CliResult {
     const CMD: &str = "get";
-    with_image_read_only(CMD, &a.image, |fs| {
+    if is_stdio(&a.host_path) {
+        return stdio::get(a);
+    }
+    let copied = with_image_read_only(CMD, &a.image, |fs| {
         let src = &a.path;
         let st = fs.lstat(src).map_err(|e| Failure::fs(CMD, src, &e))?;
         let tty = stderr_is_tty();
@@ -479,14 +506,18 @@ pub fn get(a: &GetArgs) -> CliResult {
             progress: Progress::new(show, totals.0, true, "get"),
             links: HashMap::new(),
             top: PathBuf::new(),
-            files: 0,
+            copied: Copied::default(),
             verbose: a.verbose,
         };
         let dst = &a.host_path;
         let target = match std::fs::metadata(dst) {
             Ok(m) if m.is_dir() => match src.file_name() {
                 Some(base) => dst.join(base),
-                None if mode::is_dir(st.mode) => return g.copy_tree(&st, src, dst).map(|()| g.progress.done()),
+                None if mode::is_dir(st.mode) => {
+                    g.copy_tree(&st, src, dst)?;
+                    g.progress.done();
+                    return Ok(g.copied);
+                }
                 None => return Err(Failure::new(CMD, src.display(), "cannot tell the source's name")),
             },
             _ => dst.clone(),
@@ -496,8 +527,12 @@ pub fn get(a: &GetArgs) -> CliResult {
             g.copy_tree(&st, src, &target)?;
         }
         g.progress.done();
-        Ok(())
-    })
+        Ok(g.copied)
+    })?;
+    if a.json {
+        return json::print(copied.report(&a.image, &a.path, &a.host_path));
+    }
+    Ok(())
 }
 
 impl Get<'_> {
@@ -513,18 +548,12 @@ impl Get<'_> {
                 if is_dir {
                     return Ok(true);
                 }
-                return Err(Failure::new(
-                    "get",
-                    shown.path().display(),
-                    "cannot overwrite a directory with a non-directory",
-                ));
+                let why = "cannot overwrite a directory with a non-directory";
+                return Err(Failure::new("get", shown.path().display(), why).errno(libc::EISDIR));
             }
             Ok(_) if is_dir => {
-                return Err(Failure::new(
-                    "get",
-                    shown.path().display(),
-                    "cannot overwrite a non-directory with a directory",
-                ));
+                let why = "cannot overwrite a non-directory with a directory";
+                return Err(Failure::new("get", shown.path().display(), why).errno(libc::ENOTDIR));
             }
             Ok(old) if Some((old.dev(), old.ino())) == self.image => {
                 return Err(Failure::new("get", shown.path().display(), "is the image itself; not overwriting it"));
@@ -544,10 +573,11 @@ impl Get<'_> {
         }
         if is_dir {
             std::fs::create_dir(dst).map_err(herr)?;
+            self.copied.directories += 1;
             return Ok(true);
         }
-        self.files += 1;
-        self.progress.message(format!("{} files", self.files));
+        self.copied.files += 1;
+        self.progress.message(format!("{} files", self.copied.files));
         if kind == mode::S_IFLNK {
             let target = self.fs.readlink(st.ino).map_err(|e| Failure::fs("get", src.path(), &e))?;
             std::os::unix::fs::symlink(OsStr::from_bytes(&target), dst).map_err(herr)?;
@@ -644,6 +674,7 @@ impl Get<'_> {
                 f.write_all_at(&buf[..n], off).map_err(|e| trail_err("get", dst, &e))?;
             }
             off += n as u64;
+            self.copied.bytes += n as u64;
             self.progress.inc(n as u64);
         }
         f.set_len(off).map_err(|e| trail_err("get", dst, &e))

@@ -1,13 +1,98 @@
 //! `udax crashtest`: explores the crash states of a workload and replays saved violations.
 
 use std::io::Write;
+use std::path::PathBuf;
 
+use clap::Args;
 use udax::crashtest::{self, Options, Report, Sabotage, Workload};
 
 use crate::common::{describe, stderr_is_tty, CliResult, Failure, OutResult, Progress};
-use crate::CrashtestArgs;
 
 const CMD: &str = "crashtest";
+
+pub const LONG_ABOUT: &str = "Run a workload on a small scratch image while recording every cache line the file\n\
+system stores, writes back and fences. At each fence, build the images a power cut\n\
+could leave (none, all or subsets of the lines in flight, lines in earlier states,\n\
+torn 8-byte words), recover each one (mount), fsck it, read it whole, and require\n\
+the state before or after the operation in flight, with every operation that\n\
+returned before it. Images whose recovery replays records are also crashed inside\n\
+that recovery. Violating images can be saved and replayed.\n\n\
+Workloads: seq1 (each operation alone: create, mkdir, mknod, writes of every kind,\n\
+truncate up and down, every fallocate mode, renames incl. overwrite, exchange and\n\
+across directories, link, unlink, symlink, rmdir, chmod, chown, utimes, stores\n\
+through a mapping), seq2 (every ordered pair of a reduced set on shared files),\n\
+random (--ops operations from --seed), concurrent (pairs of operations run by two\n\
+threads at once, interleaved at fences and held locks by --schedules seeded\n\
+schedules each; an image may show either operation alone, never undo one that\n\
+returned, and the run must end as one order of the two would).";
+
+pub const AFTER_HELP: &str = "Exit status: 0 no violation, 4 violations found, 1 an error.\n\n\
+Examples:\n  udax crashtest            seq1, 4 KiB blocks\n  \
+udax crashtest --workload seq2 --block-size 1024\n  \
+udax crashtest --workload random --seed 7 --ops 500 --max-states 100000\n  \
+udax crashtest --workload concurrent --schedules 4 --fill-journal\n  \
+udax crashtest --workload seq2 --save /tmp/crash --json\n  \
+udax crashtest --replay /tmp/crash/seq2-3-0.img";
+
+#[derive(Debug, Args)]
+pub struct CrashtestArgs {
+    /// seq1, seq2, random or concurrent
+    #[arg(long, default_value = "seq1")]
+    pub workload: String,
+    /// Block size of the scratch image: 1024, 2048 or 4096
+    #[arg(long, default_value_t = 4096)]
+    pub block_size: u32,
+    /// Seed of the random workload and of the sampling of crash images
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Operations of the random workload
+    #[arg(long, default_value_t = 200)]
+    pub ops: usize,
+    /// Interleavings of each pair of the concurrent workload (who starts, how often turns change)
+    #[arg(long, default_value_t = 2)]
+    pub schedules: usize,
+    /// Stop after this many crash states (0: no limit)
+    #[arg(long, default_value_t = 0)]
+    pub max_states: u64,
+    /// Crash images built at each fence at most (every subset when they fit)
+    #[arg(long, default_value_t = 48)]
+    pub per_fence: usize,
+    /// Crash images built at each fence of a recovery that replays records (0: none)
+    #[arg(long, default_value_t = 3)]
+    pub per_recovery_fence: usize,
+    /// Worker threads (0: one per CPU)
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// Save violating images (and their expected states) in this directory
+    #[arg(long, value_name = "DIR")]
+    pub save: Option<PathBuf>,
+    /// Recover a saved image and judge it again against the states saved beside it
+    #[arg(long, value_name = "IMAGE")]
+    pub replay: Option<PathBuf>,
+    /// Print the report as JSON
+    #[arg(long)]
+    pub json: bool,
+    /// Stop after the first operation that shows a violation
+    #[arg(long)]
+    pub first_violation: bool,
+    /// Journal ring of the explored image (16K at least): a small one wraps and checkpoints
+    /// many times within a workload
+    #[arg(long, default_value = "64K", value_parser = crate::size::parse_size)]
+    pub journal_size: u64,
+    /// Start every other sequence with the journal ring nearly full, so its first operations
+    /// checkpoint and wrap
+    #[arg(long)]
+    pub fill_journal: bool,
+    /// Testing the tester: run every planted bug against the sweeps CI runs (seq1, seq2 with a
+    /// nearly full journal, a long random run on a 16 KiB journal) at --block-size (CI's test
+    /// uses 1024) and report which caught it; exit status 4 if one survived
+    #[arg(long)]
+    pub mutants: bool,
+    /// Testing the tester: plant one bug (a dropped fence, a wrong recovery order, a missing
+    /// zero, …; an unknown name lists them all); the exploration must then report violations
+    #[arg(long, hide = true)]
+    pub sabotage: Option<String>,
+}
 
 pub fn run(a: &CrashtestArgs) -> CliResult {
     if let Some(img) = &a.replay {
@@ -54,7 +139,7 @@ pub fn run(a: &CrashtestArgs) -> CliResult {
         bar.set(p.ops_done, p.ops_total);
         bar.message(format!("{} states, {} violations", p.states, p.violations));
     })
-    .map_err(|e| Failure::plain(CMD, describe(&e)))?;
+    .map_err(|e| Failure::plain(CMD, describe(&e)).errno(e.errno()))?;
     bar.done();
     print_report(a, &report)?;
     if report.violation_count > 0 {
@@ -74,7 +159,8 @@ fn mutants(a: &CrashtestArgs) -> CliResult {
         writeln!(o, "{head}").out()?;
     }
     for (_, sabotage) in Sabotage::ALL {
-        let c = crashtest::mutants::catch(sabotage, a.block_size).map_err(|e| Failure::plain(CMD, describe(&e)))?;
+        let c = crashtest::mutants::catch(sabotage, a.block_size)
+            .map_err(|e| Failure::plain(CMD, describe(&e)).errno(e.errno()))?;
         if !a.json {
             let op = c.op_index.map_or("-".into(), |i| i.to_string());
             let what = c.op.as_deref().unwrap_or("SURVIVED every sweep");
@@ -90,8 +176,7 @@ fn mutants(a: &CrashtestArgs) -> CliResult {
         all.push(c);
     }
     if a.json {
-        let v = serde_json::to_string_pretty(&all).map_err(|e| Failure::plain(CMD, e))?;
-        writeln!(o, "{v}").out()?;
+        crate::json::print(serde_json::json!({ "block_size": a.block_size, "mutants": all }))?;
     }
     if all.iter().any(|c| c.workload.is_none()) {
         return Err(Failure::status(4));
@@ -100,11 +185,10 @@ fn mutants(a: &CrashtestArgs) -> CliResult {
 }
 
 fn print_report(a: &CrashtestArgs, r: &Report) -> CliResult {
-    let mut o = std::io::stdout().lock();
     if a.json {
-        let v = serde_json::to_string_pretty(r).map_err(|e| Failure::plain(CMD, e))?;
-        return writeln!(o, "{v}").out();
+        return crate::json::print(serde_json::to_value(r).map_err(|e| Failure::plain(CMD, e))?);
     }
+    let mut o = std::io::stdout().lock();
     writeln!(o, "workload        {} (block size {}, seed {})", r.workload, r.block_size, r.seed).out()?;
     writeln!(o, "operations      {} in {} sequences", r.ops, r.sequences).out()?;
     if r.workload == "concurrent" {
@@ -148,7 +232,7 @@ fn replay(a: &CrashtestArgs, img: &std::path::Path) -> CliResult {
             "verdict": match &verdict { Ok(m) => format!("matches the state {m}"), Err(e) => e.clone() },
             "ok": verdict.is_ok(),
         });
-        writeln!(o, "{j:#}").out()?;
+        crate::json::print(j)?;
     } else {
         writeln!(o, "image           {}", img.display()).out()?;
         writeln!(o, "operation       {} (op {} of sequence {}), fence {}", v.op, v.op_index, v.sequence, v.fence)

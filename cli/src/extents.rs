@@ -11,6 +11,7 @@ use udax::mode;
 use udax::{Error, ExtentInfo};
 
 use crate::common::{with_image_read_only, CliResult, Failure, OutResult};
+use crate::json;
 use crate::ExtentsArgs;
 
 /// xfs_bmap's unit: 512-byte "basic blocks".
@@ -124,16 +125,14 @@ pub fn run(a: &ExtentsArgs) -> CliResult {
             return Err(err(Error::IsDir));
         }
         if !mode::is_reg(st.mode) {
-            return Err(Failure::new(CMD, p.display(), "not a regular file"));
+            return Err(Failure::new(CMD, p.display(), "not a regular file").errno(libc::EINVAL));
         }
         let exts = fs.extents(ino).map_err(err)?;
-        let mut o = std::io::stdout().lock();
         if a.json {
-            // Straight from ExtentInfo, so the keys keep its field order.
-            let v = serde_json::to_string_pretty(&exts).map_err(|e| Failure::plain(CMD, e))?;
-            return writeln!(o, "{v}").out();
+            let v = serde_json::json!({ "path": json::path(p), "size": st.size, "extents": exts });
+            return json::print(v);
         }
-        print_map(&mut o, p, &exts, st.size, fs.statfs().block_size, true).out()
+        print_map(&mut std::io::stdout().lock(), p, &exts, st.size, fs.statfs().block_size, true).out()
     })
 }
 

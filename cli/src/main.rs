@@ -11,21 +11,30 @@ mod copy;
 mod crash;
 mod demo;
 mod extents;
+mod json;
+mod manual;
 mod mount;
 mod names;
 mod server_log;
 mod size;
 mod snapshot;
+mod stdio;
 mod stress;
+mod time;
 mod usage;
 mod xio;
 
+#[cfg(feature = "crash-test")]
+use crash::CrashtestArgs;
+use stress::StressArgs;
+
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-use common::{parse_mode, CliResult};
+use common::{parse_mode, CliResult, ErrorReport};
 use size::parse_size;
 
 const ABOUT: &str = "udax: a crash-consistent DAX file system for persistent and CXL memory, in user space";
@@ -50,7 +59,11 @@ Getting started:
   udax fsck /dev/shm/pm.img                  check every invariant
 
 Exit status: 0 on success, 1 on an error (message on stderr), 2 on bad usage;
-fsck: 4 when problems remain, 8 when the image cannot be opened.";
+fsck: 4 when problems remain, 8 when the image cannot be opened.
+
+--json (on every command that reports something) prints one JSON object on stdout; a
+failure prints {\"error\": {\"errno\": N, \"message\": \"...\"}} there instead (and its
+message on stderr, with the same exit status).";
 
 #[derive(Debug, Parser)]
 #[command(name = "udax", version, propagate_version = true, about = ABOUT, long_about = LONG_ABOUT, after_help = AFTER_HELP)]
@@ -72,7 +85,8 @@ enum Cmd {
         after_help = "Examples:\n  udax mkfs /dev/shm/pm.img --size 1G\n  \
                       udax mkfs big.img --size 1T --sparse\n  \
                       udax mkfs img --size 0x4000000 --block-size 1024 --inodes 100000 --label scratch\n  \
-                      udax mkfs /dev/dax0.0 --force"
+                      udax mkfs /dev/dax0.0 --force\n  \
+                      udax mkfs img --size 64M --json | jq .uuid"
     )]
     Mkfs(MkfsArgs),
 
@@ -100,7 +114,8 @@ enum Cmd {
     Info(InfoArgs),
 
     /// List a directory (or show one file) inside the image
-    #[command(after_help = "Examples:\n  udax ls img\n  udax ls img /etc -la")]
+    #[command(after_help = "Examples:\n  udax ls img\n  udax ls img /etc -la\n  \
+                      udax ls img /etc --json | jq '.directories[].entries[].name'")]
     Ls(LsArgs),
 
     /// Copy a host file or tree into the image, like cp -a
@@ -110,9 +125,12 @@ enum Cmd {
                       symbolic links (not followed), hard links, FIFOs, device nodes and extended\n\
                       attributes (user., trusted., security.; others are reported and skipped).\n\
                       If PATH is an existing directory the copy goes inside it under the source's\n\
-                      name; otherwise PATH becomes the copy.",
+                      name; otherwise PATH becomes the copy. HOST_PATH - reads stdin into the\n\
+                      regular file PATH, as cat > PATH would: made with mode 0644 if missing, else\n\
+                      replaced.",
         after_help = "Examples:\n  udax put img ./project /             makes /project\n  \
-                      udax put img notes.txt /docs/n.txt   copies to that name"
+                      udax put img notes.txt /docs/n.txt   copies to that name\n  \
+                      tar c src | udax put img - /src.tar  stdin into /src.tar (created or replaced)"
     )]
     Put(PutArgs),
 
@@ -122,8 +140,11 @@ enum Cmd {
                       bits, access and modification times, symbolic links, hard links and extended\n\
                       attributes (owners too when run as root). If HOST_PATH is an existing directory the copy goes\n\
                       inside it under the source's name; otherwise HOST_PATH becomes the copy.\n\
-                      FIFOs, sockets and device nodes are skipped with a warning.",
-        after_help = "Examples:\n  udax get img /project ./restore\n  udax get img /docs/n.txt ."
+                      FIFOs, sockets and device nodes are skipped with a warning.\n\
+                      HOST_PATH - writes the regular file PATH (a final symbolic link followed) to\n\
+                      stdout.",
+        after_help = "Examples:\n  udax get img /project ./restore\n  udax get img /docs/n.txt .\n  \
+                      udax get img /src.tar - | tar x      the file's bytes to stdout"
     )]
     Get(GetArgs),
 
@@ -154,11 +175,13 @@ enum Cmd {
     Chown(ChownArgs),
 
     /// Space and inodes used and free, as df shows a mounted file system
-    #[command(after_help = "Examples:\n  udax df img\n  udax df -h img other.img\n  udax df -i img")]
+    #[command(after_help = "Examples:\n  udax df img\n  udax df -h img other.img\n  udax df -i img\n  \
+                      udax df img --json | jq '.images[0].bytes_free'")]
     Df(DfArgs),
 
     /// Space files and directories take, as du counts it (hard links once)
-    #[command(after_help = "Examples:\n  udax du img /src\n  udax du -sh img /src /docs")]
+    #[command(after_help = "Examples:\n  udax du img /src\n  udax du -sh img /src /docs\n  \
+                      udax du -s img /src --json | jq '.entries[0].allocated_bytes'")]
     Du(DuArgs),
 
     /// Remove files, or trees with -r
@@ -181,9 +204,9 @@ enum Cmd {
                       FILE-OFFSET and BLOCK-RANGE are inclusive ranges of 512-byte units (file\n\
                       offset and device offset), TOTAL the same count, LENGTH the bytes; STATE is\n\
                       written, or unwritten for preallocated blocks that read as zeros.",
-        after_help = "Examples:\n  udax extents img /data\n  udax extents img /data --json | jq '.[].state'\n\n\
-                      --json prints a list of {\"logical\", \"physical\", \"length\", \"state\"} objects,\n\
-                      offsets and lengths in bytes; holes are not listed."
+        after_help = "Examples:\n  udax extents img /data\n  udax extents img /data --json | jq '.extents[].state'\n\n\
+                      --json prints {\"path\", \"size\", \"extents\": [{\"logical\", \"physical\", \"length\",\n\
+                      \"state\"}, ...]}, offsets and lengths in bytes; holes are not listed."
     )]
     Extents(ExtentsArgs),
 
@@ -239,67 +262,21 @@ enum Cmd {
     Umount(UmountArgs),
 
     /// Explore crash states: recover every image a power cut could leave and judge it
-    #[command(
-        long_about = "Run a workload on a small scratch image while recording every cache line the file\n\
-                      system stores, writes back and fences. At each fence, build the images a power cut\n\
-                      could leave (none, all or subsets of the lines in flight, lines in earlier states,\n\
-                      torn 8-byte words), recover each one (mount), fsck it, read it whole, and require\n\
-                      the state before or after the operation in flight, with every operation that\n\
-                      returned before it. Images whose recovery replays records are also crashed inside\n\
-                      that recovery. Violating images can be saved and replayed.\n\n\
-                      Workloads: seq1 (each operation alone: create, mkdir, mknod, writes of every kind,\n\
-                      truncate up and down, every fallocate mode, renames incl. overwrite, exchange and\n\
-                      across directories, link, unlink, symlink, rmdir, chmod, chown, utimes, stores\n\
-                      through a mapping), seq2 (every ordered pair of a reduced set on shared files),\n\
-                      random (--ops operations from --seed), concurrent (pairs of operations run by two\n\
-                      threads at once, interleaved at fences and held locks by --schedules seeded\n\
-                      schedules each; an image may show either operation alone, never undo one that\n\
-                      returned, and the run must end as one order of the two would).",
-        after_help = "Exit status: 0 no violation, 4 violations found, 1 an error.\n\n\
-                      Examples:\n  udax crashtest                                  seq1, 4 KiB blocks\n  \
-                      udax crashtest --workload seq2 --block-size 1024\n  \
-                      udax crashtest --workload random --seed 7 --ops 500 --max-states 100000\n  \
-                      udax crashtest --workload concurrent --schedules 4 --fill-journal\n  \
-                      udax crashtest --workload seq2 --save /tmp/crash --json\n  \
-                      udax crashtest --replay /tmp/crash/seq2-3-0.img"
-    )]
+    #[command(long_about = crash::LONG_ABOUT, after_help = crash::AFTER_HELP)]
     #[cfg(feature = "crash-test")]
     Crashtest(CrashtestArgs),
 
     /// Race threads over one file system's data, space, namespace and mappings, and check it
-    #[command(
-        long_about = "Make a scratch file system (anonymous memory, or --image), fill its free space with\n\
-                      a SECRET byte (0xee) and delete it, then run --threads workers for --seconds over\n\
-                      one mount. They mix, at random: pread/pwrite at any offset and length (a byte to\n\
-                      64 KiB, page-aligned or not), appends, truncates up and down, fallocate in every\n\
-                      mode (allocate, punch hole, zero range), fsync, msync, mmap/munmap, and loads and\n\
-                      stores through shared and private mappings, on a few files all threads share and\n\
-                      on files each thread keeps to itself; plus create, rename, unlink and reopen on a\n\
-                      shared namespace and on the private files. Only the size lock of the tool keeps a\n\
-                      shared file from shrinking under a mapped access; writes, punches and zero ranges\n\
-                      race with mapped loads and stores freely.\n\n\
-                      Checks: no read or load shows a byte no thread stored (the SECRET is a previous\n\
-                      owner's stale data); private files equal their model byte for byte. Every 20 ms\n\
-                      or so (never sooner than the last checks took) all workers stop at a barrier and\n\
-                      each shared mapping must equal read_at, see a write_at, and show its own stores\n\
-                      to read_at, while loads must work up to the page holding EOF and raise SIGBUS\n\
-                      past it (probed without dying). At the end every file is removed, then fsck, a\n\
-                      leak check (free blocks and inodes back to their count after mkfs), a remount\n\
-                      and fsck again. A watchdog ends a run in which nothing gets done for 10 s and\n\
-                      prints what each thread was doing.\n\n\
-                      The seed fixes each thread's sequence of operations, not their interleaving; the\n\
-                      run happens in a child process, so a SIGBUS inside EOF is reported too.",
-        after_help = "Exit status: 0 clean, 1 a check failed (or the run died of a signal), 2 bad usage,\n\
-                      3 the watchdog found no progress (a deadlock).\n\n\
-                      --json prints one object: clean, seed, ops and checks (counts by kind),\n\
-                      failure_count, failures_by_check, failures (the first 20: check, file, offset,\n\
-                      detail), fault_service (the fault counters) and more.\n\n\
-                      Examples:\n  udax stress --threads 4 --seconds 20\n  \
-                      udax stress --threads 8 --seconds 60 --block-size 1024 --seed 42\n  \
-                      udax stress --threads 4 --seconds 5 --json | jq .failures\n  \
-                      udax stress --image /dev/shm/stress.img --size 1G     (kept if the run fails)"
-    )]
+    #[command(long_about = stress::LONG_ABOUT, after_help = stress::AFTER_HELP)]
     Stress(StressArgs),
+
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    #[command(after_help = manual::COMPLETIONS_HELP)]
+    Completions(manual::CompletionsArgs),
+
+    /// Write the manual pages: udax.8 and one page per subcommand (udax-mkfs.8, ...)
+    #[command(after_help = manual::MAN_HELP)]
+    Man(manual::ManArgs),
 }
 
 #[derive(Debug, Args)]
@@ -327,6 +304,9 @@ pub struct MkfsArgs {
     /// Do not reserve the image's space: it takes host space as it fills
     #[arg(long)]
     pub sparse: bool,
+    /// Print the new image as one JSON object (info --json's, with "sparse")
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -344,8 +324,8 @@ pub struct FsckArgs {
     #[arg(short = 'f')]
     #[allow(dead_code, reason = "every check is full")]
     pub force: bool,
-    /// Print one JSON object: {"clean": bool, "report": {...}} (with --repair also "repairs" and
-    /// "after"), or {"clean": false, "error": "..."}
+    /// Print one JSON object: {"clean", "image", "report": {...}} (with --repair also "repairs"
+    /// and "after")
     #[arg(long)]
     pub json: bool,
 }
@@ -354,7 +334,7 @@ pub struct FsckArgs {
 pub struct InfoArgs {
     /// The udax image (a file or a device-dax device)
     pub image: PathBuf,
-    /// Print JSON
+    /// Print one JSON object
     #[arg(long)]
     pub json: bool,
 }
@@ -385,6 +365,10 @@ pub struct LsArgs {
     /// One name per line (what udax ls always prints)
     #[arg(short = '1')]
     pub one: bool,
+    /// Print one JSON object: {"files": [...], "directories": [{"path", "entries": [...]}]}, each
+    /// entry a name with stat --json's attributes
+    #[arg(long)]
+    pub json: bool,
     /// Print help
     #[arg(long, action = clap::ArgAction::Help)]
     pub help: Option<bool>,
@@ -394,13 +378,16 @@ pub struct LsArgs {
 pub struct PutArgs {
     /// The udax image (a file or a device-dax device)
     pub image: PathBuf,
-    /// Host file or directory to copy in
+    /// Host file or directory to copy in; - reads stdin into the file PATH
     pub host_path: PathBuf,
     /// Destination inside the image
     pub path: PathBuf,
     /// Print each path as it is copied
     #[arg(short, long)]
     pub verbose: bool,
+    /// Print one JSON object: what was copied (files, directories, bytes)
+    #[arg(long, conflicts_with = "verbose")]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -409,11 +396,14 @@ pub struct GetArgs {
     pub image: PathBuf,
     /// File or directory inside the image
     pub path: PathBuf,
-    /// Destination on the host
+    /// Destination on the host; - writes the file's contents to stdout
     pub host_path: PathBuf,
     /// Print each path as it is copied
     #[arg(short, long)]
     pub verbose: bool,
+    /// Print one JSON object: what was copied (files, directories, bytes)
+    #[arg(long, conflicts_with = "verbose")]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -429,7 +419,7 @@ pub struct StatArgs {
     /// The udax image (a file or a device-dax device)
     pub image: PathBuf,
     pub path: PathBuf,
-    /// Print JSON (udax's Stat plus "type")
+    /// Print one JSON object: the attributes, "type", and "target" for a symbolic link
     #[arg(long)]
     pub json: bool,
     /// Follow a final symbolic link
@@ -495,6 +485,9 @@ pub struct DfArgs {
     /// Inodes instead of space
     #[arg(short = 'i', long)]
     pub inodes: bool,
+    /// Print one JSON object: {"images": [{"image", "blocks_total", "bytes_free", ...}]}
+    #[arg(long)]
+    pub json: bool,
     /// Print help
     #[arg(long, action = clap::ArgAction::Help)]
     pub help: Option<bool>,
@@ -517,6 +510,10 @@ pub struct DuArgs {
     /// Sizes in powers of 1024 (1.5K, 234M) instead of 1K blocks
     #[arg(short = 'h', long = "human-readable")]
     pub human: bool,
+    /// Print one JSON object: {"image", "entries": [{"path", "allocated_bytes"}]}, the rows du
+    /// prints
+    #[arg(long)]
+    pub json: bool,
     /// Print help
     #[arg(long, action = clap::ArgAction::Help)]
     pub help: Option<bool>,
@@ -564,7 +561,7 @@ pub struct ExtentsArgs {
     pub image: PathBuf,
     /// Regular file inside the image (a final symbolic link is followed)
     pub path: PathBuf,
-    /// Print the extents as JSON (bytes; no holes)
+    /// Print one JSON object: {"path", "size", "extents": [...]} (bytes; no holes)
     #[arg(long)]
     pub json: bool,
 }
@@ -610,105 +607,6 @@ pub struct UmountArgs {
 }
 
 #[derive(Debug, Args)]
-#[cfg(feature = "crash-test")]
-pub struct CrashtestArgs {
-    /// seq1, seq2, random or concurrent
-    #[arg(long, default_value = "seq1")]
-    pub workload: String,
-    /// Block size of the scratch image: 1024, 2048 or 4096
-    #[arg(long, default_value_t = 4096)]
-    pub block_size: u32,
-    /// Seed of the random workload and of the sampling of crash images
-    #[arg(long, default_value_t = 1)]
-    pub seed: u64,
-    /// Operations of the random workload
-    #[arg(long, default_value_t = 200)]
-    pub ops: usize,
-    /// Interleavings of each pair of the concurrent workload (who starts, how often turns change)
-    #[arg(long, default_value_t = 2)]
-    pub schedules: usize,
-    /// Stop after this many crash states (0: no limit)
-    #[arg(long, default_value_t = 0)]
-    pub max_states: u64,
-    /// Crash images built at each fence at most (every subset when they fit)
-    #[arg(long, default_value_t = 48)]
-    pub per_fence: usize,
-    /// Crash images built at each fence of a recovery that replays records (0: none)
-    #[arg(long, default_value_t = 3)]
-    pub per_recovery_fence: usize,
-    /// Worker threads (0: one per CPU)
-    #[arg(long, default_value_t = 0)]
-    pub threads: usize,
-    /// Save violating images (and their expected states) in this directory
-    #[arg(long, value_name = "DIR")]
-    pub save: Option<PathBuf>,
-    /// Recover a saved image and judge it again against the states saved beside it
-    #[arg(long, value_name = "IMAGE")]
-    pub replay: Option<PathBuf>,
-    /// Print the report as JSON
-    #[arg(long)]
-    pub json: bool,
-    /// Stop after the first operation that shows a violation
-    #[arg(long)]
-    pub first_violation: bool,
-    /// Journal ring of the explored image (16K at least): a small one wraps and checkpoints
-    /// many times within a workload
-    #[arg(long, default_value = "64K", value_parser = crate::size::parse_size)]
-    pub journal_size: u64,
-    /// Start every other sequence with the journal ring nearly full, so its first operations
-    /// checkpoint and wrap
-    #[arg(long)]
-    pub fill_journal: bool,
-    /// Testing the tester: run every planted bug against the sweeps CI runs (seq1, seq2 with a
-    /// nearly full journal, a long random run on a 16 KiB journal) at --block-size (CI's test
-    /// uses 1024) and report which caught it; exit status 4 if one survived
-    #[arg(long)]
-    pub mutants: bool,
-    /// Testing the tester: plant one bug (a dropped fence, a wrong recovery order, a missing
-    /// zero, …; an unknown name lists them all); the exploration must then report violations
-    #[arg(long, hide = true)]
-    pub sabotage: Option<String>,
-}
-
-#[derive(Debug, Args)]
-pub struct StressArgs {
-    /// Worker threads
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
-    pub threads: u16,
-    /// How long the workers run, in seconds
-    #[arg(long, default_value_t = 10.0, value_parser = stress::parse_seconds)]
-    pub seconds: f64,
-    /// Block size of the scratch file system: 1024, 2048 or 4096
-    #[arg(long, default_value_t = 4096, value_parser = stress::parse_block_size)]
-    pub block_size: u32,
-    /// Seed of the threads' operations (default: random; the report prints it)
-    #[arg(long)]
-    pub seed: Option<u64>,
-    /// Make the scratch image as this (new) file instead of in anonymous memory; it is removed
-    /// afterwards unless the run failed
-    #[arg(long, value_name = "PATH")]
-    pub image: Option<PathBuf>,
-    /// Scratch image size (default 256M, more when many threads need it)
-    #[arg(long, value_parser = parse_size)]
-    pub size: Option<u64>,
-    /// Print the report as one JSON object
-    #[arg(long)]
-    pub json: bool,
-    /// Milliseconds between quiesced checks (at least as long as the last round of checks took)
-    #[arg(long, default_value_t = 20, hide = true)]
-    pub check_every_ms: u64,
-    /// Seconds without progress before the watchdog ends the run
-    #[arg(long, default_value_t = 10, hide = true, value_parser = clap::value_parser!(u64).range(1..))]
-    pub watchdog_s: u64,
-    /// Run in this process, not in a supervised child (a SIGBUS then ends udax unreported)
-    #[arg(long, hide = true)]
-    pub in_process: bool,
-    /// Keep what each thread is doing in this file (the supervisor reads it after a crash)
-    #[arg(long, hide = true, value_name = "PATH")]
-    pub record: Option<PathBuf>,
-}
-
-#[derive(Debug, Args)]
 pub struct DemoArgs {
     /// Directory for the scratch image (default /dev/shm, else the temp directory)
     #[arg(long)]
@@ -745,13 +643,69 @@ fn run(cli: Cli) -> CliResult {
         Cmd::Df(a) => usage::df(&a),
         Cmd::Du(a) => usage::du(&a),
         Cmd::Stress(a) => stress::run(&a),
+        Cmd::Completions(a) => manual::completions(&a),
+        Cmd::Man(a) => manual::man(&a),
     }
 }
 
+impl Cmd {
+    /// Whether the command prints JSON (`--json`); its errors then do too.
+    fn json(&self) -> bool {
+        match self {
+            Cmd::Mkfs(MkfsArgs { json, .. })
+            | Cmd::Fsck(FsckArgs { json, .. })
+            | Cmd::Info(InfoArgs { json, .. })
+            | Cmd::Ls(LsArgs { json, .. })
+            | Cmd::Put(PutArgs { json, .. })
+            | Cmd::Get(GetArgs { json, .. })
+            | Cmd::Stat(StatArgs { json, .. })
+            | Cmd::Df(DfArgs { json, .. })
+            | Cmd::Du(DuArgs { json, .. })
+            | Cmd::Extents(ExtentsArgs { json, .. })
+            | Cmd::Stress(StressArgs { json, .. }) => *json,
+            #[cfg(feature = "crash-test")]
+            Cmd::Crashtest(CrashtestArgs { json, .. }) => *json,
+            Cmd::Cat(_)
+            | Cmd::Mkdir(_)
+            | Cmd::Touch(_)
+            | Cmd::Chmod(_)
+            | Cmd::Chown(_)
+            | Cmd::Rm(_)
+            | Cmd::Mv(_)
+            | Cmd::Ln(_)
+            | Cmd::Io(_)
+            | Cmd::Demo(_)
+            | Cmd::Mount(_)
+            | Cmd::Umount(_)
+            | Cmd::Completions(_)
+            | Cmd::Man(_) => false,
+        }
+    }
+}
+
+/// A command line clap refuses (or --help, --version): clap's message and status; with
+/// `--json` among the arguments, the error object too.
+fn refused(e: clap::Error) -> ExitCode {
+    if e.use_stderr() && std::env::args_os().skip(1).any(|a| a == "--json") {
+        // clap's message up to its usage lines, on one line.
+        let text = e.to_string();
+        let said = text.split("\n\n").next().unwrap_or_default();
+        let message = said.strip_prefix("error: ").unwrap_or(said).split_whitespace().collect::<Vec<_>>().join(" ");
+        let _ = writeln!(std::io::stdout(), "{:#}", json::error(&ErrorReport { errno: libc::EINVAL, message }));
+    }
+    let _ = e.print();
+    ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2))
+}
+
 fn main() -> ExitCode {
-    match run(Cli::parse()) {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return refused(e),
+    };
+    let json = cli.cmd.json();
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(f) => f.exit(),
+        Err(f) => f.exit(json),
     }
 }
 

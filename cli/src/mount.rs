@@ -83,15 +83,20 @@ fn background(a: &MountArgs, opts: &MountOptions) -> CliResult {
     let status = child.wait().map_err(|e| Failure::plain(CMD, e))?;
     let msg = line.trim_end().strip_prefix("error: ").unwrap_or(line.trim_end()).to_string();
     let msg = if msg.is_empty() { format!("the server exited ({status}) before the mount was ready") } else { msg };
-    Err(Failure { msg: Some(msg), code: 1 })
+    // The server's message already names the command.
+    let msg = msg.strip_prefix("udax mount: ").map(str::to_string).unwrap_or(msg);
+    Err(Failure::plain(CMD, msg))
 }
 
 /// Mounts and serves in this process until unmounted.
 fn serve(a: &MountArgs, opts: &MountOptions, report: bool) -> CliResult {
-    let sink = match (&opts.log, report) {
-        (Some(path), _) => Sink::file(path).map_err(|e| Failure::new(CMD, path.display(), e))?,
-        (None, false) => Sink::Stderr,
-        (None, true) => Sink::syslog(),
+    // A server started in the background has /dev/null as its standard error: it logs to
+    // syslog then.
+    let stderr_is_null = std::fs::read_link("/proc/self/fd/2").is_ok_and(|p| p == Path::new("/dev/null"));
+    let sink = match &opts.log {
+        Some(path) => Sink::file(path).map_err(|e| Failure::new(CMD, path.display(), e))?,
+        None if report && stderr_is_null => Sink::syslog(),
+        None => Sink::Stderr,
     };
     server_log::init(sink, opts.debug);
     let say = |line: &str| {

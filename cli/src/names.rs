@@ -9,9 +9,10 @@ use udax::mode;
 use udax::{Creds, Error, Fs, Stat};
 
 use crate::common::{
-    describe, each, fmt_full, fmt_minutes, mode_string, type_key, type_name, with_image, with_image_read_only,
-    CliResult, Failure, OutResult,
+    describe, each, mode_string, type_name, with_image, with_image_read_only, CliResult, Failure, OutResult,
 };
+use crate::json;
+use crate::time::{fmt_full, fmt_minutes};
 use crate::{CatArgs, LnArgs, LsArgs, MkdirArgs, MvArgs, RmArgs, StatArgs};
 
 /// Read size for streaming file contents.
@@ -45,17 +46,21 @@ pub fn ls(a: &LsArgs) -> CliResult {
         });
         files.sort_by(|x, y| x.name.cmp(&y.name));
         dirs.sort();
-        out.rows(fs, &mut files)?;
+        // With --json: the operands that are not listed as directories, then each directory.
+        let mut doc = a.json.then(|| (entries_json(fs, &files), Vec::new()));
+        if doc.is_none() {
+            out.rows(fs, &mut files)?;
+        }
         let titled = a.paths.len() > 1 || a.recursive;
         let mut first = files.is_empty();
         // Depth first without recursion: trees may be deeper than the stack.
         let mut todo: Vec<PathBuf> = dirs.into_iter().rev().collect();
         while let Some(dir) = todo.pop() {
-            if !first {
+            if !first && doc.is_none() {
                 out.o.write_all(b"\n").out()?;
             }
             first = false;
-            if titled {
+            if titled && doc.is_none() {
                 out.o.write_all(dir.as_os_str().as_bytes()).out()?;
                 out.o.write_all(b":\n").out()?;
             }
@@ -64,12 +69,16 @@ pub fn ls(a: &LsArgs) -> CliResult {
                 Err(e) => {
                     // Said now, between the listings, and the exit status says it too.
                     out.o.flush().out()?;
-                    status = Err(Failure::status(e.code));
-                    let _ = e.exit();
+                    status = status.and(Err(e.said()));
                     continue;
                 }
             };
-            out.rows(fs, &mut rows)?;
+            match &mut doc {
+                Some((_, listed)) => {
+                    listed.push(serde_json::json!({ "path": json::path(&dir), "entries": entries_json(fs, &rows) }))
+                }
+                None => out.rows(fs, &mut rows)?,
+            }
             if a.recursive {
                 let subdirs = rows.iter().filter(|r| mode::is_dir(r.st.mode) && r.name != b"." && r.name != b"..");
                 let subdirs: Vec<PathBuf> = subdirs.map(|r| dir.join(OsStr::from_bytes(&r.name))).collect();
@@ -77,8 +86,28 @@ pub fn ls(a: &LsArgs) -> CliResult {
             }
         }
         out.o.flush().out()?;
-        status
+        status?;
+        match doc {
+            Some((files, directories)) => {
+                json::print(serde_json::json!({ "files": files, "directories": directories }))
+            }
+            None => Ok(()),
+        }
     })
+}
+
+/// `ls --json` entries: each name with its attributes (as `stat --json`) and a symbolic link's
+/// target.
+fn entries_json(fs: &Fs, rows: &[Row]) -> Vec<serde_json::Value> {
+    let entry = |r: &Row| {
+        let mut o = json::stat(&r.st);
+        o.insert("name".into(), json::text(&r.name));
+        if mode::is_symlink(r.st.mode) {
+            o.insert("target".into(), fs.readlink(r.st.ino).map_or(serde_json::Value::Null, |t| json::text(&t)));
+        }
+        serde_json::Value::from(o)
+    };
+    rows.iter().map(entry).collect()
 }
 
 /// A directory's entries, sorted by name; with `all`, `.` and `..` first and dot names too.
@@ -197,18 +226,15 @@ pub fn stat(a: &StatArgs) -> CliResult {
         let err = |e: Error| Failure::fs(CMD, p, &e);
         let st = if a.dereference { fs.stat(p) } else { fs.lstat(p) }.map_err(err)?;
         let target = if mode::is_symlink(st.mode) { Some(fs.readlink(st.ino).map_err(err)?) } else { None };
-        let mut o = std::io::stdout().lock();
         if a.json {
-            let mut v = serde_json::to_value(st).map_err(|e| Failure::plain(CMD, e))?;
-            if let Some(m) = v.as_object_mut() {
-                m.insert("type".into(), type_key(st.mode).into());
-                m.insert("path".into(), p.to_string_lossy().into());
-                if let Some(t) = &target {
-                    m.insert("target".into(), String::from_utf8_lossy(t).into());
-                }
+            let mut o = json::stat(&st);
+            o.insert("path".into(), json::path(p));
+            if let Some(t) = &target {
+                o.insert("target".into(), json::text(t));
             }
-            return writeln!(o, "{v:#}").out();
+            return json::print(o);
         }
+        let mut o = std::io::stdout().lock();
         let mut name = p.as_os_str().as_bytes().to_vec();
         if let Some(t) = &target {
             name.extend_from_slice(b" -> ");
@@ -280,14 +306,11 @@ pub fn rm(a: &RmArgs) -> CliResult {
             };
             if mode::is_dir(st.mode) {
                 if !a.recursive {
-                    return Err(Failure::new(CMD, p.display(), describe(&Error::IsDir)));
+                    return Err(Failure::fs(CMD, p, &Error::IsDir));
                 }
                 if st.ino == udax::ROOT_INO {
-                    return Err(Failure::new(
-                        CMD,
-                        p.display(),
-                        "refusing to remove the root directory (name what it holds)",
-                    ));
+                    let why = "refusing to remove the root directory (name what it holds)";
+                    return Err(Failure::new(CMD, p.display(), why).errno(libc::EBUSY));
                 }
                 fs.remove_all(p).map_err(err)
             } else {
@@ -310,8 +333,9 @@ pub fn mv(a: &MvArgs) -> CliResult {
     const CMD: &str = "mv";
     with_image(CMD, &a.image, |fs| {
         let dst = into_dir(fs, &a.src, &a.dst);
-        fs.rename_path(&a.src, &dst)
-            .map_err(|e| Failure::new(CMD, format!("{} -> {}", a.src.display(), dst.display()), describe(&e)))
+        fs.rename_path(&a.src, &dst).map_err(|e| {
+            Failure::new(CMD, format!("{} -> {}", a.src.display(), dst.display()), describe(&e)).errno(e.errno())
+        })
     })
 }
 
@@ -320,7 +344,8 @@ pub fn ln(a: &LnArgs) -> CliResult {
     with_image(CMD, &a.image, |fs| {
         let link = into_dir(fs, &a.target, &a.link);
         let r = if a.symbolic { fs.symlink_path(&a.target, &link) } else { fs.link_path(&a.target, &link) };
-        r.map(drop)
-            .map_err(|e| Failure::new(CMD, format!("{} -> {}", link.display(), a.target.display()), describe(&e)))
+        r.map(drop).map_err(|e| {
+            Failure::new(CMD, format!("{} -> {}", link.display(), a.target.display()), describe(&e)).errno(e.errno())
+        })
     })
 }

@@ -12,7 +12,7 @@ use std::sync::Mutex;
 
 use udax::Timespec;
 
-use crate::common::fmt_full;
+use crate::time::rfc3339;
 
 /// Where the lines go.
 #[derive(Debug)]
@@ -66,7 +66,7 @@ impl log::Log for Logger {
             Sink::File(f) => {
                 let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
                 let now = Timespec { sec: now.as_secs() as i64, nsec: now.subsec_nanos() };
-                writeln!(f, "{} udax mount[{}]: {level}{}", fmt_full(now), std::process::id(), r.args())
+                writeln!(f, "{} udax mount[{}]: {level}{}", rfc3339(now), std::process::id(), r.args())
             }
             Sink::Syslog(s) => {
                 // <facility daemon (3) * 8 + severity>, as syslog(3) sends it.

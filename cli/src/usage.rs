@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use udax::{mode, Creds, Error, Fs, OpenOptions, SetAttr, SetTime};
 
 use crate::common::{each, with_image, with_image_read_only, CliResult, Failure, OutResult};
+use crate::json;
 use crate::size::human_short;
 use crate::{ChmodArgs, ChownArgs, DfArgs, DuArgs, TouchArgs};
 
@@ -93,9 +94,16 @@ pub fn df(a: &DfArgs) -> CliResult {
     }];
     let percent =
         |used: u64, total: u64| if total == 0 { "-".to_string() } else { format!("{}%", (used * 100).div_ceil(total)) };
+    let mut listed = Vec::new();
     let status = each(&a.images, |img| {
         with_image_read_only(CMD, img, |fs| {
             let s = fs.statfs();
+            if a.json {
+                let mut o = json::space(&s);
+                o.insert("image".into(), json::path(img));
+                listed.push(serde_json::Value::from(o));
+                return Ok(());
+            }
             let name = img.display().to_string();
             rows.push(if a.inodes {
                 let used = s.inodes - s.inodes_free;
@@ -108,6 +116,10 @@ pub fn df(a: &DfArgs) -> CliResult {
             Ok(())
         })
     });
+    if a.json {
+        status?;
+        return json::print(serde_json::json!({ "images": listed }));
+    }
     let widths: Vec<usize> = (0..5).map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0)).collect();
     let mut o = std::io::stdout().lock();
     for r in &rows {
@@ -124,24 +136,47 @@ pub fn df(a: &DfArgs) -> CliResult {
 pub fn du(a: &DuArgs) -> CliResult {
     const CMD: &str = "du";
     with_image_read_only(CMD, &a.image, |fs| {
-        let mut o = std::io::BufWriter::new(std::io::stdout().lock());
+        let mut o = Rows {
+            text: (!a.json).then(|| std::io::BufWriter::new(std::io::stdout().lock())),
+            json: Vec::new(),
+            human: a.human,
+        };
         let mut seen = HashSet::new();
         let status = each(&a.paths, |p| {
             let total = usage(fs, p, a, &mut seen, &mut o)?;
             if a.summarize {
-                print(&mut o, total, p, a.human)?;
+                o.print(total, p)?;
             }
             Ok(())
         });
-        o.flush().out()?;
-        status
+        if let Some(t) = &mut o.text {
+            t.flush().out()?;
+        }
+        status?;
+        if a.json {
+            return json::print(serde_json::json!({ "image": json::path(&a.image), "entries": o.json }));
+        }
+        Ok(())
     })
 }
 
-fn print(o: &mut impl Write, bytes: u64, p: &Path, human: bool) -> CliResult {
-    write!(o, "{}\t", units(bytes, human)).out()?;
-    o.write_all(p.as_os_str().as_bytes()).out()?;
-    o.write_all(b"\n").out()
+/// Where du's rows go: lines on stdout, or the entries of its JSON object.
+struct Rows<W: Write> {
+    text: Option<W>,
+    json: Vec<serde_json::Value>,
+    human: bool,
+}
+
+impl<W: Write> Rows<W> {
+    fn print(&mut self, bytes: u64, p: &Path) -> CliResult {
+        let Some(o) = &mut self.text else {
+            self.json.push(serde_json::json!({ "path": json::path(p), "allocated_bytes": bytes }));
+            return Ok(());
+        };
+        write!(o, "{}\t", units(bytes, self.human)).out()?;
+        o.write_all(p.as_os_str().as_bytes()).out()?;
+        o.write_all(b"\n").out()
+    }
 }
 
 /// A directory being counted: its path, its bytes so far, the entries still to visit.
@@ -150,7 +185,7 @@ type Frame = (PathBuf, u64, Vec<(PathBuf, udax::Stat)>);
 /// Bytes allocated under `p` (hard links counted once), printing directories (and with -a
 /// files) as du does, after their contents. Walks with its own stack: trees may be deeper
 /// than the thread's.
-fn usage(fs: &Fs, p: &Path, a: &DuArgs, seen: &mut HashSet<u64>, o: &mut impl Write) -> Result<u64, Failure> {
+fn usage<W: Write>(fs: &Fs, p: &Path, a: &DuArgs, seen: &mut HashSet<u64>, o: &mut Rows<W>) -> Result<u64, Failure> {
     const CMD: &str = "du";
     let err = |p: &Path, e: Error| Failure::fs(CMD, p, &e);
     let top = fs.lstat(p).map_err(|e| err(p, e))?;
@@ -173,7 +208,7 @@ fn usage(fs: &Fs, p: &Path, a: &DuArgs, seen: &mut HashSet<u64>, o: &mut impl Wr
     };
     if let Some(bytes) = visit(p.to_path_buf(), top, &mut stack)? {
         if a.all && !a.summarize {
-            print(o, bytes, p, a.human)?;
+            o.print(bytes, p)?;
         }
         return Ok(bytes);
     }
@@ -183,14 +218,14 @@ fn usage(fs: &Fs, p: &Path, a: &DuArgs, seen: &mut HashSet<u64>, o: &mut impl Wr
                 stack.push((path, sum, rest));
                 if let Some(bytes) = visit(child.clone(), st, &mut stack)? {
                     if a.all && !a.summarize {
-                        print(o, bytes, &child, a.human)?;
+                        o.print(bytes, &child)?;
                     }
                     stack.last_mut().expect("the parent").1 += bytes;
                 }
             }
             None => {
                 if !a.summarize {
-                    print(o, sum, &path, a.human)?;
+                    o.print(sum, &path)?;
                 }
                 match stack.last_mut() {
                     Some(parent) => parent.1 += sum,

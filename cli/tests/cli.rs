@@ -251,7 +251,7 @@ fn put_get_round_trip() {
     assert_eq!(a["ino"], b["ino"]);
     assert_eq!(a["nlink"], 2);
     let h: serde_json::Value = serde_json::from_str(&ok(&["stat", s(&img), "/copy/sub/holes.bin", "--json"])).unwrap();
-    assert!(h["blocks"].as_u64().unwrap() * 512 < 2 << 20, "holes were filled: {h}");
+    assert!(h["allocated_bytes"].as_u64().unwrap() < 2 << 20, "holes were filled: {h}");
     assert_eq!(h["size"], (3 << 20) + 1000);
 
     // Back out: into a missing path, then into an existing directory.
@@ -363,7 +363,13 @@ fn fsck_clean_and_json() {
     assert!(out.contains("clean"), "{out}");
     let j: serde_json::Value = serde_json::from_str(&ok(&["fsck", s(&img), "--json"])).unwrap();
     assert_eq!(j["clean"], true);
-    assert_eq!(j["report"]["inodes"], 4);
+    assert_eq!(j["report"]["inodes_used"], 4);
+    assert_eq!(j["report"]["directories"], 4);
+    assert_eq!(j["report"]["inodes_total"], 1024);
+    let r = &j["report"];
+    let n = |k: &str| r[k].as_u64().unwrap_or_else(|| panic!("{k} missing from {r}"));
+    assert_eq!(n("inodes_used") + n("inodes_free"), n("inodes_total"), "{r}");
+    assert_eq!(n("blocks_used") + n("blocks_free"), n("blocks_total"), "{r}");
     assert!(j["report"]["findings"].as_array().unwrap().is_empty());
 }
 
@@ -581,8 +587,11 @@ fn io_mmap_verbs() {
 #[track_caller]
 fn extent_list(img: &Path, path: &str, bs: u64) -> Vec<(u64, u64, String)> {
     let j: serde_json::Value = serde_json::from_str(&ok(&["extents", s(img), path, "--json"])).unwrap();
-    j.as_array()
-        .unwrap_or_else(|| panic!("not a list: {j}"))
+    assert_eq!(j["path"], path, "{j}");
+    assert!(j["size"].is_u64(), "{j}");
+    j["extents"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no list of extents: {j}"))
         .iter()
         .map(|e| {
             let mut keys: Vec<&str> = e.as_object().unwrap().keys().map(String::as_str).collect();
@@ -787,7 +796,8 @@ fn fallocate_and_extents_errors() {
     assert!(err.contains("udax extents: /missing: No such file or directory"), "{err}");
     ok(&["io", "-f", s(&img), "/e", "-c", "stat"]);
     assert_eq!(ok(&["extents", s(&img), "/e"]), "/e: no extents\n");
-    assert_eq!(ok(&["extents", s(&img), "/e", "--json"]).trim(), "[]");
+    let j: serde_json::Value = serde_json::from_str(&ok(&["extents", s(&img), "/e", "--json"])).unwrap();
+    assert_eq!(j, serde_json::json!({ "path": "/e", "size": 0, "extents": [] }));
 
     // No space: nothing allocated (all or nothing), and the next command still runs.
     let out = udax(&["io", s(&img), "/e", "-c", "falloc 0 64m", "-c", "falloc 0 0", "-c", "stat"]);
@@ -820,14 +830,18 @@ fn stat_json_and_text() {
     ok(&["io", "-f", s(&img), "/f", "-c", "pwrite 0 5000"]);
     ok(&["ln", s(&img), "-s", "f", "/l"]);
     let j: serde_json::Value = serde_json::from_str(&ok(&["stat", s(&img), "/f", "--json"])).unwrap();
-    for k in ["ino", "mode", "nlink", "uid", "gid", "size", "blocks", "atime", "mtime", "ctime", "type"] {
+    for k in ["ino", "mode", "nlink", "uid", "gid", "size", "allocated_bytes", "atime", "mtime", "ctime", "type"] {
         assert!(j.get(k).is_some(), "{k} missing from {j}");
     }
-    assert!(j["mtime"]["sec"].is_i64() && j["mtime"]["nsec"].is_u64(), "{j}");
+    for t in ["atime", "mtime", "ctime", "crtime"] {
+        let (text, ns) = (j[t].as_str().unwrap(), j[format!("{t}_ns")].as_i64().unwrap());
+        assert!(text.ends_with('Z') && text.len() == "2025-11-29T15:14:03.123456789Z".len(), "{t}: {j}");
+        assert!(text.ends_with(&format!(".{:09}Z", ns.rem_euclid(1_000_000_000))), "{t}: {j}");
+    }
     assert_eq!(j["size"], 5000);
-    assert_eq!(j["blocks"], 16);
+    assert_eq!(j["allocated_bytes"], 16 * 512);
     assert_eq!(j["type"], "regular");
-    assert_eq!(j["mode"].as_u64().unwrap() & 0o7777, 0o644);
+    assert_eq!(j["mode"], "0644");
 
     let l: serde_json::Value = serde_json::from_str(&ok(&["stat", s(&img), "/l", "--json"])).unwrap();
     assert_eq!(l["type"], "symlink");
@@ -954,7 +968,7 @@ fn touch_chmod_chown_df_du() {
     let j: serde_json::Value = serde_json::from_str(&st).unwrap();
     assert_eq!((j["uid"].as_u64(), j["gid"].as_u64()), (Some(1234), Some(5678)), "{st}");
     // chown(2) of a file drops set-user-ID, as Linux does.
-    assert_eq!(j["mode"].as_u64().unwrap() & 0o7777, 0o711, "{st}");
+    assert_eq!(j["mode"], "0711", "{st}");
     let (_, err) = fails(&["chown", s(&img), "no-such-user-here", "/t"]);
     assert!(err.contains("invalid user"), "{err}");
     let (_, err) = fails(&["chmod", s(&img), "999", "/t"]);
@@ -1044,9 +1058,11 @@ fn non_udax_files_are_refused() {
         let (_, err) = fails(&["io", s(f), "/x", "-f", "-c", "pwrite 0 1"]);
         assert!(err.contains("not a udax image"), "{err}");
     }
-    let j: serde_json::Value = serde_json::from_slice(&udax(&["fsck", s(&zeros), "--json"]).stdout).unwrap();
-    assert_eq!(j["clean"], false);
-    assert!(j["error"].as_str().unwrap().contains("not a udax image"));
+    let out = udax(&["fsck", s(&zeros), "--json"]);
+    assert_eq!(out.status.code(), Some(8));
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["error"]["errno"], libc::EINVAL, "{j}");
+    assert!(j["error"]["message"].as_str().unwrap().contains("not a udax image"), "{j}");
     let (code, err) = fails(&["fsck", s(&d.path().join("absent"))]);
     assert_eq!(code, 8);
     assert!(err.contains("No such file or directory"), "{err}");
@@ -1293,4 +1309,132 @@ fn crashtest_finds_nothing_until_a_fence_is_dropped() {
         .expect("a saved violating image");
     let (code, err) = fails(&["crashtest", "--replay", s(&image)]);
     assert_eq!(code, 4, "the replayed image violates again: {err}");
+}
+
+/// Runs udax with `input` on its stdin.
+fn udax_with_stdin<S: AsRef<OsStr>>(args: &[S], input: &[u8]) -> Output {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_udax"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_vec();
+    // Fed from a thread: udax may stop reading (an error) while the pipe is full.
+    let feeder = std::thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    let out = child.wait_with_output().unwrap();
+    feeder.join().unwrap();
+    out
+}
+
+/// `put IMG - PATH` reads stdin into PATH as `cat > PATH` would (made, or emptied and
+/// rewritten in place); `get IMG PATH -` writes the file to stdout; directories are refused.
+#[test]
+fn put_and_get_through_stdin_and_stdout() {
+    let d = tmp();
+    let img = mkfs(d.path(), "16M");
+    ok(&["mkdir", s(&img), "/dir"]);
+    let data = noise(3 << 20, 5);
+    let out = udax_with_stdin(&["put", s(&img), "-", "/dir/f"], &data);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(out.stdout.is_empty());
+    assert_eq!(udax(&["get", s(&img), "/dir/f", "-"]).stdout, data);
+    let ino = |p: &str| -> u64 {
+        let j: serde_json::Value = serde_json::from_str(&ok(&["stat", s(&img), p, "--json"])).unwrap();
+        j["ino"].as_u64().unwrap()
+    };
+    let first = ino("/dir/f");
+    ok(&["chmod", s(&img), "600", "/dir/f"]);
+
+    // Replaced by something shorter: the same file, its mode kept, nothing of the old bytes left.
+    let out = udax_with_stdin(&["put", s(&img), "-", "/dir/f", "--json"], b"short\n");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((j["source"].as_str(), j["bytes"].as_u64()), (Some("-"), Some(6)), "{j}");
+    assert_eq!(ok(&["cat", s(&img), "/dir/f"]), "short\n");
+    assert_eq!(ino("/dir/f"), first);
+    assert!(ok(&["ls", s(&img), "-l", "/dir/f"]).starts_with("-rw------- "));
+
+    // Zeros in whole MiB stay a hole; through a symbolic link; empty stdin makes an empty file.
+    let mut sparse = vec![0u8; 2 << 20];
+    sparse.extend_from_slice(b"tail");
+    ok(&["ln", s(&img), "-s", "/dir/f", "/link"]);
+    assert!(udax_with_stdin(&["put", s(&img), "-", "/link"], &sparse).status.success());
+    assert_eq!(udax(&["get", s(&img), "/link", "-"]).stdout, sparse);
+    let j: serde_json::Value = serde_json::from_str(&ok(&["stat", s(&img), "/dir/f", "--json"])).unwrap();
+    assert_eq!(j["allocated_bytes"], 4096, "{j}");
+    assert!(udax_with_stdin(&["put", s(&img), "-", "/empty"], b"").status.success());
+    assert!(ok(&["stat", s(&img), "/empty"]).contains("regular empty file"));
+
+    // Directories: stdin has no name to copy under, and stdout takes one file.
+    let out = udax_with_stdin(&["put", s(&img), "-", "/dir"], b"x");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("udax put: /dir: Is a directory"), "{}", text(&out.stderr));
+    let (code, err) = fails(&["get", s(&img), "/dir", "-"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("udax get: /dir: Is a directory"), "{err}");
+    let (_, err) = fails(&["get", s(&img), "/missing", "-"]);
+    assert!(err.contains("udax get: /missing: No such file or directory"), "{err}");
+    let (_, err) = fails(&["get", s(&img), "/dir/f", "-", "--json"]);
+    assert!(err.contains("--json cannot go with -"), "{err}");
+    assert!(ok(&["fsck", s(&img)]).contains("clean"));
+}
+
+/// Every subcommand clap knows, from the top-level help.
+fn subcommands() -> Vec<String> {
+    let help = ok(&["--help"]);
+    let list = help.split("Commands:\n").nth(1).unwrap();
+    list.lines()
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| *c != "help")
+        .map(str::to_string)
+        .collect()
+}
+
+/// `udax man` prints udax(8), which names every subcommand; `udax man DIR` writes it and a page
+/// per subcommand; `udax completions SHELL` prints a script that knows the subcommands.
+#[test]
+fn man_pages_and_completions() {
+    let subs = subcommands();
+    assert!(subs.len() > 20 && subs.contains(&"man".to_string()), "{subs:?}");
+    let top = ok(&["man"]);
+    assert!(top.contains(".TH udax 8"), "{top}");
+    for sub in &subs {
+        assert!(top.contains(&format!("udax\\-{sub}(8)")), "udax-{sub}(8) missing from the top page");
+    }
+    let d = tmp();
+    let dir = d.path().join("man8");
+    assert_eq!(ok(&["man", s(&dir)]), "");
+    let mut pages: Vec<String> =
+        std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    pages.sort();
+    let mut want: Vec<String> = subs.iter().map(|c| format!("udax-{c}.8")).chain(["udax.8".to_string()]).collect();
+    want.sort();
+    assert_eq!(pages, want);
+    let mkfs = std::fs::read_to_string(dir.join("udax-mkfs.8")).unwrap();
+    assert!(
+        mkfs.contains(".TH udax-mkfs 8 ")
+            && mkfs.contains("udax\\-mkfs \\- Create")
+            && mkfs.contains("\\-\\-block\\-size"),
+        "{mkfs}"
+    );
+    assert_eq!(std::fs::read_to_string(dir.join("udax.8")).unwrap(), top);
+
+    let bash = ok(&["completions", "bash"]);
+    for word in ["mkfs", "fsck", "extents", "completions", "--block-size"] {
+        assert!(bash.contains(word), "{word} missing from the bash completions");
+    }
+    for shell in ["zsh", "fish", "elvish", "powershell"] {
+        assert!(ok(&["completions", shell]).contains("mkfs"), "{shell}");
+    }
+    let (code, err) = fails(&["completions", "tcsh"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("possible values"), "{err}");
 }

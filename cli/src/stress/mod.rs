@@ -13,15 +13,17 @@ mod worker;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
+use clap::Args;
 use udax::{Device, Fs, MkfsOptions, MmapStats, OpenOptions, HUGE};
 
 use crate::common::{describe, stderr_is_tty, CliResult, Failure, OutResult, Progress};
-use crate::StressArgs;
+use crate::size::parse_size;
 use state::{
     Check, Count, Finding, Rng, Tally, World, MAX_IO, NS_DIRS, NS_NAMES, NS_SPAN, PRIVATE_FILES, PRIVATE_SPAN, SECRET,
     SHARED_FILES, SHARED_SPAN,
@@ -30,6 +32,76 @@ use watchdog::Pulse;
 
 const CMD: &str = "stress";
 const DEFAULT_SIZE: u64 = 256 << 20;
+
+pub const LONG_ABOUT: &str = "Make a scratch file system (anonymous memory, or --image), fill its free space with\n\
+a SECRET byte (0xee) and delete it, then run --threads workers for --seconds over\n\
+one mount. They mix, at random: pread/pwrite at any offset and length (a byte to\n\
+64 KiB, page-aligned or not), appends, truncates up and down, fallocate in every\n\
+mode (allocate, punch hole, zero range), fsync, msync, mmap/munmap, and loads and\n\
+stores through shared and private mappings, on a few files all threads share and\n\
+on files each thread keeps to itself; plus create, rename, unlink and reopen on a\n\
+shared namespace and on the private files. Only the size lock of the tool keeps a\n\
+shared file from shrinking under a mapped access; writes, punches and zero ranges\n\
+race with mapped loads and stores freely.\n\n\
+Checks: no read or load shows a byte no thread stored (the SECRET is a previous\n\
+owner's stale data); private files equal their model byte for byte. Every 20 ms\n\
+or so (never sooner than the last checks took) all workers stop at a barrier and\n\
+each shared mapping must equal read_at, see a write_at, and show its own stores\n\
+to read_at, while loads must work up to the page holding EOF and raise SIGBUS\n\
+past it (probed without dying). At the end every file is removed, then fsck, a\n\
+leak check (free blocks and inodes back to their count after mkfs), a remount\n\
+and fsck again. A watchdog ends a run in which nothing gets done for 10 s and\n\
+prints what each thread was doing.\n\n\
+The seed fixes each thread's sequence of operations, not their interleaving; the\n\
+run happens in a child process, so a SIGBUS inside EOF is reported too.";
+
+pub const AFTER_HELP: &str = "Exit status: 0 clean, 1 a check failed (or the run died of a signal), 2 bad usage,\n\
+3 the watchdog found no progress (a deadlock).\n\n\
+--json prints one object: clean, seed, ops and checks (counts by kind),\n\
+failure_count, failures_by_check, failures (the first 20: check, file, offset,\n\
+detail), fault_service (the fault counters) and more.\n\n\
+Examples:\n  udax stress --threads 4 --seconds 20\n  \
+udax stress --threads 8 --seconds 60 --block-size 1024 --seed 42\n  \
+udax stress --threads 4 --seconds 5 --json | jq .failures\n  \
+udax stress --image /dev/shm/stress.img --size 1G     (kept if the run fails)";
+
+#[derive(Debug, Args)]
+pub struct StressArgs {
+    /// Worker threads
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub threads: u16,
+    /// How long the workers run, in seconds
+    #[arg(long, default_value_t = 10.0, value_parser = parse_seconds)]
+    pub seconds: f64,
+    /// Block size of the scratch file system: 1024, 2048 or 4096
+    #[arg(long, default_value_t = 4096, value_parser = parse_block_size)]
+    pub block_size: u32,
+    /// Seed of the threads' operations (default: random; the report prints it)
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Make the scratch image as this (new) file instead of in anonymous memory; it is removed
+    /// afterwards unless the run failed
+    #[arg(long, value_name = "PATH")]
+    pub image: Option<PathBuf>,
+    /// Scratch image size (default 256M, more when many threads need it)
+    #[arg(long, value_parser = parse_size)]
+    pub size: Option<u64>,
+    /// Print the report as one JSON object
+    #[arg(long)]
+    pub json: bool,
+    /// Milliseconds between quiesced checks (at least as long as the last round of checks took)
+    #[arg(long, default_value_t = 20, hide = true)]
+    pub check_every_ms: u64,
+    /// Seconds without progress before the watchdog ends the run
+    #[arg(long, default_value_t = 10, hide = true, value_parser = clap::value_parser!(u64).range(1..))]
+    pub watchdog_s: u64,
+    /// Run in this process, not in a supervised child (a SIGBUS then ends udax unreported)
+    #[arg(long, hide = true)]
+    pub in_process: bool,
+    /// Keep what each thread is doing in this file (the supervisor reads it after a crash)
+    #[arg(long, hide = true, value_name = "PATH")]
+    pub record: Option<PathBuf>,
+}
 
 /// `--seconds`: a positive number of seconds.
 pub fn parse_seconds(s: &str) -> Result<f64, String> {
@@ -71,10 +143,10 @@ fn image_size(a: &StressArgs) -> CliResult<u64> {
     match a.size {
         None => Ok(least.max(DEFAULT_SIZE)),
         Some(s) if s >= least => Ok(s),
-        Some(s) => Err(Failure {
-            msg: Some(format!("udax {CMD}: --size {s} is too small for {threads} threads: at least {}M", least >> 20)),
-            code: 2,
-        }),
+        Some(s) => {
+            let why = format!("--size {s} is too small for {threads} threads: at least {}M", least >> 20);
+            Err(Failure::plain(CMD, why).code(2))
+        }
     }
 }
 
@@ -127,7 +199,7 @@ fn died(a: &StressArgs, seed: u64, signal: i32, last: &[(String, String)]) -> Cl
             "clean": false, "seed": seed, "killed_by_signal": signal, "why": why, "image": a.image,
             "last_doing": threads,
         });
-        writeln!(std::io::stdout(), "{j:#}").out()?;
+        crate::json::print(j)?;
     }
     let mut msg = format!("the stress process died of signal {signal}, {why}; replay with --seed {seed}");
     if let Some(p) = &a.image {
@@ -137,7 +209,9 @@ fn died(a: &StressArgs, seed: u64, signal: i32, last: &[(String, String)]) -> Cl
     for (who, what) in last {
         msg += &format!("\n  {who:<10} {what}");
     }
-    Err(Failure::plain(CMD, msg))
+    // With --json the report above says it; stderr still does.
+    let f = Failure::plain(CMD, msg);
+    Err(if a.json { Failure { error: None, ..f } } else { f })
 }
 
 /// Stops the workers for the checker: a flag they test between operations, and a barrier of
@@ -407,11 +481,10 @@ fn leaks(fs: &Fs, after_mkfs: Space, tally: &Tally, when: &str) {
 }
 
 fn print_report(a: &StressArgs, r: &Report) -> CliResult {
-    let mut o = std::io::stdout().lock();
     if a.json {
-        let v = serde_json::to_string_pretty(r).map_err(|e| Failure::plain(CMD, e))?;
-        return writeln!(o, "{v}").out();
+        return crate::json::print(serde_json::to_value(r).map_err(|e| Failure::plain(CMD, e))?);
     }
+    let mut o = std::io::stdout().lock();
     let image = r.image.as_deref().unwrap_or("anonymous memory");
     writeln!(
         o,
