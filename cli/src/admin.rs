@@ -16,10 +16,11 @@ use crate::{FsckArgs, InfoArgs, MkfsArgs};
 const MKFS_PROGRESS_MIN: u64 = 256 << 20;
 
 /// fsck exit statuses (as e2fsck: 1 = errors corrected, 4 = errors left uncorrected, 8 =
-/// operational error).
+/// operational error, 16 = usage error).
 const FSCK_MENDED: u8 = 1;
 const FSCK_FINDINGS: u8 = 4;
 const FSCK_CANNOT_OPEN: u8 = 8;
+pub const FSCK_USAGE: u8 = 16;
 
 /// Whether the file at `path` already starts with the udax magic.
 pub fn holds_udax(path: &Path) -> bool {
