@@ -53,20 +53,31 @@ pub struct Allocator {
     /// Freed runs waiting for the checkpoint to pass the given journal position.
     pending: VecDeque<(u64, Run)>,
     pending_blocks: u64,
+    /// Blocks that damaged inodes may reference (sorted, merged): never free while mounted,
+    /// even when a decodable owner frees them.
+    held: Vec<Run>,
 }
 
 impl Allocator {
-    /// Builds the free set as the complement of `used` within the data area. Overlapping runs in
-    /// `used` are corruption (a block owned twice); the error names the block.
-    pub fn from_used(geo: &Geometry, mut used: Vec<Run>) -> Result<Allocator> {
+    /// Builds the free set as the complement of `used` and `held` within the data area.
+    /// Overlapping runs in `used` are corruption (a block owned twice); the error names the
+    /// block. `held` (what damaged inodes may reference) may overlap anything; it stays out of
+    /// use until the next mount.
+    pub fn from_used(geo: &Geometry, mut used: Vec<Run>, held: Vec<Run>) -> Result<Allocator> {
         used.sort_unstable_by_key(|r| r.start);
-        let mut free = BTreeMap::new();
         let mut at = geo.data_start;
-        let mut free_blocks = 0;
-        for r in used {
+        for r in &used {
             if r.start < at {
                 return Err(Error::Corrupt { what: "block owned twice", at: geo.block_at(r.start) });
             }
+            at = r.start + r.len;
+        }
+        let held = merged(held);
+        used.extend_from_slice(&held);
+        let mut free = BTreeMap::new();
+        let mut at = geo.data_start;
+        let mut free_blocks = 0;
+        for r in merged(used) {
             if r.start > at {
                 free.insert(at, r.start - at);
                 free_blocks += r.start - at;
@@ -77,7 +88,28 @@ impl Allocator {
             free.insert(at, geo.data_end() - at);
             free_blocks += geo.data_end() - at;
         }
-        Ok(Allocator { free, free_blocks, pending: VecDeque::new(), pending_blocks: 0 })
+        Ok(Allocator { free, free_blocks, pending: VecDeque::new(), pending_blocks: 0, held })
+    }
+
+    /// The runs held for damaged inodes (sorted, disjoint).
+    pub fn held(&self) -> &[Run] {
+        &self.held
+    }
+
+    /// Stops holding blocks for damaged inodes (repair has cleared them all): what no inode
+    /// owns (`owned`) is freed at journal position `pos`.
+    pub fn release_held(&mut self, pos: u64, owned: Vec<Run>) {
+        let held = std::mem::take(&mut self.held);
+        self.free_after(pos, subtract(held, owned));
+    }
+
+    /// The parts of `runs` that are not held.
+    fn unheld(&self, runs: impl IntoIterator<Item = Run>) -> Vec<Run> {
+        let runs: Vec<Run> = runs.into_iter().collect();
+        if self.held.is_empty() {
+            return runs;
+        }
+        subtract(runs, self.held.clone())
     }
 
     /// Blocks free now.
@@ -158,7 +190,7 @@ impl Allocator {
     /// Frees runs that the journal position `pos` made unreachable; they are reusable once the
     /// checkpoint reaches `pos`.
     pub fn free_after(&mut self, pos: u64, runs: impl IntoIterator<Item = Run>) {
-        for r in runs {
+        for r in self.unheld(runs) {
             self.pending_blocks += r.len;
             self.pending.push_back((pos, r));
         }
@@ -166,7 +198,7 @@ impl Allocator {
 
     /// Returns runs that were allocated but never linked by a committed transaction.
     pub fn unreserve(&mut self, runs: impl IntoIterator<Item = Run>) {
-        for r in runs {
+        for r in self.unheld(runs) {
             self.insert_free(r);
         }
     }
@@ -233,7 +265,7 @@ pub fn subtract(a: Vec<Run>, b: Vec<Run>) -> Vec<Run> {
 }
 
 /// `runs` sorted, with overlapping and touching runs joined.
-fn merged(mut runs: Vec<Run>) -> Vec<Run> {
+pub fn merged(mut runs: Vec<Run>) -> Vec<Run> {
     runs.retain(|r| r.len > 0);
     runs.sort_unstable_by_key(|r| r.start);
     let mut out: Vec<Run> = Vec::with_capacity(runs.len());
@@ -259,7 +291,7 @@ mod tests {
     #[test]
     fn allocates_contiguously_at_the_goal_and_frees_after_checkpoint() {
         let g = geo();
-        let mut a = Allocator::from_used(&g, vec![]).unwrap();
+        let mut a = Allocator::from_used(&g, vec![], vec![]).unwrap();
         let total = a.free_blocks();
         let r1 = a.alloc(g.data_start, 10).unwrap();
         assert_eq!(r1.len(), 1);
@@ -282,13 +314,34 @@ mod tests {
         let g = geo();
         let s = g.data_start;
         let used = vec![Run { start: s, len: 4 }, Run { start: s + 3, len: 2 }];
-        assert!(matches!(Allocator::from_used(&g, used), Err(Error::Corrupt { .. })));
+        assert!(matches!(Allocator::from_used(&g, used, vec![]), Err(Error::Corrupt { .. })));
+    }
+
+    /// Blocks a damaged inode may reference are never free, even when a decodable owner frees
+    /// them, until repair releases them (then only those no inode owns).
+    #[test]
+    fn held_blocks_stay_out_of_use_until_released() {
+        let g = geo();
+        let s = g.data_start;
+        let owned = Run { start: s, len: 4 };
+        let held = vec![Run { start: s + 2, len: 6 }, Run { start: s + 20, len: 1 }];
+        let mut a = Allocator::from_used(&g, vec![owned], held).unwrap();
+        let total = g.data_blocks;
+        assert_eq!(a.free_blocks(), total - 4 - 4 - 1);
+        a.free_after(10, vec![owned]);
+        a.release(10);
+        assert_eq!(a.free_blocks(), total - 6 - 1, "the held half of the freed run stays out");
+        let all = a.alloc(s, a.free_blocks()).unwrap();
+        assert!(all.iter().all(|r| r.start + r.len <= s + 2 || r.start >= s + 8 && (r.start > s + 20 || r.start + r.len <= s + 20)));
+        a.release_held(11, vec![Run { start: s + 20, len: 1 }]);
+        a.release(11);
+        assert_eq!(a.free_blocks(), 6, "released, but for the block an inode owns");
     }
 
     #[test]
     fn aligned_runs_start_on_the_alignment() {
         let g = geo();
-        let mut a = Allocator::from_used(&g, vec![Run { start: g.data_start, len: 1 }]).unwrap();
+        let mut a = Allocator::from_used(&g, vec![Run { start: g.data_start, len: 1 }], vec![]).unwrap();
         let r = a.alloc_aligned(8, 512).unwrap();
         assert_eq!(r.start % 512, 0);
         assert_eq!(r.len, 8);

@@ -5,7 +5,9 @@
 //! so it catches a mount that built a wrong picture as well as a bad image. Invariants:
 //!
 //! - every inode slot in use decodes (mode, times, extents, overflow chain, attribute block,
-//!   directory entries);
+//!   directory data); one that does not is reported and left out of the other checks (mount
+//!   keeps it out of use the same way), and each run of directory units that holds no entry
+//!   that decodes is reported;
 //! - every data block is owned at most once, and the free count matches what is owned;
 //! - extents are sorted and disjoint, and no written extent lies past the page holding EOF (a
 //!   mapped EOF page owns its whole page of blocks); directories are whole written blocks.
@@ -76,6 +78,7 @@ pub fn check(fs: &Fs, progress: &mut dyn FnMut(u64, u64)) -> Report {
     let mut r = Report::default();
     let mut owner = vec![0u64; geo.data_blocks as usize];
     let mut inodes: Vec<Option<Inode>> = Vec::with_capacity(geo.inode_count as usize + 1);
+    let damaged: std::collections::HashSet<u64> = fs.damaged_inodes().iter().map(|d| d.0).collect();
     inodes.push(None);
 
     // Pass 1: decode every slot, claim blocks, check extents against sizes.
@@ -92,7 +95,7 @@ pub fn check(fs: &Fs, progress: &mut dyn FnMut(u64, u64)) -> Report {
     progress(geo.inode_count, geo.inode_count);
 
     // Pass 2: directory entries, link counts, parent pointers, connectivity.
-    check_names(&inodes, &mut r);
+    check_names(&inodes, &damaged, &mut r);
     check_reachable(&inodes, &mut r);
 
     let mounted = fs.inode_numbers().len() as u64;
@@ -103,13 +106,24 @@ pub fn check(fs: &Fs, progress: &mut dyn FnMut(u64, u64)) -> Report {
     // Free space.
     r.blocks_used = owner.iter().filter(|&&o| o != 0).count() as u64;
     r.blocks_free = geo.data_blocks - r.blocks_used;
+    // The mount also keeps out of use what damaged inodes may reference (until repair clears
+    // them): those blocks are free on the medium, not in the mount.
+    let held_unowned: u64 = fs
+        .held_blocks()
+        .iter()
+        .flat_map(|run| run.start..run.start + run.len)
+        .filter(|&b| owner[(b - geo.data_start) as usize] == 0)
+        .count() as u64;
     let mounted_free = fs.statfs().blocks_free;
-    if mounted_free != r.blocks_free {
+    if mounted_free + held_unowned != r.blocks_free {
         r.find(
             "free space",
             None,
             None,
-            format!("{} blocks unowned on the medium but the mount counts {mounted_free} free", r.blocks_free),
+            format!(
+                "{} blocks unowned on the medium but the mount counts {mounted_free} free and {held_unowned} held",
+                r.blocks_free
+            ),
         );
     }
     r
@@ -122,11 +136,11 @@ fn check_inode(fs: &Fs, ino: u64, owner: &mut [u64], r: &mut Report) -> Option<I
     let geo = *fs.geometry();
     let bs = geo.block_size;
     let at = geo.inode_at(ino);
-    let mut inode = match Inode::load(dev, &geo, ino) {
+    let inode = match Inode::load_full(dev, &geo, ino) {
         Ok(Some(i)) => i,
         Ok(None) => return None,
         Err(e) => {
-            r.find("inode", Some(ino), Some(at), e.to_string());
+            r.find("damaged inode", Some(ino), Some(at), format!("{e}; the inode cannot be used"));
             return None;
         }
     };
@@ -180,18 +194,20 @@ fn check_inode(fs: &Fs, ino: u64, owner: &mut [u64], r: &mut Report) -> Option<I
             r.find("symlink", Some(ino), Some(at), format!("size {} with {covered} blocks", a.size));
         }
     }
-    if inode.is_dir() {
-        match load_dir_checked(fs, &inode) {
-            Ok(d) => inode.dir = Some(d),
-            Err(e) => r.find("directory", Some(ino), Some(at), e.to_string()),
-        }
+    for (pos, units, what) in inode.dir.iter().flat_map(|d| d.damaged()) {
+        r.find(
+            "damaged directory entry",
+            Some(ino),
+            fs.dir_off(&inode, pos).ok(),
+            format!("bad {what}: {units} unit(s) at byte {pos} of the directory hold no entry that can be used"),
+        );
     }
     Some(inode)
 }
 
 /// Pass 2: every entry names an inode in use of its type, directories' parents and link
 /// counts match the entries naming them.
-fn check_names(inodes: &[Option<Inode>], r: &mut Report) {
+fn check_names(inodes: &[Option<Inode>], damaged: &std::collections::HashSet<u64>, r: &mut Report) {
     let mut refs = vec![0u64; inodes.len()];
     let mut held_by = vec![0u64; inodes.len()];
     for inode in inodes.iter().flatten() {
@@ -199,7 +215,8 @@ fn check_names(inodes: &[Option<Inode>], r: &mut Report) {
         for (name, e) in dir.entries_after(None) {
             let name = String::from_utf8_lossy(name);
             let Some(Some(target)) = inodes.get(e.ino as usize) else {
-                r.find("dangling entry", Some(inode.ino), None, format!("{name:?} names free inode {}", e.ino));
+                let free = if damaged.contains(&e.ino) { "damaged" } else { "free" };
+                r.find("dangling entry", Some(inode.ino), None, format!("{name:?} names {free} inode {}", e.ino));
                 continue;
             };
             refs[e.ino as usize] += 1;
@@ -278,10 +295,6 @@ fn check_reachable(inodes: &[Option<Inode>], r: &mut Report) {
             r.find("disconnected", Some(inode.ino), None, "not reachable from the root");
         }
     }
-}
-
-fn load_dir_checked(fs: &Fs, inode: &Inode) -> crate::Result<crate::dir::DirIndex> {
-    inode.load_dir(fs.device(), fs.geometry())
 }
 
 /// The mount's in-memory picture must agree with the medium.

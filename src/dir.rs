@@ -12,7 +12,6 @@ use std::collections::{BTreeMap, HashMap};
 
 use zerocopy::{FromBytes, IntoBytes};
 
-use crate::error::{Error, Result};
 use crate::layout::{check_name, dirent_units, RawDirent, DIRENT_HEADER, DIRENT_UNIT, NAME_MAX};
 
 /// One entry as the index keeps it.
@@ -43,6 +42,8 @@ pub struct DirIndex {
     size: u64,
     /// Subdirectories, for the link count.
     subdirs: u64,
+    /// Runs of damaged units: position -> (units, what is wrong with the first), within a block.
+    damaged: BTreeMap<u64, (u64, &'static str)>,
 }
 
 /// Where a new entry goes.
@@ -56,62 +57,66 @@ pub enum Slot {
 
 impl DirIndex {
     /// Indexes the data of a directory; `blocks` yields `(position, block bytes)` for each of
-    /// its blocks in order, `at` maps a position to a device offset for error reports.
-    pub fn load<'a>(
-        blocks: impl Iterator<Item = (u64, &'a [u8])>,
-        size: u64,
-        inode_count: u64,
-        at: impl Fn(u64) -> u64,
-    ) -> Result<DirIndex> {
+    /// its blocks in order. A unit that is neither free nor the start of an entry that decodes
+    /// (inode number in the table, lengths, name, type, a name not seen before) is damaged:
+    /// decoding goes on at the next unit, and runs of damaged units are kept aside (never free,
+    /// never an entry) for fsck to report and repair to clear.
+    pub fn load<'a>(blocks: impl Iterator<Item = (u64, &'a [u8])>, size: u64, inode_count: u64) -> DirIndex {
         let mut d = DirIndex { size, ..Default::default() };
         for (base, data) in blocks {
             d.block = data.len() as u64;
             let units = data.len() as u64 / DIRENT_UNIT;
             let mut u = 0;
             let mut free_from = None;
+            let mut bad_from: Option<(u64, &'static str)> = None;
             while u < units {
                 let off = (u * DIRENT_UNIT) as usize;
                 let hdr = RawDirent::read_from_prefix(&data[off..]).expect("block holds whole units").0;
-                let ino = hdr.ino.get();
-                if ino == 0 {
-                    free_from.get_or_insert(u);
+                let decoded = match hdr.ino.get() {
+                    0 => None,
+                    ino => Some(decode_entry(&hdr, &data[off..], ino, inode_count).and_then(|name| {
+                        if d.names.contains_key(name) {
+                            Err("duplicate directory entry")
+                        } else {
+                            Ok(name)
+                        }
+                    })),
+                };
+                if let Some(Err(what)) = decoded {
+                    if let Some(f) = free_from.take() {
+                        d.add_free(base + f * DIRENT_UNIT, u - f);
+                    }
+                    bad_from.get_or_insert((u, what));
                     u += 1;
                     continue;
                 }
+                if let Some((b, what)) = bad_from.take() {
+                    d.damaged.insert(base + b * DIRENT_UNIT, (u - b, what));
+                }
+                let Some(Ok(name)) = decoded else {
+                    free_from.get_or_insert(u);
+                    u += 1;
+                    continue;
+                };
                 if let Some(f) = free_from.take() {
                     d.add_free(base + f * DIRENT_UNIT, u - f);
                 }
-                let pos = base + u * DIRENT_UNIT;
-                let name_len = hdr.name_len.get() as usize;
-                let n = u64::from(hdr.units);
-                if ino > inode_count {
-                    return Err(Error::Corrupt { what: "directory entry inode number", at: at(pos) });
-                }
-                if name_len == 0 || name_len > NAME_MAX || n != dirent_units(name_len) || u + n > units {
-                    return Err(Error::Corrupt { what: "directory entry length", at: at(pos) });
-                }
-                let name = &data[off + DIRENT_HEADER..off + DIRENT_HEADER + name_len];
-                if check_name(name).is_err() {
-                    return Err(Error::Corrupt { what: "directory entry name", at: at(pos) });
-                }
-                if !crate::layout::mode::is_valid_type(u32::from(hdr.file_type) << 12) {
-                    return Err(Error::Corrupt { what: "directory entry type", at: at(pos) });
-                }
-                let e = Entry { ino, dtype: hdr.file_type, pos, units: n };
-                if d.names.insert(name.into(), e).is_some() {
-                    return Err(Error::Corrupt { what: "duplicate directory entry", at: at(pos) });
-                }
-                d.by_pos.insert(pos, name.into());
+                let e = Entry { ino: hdr.ino.get(), dtype: hdr.file_type, pos: base + u * DIRENT_UNIT, units: u64::from(hdr.units) };
+                d.names.insert(name.into(), e);
+                d.by_pos.insert(e.pos, name.into());
                 if e.dtype == DT_DIR {
                     d.subdirs += 1;
                 }
-                u += n;
+                u += e.units;
             }
             if let Some(f) = free_from {
                 d.add_free(base + f * DIRENT_UNIT, units - f);
             }
+            if let Some((b, what)) = bad_from {
+                d.damaged.insert(base + b * DIRENT_UNIT, (units - b, what));
+            }
         }
-        Ok(d)
+        d
     }
 
     /// Records `[pos, pos + units)` as free, merging it with free neighbours in its block.
@@ -147,9 +152,26 @@ impl DirIndex {
         self.names.get(name)
     }
 
-    /// Whether the directory has no entries (`.` and `..` are not stored).
+    /// Whether the directory has no entries (`.` and `..` are not stored) and no damaged units
+    /// that may have been one.
     pub fn is_empty(&self) -> bool {
-        self.names.is_empty()
+        self.names.is_empty() && self.damaged.is_empty()
+    }
+
+    /// The runs of damaged units: `(position, units, what)`.
+    pub fn damaged(&self) -> impl Iterator<Item = (u64, u64, &'static str)> + '_ {
+        self.damaged.iter().map(|(&pos, &(units, what))| (pos, units, what))
+    }
+
+    /// Frees every damaged unit; returns each run's position and the zero bytes to log there.
+    pub fn clear_damaged(&mut self) -> Vec<(u64, Vec<u8>)> {
+        let runs = std::mem::take(&mut self.damaged);
+        let mut out = Vec::with_capacity(runs.len());
+        for (pos, (units, _)) in runs {
+            self.add_free(pos, units);
+            out.push((pos, vec![0; (units * DIRENT_UNIT) as usize]));
+        }
+        out
     }
 
     #[cfg(test)]
@@ -247,6 +269,27 @@ impl DirIndex {
     }
 }
 
+/// Checks the entry whose header `hdr` starts `data` (the rest of its block) and names inode
+/// `ino`; returns its name, or what is wrong with it.
+fn decode_entry<'a>(hdr: &RawDirent, data: &'a [u8], ino: u64, inode_count: u64) -> std::result::Result<&'a [u8], &'static str> {
+    let name_len = hdr.name_len.get() as usize;
+    let n = u64::from(hdr.units);
+    if ino > inode_count {
+        return Err("directory entry inode number");
+    }
+    if name_len == 0 || name_len > NAME_MAX || n != dirent_units(name_len) || n * DIRENT_UNIT > data.len() as u64 {
+        return Err("directory entry length");
+    }
+    let name = &data[DIRENT_HEADER..DIRENT_HEADER + name_len];
+    if check_name(name).is_err() {
+        return Err("directory entry name");
+    }
+    if !crate::layout::mode::is_valid_type(u32::from(hdr.file_type) << 12) {
+        return Err("directory entry type");
+    }
+    Ok(name)
+}
+
 /// DT_DIR as readdir reports it.
 pub const DT_DIR: u8 = 4;
 
@@ -304,6 +347,39 @@ mod tests {
         }
     }
 
+    /// A damaged unit used to fail the whole directory (and so the mount); now the entries
+    /// around it decode, the damaged units are kept aside, and clearing them frees them.
+    #[test]
+    fn damaged_units_are_kept_aside_and_the_rest_decodes() {
+        let bs = 1024u64;
+        let mut data = vec![0u8; bs as usize];
+        let a = encode(b"a", 5, 8);
+        let long = encode(&[b'l'; 40], 6, 8);
+        let b = encode(b"b", 7, 4);
+        data[..32].copy_from_slice(&a);
+        data[32..96].copy_from_slice(&long);
+        data[96..128].copy_from_slice(&b);
+        data[128..160].copy_from_slice(&a); // a duplicate name
+        data[32] = 0xff; // the long entry's inode number: out of the table
+        let d = DirIndex::load(std::iter::once((0, &data[..])), bs, 100);
+        let names: Vec<_> = d.entries_after(None).map(|(n, e)| (n.to_vec(), e.ino)).collect();
+        assert_eq!(names, vec![(b"a".to_vec(), 5), (b"b".to_vec(), 7)]);
+        assert_eq!(d.subdirs(), 1);
+        let damaged: Vec<_> = d.damaged().collect();
+        assert_eq!(
+            damaged,
+            vec![(32, 2, "directory entry inode number"), (128, 1, "duplicate directory entry")],
+            "the long entry's name unit is no entry either"
+        );
+        let mut d = d;
+        assert!(!d.is_empty());
+        let mut cleared = d.clone();
+        assert!(cleared.clear_damaged().iter().map(|(p, z)| (*p, z.len())).eq([(32, 64), (128, 32)]));
+        assert_eq!(cleared.damaged().count(), 0);
+        assert!(matches!(cleared.find_slot(40), Slot::At(32)), "the cleared units are free");
+        assert!(!matches!(d.find_slot(40), Slot::At(32)), "damaged units are never handed out");
+    }
+
     #[test]
     fn insert_remove_reuse_and_reload() {
         let bs = 1024;
@@ -332,7 +408,7 @@ mod tests {
         data[pos as usize..pos as usize + bytes.len()].copy_from_slice(&bytes);
         assert_eq!(d.size(), size_before);
         let blocks = data.chunks(bs as usize).enumerate().map(|(i, b)| (i as u64 * bs, b));
-        let back = DirIndex::load(blocks, d.size(), 1000, |p| p).unwrap();
+        let back = DirIndex::load(blocks, d.size(), 1000);
         assert_eq!(back.len(), d.len());
         assert_eq!(back.get(b"again").unwrap().ino, 999);
         let names: Vec<_> = d.entries_after(None).map(|(n, _)| n.to_vec()).collect();

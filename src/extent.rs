@@ -164,6 +164,44 @@ impl ExtentMap {
         Ok(map)
     }
 
+    /// Every data-area block an inode slot that failed to decode might reference, read without
+    /// trusting it: each nonempty extent slot's range clipped to the data area, and the overflow
+    /// blocks its chain names (followed while they carry the block magic, each at most once).
+    /// Mount keeps these out of use, so nothing a damaged inode may own is handed out before
+    /// repair has cleared it.
+    pub fn claimed_runs(dev: &Device, geo: &Geometry, raw: &RawInode) -> Vec<Run> {
+        let clip = |runs: &mut Vec<Run>, r: &RawExtent| {
+            let start = r.physical.get().max(geo.data_start);
+            let end = r.physical.get().saturating_add(u64::from(r.len.get())).min(geo.data_end());
+            if *r != RawExtent::default() && start < end {
+                runs.push(Run { start, len: end - start });
+            }
+        };
+        let mut runs = Vec::new();
+        raw.extents.iter().for_each(|r| clip(&mut runs, r));
+        let mut next = raw.ext_next.get();
+        let mut chained = std::collections::HashSet::new();
+        let mut slots = vec![RawExtent::default(); geo.extents_per_block() as usize];
+        let mut merged_len = 0;
+        while geo.contains(next, 1) && chained.insert(next) {
+            runs.push(Run { start: next, len: 1 });
+            let at = geo.block_at(next);
+            let Ok(hdr) = dev.read_obj::<RawExtentBlockHeader>(at) else { break };
+            if hdr.magic.get() != EXTENT_BLOCK_MAGIC || dev.read(at + EXTENT_BLOCK_HEADER, slots.as_mut_bytes()).is_err() {
+                break;
+            }
+            slots.iter().for_each(|r| clip(&mut runs, r));
+            // Disjoint runs in the data area number at most half its blocks: merging whenever
+            // the list doubles bounds it by the device.
+            if runs.len() > 2 * merged_len + 1024 {
+                runs = crate::alloc::merged(runs);
+                merged_len = runs.len();
+            }
+            next = hdr.next.get();
+        }
+        crate::alloc::merged(runs)
+    }
+
     fn load_slot(&mut self, raw: &RawExtent, at: u64, geo: &Geometry) -> Result<()> {
         match Extent::decode(raw, at, geo)? {
             Some(e) => self.exts.push((e, at)),

@@ -235,6 +235,27 @@ impl Inode {
         Ok(Some(Inode { ino, attr, ext, dir: None, xattr, open: 0, freed: false, writing: None, tail_clean: false }))
     }
 
+    /// As [`Inode::load`], with a directory's index loaded too: everything mount needs to serve
+    /// the inode. An error here makes the slot a damaged inode (see DESIGN "Damaged images").
+    pub fn load_full(dev: &Device, geo: &Geometry, ino: u64) -> Result<Option<Inode>> {
+        let Some(mut inode) = Inode::load(dev, geo, ino)? else { return Ok(None) };
+        if inode.is_dir() {
+            inode.dir = Some(inode.load_dir(dev, geo)?);
+        }
+        Ok(Some(inode))
+    }
+
+    /// The blocks slot `ino` may reference when it does not decode: what its extent slots and
+    /// chain name (see [`ExtentMap::claimed_runs`]) and its attribute block.
+    pub fn claimed_runs(dev: &Device, geo: &Geometry, ino: u64) -> Result<Vec<Run>> {
+        let raw: RawInode = dev.read_obj(geo.inode_at(ino))?;
+        let mut runs = ExtentMap::claimed_runs(dev, geo, &raw);
+        if geo.contains(raw.xattr.get(), 1) {
+            runs.push(Run { start: raw.xattr.get(), len: 1 });
+        }
+        Ok(runs)
+    }
+
     fn raw(&self) -> RawInode {
         let a = &self.attr;
         let mut r = RawInode {
@@ -338,7 +359,7 @@ impl Inode {
             return Err(Error::Corrupt { what: "directory extent past its size", at: at + INODE_EXTENTS_OFF });
         }
         let blocks = data.chunks(bs as usize).enumerate().map(|(i, b)| (i as u64 * bs, b));
-        DirIndex::load(blocks, size, geo.inode_count, |pos| at + pos)
+        Ok(DirIndex::load(blocks, size, geo.inode_count))
     }
 }
 

@@ -1,16 +1,19 @@
 //! `udax fsck --repair`: mends the damage mount tolerates (DESIGN "Damaged images"), each repair
 //! one journaled transaction, so a crash during repair leaves an image that mounts with what
-//! is not yet mended. Damage mount refuses (an undecodable field, a block owned twice, a
+//! is not yet mended. Damage mount refuses (a bad superblock or journal, a block owned twice, a
 //! directory cycle) never reaches here; free space is not stored (mount rebuilds it from what
 //! inodes own), so no block can leak on the medium.
 //!
-//! In order: entries that name free inodes are removed, entries whose type disagrees with their
-//! inode are corrected, written blocks past the page holding EOF are freed, generation 0 becomes
-//! 1; symlinks whose size or blocks hold no valid target lose their names (and so are freed);
-//! then files no entry names are linked into `/lost+found` as `#<inode>`, and every link count is
-//! set to what the entries say.
+//! In order: inode slots that do not decode are cleared; in each directory, runs of units that
+//! hold no entry that decodes are zeroed, entries that name free inodes are removed, entries
+//! whose type disagrees with their inode are corrected; written blocks past the page holding
+//! EOF are freed, generation 0 becomes 1; symlinks whose size or blocks hold no valid target
+//! lose their names (and so are freed); then files and directories no entry names are linked
+//! into `/lost+found` as `#<inode>`, and every link count is set to what the entries say.
 
 use std::sync::Arc;
+
+use zerocopy::FromZeros;
 
 use crate::dir::DT_DIR;
 use crate::error::{Error, Result};
@@ -18,7 +21,7 @@ use crate::extent::{Extent, State};
 use crate::fs::{Creds, Fs, Node};
 use crate::inode::Inode;
 use crate::journal::Tx;
-use crate::layout::{mode, ROOT_INO, SYMLINK_MAX};
+use crate::layout::{mode, RawInode, ROOT_INO, SYMLINK_MAX};
 use crate::sync::{lock, rd, wr};
 
 /// One repair made.
@@ -46,8 +49,10 @@ impl Fs {
         if crate::faults::idle_repair() {
             return Ok(done);
         }
+        self.clear_damaged_inodes(&mut done)?;
         for (ino, node) in self.all_nodes() {
             if node.is_dir {
+                self.clear_damaged_entries(ino, &node, &mut done)?;
                 self.repair_entries(ino, &node, &mut done)?;
             }
             self.repair_inode(ino, &node, &mut done)?;
@@ -61,6 +66,60 @@ impl Fs {
         let mut v: Vec<_> = rd(&self.inner.nodes).iter().map(|(&i, n)| (i, n.clone())).collect();
         v.sort_unstable_by_key(|&(i, _)| i);
         v
+    }
+
+    /// Clears every inode slot mount could not decode (as e2fsck clears an inode it cannot
+    /// read): each slot is written free in a transaction of its own, keeping its generation so
+    /// a later owner gets a higher one. Entries naming it are then dangling (removed below), and
+    /// what it named is disconnected (linked into /lost+found below). Its number stays out of
+    /// use until the next mount; the blocks it may have referenced are given back.
+    fn clear_damaged_inodes(&self, done: &mut Vec<Repair>) -> Result<()> {
+        let geo = self.inner.geo;
+        let damaged = self.damaged_inodes();
+        let mut head = None;
+        for &(ino, what, at) in &damaged {
+            let raw: RawInode = self.inner.dev.read_obj(geo.inode_at(ino))?;
+            let free = RawInode { generation: raw.generation, ..RawInode::new_zeroed() };
+            let mut tx = Tx::new();
+            tx.put_obj(geo.inode_at(ino), &free);
+            head = Some(self.commit(&tx)?);
+            wr(&self.inner.damaged).remove(&ino);
+            done.push(Repair { kind: "damaged inode", ino, detail: format!("cleared (bad {what} at byte {at:#x})") });
+        }
+        // No slot can reference the held blocks now: what no inode owns is free after the
+        // clearing commits (a block an inode frees meanwhile stays out of use until the next
+        // mount, which only costs space).
+        if let Some(head) = head {
+            let owned: Vec<_> =
+                self.all_nodes().iter().flat_map(|(_, n)| rd(&n.inode).owned_runs().collect::<Vec<_>>()).collect();
+            self.release_held(head, owned);
+        }
+        Ok(())
+    }
+
+    /// Zeroes the runs of units in directory `ino` that hold no entry that decodes, which makes
+    /// them free units.
+    fn clear_damaged_entries(&self, ino: u64, node: &Node, done: &mut Vec<Repair>) -> Result<()> {
+        let mut g = wr(&node.inode);
+        let runs: Vec<(u64, u64, &'static str)> = g.dir()?.damaged().collect();
+        if runs.is_empty() {
+            return Ok(());
+        }
+        self.undoable(&mut g, |g, _| {
+            let mut tx = Tx::new();
+            for (pos, zeros) in g.dir_mut()?.clear_damaged() {
+                tx.put(self.dir_off(g, pos)?, &zeros);
+            }
+            self.commit(&tx).map(drop)
+        })?;
+        for (pos, units, what) in runs {
+            done.push(Repair {
+                kind: "damaged directory entry",
+                ino,
+                detail: format!("cleared {units} unit(s) at byte {pos} (bad {what})"),
+            });
+        }
+        Ok(())
     }
 
     /// Entries of directory `ino` that name free inodes or say the wrong type.
@@ -186,14 +245,15 @@ impl Fs {
         Ok(())
     }
 
-    /// Links every file that no entry names into /lost+found and sets each link count to what
-    /// the entries say (directories: 2 + subdirectories).
+    /// Links every file and directory that no entry names into /lost+found and sets each link
+    /// count to what the entries say (directories: 2 + subdirectories).
     fn repair_links(&self, done: &mut Vec<Repair>) -> Result<()> {
         let refs = crate::fs::count_entries(&rd(&self.inner.nodes));
         for (ino, node) in self.all_nodes() {
             let named = refs.get(&ino).copied().unwrap_or(0);
-            if !node.is_dir && named == 0 && ino != ROOT_INO {
+            if named == 0 && ino != ROOT_INO {
                 // Orphans (nlink 0, unnamed) were freed by mount; a file left open is not one.
+                // An unnamed directory heads a tree detached by damage.
                 if rd(&node.inode).attr.nlink == 0 {
                     continue;
                 }
@@ -220,7 +280,8 @@ impl Fs {
         Ok(())
     }
 
-    /// Links unnamed file `ino` into /lost+found (made when missing) as `#<ino>`, with one link.
+    /// Links unnamed file `ino` into /lost+found (made when missing) as `#<ino>`, with one link
+    /// (a directory with 2 + its subdirectories, and /lost+found as its parent).
     fn adopt(&self, ino: u64, node: &Node) -> Result<Vec<u8>> {
         let root = self.node(ROOT_INO)?;
         let dir = match self.lookup_node(&root, LOST_FOUND) {
@@ -239,7 +300,11 @@ impl Fs {
             }
             name = format!("#{ino}.{n}").into_bytes();
         }
-        self.link_locked(&mut dg, &name, &mut wr(&node.inode), 1)?;
+        // Lock order: /lost+found is the adopted directory's parent from now on.
+        let mut g = wr(&node.inode);
+        let nlink = g.dir.as_ref().map_or(1, |d| u32::try_from(2 + d.subdirs()).unwrap_or(u32::MAX));
+        self.link_locked(&mut dg, &name, &mut g, nlink)?;
+        node.parent.store(g.attr.parent, std::sync::atomic::Ordering::Release);
         Ok(name)
     }
 

@@ -254,10 +254,24 @@ fn absurd_sizes_on_the_medium_are_corruption_not_aborts() {
         let geo = *fs.geometry();
         let dev = fs.unmount().unwrap().expect("last handle");
         dev.write(geo.inode_at(ino) + 16, &(1u64 << 43).to_le_bytes()).unwrap();
-        match Fs::mount(dev) {
-            Err(Error::Corrupt { what: w, .. }) => assert_eq!(w, what),
-            other => panic!("{what}: {:?}", other.map(|_| ())),
+        assert_eq!(damage_of(dev, ino), what);
+    }
+}
+
+/// Mounts `dev`, on which inode `ino` is damaged: the mount goes on, fsck reports the inode,
+/// and reaching it fails as corruption; returns what the decoder found wrong.
+#[track_caller]
+fn damage_of(dev: Device, ino: u64) -> &'static str {
+    let fs = Fs::mount(dev).unwrap();
+    let report = udax::check::check(&fs, &mut |_, _| {});
+    let damaged: Vec<_> = report.findings.iter().filter(|f| f.kind == "damaged inode").map(|f| f.ino).collect();
+    assert_eq!(damaged, vec![Some(ino)], "{:?}", report.findings);
+    match fs.getattr(ino) {
+        Err(Error::Corrupt { what, at }) => {
+            assert!(at >= fs.geometry().inode_at(ino), "{what} at {at:#x}");
+            what
         }
+        other => panic!("a damaged inode was served: {other:?}"),
     }
 }
 
@@ -284,7 +298,7 @@ fn a_wild_extent_chain_pointer_is_corruption() {
     let geo = *fs.geometry();
     let dev = fs.unmount().unwrap().expect("last handle");
     dev.write(geo.inode_at(ino) + 112, &(u64::MAX / 3).to_le_bytes()).unwrap();
-    assert!(matches!(Fs::mount(dev), Err(Error::Corrupt { what: "extent block chain", .. })));
+    assert_eq!(damage_of(dev, ino), "extent block chain");
 }
 
 /// `Fs::mkfs` over an image silently reformatted it, and `Device::create`/`Fs::open_image`

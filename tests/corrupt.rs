@@ -201,7 +201,7 @@ fn the_undamaged_template_mounts_clean_and_survives_the_changes() {
 }
 
 /// The planting tool works: a record with a valid checksum whose entry sets an inode's mode to
-/// garbage is replayed, and mount names the damage.
+/// garbage is replayed, and fsck names the damage (mount keeps the inode out of use).
 #[test]
 fn a_planted_record_is_replayed() {
     let t = template(1024);
@@ -215,8 +215,17 @@ fn a_planted_record_is_replayed() {
     }]);
     for after_chain in [false, true] {
         let out = run(&t.damaged(&[Mutation::Record { after_chain, body: body.clone() }]));
-        assert!(matches!(out.refused, Some(Error::Corrupt { what: "inode mode", .. })), "{:?}", out.refused);
+        assert_damaged(&out, 2, "inode mode");
     }
+}
+
+/// The image mounted and fsck reported inode `ino` as damaged, naming `what`.
+#[track_caller]
+fn assert_damaged(out: &udax::robust::Outcome, ino: u64, what: &str) {
+    assert!(out.refused.is_none(), "{:?}", out.refused);
+    let findings = out.findings.as_ref().expect("mounted");
+    let hit = findings.iter().any(|f| f.kind == "damaged inode" && f.ino == Some(ino) && f.detail.contains(what));
+    assert!(hit, "no damaged inode {ino} ({what}) in {findings:?}");
 }
 
 fn small_fs(size: u64) -> Fs {
@@ -254,7 +263,7 @@ fn extents_claiming_more_than_the_device_are_corruption_not_a_huge_allocation() 
     raw.size = (5 * n * geo.block_size).into();
     dev.write_obj(at, &raw).unwrap();
     let out = run(&image_of(&dev));
-    assert!(matches!(out.refused, Some(Error::Corrupt { what: "extent map size", .. })), "{:?}", out.refused);
+    assert_damaged(&out, ino, "extent map size");
 }
 
 /// The checkpoint is a log position, 64-byte aligned, and nothing else about it was checked: one

@@ -17,10 +17,11 @@ use crate::{FsckArgs, InfoArgs, MkfsArgs};
 const MKFS_PROGRESS_MIN: u64 = 256 << 20;
 
 /// fsck exit statuses (as e2fsck: 1 = errors corrected, 4 = errors left uncorrected, 8 =
-/// operational error).
+/// operational error, 16 = usage error).
 const FSCK_MENDED: u8 = 1;
 const FSCK_FINDINGS: u8 = 4;
 const FSCK_CANNOT_OPEN: u8 = 8;
+pub const FSCK_USAGE: u8 = 16;
 
 /// Whether the file at `path` already starts with the udax magic.
 pub fn holds_udax(path: &Path) -> bool {
@@ -145,9 +146,14 @@ fn print_rows(o: &mut impl Write, rows: &[(&str, String)]) -> CliResult {
 
 pub fn fsck(a: &FsckArgs) -> CliResult {
     let img = &a.image;
-    let opened = if a.repair { Fs::open_image(img) } else { Fs::open_image_read_only(img) };
-    let fs = opened
-        .map_err(|e| Failure::new("fsck", img.display(), describe_open(&e)).errno(e.errno()).code(FSCK_CANNOT_OPEN))?;
+    // Checking only reads: a mounted image is checked from a snapshot (see `snapshot`).
+    let fs = if a.repair {
+        Fs::open_image(img).map_err(|e| {
+            Failure::new("fsck", img.display(), describe_open(&e)).errno(e.errno()).code(FSCK_CANNOT_OPEN)
+        })?
+    } else {
+        open_image_read_only("fsck", img).map_err(|f| f.code(FSCK_CANNOT_OPEN))?
+    };
     let check = |fs: &Fs| {
         let progress = Progress::new(stderr_is_tty(), fs.geometry().inode_count, false, "fsck: inodes");
         let report = udax::check::check(fs, &mut |done, total| progress.set(done, total));

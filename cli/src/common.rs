@@ -178,11 +178,11 @@ pub fn open_image_read_only(cmd: &str, image: &Path) -> CliResult<Fs> {
     };
     match crate::snapshot::request(image) {
         None => Err(image_failure(cmd, image, &e)),
-        Some(Err(why)) => Err(Failure::new(cmd, image.display(), format!("{}; {why}", describe(&e)))),
+        Some(Err(why)) => Err(Failure::new(cmd, image.display(), format!("{}; {why}", describe(&e))).errno(e.errno())),
         Some(Ok((copy, dir))) => {
             eprintln!("udax {cmd}: {} is mounted on {}: reading a snapshot taken now", image.display(), dir.display());
             let path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&copy));
-            Fs::open_image_read_only(path).map_err(|e| Failure::new(cmd, image.display(), describe_open(&e)))
+            Fs::open_image_read_only(path).map_err(|e| image_failure(cmd, image, &e))
         }
     }
 }

@@ -59,7 +59,7 @@ Getting started:
   udax fsck /dev/shm/pm.img                  check every invariant
 
 Exit status: 0 on success, 1 on an error (message on stderr), 2 on bad usage;
-fsck: 4 when problems remain, 8 when the image cannot be opened.
+fsck as e2fsck: 1 problems mended, 4 problems left, 8 operational error, 16 bad usage.
 
 --json (on every command that reports something) prints one JSON object on stdout; a
 failure prints {\"error\": {\"errno\": N, \"message\": \"...\"}} there instead (and its
@@ -94,17 +94,24 @@ enum Cmd {
     #[command(
         long_about = "Check every invariant of a udax image: inode and extent decoding, block\n\
                       ownership, free-space counts, link counts, directory structure and\n\
-                      connectivity. Without --repair the image is opened read-only: its journal is\n\
-                      replayed in memory, as a mount would, and nothing is written.\n\n\
-                      --repair mends what mount tolerates: entries naming free inodes are removed,\n\
-                      entry types corrected, written blocks past EOF freed, symlinks with no valid\n\
-                      target removed, files no directory names linked into /lost+found as #<inode>,\n\
-                      and link counts set to what the entries say. Each repair is one journaled\n\
-                      transaction, so a crash during repair is safe. Damage mount refuses (a bad\n\
-                      field, a block owned twice, a directory cycle) is reported, not mended.",
-        after_help = "Exit status (as e2fsck): 0 clean, 1 problems found and all mended, 4 problems left,\n\
-                      8 the image cannot be opened.\n\n\
-                      Examples:\n  udax fsck /dev/shm/pm.img\n  udax fsck --repair /dev/shm/pm.img\n  \
+                      connectivity. Every problem is listed, not only the first. Without a repair\n\
+                      flag (or with -n) the image is opened read-only: its journal is replayed in\n\
+                      memory, as a mount would, and nothing is written.\n\n\
+                      -y, -p or --repair mend what mount tolerates: inodes that cannot be decoded\n\
+                      are cleared, directory units holding no usable entry zeroed, entries naming\n\
+                      free inodes removed, entry types corrected, written blocks past EOF freed,\n\
+                      symlinks with no valid target removed, files and directories no directory\n\
+                      names linked into /lost+found as #<inode>, and link counts set to what the\n\
+                      entries say. Each repair is one journaled transaction, so a crash during\n\
+                      repair is safe. Damage mount refuses (a bad superblock or journal, a block\n\
+                      owned twice, a directory cycle) is reported, not mended.",
+        after_help = "Exit status (as e2fsck):\n  \
+                      0   no problems found\n  \
+                      1   problems found and all mended\n  \
+                      4   problems left uncorrected (always so with -n when there are any)\n  \
+                      8   operational error: the image cannot be opened or checked\n  \
+                      16  usage error (e.g. -n with -y)\n\n\
+                      Examples:\n  udax fsck /dev/shm/pm.img\n  udax fsck -y /dev/shm/pm.img\n  \
                       udax fsck img --json | jq .report.findings"
     )]
     Fsck(FsckArgs),
@@ -313,14 +320,16 @@ pub struct MkfsArgs {
 pub struct FsckArgs {
     /// The udax image (a file or a device-dax device)
     pub image: PathBuf,
-    /// Mend what is found (as e2fsck -p/-y): each repair one journaled transaction
+    /// Mend what is found without asking (e2fsck's -y, and -p "preen"): each repair one
+    /// journaled transaction
     #[arg(short = 'r', long, visible_short_aliases = ['p', 'y'], conflicts_with = "no_changes")]
     pub repair: bool,
-    /// Only report, change nothing (the default; as e2fsck -n)
+    /// Only report: open the image read-only and answer no to every repair (the default; as
+    /// e2fsck -n)
     #[arg(short = 'n')]
     #[allow(dead_code, reason = "only excludes --repair")]
     pub no_changes: bool,
-    /// Check even if the image looks clean (accepted for e2fsck's users; every check is full)
+    /// Force a full check (accepted for e2fsck's users; every check is full)
     #[arg(short = 'f')]
     #[allow(dead_code, reason = "every check is full")]
     pub force: bool,
@@ -683,8 +692,8 @@ impl Cmd {
     }
 }
 
-/// A command line clap refuses (or --help, --version): clap's message and status; with
-/// `--json` among the arguments, the error object too.
+/// A command line clap refuses (or --help, --version): clap's message and status (bad usage of
+/// fsck exits 16, as e2fsck's does); with `--json` among the arguments, the error object too.
 fn refused(e: clap::Error) -> ExitCode {
     if e.use_stderr() && std::env::args_os().skip(1).any(|a| a == "--json") {
         // clap's message up to its usage lines, on one line.
@@ -694,7 +703,12 @@ fn refused(e: clap::Error) -> ExitCode {
         let _ = writeln!(std::io::stdout(), "{:#}", json::error(&ErrorReport { errno: libc::EINVAL, message }));
     }
     let _ = e.print();
-    ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2))
+    let cmd = std::env::args_os().skip(1).find(|a| !a.to_string_lossy().starts_with('-'));
+    match e.exit_code() {
+        0 => ExitCode::SUCCESS,
+        _ if cmd.is_some_and(|c| c == "fsck") => ExitCode::from(admin::FSCK_USAGE),
+        code => ExitCode::from(u8::try_from(code).unwrap_or(2)),
+    }
 }
 
 fn main() -> ExitCode {

@@ -65,7 +65,15 @@ pub fn ls(a: &LsArgs) -> CliResult {
                 out.o.write_all(b":\n").out()?;
             }
             let mut rows = match dir_rows(fs, &dir, a.all) {
-                Ok(rows) => rows,
+                Ok((rows, unreadable)) => {
+                    // As ls: an entry whose inode cannot be read (a damaged one) is said on
+                    // stderr and left out; the others are listed, and the status says it.
+                    out.o.flush().out()?;
+                    for e in unreadable {
+                        status = status.and(Err(e.said()));
+                    }
+                    rows
+                }
                 Err(e) => {
                     // Said now, between the listings, and the exit status says it too.
                     out.o.flush().out()?;
@@ -111,7 +119,8 @@ fn entries_json(fs: &Fs, rows: &[Row]) -> Vec<serde_json::Value> {
 }
 
 /// A directory's entries, sorted by name; with `all`, `.` and `..` first and dot names too.
-fn dir_rows(fs: &Fs, p: &Path, all: bool) -> Result<Vec<Row>, Failure> {
+/// Entries whose attributes cannot be read come back apart, as failures to report.
+fn dir_rows(fs: &Fs, p: &Path, all: bool) -> Result<(Vec<Row>, Vec<Failure>), Failure> {
     const CMD: &str = "ls";
     let err = |e: Error| Failure::fs(CMD, p, &e);
     let dir = fs.resolve(p, true).map_err(err)?;
@@ -120,15 +129,18 @@ fn dir_rows(fs: &Fs, p: &Path, all: bool) -> Result<Vec<Row>, Failure> {
         rows.push(Row { name: b".".to_vec(), st: fs.getattr(dir).map_err(err)?, target: None });
         rows.push(Row { name: b"..".to_vec(), st: fs.lookup(dir, b"..").map_err(err)?, target: None });
     }
+    let mut unreadable = Vec::new();
     for e in fs.readdir(dir, 0).map_err(err)? {
         if !all && e.name.starts_with(b".") {
             continue;
         }
-        let st = fs.getattr(e.ino).map_err(|x| Failure::fs(CMD, p.join(OsStr::from_bytes(&e.name)), &x))?;
-        rows.push(Row { name: e.name, st, target: None });
+        match fs.getattr(e.ino) {
+            Ok(st) => rows.push(Row { name: e.name, st, target: None }),
+            Err(x) => unreadable.push(Failure::fs(CMD, p.join(OsStr::from_bytes(&e.name)), &x)),
+        }
     }
     rows.sort_by(|x, y| x.name.cmp(&y.name));
-    Ok(rows)
+    Ok((rows, unreadable))
 }
 
 /// Where `ls` prints, with its options and the owner and group names looked up so far.

@@ -375,7 +375,7 @@ fn fsck_clean_and_json() {
 
 /// fsck found damage but could not mend it (and rejected e2fsck's -n/-f/-y/-p). `--repair`
 /// (-p, -y) mends a wrong link count and exits 1, then the image checks clean (0); -n changes
-/// nothing and exits 4 while damage is left.
+/// nothing and exits 4 while damage is left; -n with --repair is a usage error (16).
 #[test]
 fn fsck_repair_mends_and_n_only_reports() {
     let d = tmp();
@@ -392,8 +392,9 @@ fn fsck_repair_mends_and_n_only_reports() {
     let (code, out) = fails(&["fsck", "-n", "-f", s(&img)]);
     assert_eq!(code, 4, "{out}");
     assert_eq!(std::fs::read(&img).unwrap(), bytes, "-n writes nothing");
-    let (_, err) = fails(&["fsck", "-n", "--repair", s(&img)]);
+    let (code, err) = fails(&["fsck", "-n", "--repair", s(&img)]);
     assert!(err.contains("cannot be used with"), "{err}");
+    assert_eq!(code, 16, "{err}");
 
     let out = udax(&["fsck", "-y", s(&img)]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
@@ -405,6 +406,65 @@ fn fsck_repair_mends_and_n_only_reports() {
     assert_eq!(j["clean"], true, "nothing left to repair: exit 0");
     assert!(j.get("repairs").is_none(), "{j}");
     assert!(ok(&["fsck", s(&img)]).contains("clean"));
+}
+
+/// Garbage over one inode slot made every command fail: fsck said "corrupt image: bad inode
+/// mode at byte …" and exited 8 with no findings, and ls, get and cat of the undamaged files
+/// failed the same way. Now fsck -n lists the damage (4) without writing, -y and -p mend it (1,
+/// then a second fsck says 0), -n with -y is a usage error (16, as e2fsck), and ls, get and cat
+/// work around the damaged inode.
+#[test]
+fn a_damaged_inode_is_listed_worked_around_and_mended() {
+    let d = tmp();
+    let img = mkfs(d.path(), "16M");
+    let host = d.path().join("keep");
+    let keep: Vec<u8> = (0..50_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(&host, &keep).unwrap();
+    ok(&["put", s(&img), s(&host), "/keep"]);
+    ok(&["put", s(&img), s(&host), "/bad"]);
+    let fs = udax::Fs::open_image(&img).unwrap();
+    let bad = fs.resolve("/bad", false).unwrap();
+    let at = fs.geometry().inode_at(bad) as usize;
+    fs.unmount().unwrap();
+    let mut bytes = std::fs::read(&img).unwrap();
+    for (i, b) in bytes[at..at + 256].iter_mut().enumerate() {
+        *b = 0xa5 ^ (i as u8).wrapping_mul(13);
+    }
+    std::fs::write(&img, &bytes).unwrap();
+
+    let out = udax(&["fsck", "-n", "-f", s(&img)]);
+    let said = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(4), "{said}{}", text(&out.stderr));
+    assert!(said.contains(&format!("damaged inode: ino {bad} at {at:#x}: corrupt image: bad inode mode")), "{said}");
+    assert!(said.contains("dangling entry: ino 1"), "{said}");
+    assert!(said.contains("2 problem(s) found"), "{said}");
+    assert_eq!(std::fs::read(&img).unwrap(), bytes, "-n writes nothing");
+    let (code, err) = fails(&["fsck", "-n", "-y", s(&img)]);
+    assert_eq!(code, 16, "{err}");
+    assert_eq!(std::fs::read(&img).unwrap(), bytes);
+
+    let out = udax(&["ls", s(&img), "/"]);
+    assert_eq!(text(&out.stdout), "keep\n");
+    assert!(text(&out.stderr).contains("/bad"), "{}", text(&out.stderr));
+    assert_eq!(out.status.code(), Some(1));
+    let got = d.path().join("got");
+    ok(&["get", s(&img), "/keep", s(&got)]);
+    assert_eq!(std::fs::read(&got).unwrap(), keep);
+    assert_eq!(udax(&["cat", s(&img), "/keep"]).stdout, keep);
+    let (_, err) = fails(&["cat", s(&img), "/bad"]);
+    assert!(err.contains("bad inode mode"), "{err}");
+
+    for flag in ["-y", "-p"] {
+        let copy = d.path().join(format!("img{flag}"));
+        std::fs::write(&copy, &bytes).unwrap();
+        let out = udax(&["fsck", flag, s(&copy)]);
+        let said = text(&out.stdout);
+        assert_eq!(out.status.code(), Some(1), "{said}{}", text(&out.stderr));
+        assert!(said.contains(&format!("repaired damaged inode: ino {bad}: cleared")), "{said}");
+        assert!(said.trim_end().ends_with("clean"), "{said}");
+        assert!(ok(&["fsck", s(&copy)]).contains("clean"));
+        assert_eq!(udax(&["cat", s(&copy), "/keep"]).stdout, keep);
+    }
 }
 
 #[test]

@@ -712,8 +712,10 @@ fn commands_that_only_read_work_on_a_mounted_image() {
         let (code, out, err) = run(args);
         assert_eq!(code, Some(0), "udax {args:?}: {err}");
         assert!(err.contains(&format!("is mounted on {}: reading a snapshot", mnt.display())), "{args:?}: {err}");
-        if args[0] == "cat" {
-            assert_eq!(out, "seen while mounted\n");
+        match args[0] {
+            "cat" => assert_eq!(out, "seen while mounted\n"),
+            "fsck" => assert!(out.contains("clean"), "{out}"),
+            _ => {}
         }
     }
     let out_dir = m.img.with_file_name("got");
@@ -723,6 +725,12 @@ fn commands_that_only_read_work_on_a_mounted_image() {
     // A change is refused, naming the holder and the mount point; nothing changed.
     let (code, _, err) = run(&["rm", "/d/f"]);
     assert_eq!(code, Some(1));
+    assert!(
+        err.contains(&format!("is mounted on {} by process", mnt.display())) && err.contains("unmount it"),
+        "{err}"
+    );
+    let (code, _, err) = run(&["fsck", "-y"]);
+    assert_eq!(code, Some(8));
     assert!(
         err.contains(&format!("is mounted on {} by process", mnt.display())) && err.contains("unmount it"),
         "{err}"

@@ -1,6 +1,6 @@
 //! mkfs, mount (journal replay, inode and directory load, the tree check, orphans) and unmount.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -12,7 +12,7 @@ use crate::journal::{Journal, Tx};
 use crate::layout::{self, mode, off, Geometry, ROOT_INO};
 use crate::sync::{lock, rd, wr, AtomicBool, Mutex, RwLock};
 
-use super::node::Node;
+use super::node::{Damage, Node};
 use super::state::{Fs, Inner};
 use super::types::MkfsOptions;
 
@@ -103,28 +103,37 @@ impl Fs {
         let mut itable = InodeTable::new(geo.inode_count);
         let mut nodes = HashMap::new();
         let mut used = Vec::new();
+        // Slots that do not decode: their numbers and whatever they may reference stay out of
+        // use, and every operation reaching them fails naming the damage, until repair clears
+        // them.
+        let mut damaged = BTreeMap::new();
+        let mut held = Vec::new();
         for ino in 1..=geo.inode_count {
-            match Inode::load(&dev, &geo, ino)? {
-                Some(mut inode) => {
+            match Inode::load_full(&dev, &geo, ino) {
+                Ok(Some(inode)) => {
                     itable.mark_used(ino);
                     used.extend(inode.owned_runs());
-                    if inode.is_dir() {
-                        inode.dir = Some(inode.load_dir(&dev, &geo)?);
-                    }
                     nodes.insert(ino, Node::new(inode));
                 }
-                None => {
+                Ok(None) => {
                     let raw: layout::RawInode = dev.read_obj(geo.inode_at(ino))?;
                     itable.remember_generation(ino, raw.generation.get());
                 }
+                Err(Error::Corrupt { what, at }) => {
+                    itable.quarantine(ino);
+                    held.extend(Inode::claimed_runs(&dev, &geo, ino)?);
+                    damaged.insert(ino, Damage { what, at });
+                }
+                Err(e) => return Err(e),
             }
         }
-        match nodes.get(&ROOT_INO) {
-            Some(n) if rd(&n.inode).is_dir() => {}
+        match (nodes.get(&ROOT_INO), damaged.get(&ROOT_INO)) {
+            (Some(n), _) if rd(&n.inode).is_dir() => {}
+            (_, Some(d)) => return Err(Error::Corrupt { what: d.what, at: d.at }),
             _ => return Err(Error::Corrupt { what: "root directory", at: geo.inode_at(ROOT_INO) }),
         }
         check_tree(&nodes, &geo)?;
-        let alloc = Allocator::from_used(&geo, used)?;
+        let alloc = Allocator::from_used(&geo, used, held)?;
         // Entries that disagree with the inodes they name are damage mount keeps for fsck to
         // report; their inode numbers are never handed out again while mounted, so a stale entry
         // can never come to name a new inode (of another type: the next mount would refuse it).
@@ -145,6 +154,7 @@ impl Fs {
                 alloc: Mutex::new(alloc),
                 itable: Mutex::new(itable),
                 nodes: RwLock::new(nodes),
+                damaged: RwLock::new(damaged),
                 rename: Mutex::new(()),
                 recovery,
                 uuid: sb.uuid,
@@ -204,9 +214,11 @@ impl Fs {
 }
 
 /// Refuses directory trees the locking and recursion rely on being trees: the root is its own
-/// parent, every other directory is named by exactly one entry, in the directory its parent field
-/// names, and is reachable from the root (orphans aside), and every entry's type matches its
-/// inode. Other damage (link counts, entries naming free inodes) mounts and is reported by fsck.
+/// parent, every other directory is named by at most one entry, in the directory its parent field
+/// names, parent fields form no cycle, and every entry's type matches its inode. An unnamed
+/// directory (its entry lost with a damaged inode or directory block) heads a detached tree,
+/// which mounts: fsck reports it, repair links it into /lost+found. Other damage (link counts,
+/// entries naming free inodes) mounts and is reported by fsck.
 pub(super) fn check_tree(nodes: &HashMap<u64, Arc<Node>>, geo: &Geometry) -> Result<()> {
     if nodes.get(&ROOT_INO).is_some_and(|root| root.parent.load(Ordering::Relaxed) != ROOT_INO) {
         return Err(Error::Corrupt {
@@ -214,7 +226,7 @@ pub(super) fn check_tree(nodes: &HashMap<u64, Arc<Node>>, geo: &Geometry) -> Res
             at: geo.inode_at(ROOT_INO) + off!(layout::RawInode, parent),
         });
     }
-    let mut named_by: HashMap<u64, u64> = HashMap::new();
+    let mut named: HashSet<u64> = HashSet::new();
     for (&holder, node) in nodes {
         let g = rd(&node.inode);
         let Some(dir) = &g.dir else { continue };
@@ -228,36 +240,31 @@ pub(super) fn check_tree(nodes: &HashMap<u64, Arc<Node>>, geo: &Geometry) -> Res
                 if target.parent.load(Ordering::Relaxed) != holder {
                     return Err(Error::Corrupt { what: "directory parent", at: geo.inode_at(e.ino) });
                 }
-                if named_by.insert(e.ino, holder).is_some() || e.ino == ROOT_INO {
+                if !named.insert(e.ino) || e.ino == ROOT_INO {
                     return Err(Error::Corrupt { what: "directory named twice", at: geo.inode_at(e.ino) });
                 }
             }
         }
     }
-    // Every directory but the root is named once, by its parent; walking parents from each must
-    // reach the root (a cycle never does). An unnamed one with no links is an orphan (removed
-    // while open), which mount frees. Each walk stops at the first directory already known to
-    // reach the root and marks the ones it passed, so the check is linear in the directories,
-    // whatever the depth.
-    let mut reached: std::collections::HashSet<u64> = std::collections::HashSet::from([ROOT_INO]);
-    for (&ino, n) in nodes.iter().filter(|(_, n)| n.is_dir) {
-        if ino != ROOT_INO && !named_by.contains_key(&ino) && rd(&n.inode).attr.nlink == 0 {
-            continue;
-        }
+    // Walking parent fields up from each directory (for a named one, the directory naming it)
+    // must end at the root or leave the loaded directories (a detached tree whose parent was
+    // lost); a cycle never does. Each walk stops at the first directory already known to end
+    // well and marks the ones it passed, so the check is linear in the directories, whatever
+    // the depth.
+    let dirs = nodes.values().filter(|n| n.is_dir).count();
+    let mut ends_well: HashSet<u64> = HashSet::from([ROOT_INO]);
+    for (&ino, node) in nodes.iter().filter(|(_, n)| n.is_dir) {
         let mut path = Vec::new();
-        let mut at = Some(ino);
-        while let Some(i) = at.filter(|i| !reached.contains(i)) {
-            if path.len() > named_by.len() {
-                at = None; // a cycle
-                break;
+        let mut at = Some((ino, node));
+        while let Some((i, n)) = at.filter(|(i, _)| !ends_well.contains(i)) {
+            if path.len() > dirs {
+                return Err(Error::Corrupt { what: "unreachable directory", at: geo.inode_at(ino) });
             }
             path.push(i);
-            at = named_by.get(&i).copied();
+            let p = n.parent.load(Ordering::Relaxed);
+            at = nodes.get(&p).filter(|n| n.is_dir).map(|n| (p, n));
         }
-        if at.is_none() {
-            return Err(Error::Corrupt { what: "unreachable directory", at: geo.inode_at(ino) });
-        }
-        reached.extend(path);
+        ends_well.extend(path);
     }
     Ok(())
 }

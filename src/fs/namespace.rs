@@ -237,8 +237,9 @@ impl Fs {
         Ok(self.stat_of(&cg))
     }
 
-    /// Names the locked non-directory `cg` as `name` in the locked directory `dg`, giving it
-    /// `nlink` links, in one transaction; a failure puts both back.
+    /// Names the locked inode `cg` as `name` in the locked directory `dg`, giving it `nlink`
+    /// links, in one transaction; a failure puts both back. `cg` is a non-directory, except
+    /// when repair links a directory that no entry names.
     pub(crate) fn link_locked(&self, dg: &mut Inode, name: &[u8], cg: &mut Inode, nlink: u32) -> Result<()> {
         let geo = self.inner.geo;
         let mut tx = Tx::new();
@@ -248,6 +249,11 @@ impl Fs {
             let now = Timespec::now();
             dg.attr.mtime = now;
             dg.attr.ctime = now;
+            if cg.is_dir() {
+                // Only repair links a directory (one no entry names): `dg` becomes its parent.
+                dg.attr.nlink += 1;
+                cg.attr.parent = dg.ino;
+            }
             dg.log_attr(&geo, &mut tx);
             cg.attr.nlink = nlink;
             cg.attr.ctime = now;
@@ -295,8 +301,10 @@ impl Fs {
         if e.ino == p.ino {
             return Err(Error::Corrupt { what: "directory entry names its own directory", at: geo.inode_at(p.ino) });
         }
-        let Ok(c) = self.node(e.ino) else {
-            return self.remove_dangling(&mut pg, name, want_dir);
+        // A name of a free inode can go; one of a damaged inode stays for repair (Corrupt).
+        let c = match self.node(e.ino) {
+            Err(Error::NotFound) => return self.remove_dangling(&mut pg, name, want_dir),
+            found => found?,
         };
         let mut cg = wr(&c.inode);
         match (want_dir, cg.is_dir()) {

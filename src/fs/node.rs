@@ -12,6 +12,14 @@ use crate::uffd::{Region, Uffd};
 
 use super::types::{Share, PAGE};
 
+/// Why an inode slot could not be loaded: the decoder's `Error::Corrupt` fields, returned by
+/// every operation that reaches the inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Damage {
+    pub(crate) what: &'static str,
+    pub(crate) at: u64,
+}
+
 /// An inode and its lock. `parent` mirrors a directory's parent outside the lock so the
 /// rename loop check can walk up without taking inode locks (it changes only under `rename`);
 /// `is_dir` never changes, so checks that must not lock (lock order) can read it.

@@ -1,7 +1,7 @@
 //! A mounted file system's shared state (`Fs`, `Inner`) and what every operation does with it:
 //! the change guard and undo, commits, block and inode allocation.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -15,7 +15,7 @@ use crate::journal::{Journal, RecoveryReport, Tx};
 use crate::layout::{self, Geometry};
 use crate::sync::{lock, rd, AtomicBool, Mutex, RwLock};
 
-use super::node::{Node, ServiceSlot};
+use super::node::{Damage, Node, ServiceSlot};
 use super::types::{FsInfo, Stat, StatFs};
 
 /// Worst-case journal bytes per block a data transaction touches: a conversion rewrites two
@@ -42,6 +42,8 @@ pub(crate) struct Inner {
     pub(super) alloc: Mutex<Allocator>,
     pub(super) itable: Mutex<InodeTable>,
     pub(crate) nodes: RwLock<HashMap<u64, Arc<Node>>>,
+    /// Inode slots that did not decode at mount, until repair clears them (a leaf lock).
+    pub(crate) damaged: RwLock<BTreeMap<u64, Damage>>,
     pub(crate) rename: Mutex<()>,
     pub(super) recovery: RecoveryReport,
     pub(super) uuid: [u8; 16],
@@ -222,8 +224,30 @@ impl Fs {
 
     // ---- internal helpers ----
 
+    /// The inode numbered `ino`: `NotFound` for a free slot, `Corrupt` for a damaged one.
     pub(crate) fn node(&self, ino: u64) -> Result<Arc<Node>> {
-        rd(&self.inner.nodes).get(&ino).cloned().ok_or(Error::NotFound)
+        let found = rd(&self.inner.nodes).get(&ino).cloned();
+        found.ok_or_else(|| match rd(&self.inner.damaged).get(&ino) {
+            Some(d) => Error::Corrupt { what: d.what, at: d.at },
+            None => Error::NotFound,
+        })
+    }
+
+    /// The inode slots mount could not decode and repair has not cleared: number, what is wrong,
+    /// and where.
+    pub fn damaged_inodes(&self) -> Vec<(u64, &'static str, u64)> {
+        rd(&self.inner.damaged).iter().map(|(&i, d)| (i, d.what, d.at)).collect()
+    }
+
+    /// The blocks kept out of use for damaged inodes.
+    pub(crate) fn held_blocks(&self) -> Vec<Run> {
+        lock(&self.inner.alloc).held().to_vec()
+    }
+
+    /// Stops holding blocks for damaged inodes once repair has cleared them all (the last
+    /// clearing committed at `pos`); those not in `owned` are freed.
+    pub(crate) fn release_held(&self, pos: u64, owned: Vec<Run>) {
+        lock(&self.inner.alloc).release_held(pos, owned);
     }
 
     pub(crate) fn stat_of(&self, i: &Inode) -> Stat {
