@@ -6,7 +6,7 @@ use std::path::Path;
 use udax::{Device, Fs, MkfsOptions};
 
 use crate::common::{
-    close_image, describe, describe_open, open_image_read_only, stderr_is_tty, CliResult, Failure, OutResult, Progress,
+    close_image, describe, describe_open, open_for_reading, stderr_is_tty, CliResult, Failure, OutResult, Progress,
 };
 use crate::json;
 use crate::size::human;
@@ -152,7 +152,7 @@ pub fn fsck(a: &FsckArgs) -> CliResult {
             Failure::new("fsck", img.display(), describe_open(&e)).errno(e.errno()).code(FSCK_CANNOT_OPEN)
         })?
     } else {
-        open_image_read_only("fsck", img).map_err(|f| f.code(FSCK_CANNOT_OPEN))?
+        open_for_reading("fsck", img).map_err(|f| f.code(FSCK_CANNOT_OPEN))?.0
     };
     let check = |fs: &Fs| {
         let progress = Progress::new(stderr_is_tty(), fs.geometry().inode_count, false, "fsck: inodes");
@@ -251,11 +251,15 @@ fn print_report(o: &mut impl Write, img: &Path, report: &udax::check::Report) ->
 
 pub fn info(a: &InfoArgs) -> CliResult {
     const CMD: &str = "info";
-    let fs = open_image_read_only(CMD, &a.image)?;
+    let (fs, mounted) = open_for_reading(CMD, &a.image)?;
     let mut i = fs.info();
     close_image(CMD, &a.image, fs)?;
     // The image as named (a mounted image is read from a snapshot, which has no path of its own).
     i.device.path = Some(std::fs::canonicalize(&a.image).unwrap_or_else(|_| a.image.clone()));
+    if let Some(dir) = &mounted {
+        // The snapshot's own device (a memfd) says nothing about the image's: left out.
+        return info_mounted(a, &i, dir);
+    }
     if a.json {
         return json::print(json::info(&i));
     }
@@ -298,6 +302,35 @@ pub fn info(a: &InfoArgs) -> CliResult {
             format!("replayed {} journal record(s), {} bytes", i.recovery.replayed_records, i.recovery.replayed_bytes),
         ),
         ("durability", i.durability.into()),
+    ];
+    print_rows(&mut std::io::stdout().lock(), &rows)
+}
+
+/// `info` of a mounted image, read from a snapshot: the file system's figures, and where it is
+/// mounted in place of the device's (backend, MAP_SYNC, flush, durability), which the copy
+/// cannot tell.
+fn info_mounted(a: &InfoArgs, i: &udax::FsInfo, dir: &std::path::Path) -> CliResult {
+    let mut v = json::info(i);
+    for device_only in ["device", "durability"] {
+        v.remove(device_only);
+    }
+    v.insert("mounted_on".into(), json::path(dir));
+    if a.json {
+        return json::print(v);
+    }
+    let (g, s) = (&i.geometry, &i.statfs);
+    let rows = [
+        ("image", a.image.display().to_string()),
+        ("mounted on", format!("{} (read from a snapshot; device details show when unmounted)", dir.display())),
+        ("size", format!("{} ({} bytes)", human(g.size_bytes), g.size_bytes)),
+        ("block size", g.block_size.to_string()),
+        ("inodes", format!("{} used of {}", s.inodes - s.inodes_free, s.inodes)),
+        (
+            "blocks",
+            format!("{} used of {} ({} free)", s.blocks - s.blocks_free, s.blocks, human(s.blocks_free * s.block_size)),
+        ),
+        ("uuid", i.uuid.clone()),
+        ("label", if i.label.is_empty() { "(none)".into() } else { i.label.clone() }),
     ];
     print_rows(&mut std::io::stdout().lock(), &rows)
 }

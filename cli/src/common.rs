@@ -3,7 +3,7 @@
 //! formatting of modes.
 
 use std::io::{IsTerminal, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -167,22 +167,28 @@ pub fn open_image(cmd: &str, image: &Path) -> CliResult<Fs> {
 }
 
 /// Opens and mounts an image read-only: no write access needed (a 0444 file, a read-only
-/// mount), nothing written (a journal replay stays in memory), other readers welcome. An image
-/// a udax mount holds is read from a snapshot the mount takes (see `snapshot`), which is said on
-/// standard error.
+/// mount), nothing written (a journal replay stays in memory), other readers welcome.
 pub fn open_image_read_only(cmd: &str, image: &Path) -> CliResult<Fs> {
+    Fs::open_image_read_only(image).map_err(|e| image_failure(cmd, image, &e))
+}
+
+/// [`open_image_read_only`] for commands that only read; an image a udax mount holds is read
+/// from a snapshot the mount takes (`udax_fuse::snapshot`), which is said on standard error,
+/// and the mount point comes back with it.
+pub fn open_for_reading(cmd: &str, image: &Path) -> CliResult<(Fs, Option<PathBuf>)> {
     let e = match Fs::open_image_read_only(image) {
-        Ok(fs) => return Ok(fs),
+        Ok(fs) => return Ok((fs, None)),
         Err(e @ (Error::InUse { .. } | Error::Busy)) => e,
         Err(e) => return Err(image_failure(cmd, image, &e)),
     };
-    match crate::snapshot::request(image) {
+    match udax_fuse::snapshot::request(image) {
         None => Err(image_failure(cmd, image, &e)),
         Some(Err(why)) => Err(Failure::new(cmd, image.display(), format!("{}; {why}", describe(&e))).errno(e.errno())),
         Some(Ok((copy, dir))) => {
             eprintln!("udax {cmd}: {} is mounted on {}: reading a snapshot taken now", image.display(), dir.display());
             let path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&copy));
-            Fs::open_image_read_only(path).map_err(|e| image_failure(cmd, image, &e))
+            let fs = Fs::open_image_read_only(path).map_err(|e| image_failure(cmd, image, &e))?;
+            Ok((fs, Some(dir)))
         }
     }
 }
@@ -213,7 +219,7 @@ pub fn with_image<T>(cmd: &str, image: &Path, f: impl FnOnce(&Fs) -> CliResult<T
 
 /// [`with_image`] for commands that only read: the image is opened read-only.
 pub fn with_image_read_only<T>(cmd: &str, image: &Path, f: impl FnOnce(&Fs) -> CliResult<T>) -> CliResult<T> {
-    let fs = open_image_read_only(cmd, image)?;
+    let (fs, _) = open_for_reading(cmd, image)?;
     let r = f(&fs);
     let c = close_image(cmd, image, fs);
     r.and_then(|v| c.map(|()| v))

@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::fs::{File, FileTimes, Metadata};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
@@ -58,20 +58,6 @@ impl Copied {
             "bytes": self.bytes,
         })
     }
-}
-
-/// Reads until `buf` is full or EOF.
-fn read_full(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match f.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }
 
 fn is_zero(b: &[u8]) -> bool {
@@ -433,7 +419,7 @@ impl Put<'_> {
         let mut off = 0u64;
         let mut written_to = 0u64;
         loop {
-            let n = read_full(&mut f, &mut buf).map_err(|e| trail_err("put", dst, &e))?;
+            let n = crate::stdio::read_full(&mut f, &mut buf).map_err(|e| trail_err("put", dst, &e))?;
             if n == 0 {
                 break;
             }

@@ -17,7 +17,6 @@ mod mount;
 mod names;
 mod server_log;
 mod size;
-mod snapshot;
 mod stdio;
 mod stress;
 mod time;

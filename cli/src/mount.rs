@@ -106,13 +106,21 @@ fn serve(a: &MountArgs, opts: &MountOptions, report: bool) -> CliResult {
             let _ = o.flush();
         }
     };
+    // In the background the error goes to the command that started the server, and to the log;
+    // in the foreground it is printed once, on the way out.
     let fail = |f: Failure| {
         if let Some(m) = &f.msg {
-            say(&format!("error: {m}"));
-            log::error!("{m}");
+            if report {
+                say(&format!("error: {m}"));
+            }
+            if report || opts.log.is_some() {
+                log::error!("{m}");
+            }
         }
         f
     };
+    let signals = signal_hook::iterator::Signals::new([libc::SIGINT, libc::SIGTERM, libc::SIGHUP]);
+    let mut signals = signals.map_err(|e| fail(Failure::plain(CMD, format!("signal handlers: {e}"))))?;
     let open = if opts.read_only { open_image_read_only } else { open_image };
     let fs = open(CMD, &a.image).map_err(fail)?;
     let keep = fs.clone();
@@ -129,12 +137,10 @@ fn serve(a: &MountArgs, opts: &MountOptions, report: bool) -> CliResult {
             return Err(fail(Failure::new(CMD, a.dir.display(), e)));
         }
     };
-    // Commands that only read get snapshots of the mounted image (see `snapshot`).
-    let snapshots = crate::snapshot::Server::start(keep.clone(), &a.image, &a.dir)
+    // Commands that only read get snapshots of the mounted image (`udax_fuse::snapshot`).
+    let snapshots = udax_fuse::snapshot::Server::start(keep.clone(), &a.image, &a.dir)
         .inspect_err(|e| log::warn!("no snapshots for read-only commands on the mounted image: {e}"))
         .ok();
-    let signals = signal_hook::iterator::Signals::new([libc::SIGINT, libc::SIGTERM, libc::SIGHUP]);
-    let mut signals = signals.map_err(|e| fail(Failure::plain(CMD, format!("signal handlers: {e}"))))?;
     let handle = signals.handle();
     let dir = a.dir.clone();
     // A signal unmounts; on a busy mount it says so and keeps listening, and the next one

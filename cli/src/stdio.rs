@@ -19,7 +19,7 @@ pub fn is_stdio(p: &Path) -> bool {
 }
 
 /// Reads until `buf` is full or EOF.
-fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+pub fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
         match r.read(&mut buf[n..]) {

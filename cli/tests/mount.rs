@@ -673,6 +673,29 @@ fn a_user_who_is_not_root_mounts_through_fusermount3() {
         "{line}"
     );
     assert_eq!(as_nobody("echo made by nobody > mnt/f && cat mnt/f && stat -c %u mnt/f"), "made by nobody\n65534\n");
+    // Busy: said as such through fusermount3 too.
+    // (Root may not enter a FUSE mount of another user's without allow_other: nobody does.)
+    let mut inside = Command::new("setpriv")
+        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups", "sh", "-c", "cd mnt && exec sleep 30"])
+        .current_dir(d)
+        .spawn()
+        .unwrap();
+    let cwd = format!("/proc/{}/cwd", inside.id());
+    for _ in 0..500 {
+        if std::fs::read_link(&cwd).is_ok_and(|p| p.ends_with("mnt")) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let out = Command::new("setpriv")
+        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups", "./udax", "umount", "mnt"])
+        .current_dir(d)
+        .output()
+        .unwrap();
+    let _ = inside.kill();
+    let _ = inside.wait();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("target is busy"), "{out:?}");
+    assert!(is_mounted(&mnt));
     as_nobody("./udax umount mnt");
     assert!(!is_mounted(&mnt));
     wait_released(&img);

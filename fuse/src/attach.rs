@@ -8,7 +8,7 @@
 
 use std::io::{IoSliceMut, Read};
 use std::mem::MaybeUninit;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -25,23 +25,13 @@ pub const FS_TYPE: &str = "fuse.udax";
 /// The setuid helpers that mount and unmount for ordinary users, newest first.
 const HELPERS: [&str; 2] = ["fusermount3", "fusermount"];
 
-/// How a mount was made, which decides how it is unmounted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Attached {
-    /// By this process, with mount(2).
-    Directly,
-    /// By fusermount3 on this process's behalf.
-    ByHelper,
-}
-
 /// Mounts a new FUSE connection on `dir` with the options in `o`; the descriptor returned
 /// serves it.
-pub(crate) fn attach(dir: &Path, o: &MountOptions) -> std::io::Result<(OwnedFd, Attached)> {
-    match attach_directly(dir, o) {
-        Ok(fd) => Ok((fd, Attached::Directly)),
-        Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM | libc::EACCES)) => {
-            attach_by_helper(dir, o, &e).map(|fd| (fd, Attached::ByHelper))
-        }
+pub(crate) fn attach(dir: &Path, o: &MountOptions) -> std::io::Result<OwnedFd> {
+    let root_mode = std::fs::metadata(dir)?.mode() & libc::S_IFMT;
+    match attach_directly(dir, root_mode, o) {
+        Ok(fd) => Ok(fd),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM | libc::EACCES)) => attach_by_helper(dir, o, &e),
         Err(e) => Err(e),
     }
 }
@@ -59,9 +49,8 @@ fn kernel_options(o: &MountOptions) -> Vec<String> {
     v
 }
 
-fn attach_directly(dir: &Path, o: &MountOptions) -> std::io::Result<OwnedFd> {
+fn attach_directly(dir: &Path, root_mode: u32, o: &MountOptions) -> std::io::Result<OwnedFd> {
     let fd = rustix::fs::open("/dev/fuse", OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())?;
-    let root_mode = std::fs::metadata(dir)?.mode() & libc::S_IFMT;
     let mut data = format!(
         "fd={},rootmode={root_mode:o},user_id={},group_id={}",
         fd.as_raw_fd(),
@@ -127,7 +116,7 @@ fn attach_by_helper(dir: &Path, o: &MountOptions, direct: &std::io::Error) -> st
             format!("{direct} (/dev/fuse or mount(2)), and fusermount3 is not installed (the fuse3 package)"),
         ));
     };
-    let fd = receive_fd(&ours);
+    let fd = receive(&ours, &mut [0u8; 1]).map(|(_, fd)| fd);
     let mut err = String::new();
     if let Some(mut e) = child.stderr.take() {
         let _ = e.read_to_string(&mut err);
@@ -148,24 +137,23 @@ fn attach_by_helper(dir: &Path, o: &MountOptions, direct: &std::io::Error) -> st
     }
 }
 
-/// The one descriptor fusermount3 sends (SCM_RIGHTS), or none when it closed the socket
-/// without sending (it failed).
-fn receive_fd(sock: &OwnedFd) -> std::io::Result<Option<OwnedFd>> {
+/// Reads one message into `buf` (its length) with the one descriptor it carried (SCM_RIGHTS),
+/// if any: fusermount3's answer, and the snapshot protocol's.
+pub(crate) fn receive(sock: impl AsFd, buf: &mut [u8]) -> std::io::Result<(usize, Option<OwnedFd>)> {
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
     let mut control = RecvAncillaryBuffer::new(&mut space);
-    let mut byte = [0u8; 1];
-    loop {
-        match rustix::net::recvmsg(sock, &mut [IoSliceMut::new(&mut byte)], &mut control, RecvFlags::CMSG_CLOEXEC) {
-            Ok(_) => break,
+    let got = loop {
+        match rustix::net::recvmsg(&sock, &mut [IoSliceMut::new(buf)], &mut control, RecvFlags::CMSG_CLOEXEC) {
+            Ok(m) => break m,
             Err(rustix::io::Errno::INTR) => continue,
             Err(e) => return Err(e.into()),
         }
-    }
+    };
     let fd = control.drain().find_map(|m| match m {
         RecvAncillaryMessage::ScmRights(mut fds) => fds.next(),
         _ => None,
     });
-    Ok(fd)
+    Ok((got.bytes, fd))
 }
 
 /// Unmounts the FUSE mount on `dir` (lazily: detached now, gone when its last user leaves):
@@ -180,7 +168,8 @@ pub fn detach(dir: &Path, lazy: bool) -> std::io::Result<()> {
     }
     for helper in HELPERS {
         let mut c = Command::new(helper);
-        c.arg("-u").arg("-q");
+        // Its messages in English, to tell a busy mount (it exits 1 for every failure).
+        c.arg("-u").env("LC_ALL", "C");
         if lazy {
             c.arg("-z");
         }

@@ -15,8 +15,9 @@ use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 mod attach;
+pub mod snapshot;
 
-pub use attach::{detach, Attached, FS_TYPE};
+pub use attach::{detach, FS_TYPE};
 
 use fuser::{
     AccessFlags, Config, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
@@ -86,7 +87,7 @@ impl MountOptions {
                 s if s.starts_with("threads=") => {
                     o.threads = s["threads=".len()..].parse().map_err(|_| format!("bad thread count in {s:?}"))?;
                 }
-                s if s.starts_with("max_read=") || s.starts_with("blksize=") => o.other.push(s.to_string()),
+                s if s.starts_with("max_read=") => o.other.push(s.to_string()),
                 s => return Err(format!("unknown mount option {s:?}")),
             }
         }
@@ -104,7 +105,7 @@ impl MountOptions {
     }
 }
 
-/// Mounts `fs` on `dir` (see [`Attached`] for how). The returned session serves requests when
+/// Mounts `fs` on `dir`: directly, or through fusermount3 where this process may not. The returned session serves requests when
 /// run, until the mount goes ([`detach`], or an unmount from outside).
 ///
 /// `on_host_full` runs once when the host file system holding a sparse image fills up: the image
@@ -117,7 +118,7 @@ pub fn session(
     on_host_full: Box<dyn Fn() + Send + Sync>,
 ) -> std::io::Result<fuser::Session<UdaxFuse>> {
     let _ = ON_HOST_FULL.set(on_host_full);
-    let (fd, _) = attach::attach(dir, opts)?;
+    let fd = attach::attach(dir, opts)?;
     let c = opts.config();
     fuser::Session::from_fd(UdaxFuse { fs }, fd, c.acl, c).inspect_err(|_| {
         let _ = detach(dir, true);
