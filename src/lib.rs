@@ -78,7 +78,7 @@ pub mod crashtest;
 #[cfg(feature = "crash-test")]
 pub mod robust;
 
-pub use device::{Backend, Counters, Device, DeviceInfo, FlushInsn, NtInsn};
+pub use device::{Backend, Counters, Device, DeviceInfo, Floor, FlushInsn, NtInsn};
 #[cfg(feature = "crash-test")]
 pub use device::{FenceHook, InFlight};
 pub use error::{Error, Result};

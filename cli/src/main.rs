@@ -5,6 +5,7 @@
 #![deny(unsafe_code)]
 
 mod admin;
+mod bench;
 mod common;
 mod copy;
 #[cfg(feature = "crash-test")]
@@ -23,6 +24,7 @@ mod time;
 mod usage;
 mod xio;
 
+use bench::BenchArgs;
 #[cfg(feature = "crash-test")]
 use crash::CrashtestArgs;
 use stress::StressArgs;
@@ -275,6 +277,10 @@ enum Cmd {
     /// Race threads over one file system's data, space, namespace and mappings, and check it
     #[command(long_about = stress::LONG_ABOUT, after_help = stress::AFTER_HELP)]
     Stress(StressArgs),
+
+    /// Time common operations beside tmpfs and the raw memory floor
+    #[command(long_about = bench::LONG_ABOUT, after_help = bench::AFTER_HELP)]
+    Bench(BenchArgs),
 
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     #[command(after_help = manual::COMPLETIONS_HELP)]
@@ -651,6 +657,7 @@ fn run(cli: Cli) -> CliResult {
         Cmd::Df(a) => usage::df(&a),
         Cmd::Du(a) => usage::du(&a),
         Cmd::Stress(a) => stress::run(&a),
+        Cmd::Bench(a) => bench::run(&a),
         Cmd::Completions(a) => manual::completions(&a),
         Cmd::Man(a) => manual::man(&a),
     }
@@ -670,7 +677,8 @@ impl Cmd {
             | Cmd::Df(DfArgs { json, .. })
             | Cmd::Du(DuArgs { json, .. })
             | Cmd::Extents(ExtentsArgs { json, .. })
-            | Cmd::Stress(StressArgs { json, .. }) => *json,
+            | Cmd::Stress(StressArgs { json, .. })
+            | Cmd::Bench(BenchArgs { json, .. }) => *json,
             #[cfg(feature = "crash-test")]
             Cmd::Crashtest(CrashtestArgs { json, .. }) => *json,
             Cmd::Cat(_)

@@ -8,11 +8,13 @@
 //! Every store method writes back the cache lines it touched (or used non-temporal stores), so a
 //! caller's only persistence duty is [`Device::fence`].
 
+mod floor;
 mod lock;
 mod persist;
 #[cfg(feature = "crash-test")]
 mod record;
 
+pub use floor::Floor;
 #[cfg(feature = "crash-test")]
 pub use record::{FenceHook, InFlight};
 

@@ -1,0 +1,108 @@
+//! `udax bench` works end to end in its short mode: one JSON object with every figure of every
+//! operation, only the operations asked for, a clear refusal of an unknown one, and nothing left
+//! in /dev/shm. No timing is asserted: the benchmark's own numbers are its proof of speed.
+
+use std::process::{Command, Output, Stdio};
+
+use serde_json::Value;
+
+/// Runs udax with `args`; the output and whether its scratch directory is gone afterwards.
+fn udax(args: &[&str]) -> (Output, bool) {
+    let child = Command::new(env!("CARGO_BIN_EXE_udax"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let prefix = format!("udax-bench.{}.", child.id());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "udax panicked: {err}");
+    let left = std::fs::read_dir("/dev/shm")
+        .into_iter()
+        .flatten()
+        .chain(std::fs::read_dir(std::env::temp_dir()).into_iter().flatten())
+        .any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().starts_with(&prefix)));
+    (out, !left)
+}
+
+/// `bench --quick --json` with `extra`: its one object.
+fn quick_json(extra: &[&str]) -> Value {
+    let mut args = vec!["bench", "--quick", "--json"];
+    args.extend_from_slice(extra);
+    let (out, cleaned) = udax(&args);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "udax {args:?}: {}\n{text}", String::from_utf8_lossy(&out.stderr));
+    assert!(cleaned, "udax {args:?} left its scratch directory behind");
+    let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("udax {args:?}: {e}: {text}"));
+    assert!(v.is_object(), "{text}");
+    v
+}
+
+const NUMBERS: [&str; 11] = [
+    "udax_p50_ns",
+    "udax_p99_ns",
+    "udax_p9999_ns",
+    "tmpfs_p50_ns",
+    "tmpfs_p99_ns",
+    "tmpfs_p9999_ns",
+    "floor_p50_ns",
+    "floor_p99_ns",
+    "floor_p9999_ns",
+    "vs_tmpfs",
+    "vs_floor",
+];
+
+fn names(v: &Value) -> Vec<&str> {
+    v["ops"].as_array().unwrap().iter().map(|o| o["name"].as_str().unwrap()).collect()
+}
+
+#[test]
+fn quick_json_reports_every_figure_of_every_op() {
+    let v = quick_json(&[]);
+    let m = &v["machine"];
+    assert!(m["cpus"].as_u64().is_some_and(|n| n > 0), "{m}");
+    assert!(m["cpu_model"].is_string() && m["kernel"].is_string(), "{m}");
+    assert_eq!(v["rounds"], 1);
+    assert_eq!(
+        names(&v),
+        ["overwrite-4k", "append-4k", "pread-4k", "seq-write-1m", "seq-read-1m", "create", "stat", "unlink", "rename"]
+    );
+    for op in v["ops"].as_array().unwrap() {
+        for key in NUMBERS {
+            assert!(op[key].as_f64().is_some_and(|x| x > 0.0), "{key} of {op}");
+        }
+        let bandwidth = op["name"].as_str().unwrap().starts_with("seq-");
+        assert_eq!(op["unit"], if bandwidth { "GB/s" } else { "ns" }, "{op}");
+        assert!(op["target"].as_str().is_some_and(|t| !t.is_empty()), "{op}");
+        assert!(op["target_met"].is_boolean(), "{op}");
+        assert!(op["udax_calls"].as_u64().is_some_and(|n| n > 0), "{op}");
+    }
+}
+
+#[test]
+fn ops_runs_only_those_asked_for() {
+    let v = quick_json(&["--ops", "create,stat", "--rounds", "2"]);
+    assert_eq!(names(&v), ["create", "stat"]);
+    assert_eq!(v["rounds"], 2);
+}
+
+#[test]
+fn text_table_has_the_columns() {
+    let (out, cleaned) = udax(&["bench", "--quick", "--ops", "pread-4k,seq-read-1m"]);
+    assert!(out.status.success() && cleaned);
+    let text = String::from_utf8_lossy(&out.stdout);
+    for word in ["floor", "tmpfs", "udax/floor", "udax/tmpfs", "target", "pread-4k", "GB/s", "≤ 1.1× floor"] {
+        assert!(text.contains(word), "no {word:?} in:\n{text}");
+    }
+}
+
+#[test]
+fn unknown_op_is_refused_with_the_valid_ones() {
+    let (out, _) = udax(&["bench", "--quick", "--ops", "stat,teleport"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("teleport") && err.contains("overwrite-4k") && err.contains("rename"), "{err}");
+    assert!(out.stdout.is_empty());
+}
