@@ -67,6 +67,18 @@ fn is_mounted(dir: &Path) -> bool {
         .any(|l| l.split(' ').nth(1) == Some(dir.to_str().unwrap()))
 }
 
+/// Unmounts `dir` lazily on drop if it is still mounted: cleanup only (a test may be failing
+/// already), no assertion.
+struct Detach<'a>(&'a Path);
+
+impl Drop for Detach<'_> {
+    fn drop(&mut self) {
+        if is_mounted(self.0) {
+            let _ = Command::new("umount").arg("-l").arg(self.0).status();
+        }
+    }
+}
+
 /// A scratch image mounted on a scratch directory; unmounted (lazily if need be) on drop.
 struct Mounted {
     _dir: TempDir,
@@ -425,14 +437,6 @@ fn a_signal_on_a_busy_mount_says_so_and_the_next_one_unmounts() {
     std::fs::create_dir(&mnt).unwrap();
     ok(&[OsStr::new("mkfs"), img.as_os_str(), OsStr::new("--size"), OsStr::new("16M")]);
     // Whatever fails, nothing stays mounted.
-    struct Detach<'a>(&'a Path);
-    impl Drop for Detach<'_> {
-        fn drop(&mut self) {
-            if is_mounted(self.0) {
-                let _ = Command::new("umount").arg("-l").arg(self.0).status();
-            }
-        }
-    }
     let _detach = Detach(&mnt);
     for lazy in [false, true] {
         let mut server = Command::new(env!("CARGO_BIN_EXE_udax"))
@@ -652,14 +656,6 @@ fn a_user_who_is_not_root_mounts_through_fusermount3() {
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     as_nobody("./udax mount img mnt");
-    struct Detach<'a>(&'a Path);
-    impl Drop for Detach<'_> {
-        fn drop(&mut self) {
-            if is_mounted(self.0) {
-                let _ = Command::new("umount").arg("-l").arg(self.0).status();
-            }
-        }
-    }
     let _detach = Detach(&mnt);
     let line = std::fs::read_to_string("/proc/self/mounts")
         .unwrap()
