@@ -156,8 +156,9 @@ fn every_shell_line_runs() {
                 }
                 ["cargo", "test", ..] => continue,
                 ["udax", "mount" | "umount", ..] if !mount => continue,
-                // A few minutes each at these budgets: under UDAX_LONG, as `.ci/run` runs.
+                // A minute or more each: under UDAX_LONG, as `.ci/run` runs.
                 ["udax", "crashtest", "--mutants", ..] if !long => continue,
+                ["udax", "bench", ..] if !long && !line.contains("--quick") => continue,
                 _ => as_run(line, r),
             };
             let out = Command::new("bash")
