@@ -672,17 +672,24 @@ fn a_user_who_is_not_root_mounts_through_fusermount3() {
     // Busy: said as such through fusermount3 too.
     // (Root may not enter a FUSE mount of another user's without allow_other: nobody does.)
     let mut inside = Command::new("setpriv")
-        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups", "sh", "-c", "cd mnt && exec sleep 30"])
+        .args([
+            "--reuid",
+            "65534",
+            "--regid",
+            "65534",
+            "--clear-groups",
+            "sh",
+            "-c",
+            "cd mnt && echo in && exec sleep 30",
+        ])
         .current_dir(d)
+        .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let cwd = format!("/proc/{}/cwd", inside.id());
-    for _ in 0..500 {
-        if std::fs::read_link(&cwd).is_ok_and(|p| p.ends_with("mnt")) {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    // It says so once its working directory is on the mount.
+    let mut said = String::new();
+    BufReader::new(inside.stdout.take().unwrap()).read_line(&mut said).unwrap();
+    assert_eq!(said, "in\n");
     let out = Command::new("setpriv")
         .args(["--reuid", "65534", "--regid", "65534", "--clear-groups", "./udax", "umount", "mnt"])
         .current_dir(d)
