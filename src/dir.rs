@@ -7,9 +7,17 @@
 //! as maximal spans inside a block (a removed entry merges with free neighbours), found by size
 //! through buckets that may hold stale positions (checked against the span map when used).
 //! Insert and remove return the bytes to log; the caller commits them.
+//!
+//! Names come from the image, which whoever made it chose, so the name map's hash is keyed
+//! ([`NameHasher`]): a key drawn from the operating system's random source once per process,
+//! and a seed of its own for each index.
 
 use std::collections::{BTreeMap, HashMap};
+use std::hash::BuildHasher;
+use std::sync::OnceLock;
 
+use foldhash::fast::SeedableRandomState;
+use foldhash::SharedSeed;
 use zerocopy::{FromBytes, IntoBytes};
 
 use crate::layout::{check_name, dirent_units, RawDirent, DIRENT_HEADER, DIRENT_UNIT, NAME_MAX};
@@ -27,10 +35,46 @@ pub struct Entry {
     pub units: u64,
 }
 
+/// The hash of directory indexes: foldhash (a folded multiply per 16 bytes of name), keyed.
+///
+/// Hash flooding: an image may come from anyone, and names that all land in one bucket would
+/// make each lookup in their directory linear in its size. The key is 64 bits from the
+/// operating system's random source (std's `RandomState`, seeded by getrandom), drawn once per
+/// process and expanded into foldhash's shared secrets, plus 64 fresh bits per index; an image is
+/// written before either exists, so its names cannot be chosen to collide. foldhash mixes every
+/// input word with a secret, so no set of names collides for every key. It is not a
+/// cryptographic function: someone who could watch lookups of their own names long enough might
+/// infer a key, which buys them slow lookups in directories they can write to — never a wrong
+/// answer (the map compares whole names) — and nothing across a remount of a new process.
+#[derive(Clone, Debug)]
+pub struct NameHasher(SeedableRandomState);
+
+impl Default for NameHasher {
+    fn default() -> Self {
+        static KEY: OnceLock<SharedSeed> = OnceLock::new();
+        let key = KEY.get_or_init(|| SharedSeed::from_u64(os_random()));
+        NameHasher(SeedableRandomState::with_seed(os_random(), key))
+    }
+}
+
+impl BuildHasher for NameHasher {
+    type Hasher = foldhash::fast::FoldHasher<'static>;
+
+    fn build_hasher(&self) -> Self::Hasher {
+        self.0.build_hasher()
+    }
+}
+
+/// 64 bits the caller cannot predict: std's SipHash under its keys from the operating system's
+/// random source (each `RandomState` has keys of its own).
+fn os_random() -> u64 {
+    std::collections::hash_map::RandomState::new().hash_one(0x7564_6178_u64)
+}
+
 /// One directory's entries in memory: by name, by position, and its free spans.
 #[derive(Debug, Default, Clone)]
 pub struct DirIndex {
-    names: HashMap<Box<[u8]>, Entry>,
+    names: HashMap<Box<[u8]>, Entry, NameHasher>,
     by_pos: BTreeMap<u64, Box<[u8]>>,
     /// Free spans: position -> units, maximal within a block.
     free: BTreeMap<u64, u64>,
@@ -313,6 +357,16 @@ pub fn encode(name: &[u8], ino: u64, dtype: u8) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The name map hashed with SipHash under the process's key; now it is foldhash under a key
+    /// of the index's own (as well as the process's): one name lands differently in two
+    /// indexes, so an image cannot carry names chosen to collide.
+    #[test]
+    fn name_hash_is_keyed_per_index() {
+        let (a, b) = (NameHasher::default(), NameHasher::default());
+        assert_eq!(a.hash_one(b"name"), a.hash_one(b"name"));
+        assert_ne!(a.hash_one(b"name"), b.hash_one(b"name"));
+    }
 
     /// Removed entries' units used to stay separate spans, so after short names were removed,
     /// long names could not use their space and every round of churn grew the directory.
