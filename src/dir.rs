@@ -3,10 +3,11 @@
 //! A directory's data is an array of 32-byte units; an entry (16-byte header and the name) fills
 //! one to nine consecutive units inside one block, and a unit whose `ino` is zero is free. On the
 //! medium nothing is sorted or hashed: the index — a hash map by name, a position-ordered map for
-//! readdir, and the free spans — is rebuilt when the directory is loaded. Free units are kept
-//! as maximal spans inside a block (a removed entry merges with free neighbours), found by size
-//! through buckets that may hold stale positions (checked against the span map when used).
-//! Insert and remove return the bytes to log; the caller commits them.
+//! readdir, and the free spans — is rebuilt from the data ([`decode`] walks it unit by unit), on
+//! a directory's first use after mount ([`LazyIndex`]). Free units are kept as maximal spans
+//! inside a block (a removed entry merges with free neighbours), found by size through buckets
+//! that may hold stale positions (checked against the span map when used). Insert and remove
+//! return the bytes to log; the caller commits them.
 //!
 //! Names come from the image, which whoever made it chose, so the name map's hash is keyed
 //! ([`NameHasher`]): a key drawn from the operating system's random source once per process,
@@ -14,7 +15,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::BuildHasher;
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock, PoisonError};
 
 use foldhash::fast::SeedableRandomState;
 use foldhash::SharedSeed;
@@ -99,67 +100,176 @@ pub enum Slot {
     Grow(u64),
 }
 
-impl DirIndex {
-    /// Indexes the data of a directory; `blocks` yields `(position, block bytes)` for each of
-    /// its blocks in order. A unit that is neither free nor the start of an entry that decodes
-    /// (inode number in the table, lengths, name, type, a name not seen before) is damaged:
-    /// decoding goes on at the next unit, and runs of damaged units are kept aside (never free,
-    /// never an entry) for fsck to report and repair to clear.
-    pub fn load<'a>(blocks: impl Iterator<Item = (u64, &'a [u8])>, size: u64, inode_count: u64) -> DirIndex {
-        let mut d = DirIndex { size, ..Default::default() };
-        for (base, data) in blocks {
-            d.block = data.len() as u64;
-            let units = data.len() as u64 / DIRENT_UNIT;
-            let mut u = 0;
-            let mut free_from = None;
-            let mut bad_from: Option<(u64, &'static str)> = None;
-            while u < units {
-                let off = (u * DIRENT_UNIT) as usize;
-                let hdr = RawDirent::read_from_prefix(&data[off..]).expect("block holds whole units").0;
-                let decoded = match hdr.ino.get() {
-                    0 => None,
-                    ino => Some(decode_entry(&hdr, &data[off..], ino, inode_count).and_then(|name| {
-                        if d.names.contains_key(name) {
-                            Err("duplicate directory entry")
-                        } else {
-                            Ok(name)
-                        }
-                    })),
-                };
-                if let Some(Err(what)) = decoded {
-                    if let Some(f) = free_from.take() {
-                        d.add_free(base + f * DIRENT_UNIT, u - f);
+/// What decoding a directory's data finds, run by run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unit<'a> {
+    /// An entry that decodes, and its name.
+    Entry(&'a [u8], Entry),
+    /// Free units `[pos, pos + units)`, within one block.
+    Free {
+        /// Byte position of the first.
+        pos: u64,
+        /// How many.
+        units: u64,
+    },
+    /// Damaged units `[pos, pos + units)`, within one block: none is free or starts an entry.
+    Damaged {
+        /// Byte position of the first.
+        pos: u64,
+        /// How many.
+        units: u64,
+        /// What is wrong with the first.
+        what: &'static str,
+    },
+}
+
+/// Decodes a directory's data (whole blocks of `block_size`) unit by unit, calling `found` for
+/// each entry, free run and damaged run (not always in position order). A unit that is neither
+/// free nor the start of an entry that decodes — inode number in the table, lengths, name,
+/// type, and a name no earlier entry has — is damaged, and decoding goes on at the next unit.
+/// For an entry, `found` answers whether it takes it: false says an earlier entry had the name,
+/// which makes the unit damaged ("duplicate directory entry").
+pub fn decode<'a>(data: &'a [u8], block_size: u64, inode_count: u64, mut found: impl FnMut(Unit<'a>) -> bool) {
+    for (i, block) in data.chunks(block_size.max(DIRENT_UNIT) as usize).enumerate() {
+        let base = i as u64 * block_size;
+        let units = block.len() as u64 / DIRENT_UNIT;
+        let at = |u: u64| base + u * DIRENT_UNIT;
+        let mut u = 0;
+        let mut free_from = None;
+        let mut bad_from: Option<(u64, &'static str)> = None;
+        while u < units {
+            let off = (u * DIRENT_UNIT) as usize;
+            let Ok((hdr, _)) = RawDirent::read_from_prefix(&block[off..]) else { break };
+            let ino = hdr.ino.get();
+            let taken = match ino {
+                0 => None,
+                _ => Some(decode_entry(&hdr, &block[off..], ino, inode_count).and_then(|name| {
+                    let e = Entry { ino, dtype: hdr.file_type, pos: at(u), units: u64::from(hdr.units) };
+                    if found(Unit::Entry(name, e)) {
+                        Ok(e)
+                    } else {
+                        Err("duplicate directory entry")
                     }
-                    bad_from.get_or_insert((u, what));
-                    u += 1;
-                    continue;
-                }
-                if let Some((b, what)) = bad_from.take() {
-                    d.damaged.insert(base + b * DIRENT_UNIT, (u - b, what));
-                }
-                let Some(Ok(name)) = decoded else {
-                    free_from.get_or_insert(u);
-                    u += 1;
-                    continue;
-                };
+                })),
+            };
+            if let Some(Err(what)) = taken {
                 if let Some(f) = free_from.take() {
-                    d.add_free(base + f * DIRENT_UNIT, u - f);
+                    found(Unit::Free { pos: at(f), units: u - f });
                 }
-                let e = Entry { ino: hdr.ino.get(), dtype: hdr.file_type, pos: base + u * DIRENT_UNIT, units: u64::from(hdr.units) };
+                bad_from.get_or_insert((u, what));
+                u += 1;
+                continue;
+            }
+            if let Some((b, what)) = bad_from.take() {
+                found(Unit::Damaged { pos: at(b), units: u - b, what });
+            }
+            let Some(Ok(e)) = taken else {
+                free_from.get_or_insert(u);
+                u += 1;
+                continue;
+            };
+            if let Some(f) = free_from.take() {
+                found(Unit::Free { pos: at(f), units: u - f });
+            }
+            u += e.units;
+        }
+        if let Some(f) = free_from {
+            found(Unit::Free { pos: at(f), units: units - f });
+        }
+        if let Some((b, what)) = bad_from {
+            found(Unit::Damaged { pos: at(b), units: units - b, what });
+        }
+    }
+}
+
+/// A directory's index, built on first use from the directory's data as mount read it (see
+/// DESIGN "In memory"). Threads that ask at once wait for one build; the data is dropped once
+/// the index is built. Dereferences to the index.
+#[derive(Debug)]
+pub struct LazyIndex {
+    index: OnceLock<DirIndex>,
+    /// The directory's data until the index is built from it (`None` only once `index` is set).
+    data: Mutex<Option<Box<[u8]>>>,
+    block_size: u64,
+    inode_count: u64,
+}
+
+impl LazyIndex {
+    /// An index already built.
+    pub fn built(index: DirIndex) -> LazyIndex {
+        LazyIndex { index: OnceLock::from(index), data: Mutex::new(None), block_size: 0, inode_count: 0 }
+    }
+
+    /// An index to build from `data` (the directory's whole blocks) when first used.
+    pub fn from_data(data: Box<[u8]>, block_size: u64, inode_count: u64) -> LazyIndex {
+        LazyIndex { index: OnceLock::new(), data: Mutex::new(Some(data)), block_size, inode_count }
+    }
+
+    /// The index, built now if it was not.
+    pub fn index(&self) -> &DirIndex {
+        self.index.get_or_init(|| {
+            // Only this closure takes the data, and only the build that it returns, so another
+            // caller never finds neither; a build that panicked leaves the data for the next.
+            let mut data = self.data.lock().unwrap_or_else(PoisonError::into_inner);
+            let index = DirIndex::load(data.as_deref().unwrap_or_default(), self.block_size, self.inode_count);
+            *data = None;
+            index
+        })
+    }
+
+    /// As [`LazyIndex::index`], to change.
+    pub fn index_mut(&mut self) -> &mut DirIndex {
+        self.index();
+        self.index.get_mut().expect("built just now")
+    }
+
+    /// Whether the index has been built.
+    pub fn is_built(&self) -> bool {
+        self.index.get().is_some()
+    }
+}
+
+impl std::ops::Deref for LazyIndex {
+    type Target = DirIndex;
+
+    fn deref(&self) -> &DirIndex {
+        self.index()
+    }
+}
+
+impl std::ops::DerefMut for LazyIndex {
+    fn deref_mut(&mut self) -> &mut DirIndex {
+        self.index_mut()
+    }
+}
+
+impl DirIndex {
+    /// Indexes a directory's data (whole blocks of `block_size`; see [`decode`]). Runs of
+    /// damaged units are kept aside (never free, never an entry) for fsck to report and repair
+    /// to clear.
+    pub fn load(data: &[u8], block_size: u64, inode_count: u64) -> DirIndex {
+        let mut d = DirIndex { size: data.len() as u64, block: block_size, ..Default::default() };
+        decode(data, block_size, inode_count, |unit| match unit {
+            Unit::Entry(name, e) => {
+                if d.names.contains_key(name) {
+                    return false;
+                }
                 d.names.insert(name.into(), e);
                 d.by_pos.insert(e.pos, name.into());
                 if e.dtype == DT_DIR {
                     d.subdirs += 1;
                 }
-                u += e.units;
+                true
             }
-            if let Some(f) = free_from {
-                d.add_free(base + f * DIRENT_UNIT, units - f);
+            Unit::Free { pos, units } => {
+                d.add_free(pos, units);
+                true
             }
-            if let Some((b, what)) = bad_from {
-                d.damaged.insert(base + b * DIRENT_UNIT, (units - b, what));
+            Unit::Damaged { pos, units, what } => {
+                d.damaged.insert(pos, (units, what));
+                true
             }
-        }
+        });
         d
     }
 
@@ -368,6 +478,30 @@ mod tests {
         assert_ne!(a.hash_one(b"name"), b.hash_one(b"name"));
     }
 
+    /// Readers share a directory's inode lock, so the first uses of a directory mount left
+    /// unindexed can come at once: they must meet in one index, built once, after which the
+    /// data it was built from is gone.
+    #[test]
+    fn racing_first_uses_of_a_lazy_index_meet_in_one() {
+        let bs = 1024;
+        let mut data = vec![0u8; 4 * bs as usize];
+        for i in 0..100u64 {
+            let e = encode(format!("entry-{i}").as_bytes(), i + 2, 8);
+            let at = (i / 32 * bs + i % 32 * 32) as usize;
+            data[at..at + e.len()].copy_from_slice(&e);
+        }
+        let lazy = LazyIndex::from_data(data.into(), bs, 1000);
+        assert!(!lazy.is_built());
+        let seen: Vec<usize> = std::thread::scope(|s| {
+            let all: Vec<_> = (0..4).map(|_| s.spawn(|| std::ptr::from_ref(lazy.index()) as usize)).collect();
+            all.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert!(seen.iter().all(|&p| p == seen[0]), "two indexes were built");
+        assert!(lazy.is_built() && lazy.data.lock().unwrap().is_none());
+        assert_eq!(lazy.len(), 100);
+        assert_eq!(lazy.get(b"entry-77").map(|e| e.ino), Some(79));
+    }
+
     /// Removed entries' units used to stay separate spans, so after short names were removed,
     /// long names could not use their space and every round of churn grew the directory.
     #[test]
@@ -415,7 +549,7 @@ mod tests {
         data[96..128].copy_from_slice(&b);
         data[128..160].copy_from_slice(&a); // a duplicate name
         data[32] = 0xff; // the long entry's inode number: out of the table
-        let d = DirIndex::load(std::iter::once((0, &data[..])), bs, 100);
+        let d = DirIndex::load(&data, bs, 100);
         let names: Vec<_> = d.entries_after(None).map(|(n, e)| (n.to_vec(), e.ino)).collect();
         assert_eq!(names, vec![(b"a".to_vec(), 5), (b"b".to_vec(), 7)]);
         assert_eq!(d.subdirs(), 1);
@@ -461,8 +595,8 @@ mod tests {
         let (pos, bytes) = d.insert(b"again", 999, 8, slot, bs);
         data[pos as usize..pos as usize + bytes.len()].copy_from_slice(&bytes);
         assert_eq!(d.size(), size_before);
-        let blocks = data.chunks(bs as usize).enumerate().map(|(i, b)| (i as u64 * bs, b));
-        let back = DirIndex::load(blocks, d.size(), 1000);
+        assert_eq!(data.len() as u64, d.size());
+        let back = DirIndex::load(&data, bs, 1000);
         assert_eq!(back.len(), d.len());
         assert_eq!(back.get(b"again").unwrap().ino, 999);
         let names: Vec<_> = d.entries_after(None).map(|(n, _)| n.to_vec()).collect();

@@ -121,7 +121,7 @@ impl ExtentMap {
 
     /// Loads and checks the map of the inode at `inode_off`.
     pub fn load(dev: &Device, geo: &Geometry, raw: &RawInode, ino: u64, inode_off: u64) -> Result<ExtentMap> {
-        let mut map = ExtentMap::default();
+        let mut map = ExtentMap { free_slots: Vec::with_capacity(INLINE_EXTENTS), ..Default::default() };
         for (i, r) in raw.extents.iter().enumerate() {
             map.load_slot(r, inode_off + INODE_EXTENTS_OFF + i as u64 * EXTENT_SIZE, geo)?;
         }

@@ -1,7 +1,8 @@
 //! Inodes: attributes in memory and on the medium, and the table of free inode numbers.
 //!
-//! Every in-use inode is loaded at mount: its attributes, its extent map and, for directories,
-//! the name index. Changes are logged as the 128 attribute bytes of the slot (plus extent-slot
+//! Every in-use inode is loaded at mount ([`scan_table`] reads the table in batches): its
+//! attributes, its extent map and, for directories, the data its name index is built from on
+//! first use. Changes are logged as the 128 attribute bytes of the slot (plus extent-slot
 //! and directory-entry entries made by their own modules).
 
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -10,7 +11,7 @@ use zerocopy::IntoBytes;
 
 use crate::alloc::Run;
 use crate::device::Device;
-use crate::dir::DirIndex;
+use crate::dir::{DirIndex, LazyIndex};
 use crate::error::{Error, Result};
 use crate::extent::{ExtentMap, Piece, State};
 use crate::journal::Tx;
@@ -147,8 +148,8 @@ pub struct Inode {
     pub attr: Attr,
     /// Its extent map.
     pub ext: ExtentMap,
-    /// A directory's index of entries; `None` for other files.
-    pub dir: Option<DirIndex>,
+    /// A directory's index of entries, built on first use; `None` for other files.
+    pub dir: Option<Box<LazyIndex>>,
     /// Its extended attributes.
     pub xattr: Xattrs,
     /// Open handles; an unlinked inode is freed at the last close.
@@ -167,7 +168,7 @@ pub struct Inode {
 impl Inode {
     /// A new, empty inode `ino` with `attr` (a directory gets an empty index).
     pub fn new(ino: u64, attr: Attr, geo: &Geometry) -> Inode {
-        let dir = mode::is_dir(attr.mode).then(DirIndex::default);
+        let dir = mode::is_dir(attr.mode).then(|| Box::new(LazyIndex::built(DirIndex::default())));
         Inode {
             ino,
             attr,
@@ -184,8 +185,13 @@ impl Inode {
     /// Decodes slot `ino`; `Ok(None)` for a free slot. Every field is checked; directory
     /// contents are indexed separately (they need the extent map first).
     pub fn load(dev: &Device, geo: &Geometry, ino: u64) -> Result<Option<Inode>> {
+        Inode::decode(dev, geo, ino, &dev.read_obj(geo.inode_at(ino))?)
+    }
+
+    /// As [`Inode::load`], from the slot's bytes `raw` as the caller read them. A directory's
+    /// extents must cover its size exactly, with written blocks, so its data can be read whole.
+    pub fn decode(dev: &Device, geo: &Geometry, ino: u64, raw: &RawInode) -> Result<Option<Inode>> {
         let at = geo.inode_at(ino);
-        let raw: RawInode = dev.read_obj(at)?;
         let m = raw.mode.get();
         if m == 0 {
             return Ok(None);
@@ -220,7 +226,7 @@ impl Inode {
         if mode::is_symlink(m) && (attr.size == 0 || attr.size > crate::layout::SYMLINK_MAX as u64) {
             return Err(Error::Corrupt { what: "symlink size", at: at + off!(RawInode, size) });
         }
-        let ext = ExtentMap::load(dev, geo, &raw, ino, at)?;
+        let ext = ExtentMap::load(dev, geo, raw, ino, at)?;
         if mode::is_dir(m) {
             // The directory is read whole at mount: its size must be exactly what it owns.
             let owned: u64 = ext.iter().map(|e| e.len).sum();
@@ -232,15 +238,20 @@ impl Inode {
             return Err(Error::Corrupt { what: "extents on a special file", at: at + INODE_EXTENTS_OFF });
         }
         let xattr = Xattrs::load(dev, geo, raw.xattr.get(), ino, at + off!(RawInode, xattr))?;
-        Ok(Some(Inode { ino, attr, ext, dir: None, xattr, open: 0, freed: false, writing: None, tail_clean: false }))
+        let inode = Inode { ino, attr, ext, dir: None, xattr, open: 0, freed: false, writing: None, tail_clean: false };
+        if mode::is_dir(m) {
+            inode.check_dir_map(geo)?;
+        }
+        Ok(Some(inode))
     }
 
-    /// As [`Inode::load`], with a directory's index loaded too: everything mount needs to serve
-    /// the inode. An error here makes the slot a damaged inode (see DESIGN "Damaged images").
+    /// As [`Inode::load`], with a directory's index built too: everything needed to serve the
+    /// inode. An error here makes the slot a damaged inode (see DESIGN "Damaged images"); mount
+    /// reads the same (see `fs::mount`) and leaves the index to be built on first use.
     pub fn load_full(dev: &Device, geo: &Geometry, ino: u64) -> Result<Option<Inode>> {
         let Some(mut inode) = Inode::load(dev, geo, ino)? else { return Ok(None) };
         if inode.is_dir() {
-            inode.dir = Some(inode.load_dir(dev, geo)?);
+            inode.dir = Some(Box::new(LazyIndex::built(inode.load_dir(dev, geo)?)));
         }
         Ok(Some(inode))
     }
@@ -326,41 +337,74 @@ impl Inode {
         mode::is_dir(self.attr.mode)
     }
 
-    /// A directory's index; [`Error::NotDir`] for other files.
+    /// A directory's index (built now if it was not); [`Error::NotDir`] for other files.
     pub fn dir(&self) -> Result<&DirIndex> {
-        self.dir.as_ref().ok_or(Error::NotDir)
+        self.dir.as_deref().map(LazyIndex::index).ok_or(Error::NotDir)
     }
 
     /// As [`Inode::dir`], to change.
     pub fn dir_mut(&mut self) -> Result<&mut DirIndex> {
-        self.dir.as_mut().ok_or(Error::NotDir)
+        self.dir.as_deref_mut().map(LazyIndex::index_mut).ok_or(Error::NotDir)
+    }
+
+    /// Checks that a directory's data can be read whole: its size is whole blocks, every block
+    /// below it is written, and no extent lies past it.
+    fn check_dir_map(&self, geo: &Geometry) -> Result<()> {
+        let bs = geo.block_size;
+        let at = geo.inode_at(self.ino);
+        let size = self.attr.size;
+        if size % bs != 0 {
+            return Err(Error::Corrupt { what: "directory size", at: at + off!(RawInode, size) });
+        }
+        if self.ext.pieces(0, size / bs).iter().any(|p| !matches!(p, Piece::Mapped(e) if e.state == State::Written)) {
+            return Err(Error::Corrupt { what: "directory data not mapped", at: at + INODE_EXTENTS_OFF });
+        }
+        if self.ext.iter().any(|e| e.end() * bs > size) {
+            return Err(Error::Corrupt { what: "directory extent past its size", at: at + INODE_EXTENTS_OFF });
+        }
+        Ok(())
+    }
+
+    /// A directory's data, read whole (its map was checked when it was decoded).
+    pub fn read_dir_data(&self, dev: &Device, geo: &Geometry) -> Result<Box<[u8]>> {
+        let bs = geo.block_size;
+        let mut data = vec![0u8; self.attr.size as usize].into_boxed_slice();
+        for e in self.ext.iter() {
+            let start = (e.logical * bs) as usize;
+            dev.read(geo.block_at(e.physical), &mut data[start..start + (e.len * bs) as usize])?;
+        }
+        Ok(data)
     }
 
     /// Indexes a directory's entries from its blocks.
     pub fn load_dir(&self, dev: &Device, geo: &Geometry) -> Result<DirIndex> {
-        let inode = self;
-        let bs = geo.block_size;
-        let at = geo.inode_at(inode.ino);
-        let size = inode.attr.size;
-        if size % bs != 0 {
-            return Err(Error::Corrupt { what: "directory size", at: at + off!(RawInode, size) });
-        }
-        let mut data = vec![0u8; size as usize];
-        for p in inode.ext.pieces(0, size / bs) {
-            match p {
-                Piece::Mapped(e) if e.state == State::Written => {
-                    let start = (e.logical * bs) as usize;
-                    dev.read(geo.block_at(e.physical), &mut data[start..start + (e.len * bs) as usize])?;
-                }
-                _ => return Err(Error::Corrupt { what: "directory data not mapped", at: at + INODE_EXTENTS_OFF }),
-            }
-        }
-        if inode.ext.iter().any(|e| e.end() * bs > size) {
-            return Err(Error::Corrupt { what: "directory extent past its size", at: at + INODE_EXTENTS_OFF });
-        }
-        let blocks = data.chunks(bs as usize).enumerate().map(|(i, b)| (i as u64 * bs, b));
-        Ok(DirIndex::load(blocks, size, geo.inode_count))
+        Ok(DirIndex::load(&self.read_dir_data(dev, geo)?, geo.block_size, geo.inode_count))
     }
+}
+
+/// How many inode slots [`scan_table`] reads at a time (64 KiB).
+const SCAN_BATCH: u64 = 256;
+
+/// Reads the inode slots `inos` in batches and calls `slot(ino, raw)` for each: mount's pass
+/// over the table (see `fs::mount`).
+pub fn scan_table(
+    dev: &Device,
+    geo: &Geometry,
+    inos: std::ops::Range<u64>,
+    mut slot: impl FnMut(u64, &RawInode) -> Result<()>,
+) -> Result<()> {
+    let mut batch = vec![<RawInode as zerocopy::FromZeros>::new_zeroed(); SCAN_BATCH as usize];
+    let mut ino = inos.start;
+    while ino < inos.end {
+        let n = SCAN_BATCH.min(inos.end - ino);
+        let raws = &mut batch[..n as usize];
+        dev.read(geo.inode_at(ino), raws.as_mut_bytes())?;
+        for (i, raw) in (ino..).zip(raws.iter()) {
+            slot(i, raw)?;
+        }
+        ino += n;
+    }
+    Ok(())
 }
 
 /// Free inode numbers: a bitmap rebuilt at mount.
@@ -457,5 +501,58 @@ impl InodeTable {
     /// Inode numbers free to allocate.
     pub fn free_count(&self) -> u64 {
         self.free
+    }
+}
+
+/// A set of inode numbers, one bit each.
+#[derive(Debug)]
+pub struct InodeSet {
+    bits: Vec<u64>,
+    len: u64,
+}
+
+impl InodeSet {
+    /// An empty set for numbers up to `inodes`.
+    pub fn new(inodes: u64) -> InodeSet {
+        InodeSet { bits: vec![0; (inodes as usize + 1).div_ceil(64)], len: 0 }
+    }
+
+    /// Adds `ino` (at most the count the set was made for).
+    pub fn insert(&mut self, ino: u64) {
+        let w = &mut self.bits[(ino / 64) as usize];
+        if *w & (1 << (ino % 64)) == 0 {
+            *w |= 1 << (ino % 64);
+            self.len += 1;
+        }
+    }
+
+    /// Whether `ino` is in the set.
+    pub fn contains(&self, ino: u64) -> bool {
+        self.bits.get((ino / 64) as usize).is_some_and(|w| w & (1 << (ino % 64)) != 0)
+    }
+
+    /// Removes `ino`.
+    pub fn remove(&mut self, ino: u64) {
+        if self.contains(ino) {
+            self.bits[(ino / 64) as usize] &= !(1 << (ino % 64));
+            self.len -= 1;
+        }
+    }
+
+    /// How many numbers the set holds.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The numbers, in order.
+    pub fn iter(&self) -> impl Iterator<Item = u64> + '_ {
+        self.bits.iter().enumerate().filter(|(_, &w)| w != 0).flat_map(|(i, &w)| {
+            (0..64).filter(move |b| w & (1 << b) != 0).map(move |b| i as u64 * 64 + b)
+        })
     }
 }

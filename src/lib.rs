@@ -85,7 +85,7 @@ pub use error::{Error, Result};
 pub use file::{File, OpenOptions};
 pub use fs::{
     map_budget, set_map_budget, Creds, DirEntry, ExtentInfo, FallocMode, Fs, FsInfo, Mapping, MkfsOptions, MmapStats,
-    Prot, RenameMode, SetAttr, SetTime, Share, Stat, StatFs, HUGE, LINK_MAX, PAGE,
+    MountReport, Prot, RenameMode, SetAttr, SetTime, Share, Stat, StatFs, HUGE, LINK_MAX, PAGE,
 };
 pub use inode::Timespec;
 pub use journal::RecoveryReport;

@@ -62,10 +62,9 @@ impl Fs {
         Ok(done)
     }
 
+    /// Every inode's node (loading those mount left unloaded), in number order.
     fn all_nodes(&self) -> Vec<(u64, Arc<Node>)> {
-        let mut v: Vec<_> = rd(&self.inner.nodes).iter().map(|(&i, n)| (i, n.clone())).collect();
-        v.sort_unstable_by_key(|&(i, _)| i);
-        v
+        self.inode_numbers().into_iter().filter_map(|i| self.node(i).ok().map(|n| (i, n))).collect()
     }
 
     /// Clears every inode slot mount could not decode (as e2fsck clears an inode it cannot

@@ -14,13 +14,15 @@
 //! - `types`: the value types callers see (stat, setattr, mkfs options, mapping protections);
 //! - `node`: in-memory inodes and their live mappings, and the fault service's shared state;
 //! - `state`: `Fs` itself, the change guard and undo, commits and allocation;
-//! - `mount`: mkfs, mount and recovery, unmount; `snapshot`: a consistent copy of the image;
+//! - `mount`: mkfs, mount and recovery, unmount; `load`: mount's passes over inodes and
+//!   directories; `snapshot`: a consistent copy of the image;
 //! - `namespace` and `rename`: names and attributes;
 //! - `data`, `space` and `xattr`: read and write, fallocate and seek, extended attributes;
 //! - `mmap` and `fault`: DAX mappings and the userfaultfd service behind them.
 
 mod data;
 mod fault;
+mod load;
 mod mmap;
 mod mount;
 mod namespace;
@@ -39,6 +41,6 @@ pub use node::{map_budget, set_map_budget};
 pub use space::{ExtentInfo, FallocMode};
 pub use state::Fs;
 pub use types::{
-    Creds, DirEntry, FsInfo, MkfsOptions, MmapStats, Prot, RenameMode, SetAttr, SetTime, Share, Stat, StatFs, HUGE,
-    LINK_MAX, PAGE,
+    Creds, DirEntry, FsInfo, MkfsOptions, MmapStats, MountReport, Prot, RenameMode, SetAttr, SetTime, Share, Stat,
+    StatFs, HUGE, LINK_MAX, PAGE,
 };

@@ -1,20 +1,21 @@
-//! mkfs, mount (journal replay, inode and directory load, the tree check, orphans) and unmount.
+//! mkfs, mount (journal replay, then `fs::load`'s passes over inodes and directories, free
+//! space, orphans) and unmount, and the report of how long each step of a mount took.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::Ordering;
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::alloc::Allocator;
 use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::inode::{Attr, Inode, InodeTable, Timespec};
+use crate::inode::{Attr, Inode, Timespec};
 use crate::journal::{Journal, Tx};
-use crate::layout::{self, mode, off, Geometry, ROOT_INO};
+use crate::layout::{self, mode, Geometry, ROOT_INO};
 use crate::sync::{lock, rd, wr, AtomicBool, Mutex, RwLock};
 
-use super::node::{Damage, Node};
+use super::node::Node;
 use super::state::{Fs, Inner};
-use super::types::MkfsOptions;
+use super::types::{MkfsOptions, MountReport};
 
 impl Fs {
     /// Formats `dev` and mounts it. A device that already holds a udax file system is refused
@@ -81,9 +82,13 @@ impl Fs {
         Fs::mount(Device::open_read_only(path)?)
     }
 
-    /// Mounts: checks the superblock, replays the journal, loads every inode, rebuilds free
-    /// space, and frees orphans (inodes unlinked while open when the last mount ended).
+    /// Mounts: checks the superblock, replays the journal, loads every inode, checks every
+    /// directory entry, rebuilds free space, and frees orphans (inodes unlinked while open when
+    /// the last mount ended). Directory indexes are built on first use; [`Fs::mount_report`]
+    /// says how long each step took.
     pub fn mount(dev: Device) -> Result<Fs> {
+        let start = Instant::now();
+        let mut report = MountReport::default();
         if dev.len() < 4096 {
             return Err(Error::NotUdax(format!("{} bytes is too small to hold a udax image", dev.len())));
         }
@@ -100,51 +105,11 @@ impl Fs {
         // space is taken first (a no-op once it has been).
         dev.back(0, geo.data_start * geo.block_size)?;
         let (journal, recovery) = Journal::recover(&dev, &geo)?;
-        let mut itable = InodeTable::new(geo.inode_count);
-        let mut nodes = HashMap::new();
-        let mut used = Vec::new();
-        // Slots that do not decode: their numbers and whatever they may reference stay out of
-        // use, and every operation reaching them fails naming the damage, until repair clears
-        // them.
-        let mut damaged = BTreeMap::new();
-        let mut held = Vec::new();
-        for ino in 1..=geo.inode_count {
-            match Inode::load_full(&dev, &geo, ino) {
-                Ok(Some(inode)) => {
-                    itable.mark_used(ino);
-                    used.extend(inode.owned_runs());
-                    nodes.insert(ino, Node::new(inode));
-                }
-                Ok(None) => {
-                    let raw: layout::RawInode = dev.read_obj(geo.inode_at(ino))?;
-                    itable.remember_generation(ino, raw.generation.get());
-                }
-                Err(Error::Corrupt { what, at }) => {
-                    itable.quarantine(ino);
-                    held.extend(Inode::claimed_runs(&dev, &geo, ino)?);
-                    damaged.insert(ino, Damage { what, at });
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        match (nodes.get(&ROOT_INO), damaged.get(&ROOT_INO)) {
-            (Some(n), _) if rd(&n.inode).is_dir() => {}
-            (_, Some(d)) => return Err(Error::Corrupt { what: d.what, at: d.at }),
-            _ => return Err(Error::Corrupt { what: "root directory", at: geo.inode_at(ROOT_INO) }),
-        }
-        check_tree(&nodes, &geo)?;
-        let alloc = Allocator::from_used(&geo, used, held)?;
-        // Entries that disagree with the inodes they name are damage mount keeps for fsck to
-        // report; their inode numbers are never handed out again while mounted, so a stale entry
-        // can never come to name a new inode (of another type: the next mount would refuse it).
-        let refs = count_entries(&nodes);
-        for (&ino, &n) in &refs {
-            match nodes.get(&ino) {
-                None => itable.quarantine(ino),
-                Some(node) if !node.is_dir && u64::from(rd(&node.inode).attr.nlink) != n => itable.quarantine(ino),
-                Some(_) => {}
-            }
-        }
+        report.replay = start.elapsed();
+        let loaded = super::load::load(&dev, &geo, &mut report)?;
+        let t = Instant::now();
+        let alloc = Allocator::from_used(&geo, loaded.used, loaded.held)?;
+        report.free_space = t.elapsed();
         let read_only = dev.is_read_only();
         let fs = Fs {
             inner: Arc::new(Inner {
@@ -152,11 +117,13 @@ impl Fs {
                 geo,
                 journal: Mutex::new(journal),
                 alloc: Mutex::new(alloc),
-                itable: Mutex::new(itable),
-                nodes: RwLock::new(nodes),
-                damaged: RwLock::new(damaged),
+                itable: Mutex::new(loaded.itable),
+                nodes: RwLock::new(loaded.nodes),
+                unloaded: Mutex::new(loaded.unloaded),
+                damaged: RwLock::new(loaded.damaged),
                 rename: Mutex::new(()),
                 recovery,
+                mount_report: std::sync::OnceLock::new(),
                 uuid: sb.uuid,
                 label: String::from_utf8_lossy(&sb.label).trim_end_matches('\0').to_string(),
                 mkfs_time: sb.mkfs_time.get(),
@@ -166,19 +133,22 @@ impl Fs {
                 mmap: Default::default(),
             }),
         };
-        // An orphan is an inode no entry names (a file unlinked while open); a named one, or
-        // the root, with nlink 0 is a wrong link count, which fsck reports, not a file to free.
-        let orphans: Vec<u64> = rd(&fs.inner.nodes)
-            .iter()
-            .filter(|&(&i, n)| rd(&n.inode).attr.nlink == 0 && i != ROOT_INO && !refs.contains_key(&i))
-            .map(|(&i, _)| i)
-            .collect();
-        for ino in orphans {
+        let t = Instant::now();
+        report.orphans_freed = loaded.orphans.len() as u64;
+        for ino in loaded.orphans {
             let node = fs.node(ino)?;
             let mut g = wr(&node.inode);
             fs.free_inode(&mut g)?;
         }
+        report.orphans = t.elapsed();
+        report.total = start.elapsed();
+        fs.inner.mount_report.get_or_init(|| report);
         Ok(fs)
+    }
+
+    /// How long the mount of this file system took, step by step.
+    pub fn mount_report(&self) -> MountReport {
+        self.inner.mount_report.get().copied().unwrap_or_default()
     }
 
     /// Flushes everything to the medium (msync for page-cache-backed images) and, when this is
@@ -205,68 +175,14 @@ impl Fs {
         }
     }
 
-    /// Every in-use inode number (for fsck and tests).
+    /// Every in-use inode number (for fsck and tests), loaded or not.
     pub fn inode_numbers(&self) -> Vec<u64> {
-        let mut v: Vec<u64> = rd(&self.inner.nodes).keys().copied().collect();
+        let unloaded = lock(&self.inner.unloaded);
+        let mut v: Vec<u64> = rd(&self.inner.nodes).keys().copied().chain(unloaded.iter()).collect();
+        drop(unloaded);
         v.sort_unstable();
         v
     }
-}
-
-/// Refuses directory trees the locking and recursion rely on being trees: the root is its own
-/// parent, every other directory is named by at most one entry, in the directory its parent field
-/// names, parent fields form no cycle, and every entry's type matches its inode. An unnamed
-/// directory (its entry lost with a damaged inode or directory block) heads a detached tree,
-/// which mounts: fsck reports it, repair links it into /lost+found. Other damage (link counts,
-/// entries naming free inodes) mounts and is reported by fsck.
-pub(super) fn check_tree(nodes: &HashMap<u64, Arc<Node>>, geo: &Geometry) -> Result<()> {
-    if nodes.get(&ROOT_INO).is_some_and(|root| root.parent.load(Ordering::Relaxed) != ROOT_INO) {
-        return Err(Error::Corrupt {
-            what: "root directory parent",
-            at: geo.inode_at(ROOT_INO) + off!(layout::RawInode, parent),
-        });
-    }
-    let mut named: HashSet<u64> = HashSet::new();
-    for (&holder, node) in nodes {
-        let g = rd(&node.inode);
-        let Some(dir) = &g.dir else { continue };
-        for (_, e) in dir.entries_after(None) {
-            let Some(target) = nodes.get(&e.ino) else { continue };
-            let at = geo.inode_at(holder);
-            if (e.dtype == crate::dir::DT_DIR) != target.is_dir || e.ino == holder {
-                return Err(Error::Corrupt { what: "directory entry type", at });
-            }
-            if target.is_dir {
-                if target.parent.load(Ordering::Relaxed) != holder {
-                    return Err(Error::Corrupt { what: "directory parent", at: geo.inode_at(e.ino) });
-                }
-                if !named.insert(e.ino) || e.ino == ROOT_INO {
-                    return Err(Error::Corrupt { what: "directory named twice", at: geo.inode_at(e.ino) });
-                }
-            }
-        }
-    }
-    // Walking parent fields up from each directory (for a named one, the directory naming it)
-    // must end at the root or leave the loaded directories (a detached tree whose parent was
-    // lost); a cycle never does. Each walk stops at the first directory already known to end
-    // well and marks the ones it passed, so the check is linear in the directories, whatever
-    // the depth.
-    let dirs = nodes.values().filter(|n| n.is_dir).count();
-    let mut ends_well: HashSet<u64> = HashSet::from([ROOT_INO]);
-    for (&ino, node) in nodes.iter().filter(|(_, n)| n.is_dir) {
-        let mut path = Vec::new();
-        let mut at = Some((ino, node));
-        while let Some((i, n)) = at.filter(|(i, _)| !ends_well.contains(i)) {
-            if path.len() > dirs {
-                return Err(Error::Corrupt { what: "unreachable directory", at: geo.inode_at(ino) });
-            }
-            path.push(i);
-            let p = n.parent.load(Ordering::Relaxed);
-            at = nodes.get(&p).filter(|n| n.is_dir).map(|n| (p, n));
-        }
-        ends_well.extend(path);
-    }
-    Ok(())
 }
 
 /// How many directory entries name each inode number.

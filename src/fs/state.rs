@@ -42,10 +42,15 @@ pub(crate) struct Inner {
     pub(super) alloc: Mutex<Allocator>,
     pub(super) itable: Mutex<InodeTable>,
     pub(crate) nodes: RwLock<HashMap<u64, Arc<Node>>>,
+    /// Files in use that have no node yet (see `fs::load`): taken before `nodes`, by a lookup
+    /// that missed.
+    pub(crate) unloaded: Mutex<crate::inode::InodeSet>,
     /// Inode slots that did not decode at mount, until repair clears them (a leaf lock).
     pub(crate) damaged: RwLock<BTreeMap<u64, Damage>>,
     pub(crate) rename: Mutex<()>,
     pub(super) recovery: RecoveryReport,
+    /// How long the mount took, step by step (set once, at the end of the mount).
+    pub(super) mount_report: std::sync::OnceLock<super::types::MountReport>,
     pub(super) uuid: [u8; 16],
     pub(super) label: String,
     pub(super) mkfs_time: i64,
@@ -126,14 +131,8 @@ impl Fs {
             return;
         }
         let geo = &self.inner.geo;
-        let fresh = Inode::load(&self.inner.dev, geo, g.ino).and_then(|i| match i {
-            Some(mut i) if i.is_dir() => i.load_dir(&self.inner.dev, geo).map(|d| {
-                i.dir = Some(d);
-                i
-            }),
-            Some(i) => Ok(i),
-            None => Err(Error::Corrupt { what: "inode freed under a live node", at: geo.inode_at(g.ino) }),
-        });
+        let fresh = Inode::load_full(&self.inner.dev, geo, g.ino)
+            .and_then(|i| i.ok_or(Error::Corrupt { what: "inode freed under a live node", at: geo.inode_at(g.ino) }));
         let Ok(mut fresh) = fresh else {
             self.stop_changes(FSCK_AFTER.replace("{}", "a failed change could not be undone"));
             return;
@@ -218,6 +217,7 @@ impl Fs {
             mkfs_time: self.inner.mkfs_time,
             statfs: self.statfs(),
             recovery: self.inner.recovery,
+            mount: self.mount_report(),
             durability,
         }
     }
@@ -227,10 +227,10 @@ impl Fs {
     /// The inode numbered `ino`: `NotFound` for a free slot, `Corrupt` for a damaged one.
     pub(crate) fn node(&self, ino: u64) -> Result<Arc<Node>> {
         let found = rd(&self.inner.nodes).get(&ino).cloned();
-        found.ok_or_else(|| match rd(&self.inner.damaged).get(&ino) {
-            Some(d) => Error::Corrupt { what: d.what, at: d.at },
-            None => Error::NotFound,
-        })
+        match found {
+            Some(node) => Ok(node),
+            None => self.load_node(ino),
+        }
     }
 
     /// The inode slots mount could not decode and repair has not cleared: number, what is wrong,

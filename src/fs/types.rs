@@ -1,6 +1,8 @@
 //! The facade's value types: who acts, what stat and statfs report, what setattr and rename
 //! take, mkfs options, and the mapping protections.
 
+use std::time::Duration;
+
 use crate::inode::Timespec;
 use crate::journal::RecoveryReport;
 use crate::layout::{mode, Geometry};
@@ -188,6 +190,8 @@ pub struct FsInfo {
     pub statfs: StatFs,
     /// What recovery replayed at mount.
     pub recovery: RecoveryReport,
+    /// How long the mount took, step by step.
+    pub mount: MountReport,
     /// What a returned operation survives on this device, in words.
     pub durability: &'static str,
 }
@@ -243,4 +247,73 @@ pub struct MmapStats {
     /// call touching a mapped page not yet faulted in (read(2) into a mapping) fails with
     /// EFAULT. Loads and stores by the program itself are served either way.
     pub user_mode_only: bool,
+}
+
+/// How long each step of a mount took, and how much it went through ([`Fs::mount_report`]).
+/// `Display` writes it on one line; serialized, the durations are `*_ns` nanoseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct MountReport {
+    /// Checking the superblock and replaying the journal.
+    #[serde(rename = "replay_ns", serialize_with = "nanos")]
+    pub replay: Duration,
+    /// The pass over the inode table: every slot decoded, every directory's data read.
+    #[serde(rename = "inodes_ns", serialize_with = "nanos")]
+    pub inodes: Duration,
+    /// Decoding every directory's entries and checking each against the inode it names (the
+    /// indexes themselves are built on first use).
+    #[serde(rename = "directories_ns", serialize_with = "nanos")]
+    pub directories: Duration,
+    /// The walk up directories' parent fields that rules out cycles.
+    #[serde(rename = "tree_ns", serialize_with = "nanos")]
+    pub tree: Duration,
+    /// Rebuilding the table of free inode numbers, and the directories' nodes.
+    #[serde(rename = "numbers_ns", serialize_with = "nanos")]
+    pub numbers: Duration,
+    /// Rebuilding the free-space map from every inode's blocks.
+    #[serde(rename = "free_space_ns", serialize_with = "nanos")]
+    pub free_space: Duration,
+    /// Freeing orphans (inodes unlinked while open when the last mount ended).
+    #[serde(rename = "orphans_ns", serialize_with = "nanos")]
+    pub orphans: Duration,
+    /// The whole mount.
+    #[serde(rename = "total_ns", serialize_with = "nanos")]
+    pub total: Duration,
+    /// Inodes in use.
+    pub inodes_used: u64,
+    /// Directories among them.
+    pub directories_used: u64,
+    /// Directory entries decoded.
+    pub entries: u64,
+    /// Orphans freed.
+    pub orphans_freed: u64,
+    /// Threads the inode and directory passes were split among.
+    pub threads: usize,
+}
+
+impl std::fmt::Display for MountReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        write!(
+            f,
+            "{:.1} ms: replay {:.1}, inodes {:.1} ({} in use), directories {:.1} ({} with {} entries), tree {:.1}, \
+             numbers {:.1}, free space {:.1}, orphans {:.1} ({} freed); {} thread(s)",
+            ms(self.total),
+            ms(self.replay),
+            ms(self.inodes),
+            self.inodes_used,
+            ms(self.directories),
+            self.directories_used,
+            self.entries,
+            ms(self.tree),
+            ms(self.numbers),
+            ms(self.free_space),
+            ms(self.orphans),
+            self.orphans_freed,
+            self.threads
+        )
+    }
+}
+
+fn nanos<S: serde::Serializer>(d: &Duration, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_u64(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
