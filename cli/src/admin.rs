@@ -301,17 +301,18 @@ pub fn info(a: &InfoArgs) -> CliResult {
             "recovery",
             format!("replayed {} journal record(s), {} bytes", i.recovery.replayed_records, i.recovery.replayed_bytes),
         ),
+        ("mount", i.mount.to_string()),
         ("durability", i.durability.into()),
     ];
     print_rows(&mut std::io::stdout().lock(), &rows)
 }
 
 /// `info` of a mounted image, read from a snapshot: the file system's figures, and where it is
-/// mounted in place of the device's (backend, MAP_SYNC, flush, durability), which the copy
-/// cannot tell.
+/// mounted in place of the device's (backend, MAP_SYNC, flush, durability) and of the mount's
+/// times, which the copy cannot tell.
 fn info_mounted(a: &InfoArgs, i: &udax::FsInfo, dir: &std::path::Path) -> CliResult {
     let mut v = json::info(i);
-    for device_only in ["device", "durability"] {
+    for device_only in ["device", "durability", "mount"] {
         v.remove(device_only);
     }
     v.insert("mounted_on".into(), json::path(dir));

@@ -134,6 +134,8 @@ pub fn info(i: &FsInfo) -> Object {
         "recovery".into(),
         json!({ "replayed_records": i.recovery.replayed_records, "replayed_bytes": i.recovery.replayed_bytes }),
     );
+    // How long each step of the mount took (`*_ns`), and what it went through.
+    o.insert("mount".into(), serde_json::to_value(i.mount).unwrap_or(Value::Null));
     o
 }
 
