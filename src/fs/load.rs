@@ -280,7 +280,8 @@ fn scan_dirs(dirs: &[(Inode, Box<[u8]>)], slots: &Slots, geo: &Geometry, threads
     let (mut refs, mut entries) = parts.next().expect("one share at least")?;
     for part in parts {
         let (more, n) = part?;
-        for (r, m) in refs.iter_mut().zip(more) {
+        // Only where the share counted something: the arrays are mostly untouched zero pages.
+        for (r, m) in refs.iter_mut().zip(more).filter(|(_, m)| *m != 0) {
             *r = r.saturating_add(m);
         }
         entries += n;
