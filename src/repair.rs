@@ -63,7 +63,7 @@ impl Fs {
     }
 
     fn all_nodes(&self) -> Vec<(u64, Arc<Node>)> {
-        let mut v: Vec<_> = rd(&self.inner.nodes).iter().map(|(&i, n)| (i, n.clone())).collect();
+        let mut v: Vec<_> = self.inner.nodes.to_map().into_iter().collect();
         v.sort_unstable_by_key(|&(i, _)| i);
         v
     }
@@ -248,7 +248,7 @@ impl Fs {
     /// Links every file and directory that no entry names into /lost+found and sets each link
     /// count to what the entries say (directories: 2 + subdirectories).
     fn repair_links(&self, done: &mut Vec<Repair>) -> Result<()> {
-        let refs = crate::fs::count_entries(&rd(&self.inner.nodes));
+        let refs = crate::fs::count_entries(&self.inner.nodes.to_map());
         for (ino, node) in self.all_nodes() {
             let named = refs.get(&ino).copied().unwrap_or(0);
             if named == 0 && ino != ROOT_INO {

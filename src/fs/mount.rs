@@ -12,9 +12,9 @@ use crate::journal::{Journal, Tx};
 use crate::layout::{self, mode, off, Geometry, ROOT_INO};
 use crate::sync::{lock, rd, wr, AtomicBool, Mutex, RwLock};
 
-use super::node::{Damage, Node};
+use super::node::{Damage, Node, NodeMap, NodeTable};
 use super::state::{Fs, Inner};
-use super::types::MkfsOptions;
+use super::types::{Creds, MkfsOptions};
 
 impl Fs {
     /// Formats `dev` and mounts it. A device that already holds a udax file system is refused
@@ -101,7 +101,7 @@ impl Fs {
         dev.back(0, geo.data_start * geo.block_size)?;
         let (journal, recovery) = Journal::recover(&dev, &geo)?;
         let mut itable = InodeTable::new(geo.inode_count);
-        let mut nodes = HashMap::new();
+        let mut nodes = NodeMap::default();
         let mut used = Vec::new();
         // Slots that do not decode: their numbers and whatever they may reference stay out of
         // use, and every operation reaching them fails naming the damage, until repair clears
@@ -127,11 +127,11 @@ impl Fs {
                 Err(e) => return Err(e),
             }
         }
-        match (nodes.get(&ROOT_INO), damaged.get(&ROOT_INO)) {
-            (Some(n), _) if rd(&n.inode).is_dir() => {}
+        let root = match (nodes.get(&ROOT_INO), damaged.get(&ROOT_INO)) {
+            (Some(n), _) if rd(&n.inode).is_dir() => n.clone(),
             (_, Some(d)) => return Err(Error::Corrupt { what: d.what, at: d.at }),
             _ => return Err(Error::Corrupt { what: "root directory", at: geo.inode_at(ROOT_INO) }),
-        }
+        };
         check_tree(&nodes, &geo)?;
         let alloc = Allocator::from_used(&geo, used, held)?;
         // Entries that disagree with the inodes they name are damage mount keeps for fsck to
@@ -153,7 +153,8 @@ impl Fs {
                 journal: Mutex::new(journal),
                 alloc: Mutex::new(alloc),
                 itable: Mutex::new(itable),
-                nodes: RwLock::new(nodes),
+                nodes: NodeTable::new(nodes),
+                root,
                 damaged: RwLock::new(damaged),
                 rename: Mutex::new(()),
                 recovery,
@@ -164,11 +165,15 @@ impl Fs {
                 broken: Mutex::new(None),
                 stopped: AtomicBool::new(false),
                 mmap: Default::default(),
+                owner: Creds::current(),
             }),
         };
         // An orphan is an inode no entry names (a file unlinked while open); a named one, or
         // the root, with nlink 0 is a wrong link count, which fsck reports, not a file to free.
-        let orphans: Vec<u64> = rd(&fs.inner.nodes)
+        let orphans: Vec<u64> = fs
+            .inner
+            .nodes
+            .to_map()
             .iter()
             .filter(|&(&i, n)| rd(&n.inode).attr.nlink == 0 && i != ROOT_INO && !refs.contains_key(&i))
             .map(|(&i, _)| i)
@@ -207,7 +212,7 @@ impl Fs {
 
     /// Every in-use inode number (for fsck and tests).
     pub fn inode_numbers(&self) -> Vec<u64> {
-        let mut v: Vec<u64> = rd(&self.inner.nodes).keys().copied().collect();
+        let mut v: Vec<u64> = self.inner.nodes.to_map().keys().copied().collect();
         v.sort_unstable();
         v
     }
@@ -219,7 +224,7 @@ impl Fs {
 /// directory (its entry lost with a damaged inode or directory block) heads a detached tree,
 /// which mounts: fsck reports it, repair links it into /lost+found. Other damage (link counts,
 /// entries naming free inodes) mounts and is reported by fsck.
-pub(super) fn check_tree(nodes: &HashMap<u64, Arc<Node>>, geo: &Geometry) -> Result<()> {
+pub(super) fn check_tree(nodes: &NodeMap, geo: &Geometry) -> Result<()> {
     if nodes.get(&ROOT_INO).is_some_and(|root| root.parent.load(Ordering::Relaxed) != ROOT_INO) {
         return Err(Error::Corrupt {
             what: "root directory parent",
@@ -270,7 +275,7 @@ pub(super) fn check_tree(nodes: &HashMap<u64, Arc<Node>>, geo: &Geometry) -> Res
 }
 
 /// How many directory entries name each inode number.
-pub(crate) fn count_entries(nodes: &HashMap<u64, Arc<Node>>) -> HashMap<u64, u64> {
+pub(crate) fn count_entries(nodes: &NodeMap) -> HashMap<u64, u64> {
     let mut refs = HashMap::new();
     for node in nodes.values() {
         let g = rd(&node.inode);
