@@ -12,6 +12,7 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 use crate::fs::{Creds, DirEntry, Fs, Node, RenameMode, SetAttr, Stat};
 use crate::layout::mode;
+use crate::sync::rd;
 
 /// How [`Fs::open`] opens a file, like std's `OpenOptions`.
 #[derive(Debug, Clone, Copy)]
@@ -103,14 +104,14 @@ impl Fs {
             let dir = at;
             at = self.lookup_node(&dir, part)?;
             let last = parts.peek().is_none();
-            if (!last || follow) && mode::is_symlink(self.getattr_node(&at)?.mode) {
+            if (!last || follow) && at.is_symlink {
                 at = self.follow(&dir, &at, budget)?;
             }
         }
         if path.ends_with(b"/") && !at.is_dir {
             return Err(Error::NotDir);
         }
-        self.getattr_node(&at)?;
+        rd(&at.inode).live()?;
         Ok(at)
     }
 

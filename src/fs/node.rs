@@ -35,6 +35,8 @@ pub(crate) struct Node {
     /// The inode's number; a node is one inode's life, never reused for another.
     pub(crate) ino: u64,
     pub(crate) is_dir: bool,
+    /// A symbolic link (a file's type never changes): path walks test it without the lock.
+    pub(crate) is_symlink: bool,
     /// Live mappings of the file (`mmap`), pruned as they go.
     pub(crate) maps: Mutex<Vec<std::sync::Weak<MapState>>>,
 }
@@ -43,8 +45,9 @@ impl Node {
     pub(super) fn new(inode: Inode) -> Arc<Node> {
         let parent = AtomicU64::new(inode.attr.parent);
         let (ino, is_dir) = (inode.ino, inode.is_dir());
+        let is_symlink = crate::layout::mode::is_symlink(inode.attr.mode);
         let inode = RwLock::new(inode);
-        Arc::new(Node { io: RwLock::new(()), inode, parent, ino, is_dir, maps: Mutex::new(Vec::new()) })
+        Arc::new(Node { io: RwLock::new(()), inode, parent, ino, is_dir, is_symlink, maps: Mutex::new(Vec::new()) })
     }
 }
 
