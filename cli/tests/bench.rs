@@ -80,6 +80,8 @@ fn quick_json_reports_every_figure_of_every_op() {
     let m = &v["machine"];
     assert!(m["cpus"].as_u64().is_some_and(|n| n > 0), "{m}");
     assert!(m["cpu_model"].is_string() && m["kernel"].is_string(), "{m}");
+    assert!(v["pinned"].is_boolean() && v["pinning"].is_string(), "{v}");
+    assert_eq!(v["pinned"], v["pinning"].as_str().unwrap().starts_with("pinned"), "{v}");
     assert_eq!(v["rounds"], 1);
     assert_eq!(names(&v), [&DEFAULT[..], &["mount"]].concat());
     for op in v["ops"].as_array().unwrap() {
@@ -134,6 +136,8 @@ fn text_table_has_the_columns() {
     for word in ["floor", "tmpfs", "udax/floor", "udax/tmpfs", "target", "pread-4k", "GB/s", "≤ 1.1× floor"] {
         assert!(text.contains(word), "no {word:?} in:\n{text}");
     }
+    let head = text.lines().next().unwrap();
+    assert!(head.contains("pinned"), "the header says whether the rounds ran pinned: {head}");
 }
 
 #[test]

@@ -5,11 +5,13 @@
 //! A round runs, for each operation in turn, a batch on the floor, one on tmpfs and one on udax
 //! (a side without an honest figure is skipped); each call is timed on its own. A batch stops at
 //! its time budget (a third of ~0.2 s) or its sample cap. Each batch gives p50, p99 and p99.99;
-//! the report shows each figure's median over the rounds. Everything lives in a scratch
-//! directory in /dev/shm, removed at the end (on error too).
+//! the report shows each figure's median over the rounds. The rounds run pinned to one CPU at
+//! real-time priority when the process may ask for it (see [`pin`]). Everything lives in a
+//! scratch directory in /dev/shm, removed at the end (on error too).
 
 mod image;
 mod mapped;
+mod pin;
 mod report;
 mod work;
 
@@ -30,7 +32,12 @@ non-temporal stores, cache-line write-backs and fences udax uses (one durable 8-
 for a metadata operation). Rounds interleave the three, each operation many times per round;
 the report gives the medians over rounds of each batch's p50, p99 and p99.99, the ratios
 udax/floor and udax/tmpfs, and the target each ratio is held to. Bandwidth operations
-(seq-write-1m, seq-read-1m) report GB/s instead of nanoseconds; their ratios are of GB/s.";
+(seq-write-1m, seq-read-1m) report GB/s instead of nanoseconds; their ratios are of GB/s.
+
+Run as root, the rounds are pinned to one CPU at SCHED_FIFO priority 50 (the tails are then the
+file systems', not the scheduler's); otherwise, or where that is refused, they run unpinned at
+normal priority. The header and --json say which. A mount and the first stores, which udax hands
+to threads of its own, are timed unpinned.";
 
 pub const AFTER_HELP: &str = "\
 Operations (default: all but mount):
@@ -52,7 +59,7 @@ Operations (default: all but mount):
   mount           Fs::mount of an image of 1,000,000 files (1,000 directories of 1,000), made
                   first, outside the timing; named only (--ops mount)
 
---json prints {\"machine\": {\"cpus\", \"cpu_model\", \"kernel\"}, \"rounds\",
+--json prints {\"machine\": {\"cpus\", \"cpu_model\", \"kernel\"}, \"pinned\", \"pinning\", \"rounds\",
 \"ops\": [{\"name\", \"unit\", \"udax_p50_ns\", \"udax_p99_ns\", \"udax_p9999_ns\", \"tmpfs_p50_ns\",
 ..., \"floor_p50_ns\", ..., \"vs_tmpfs\", \"vs_floor\", \"target\", \"target_met\", \"udax_calls\"}]};
 with unit \"GB/s\" the _ns keys hold GB/s; a side without a figure (mount's tmpfs and floor)
@@ -164,6 +171,14 @@ impl Op {
             _ => 1,
         }
     }
+
+    /// Whether its rounds run pinned (see [`pin`]). Not a mount, which may use every CPU, nor a
+    /// first store, which udax's fault service serves on threads of its own: with the faulting
+    /// thread alone pinned at real-time priority, the figure would be the scheduler's hand-offs
+    /// between them (tmpfs's fault runs in the faulting thread and is unaffected).
+    pub fn pinned(self) -> bool {
+        !matches!(self, Op::Mount | Op::FirstStore4k | Op::FirstStore2m)
+    }
 }
 
 #[derive(Debug, Args)]
@@ -203,9 +218,11 @@ pub fn run(a: &BenchArgs) -> CliResult {
     progress.set(0, (rounds * batches) as u64);
     let mut figures: Vec<[Vec<Figures>; 3]> = ops.iter().map(|_| Default::default()).collect();
     let mut samples = Vec::with_capacity(budget.max_calls);
+    let mut pin = pin::Pin::new();
     for round in 0..rounds {
         for (k, &op) in ops.iter().enumerate() {
             progress.message(format!("round {}/{rounds}: {}", round + 1, op.name()));
+            pin.hold(op.pinned());
             for side in Side::ALL.into_iter().filter(|&s| Workload::has(op, s)) {
                 batch(&mut w, op, side, &budget, &mut samples)?;
                 figures[k][side as usize].push(Figures::of(&mut samples));
@@ -213,11 +230,12 @@ pub fn run(a: &BenchArgs) -> CliResult {
             }
         }
     }
+    pin.hold(false);
     progress.done();
     let notes = w.notes();
     drop(w);
     drop(scratch);
-    let report = Report::new(rounds, &ops, &figures, notes);
+    let report = Report::new(rounds, &ops, &figures, notes, (pin.pinned(), pin.describe()));
     if a.json {
         crate::json::print(report.json())
     } else {

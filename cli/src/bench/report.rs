@@ -146,20 +146,30 @@ pub struct Report {
     rounds: usize,
     rows: Vec<Row>,
     notes: Notes,
+    pinned: bool,
+    pinning: String,
 }
 
 impl Report {
     /// `figures[k][side]`: operation `k`'s batches on each side, one per round (none for a side
-    /// without a figure).
-    pub fn new(rounds: usize, ops: &[Op], figures: &[[Vec<Figures>; 3]], notes: Notes) -> Report {
+    /// without a figure); `pinning`: whether the rounds ran pinned, and how, in words.
+    pub fn new(
+        rounds: usize,
+        ops: &[Op],
+        figures: &[[Vec<Figures>; 3]],
+        notes: Notes,
+        pinning: (bool, String),
+    ) -> Report {
         let rows = ops.iter().zip(figures).map(|(&op, f)| row(op, f)).collect();
-        Report { rounds, rows, notes }
+        Report { rounds, rows, notes, pinned: pinning.0, pinning: pinning.1 }
     }
 
     pub fn json(&self) -> Value {
         let ops: Vec<Value> = self.rows.iter().map(|r| row_json(r, &self.notes)).collect();
         json!({
             "machine": machine(),
+            "pinned": self.pinned,
+            "pinning": self.pinning,
             "rounds": self.rounds,
             "ops": ops,
         })
@@ -170,11 +180,12 @@ impl Report {
         let m = machine();
         let mut out = std::io::stdout().lock();
         let head = format!(
-            "udax bench: {} round(s), medians over rounds; {} CPUs, {}, Linux {}; not pinned, normal priority",
+            "udax bench: {} round(s), medians over rounds; {} CPUs, {}, Linux {}; {}",
             self.rounds,
             m["cpus"],
             m["cpu_model"].as_str().unwrap_or("?"),
-            m["kernel"].as_str().unwrap_or("?")
+            m["kernel"].as_str().unwrap_or("?"),
+            self.pinning
         );
         writeln!(out, "{head}\n").out()?;
         let h = ["op", "floor", "tmpfs", "udax", "udax/floor", "udax/tmpfs", "target"];
@@ -214,6 +225,10 @@ impl Report {
         let mut lines: Vec<String> = Vec::new();
         if self.rows.iter().any(|r| r.op == Op::FirstStore2m) {
             lines.push("first-store-2m: each figure is per 4 KiB page (a call stores once into each of 512)".into());
+        }
+        let unpinned: Vec<&str> = self.rows.iter().filter(|r| !r.op.pinned()).map(|r| r.op.name()).collect();
+        if self.pinned && !unpinned.is_empty() {
+            lines.push(format!("{}: timed unpinned at normal priority", unpinned.join(", ")));
         }
         if let Some(files) = self.notes.mount_files {
             lines.push(format!("mount: an image of {files} files"));
