@@ -1,7 +1,7 @@
 //! `udax bench` works end to end in its short mode: one JSON object with every figure of every
-//! operation (null where a side has none), only the operations asked for, a clear refusal of an
-//! unknown one, and nothing left in /dev/shm. No timing is asserted: the benchmark's own numbers
-//! are its proof of speed.
+//! operation (null where a side has none), the thread scaling, only the operations asked for, a
+//! clear refusal of an unknown one, and nothing left in /dev/shm. No timing is asserted: the
+//! benchmark's own numbers are its proof of speed.
 
 use std::process::{Command, Output, Stdio};
 
@@ -84,6 +84,7 @@ fn quick_json_reports_every_figure_of_every_op() {
     assert_eq!(v["pinned"], v["pinning"].as_str().unwrap().starts_with("pinned"), "{v}");
     assert_eq!(v["rounds"], 1);
     assert_eq!(names(&v), [&DEFAULT[..], &["mount"]].concat());
+    assert_eq!(v["threads"], serde_json::json!([]));
     for op in v["ops"].as_array().unwrap() {
         for key in NUMBERS {
             assert!(figure(op, key), "{key} of {op}");
@@ -120,6 +121,29 @@ const DEFAULT: [&str; 15] = [
     "first-store-4k",
     "first-store-2m",
 ];
+
+#[test]
+fn threads_report_the_scaling_of_independent_files() {
+    let v = quick_json(&["--ops", "append-4k,create,stat", "--threads", "2"]);
+    assert_eq!(names(&v), ["append-4k", "create", "stat"]);
+    let rows = v["threads"].as_array().unwrap();
+    let rows: Vec<&str> = rows.iter().map(|r| r["name"].as_str().unwrap()).collect();
+    assert_eq!(rows, ["append-4k x2", "create x2"]);
+    for r in v["threads"].as_array().unwrap() {
+        assert_eq!(r["threads"], 2, "{r}");
+        for side in ["udax", "tmpfs"] {
+            for key in ["ops_per_s", "1_thread_ops_per_s", "scaling"] {
+                let k = format!("{side}_{key}");
+                assert!(r[&k].as_f64().is_some_and(|x| x > 0.0), "{k} of {r}");
+            }
+        }
+        assert!(r["target"].as_str().is_some_and(|t| t.starts_with("≥ ")), "{r}");
+        assert!(r["target_met"].is_boolean(), "{r}");
+    }
+    let (out, _) = udax(&["bench", "--quick", "--ops", "stat", "--threads", "2"]);
+    assert_eq!(out.status.code(), Some(2), "--threads without append-4k or create");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--threads"));
+}
 
 #[test]
 fn ops_runs_only_those_asked_for() {

@@ -6,20 +6,22 @@
 //! (a side without an honest figure is skipped); each call is timed on its own. A batch stops at
 //! its time budget (a third of ~0.2 s) or its sample cap. Each batch gives p50, p99 and p99.99;
 //! the report shows each figure's median over the rounds. The rounds run pinned to one CPU at
-//! real-time priority when the process may ask for it (see [`pin`]). Everything lives in a
-//! scratch directory in /dev/shm, removed at the end (on error too).
+//! real-time priority when the process may ask for it (see [`pin`]). `--threads N` then times
+//! appends and creates in N threads on independent files against one thread. Everything lives
+//! in a scratch directory in /dev/shm, removed at the end (on error too).
 
 mod image;
 mod mapped;
 mod pin;
 mod report;
+mod threads;
 mod work;
 
 use std::time::{Duration, Instant};
 
 use clap::{Args, ValueEnum};
 
-use crate::common::{stderr_is_tty, CliResult, Progress};
+use crate::common::{stderr_is_tty, CliResult, Failure, Progress};
 use report::{Figures, Report};
 use work::{Scale, Scratch, Side, Workload};
 
@@ -59,16 +61,22 @@ Operations (default: all but mount):
   mount           Fs::mount of an image of 1,000,000 files (1,000 directories of 1,000), made
                   first, outside the timing; named only (--ops mount)
 
+--threads N adds, for append-4k and create, the aggregate rate of N threads each on a file or
+directory of its own against one thread's, for udax and tmpfs: the scaling (run after the
+rounds, unpinned).
+
 --json prints {\"machine\": {\"cpus\", \"cpu_model\", \"kernel\"}, \"pinned\", \"pinning\", \"rounds\",
 \"ops\": [{\"name\", \"unit\", \"udax_p50_ns\", \"udax_p99_ns\", \"udax_p9999_ns\", \"tmpfs_p50_ns\",
-..., \"floor_p50_ns\", ..., \"vs_tmpfs\", \"vs_floor\", \"target\", \"target_met\", \"udax_calls\"}]};
-with unit \"GB/s\" the _ns keys hold GB/s; a side without a figure (mount's tmpfs and floor)
-holds null.
+..., \"floor_p50_ns\", ..., \"vs_tmpfs\", \"vs_floor\", \"target\", \"target_met\", \"udax_calls\"}],
+\"threads\": [{\"name\", \"threads\", \"udax_ops_per_s\", \"udax_1_thread_ops_per_s\",
+\"udax_scaling\", \"tmpfs_...\", \"target\", \"target_met\"}]}; with unit \"GB/s\" the _ns keys hold
+GB/s; a side without a figure (mount's tmpfs and floor) holds null.
 
 Examples:
   udax bench
   udax bench --ops overwrite-4k,append-4k --rounds 9
   udax bench --ops mount
+  udax bench --ops append-4k,create --threads 2
   udax bench --quick --json | jq '.ops[] | {name, vs_tmpfs}'";
 
 /// An operation `udax bench` times.
@@ -179,6 +187,11 @@ impl Op {
     pub fn pinned(self) -> bool {
         !matches!(self, Op::Mount | Op::FirstStore4k | Op::FirstStore2m)
     }
+
+    /// Whether `--threads` times it in N threads.
+    pub fn threadable(self) -> bool {
+        matches!(self, Op::Append4k | Op::Create)
+    }
 }
 
 #[derive(Debug, Args)]
@@ -189,6 +202,9 @@ pub struct BenchArgs {
     /// Operations to time, comma-separated (default: all but mount)
     #[arg(long, value_enum, value_delimiter = ',', value_name = "LIST")]
     pub ops: Vec<Op>,
+    /// Also time append-4k and create in N threads, each on its own file, against one thread
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(2..=64))]
+    pub threads: Option<u32>,
     /// Rounds (default 5; 1 with --quick)
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub rounds: Option<u32>,
@@ -198,13 +214,18 @@ pub struct BenchArgs {
 }
 
 /// How long a batch (one operation on one side in one round) runs, and its most calls.
-struct Budget {
-    time: Duration,
-    max_calls: usize,
+pub struct Budget {
+    pub time: Duration,
+    pub max_calls: usize,
 }
 
 pub fn run(a: &BenchArgs) -> CliResult {
     let ops: Vec<Op> = if a.ops.is_empty() { Op::DEFAULT.to_vec() } else { dedup(&a.ops) };
+    let threaded: Vec<Op> = ops.iter().copied().filter(|o| o.threadable()).collect();
+    if a.threads.is_some() && threaded.is_empty() {
+        let msg = "--threads times append-4k and create in threads: name one of them in --ops";
+        return Err(Failure::plain(CMD, msg).code(2));
+    }
     let rounds = a.rounds.unwrap_or(if a.quick { 1 } else { 5 }) as usize;
     let (scale, budget) = if a.quick {
         (Scale::QUICK, Budget { time: Duration::from_millis(2), max_calls: 64 })
@@ -215,7 +236,8 @@ pub fn run(a: &BenchArgs) -> CliResult {
     let progress = Progress::new(stderr_is_tty(), 1, false, "bench");
     let mut w = Workload::new(&scratch, scale, &ops, &progress)?;
     let batches = ops.iter().map(|&op| Side::ALL.iter().filter(|&&s| Workload::has(op, s)).count()).sum::<usize>();
-    progress.set(0, (rounds * batches) as u64);
+    let thread_steps = threaded.len() * threads::STEPS * a.threads.map_or(0, |_| rounds);
+    progress.set(0, (rounds * batches + thread_steps) as u64);
     let mut figures: Vec<[Vec<Figures>; 3]> = ops.iter().map(|_| Default::default()).collect();
     let mut samples = Vec::with_capacity(budget.max_calls);
     let mut pin = pin::Pin::new();
@@ -231,11 +253,15 @@ pub fn run(a: &BenchArgs) -> CliResult {
         }
     }
     pin.hold(false);
+    let scaling = match a.threads {
+        Some(n) => threads::measure(&w, &scratch, &threaded, n as usize, rounds, &budget, &progress)?,
+        None => Vec::new(),
+    };
     progress.done();
     let notes = w.notes();
     drop(w);
     drop(scratch);
-    let report = Report::new(rounds, &ops, &figures, notes, (pin.pinned(), pin.describe()));
+    let report = Report::new(rounds, &ops, &figures, notes, (pin.pinned(), pin.describe()), scaling);
     if a.json {
         crate::json::print(report.json())
     } else {

@@ -1,8 +1,9 @@
 //! `udax bench`'s results: per-batch percentiles, their medians over rounds, the ratios and the
-//! targets of issue 22, as a table or one JSON object.
+//! targets of issue 22, the thread scaling, as a table or one JSON object.
 
 use serde_json::{json, Value};
 
+use super::threads::Scaling;
 use super::Op;
 use crate::common::{CliResult, OutResult};
 use crate::json::Object;
@@ -148,6 +149,7 @@ pub struct Report {
     notes: Notes,
     pinned: bool,
     pinning: String,
+    scaling: Vec<Scaling>,
 }
 
 impl Report {
@@ -159,19 +161,22 @@ impl Report {
         figures: &[[Vec<Figures>; 3]],
         notes: Notes,
         pinning: (bool, String),
+        scaling: Vec<Scaling>,
     ) -> Report {
         let rows = ops.iter().zip(figures).map(|(&op, f)| row(op, f)).collect();
-        Report { rounds, rows, notes, pinned: pinning.0, pinning: pinning.1 }
+        Report { rounds, rows, notes, pinned: pinning.0, pinning: pinning.1, scaling }
     }
 
     pub fn json(&self) -> Value {
         let ops: Vec<Value> = self.rows.iter().map(|r| row_json(r, &self.notes)).collect();
+        let threads: Vec<Value> = self.scaling.iter().map(scaling_json).collect();
         json!({
             "machine": machine(),
             "pinned": self.pinned,
             "pinning": self.pinning,
             "rounds": self.rounds,
             "ops": ops,
+            "threads": threads,
         })
     }
 
@@ -218,7 +223,41 @@ impl Report {
             writeln!(out, "{:<15} floor {:>22}  tmpfs {:>22}  udax {:>22}", r.op.name(), tail(0), tail(1), tail(2))
                 .out()?;
         }
+        self.print_scaling(&mut out)?;
         self.print_notes(&mut out)
+    }
+
+    fn print_scaling(&self, out: &mut impl std::io::Write) -> CliResult {
+        let Some(n) = self.scaling.first().map(|s| s.threads) else { return Ok(()) };
+        writeln!(out, "\nindependent files in {n} threads (calls/s of all threads; scaling: {n} threads over 1)")
+            .out()?;
+        let (t1, tn, u1, un) =
+            ("tmpfs x1".to_string(), format!("tmpfs x{n}"), "udax x1".to_string(), format!("udax x{n}"));
+        let h = ["op", &t1, &tn, "scaling", &u1, &un, "scaling", "target"];
+        writeln!(
+            out,
+            "{:<15} {:>10} {:>10} {:>8} {:>10} {:>10} {:>8}  {}",
+            h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7]
+        )
+        .out()?;
+        for s in &self.scaling {
+            let (tmpfs, udax) = s.ratios();
+            let mark = if udax >= s.target() { "met" } else { "missed" };
+            writeln!(
+                out,
+                "{:<15} {:>10} {:>10} {:>8.2} {:>10} {:>10} {:>8.2}  ≥ {:.2}× 1 thread ({mark})",
+                format!("{} x{}", s.op.name(), s.threads),
+                rate(s.tmpfs[0]),
+                rate(s.tmpfs[1]),
+                tmpfs,
+                rate(s.udax[0]),
+                rate(s.udax[1]),
+                udax,
+                s.target()
+            )
+            .out()?;
+        }
+        Ok(())
     }
 
     fn print_notes(&self, out: &mut impl std::io::Write) -> CliResult {
@@ -246,6 +285,15 @@ impl Report {
 
 fn ratio(r: Option<f64>) -> String {
     r.map_or_else(|| "–".into(), |r| format!("{r:.2}"))
+}
+
+/// Calls per second, shortened.
+fn rate(v: f64) -> String {
+    if v >= 1e6 {
+        format!("{:.2}M", v / 1e6)
+    } else {
+        format!("{:.0}k", v / 1e3)
+    }
 }
 
 /// Side `side`'s figure `q` (0: p50, 1: p99, 2: p99.99) with its unit.
@@ -309,6 +357,23 @@ fn row_json(r: &Row, notes: &Notes) -> Value {
         o.insert("note".into(), text.join("; ").into());
     }
     Value::Object(o)
+}
+
+fn scaling_json(s: &Scaling) -> Value {
+    let (tmpfs, udax) = s.ratios();
+    json!({
+        "name": format!("{} x{}", s.op.name(), s.threads),
+        "op": s.op.name(),
+        "threads": s.threads,
+        "tmpfs_1_thread_ops_per_s": s.tmpfs[0],
+        "tmpfs_ops_per_s": s.tmpfs[1],
+        "tmpfs_scaling": tmpfs,
+        "udax_1_thread_ops_per_s": s.udax[0],
+        "udax_ops_per_s": s.udax[1],
+        "udax_scaling": udax,
+        "target": format!("≥ {:.2}× 1 thread", s.target()),
+        "target_met": udax >= s.target(),
+    })
 }
 
 /// `{"cpus", "cpu_model", "kernel"}` of this machine.

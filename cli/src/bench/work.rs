@@ -47,7 +47,7 @@ pub struct Scale {
     /// The written file that overwrites, reads and the sequential operations use.
     data_bytes: u64,
     /// An appended file is cut back to empty when it would grow past this.
-    append_max: u64,
+    pub append_max: u64,
     /// Entries of the directory readdir-10k lists.
     dir_entries: u64,
     /// The written file mmap-setup-1g maps.
@@ -248,6 +248,16 @@ impl Workload {
             mapped,
             many,
         })
+    }
+
+    /// The sizes in use.
+    pub fn scale(&self) -> Scale {
+        self.scale
+    }
+
+    /// The udax file system the operations run on.
+    pub fn fs(&self) -> &Fs {
+        &self.fs
     }
 
     /// Whether `op` has a figure on `side`: no floor for a mount or an mmap setup (nothing to
