@@ -1,7 +1,7 @@
 //! `udax bench` works end to end in its short mode: one JSON object with every figure of every
-//! operation (null where a side has none), the thread scaling, only the operations asked for, a
-//! clear refusal of an unknown one, and nothing left in /dev/shm. No timing is asserted: the
-//! benchmark's own numbers are its proof of speed.
+//! operation (null where a side has none), the thread scaling, the chart, only the operations
+//! asked for, a clear refusal of an unknown one, and nothing left in /dev/shm. No timing is
+//! asserted: the benchmark's own numbers are its proof of speed.
 
 use std::process::{Command, Output, Stdio};
 
@@ -143,6 +143,20 @@ fn threads_report_the_scaling_of_independent_files() {
     let (out, _) = udax(&["bench", "--quick", "--ops", "stat", "--threads", "2"]);
     assert_eq!(out.status.code(), Some(2), "--threads without append-4k or create");
     assert!(String::from_utf8_lossy(&out.stderr).contains("--threads"));
+}
+
+#[test]
+fn svg_draws_a_bar_per_ratio() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ratios.svg");
+    let (out, cleaned) = udax(&["bench", "--quick", "--ops", "pread-4k,mount", "--svg", path.to_str().unwrap()]);
+    assert!(out.status.success() && cleaned, "{}", String::from_utf8_lossy(&out.stderr));
+    let svg = std::fs::read_to_string(&path).unwrap();
+    assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"), "{svg}");
+    // pread-4k against tmpfs and the floor, and its target; mount has no ratio to draw.
+    assert_eq!(svg.matches("<title>pread-4k").count(), 2, "{svg}");
+    assert_eq!(svg.matches("<title>target").count(), 1, "{svg}");
+    assert!(!svg.contains("mount"), "{svg}");
 }
 
 #[test]

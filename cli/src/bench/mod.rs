@@ -14,9 +14,11 @@ mod image;
 mod mapped;
 mod pin;
 mod report;
+mod svg;
 mod threads;
 mod work;
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::{Args, ValueEnum};
@@ -63,7 +65,8 @@ Operations (default: all but mount):
 
 --threads N adds, for append-4k and create, the aggregate rate of N threads each on a file or
 directory of its own against one thread's, for udax and tmpfs: the scaling (run after the
-rounds, unpinned).
+rounds, unpinned). --svg FILE writes a bar chart of each operation's udax/tmpfs and udax/floor
+time ratios with the targets marked.
 
 --json prints {\"machine\": {\"cpus\", \"cpu_model\", \"kernel\"}, \"pinned\", \"pinning\", \"rounds\",
 \"ops\": [{\"name\", \"unit\", \"udax_p50_ns\", \"udax_p99_ns\", \"udax_p9999_ns\", \"tmpfs_p50_ns\",
@@ -77,6 +80,7 @@ Examples:
   udax bench --ops overwrite-4k,append-4k --rounds 9
   udax bench --ops mount
   udax bench --ops append-4k,create --threads 2
+  udax bench --svg ratios.svg
   udax bench --quick --json | jq '.ops[] | {name, vs_tmpfs}'";
 
 /// An operation `udax bench` times.
@@ -199,6 +203,9 @@ pub struct BenchArgs {
     /// Print one JSON object (see below)
     #[arg(long)]
     pub json: bool,
+    /// Write a bar chart of the ratios and targets to FILE (SVG)
+    #[arg(long, value_name = "FILE")]
+    pub svg: Option<PathBuf>,
     /// Operations to time, comma-separated (default: all but mount)
     #[arg(long, value_enum, value_delimiter = ',', value_name = "LIST")]
     pub ops: Vec<Op>,
@@ -262,6 +269,9 @@ pub fn run(a: &BenchArgs) -> CliResult {
     drop(w);
     drop(scratch);
     let report = Report::new(rounds, &ops, &figures, notes, (pin.pinned(), pin.describe()), scaling);
+    if let Some(path) = &a.svg {
+        std::fs::write(path, svg::chart(&report.bars())).map_err(|e| Failure::io(CMD, path, &e))?;
+    }
     if a.json {
         crate::json::print(report.json())
     } else {

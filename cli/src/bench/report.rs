@@ -1,5 +1,6 @@
 //! `udax bench`'s results: per-batch percentiles, their medians over rounds, the ratios and the
-//! targets of issue 22, the thread scaling, as a table or one JSON object.
+//! targets of issue 22, the thread scaling, as a table or one JSON object, and the bars the
+//! chart draws.
 
 use serde_json::{json, Value};
 
@@ -143,6 +144,14 @@ impl Row {
     }
 }
 
+/// One operation's bars in the chart: udax's time over tmpfs's and over the floor's (the
+/// inverse of the GB/s ratio for bandwidth), and the most each may be.
+pub struct Bar {
+    pub name: String,
+    pub ratios: [Option<f64>; 2],
+    pub targets: [Option<f64>; 2],
+}
+
 pub struct Report {
     rounds: usize,
     rows: Vec<Row>,
@@ -178,6 +187,32 @@ impl Report {
             "ops": ops,
             "threads": threads,
         })
+    }
+
+    /// The chart's bars: every operation with a ratio.
+    pub fn bars(&self) -> Vec<Bar> {
+        let mut out = Vec::new();
+        for r in &self.rows {
+            let (vs_floor, vs_tmpfs) = r.ratios();
+            let bandwidth = r.op.bandwidth_bytes().is_some();
+            let time = |x: Option<f64>| x.map(|x| if bandwidth { 1.0 / x } else { x });
+            let target = |against: Against| {
+                targets(r.op).iter().find_map(|b| match *b {
+                    Bound::AtMost(k, a) if a == against => Some(k),
+                    Bound::AtLeast(k, a) if a == against => Some(1.0 / k),
+                    _ => None,
+                })
+            };
+            if vs_floor.is_none() && vs_tmpfs.is_none() {
+                continue;
+            }
+            out.push(Bar {
+                name: r.op.name().into(),
+                ratios: [time(vs_tmpfs), time(vs_floor)],
+                targets: [target(Against::Tmpfs), target(Against::Floor)],
+            });
+        }
+        out
     }
 
     pub fn print(&self) -> CliResult {
