@@ -277,8 +277,9 @@ impl Fs {
     /// Commits `tx`; returns the journal position after it (for [`Allocator::free_after`]).
     pub(crate) fn commit(&self, tx: &Tx) -> Result<u64> {
         crate::faults::check(crate::faults::Step::Commit)?;
+        tx.fence_content(&self.inner.dev);
         let mut j = lock(&self.inner.journal);
-        let done = j.commit(&self.inner.dev, tx)?;
+        let done = j.commit_fenced(&self.inner.dev, tx)?;
         let head = j.head();
         drop(j);
         // The release is a locked instruction on x86: it orders this thread's earlier
