@@ -7,6 +7,8 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
+use smallvec::SmallVec;
+
 use crate::error::{Error, Result};
 use crate::layout::Geometry;
 
@@ -19,28 +21,51 @@ pub struct Run {
     pub len: u64,
 }
 
-/// Takes the first `len` blocks of `queue` (runs allocated together for several holes), as the
-/// runs that back one hole, in order.
-pub fn take_front(queue: &mut std::collections::VecDeque<Run>, mut len: u64) -> Vec<Run> {
-    let mut out = Vec::new();
-    while len > 0 {
-        let r = queue.front_mut().expect("allocated as many blocks as the holes hold");
-        let n = r.len.min(len);
-        out.push(Run { start: r.start, len: n });
-        r.start += n;
-        r.len -= n;
-        if r.len == 0 {
-            queue.pop_front();
-        }
-        len -= n;
+/// Runs of blocks, as one allocation returns them: most are one run, kept without a heap
+/// allocation.
+pub type Runs = SmallVec<[Run; 4]>;
+
+/// Runs allocated together for several holes, handed out front first.
+#[derive(Debug)]
+pub struct RunQueue {
+    runs: Runs,
+    /// Runs before this one are used up.
+    at: usize,
+}
+
+impl RunQueue {
+    /// A queue of `runs`, in order.
+    pub fn new(runs: &[Run]) -> RunQueue {
+        RunQueue { runs: Runs::from_slice(runs), at: 0 }
     }
-    out
+
+    /// Whether every block was taken.
+    pub fn is_empty(&self) -> bool {
+        self.runs[self.at..].iter().all(|r| r.len == 0)
+    }
+
+    /// Takes the first `len` blocks left, as the runs that back one hole, in order.
+    pub fn take(&mut self, mut len: u64) -> Runs {
+        let mut out = Runs::new();
+        while len > 0 {
+            let r = self.runs.get_mut(self.at).expect("allocated as many blocks as the holes hold");
+            let n = r.len.min(len);
+            out.push(Run { start: r.start, len: n });
+            r.start += n;
+            r.len -= n;
+            if r.len == 0 {
+                self.at += 1;
+            }
+            len -= n;
+        }
+        out
+    }
 }
 
 /// How many extents carving `runs` into holes of `hole_lens` (in order) makes.
 pub fn carved_extents(runs: &[Run], hole_lens: impl Iterator<Item = u64>) -> usize {
-    let mut queue: std::collections::VecDeque<Run> = runs.iter().copied().collect();
-    hole_lens.map(|len| take_front(&mut queue, len).len()).sum()
+    let mut queue = RunQueue::new(runs);
+    hole_lens.map(|len| queue.take(len).len()).sum()
 }
 
 /// The free block runs of the data area, and the runs freed but not yet reusable (see the
@@ -132,14 +157,14 @@ impl Allocator {
     /// Allocates exactly `want` blocks in as few runs as it can find, starting at `goal` when
     /// it is free (the block after the file's last one, for sequential growth) and otherwise
     /// as near after it as a run that fits allows. All or nothing.
-    pub fn alloc(&mut self, goal: u64, want: u64) -> Result<Vec<Run>> {
+    pub fn alloc(&mut self, goal: u64, want: u64) -> Result<Runs> {
         if want == 0 {
-            return Ok(Vec::new());
+            return Ok(Runs::new());
         }
         if want > self.free_blocks {
             return Err(Error::NoSpace);
         }
-        let mut out = Vec::new();
+        let mut out = Runs::new();
         if let Some((&s, &l)) = self.free.range(..=goal).next_back() {
             if goal < s + l {
                 out.push(self.take(s, l, goal, want.min(s + l - goal)));
@@ -296,7 +321,7 @@ mod tests {
         let r1 = a.alloc(g.data_start, 10).unwrap();
         assert_eq!(r1.len(), 1);
         let r2 = a.alloc(r1[0].start + 10, 5).unwrap();
-        assert_eq!(r2, vec![Run { start: r1[0].start + 10, len: 5 }]);
+        assert_eq!(r2[..], [Run { start: r1[0].start + 10, len: 5 }]);
         a.free_after(100, r1.clone());
         assert_eq!(a.free_blocks(), total - 15);
         a.release(99);

@@ -224,7 +224,8 @@ impl LazyIndex {
     }
 
     /// Whether the index has been built.
-    pub fn is_built(&self) -> bool {
+    #[cfg(test)]
+    fn is_built(&self) -> bool {
         self.index.get().is_some()
     }
 }

@@ -99,6 +99,13 @@ pub enum Piece {
     Mapped(Extent),
 }
 
+/// The pieces of a block range: most ranges a call touches are one or two, kept without a heap
+/// allocation.
+pub type Pieces = smallvec::SmallVec<[Piece; 4]>;
+
+/// Extents made for one call, kept without a heap allocation when few.
+pub type Extents = smallvec::SmallVec<[Extent; 4]>;
+
 /// One inode's extents in memory, sorted by file block, with the slots and overflow blocks
 /// they live in on the medium.
 #[derive(Debug, Clone, Default)]
@@ -261,9 +268,9 @@ impl ExtentMap {
     }
 
     /// Describes `[lblk, lblk+count)` as holes and (clipped) extents, in order.
-    pub fn pieces(&self, lblk: u64, count: u64) -> Vec<Piece> {
+    pub fn pieces(&self, lblk: u64, count: u64) -> Pieces {
         let end = lblk + count;
-        let mut out = Vec::new();
+        let mut out = Pieces::new();
         let mut at = lblk;
         for (e, _) in &self.exts[self.first_after(lblk)..] {
             if at >= end || e.logical >= end {
@@ -431,8 +438,8 @@ impl ExtentMap {
     }
 
     /// Splits runs longer than one slot can hold into extents of at most `MAX_EXTENT_BLOCKS`.
-    pub fn extents_for(logical: u64, runs: &[Run], state: State) -> Vec<Extent> {
-        let mut out = Vec::new();
+    pub fn extents_for(logical: u64, runs: &[Run], state: State) -> Extents {
+        let mut out = Extents::new();
         let mut l = logical;
         for r in runs {
             let mut done = 0;
@@ -491,8 +498,8 @@ mod tests {
         assert_eq!(removed, vec![ext(3, s + 3, 4)]);
         assert_eq!(m.iter().copied().collect::<Vec<_>>(), vec![ext(0, s, 3), ext(7, s + 7, 3)]);
         assert_eq!(
-            m.pieces(0, 12),
-            vec![
+            m.pieces(0, 12)[..],
+            [
                 Piece::Mapped(ext(0, s, 3)),
                 Piece::Hole { logical: 3, len: 4 },
                 Piece::Mapped(ext(7, s + 7, 3)),

@@ -11,7 +11,8 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::fs::{Creds, DirEntry, Fs, Node, RenameMode, SetAttr, Stat};
-use crate::layout::{mode, ROOT_INO};
+use crate::layout::mode;
+use crate::sync::rd;
 
 /// How [`Fs::open`] opens a file, like std's `OpenOptions`.
 #[derive(Debug, Clone, Copy)]
@@ -90,27 +91,27 @@ impl Fs {
     }
 
     fn root(&self) -> Result<Arc<Node>> {
-        self.node(ROOT_INO)
+        Ok(self.inner.root.clone())
     }
 
     fn walk(&self, start: &Arc<Node>, path: &[u8], follow: bool, budget: &mut u32) -> Result<Arc<Node>> {
         let mut at = if path.first() == Some(&b'/') { self.root()? } else { start.clone() };
-        let parts: Vec<&[u8]> = path.split(|&b| b == b'/').filter(|p| !p.is_empty()).collect();
-        for (i, part) in parts.iter().enumerate() {
+        let mut parts = path.split(|&b| b == b'/').filter(|p| !p.is_empty()).peekable();
+        while let Some(part) = parts.next() {
             if !at.is_dir {
                 return Err(Error::NotDir);
             }
             let dir = at;
             at = self.lookup_node(&dir, part)?;
-            let last = i + 1 == parts.len();
-            if (!last || follow) && mode::is_symlink(self.getattr_node(&at)?.mode) {
+            let last = parts.peek().is_none();
+            if (!last || follow) && at.is_symlink {
                 at = self.follow(&dir, &at, budget)?;
             }
         }
         if path.ends_with(b"/") && !at.is_dir {
             return Err(Error::NotDir);
         }
-        self.getattr_node(&at)?;
+        rd(&at.inode).live()?;
         Ok(at)
     }
 
@@ -182,9 +183,11 @@ impl Fs {
         }
     }
 
-    /// Opens (and maybe creates) the file at `path`.
+    /// Opens (and maybe creates) the file at `path`. A file it creates is owned by the
+    /// effective user and group the process had when it mounted the file system (as for every
+    /// path call that creates); [`Fs::open_as`] names another owner.
     pub fn open(&self, path: impl AsRef<Path>, opts: OpenOptions) -> Result<File> {
-        self.open_as(path, opts, Creds::current())
+        self.open_as(path, opts, self.inner.owner)
     }
 
     /// As [`Fs::open`], creating files owned by `who`.
@@ -225,7 +228,7 @@ impl Fs {
     /// mkdir(2) of `path` with permission bits `perm`; returns the new directory's attributes.
     pub fn mkdir_path(&self, path: impl AsRef<Path>, perm: u32) -> Result<Stat> {
         let (parent, name) = self.parent_node(path.as_ref())?;
-        self.mkdir_in(&parent, name, perm, Creds::current()).map(|n| n.0)
+        self.mkdir_in(&parent, name, perm, self.inner.owner).map(|n| n.0)
     }
 
     /// mkdir -p: creates missing directories along `path`.
@@ -245,7 +248,7 @@ impl Fs {
                     }
                     n
                 }
-                Err(Error::NotFound) => match self.mkdir_in(&at, part, perm, Creds::current()) {
+                Err(Error::NotFound) => match self.mkdir_in(&at, part, perm, self.inner.owner) {
                     Ok((_, n)) => n,
                     Err(Error::Exists) => self.lookup_node(&at, part)?,
                     Err(e) => return Err(e),
@@ -321,7 +324,7 @@ impl Fs {
     /// symlink(2): creates `link`, a symbolic link whose content is `target`.
     pub fn symlink_path(&self, target: impl AsRef<Path>, link: impl AsRef<Path>) -> Result<Stat> {
         let (dp, dn) = self.parent_node(link.as_ref())?;
-        self.symlink_in(&dp, dn, target.as_ref().as_os_str().as_bytes(), Creds::current())
+        self.symlink_in(&dp, dn, target.as_ref().as_os_str().as_bytes(), self.inner.owner)
     }
 
     /// readlink(2): the content of the symbolic link `path`.

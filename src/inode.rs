@@ -540,13 +540,8 @@ impl InodeSet {
     }
 
     /// How many numbers the set holds.
-    pub fn len(&self) -> u64 {
+    pub fn count(&self) -> u64 {
         self.len
-    }
-
-    /// Whether the set is empty.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
     }
 
     /// The numbers, in order.

@@ -2,10 +2,10 @@
 //!
 //! A transaction is a list of `(device offset, bytes)` redo entries. Commit writes the record
 //! (header, entries, crc32c) into the ring, fences once — the operation is durable from here —
-//! then applies the entries in place with write-back but no fence of their own: the next fence
-//! anyone issues orders them. The checkpoint (a position in the journal header, in two
-//! checksummed slots written in turn) moves only after a fence has made every applied entry
-//! before it persistent, so recovery replays
+//! then applies the entries in place with plain stores left in the cache: the record holds
+//! them until the checkpoint. The checkpoint (a position in the journal header, in two
+//! checksummed slots written in turn) moves only after every entry applied before it has been
+//! written back and fenced, so recovery replays
 //! from the checkpoint: each record whose magic, position and checksum hold is applied in order;
 //! the first that fails ends the log (a torn tail). Replay is idempotent. Protocol and its
 //! failure cases: DESIGN.md §Journal.
@@ -38,7 +38,7 @@ const MAX_LOG_POS: u64 = 1 << 62;
 /// [`Tx::content_write`] / [`Tx::content_zero`]: stored at once, and commit then fences it
 /// before the record is written (DESIGN.md "Commit protocol"), so a record can never persist ahead of what it
 /// links. A transaction without such content costs one fence.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Tx {
     /// Encoded entries: header then data padded to 8 bytes.
     buf: Vec<u8>,
@@ -47,10 +47,24 @@ pub struct Tx {
     content: bool,
 }
 
+thread_local! {
+    /// A finished transaction's buffer, kept for the thread's next one: a commit allocates
+    /// nothing once its thread has committed before.
+    static SPARE: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// Largest buffer kept for reuse.
+const SPARE_MAX: usize = 64 << 10;
+
 impl Tx {
     /// An empty transaction.
     pub fn new() -> Tx {
-        Tx::default()
+        let mut buf = SPARE.take();
+        buf.clear();
+        if buf.capacity() == 0 {
+            buf.reserve(1024);
+        }
+        Tx { buf, entries: 0, content: false }
     }
 
     /// Adds "write `bytes` at device offset `off`".
@@ -81,6 +95,14 @@ impl Tx {
         self.put(off, v.as_bytes());
     }
 
+    /// Makes the content stored through this transaction persistent: a fence, when there is
+    /// any. The commit's record must not persist before it.
+    pub fn fence_content(&self, dev: &Device) {
+        if self.content && !dev.planted(Sabotage::ContentFence) {
+            dev.fence();
+        }
+    }
+
     /// Bytes the record will take in the ring.
     pub fn record_len(&self) -> u64 {
         (HEADER_LEN + self.buf.len()).next_multiple_of(64) as u64
@@ -89,6 +111,20 @@ impl Tx {
     /// The entries, in order.
     pub fn entries(&self) -> impl Iterator<Item = (u64, &[u8])> {
         EntryIter { buf: &self.buf, left: self.entries }.map(|r| r.expect("a Tx only holds entries it encoded"))
+    }
+}
+
+impl Default for Tx {
+    fn default() -> Tx {
+        Tx::new()
+    }
+}
+
+impl Drop for Tx {
+    fn drop(&mut self) {
+        if self.buf.capacity() <= SPARE_MAX {
+            SPARE.set(std::mem::take(&mut self.buf));
+        }
     }
 }
 
@@ -141,6 +177,9 @@ pub struct Journal {
     checkpoint: u64,
     /// Sequence of the slot holding `checkpoint`; the next checkpoint goes to the other slot.
     checkpoint_seq: u32,
+    /// Device ranges of the entries applied in place since the checkpoint, left in the cache:
+    /// written back (merged by line) when the checkpoint next moves.
+    applied: Vec<(u64, u64)>,
     scratch: Vec<u8>,
     meta_start: u64,
     meta_end: u64,
@@ -200,6 +239,7 @@ impl Journal {
             head: start,
             checkpoint: start,
             checkpoint_seq: seq,
+            applied: Vec::new(),
             scratch: Vec::new(),
             meta_start: geo.inode_off,
             meta_end: geo.size_bytes,
@@ -327,21 +367,60 @@ impl Journal {
         self.checkpoint
     }
 
-    /// Moves the checkpoint to the head: one fence makes every applied entry persistent, then
-    /// the new position is stored and fenced. After it no replay rewrites anything logged so far.
-    /// (Each commit's entries were already ordered by the release of the journal lock after it,
-    /// a locked instruction on x86; this fence keeps the checkpoint safe without relying on it.)
+    /// Moves the checkpoint to the head: the entries applied in place since the last one are
+    /// written back and one fence makes them persistent, then the new position is stored and
+    /// fenced. After it no replay rewrites anything logged so far.
     pub fn checkpoint(&mut self, dev: &Device) -> Result<u64> {
         if self.checkpoint != self.head {
+            if !dev.planted(Sabotage::CheckpointUnflushed) {
+                self.write_back_applied(dev)?;
+            }
+            self.applied.clear();
             dev.fence();
             self.set_checkpoint(dev, self.head)?;
         }
         Ok(self.checkpoint)
     }
 
+    /// Writes back every line an entry applied since the checkpoint touched, each once.
+    fn write_back_applied(&mut self, dev: &Device) -> Result<()> {
+        const LINE: u64 = crate::device::LINE as u64;
+        let lines = &mut self.applied;
+        for r in lines.iter_mut() {
+            *r = (r.0 / LINE * LINE, r.1.next_multiple_of(LINE));
+        }
+        lines.sort_unstable();
+        let mut run: Option<(u64, u64)> = None;
+        for &(start, end) in lines.iter() {
+            match &mut run {
+                Some((_, e)) if start <= *e => *e = (*e).max(end),
+                _ => {
+                    if let Some((s, e)) = run {
+                        dev.flush(s, e - s)?;
+                    }
+                    run = Some((start, end));
+                }
+            }
+        }
+        if let Some((s, e)) = run {
+            dev.flush(s, e - s)?;
+        }
+        Ok(())
+    }
+
     /// Commits `tx`: durable when this returns. Content stored through the transaction is
     /// fenced before the record (DESIGN.md "Commit protocol").
+    #[cfg(test)]
     pub fn commit(&mut self, dev: &Device, tx: &Tx) -> Result<Committed> {
+        tx.fence_content(dev);
+        self.commit_fenced(dev, tx)
+    }
+
+    /// Commits `tx`, whose content the calling thread has fenced ([`Tx::fence_content`]): a
+    /// fence orders only its own thread's stores, and the thread that stores the content is
+    /// the one that commits. Fencing before the journal lock keeps the content's drain out of
+    /// the section every commit waits for.
+    pub fn commit_fenced(&mut self, dev: &Device, tx: &Tx) -> Result<Committed> {
         let len = tx.record_len();
         if len > self.max_record_len() {
             return Err(Error::InvalidArgument("metadata transaction larger than half the journal"));
@@ -350,9 +429,6 @@ impl Journal {
         let needed = if dev.planted(Sabotage::WrapOverlap) { 0 } else { len };
         if self.head + needed - self.checkpoint > self.ring_len {
             done.checkpoint = Some(self.checkpoint(dev)?);
-        }
-        if tx.content && !dev.planted(Sabotage::ContentFence) {
-            dev.fence();
         }
         let mut rec = std::mem::take(&mut self.scratch);
         rec.clear();
@@ -382,7 +458,13 @@ impl Journal {
         }
         self.head += len;
         for (off, data) in tx.entries() {
-            dev.write(off, data)?;
+            dev.write_cached(off, data)?;
+            let end = off + data.len() as u64;
+            match self.applied.last_mut() {
+                // Entries of one record often follow one another (an inode's fields, a block's).
+                Some(last) if off <= last.1 && off >= last.0 => last.1 = last.1.max(end),
+                _ => self.applied.push((off, end)),
+            }
         }
         Ok(done)
     }

@@ -247,7 +247,7 @@ impl Fs {
     /// Links every file and directory that no entry names into /lost+found and sets each link
     /// count to what the entries say (directories: 2 + subdirectories).
     fn repair_links(&self, done: &mut Vec<Repair>) -> Result<()> {
-        let refs = crate::fs::count_entries(&rd(&self.inner.nodes));
+        let refs = crate::fs::count_entries(&self.inner.nodes.to_map());
         for (ino, node) in self.all_nodes() {
             let named = refs.get(&ino).copied().unwrap_or(0);
             if named == 0 && ino != ROOT_INO {

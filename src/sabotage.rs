@@ -43,10 +43,9 @@ pub enum Sabotage {
     XattrInPlace,
     /// unlink clears the directory entry in place before its commit.
     EntryInPlace,
-    /// Commit: releasing the journal lock does not order the entries applied in place (as a
-    /// lock released by a plain store would not), so a checkpoint another thread takes next can
-    /// pass a record whose entries are not yet persistent.
-    UnorderedRelease,
+    /// Checkpoint: the position moves past records whose entries were applied in place but
+    /// never written back, so a crash can lose them with nothing left to replay.
+    CheckpointUnflushed,
 }
 
 #[cfg(feature = "crash-test")]
@@ -68,7 +67,7 @@ impl Sabotage {
         ("rename-split", Sabotage::RenameSplit),
         ("xattr-in-place", Sabotage::XattrInPlace),
         ("entry-in-place", Sabotage::EntryInPlace),
-        ("unordered-release", Sabotage::UnorderedRelease),
+        ("checkpoint-unflushed", Sabotage::CheckpointUnflushed),
     ];
 
     /// The name `udax crashtest --sabotage` takes.

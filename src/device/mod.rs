@@ -18,9 +18,7 @@ pub use floor::Floor;
 #[cfg(feature = "crash-test")]
 pub use record::{FenceHook, InFlight};
 
-#[cfg(feature = "crash-test")]
-pub use persist::LINE;
-pub use persist::{FlushInsn, NtInsn};
+pub use persist::{FlushInsn, NtInsn, LINE};
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
@@ -59,6 +57,9 @@ pub struct Counters {
     pub fences: u64,
     /// Bytes copied or filled with non-temporal stores.
     pub nt_bytes: u64,
+    /// Lines stored with plain stores and left in the cache, to be written back later (the
+    /// journal's entries applied in place, written back at the checkpoint).
+    pub cached_lines: u64,
 }
 
 impl std::ops::Sub for Counters {
@@ -68,6 +69,7 @@ impl std::ops::Sub for Counters {
             flush_lines: self.flush_lines - o.flush_lines,
             fences: self.fences - o.fences,
             nt_bytes: self.nt_bytes - o.nt_bytes,
+            cached_lines: self.cached_lines - o.cached_lines,
         }
     }
 }
@@ -77,6 +79,7 @@ struct AtomicCounters {
     flush_lines: AtomicU64,
     fences: AtomicU64,
     nt_bytes: AtomicU64,
+    cached_lines: AtomicU64,
 }
 
 /// How the device was mapped, for `udax info`.
@@ -494,6 +497,21 @@ impl Device {
     }
 
     raw! {
+        /// Stores `src` at `off` with plain stores and writes nothing back: the lines stay in
+        /// the cache until the caller writes them back ([`Device::flush`]) and fences. The
+        /// journal applies its entries this way and writes them back at the checkpoint.
+        fn write_cached(&self, off: u64, src: &[u8]) -> Result<()> {
+            let at = self.check(off, src.len())?;
+            // SAFETY: `check` proved the destination lies inside the mapping; `src` is a Rust slice
+            // outside the mapping's ownership, so the ranges do not overlap.
+            unsafe { persist::shared_copy(self.base.as_ptr().add(at), src.as_ptr(), src.len()) };
+            self.counters.cached_lines.fetch_add(persist::lines(off, src.len() as u64), Ordering::Relaxed);
+            self.note_cached(off, src.len() as u64);
+            Ok(())
+        }
+    }
+
+    raw! {
         /// Stores a plain on-media struct at `off` and writes back its lines.
         fn write_obj<T: IntoBytes + Immutable>(&self, off: u64, v: &T) -> Result<()> {
             self.write(off, v.as_bytes())
@@ -548,11 +566,21 @@ impl Device {
         crate::turnstile::at_fence();
     }
 
-    /// Tells the crash-state recorder, when there is one, that `[off, off+len)` was stored to.
+    /// Tells the crash-state recorder, when there is one, that `[off, off+len)` was stored to
+    /// and written back.
     #[inline(always)]
     fn note(&self, off: u64, len: u64) {
         #[cfg(feature = "crash-test")]
-        self.note_store(off, len);
+        self.note_store(off, len, true);
+        #[cfg(not(feature = "crash-test"))]
+        let _ = (off, len);
+    }
+
+    /// Tells the crash-state recorder that `[off, off+len)` was stored to and stays in the cache.
+    #[inline(always)]
+    fn note_cached(&self, off: u64, len: u64) {
+        #[cfg(feature = "crash-test")]
+        self.note_store(off, len, false);
         #[cfg(not(feature = "crash-test"))]
         let _ = (off, len);
     }
@@ -608,6 +636,7 @@ impl Device {
             flush_lines: self.counters.flush_lines.load(Ordering::Relaxed),
             fences: self.counters.fences.load(Ordering::Relaxed),
             nt_bytes: self.counters.nt_bytes.load(Ordering::Relaxed),
+            cached_lines: self.counters.cached_lines.load(Ordering::Relaxed),
         }
     }
 

@@ -8,6 +8,14 @@ use std::sync::OnceLock;
 /// Cache-line size the flush loops step by.
 pub const LINE: usize = 64;
 
+/// Cache lines that `[off, off+len)` touches.
+pub fn lines(off: u64, len: u64) -> u64 {
+    if len == 0 {
+        return 0;
+    }
+    (off + len).div_ceil(LINE as u64) - off / LINE as u64
+}
+
 /// The cache-line write-back instruction in use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FlushInsn {

@@ -44,10 +44,12 @@ struct Recorder {
     on_fence: FenceHook,
 }
 
-/// A line in flight: its states, and the threads that stored to it or wrote it back.
+/// A line in flight: its states, the threads that stored to it or wrote it back, and whether
+/// its last store is still only in the cache (no write-back since: no fence persists it).
 struct Line {
     versions: Vec<[u8; LINE]>,
     threads: Vec<ThreadId>,
+    cached: bool,
 }
 
 impl std::fmt::Debug for Recorder {
@@ -71,11 +73,19 @@ impl Recording {
             let lines: Vec<InFlight> = r
                 .inflight
                 .iter()
-                .map(|(&line, l)| InFlight { line, versions: l.versions.clone(), fenced: l.threads.contains(&me) })
+                .map(|(&line, l)| InFlight { line, versions: l.versions.clone(), fenced: l.persists_at(me) })
                 .collect();
-            r.inflight.retain(|_, l| !l.threads.contains(&me));
+            r.inflight.retain(|_, l| !l.persists_at(me));
             (r.on_fence)(&lines);
         }
+    }
+}
+
+impl Line {
+    /// Whether a fence by thread `me` makes the line persistent: it was written back since its
+    /// last store, and `me` stored it or wrote it back.
+    fn persists_at(&self, me: ThreadId) -> bool {
+        !self.cached && self.threads.contains(&me)
     }
 }
 
@@ -105,8 +115,10 @@ impl Device {
         *self.recording.recorder() = None;
     }
 
-    /// Notes the lines `[off, off+len)` touched, with their bytes now, while recording.
-    pub(super) fn note_store(&self, off: u64, len: u64) {
+    /// Notes the lines `[off, off+len)` touched, with their bytes now, while recording;
+    /// `written_back`: stored and written back (or only written back), else stored and left in
+    /// the cache.
+    pub(super) fn note_store(&self, off: u64, len: u64, written_back: bool) {
         if len == 0 || !self.recording.on.load(Ordering::Relaxed) {
             return;
         }
@@ -119,11 +131,15 @@ impl Device {
                 let n = (self.len as u64 - l * line).min(line) as usize;
                 let _ = self.read(l * line, &mut bytes[..n]);
                 let me = std::thread::current().id();
-                let entry =
-                    r.inflight.entry(l * line).or_insert_with(|| Line { versions: Vec::new(), threads: Vec::new() });
+                let entry = r.inflight.entry(l * line).or_insert_with(|| Line {
+                    versions: Vec::new(),
+                    threads: Vec::new(),
+                    cached: false,
+                });
                 if entry.versions.last() != Some(&bytes) {
                     entry.versions.push(bytes);
                 }
+                entry.cached = !written_back;
                 if !entry.threads.contains(&me) {
                     entry.threads.push(me);
                 }

@@ -6,13 +6,13 @@
 //! extents, growth) fills every new block whole — its data and zeros around it — fences, and
 //! only then commits the transaction that links the blocks and sets the size (DESIGN.md "Commit protocol").
 
-use crate::alloc::Run;
+use crate::alloc::{Run, RunQueue, Runs};
 use crate::error::{Error, Result};
-use crate::extent::{Extent, ExtentMap, Piece, State};
+use crate::extent::{Extent, ExtentMap, Extents, Piece, State};
 use crate::inode::{Inode, Timespec};
 use crate::journal::Tx;
 use crate::sabotage::Sabotage;
-use crate::sync::{rd, wr};
+use crate::sync::{lock, rd, wr};
 
 use super::mmap::overlaps_mapping;
 use super::node::{Node, Reach};
@@ -24,6 +24,9 @@ use crate::MAX_FILE_SIZE;
 /// `Fs::max_tx_blocks`); longer writes are a series, so a full device cuts them short at a
 /// chunk boundary (a short write, as on Linux).
 const WRITE_CHUNK: u64 = 8 << 20;
+
+/// Longest overwrite stored under the inode lock (see `Fs::overwrite_locked`).
+const LOCKED_OVERWRITE: usize = 64 << 10;
 
 /// Lengths of the holes among `pieces`, in order.
 pub(crate) fn hole_lens(pieces: &[Piece]) -> impl Iterator<Item = u64> + '_ {
@@ -195,11 +198,14 @@ impl Fs {
             g.live()?;
             let pieces = g.ext.pieces(first, last - first + 1);
             let need: u64 = hole_lens(&pieces).sum();
-            let runs = if need > 0 { self.alloc_blocks(self.goal(&g, first), need)? } else { Vec::new() };
+            let runs = if need > 0 { self.alloc_blocks(self.goal(&g, first), need)? } else { Runs::new() };
             // Extent slots before any byte is stored, so running out of them fails the write
             // whole (link_chunk tops them up in case faults took some meanwhile). New overflow
             // blocks are linked at once: memory must match the medium while the lock is down.
             let metadata = need > 0 || pieces.iter().any(is_unwritten) || end > g.attr.size;
+            if !metadata && self.overwrite_locked(n, &g, &pieces, off, data, drop_set_id)? {
+                return Ok(());
+            }
             if metadata {
                 let slots = chunk_slots(&pieces, &runs);
                 let reserved = self.undoable(&mut g, |g, _| {
@@ -242,6 +248,43 @@ impl Fs {
         linked
     }
 
+    /// A short overwrite of written blocks inside EOF, done whole under the inode lock when
+    /// nothing else is needed: the times need no update in this tick of the coarse clock, no
+    /// set-ID bit drops, and the file has no mapping (whose copies a write resets). Stores the
+    /// data, fences, and returns true; false leaves everything to the three steps. Faults on the
+    /// file wait for at most `LOCKED_OVERWRITE` bytes of copy.
+    fn overwrite_locked(
+        &self,
+        n: &Node,
+        g: &Inode,
+        pieces: &[Piece],
+        off: u64,
+        data: &[u8],
+        drop_set_id: bool,
+    ) -> Result<bool> {
+        let tick = Timespec::coarse_now();
+        if data.len() > LOCKED_OVERWRITE
+            || tick > g.attr.mtime
+            || tick > g.attr.ctime
+            || (drop_set_id && killed_set_id(g.attr.mode, false) != 0)
+            || !lock(&n.maps).is_empty()
+        {
+            return Ok(false);
+        }
+        let geo = &self.inner.geo;
+        let bs = geo.block_size;
+        let end = off + data.len() as u64;
+        for p in pieces {
+            let Piece::Mapped(e) = p else { unreachable!("an overwrite has no holes") };
+            let s = (e.logical * bs).max(off);
+            let t = (e.end() * bs).min(end);
+            let at = geo.block_at(e.physical) + (s - e.logical * bs);
+            self.inner.dev.write(at, &data[(s - off) as usize..(t - off) as usize])?;
+        }
+        self.inner.dev.fence();
+        Ok(true)
+    }
+
     /// Stores a chunk: new blocks (`runs`, for the holes among `pieces`) whole, data and zeros;
     /// unwritten blocks whole; written blocks in place. Returns the extents the new and the
     /// converted blocks make.
@@ -253,14 +296,14 @@ impl Fs {
         data: &[u8],
         old_size: u64,
         tx: &mut Tx,
-    ) -> Result<(Vec<Extent>, Vec<Extent>)> {
+    ) -> Result<(Extents, Extents)> {
         let geo = self.inner.geo;
         let dev = &self.inner.dev;
         let bs = geo.block_size;
         let end = off + data.len() as u64;
-        let mut new_exts: Vec<Extent> = Vec::new();
-        let mut converted: Vec<Extent> = Vec::new();
-        let mut queue: std::collections::VecDeque<Run> = runs.iter().copied().collect();
+        let mut new_exts = Extents::new();
+        let mut converted = Extents::new();
+        let mut queue = RunQueue::new(runs);
         for p in pieces {
             match *p {
                 Piece::Mapped(e) if e.state == State::Written => {
@@ -281,7 +324,7 @@ impl Fs {
                     converted.push(e);
                 }
                 Piece::Hole { logical, len } => {
-                    let runs = crate::alloc::take_front(&mut queue, len);
+                    let runs = queue.take(len);
                     for e in ExtentMap::extents_for(logical, &runs, State::Written) {
                         self.fill_new(tx, e.logical, e.physical, e.len, off, data)?;
                         new_exts.push(e);
@@ -301,7 +344,7 @@ impl Fs {
         n: &Node,
         g: &mut Inode,
         (off, end): (u64, u64),
-        (new_exts, converted): (Vec<Extent>, Vec<Extent>),
+        (new_exts, converted): (Extents, Extents),
         mut tx: Tx,
         drop_set_id: bool,
     ) -> Result<()> {

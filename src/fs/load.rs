@@ -12,7 +12,7 @@
 //! each slot turned out to be goes into per-number arrays ([`Slots`]) that the entry checks read
 //! without a node or a lock.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::Instant;
@@ -23,9 +23,9 @@ use crate::dir::{self, Entry, LazyIndex, NameHasher, Unit, DT_DIR};
 use crate::error::{Error, Result};
 use crate::inode::{scan_table, Inode, InodeSet, InodeTable};
 use crate::layout::{off, Geometry, RawInode, ROOT_INO};
-use crate::sync::{lock, rd, wr};
+use crate::sync::{lock, rd};
 
-use super::node::{Damage, Node};
+use super::node::{Damage, Node, NodeMap};
 use super::state::Fs;
 use super::types::MountReport;
 
@@ -64,7 +64,7 @@ struct TablePart {
 /// Everything mount loaded: the directories' nodes, the files not loaded yet, free space's
 /// ingredients, the inode-number table, and the orphans.
 pub(super) struct Loaded {
-    pub(super) nodes: HashMap<u64, Arc<Node>>,
+    pub(super) nodes: NodeMap,
     pub(super) unloaded: InodeSet,
     pub(super) used: Vec<Run>,
     pub(super) held: Vec<Run>,
@@ -151,8 +151,9 @@ pub(super) fn load(dev: &Device, geo: &Geometry, report: &mut MountReport) -> Re
     for (ino, generation) in generations {
         itable.remember_generation(ino, generation);
     }
-    report.inodes_used = unloaded.len() + dirs.len() as u64;
-    let mut nodes = HashMap::with_capacity(dirs.len());
+    report.inodes_used = unloaded.count() + dirs.len() as u64;
+    let mut nodes = NodeMap::default();
+    nodes.reserve(dirs.len());
     for (mut inode, data) in dirs {
         inode.dir = Some(Box::new(LazyIndex::from_data(data, geo.block_size, n)));
         nodes.insert(inode.ino, Node::new(inode));
@@ -369,11 +370,11 @@ fn check_parents(slots: &Slots, dirs: usize, geo: &Geometry) -> Result<()> {
 }
 
 impl Fs {
-    /// The node of inode `ino` when the node map has none: a file mount left unloaded gets its
+    /// The node of inode `ino` when the node table has none: a file mount left unloaded gets its
     /// node now, decoded from its slot; otherwise `NotFound` for a free slot, `Corrupt` for a
     /// damaged one. One thread at a time loads (under the `unloaded` lock, taken before the
-    /// node map's): a second caller for the same number waits and then finds the node in the
-    /// map, so an inode never has two nodes.
+    /// node table's shards): a second caller for the same number waits and then finds the node
+    /// in the table, so an inode never has two nodes.
     pub(crate) fn load_node(&self, ino: u64) -> Result<Arc<Node>> {
         let inner = &self.inner;
         let mut unloaded = lock(&inner.unloaded);
@@ -383,14 +384,13 @@ impl Fs {
                 return Err(Error::Corrupt { what: "inode freed behind the mount", at: inner.geo.inode_at(ino) });
             };
             let node = Node::new(inode);
-            wr(&inner.nodes).insert(ino, node.clone());
+            inner.nodes.insert(node.clone());
             unloaded.remove(ino);
             return Ok(node);
         }
         drop(unloaded);
         // Loaded (or freed) by another thread since the caller looked.
-        let found = rd(&inner.nodes).get(&ino).cloned();
-        found.ok_or_else(|| match rd(&inner.damaged).get(&ino) {
+        inner.nodes.get(ino).ok_or_else(|| match rd(&inner.damaged).get(&ino) {
             Some(d) => Error::Corrupt { what: d.what, at: d.at },
             None => Error::NotFound,
         })

@@ -13,9 +13,9 @@ use crate::journal::{Journal, Tx};
 use crate::layout::{self, mode, Geometry, ROOT_INO};
 use crate::sync::{lock, rd, wr, AtomicBool, Mutex, RwLock};
 
-use super::node::Node;
+use super::node::{NodeMap, NodeTable};
 use super::state::{Fs, Inner};
-use super::types::{MkfsOptions, MountReport};
+use super::types::{Creds, MkfsOptions, MountReport};
 
 impl Fs {
     /// Formats `dev` and mounts it. A device that already holds a udax file system is refused
@@ -110,6 +110,12 @@ impl Fs {
         let t = Instant::now();
         let alloc = Allocator::from_used(&geo, loaded.used, loaded.held)?;
         report.free_space = t.elapsed();
+        // `load` refused a root that is not a directory; directories have their nodes.
+        let root = loaded
+            .nodes
+            .get(&ROOT_INO)
+            .cloned()
+            .ok_or(Error::Corrupt { what: "root directory", at: geo.inode_at(ROOT_INO) })?;
         let read_only = dev.is_read_only();
         let fs = Fs {
             inner: Arc::new(Inner {
@@ -118,8 +124,9 @@ impl Fs {
                 journal: Mutex::new(journal),
                 alloc: Mutex::new(alloc),
                 itable: Mutex::new(loaded.itable),
-                nodes: RwLock::new(loaded.nodes),
+                nodes: NodeTable::new(loaded.nodes),
                 unloaded: Mutex::new(loaded.unloaded),
+                root,
                 damaged: RwLock::new(loaded.damaged),
                 rename: Mutex::new(()),
                 recovery,
@@ -131,6 +138,7 @@ impl Fs {
                 broken: Mutex::new(None),
                 stopped: AtomicBool::new(false),
                 mmap: Default::default(),
+                owner: Creds::current(),
             }),
         };
         let t = Instant::now();
@@ -178,7 +186,7 @@ impl Fs {
     /// Every in-use inode number (for fsck and tests), loaded or not.
     pub fn inode_numbers(&self) -> Vec<u64> {
         let unloaded = lock(&self.inner.unloaded);
-        let mut v: Vec<u64> = rd(&self.inner.nodes).keys().copied().chain(unloaded.iter()).collect();
+        let mut v: Vec<u64> = self.inner.nodes.to_map().keys().copied().chain(unloaded.iter()).collect();
         drop(unloaded);
         v.sort_unstable();
         v
@@ -186,7 +194,7 @@ impl Fs {
 }
 
 /// How many directory entries name each inode number.
-pub(crate) fn count_entries(nodes: &HashMap<u64, Arc<Node>>) -> HashMap<u64, u64> {
+pub(crate) fn count_entries(nodes: &NodeMap) -> HashMap<u64, u64> {
     let mut refs = HashMap::new();
     for node in nodes.values() {
         let g = rd(&node.inode);

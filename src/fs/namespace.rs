@@ -144,7 +144,7 @@ impl Fs {
         let mut tx = Tx::new();
         let mut taken = Vec::new();
         let made = (|| {
-            let mut runs = Vec::new();
+            let mut runs = crate::alloc::Runs::new();
             if let Some(t) = target {
                 runs = self.alloc_blocks(self.goal(&inode, 0), (t.len() as u64).div_ceil(geo.block_size))?;
                 taken.extend_from_slice(&runs);
@@ -182,7 +182,7 @@ impl Fs {
         }
         let st = self.stat_of(&inode);
         let node = Node::new(inode);
-        wr(&self.inner.nodes).insert(ino, node.clone());
+        self.inner.nodes.insert(node.clone());
         Ok((st, node))
     }
 
@@ -383,7 +383,7 @@ impl Fs {
         inode.freed = true;
         inode.ext = ExtentMap::empty(self.inner.geo.inode_at(inode.ino));
         inode.xattr = Default::default();
-        wr(&self.inner.nodes).remove(&inode.ino);
+        self.inner.nodes.remove(inode.ino);
         lock(&self.inner.itable).release(inode.ino, inode.attr.generation);
     }
 

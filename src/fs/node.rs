@@ -1,13 +1,14 @@
 //! In-memory inodes and their live mappings, and the fault service's shared state: the
 //! types the mount, the namespace, the data path and the fault service all hold.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::hash::BuildHasherDefault;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 
 use crate::error::Result;
 use crate::inode::Inode;
-use crate::sync::{lock, AtomicBool, AtomicU64, AtomicUsize, Condvar, Mutex, RwLock};
+use crate::sync::{lock, rd, wr, AtomicBool, AtomicU64, AtomicUsize, Condvar, Mutex, RwLock};
 use crate::uffd::{Region, Uffd};
 
 use super::types::{Share, PAGE};
@@ -34,6 +35,8 @@ pub(crate) struct Node {
     /// The inode's number; a node is one inode's life, never reused for another.
     pub(crate) ino: u64,
     pub(crate) is_dir: bool,
+    /// A symbolic link (a file's type never changes): path walks test it without the lock.
+    pub(crate) is_symlink: bool,
     /// Live mappings of the file (`mmap`), pruned as they go.
     pub(crate) maps: Mutex<Vec<std::sync::Weak<MapState>>>,
 }
@@ -42,8 +45,81 @@ impl Node {
     pub(super) fn new(inode: Inode) -> Arc<Node> {
         let parent = AtomicU64::new(inode.attr.parent);
         let (ino, is_dir) = (inode.ino, inode.is_dir());
+        let is_symlink = crate::layout::mode::is_symlink(inode.attr.mode);
         let inode = RwLock::new(inode);
-        Arc::new(Node { io: RwLock::new(()), inode, parent, ino, is_dir, maps: Mutex::new(Vec::new()) })
+        Arc::new(Node { io: RwLock::new(()), inode, parent, ino, is_dir, is_symlink, maps: Mutex::new(Vec::new()) })
+    }
+}
+
+/// Hashes inode numbers for the node table: one multiply, its high half folded into the low
+/// half (where the table picks its bucket) and kept in the high bits (its tag). Inode numbers
+/// come from the image, but only `1..=inode count`: an image cannot name more inodes than its
+/// table holds, so colliding numbers cannot outnumber the inodes themselves.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct InoHasher(u64);
+
+impl std::hash::Hasher for InoHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0 ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0 ^ self.0 >> 32
+    }
+}
+
+/// Inode number → node, as mount builds it.
+pub(crate) type NodeMap = HashMap<u64, Arc<Node>, BuildHasherDefault<InoHasher>>;
+
+/// Shards of the node table: threads working on different inodes take different locks.
+const NODE_SHARDS: usize = 16;
+
+/// Every live inode's node, by number, in shards by number. Each shard's lock is a leaf (held
+/// for one lookup, insert or removal).
+#[derive(Debug)]
+pub(crate) struct NodeTable {
+    shards: [RwLock<NodeMap>; NODE_SHARDS],
+}
+
+impl NodeTable {
+    pub(crate) fn new(all: NodeMap) -> NodeTable {
+        let shards: [RwLock<NodeMap>; NODE_SHARDS] = std::array::from_fn(|_| RwLock::new(NodeMap::default()));
+        for (ino, node) in all {
+            wr(&shards[ino as usize % NODE_SHARDS]).insert(ino, node);
+        }
+        NodeTable { shards }
+    }
+
+    fn shard(&self, ino: u64) -> &RwLock<NodeMap> {
+        &self.shards[ino as usize % NODE_SHARDS]
+    }
+
+    pub(crate) fn get(&self, ino: u64) -> Option<Arc<Node>> {
+        rd(self.shard(ino)).get(&ino).cloned()
+    }
+
+    pub(crate) fn insert(&self, node: Arc<Node>) {
+        wr(self.shard(node.ino)).insert(node.ino, node);
+    }
+
+    pub(crate) fn remove(&self, ino: u64) {
+        wr(self.shard(ino)).remove(&ino);
+    }
+
+    /// A copy of the whole table, for passes over every inode (orphans, repair): nodes added or
+    /// removed meanwhile may or may not be in it.
+    pub(crate) fn to_map(&self) -> NodeMap {
+        let mut all = NodeMap::default();
+        for s in &self.shards {
+            all.extend(rd(s).iter().map(|(&i, n)| (i, n.clone())));
+        }
+        all
     }
 }
 

@@ -6,9 +6,7 @@
 //! (data and zeros, see `io`), which is why an unwritten block's stale device bytes can never
 //! show. Each call is one transaction.
 
-use std::collections::VecDeque;
-
-use crate::alloc::Run;
+use crate::alloc::{RunQueue, Runs};
 use crate::error::{Error, Result};
 use crate::extent::{Extent, ExtentMap, Piece, State};
 use crate::inode::{Inode, Timespec};
@@ -90,14 +88,14 @@ impl Fs {
             // extents need are taken before anything changes; the slots' overflow blocks are linked
             // by the first transaction, and the windows below only carve from what is held.
             let mut tx = Tx::new();
-            let mut queue = VecDeque::new();
+            let mut queue = RunQueue::new(&[]);
             if last > first {
                 let pieces = g.ext.pieces(first, last - first);
                 let (runs, slots) = match how {
-                    FallocMode::PunchHole => (Vec::new(), ExtentMap::slots_needed(0)),
+                    FallocMode::PunchHole => (Runs::new(), ExtentMap::slots_needed(0)),
                     FallocMode::Allocate { .. } | FallocMode::ZeroRange { .. } => {
                         let need: u64 = hole_lens(&pieces).sum();
-                        let runs = if need > 0 { self.alloc_blocks(self.goal(g, first), need)? } else { Vec::new() };
+                        let runs = if need > 0 { self.alloc_blocks(self.goal(g, first), need)? } else { Runs::new() };
                         let converts = match how {
                             FallocMode::ZeroRange { .. } => pieces
                                 .iter()
@@ -110,7 +108,7 @@ impl Fs {
                     }
                 };
                 taken.extend_from_slice(&runs);
-                queue = runs.into();
+                queue = RunQueue::new(&runs);
                 self.reserve_slots(g, slots, &mut tx)?;
             }
             if let FallocMode::Allocate { keep_size: false } | FallocMode::ZeroRange { keep_size: false } = how {
@@ -163,7 +161,7 @@ impl Fs {
         first: u64,
         end: u64,
         convert: bool,
-        queue: &mut VecDeque<Run>,
+        queue: &mut RunQueue,
         tx: &mut Tx,
     ) -> Result<()> {
         let pieces = g.ext.pieces(first, end - first);
@@ -176,7 +174,7 @@ impl Fs {
             .collect();
         for p in &pieces {
             if let Piece::Hole { logical, len } = *p {
-                let runs = crate::alloc::take_front(queue, len);
+                let runs = queue.take(len);
                 for e in ExtentMap::extents_for(logical, &runs, State::Unwritten) {
                     g.ext.insert(e, tx)?;
                 }

@@ -1,11 +1,11 @@
 //! A mounted file system's shared state (`Fs`, `Inner`) and what every operation does with it:
 //! the change guard and undo, commits, block and inode allocation.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use crate::alloc::{Allocator, Run};
+use crate::alloc::{Allocator, Run, Runs};
 use crate::device::Device;
 use crate::dir::Slot;
 use crate::error::{Error, Result};
@@ -15,8 +15,8 @@ use crate::journal::{Journal, RecoveryReport, Tx};
 use crate::layout::{self, Geometry};
 use crate::sync::{lock, rd, AtomicBool, Mutex, RwLock};
 
-use super::node::{Damage, Node, ServiceSlot};
-use super::types::{FsInfo, Stat, StatFs};
+use super::node::{Damage, Node, NodeTable, ServiceSlot};
+use super::types::{Creds, FsInfo, Stat, StatFs};
 
 /// Worst-case journal bytes per block a data transaction touches: a conversion rewrites two
 /// extent slots and fills a third (3 × 40-byte entries), plus a share of overflow-block links.
@@ -41,10 +41,12 @@ pub(crate) struct Inner {
     pub(super) journal: Mutex<Journal>,
     pub(super) alloc: Mutex<Allocator>,
     pub(super) itable: Mutex<InodeTable>,
-    pub(crate) nodes: RwLock<HashMap<u64, Arc<Node>>>,
-    /// Files in use that have no node yet (see `fs::load`): taken before `nodes`, by a lookup
-    /// that missed.
+    pub(crate) nodes: NodeTable,
+    /// Files in use that have no node yet (see `fs::load`): taken before the node table's
+    /// shards, by a lookup that missed.
     pub(crate) unloaded: Mutex<crate::inode::InodeSet>,
+    /// The root directory's node (never freed: it has no name to unlink).
+    pub(crate) root: Arc<Node>,
     /// Inode slots that did not decode at mount, until repair clears them (a leaf lock).
     pub(crate) damaged: RwLock<BTreeMap<u64, Damage>>,
     pub(crate) rename: Mutex<()>,
@@ -63,6 +65,9 @@ pub(crate) struct Inner {
     /// Set once `broken` holds a reason: the one load every change makes.
     pub(super) stopped: AtomicBool,
     pub(crate) mmap: ServiceSlot,
+    /// Who owns what the path calls create: the process's effective ids at mount (taken once,
+    /// not asked of the kernel on every call; the `_as` calls name someone else).
+    pub(crate) owner: Creds,
 }
 
 /// What [`Error::Stopped`] says after an internal error.
@@ -116,9 +121,9 @@ impl Fs {
     pub(crate) fn undoable<R>(
         &self,
         g: &mut Inode,
-        change: impl FnOnce(&mut Inode, &mut Vec<Run>) -> Result<R>,
+        change: impl FnOnce(&mut Inode, &mut Runs) -> Result<R>,
     ) -> Result<R> {
-        let mut taken = Vec::new();
+        let mut taken = Runs::new();
         let r = change(g, &mut taken);
         if r.is_err() {
             self.restore(g, taken);
@@ -126,7 +131,7 @@ impl Fs {
         r
     }
 
-    pub(crate) fn restore(&self, g: &mut Inode, taken: Vec<Run>) {
+    pub(crate) fn restore(&self, g: &mut Inode, taken: impl IntoIterator<Item = Run>) {
         if crate::faults::keeps_memory() {
             return;
         }
@@ -226,8 +231,7 @@ impl Fs {
 
     /// The inode numbered `ino`: `NotFound` for a free slot, `Corrupt` for a damaged one.
     pub(crate) fn node(&self, ino: u64) -> Result<Arc<Node>> {
-        let found = rd(&self.inner.nodes).get(&ino).cloned();
-        match found {
+        match self.inner.nodes.get(ino) {
             Some(node) => Ok(node),
             None => self.load_node(ino),
         }
@@ -273,16 +277,15 @@ impl Fs {
     /// Commits `tx`; returns the journal position after it (for [`Allocator::free_after`]).
     pub(crate) fn commit(&self, tx: &Tx) -> Result<u64> {
         crate::faults::check(crate::faults::Step::Commit)?;
+        tx.fence_content(&self.inner.dev);
         let mut j = lock(&self.inner.journal);
-        let done = j.commit(&self.inner.dev, tx)?;
+        let done = j.commit_fenced(&self.inner.dev, tx)?;
         let head = j.head();
         drop(j);
-        // The entries applied in place persist at that release (DESIGN "Media assumptions"): a
-        // checkpoint another thread takes next never runs ahead of them.
-        if !self.inner.dev.planted(crate::sabotage::Sabotage::UnorderedRelease) {
-            #[cfg(feature = "crash-test")]
-            self.inner.dev.ordered();
-        }
+        // The release is a locked instruction on x86: it orders this thread's earlier
+        // write-backs as a fence does (the explorer's interleaved threads change turns here).
+        #[cfg(feature = "crash-test")]
+        self.inner.dev.ordered();
         if let Some(cp) = done.checkpoint {
             lock(&self.inner.alloc).release(cp);
         }
@@ -292,13 +295,14 @@ impl Fs {
     /// Most blocks one data transaction may touch: every block can cost a few extent-slot entries
     /// (a split, a conversion) and the record must fit in half the journal.
     pub(crate) fn max_tx_blocks(&self) -> u64 {
-        let record = lock(&self.inner.journal).max_record_len();
+        // The journal takes records of up to half its ring.
+        let record = self.inner.geo.journal_len / 2;
         (record.saturating_sub(TX_FIXED_BYTES) / TX_BYTES_PER_BLOCK).max(16)
     }
 
     /// Allocates `n` blocks (all or nothing), checkpointing first if only freed-but-pending
     /// blocks would satisfy it.
-    pub(crate) fn alloc_blocks(&self, goal: u64, n: u64) -> Result<Vec<Run>> {
+    pub(crate) fn alloc_blocks(&self, goal: u64, n: u64) -> Result<Runs> {
         crate::faults::check(crate::faults::Step::Alloc)?;
         let runs = {
             let mut a = lock(&self.inner.alloc);
@@ -320,7 +324,7 @@ impl Fs {
     /// [`Device::back`]); gives them back to the allocator when the host is full.
     /// A full host stops all changes, as a kernel file system on a failing device turns
     /// read-only: the operation fails with ENOSPC, later ones with EROFS saying why.
-    pub(super) fn back(&self, runs: Vec<Run>) -> Result<Vec<Run>> {
+    pub(super) fn back(&self, runs: Runs) -> Result<Runs> {
         let geo = &self.inner.geo;
         if let Err(e) = runs.iter().try_for_each(|r| self.inner.dev.back(geo.block_at(r.start), r.len * geo.block_size))
         {
@@ -351,7 +355,7 @@ impl Fs {
                 }
             }
         };
-        Ok(self.back(vec![run])?[0])
+        Ok(self.back(Runs::from_elem(run, 1))?[0])
     }
 
     /// Where file block `lblk` of `inode` should go: right after the extent before it, or for
@@ -365,8 +369,9 @@ impl Fs {
         })
     }
 
-    pub(crate) fn unreserve(&self, runs: Vec<Run>) {
-        if !runs.is_empty() {
+    pub(crate) fn unreserve(&self, runs: impl IntoIterator<Item = Run>) {
+        let mut runs = runs.into_iter().peekable();
+        if runs.peek().is_some() {
             lock(&self.inner.alloc).unreserve(runs);
         }
     }
@@ -394,7 +399,7 @@ impl Fs {
     pub(crate) fn reserve_slots(&self, inode: &mut Inode, slots: usize, tx: &mut Tx) -> Result<bool> {
         let inner = &self.inner;
         let goal = self.goal(inode, inode.ext.last().map_or(0, |e| e.end()));
-        let mut got = Vec::new();
+        let mut got = Runs::new();
         let reserved = inode.ext.reserve_slots(slots, &inner.dev, &inner.geo, inode.ino, tx, &mut |n| {
             got = self.alloc_blocks(goal, n)?;
             Ok(got.iter().flat_map(|r| r.start..r.start + r.len).collect())

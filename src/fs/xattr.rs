@@ -130,7 +130,7 @@ impl Fs {
             }
             Err(e) => {
                 (g.xattr.block, g.attr.ctime) = before;
-                self.unreserve(taken.into_iter().collect());
+                self.unreserve(taken);
                 Err(e)
             }
         }
