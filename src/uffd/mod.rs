@@ -17,6 +17,7 @@ use std::sync::RwLock;
 
 use crate::error::{Error, Result};
 
+mod dirty;
 mod region;
 #[cfg(feature = "model")]
 mod sim;
@@ -27,6 +28,7 @@ use sim as kernel;
 #[cfg(not(feature = "model"))]
 use sys as kernel;
 
+pub use dirty::{tracker, Dirty, Span};
 pub use region::{overlaps_region, Region};
 
 const UFFD_API: u64 = 0xAA;

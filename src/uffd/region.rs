@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
+use super::dirty::{Dirty, Span, Track, Tracker};
 use super::{kernel, Uffd, FEATURE_EVENT_REMAP, MODE_WP, PAGE};
 use crate::device::Device;
 use crate::error::{Error, Result};
@@ -66,7 +67,8 @@ impl Drop for Placeholder {
 /// The address range of one file mapping: anonymous memory this process reserved and registered
 /// with a [`Uffd`]. Pages of the device are mapped into it, or zero and copied pages installed,
 /// as faults arrive; [`Region::reset`] turns any part back into registered, empty reservation.
-/// Dropping it unmaps the whole range.
+/// Dropping it unmaps the whole range. A writable region given a [`Tracker`] tracks which of its
+/// device pages are stored to (see `dirty`).
 #[derive(Debug)]
 pub struct Region {
     uffd: Arc<Uffd>,
@@ -74,6 +76,7 @@ pub struct Region {
     len: u64,
     prot: i32,
     mode: u64,
+    track: Option<Track>,
 }
 
 /// A load or store through a mapping that the (simulated) kernel refused: SIGBUS in a real run.
@@ -83,8 +86,17 @@ fn access_err(e: std::io::Error) -> Error {
 
 impl Region {
     /// Reserves `len` bytes (whole pages) at an address congruent to `phase` modulo `align` (a
-    /// power of two, at least a page), registered with `mode`; `writable` sets PROT_WRITE.
-    pub fn new(uffd: Arc<Uffd>, len: u64, align: u64, phase: u64, writable: bool, mode: u64) -> Result<Region> {
+    /// power of two, at least a page), registered with `mode`; `writable` sets PROT_WRITE. With
+    /// `tracker`, a writable region tracks the stores into its device pieces.
+    pub fn new(
+        uffd: Arc<Uffd>,
+        len: u64,
+        align: u64,
+        phase: u64,
+        writable: bool,
+        mode: u64,
+        tracker: Option<Arc<Tracker>>,
+    ) -> Result<Region> {
         if len == 0 || len % PAGE != 0 || !align.is_power_of_two() || align < PAGE {
             return Err(Error::InvalidArgument("mapping length must be whole pages"));
         }
@@ -115,7 +127,8 @@ impl Region {
         }
         REGIONS.write().unwrap_or_else(|e| e.into_inner()).insert(start, len);
         LIVE_REGIONS.fetch_add(1, Ordering::Release);
-        Ok(Region { uffd, start, len, prot, mode })
+        let track = tracker.filter(|_| writable).map(Track::new);
+        Ok(Region { uffd, start, len, prot, mode, track })
     }
 
     pub fn start(&self) -> u64 {
@@ -160,7 +173,8 @@ impl Region {
 
     /// Maps device bytes `[dev_off, dev_off+len)` over `[off, off+len)` of the region: shared
     /// (stores reach the device) or private (stores copy on write); `populate` fills the page
-    /// tables at once.
+    /// tables at once. In a tracked region the piece is registered for tracking before anyone
+    /// can scan it, and what it replaces counts as stored to.
     pub fn map_device(
         &self,
         off: u64,
@@ -175,11 +189,25 @@ impl Region {
             return Err(Error::InvalidArgument("device range outside the device"));
         }
         let fd = dev.fd().ok_or(Error::NotMappable)?;
+        let mut track = self.track.as_ref().map(|t| (t, t.lock()));
         // SAFETY: `check` proved `[addr, addr+len)` lies inside this region, whose memory the
         // region owns (no Rust reference into it is kept by udax); the device range was checked
         // against the device's length just above.
-        unsafe { kernel::map_file_at(addr, len, self.prot, shared, populate, fd, dev_off) }
-            .map_err(|e| Error::io("map device pages", e))
+        let mapped = unsafe { kernel::map_file_at(addr, len, self.prot, shared, populate, fd, dev_off) }
+            .map_err(|e| Error::io("map device pages", e));
+        if let Some((t, st)) = track.as_mut() {
+            // A failed MAP_FIXED may have unmapped what was there: it counts as taken out.
+            st.cut(off, len);
+            if mapped.is_ok() {
+                st.insert(off, len, dev_off);
+                // SAFETY: `[addr, addr+len)` is the piece just mapped inside this region (checked
+                // by `check` above), which owns it until drop.
+                if !st.lost() && unsafe { t.tracker.register(addr, len) }.is_err() {
+                    st.set_lost();
+                }
+            }
+        }
+        mapped
     }
 
     /// Turns `[off, off+len)` back into empty, registered reservation in one step that no other
@@ -203,8 +231,69 @@ impl Region {
         let p = Placeholder::new(len, self.prot)?;
         // SAFETY: the placeholder's fresh mapping, which nothing else knows of.
         unsafe { self.uffd.register_unrecorded(p.start, p.len, self.mode) }?;
+        // Held across the move: a scan sees the pieces there or their spans taken out, never
+        // neither. (Fault-service readers, which the move waits for, never take it.)
+        let mut track = self.track.as_ref().map(Track::lock);
         // SAFETY: `check` proved the target lies inside this region, which owns it.
-        unsafe { p.move_to(addr) }
+        unsafe { p.move_to(addr) }?;
+        if let Some(st) = track.as_mut() {
+            st.cut(off, len);
+        }
+        Ok(())
+    }
+
+    /// Whether stores into the region's device pages are tracked (else [`Region::take_dirty`]
+    /// answers [`Dirty::Everything`]).
+    pub fn tracks(&self) -> bool {
+        self.track.as_ref().is_some_and(|t| !t.lock().lost())
+    }
+
+    /// Counts every device piece mapped so far as not stored to. Only for pieces nothing has
+    /// stored to through this region (mapped before the region is handed out): what they hold
+    /// is durable or tracked by the mappings that stored it.
+    pub fn mark_clean(&self) {
+        let Some(t) = &self.track else { return };
+        let mut st = t.lock();
+        let mut runs = Vec::new();
+        // SAFETY: `[start, start+len)` is this region's own reservation (made in `new`, owned
+        // until drop); the scan changes only the protection of the pieces tracked there.
+        if unsafe { t.tracker.harvest(self.start, self.start + self.len, &mut runs) }.is_err() {
+            st.set_lost();
+        }
+    }
+
+    /// What to write back to make every store made through the region so far durable: the
+    /// device pages stored to since the last take (protected again, so later stores count for
+    /// the next take), and the pieces taken out since. A store racing the take lands either
+    /// before its page is protected again (then the page is in this answer, and written back
+    /// after the TLB flush that ends the scan) or after (then it counts for the next take).
+    pub fn take_dirty(&self) -> Dirty {
+        let Some(t) = &self.track else { return Dirty::Everything(Vec::new()) };
+        let mut st = t.lock();
+        let gone = st.take_gone();
+        if st.lost() {
+            return Dirty::Everything(gone);
+        }
+        let mut runs = Vec::new();
+        // SAFETY: as in `mark_clean`: the region's own reservation.
+        let scanned = unsafe { t.tracker.harvest(self.start, self.start + self.len, &mut runs) };
+        let rel: Vec<(u64, u64)> = runs.iter().map(|&(s, e)| (s - self.start, e - self.start)).collect();
+        match scanned.ok().and_then(|()| st.spans(&rel)) {
+            Some(mut spans) => {
+                spans.extend(gone);
+                Dirty::Spans(spans)
+            }
+            None => {
+                st.set_lost();
+                Dirty::Everything(gone)
+            }
+        }
+    }
+
+    /// The pieces taken out of the region (reset or mapped over) since last asked: their stores
+    /// may not be written back (see [`Region::take_dirty`], which hands them out too).
+    pub fn take_gone(&self) -> Vec<Span> {
+        self.track.as_ref().map(|t| t.lock().take_gone()).unwrap_or_default()
     }
 
     /// Takes every page out of the region for good (the mapping is going away): inaccessible
