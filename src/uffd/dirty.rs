@@ -165,6 +165,11 @@ pub(super) struct Track {
 pub(super) struct TrackState {
     /// Device pieces in the region: region offset → (length, device offset).
     pieces: BTreeMap<u64, (u64, u64)>,
+    /// The parts of `pieces` not yet registered with the tracker (region offset → length): a
+    /// scan does not see them, so they are registered, in runs, before every scan. Mapping a
+    /// piece (a fault) then costs no registration; its page-table entries read as stored to
+    /// until the scan after the registration protects them.
+    unregistered: BTreeMap<u64, u64>,
     /// Pieces taken out of the region (reset, or mapped over) since they were last handed out.
     /// The page-table entries that knew whether they were stored to went with them, so they count
     /// as stored to.
@@ -211,12 +216,49 @@ impl TrackState {
                 self.pieces.insert(end, (o + l - end, dev + (end - o)));
             }
         }
+        let hit: Vec<(u64, u64)> =
+            self.unregistered.range(..end).rev().take_while(|(&o, &l)| o + l > off).map(|(&o, &l)| (o, l)).collect();
+        for (o, l) in hit {
+            self.unregistered.remove(&o);
+            if o < off {
+                self.unregistered.insert(o, off - o);
+            }
+            if o + l > end {
+                self.unregistered.insert(end, o + l - end);
+            }
+        }
     }
 
-    /// Records a device piece mapped at `[off, off+len)` (replacing what was there).
+    /// Records a device piece mapped at `[off, off+len)` (replacing what was there), not yet
+    /// registered.
     pub(super) fn insert(&mut self, off: u64, len: u64, dev: u64) {
         self.cut(off, len);
         self.pieces.insert(off, (len, dev));
+        self.unregistered.insert(off, len);
+    }
+
+    /// Registers the pieces not yet registered, one call per run of adjacent ones, in the
+    /// region at `base`; a failure loses the tracking.
+    ///
+    /// # Safety
+    /// `base` must be the start of the region this state records: the pieces lie in it.
+    pub(super) unsafe fn register_pending(&mut self, tracker: &Tracker, base: u64) {
+        let mut runs: Vec<(u64, u64)> = Vec::new();
+        for (&o, &l) in &self.unregistered {
+            match runs.last_mut() {
+                Some(r) if r.0 + r.1 == o => r.1 += l,
+                _ => runs.push((o, l)),
+            }
+        }
+        self.unregistered.clear();
+        for (o, l) in runs {
+            // SAFETY: a run of pieces mapped in the region at `base` (this function's contract),
+            // which the region owns and keeps mapped while they are recorded.
+            if unsafe { tracker.register(base + o, l) }.is_err() {
+                self.lost = true;
+                return;
+            }
+        }
     }
 
     /// The pieces taken out since last asked.

@@ -173,8 +173,8 @@ impl Region {
 
     /// Maps device bytes `[dev_off, dev_off+len)` over `[off, off+len)` of the region: shared
     /// (stores reach the device) or private (stores copy on write); `populate` fills the page
-    /// tables at once. In a tracked region the piece is registered for tracking before anyone
-    /// can scan it, and what it replaces counts as stored to.
+    /// tables at once. In a tracked region the piece is recorded (and registered for tracking
+    /// by the next scan, before it scans), and what it replaces counts as stored to.
     pub fn map_device(
         &self,
         off: u64,
@@ -189,22 +189,17 @@ impl Region {
             return Err(Error::InvalidArgument("device range outside the device"));
         }
         let fd = dev.fd().ok_or(Error::NotMappable)?;
-        let mut track = self.track.as_ref().map(|t| (t, t.lock()));
+        let mut track = self.track.as_ref().map(Track::lock);
         // SAFETY: `check` proved `[addr, addr+len)` lies inside this region, whose memory the
         // region owns (no Rust reference into it is kept by udax); the device range was checked
         // against the device's length just above.
         let mapped = unsafe { kernel::map_file_at(addr, len, self.prot, shared, populate, fd, dev_off) }
             .map_err(|e| Error::io("map device pages", e));
-        if let Some((t, st)) = track.as_mut() {
+        if let Some(st) = track.as_mut() {
             // A failed MAP_FIXED may have unmapped what was there: it counts as taken out.
             st.cut(off, len);
             if mapped.is_ok() {
                 st.insert(off, len, dev_off);
-                // SAFETY: `[addr, addr+len)` is the piece just mapped inside this region (checked
-                // by `check` above), which owns it until drop.
-                if !st.lost() && unsafe { t.tracker.register(addr, len) }.is_err() {
-                    st.set_lost();
-                }
             }
         }
         mapped
@@ -254,10 +249,12 @@ impl Region {
     pub fn mark_clean(&self) {
         let Some(t) = &self.track else { return };
         let mut st = t.lock();
+        // SAFETY: `start` is this region's, whose pieces the state records.
+        unsafe { st.register_pending(&t.tracker, self.start) };
         let mut runs = Vec::new();
         // SAFETY: `[start, start+len)` is this region's own reservation (made in `new`, owned
         // until drop); the scan changes only the protection of the pieces tracked there.
-        if unsafe { t.tracker.harvest(self.start, self.start + self.len, &mut runs) }.is_err() {
+        if st.lost() || unsafe { t.tracker.harvest(self.start, self.start + self.len, &mut runs) }.is_err() {
             st.set_lost();
         }
     }
@@ -271,6 +268,8 @@ impl Region {
         let Some(t) = &self.track else { return Dirty::Everything(Vec::new()) };
         let mut st = t.lock();
         let gone = st.take_gone();
+        // SAFETY: `start` is this region's, whose pieces the state records.
+        unsafe { st.register_pending(&t.tracker, self.start) };
         if st.lost() {
             return Dirty::Everything(gone);
         }
