@@ -240,6 +240,47 @@ fn stores_through_a_dropped_mapping_and_another_mapping_are_written_back() {
     fs.device().stop_recording();
 }
 
+/// The mapped bytes `[off, off+len)` as a slice, for a read(2) into the mapping.
+#[allow(clippy::mut_from_ref)]
+fn mapped(m: &udax::Mapping, off: u64, len: u64) -> &mut [u8] {
+    assert!(off + len <= m.len(), "inside the mapping");
+    // SAFETY: the range lies inside the mapping (checked above), which stays mapped while `m`
+    // is borrowed; the test forms no other reference to those bytes while the slice lives.
+    unsafe { std::slice::from_raw_parts_mut(m.as_ptr().add(off as usize), len as usize) }
+}
+
+/// Stores the kernel makes into a mapping (read(2) into it) are tracked like the program's own,
+/// in pages written back before (protected again) and in pages never touched, with or without
+/// kernel-mode faults for the fault service (the written pages are the device's, mapped at
+/// mmap time, so the kernel reaches them either way).
+#[test]
+fn stores_by_the_kernel_are_written_back() {
+    use std::io::{Read, Seek, Write};
+    let fs = fs_with(4096, 64 << 20);
+    let f = fs.open("/f", OpenOptions::create()).unwrap();
+    f.write_at(&[1; 1 << 20], 0).unwrap();
+    let m = f.mmap(0, 1 << 20, Prot::ReadWrite, Share::Shared).unwrap();
+    m.write_at(&[2; 8], 5 * PAGE).unwrap();
+    m.flush().unwrap(); // page 5 is written back and protected again; page 9 was never touched
+    let persisted = Persisted::record(&fs);
+    let mut host = tempfile::tempfile().unwrap();
+    host.write_all(b"from the kernel!").unwrap();
+    for page in [5, 9] {
+        host.rewind().unwrap();
+        assert_eq!(host.read(mapped(&m, page * PAGE + 64, 16)).unwrap(), 16);
+    }
+    m.flush().unwrap();
+    let expect = BTreeMap::from([
+        (5 * PAGE + 64, *b"from the"),
+        (5 * PAGE + 72, *b" kernel!"),
+        (9 * PAGE + 64, *b"from the"),
+        (9 * PAGE + 72, *b" kernel!"),
+    ]);
+    let bad = missing(&f, &persisted.take(), &expect);
+    assert!(bad.is_empty(), "{bad:#?}");
+    fs.device().stop_recording();
+}
+
 /// Runs `f` on its own thread; fails the test if it has not returned within `secs`.
 fn watchdog<T: Send + 'static>(what: &str, secs: u64, f: impl FnOnce() -> T + Send + 'static) -> T {
     let (tx, rx) = mpsc::channel();
