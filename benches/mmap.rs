@@ -8,7 +8,8 @@
 //! - cost per first store into a hole page, with 2 MiB first-store allocation and without,
 //!   against the first store into a page of a sparse tmpfs file (and the 2 MiB path again on a
 //!   sparse image);
-//! - msync of the whole mapping after storing to one page;
+//! - msync of the whole mapping after storing to one page, tracked (only the pages stored to
+//!   are written back) and untracked (every mapped block);
 //! - fault throughput: loads of hole pages per second with 1, 2 and 4 faulting threads, each on
 //!   a mapping of its own file;
 //! - fault latency on a file Y, idle and while another thread writes 64 MiB at a time to file X
@@ -21,7 +22,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use udax::{Device, Fs, MkfsOptions, OpenOptions, Prot, Share, PAGE};
+use udax::{Device, Fs, Mapping, MkfsOptions, OpenOptions, Prot, Share, PAGE};
 
 const CHUNK: usize = 8 << 20;
 
@@ -72,13 +73,17 @@ fn main() {
         off += CHUNK as u64;
     }
     let extents = f.extents().unwrap().len();
-    let setup = median(11, || {
-        let t = Instant::now();
-        let m = f.mmap(0, len, Prot::Read, Share::Shared).unwrap();
-        let s = secs(t);
-        drop(m);
-        s
-    });
+    let setup_of = |prot: Prot| {
+        median(11, || {
+            let t = Instant::now();
+            let m = f.mmap(0, len, prot, Share::Shared).unwrap();
+            let s = secs(t);
+            drop(m);
+            s
+        })
+    };
+    // A read-write shared mapping also marks its pages clean for dirty tracking.
+    let (setup, setup_rw) = (setup_of(Prot::Read), setup_of(Prot::ReadWrite));
     let m = f.mmap(0, len, Prot::ReadWrite, Share::Shared).unwrap();
     let before = fs.mmap_stats();
     let first = bandwidth(len, |o, b| m.read_at(b, o).unwrap());
@@ -86,9 +91,10 @@ fn main() {
     let faults = (after.faults_zero_page + after.faults_first_store + after.faults_mapped + after.faults_copied)
         - (before.faults_zero_page + before.faults_first_store + before.faults_mapped + before.faults_copied);
     println!(
-        "setup    mmap of the {} MiB file ({extents} extents): {:.1} µs median of 11; faults during a full read: {faults}",
+        "setup    mmap of the {} MiB file ({extents} extents): {:.1} µs median of 11, read-write {:.1} µs; faults during a full read: {faults}",
         len >> 20,
-        setup * 1e6
+        setup * 1e6,
+        setup_rw * 1e6
     );
     let udax_bw = median(5, || bandwidth(len, |o, b| m.read_at(b, o).unwrap()));
     // The floor: the same bytes copied straight from the device's own mapping.
@@ -113,15 +119,39 @@ fn main() {
         udax_bw / floor_bw,
         udax_bw / tmpfs_bw
     );
-    m.write_at(&[1], 12345).unwrap();
-    let t = Instant::now();
-    m.flush().unwrap();
-    println!(
-        "msync    of the {} MiB mapping after one store: {:.2} ms (flushes every mapped block)",
-        len >> 20,
-        secs(t) * 1e3
-    );
+    // msync after one store (to a different page each time): the first after the mapping was
+    // made and read, then the median of 11; then on a mapping that does not track its stores,
+    // which writes back every mapped block (and whose first read pass keeps fault-around).
+    let pages = len / PAGE;
+    let store_and_sync = |m: &Mapping, i: u64| {
+        m.write_at(&[1], (i * 7919 % pages) * PAGE + 5).unwrap();
+        let t = Instant::now();
+        m.flush().unwrap();
+        secs(t)
+    };
+    let tracked = m.tracks_stores();
+    let first_sync = store_and_sync(&m, 0);
+    let mut i = 0;
+    let sync = median(11, || {
+        i += 1;
+        store_and_sync(&m, i)
+    });
     drop(m);
+    fs.set_mmap_dirty_tracking(false);
+    let u = f.mmap(0, len, Prot::ReadWrite, Share::Shared).unwrap();
+    let untracked_first = bandwidth(len, |o, b| u.read_at(b, o).unwrap());
+    let untracked_sync = median(3, || store_and_sync(&u, 1));
+    drop(u);
+    fs.set_mmap_dirty_tracking(true);
+    println!(
+        "msync    of the {} MiB mapping after one store: {:.3} ms median of 11, {:.3} ms the first after mmap{} | untracked {:.2} ms (every mapped block; its first read pass {:.2} GB/s)",
+        len >> 20,
+        sync * 1e3,
+        first_sync * 1e3,
+        if tracked { "" } else { " (this kernel tracks no stores: every mapped block)" },
+        untracked_sync * 1e3,
+        untracked_first
+    );
     drop(tdev);
     std::fs::remove_file(&tpath).unwrap();
 

@@ -46,12 +46,14 @@ pub enum Sabotage {
     /// Checkpoint: the position moves past records whose entries were applied in place but
     /// never written back, so a crash can lose them with nothing left to replay.
     CheckpointUnflushed,
+    /// msync leaves out the first page of those found stored to since the last one.
+    MsyncDropsPage,
 }
 
 #[cfg(feature = "crash-test")]
 impl Sabotage {
     /// Every planted bug, with the name `udax crashtest --sabotage` takes.
-    pub const ALL: [(&'static str, Sabotage); 16] = [
+    pub const ALL: [(&'static str, Sabotage); 17] = [
         ("content-fence", Sabotage::ContentFence),
         ("record-fence", Sabotage::RecordFence),
         ("apply-before-record", Sabotage::ApplyBeforeRecord),
@@ -68,6 +70,7 @@ impl Sabotage {
         ("xattr-in-place", Sabotage::XattrInPlace),
         ("entry-in-place", Sabotage::EntryInPlace),
         ("checkpoint-unflushed", Sabotage::CheckpointUnflushed),
+        ("msync-drops-page", Sabotage::MsyncDropsPage),
     ];
 
     /// The name `udax crashtest --sabotage` takes.

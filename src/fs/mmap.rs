@@ -42,8 +42,9 @@ use crate::error::{Error, Result};
 use crate::extent::{Piece, State};
 use crate::inode::Inode;
 use crate::journal::Tx;
+use crate::sabotage::Sabotage;
 use crate::sync::{lock, rd, wr, AtomicBool, AtomicU64, Mutex};
-use crate::uffd::{Region, MODE_MISSING, MODE_WP};
+use crate::uffd::{Dirty, Region, Span, MODE_MISSING, MODE_WP};
 
 use super::fault::Server;
 use super::node::{bump, map_budget, MapState, Node, Reach, VMAS_USED};
@@ -65,6 +66,15 @@ impl Fs {
     /// default; off, every first store takes one page).
     pub fn set_mmap_huge(&self, on: bool) {
         self.inner.mmap.no_huge.store(!on, Ordering::Relaxed);
+    }
+
+    /// Whether shared writable mappings made from now on track which pages are stored to, so
+    /// that msync and fsync write back only those (on by default where the kernel offers it:
+    /// UFFD_FEATURE_WP_ASYNC and PAGEMAP_SCAN, Linux 6.7; off, they write back every mapped
+    /// block). Tracking costs a fault on the first store to each page after each sync, and
+    /// loads of pages mapped at mmap time fault one page at a time.
+    pub fn set_mmap_dirty_tracking(&self, on: bool) {
+        self.inner.mmap.untracked.store(!on, Ordering::Relaxed);
     }
 
     /// Fault-service counters since mount.
@@ -117,7 +127,9 @@ impl Fs {
         };
         // Address congruent to the file offset modulo 2 MiB, so large pages can line up.
         let uffd = svc.uffds[svc.next_uffd.fetch_add(1, Ordering::Relaxed) % svc.uffds.len()].clone();
-        let region = Region::new(uffd, len, HUGE, off % HUGE, writable, mode)?;
+        let tracked = mode & MODE_WP != 0 && !self.inner.mmap.untracked.load(Ordering::Relaxed);
+        let tracker = if tracked { crate::uffd::tracker() } else { None };
+        let region = Region::new(uffd, len, HUGE, off % HUGE, writable, mode, tracker)?;
         let state = Arc::new(MapState {
             region,
             node: node.clone(),
@@ -143,12 +155,15 @@ impl Fs {
                 .filter(|o| o.copies.load(Ordering::Relaxed))
                 .collect();
             for o in copying {
-                o.reset_bytes(0, u64::MAX)?;
+                self.reset_pages(&o, 0, u64::MAX, Reach::Shared)?;
                 o.copies.store(false, Ordering::Relaxed);
             }
         }
         g.open += 1;
         let eager = self.map_written(&g, &state);
+        // Nothing has stored through the region yet: what its pieces hold is durable, or
+        // tracked by the mappings that stored it.
+        state.region.mark_clean();
         wr(&svc.regions).insert(state.region.start(), state.clone());
         let mut maps = lock(&node.maps);
         maps.retain(|m| m.strong_count() > 0);
@@ -215,10 +230,42 @@ impl Fs {
             if (reach == Reach::Shared && m.share == Share::Private) || except.is_some_and(|e| std::ptr::eq(e, &*m)) {
                 continue;
             }
-            let pages = m.reset_bytes(from, to)?;
+            let pages = self.reset_pages(&m, from, to, reach)?;
             bump(&m.svc.counters.invalidated, pages);
         }
         Ok(())
+    }
+
+    /// Resets `[from, to)` (file bytes) in `m` (see [`MapState::reset_bytes`]) and writes back
+    /// the device pieces the reset took out: the page-table entries that knew whether they were
+    /// stored to are gone. With `Reach::All` the blocks of the pages wholly inside the range go
+    /// away or read zero (truncate, punch, zero range), so only the first and last page, which
+    /// may keep bytes outside the range, are written back.
+    pub(super) fn reset_pages(&self, m: &MapState, from: u64, to: u64, reach: Reach) -> Result<u64> {
+        let pages = m.reset_bytes(from, to)?;
+        let gone = m.region.take_gone();
+        if gone.is_empty() {
+            return Ok(pages);
+        }
+        let (first, last) = (from / PAGE * PAGE, to.saturating_sub(1) / PAGE * PAGE);
+        let dead = |s: u64, e: u64| (s.max(first + PAGE), e.min(last));
+        let spans: Vec<Span> = gone
+            .into_iter()
+            .flat_map(|sp| {
+                let (s, e) = (m.file_off + sp.off, m.file_off + sp.off + sp.len);
+                let (ds, de) = dead(s, e);
+                let keep =
+                    |a: u64, b: u64| (a < b).then(|| Span { off: a - m.file_off, len: b - a, dev: sp.dev + (a - s) });
+                match reach {
+                    Reach::All if ds < de => [keep(s, ds.min(e)), keep(de.max(s), e)],
+                    _ => [Some(sp), None],
+                }
+            })
+            .flatten()
+            .collect();
+        self.flush_spans(&spans)?;
+        self.inner.dev.fence();
+        Ok(pages)
     }
 
     /// Before an overwrite of `[from, to)`: resets the range in shared mappings that hold
@@ -227,7 +274,7 @@ impl Fs {
         let copying: Vec<Arc<MapState>> =
             lock(&n.maps).iter().filter_map(Weak::upgrade).filter(|m| m.copies.load(Ordering::Relaxed)).collect();
         for m in copying {
-            let pages = m.reset_bytes(from, to)?;
+            let pages = self.reset_pages(&m, from, to, Reach::Shared)?;
             bump(&m.svc.counters.invalidated, pages);
         }
         Ok(())
@@ -301,7 +348,7 @@ impl Fs {
             .collect()
     }
 
-    /// Flushes every written block under `n`'s shared writable mappings to the medium.
+    /// Writes back what the shared writable mappings of `n` stored (fsync; the caller fences).
     pub(crate) fn flush_mapped(&self, n: &Node) -> Result<()> {
         let maps: Vec<Arc<MapState>> = lock(&n.maps).iter().filter_map(Weak::upgrade).collect();
         for m in maps.iter().filter(|m| m.share == Share::Shared) {
@@ -310,7 +357,56 @@ impl Fs {
         Ok(())
     }
 
+    /// msync of `m`: writes back what `m` stored, and what the file's other shared writable
+    /// mappings stored (msync covers the file's pages, whichever mapping stored to them). Where
+    /// neither tracks, writing back every block under `m` covers the others' stores in its range.
+    fn flush_for(&self, m: &MapState) -> Result<()> {
+        self.flush_state(m)?;
+        let others: Vec<Arc<MapState>> = lock(&m.node.maps)
+            .iter()
+            .filter_map(Weak::upgrade)
+            .filter(|o| !std::ptr::eq(&**o, m) && o.share == Share::Shared)
+            .collect();
+        let tracked = m.region.tracks();
+        for o in others.iter().filter(|o| tracked || o.region.tracks()) {
+            self.flush_state(o)?;
+        }
+        Ok(())
+    }
+
+    /// Writes back what `m` stored since the last time: the pages its tracking found stored to
+    /// (and pieces taken out of it since), else every written block under it.
     pub(super) fn flush_state(&self, m: &MapState) -> Result<()> {
+        if !m.region.write_protects() {
+            // Read-only or private: no store of this mapping reaches the device.
+            return Ok(());
+        }
+        match m.region.take_dirty() {
+            Dirty::Spans(mut spans) => {
+                if self.planted(Sabotage::MsyncDropsPage) {
+                    if let Some(first) = spans.first_mut() {
+                        (first.dev, first.len) = (first.dev + PAGE, first.len - PAGE);
+                    }
+                }
+                self.flush_spans(&spans)
+            }
+            Dirty::Everything(gone) => {
+                self.flush_spans(&gone)?;
+                self.flush_all(m)
+            }
+        }
+    }
+
+    /// Writes back device spans (the caller fences).
+    fn flush_spans(&self, spans: &[Span]) -> Result<()> {
+        for s in spans {
+            self.inner.dev.flush(s.dev, s.len)?;
+        }
+        Ok(())
+    }
+
+    /// Writes back every written block under `m`'s range.
+    fn flush_all(&self, m: &MapState) -> Result<()> {
         let g = rd(&m.node.inode);
         let geo = &self.inner.geo;
         let bs = geo.block_size;
@@ -431,20 +527,34 @@ impl Mapping {
         }
     }
 
-    /// msync: makes every store through this mapping durable across power loss.
+    /// msync: makes every store through this mapping durable across power loss (and the stores
+    /// of the file's other mappings, as msync(2) does).
     pub fn flush(&self) -> Result<()> {
         if self.state.share == Share::Shared {
-            self.fs.flush_state(&self.state)?;
+            self.fs.flush_for(&self.state)?;
         }
         self.fs.sync()
+    }
+
+    /// Whether [`Mapping::flush`] writes back only the pages stored to since the last flush
+    /// (see [`Fs::set_mmap_dirty_tracking`]) rather than every mapped block.
+    pub fn tracks_stores(&self) -> bool {
+        self.state.region.tracks()
     }
 }
 
 impl Drop for Mapping {
     fn drop(&mut self) {
         wr(&self.state.svc.regions).remove(&self.state.region.start());
+        // What the mapping stored and no flush wrote back yet is written back now, while the
+        // tracking still knows it (so a later fsync of the file needs no mapping).
+        let dirty = self.state.region.tracks().then(|| self.state.region.take_dirty());
         // Unmapped before the close can free an unlinked file's blocks.
         let _ = self.state.region.detach();
+        if let Some(Dirty::Spans(spans) | Dirty::Everything(spans)) = dirty {
+            let _ = self.fs.flush_spans(&spans);
+            self.fs.inner.dev.fence();
+        }
         let _ = self.fs.release_node(&self.state.node);
     }
 }

@@ -192,6 +192,9 @@ pub(crate) struct ServiceSlot {
     pub(super) init: Mutex<()>,
     /// First stores allocate 4 KiB pages only (see [`Fs::set_mmap_huge`]).
     pub(super) no_huge: AtomicBool,
+    /// New shared writable mappings write back every mapped block at msync rather than track
+    /// stores (see [`Fs::set_mmap_dirty_tracking`]).
+    pub(super) untracked: AtomicBool,
 }
 
 /// VMAs that the live mappings of every udax file system in the process use, as counted against

@@ -204,6 +204,27 @@ fn access(addr: u64, len: u64, store: bool, mut each: impl FnMut(&mut Page, u64,
     Ok(())
 }
 
+/// The simulation has no pagemap: mappings write back everything they map (the tracked path
+/// runs on the real kernel only).
+#[derive(Debug)]
+pub(super) enum Pagemap {}
+
+pub(super) fn open_pagemap() -> io::Result<Pagemap> {
+    Err(io::Error::from_raw_os_error(libc::ENOSYS))
+}
+
+/// # Safety
+/// None needed (no pagemap can be opened here); unsafe to match `sys`.
+pub(super) unsafe fn pagemap_scan(
+    pagemap: &Pagemap,
+    _start: u64,
+    _end: u64,
+    _out: &mut [super::dirty::PageRegion],
+    _flags: u64,
+) -> io::Result<(usize, u64)> {
+    match *pagemap {}
+}
+
 pub(super) fn open() -> io::Result<(Fd, bool)> {
     let (_, mut w) = world();
     w.uffds.push(Queue::default());

@@ -5,6 +5,7 @@
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
+use super::dirty::{PageRegion, PmScanArg, PAGE_IS_WRITTEN};
 use super::{Ioctl, UffdMsg, UffdioApi, UffdioCopy, UffdioPoison, UffdioRange, UffdioRegister};
 use super::{UffdioWriteprotect, UffdioZeropage};
 
@@ -117,6 +118,52 @@ pub(super) fn next_msg(fd: &OwnedFd, timeout_ms: i32) -> io::Result<Option<UffdM
         }
         return Ok(Some(msg));
     }
+}
+
+/// /proc/self/pagemap, for PAGEMAP_SCAN.
+pub(super) type Pagemap = OwnedFd;
+
+/// `PAGEMAP_SCAN`: `_IOWR('f', 16, struct pm_scan_arg)`.
+const PAGEMAP_SCAN: u64 = (3 << 30) | ((std::mem::size_of::<PmScanArg>() as u64) << 16) | ((b'f' as u64) << 8) | 16;
+
+/// Opens /proc/self/pagemap (close-on-exec).
+pub(super) fn open_pagemap() -> io::Result<Pagemap> {
+    Ok(std::fs::File::open("/proc/self/pagemap")?.into())
+}
+
+/// One PAGEMAP_SCAN call over `[start, end)` for the pages stored to since they were last
+/// write-protected (`PAGE_IS_WRITTEN`), with `flags` (`PM_SCAN_*`): fills `out` from the front;
+/// returns how many runs it filled and where the walk stopped (`end` unless `out` filled up).
+///
+/// # Safety
+/// `[start, end)` must be memory the caller owns: with `PM_SCAN_WP_MATCHING` the pages reported
+/// there are write-protected again (only where a write-protect-async userfaultfd tracks them).
+pub(super) unsafe fn pagemap_scan(
+    pagemap: &Pagemap,
+    start: u64,
+    end: u64,
+    out: &mut [PageRegion],
+    flags: u64,
+) -> io::Result<(usize, u64)> {
+    let mut arg = PmScanArg {
+        size: std::mem::size_of::<PmScanArg>() as u64,
+        flags,
+        start,
+        end,
+        vec: out.as_mut_ptr() as u64,
+        vec_len: out.len() as u64,
+        category_mask: PAGE_IS_WRITTEN,
+        return_mask: PAGE_IS_WRITTEN,
+        ..Default::default()
+    };
+    // SAFETY: the kernel reads and writes `arg` and writes at most `vec_len` runs into `out`,
+    // which `vec` points at and which lives for the call; the pages whose protection changes
+    // are the caller's (this function's contract).
+    let n = unsafe { libc::ioctl(pagemap.as_raw_fd(), PAGEMAP_SCAN as _, &mut arg) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(((n as usize).min(out.len()), arg.walk_end))
 }
 
 /// Nothing to do: readers wait with a timeout and look at their stop flag then.
