@@ -17,6 +17,8 @@ pub struct ManyFiles {
     dev: Option<Device>,
     fs: Option<Fs>,
     files: u64,
+    /// The last mount's steps, as it timed them.
+    last: Option<udax::MountReport>,
 }
 
 fn fs_err(what: &str) -> impl Fn(udax::Error) -> Failure + '_ {
@@ -47,7 +49,7 @@ impl ManyFiles {
                 made += 1;
             }
         }
-        let mut many = ManyFiles { dev: None, fs: Some(fs), files };
+        let mut many = ManyFiles { dev: None, fs: Some(fs), files, last: None };
         many.unmount()?;
         Ok(many)
     }
@@ -57,10 +59,17 @@ impl ManyFiles {
         self.files
     }
 
+    /// The last timed mount's steps.
+    pub fn last_report(&self) -> Option<udax::MountReport> {
+        self.last
+    }
+
     /// One timed call: mounts the image.
     pub fn mount(&mut self) -> CliResult {
         let dev = self.dev.take().ok_or_else(|| Failure::plain(CMD, "the image to mount is mounted"))?;
-        self.fs = Some(Fs::mount(dev).map_err(fs_err("mount"))?);
+        let fs = Fs::mount(dev).map_err(fs_err("mount"))?;
+        self.last = Some(fs.mount_report());
+        self.fs = Some(fs);
         Ok(())
     }
 

@@ -42,6 +42,8 @@ pub struct Notes {
     pub per_op: Vec<(Op, String)>,
     /// Files in the image the mount operation mounted.
     pub mount_files: Option<u64>,
+    /// The last timed mount's own account of its steps.
+    pub mount_report: Option<udax::MountReport>,
 }
 
 /// What a figure is held to: udax's over the floor's or tmpfs's, or udax's own time.
@@ -307,6 +309,9 @@ impl Report {
         if let Some(files) = self.notes.mount_files {
             lines.push(format!("mount: an image of {files} files"));
         }
+        if let Some(r) = &self.notes.mount_report {
+            lines.push(format!("mount: the last one's steps: {r}"));
+        }
         lines.extend(self.notes.per_op.iter().map(|(op, text)| format!("{}: {text}", op.name())));
         if !lines.is_empty() {
             writeln!(out, "\nnotes").out()?;
@@ -383,6 +388,8 @@ fn row_json(r: &Row, notes: &Notes) -> Value {
     o.insert("udax_calls".into(), r.calls.into());
     if r.op == Op::Mount {
         o.insert("files".into(), notes.mount_files.into());
+        // The last mount's steps (`*_ns`), as `udax info --json` shows them.
+        o.insert("steps".into(), notes.mount_report.and_then(|m| serde_json::to_value(m).ok()).unwrap_or(Value::Null));
     }
     if r.op == Op::FirstStore2m {
         o.insert("per".into(), "4 KiB".into());

@@ -276,6 +276,7 @@ impl Workload {
         let mut notes = Notes::default();
         if let Some(m) = &self.many {
             notes.mount_files = Some(m.files());
+            notes.mount_report = m.last_report();
         }
         if self.listing.is_some() && self.scale.dir_entries != 10_000 {
             notes.per_op.push((Op::Readdir10k, format!("{} entries", self.scale.dir_entries)));
