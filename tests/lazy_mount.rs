@@ -4,9 +4,11 @@
 //! mount gave: every file found, one node per inode and one index per directory however many
 //! threads reach them first at once, and damage refused or reported as before.
 
-use std::sync::{mpsc, Barrier};
-use std::time::Duration;
+mod common;
 
+use std::sync::Barrier;
+
+use common::watchdog;
 use udax::layout::{Geometry, RawDirent, RawInode};
 use udax::{Creds, Device, Error, Fs, MkfsOptions, OpenOptions, ROOT_INO};
 use zerocopy::IntoBytes;
@@ -26,20 +28,6 @@ fn geometry(dev: &Device) -> Geometry {
 
 fn findings(fs: &Fs) -> Vec<&'static str> {
     udax::check::check(fs, &mut |_, _| {}).findings.iter().map(|f| f.kind).collect()
-}
-
-/// Runs `f` on a thread of its own and fails if it has not finished within `limit`: a deadlock
-/// fails the test instead of hanging it.
-fn watchdog<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    match rx.recv_timeout(limit) {
-        Ok(v) => v,
-        Err(mpsc::RecvTimeoutError::Timeout) => panic!("not done within {limit:?}: a deadlock"),
-        Err(mpsc::RecvTimeoutError::Disconnected) => panic!("the worker panicked"),
-    }
 }
 
 fn content(i: usize) -> Vec<u8> {
@@ -112,7 +100,7 @@ fn first_uses_racing_meet_in_one_index_and_one_node() {
     for round in 0..4 {
         fs = remount(fs);
         let f = fs.clone();
-        watchdog(Duration::from_secs(120), move || race(&f, round, names));
+        watchdog("racing first uses", 120, move || race(&f, round, names));
         let dir = fs.resolve("/d", true).unwrap();
         let got = fs.readdir(dir, 0).unwrap().len();
         assert_eq!(got, names + 2 + 300 * (round + 1), "round {round}");

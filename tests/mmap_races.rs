@@ -14,10 +14,13 @@
 //! - One handler thread served every fault, taking inode locks: faults on an idle file waited
 //!   behind a long write to another (case 6).
 
+mod common;
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Barrier, RwLock};
+use std::sync::{Barrier, RwLock};
 use std::time::{Duration, Instant};
 
+use common::watchdog;
 use udax::{Device, FallocMode, File, Fs, MkfsOptions, OpenOptions, Prot, Share, XattrFlags, PAGE};
 
 fn fs_with(bs: u32, bytes: u64) -> Fs {
@@ -31,23 +34,6 @@ fn rw(fs: &Fs, path: &str) -> File {
 fn fsck_clean(fs: &Fs) {
     let r = udax::check::check(fs, &mut |_, _| {});
     assert!(r.findings.is_empty(), "{:?}", r.findings);
-}
-
-/// Runs `f` on its own thread; fails the test if it has not returned within `secs`.
-fn watchdog<T: Send + 'static>(what: &str, secs: u64, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    match rx.recv_timeout(Duration::from_secs(secs)) {
-        Ok(v) => v,
-        Err(mpsc::RecvTimeoutError::Timeout) => {
-            // Unwinding could wait for the very locks that are stuck: end the run here.
-            eprintln!("{what}: no progress in {secs} s (deadlock)");
-            std::process::exit(70)
-        }
-        Err(mpsc::RecvTimeoutError::Disconnected) => panic!("{what}: the worker panicked"),
-    }
 }
 
 /// A small xorshift generator: each thread its own, seeded.

@@ -13,11 +13,14 @@
 //!   writes back every mapped block, as before.
 //! - Stores through a mapping dropped before any sync, and through another mapping of the file.
 
+mod common;
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::watchdog;
 use udax::crashtest::Sabotage;
 use udax::{Device, File, Fs, InFlight, MkfsOptions, OpenOptions, Prot, Share, PAGE};
 
@@ -279,22 +282,6 @@ fn stores_by_the_kernel_are_written_back() {
     let bad = missing(&f, &persisted.take(), &expect);
     assert!(bad.is_empty(), "{bad:#?}");
     fs.device().stop_recording();
-}
-
-/// Runs `f` on its own thread; fails the test if it has not returned within `secs`.
-fn watchdog<T: Send + 'static>(what: &str, secs: u64, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    match rx.recv_timeout(Duration::from_secs(secs)) {
-        Ok(v) => v,
-        Err(mpsc::RecvTimeoutError::Timeout) => {
-            eprintln!("{what}: no progress in {secs} s (deadlock)");
-            std::process::exit(70)
-        }
-        Err(mpsc::RecvTimeoutError::Disconnected) => panic!("{what}: the worker panicked"),
-    }
 }
 
 const SLOTS: u64 = 96;
