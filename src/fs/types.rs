@@ -249,7 +249,7 @@ pub struct MmapStats {
     pub user_mode_only: bool,
 }
 
-/// How long each step of a mount took, and how much it went through ([`Fs::mount_report`]).
+/// How long each step of a mount took, and how much it went through ([`crate::Fs::mount_report`]).
 /// `Display` writes it on one line; serialized, the durations are `*_ns` nanoseconds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct MountReport {
