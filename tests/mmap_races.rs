@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Barrier, RwLock};
 use std::time::{Duration, Instant};
 
-use common::watchdog;
+use common::{watchdog, Rng};
 use udax::{Device, FallocMode, File, Fs, MkfsOptions, OpenOptions, Prot, Share, XattrFlags, PAGE};
 
 fn fs_with(bs: u32, bytes: u64) -> Fs {
@@ -34,18 +34,6 @@ fn rw(fs: &Fs, path: &str) -> File {
 fn fsck_clean(fs: &Fs) {
     let r = udax::check::check(fs, &mut |_, _| {});
     assert!(r.findings.is_empty(), "{:?}", r.findings);
-}
-
-/// A small xorshift generator: each thread its own, seeded.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
 }
 
 /// How the invalidating thread of [`mapping_stays_coherent`] changes the file.

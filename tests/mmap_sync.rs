@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::watchdog;
+use common::{watchdog, Rng};
 use udax::crashtest::Sabotage;
 use udax::{Device, File, Fs, InFlight, MkfsOptions, OpenOptions, Prot, Share, PAGE};
 
@@ -73,18 +73,6 @@ fn missing(f: &File, persisted: &HashMap<u64, [u8; 64]>, expect: &BTreeMap<u64, 
         }
     }
     bad
-}
-
-/// A small xorshift generator.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
 }
 
 const FILE: u64 = 32 << 20;

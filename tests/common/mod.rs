@@ -19,3 +19,19 @@ pub fn watchdog<T: Send + 'static>(what: &str, secs: u64, f: impl FnOnce() -> T 
         Err(mpsc::RecvTimeoutError::Disconnected) => panic!("{what}: the worker panicked"),
     }
 }
+
+/// A small xorshift generator: each thread its own, seeded. (Not every test binary that
+/// includes this module draws numbers.)
+#[allow(dead_code)]
+pub struct Rng(pub u64);
+
+#[allow(dead_code)]
+impl Rng {
+    /// The next number below `n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
