@@ -347,6 +347,9 @@ impl ExtentMap {
         let end = lblk + count;
         let mut removed = Vec::new();
         let mut i = self.first_after(lblk);
+        // Extents removed whole lie side by side (only the first and the last can keep a
+        // part): they leave the list in one drain, not one shift of the rest each.
+        let mut gone = i..i;
         while i < self.exts.len() && self.exts[i].0.logical < end {
             let (e, slot) = self.exts[i];
             let cut_start = e.logical.max(lblk);
@@ -383,10 +386,15 @@ impl ExtentMap {
                 (None, None) => {
                     tx.put_obj(slot, &RawExtent::default());
                     self.free_slots.push(slot);
-                    self.exts.remove(i);
+                    if gone.is_empty() {
+                        gone.start = i;
+                    }
+                    gone.end = i + 1;
+                    i += 1;
                 }
             }
         }
+        self.exts.drain(gone);
         Ok(removed)
     }
 

@@ -60,6 +60,9 @@ pub struct CrashtestArgs {
     /// Crash images built at each fence of a recovery that replays records (0: none)
     #[arg(long, default_value_t = 3)]
     pub per_recovery_fence: usize,
+    /// Crash inside the recovery of one crash state in N (1: every state)
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub recovery_every: usize,
     /// Worker threads (0: one per CPU)
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
@@ -127,6 +130,7 @@ pub fn run(a: &CrashtestArgs) -> CliResult {
         max_states: a.max_states,
         per_fence: a.per_fence,
         per_recovery_fence: a.per_recovery_fence,
+        recovery_every: a.recovery_every,
         sabotage,
         save_dir: a.save.clone(),
         threads: a.threads,

@@ -93,6 +93,10 @@ pub struct Options {
     pub per_fence: usize,
     /// Images built at each fence of a recovery that replays records (0: none).
     pub per_recovery_fence: usize,
+    /// Crash inside the recovery of one crash state in this many (every state: 1). The
+    /// recovery protocol is the same for every state, and its nested images outnumber the
+    /// workload's own several times over.
+    pub recovery_every: usize,
     /// The bug planted for a mutation test ([`Sabotage::None`] for a real run).
     pub sabotage: Sabotage,
     /// Where images that violate a guarantee are saved, with a JSON file for `--replay`.
@@ -120,6 +124,7 @@ impl Default for Options {
             max_states: 0,
             per_fence: 48,
             per_recovery_fence: 3,
+            recovery_every: 1,
             sabotage: Sabotage::None,
             save_dir: None,
             threads: 0,
@@ -409,7 +414,9 @@ impl Explorer<'_> {
                     loop {
                         let i = next.fetch_add(1, Ordering::Relaxed);
                         let Some(task) = tasks.get(i) else { break };
-                        let outcome = check_task(task, op, self.opts.per_recovery_fence, &mut rng);
+                        let nested =
+                            if i % self.opts.recovery_every.max(1) == 0 { self.opts.per_recovery_fence } else { 0 };
+                        let outcome = check_task(task, op, nested, &mut rng);
                         out.lock().unwrap_or_else(|e| e.into_inner()).push((i, outcome));
                     }
                 });

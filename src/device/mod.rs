@@ -8,12 +8,15 @@
 //! Every store method writes back the cache lines it touched (or used non-temporal stores), so a
 //! caller's only persistence duty is [`Device::fence`].
 
+mod counters;
 mod floor;
 mod lock;
 mod persist;
 #[cfg(feature = "crash-test")]
 mod record;
 
+use counters::AtomicCounters;
+pub use counters::Counters;
 pub use floor::Floor;
 #[cfg(feature = "crash-test")]
 pub use record::{FenceHook, InFlight};
@@ -46,40 +49,6 @@ pub enum Backend {
     Anonymous,
     /// Memory from the process's allocator ([`Device::heap`]): nothing else can map it.
     Heap,
-}
-
-/// Counts of persistence work issued, for the flush/fence table and benchmarks.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-pub struct Counters {
-    /// Cache-line write-back instructions issued (one per 64-byte line per flush).
-    pub flush_lines: u64,
-    /// Store fences.
-    pub fences: u64,
-    /// Bytes copied or filled with non-temporal stores.
-    pub nt_bytes: u64,
-    /// Lines stored with plain stores and left in the cache, to be written back later (the
-    /// journal's entries applied in place, written back at the checkpoint).
-    pub cached_lines: u64,
-}
-
-impl std::ops::Sub for Counters {
-    type Output = Counters;
-    fn sub(self, o: Counters) -> Counters {
-        Counters {
-            flush_lines: self.flush_lines - o.flush_lines,
-            fences: self.fences - o.fences,
-            nt_bytes: self.nt_bytes - o.nt_bytes,
-            cached_lines: self.cached_lines - o.cached_lines,
-        }
-    }
-}
-
-#[derive(Debug, Default)]
-struct AtomicCounters {
-    flush_lines: AtomicU64,
-    fences: AtomicU64,
-    nt_bytes: AtomicU64,
-    cached_lines: AtomicU64,
 }
 
 /// How the device was mapped, for `udax info`.
@@ -490,7 +459,7 @@ impl Device {
                     persist::flush_range(dst, src.len(), self.flush)
                 }
             };
-            self.counters.flush_lines.fetch_add(lines, Ordering::Relaxed);
+            self.counters.mine().flush_lines.fetch_add(lines, Ordering::Relaxed);
             self.note(off, src.len() as u64);
             Ok(())
         }
@@ -505,7 +474,7 @@ impl Device {
             // SAFETY: `check` proved the destination lies inside the mapping; `src` is a Rust slice
             // outside the mapping's ownership, so the ranges do not overlap.
             unsafe { persist::shared_copy(self.base.as_ptr().add(at), src.as_ptr(), src.len()) };
-            self.counters.cached_lines.fetch_add(persist::lines(off, src.len() as u64), Ordering::Relaxed);
+            self.counters.mine().cached_lines.fetch_add(persist::lines(off, src.len() as u64), Ordering::Relaxed);
             self.note_cached(off, src.len() as u64);
             Ok(())
         }
@@ -526,7 +495,7 @@ impl Device {
             self.count_nt(n);
             // SAFETY: `check` proved `[at, at+n)` lies inside the mapping.
             let lines = unsafe { persist::nt_zero(self.base.as_ptr().add(at), n, self.flush) };
-            self.counters.flush_lines.fetch_add(lines, Ordering::Relaxed);
+            self.counters.mine().flush_lines.fetch_add(lines, Ordering::Relaxed);
             self.note(off, len);
             Ok(())
         }
@@ -539,7 +508,7 @@ impl Device {
             let at = self.check(off, n)?;
             // SAFETY: `check` proved the range lies inside the mapping.
             let lines = unsafe { persist::flush_range(self.base.as_ptr().add(at), n, self.flush) };
-            self.counters.flush_lines.fetch_add(lines, Ordering::Relaxed);
+            self.counters.mine().flush_lines.fetch_add(lines, Ordering::Relaxed);
             self.note(off, len);
             Ok(())
         }
@@ -550,7 +519,7 @@ impl Device {
         /// everything stored through this device so far is persistent.
         fn fence(&self) {
             persist::sfence();
-            self.counters.fences.fetch_add(1, Ordering::Relaxed);
+            self.counters.mine().fences.fetch_add(1, Ordering::Relaxed);
             #[cfg(feature = "crash-test")]
             self.ordered();
         }
@@ -599,7 +568,7 @@ impl Device {
                 (*(p as *const AtomicU64)).store(v, Ordering::Release);
                 persist::flush_range(p, 8, self.flush)
             };
-            self.counters.flush_lines.fetch_add(lines, Ordering::Relaxed);
+            self.counters.mine().flush_lines.fetch_add(lines, Ordering::Relaxed);
             self.note(off, 8);
             Ok(())
         }
@@ -633,15 +602,15 @@ impl Device {
     /// Persistence work issued so far.
     pub fn counters(&self) -> Counters {
         Counters {
-            flush_lines: self.counters.flush_lines.load(Ordering::Relaxed),
-            fences: self.counters.fences.load(Ordering::Relaxed),
-            nt_bytes: self.counters.nt_bytes.load(Ordering::Relaxed),
-            cached_lines: self.counters.cached_lines.load(Ordering::Relaxed),
+            flush_lines: self.counters.sum(|s| &s.flush_lines),
+            fences: self.counters.sum(|s| &s.fences),
+            nt_bytes: self.counters.sum(|s| &s.nt_bytes),
+            cached_lines: self.counters.sum(|s| &s.cached_lines),
         }
     }
 
     fn count_nt(&self, n: usize) {
-        self.counters.nt_bytes.fetch_add(n as u64, Ordering::Relaxed);
+        self.counters.mine().nt_bytes.fetch_add(n as u64, Ordering::Relaxed);
     }
 }
 
