@@ -16,7 +16,7 @@ secs=${2:-10}
 jobs=${3:-1}
 command -v fio >/dev/null || { echo "fio is not installed (apt-get install fio)" >&2; exit 1; }
 cargo build --release -q -p udax-cli
-udax="$PWD/target/release/udax"
+udax="${CARGO_TARGET_DIR:-$PWD/target}/release/udax"
 
 work=$(mktemp -d /dev/shm/udax-fio.XXXXXX)
 mnt=$(mktemp -d /tmp/udax-fio-mnt.XXXXXX)
