@@ -9,6 +9,8 @@
 #
 #   bash benches/fio.sh [SIZE_MB=512] [SECONDS=10] [JOBS=1]
 #   UDAX_MOUNT_OPTS=threads=1 bash benches/fio.sh ...   (mount options, e.g. to compare threads)
+#   UDAX_MOUNT_OPTS=threads=1,poll=200 bash benches/fio.sh 256 5   (the request thread polls 200 µs)
+# It builds and runs the udax of $CARGO_TARGET_DIR when that is set, else of target/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 size_mb=${1:-512}
@@ -16,7 +18,7 @@ secs=${2:-10}
 jobs=${3:-1}
 command -v fio >/dev/null || { echo "fio is not installed (apt-get install fio)" >&2; exit 1; }
 cargo build --release -q -p udax-cli
-udax="$PWD/target/release/udax"
+udax="${CARGO_TARGET_DIR:-$PWD/target}/release/udax"
 
 work=$(mktemp -d /dev/shm/udax-fio.XXXXXX)
 mnt=$(mktemp -d /tmp/udax-fio-mnt.XXXXXX)

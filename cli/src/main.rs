@@ -250,7 +250,9 @@ enum Cmd {
                       no_default_permissions, nonempty (mount over a non-empty directory),\n\
                       suid and dev (honour set-user-ID bits and device nodes on the image; off by\n\
                       default, as nosuid,nodev, since an image may come from anyone),\n\
-                      threads=N (request threads, default one per CPU up to 8), max_read=N,\n\
+                      threads=N (request threads, default one per CPU up to 8), poll=US (after\n\
+                      each request, poll for the next one for US microseconds before sleeping: less\n\
+                      latency per request, a CPU kept busy while requests come), max_read=N,\n\
                       debug (log every request), log=FILE (append the log to FILE).\n\n\
                       The server logs its start, unmount and errors: to standard error with -f, to\n\
                       FILE with log=FILE, else to syslog. A user who is not root mounts through\n\

@@ -559,6 +559,37 @@ fn set_id_bits_and_device_nodes_are_inert_unless_asked_for() {
     m.unmount();
 }
 
+/// `-o poll` has the request thread poll /dev/fuse (O_NONBLOCK) after each request: it serves,
+/// and once idle no descriptor of /dev/fuse is left non-blocking and the server uses no CPU.
+#[test]
+fn a_polling_mount_serves_then_sleeps_when_idle() {
+    if !can_mount() {
+        return;
+    }
+    let m = Mounted::with_options("32M", "poll=200");
+    let data: Vec<u8> = (0..1u32 << 20).map(|i| (i % 251) as u8).collect();
+    std::fs::write(m.mnt.join("f"), &data).unwrap();
+    assert_eq!(std::fs::read(m.mnt.join("f")).unwrap(), data);
+    let pid = server_pid(&m.img).expect("a server holds the image");
+    let cpu_ticks = || -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        stat.rsplit(')').next().unwrap().split(' ').skip(12).take(2).map(|x| x.parse::<u64>().unwrap()).sum()
+    };
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().flatten() {
+        if std::fs::read_link(fd.path()).is_ok_and(|p| p == Path::new("/dev/fuse")) {
+            let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{}", fd.file_name().to_string_lossy()));
+            let flags = info.unwrap().lines().find_map(|l| l.strip_prefix("flags:").map(|f| f.trim().to_string()));
+            let flags = u32::from_str_radix(&flags.unwrap(), 8).unwrap();
+            assert_eq!(flags & libc::O_NONBLOCK as u32, 0, "/dev/fuse still polled when idle");
+        }
+    }
+    let before = cpu_ticks();
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    assert!(cpu_ticks() - before <= 2, "an idle polling mount used {} ticks in 1 s", cpu_ticks() - before);
+    m.unmount();
+}
+
 /// After `umount` returned, the server could still hold the image's lock for a moment
 /// (checkpoint, sync, exit): an immediate `udax fsck` said "image is in use" 2 times in 20. A
 /// command now waits for a server whose mount is gone.

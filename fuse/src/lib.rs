@@ -15,6 +15,7 @@ use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 mod attach;
+mod poll;
 pub mod snapshot;
 
 pub use attach::{detach, FS_TYPE};
@@ -54,6 +55,9 @@ pub struct MountOptions {
     pub dev: bool,
     /// Worker threads serving requests (0: one per CPU, at most 8).
     pub threads: usize,
+    /// How long the thread that receives requests polls for the next one before it sleeps
+    /// (`-o poll=MICROSECONDS`; zero: it sleeps at once).
+    pub poll: Duration,
     /// Options passed to the kernel as they are (`-o max_read=…`).
     pub other: Vec<String>,
     /// What mount(8) and df show as the source: the image's path ("udax" when not set).
@@ -87,6 +91,10 @@ impl MountOptions {
                 s if s.starts_with("threads=") => {
                     o.threads = s["threads=".len()..].parse().map_err(|_| format!("bad thread count in {s:?}"))?;
                 }
+                s if s.starts_with("poll=") => {
+                    let us = s["poll=".len()..].parse().map_err(|_| format!("bad poll window in {s:?}"))?;
+                    o.poll = Duration::from_micros(us);
+                }
                 s if s.starts_with("max_read=") => o.other.push(s.to_string()),
                 s => return Err(format!("unknown mount option {s:?}")),
             }
@@ -101,6 +109,8 @@ impl MountOptions {
         }
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         c.n_threads = Some(if self.threads == 0 { cpus.min(8) } else { self.threads });
+        // Polling is a flag of the open file: the other threads get descriptors of their own.
+        c.clone_fd = !self.poll.is_zero();
         c
     }
 }
@@ -120,7 +130,8 @@ pub fn session(
     let _ = ON_HOST_FULL.set(on_host_full);
     let fd = attach::attach(dir, opts)?;
     let c = opts.config();
-    fuser::Session::from_fd(UdaxFuse { fs }, fd, c.acl, c).inspect_err(|_| {
+    let poller = if opts.poll.is_zero() { None } else { Some(poll::Poller::start(fd.try_clone()?, opts.poll)?) };
+    fuser::Session::from_fd(UdaxFuse { fs, poller }, fd, c.acl, c).inspect_err(|_| {
         let _ = detach(dir, true);
     })
 }
@@ -132,6 +143,7 @@ static ON_HOST_FULL: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>> = std::syn
 #[derive(Debug)]
 pub struct UdaxFuse {
     fs: Fs,
+    poller: Option<poll::Poller>,
 }
 
 impl UdaxFuse {
@@ -236,6 +248,12 @@ fn set_time(t: TimeOrNow) -> SetTime {
 }
 
 impl UdaxFuse {
+    /// Marks a request being served; with `-o poll` the poll window starts when the guard drops,
+    /// after the reply.
+    fn serving(&self) -> poll::Serving<'_> {
+        poll::Serving::new(self.poller.as_ref())
+    }
+
     fn entry(&self, r: udax::Result<Stat>, reply: ReplyEntry) {
         match r {
             Ok(st) => reply.entry(&TTL, &attr(&st), Generation(u64::from(st.generation))),
@@ -271,6 +289,7 @@ impl Filesystem for UdaxFuse {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let _serving = self.serving();
         // With export support the kernel looks "." up in any inode, a file too, to turn a file
         // handle (node id and generation) back into an inode it no longer caches.
         if name.as_bytes() == b"." {
@@ -280,6 +299,7 @@ impl Filesystem for UdaxFuse {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let _serving = self.serving();
         match self.fs.getattr(ino.0) {
             Ok(st) => reply.attr(&TTL, &attr(&st)),
             Err(e) => reply.error(errno(&e)),
@@ -304,6 +324,7 @@ impl Filesystem for UdaxFuse {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        let _serving = self.serving();
         // What the kernel leaves to a server that handles privileges: a chown of a
         // non-directory, and a truncate by a caller without CAP_FSETID (taken to be non-root),
         // drop the set-ID bits as on a kernel file system (udax does it in the same transaction).
@@ -324,6 +345,7 @@ impl Filesystem for UdaxFuse {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let _serving = self.serving();
         match self.fs.readlink(ino.0) {
             Ok(t) => reply.data(&t),
             Err(e) => reply.error(errno(&e)),
@@ -331,6 +353,7 @@ impl Filesystem for UdaxFuse {
     }
 
     fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, rdev: u32, reply: ReplyEntry) {
+        let _serving = self.serving();
         let mode = mode & !(umask & 0o777);
         let r = if mode & libc::S_IFMT == libc::S_IFREG || mode & libc::S_IFMT == 0 {
             self.fs.create(parent.0, name.as_bytes(), mode & 0o7777, who(req))
@@ -341,18 +364,22 @@ impl Filesystem for UdaxFuse {
     }
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
+        let _serving = self.serving();
         self.entry(self.fs.mkdir(parent.0, name.as_bytes(), mode & !umask & 0o7777, who(req)), reply);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _serving = self.serving();
         done(self.fs.unlink(parent.0, name.as_bytes()), reply)
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _serving = self.serving();
         done(self.fs.rmdir(parent.0, name.as_bytes()), reply)
     }
 
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+        let _serving = self.serving();
         self.entry(self.fs.symlink(parent.0, link_name.as_bytes(), target.as_os_str().as_bytes(), who(req)), reply);
     }
 
@@ -366,6 +393,7 @@ impl Filesystem for UdaxFuse {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        let _serving = self.serving();
         let how = if flags.contains(RenameFlags::RENAME_EXCHANGE) {
             RenameMode::Exchange
         } else if flags.contains(RenameFlags::RENAME_NOREPLACE) {
@@ -379,10 +407,12 @@ impl Filesystem for UdaxFuse {
     }
 
     fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+        let _serving = self.serving();
         self.entry(self.fs.link(ino.0, newparent.0, newname.as_bytes()), reply);
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let _serving = self.serving();
         // Changes check for themselves; an open for writing is refused up front, as the kernel's.
         if self.fs.is_read_only() && flags.0 & libc::O_ACCMODE != libc::O_RDONLY {
             return reply.error(Errno::EROFS);
@@ -403,6 +433,7 @@ impl Filesystem for UdaxFuse {
         _flags: i32,
         reply: ReplyCreate,
     ) {
+        let _serving = self.serving();
         let made = self.fs.create(parent.0, name.as_bytes(), mode & !umask & 0o7777, who(req));
         match made.and_then(|st| self.fs.open_ino(st.ino)) {
             Ok(st) => reply.created(&TTL, &attr(&st), Generation(u64::from(st.generation)), FileHandle(0), OPEN_FLAGS),
@@ -421,6 +452,7 @@ impl Filesystem for UdaxFuse {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        let _serving = self.serving();
         let mut buf = vec![0u8; size as usize];
         match self.fs.read(ino.0, &mut buf, offset) {
             Ok(n) => reply.data(&buf[..n]),
@@ -440,6 +472,7 @@ impl Filesystem for UdaxFuse {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        let _serving = self.serving();
         // Sent with every write by a caller without CAP_FSETID.
         let written = if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
             self.fs.write_dropping_set_id(ino.0, data, offset)
@@ -453,6 +486,7 @@ impl Filesystem for UdaxFuse {
     }
 
     fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+        let _serving = self.serving();
         // Every write is durable when it returns; nothing waits for close.
         reply.ok();
     }
@@ -467,18 +501,22 @@ impl Filesystem for UdaxFuse {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        let _serving = self.serving();
         done(self.fs.release(ino.0), reply)
     }
 
     fn fsync(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        let _serving = self.serving();
         done(self.fs.fsync(ino.0), reply)
     }
 
     fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        let _serving = self.serving();
         done(self.fs.sync(), reply)
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let _serving = self.serving();
         match self.fs.getattr(ino.0) {
             Ok(st) if kind(st.mode) == FileType::Directory => reply.opened(FileHandle(0), FopenFlags::empty()),
             Ok(_) => reply.error(Errno::ENOTDIR),
@@ -487,6 +525,7 @@ impl Filesystem for UdaxFuse {
     }
 
     fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let _serving = self.serving();
         // Offsets: 1 is ".", 2 is "..", and an entry's udax cookie c is c + 2.
         if offset < 1 && reply.add(ino, 1, FileType::Directory, ".") {
             return reply.ok();
@@ -511,6 +550,7 @@ impl Filesystem for UdaxFuse {
     }
 
     fn readdirplus(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+        let _serving = self.serving();
         let dot = |i: u64| self.fs.getattr(i).map(|st| (attr(&st), Generation(u64::from(st.generation))));
         if offset < 1 {
             match dot(ino.0) {
@@ -544,6 +584,7 @@ impl Filesystem for UdaxFuse {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let _serving = self.serving();
         let s = self.fs.statfs();
         let bs = s.block_size as u32;
         reply.statfs(s.blocks, s.blocks_free, s.blocks_free, s.inodes, s.inodes_free, bs, s.name_max, bs);
@@ -559,6 +600,7 @@ impl Filesystem for UdaxFuse {
         position: u32,
         reply: ReplyEmpty,
     ) {
+        let _serving = self.serving();
         if position != 0 || flags & !(libc::XATTR_CREATE | libc::XATTR_REPLACE) != 0 {
             return reply.error(Errno::EINVAL);
         }
@@ -567,6 +609,7 @@ impl Filesystem for UdaxFuse {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let _serving = self.serving();
         match self.fs.getxattr(ino.0, name.as_bytes()) {
             Ok(v) => xattr_reply(&v, size, reply),
             Err(e) => reply.error(errno(&e)),
@@ -574,6 +617,7 @@ impl Filesystem for UdaxFuse {
     }
 
     fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let _serving = self.serving();
         match self.fs.listxattr(ino.0) {
             // The kernel passes the list on as it is; ext4 leaves trusted.* out for callers
             // without CAP_SYS_ADMIN, which over FUSE is as close as root.
@@ -592,10 +636,12 @@ impl Filesystem for UdaxFuse {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _serving = self.serving();
         done(self.fs.removexattr(ino.0, name.as_bytes()), reply)
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        let _serving = self.serving();
         // With default_permissions the kernel has checked; this only says the inode exists.
         match self.fs.getattr(ino.0) {
             Ok(_) => reply.ok(),
@@ -613,6 +659,7 @@ impl Filesystem for UdaxFuse {
         mode: i32,
         reply: ReplyEmpty,
     ) {
+        let _serving = self.serving();
         let keep = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
         let how = match mode & !libc::FALLOC_FL_KEEP_SIZE {
             0 => FallocMode::Allocate { keep_size: keep },
@@ -624,6 +671,7 @@ impl Filesystem for UdaxFuse {
     }
 
     fn lseek(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: i64, whence: i32, reply: ReplyLseek) {
+        let _serving = self.serving();
         let Ok(off) = u64::try_from(offset) else { return reply.error(Errno::ENXIO) };
         let r = match whence {
             libc::SEEK_DATA => self.fs.seek_data(ino.0, off),
@@ -649,6 +697,7 @@ impl Filesystem for UdaxFuse {
         _flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
+        let _serving = self.serving();
         // One chunk per request, at most 1 MiB: the caller loops, as with a short write.
         let mut buf = vec![0u8; len.min(1 << 20) as usize];
         let r =
