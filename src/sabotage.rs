@@ -48,15 +48,12 @@ pub enum Sabotage {
     CheckpointUnflushed,
     /// msync leaves out the first page of those found stored to since the last one.
     MsyncDropsPage,
-    /// Commit: returns once its own record is fenced, without waiting for the records placed
-    /// before it, so a crash that tears one of those ends the replay before a returned record.
-    CommitUnordered,
 }
 
 #[cfg(feature = "crash-test")]
 impl Sabotage {
     /// Every planted bug, with the name `udax crashtest --sabotage` takes.
-    pub const ALL: [(&'static str, Sabotage); 18] = [
+    pub const ALL: [(&'static str, Sabotage); 17] = [
         ("content-fence", Sabotage::ContentFence),
         ("record-fence", Sabotage::RecordFence),
         ("apply-before-record", Sabotage::ApplyBeforeRecord),
@@ -74,7 +71,6 @@ impl Sabotage {
         ("entry-in-place", Sabotage::EntryInPlace),
         ("checkpoint-unflushed", Sabotage::CheckpointUnflushed),
         ("msync-drops-page", Sabotage::MsyncDropsPage),
-        ("commit-unordered", Sabotage::CommitUnordered),
     ];
 
     /// The name `udax crashtest --sabotage` takes.

@@ -54,27 +54,3 @@ fn take_in_turn<G>(mut try_take: impl FnMut() -> Result<G, TryLockError<G>>) -> 
         }
     }
 }
-
-/// Waits, holding no lock of its own, until `ready()`: spins a little, then gives the CPU up
-/// between tries, and at length sleeps between them, so that a thread of higher priority
-/// never starves the one it waits for on the same CPU (a yield gives way to equals only). A
-/// thread of the crash explorer's interleaved run hands the turn on instead (what it waits for
-/// is another thread's doing).
-pub(crate) fn wait_until(mut ready: impl FnMut() -> bool) {
-    let mut tries = 0u32;
-    while !ready() {
-        #[cfg(feature = "crash-test")]
-        if crate::turnstile::joined_any() {
-            crate::turnstile::lock_held();
-            continue;
-        }
-        tries = tries.saturating_add(1);
-        if tries < 100 {
-            std::hint::spin_loop();
-        } else if cfg!(feature = "model") || tries < 200 {
-            thread::yield_now();
-        } else {
-            std::thread::sleep(std::time::Duration::from_micros(20));
-        }
-    }
-}

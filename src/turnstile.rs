@@ -154,14 +154,6 @@ pub(crate) fn at_fence() {
     }
 }
 
-/// The caller reached a point where another thread must be seen to run (a commit has taken
-/// its place in the journal and not yet written its record): a participant hands the turn on.
-pub(crate) fn hand_over() {
-    if let Some((t, me)) = joined() {
-        t.pass(me, true);
-    }
-}
-
 /// A lock the caller wants is held: a participant lets another thread run (perhaps the
 /// holder); anyone else just yields the CPU.
 pub(crate) fn lock_held() {

@@ -22,8 +22,8 @@ pub fn sweeps(block_size: u32) -> Vec<Options> {
     vec![
         Options { workload: Workload::Seq1, ..base.clone() },
         Options { workload: Workload::Seq2, fill_journal: true, ..base.clone() },
-        Options { workload: Workload::Concurrent { schedules: 3 }, fill_journal: true, ..base.clone() },
-        Options { workload: Workload::Random { ops: 300 }, ..base },
+        Options { workload: Workload::Random { ops: 300 }, ..base.clone() },
+        Options { workload: Workload::Concurrent { schedules: 2 }, fill_journal: true, ..base },
     ]
 }
 

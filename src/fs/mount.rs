@@ -121,7 +121,7 @@ impl Fs {
             inner: Arc::new(Inner {
                 dev,
                 geo,
-                journal,
+                journal: Mutex::new(journal),
                 alloc: Mutex::new(alloc),
                 itable: Mutex::new(loaded.itable),
                 nodes: NodeTable::new(loaded.nodes),
@@ -163,7 +163,7 @@ impl Fs {
     /// the last handle, hands the device back.
     pub fn unmount(self) -> Result<Option<Device>> {
         // A checkpoint first, so the next mount has nothing to replay.
-        let cp = self.inner.journal.checkpoint(&self.inner.dev)?;
+        let cp = lock(&self.inner.journal).checkpoint(&self.inner.dev)?;
         lock(&self.inner.alloc).release(cp);
         self.sync()?;
         let mut inner = self.inner;

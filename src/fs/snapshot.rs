@@ -5,6 +5,7 @@ use std::os::unix::fs::FileExt;
 
 use super::Fs;
 use crate::error::{Error, Result};
+use crate::sync::lock;
 
 /// Bytes copied per device read.
 const CHUNK: usize = 1 << 20;
@@ -19,9 +20,9 @@ impl Fs {
         let len = self.inner.dev.len();
         to.set_len(0).and_then(|()| to.set_len(len)).map_err(|e| Error::io("size the snapshot", e))?;
         let mut buf = vec![0u8; CHUNK];
-        // With the journal quiet (no commit under way, none starting, no checkpoint), the device
-        // holds whole transactions only.
-        let _quiet = self.inner.journal.quiesce();
+        // Commits, with the entries they apply in place, and checkpoints all happen under the
+        // journal lock: held, the device holds whole transactions only.
+        let _journal = lock(&self.inner.journal);
         let mut off = 0;
         while off < len {
             let n = CHUNK.min((len - off) as usize);

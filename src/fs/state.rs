@@ -38,7 +38,7 @@ pub struct Fs {
 pub(crate) struct Inner {
     pub(crate) dev: Device,
     pub(crate) geo: Geometry,
-    pub(super) journal: Journal,
+    pub(super) journal: Mutex<Journal>,
     pub(super) alloc: Mutex<Allocator>,
     pub(super) itable: Mutex<InodeTable>,
     pub(crate) nodes: NodeTable,
@@ -166,7 +166,7 @@ impl Fs {
     /// Journal ring bytes left before a commit moves the checkpoint (for the crash explorer).
     #[cfg(feature = "crash-test")]
     pub fn journal_room(&self) -> u64 {
-        self.inner.journal.room()
+        lock(&self.inner.journal).room()
     }
 
     /// Whether bug `which` is planted (never, without `crash-test`).
@@ -278,16 +278,18 @@ impl Fs {
     pub(crate) fn commit(&self, tx: &Tx) -> Result<u64> {
         crate::faults::check(crate::faults::Step::Commit)?;
         tx.fence_content(&self.inner.dev);
-        let done = self.inner.journal.commit_fenced(&self.inner.dev, tx)?;
-        // The release of the journal's lock for applied ranges is a locked instruction on x86:
-        // it orders this thread's earlier write-backs as a fence does (the explorer's
-        // interleaved threads change turns here).
+        let mut j = lock(&self.inner.journal);
+        let done = j.commit_fenced(&self.inner.dev, tx)?;
+        let head = j.head();
+        drop(j);
+        // The release is a locked instruction on x86: it orders this thread's earlier
+        // write-backs as a fence does (the explorer's interleaved threads change turns here).
         #[cfg(feature = "crash-test")]
         self.inner.dev.ordered();
         if let Some(cp) = done.checkpoint {
             lock(&self.inner.alloc).release(cp);
         }
-        Ok(done.end)
+        Ok(head)
     }
 
     /// Most blocks one data transaction may touch: every block can cost a few extent-slot entries
@@ -307,7 +309,7 @@ impl Fs {
             match a.alloc(goal, n) {
                 Err(Error::NoSpace) if a.has_pending() && a.available_blocks() >= n => {
                     drop(a);
-                    let cp = self.inner.journal.checkpoint(&self.inner.dev)?;
+                    let cp = lock(&self.inner.journal).checkpoint(&self.inner.dev)?;
                     let mut a = lock(&self.inner.alloc);
                     a.release(cp);
                     a.alloc(goal, n)
@@ -346,7 +348,7 @@ impl Fs {
                 None if !a.has_pending() => return Err(Error::NoSpace),
                 None => {
                     drop(a);
-                    let cp = self.inner.journal.checkpoint(&self.inner.dev)?;
+                    let cp = lock(&self.inner.journal).checkpoint(&self.inner.dev)?;
                     let mut a = lock(&self.inner.alloc);
                     a.release(cp);
                     a.alloc_aligned(n, align).ok_or(Error::NoSpace)?
