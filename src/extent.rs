@@ -516,6 +516,36 @@ mod tests {
         );
     }
 
+    /// A range over the end of one extent, several whole ones and the start of another keeps
+    /// the two parts, drops the whole ones and gives back exactly their slots.
+    #[test]
+    fn a_range_over_many_extents_keeps_the_edges_and_frees_the_middle() {
+        let (d, g, mut m) = setup();
+        let s = g.data_start;
+        let mut tx = Tx::new();
+        let mut next = s + 1000;
+        let mut alloc = |n: u64| {
+            next += n;
+            Ok((next - n..next).collect())
+        };
+        m.reserve_slots(16, &d, &g, 2, &mut tx, &mut alloc).unwrap();
+        // Ten 2-block extents, each a block apart on the device so none merge.
+        for k in 0..10 {
+            m.insert(ext(2 * k, s + 3 * k, 2), &mut tx).unwrap();
+        }
+        let free_before = m.free_slots.len();
+        let removed = m.remove_range(3, 14, &mut tx).unwrap();
+        let mut want = vec![ext(3, s + 4, 1)];
+        want.extend((2..8).map(|k| ext(2 * k, s + 3 * k, 2)));
+        want.push(ext(16, s + 24, 1));
+        assert_eq!(removed, want);
+        let left: Vec<Extent> = m.iter().copied().collect();
+        let mut kept = vec![ext(0, s, 2), ext(2, s + 3, 1), ext(17, s + 25, 1)];
+        kept.extend((9..10).map(|k| ext(2 * k, s + 3 * k, 2)));
+        assert_eq!(left, kept);
+        assert_eq!(m.free_slots.len(), free_before + 6);
+    }
+
     #[test]
     fn overflow_blocks_chain_and_reload() {
         let (d, g, mut m) = setup();

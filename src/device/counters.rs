@@ -31,7 +31,7 @@ impl std::ops::Sub for Counters {
 
 /// The counters, striped: each thread adds to a stripe of its own (its own cache line), so
 /// threads storing to the device side by side do not pass one line between their CPUs on
-/// every store. [`Device::counters`] sums the stripes.
+/// every store. [`super::Device::counters`] sums the stripes.
 #[derive(Debug, Default)]
 pub(super) struct AtomicCounters {
     stripes: [Stripe; STRIPES],
