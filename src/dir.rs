@@ -15,7 +15,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::BuildHasher;
-use std::sync::{Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use foldhash::fast::SeedableRandomState;
 use foldhash::SharedSeed;
@@ -75,8 +75,9 @@ fn os_random() -> u64 {
 /// One directory's entries in memory: by name, by position, and its free spans.
 #[derive(Debug, Default, Clone)]
 pub struct DirIndex {
-    names: HashMap<Box<[u8]>, Entry, NameHasher>,
-    by_pos: BTreeMap<u64, Box<[u8]>>,
+    /// Entries by name; each name is one allocation shared with `by_pos`.
+    names: HashMap<Arc<[u8]>, Entry, NameHasher>,
+    by_pos: BTreeMap<u64, Arc<[u8]>>,
     /// Free spans: position -> units, maximal within a block.
     free: BTreeMap<u64, u64>,
     /// Positions of free spans by unit count; an entry is stale unless `free` agrees.
@@ -255,8 +256,9 @@ impl DirIndex {
                 if d.names.contains_key(name) {
                     return false;
                 }
-                d.names.insert(name.into(), e);
-                d.by_pos.insert(e.pos, name.into());
+                let name: Arc<[u8]> = name.into();
+                d.names.insert(Arc::clone(&name), e);
+                d.by_pos.insert(e.pos, name);
                 if e.dtype == DT_DIR {
                     d.subdirs += 1;
                 }
@@ -378,8 +380,9 @@ impl DirIndex {
             }
         };
         let e = Entry { ino, dtype, pos, units: n };
-        self.names.insert(name.into(), e);
-        self.by_pos.insert(pos, name.into());
+        let key: Arc<[u8]> = name.into();
+        self.names.insert(Arc::clone(&key), e);
+        self.by_pos.insert(pos, key);
         if dtype == DT_DIR {
             self.subdirs += 1;
         }

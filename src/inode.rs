@@ -5,7 +5,9 @@
 //! first use. Changes are logged as the 128 attribute bytes of the slot (plus extent-slot
 //! and directory-entry entries made by their own modules).
 
+use std::hash::BuildHasherDefault;
 use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::OnceLock;
 
 use zerocopy::IntoBytes;
 
@@ -42,6 +44,20 @@ impl Timespec {
         }
         let t = rustix::time::clock_gettime(rustix::time::ClockId::RealtimeCoarse);
         Timespec { sec: t.tv_sec, nsec: t.tv_nsec as u32 }
+    }
+
+    /// Whether a time a write stamped is still current at `tick` (a reading of
+    /// [`Timespec::coarse_now`]): it lies inside the coarse tick that began at `tick`. A time
+    /// from an earlier tick is stale, and so is one set ahead of the clock (by `utimensat`), as
+    /// Linux replaces any time that differs from its clock's.
+    pub fn in_tick(self, tick: Timespec) -> bool {
+        static RES_NS: OnceLock<i128> = OnceLock::new();
+        let res = *RES_NS.get_or_init(|| {
+            let r = rustix::time::clock_getres(rustix::time::ClockId::RealtimeCoarse);
+            (i128::from(r.tv_sec) * 1_000_000_000 + i128::from(r.tv_nsec)).max(1)
+        });
+        let ns = |t: Timespec| i128::from(t.sec) * 1_000_000_000 + i128::from(t.nsec);
+        (0..res).contains(&(ns(self) - ns(tick)))
     }
 
     /// The current time from the precise real-time clock.
@@ -407,6 +423,29 @@ pub fn scan_table(
     Ok(())
 }
 
+/// Hashes inode numbers for the node table and the inode table's maps: one multiply, its high half folded into the low
+/// half (where the table picks its bucket) and kept in the high bits (its tag). Inode numbers
+/// come from the image, but only `1..=inode count`: an image cannot name more inodes than its
+/// table holds, so colliding numbers cannot outnumber the inodes themselves.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct InoHasher(u64);
+
+impl std::hash::Hasher for InoHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0 ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0 ^ self.0 >> 32
+    }
+}
+
 /// Free inode numbers: a bitmap rebuilt at mount.
 #[derive(Debug)]
 pub struct InodeTable {
@@ -415,9 +454,9 @@ pub struct InodeTable {
     free: u64,
     hint: usize,
     /// Generation of each freed slot's last owner, so reuse bumps it.
-    generations: std::collections::HashMap<u64, u32>,
+    generations: std::collections::HashMap<u64, u32, BuildHasherDefault<InoHasher>>,
     /// Numbers that stay in use until the next mount even when freed (see [`InodeTable::quarantine`]).
-    quarantined: std::collections::HashSet<u64>,
+    quarantined: std::collections::HashSet<u64, BuildHasherDefault<InoHasher>>,
 }
 
 impl InodeTable {

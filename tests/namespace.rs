@@ -110,6 +110,26 @@ fn attributes_and_their_ctime_rules() {
 }
 
 #[test]
+fn a_write_replaces_a_time_set_ahead_of_the_clock() {
+    // Writes leave times inside the current coarse-clock tick alone; one set ahead of the clock
+    // is not inside it, and a write must replace it, as Linux does.
+    let fs = fresh();
+    fs.write_file("/f", &[1u8; 8192]).unwrap();
+    let ino = fs.resolve("/f", true).unwrap();
+    let far = Timespec { sec: 1 << 40, nsec: 0 };
+    let ahead = SetAttr { mtime: Some(SetTime::At(far)), ..Default::default() };
+    let f = fs.open("/f", OpenOptions::read_write()).unwrap();
+    for (what, off) in [("an overwrite", 0), ("an append", 8192)] {
+        fs.setattr(ino, &ahead).unwrap();
+        let before = Timespec::now();
+        f.write_at(b"xyz", off).unwrap();
+        let st = fs.getattr(ino).unwrap();
+        assert!(st.mtime >= before && st.mtime < far, "{what} kept mtime {:?}", st.mtime);
+        assert!(st.ctime >= before, "{what} kept ctime {:?}", st.ctime);
+    }
+}
+
+#[test]
 fn readdir_cookies_resume_where_they_left_off() {
     let fs = fresh();
     for i in 0..500 {

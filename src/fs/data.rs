@@ -1,8 +1,9 @@
 //! The data path: read, write and truncate, copying straight between the caller and the device.
 //!
-//! A write that only overwrites written blocks inside the file stores the data (non-temporal)
-//! and fences once; it logs new mtime/ctime (in a record, never in place) only when the coarse
-//! clock has ticked past them. A write that needs blocks (holes, unwritten
+//! A write sets new mtime/ctime only when the coarse clock has ticked past them (or they were
+//! set ahead of it), and logs them in a record, never in place. A write that only overwrites
+//! written blocks inside the file with times still current stores the data (non-temporal) and
+//! fences once. A write that needs blocks (holes, unwritten
 //! extents, growth) fills every new block whole — its data and zeros around it — fences, and
 //! only then commits the transaction that links the blocks and sets the size (DESIGN.md "Commit protocol").
 
@@ -264,8 +265,8 @@ impl Fs {
     ) -> Result<bool> {
         let tick = Timespec::coarse_now();
         if data.len() > LOCKED_OVERWRITE
-            || tick > g.attr.mtime
-            || tick > g.attr.ctime
+            || !g.attr.mtime.in_tick(tick)
+            || !g.attr.ctime.in_tick(tick)
             || (drop_set_id && killed_set_id(g.attr.mode, false) != 0)
             || !lock(&n.maps).is_empty()
         {
@@ -364,19 +365,21 @@ impl Fs {
         } else {
             self.unmap_copies(n, off, end)?;
         }
-        if !metadata {
-            // Pure overwrite: the data in place and one fence. The times change only once the
-            // coarse clock has ticked past them, and then through a transaction: a time stored
-            // in place could persist half old, half new (8-byte failure atomicity).
-            let tick = Timespec::coarse_now();
-            if tick <= g.attr.mtime && tick <= g.attr.ctime && kill == 0 {
-                self.inner.dev.fence();
-                return Ok(());
-            }
+        // The times change only once the coarse clock has ticked past them, as Linux stamps
+        // writes with its coarse clock; a pure overwrite within the tick is then the data in
+        // place and one fence. A changed time goes through a transaction: a time stored in
+        // place could persist half old, half new (8-byte failure atomicity).
+        let tick = Timespec::coarse_now();
+        let stale = !g.attr.mtime.in_tick(tick) || !g.attr.ctime.in_tick(tick);
+        if !metadata && !stale && kill == 0 {
+            self.inner.dev.fence();
+            return Ok(());
         }
-        let now = Timespec::now();
-        g.attr.mtime = now;
-        g.attr.ctime = now;
+        if stale {
+            let now = Timespec::now();
+            g.attr.mtime = now;
+            g.attr.ctime = now;
+        }
         g.attr.mode &= !kill;
         if !metadata {
             g.log_attr(&geo, &mut tx);

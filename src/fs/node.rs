@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 
 use crate::error::Result;
-use crate::inode::Inode;
+use crate::inode::{InoHasher, Inode};
 use crate::sync::{lock, rd, wr, AtomicBool, AtomicU64, AtomicUsize, Condvar, Mutex, RwLock};
 use crate::uffd::{Region, Uffd};
 
@@ -48,29 +48,6 @@ impl Node {
         let is_symlink = crate::layout::mode::is_symlink(inode.attr.mode);
         let inode = RwLock::new(inode);
         Arc::new(Node { io: RwLock::new(()), inode, parent, ino, is_dir, is_symlink, maps: Mutex::new(Vec::new()) })
-    }
-}
-
-/// Hashes inode numbers for the node table: one multiply, its high half folded into the low
-/// half (where the table picks its bucket) and kept in the high bits (its tag). Inode numbers
-/// come from the image, but only `1..=inode count`: an image cannot name more inodes than its
-/// table holds, so colliding numbers cannot outnumber the inodes themselves.
-#[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct InoHasher(u64);
-
-impl std::hash::Hasher for InoHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.write_u64(u64::from(b));
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = (self.0 ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
-
-    fn finish(&self) -> u64 {
-        self.0 ^ self.0 >> 32
     }
 }
 
