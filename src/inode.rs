@@ -310,16 +310,19 @@ impl Inode {
 
     /// Logs the attribute half of the slot.
     pub fn log_attr(&self, geo: &Geometry, tx: &mut Tx) {
+        tx.changes_inode(self.ino);
         tx.put(geo.inode_at(self.ino), &self.raw().as_bytes()[..INODE_ATTR_LEN]);
     }
 
     /// Logs the whole slot of a new inode (clearing whatever a previous owner left in it).
     pub fn log_new(&self, geo: &Geometry, tx: &mut Tx) {
+        tx.changes_inode(self.ino);
         tx.put_obj(geo.inode_at(self.ino), &self.raw());
     }
 
     /// Logs the slot as free.
     pub fn log_free(&self, geo: &Geometry, tx: &mut Tx) {
+        tx.changes_inode(self.ino);
         // Keep the generation so the next owner of the slot gets a higher one.
         let mut r = RawInode { mode: 0.into(), nlink: 0.into(), ..self.raw() };
         r.size = 0.into();

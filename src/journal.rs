@@ -45,6 +45,9 @@ pub struct Tx {
     entries: u32,
     /// Content was stored that must be persistent before the record.
     content: bool,
+    /// Inodes whose attributes (size, extents, times) the record changes: their map
+    /// generations move before it commits (`crate::direct`).
+    inodes: smallvec::SmallVec<[u64; 2]>,
 }
 
 thread_local! {
@@ -64,7 +67,19 @@ impl Tx {
         if buf.capacity() == 0 {
             buf.reserve(1024);
         }
-        Tx { buf, entries: 0, content: false }
+        Tx { buf, entries: 0, content: false, inodes: smallvec::SmallVec::new() }
+    }
+
+    /// Notes that the record changes inode `ino`'s attributes.
+    pub fn changes_inode(&mut self, ino: u64) {
+        if !self.inodes.contains(&ino) {
+            self.inodes.push(ino);
+        }
+    }
+
+    /// The inodes [`Tx::changes_inode`] noted.
+    pub fn inodes(&self) -> &[u64] {
+        &self.inodes
     }
 
     /// Adds "write `bytes` at device offset `off`".

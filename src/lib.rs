@@ -55,6 +55,7 @@ internal! {
 pub mod check;
 #[allow(unsafe_code)]
 mod device;
+pub mod direct;
 mod error;
 #[cfg(feature = "faults")]
 pub mod faults;
@@ -78,7 +79,7 @@ pub mod crashtest;
 #[cfg(feature = "crash-test")]
 pub mod robust;
 
-pub use device::{Backend, Counters, Device, DeviceInfo, Floor, FlushInsn, NtInsn};
+pub use device::{Backend, Counters, Device, DeviceInfo, Floor, FlushInsn, NtInsn, SharedWords};
 #[cfg(feature = "crash-test")]
 pub use device::{FenceHook, InFlight};
 pub use error::{Error, Result};

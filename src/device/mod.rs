@@ -14,12 +14,14 @@ mod lock;
 mod persist;
 #[cfg(feature = "crash-test")]
 mod record;
+mod shared;
 
 use counters::AtomicCounters;
 pub use counters::Counters;
 pub use floor::Floor;
 #[cfg(feature = "crash-test")]
 pub use record::{FenceHook, InFlight};
+pub use shared::SharedWords;
 
 pub use persist::{FlushInsn, NtInsn, LINE};
 

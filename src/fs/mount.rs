@@ -138,6 +138,7 @@ impl Fs {
                 broken: Mutex::new(None),
                 stopped: AtomicBool::new(false),
                 mmap: Default::default(),
+                direct: Default::default(),
                 owner: Creds::current(),
             }),
         };

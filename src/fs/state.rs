@@ -65,6 +65,8 @@ pub(crate) struct Inner {
     /// Set once `broken` holds a reason: the one load every change makes.
     pub(super) stopped: AtomicBool,
     pub(crate) mmap: ServiceSlot,
+    /// The map generations published to direct clients, once a server publishes them.
+    pub(crate) direct: std::sync::OnceLock<crate::direct::DirectTable>,
     /// Who owns what the path calls create: the process's effective ids at mount (taken once,
     /// not asked of the kernel on every call; the `_as` calls name someone else).
     pub(crate) owner: Creds,
@@ -277,6 +279,10 @@ impl Fs {
     /// Commits `tx`; returns the journal position after it (for [`Allocator::free_after`]).
     pub(crate) fn commit(&self, tx: &Tx) -> Result<u64> {
         crate::faults::check(crate::faults::Step::Commit)?;
+        // Before the record: a direct client that copied across this change sees it moved.
+        if let Some(t) = self.inner.direct.get() {
+            tx.inodes().iter().for_each(|&ino| t.bump(ino));
+        }
         tx.fence_content(&self.inner.dev);
         let mut j = lock(&self.inner.journal);
         let done = j.commit_fenced(&self.inner.dev, tx)?;

@@ -1,0 +1,122 @@
+//! What a mount server publishes to direct clients: file maps that name the bytes in the image,
+//! paged, and a map generation that moves with every change to a file's size or blocks.
+
+use std::os::unix::fs::FileExt;
+
+use udax::direct::{DirectTable, MapIo, EXTENT_WRITTEN, MAP_EXTENTS, STATE_CLOSED, STATE_LIVE};
+use udax::{Device, FallocMode, Fs, MkfsOptions, OpenOptions};
+
+struct Scratch(std::path::PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn scratch(what: &str) -> Scratch {
+    let dir = if std::path::Path::new("/dev/shm").is_dir() { "/dev/shm".into() } else { std::env::temp_dir() };
+    Scratch(dir.join(format!("udax-direct-{what}-{}", std::process::id())))
+}
+
+/// All of a file's extents, page by page.
+fn whole_map(fs: &Fs, ino: u64) -> (u64, u64, Vec<udax::direct::MapExtent>) {
+    let (mut from, mut all) = (0, Vec::new());
+    loop {
+        let m: MapIo = fs.file_map(ino, from).unwrap();
+        all.extend_from_slice(m.extents());
+        if m.next_block == u64::MAX {
+            return (m.generation, m.size, all);
+        }
+        assert_eq!(m.count as usize, MAP_EXTENTS, "only a full page has a next one");
+        from = m.next_block;
+    }
+}
+
+#[test]
+fn maps_name_the_files_bytes_in_the_image() {
+    let image = scratch("image");
+    let table_path = scratch("table");
+    let fs = Fs::mkfs(Device::create(&image.0, 64 << 20).unwrap(), &MkfsOptions::default()).unwrap();
+    let table = DirectTable::create(&table_path.0, fs.geometry().inode_count, 0o600).unwrap();
+    fs.publish_maps(table).unwrap();
+    let again = DirectTable::create(&scratch("second").0, fs.geometry().inode_count, 0o600).unwrap();
+    assert_eq!(fs.publish_maps(again).unwrap_err().errno(), libc::EBUSY);
+    let client = DirectTable::open(&table_path.0).unwrap();
+    assert_eq!(client.state(), STATE_LIVE);
+    assert_eq!(client.server_pid(), u64::from(std::process::id()));
+
+    // Every other block written: one extent per block, more than a page of them.
+    let f = fs.open("/sparse", OpenOptions::create()).unwrap();
+    let bs = fs.geometry().block_size;
+    let blocks = 2 * MAP_EXTENTS as u64 + 7;
+    for b in 0..blocks {
+        f.write_at(&[(b % 250) as u8 + 1; 100], 2 * b * bs).unwrap();
+    }
+    let ino = f.metadata().unwrap().ino;
+    let (generation, size, map) = whole_map(&fs, ino);
+    assert_eq!(generation, client.generation(ino).unwrap());
+    assert_eq!(size, f.metadata().unwrap().size);
+    assert_eq!(map.len() as u64, blocks);
+    let img = std::fs::File::open(&image.0).unwrap();
+    for (b, e) in map.iter().enumerate() {
+        assert_eq!((e.logical, e.blocks, e.flags), (2 * b as u64, 1, EXTENT_WRITTEN));
+        let mut got = [0u8; 100];
+        img.read_exact_at(&mut got, e.physical).unwrap();
+        assert_eq!(got, [(b % 250) as u8 + 1; 100], "extent {b} names the file's bytes");
+    }
+    assert_eq!(fs.file_map(1, 0).unwrap_err().errno(), libc::EINVAL, "a directory has no map");
+}
+
+#[test]
+fn every_change_to_size_or_blocks_moves_the_generation() {
+    let image = scratch("gens");
+    let table_path = scratch("gens-table");
+    let fs = Fs::mkfs(Device::create(&image.0, 64 << 20).unwrap(), &MkfsOptions::default()).unwrap();
+    fs.publish_maps(DirectTable::create(&table_path.0, fs.geometry().inode_count, 0o600).unwrap()).unwrap();
+    let client = DirectTable::open(&table_path.0).unwrap();
+    let f = fs.open("/f", OpenOptions::create()).unwrap();
+    let ino = f.metadata().unwrap().ino;
+    let mut last = client.generation(ino).unwrap();
+    let mut moved = |what: &str| {
+        let now = client.generation(ino).unwrap();
+        assert!(now > last, "{what} left the generation at {now}");
+        last = now;
+    };
+    f.write_at(&[1; 10_000], 0).unwrap();
+    moved("a write into holes");
+    f.write_at(&[2; 10], 10_000).unwrap();
+    moved("an append inside the last block");
+    fs.fallocate(ino, 64 << 10, 64 << 10, FallocMode::Allocate { keep_size: true }).unwrap();
+    moved("fallocate");
+    f.write_at(&[3; 4096], 64 << 10).unwrap();
+    moved("a write into unwritten blocks");
+    fs.fallocate(ino, 4096, 4096, FallocMode::PunchHole).unwrap();
+    moved("a punched hole");
+    fs.fallocate(ino, 0, 4096, FallocMode::ZeroRange { keep_size: true }).unwrap();
+    moved("zero range");
+    f.set_len(100).unwrap();
+    moved("truncate down");
+    f.set_len(1 << 20).unwrap();
+    moved("truncate up");
+    drop(f);
+    fs.unlink_path("/f").unwrap();
+    moved("the last unlink, which frees the blocks");
+    drop(fs);
+    assert_eq!(client.state(), STATE_LIVE, "dropping the file system leaves the table to its owner");
+}
+
+#[test]
+fn a_closed_or_foreign_table_is_refused_or_marked() {
+    let p = scratch("closed");
+    let t = DirectTable::create(&p.0, 10, 0o600).unwrap();
+    let c = DirectTable::open(&p.0).unwrap();
+    t.close();
+    assert_eq!(c.state(), STATE_CLOSED);
+    assert!(c.generation(11).is_err() && c.generation(0).is_err());
+    let other = scratch("foreign");
+    std::fs::write(&other.0, [7u8; 4096]).unwrap();
+    assert!(matches!(DirectTable::open(&other.0), Err(udax::Error::Corrupt { .. })));
+    drop(t);
+    assert!(!p.0.exists(), "the server's table goes with it");
+}
