@@ -12,7 +12,7 @@ use std::path::Path;
 
 use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes, KnownLayout};
 
-use crate::device::SharedWords;
+use crate::device::{Device, SharedWords};
 use crate::error::{Error, Result};
 
 /// The table's first word.
@@ -36,6 +36,8 @@ pub const STATE_CLOSED: u64 = 2;
 pub struct DirectTable {
     words: SharedWords,
     inodes: u64,
+    /// Made by this process (the server): closed when dropped.
+    owner: bool,
 }
 
 impl DirectTable {
@@ -49,7 +51,7 @@ impl DirectTable {
         words.store(W_INODES, inodes)?;
         words.store(W_STATE, STATE_LIVE)?;
         words.store(W_MAGIC, TABLE_MAGIC)?;
-        Ok(DirectTable { words, inodes })
+        Ok(DirectTable { words, inodes, owner: true })
     }
 
     /// Maps a table a server made, read-only, checking its header.
@@ -66,7 +68,7 @@ impl DirectTable {
         if inodes.checked_add(HEADER_WORDS as u64 + 1) != Some(words.len() as u64) {
             return Err(corrupt("direct table inode count"));
         }
-        Ok(DirectTable { words, inodes })
+        Ok(DirectTable { words, inodes, owner: false })
     }
 
     fn slot(&self, ino: u64) -> Result<usize> {
@@ -106,6 +108,52 @@ impl DirectTable {
     /// Marks the table closed (the server stops serving): clients stop using cached maps.
     pub fn close(&self) {
         let _ = self.words.store(W_STATE, STATE_CLOSED);
+    }
+}
+
+impl Drop for DirectTable {
+    fn drop(&mut self) {
+        if self.owner {
+            self.close();
+        }
+    }
+}
+
+/// An image as a direct client maps it: the bytes of the files the server's maps name. Copies
+/// in and out go through the device's routines, which never form a reference to the mapping
+/// (other processes store to it at the same time).
+#[derive(Debug)]
+pub struct Image {
+    dev: Device,
+}
+
+impl Image {
+    /// Maps the image at `path` read-write, without the lock its server holds. The kernel checks
+    /// that the caller may open it for writing.
+    pub fn attach(path: &Path) -> Result<Image> {
+        Ok(Image { dev: Device::attach(path)? })
+    }
+
+    /// The image's length in bytes.
+    pub fn len(&self) -> u64 {
+        self.dev.len()
+    }
+
+    /// Whether the image is empty (never, once attached).
+    pub fn is_empty(&self) -> bool {
+        self.dev.is_empty()
+    }
+
+    /// Copies the image's bytes at `off` into `buf`.
+    pub fn read(&self, off: u64, buf: &mut [u8]) -> Result<()> {
+        self.dev.read(off, buf)
+    }
+
+    /// Stores `data` at `off` and fences: durable when it returns, as the library's writes.
+    pub fn write_durable(&self, off: u64, data: &[u8]) -> Result<()> {
+        self.dev.write(off, data)?;
+        self.dev.fence();
+        Ok(())
     }
 }
 

@@ -15,6 +15,7 @@ use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 mod attach;
+mod direct;
 mod poll;
 pub mod snapshot;
 
@@ -62,6 +63,8 @@ pub struct MountOptions {
     pub other: Vec<String>,
     /// What mount(8) and df show as the source: the image's path ("udax" when not set).
     pub source: Option<String>,
+    /// Publish file maps to direct clients (on unless `-o nodirect`; never on a read-only mount).
+    pub direct: bool,
     /// Log every request and its answer (`-o debug`).
     pub debug: bool,
     /// Where the server logs (`-o log=FILE`; by default its standard error in the foreground,
@@ -73,7 +76,7 @@ impl MountOptions {
     /// Parses a comma-separated `-o` list on top of the defaults (default_permissions on,
     /// nosuid, nodev).
     pub fn parse(list: &[String]) -> Result<MountOptions, String> {
-        let mut o = MountOptions { default_permissions: true, ..Default::default() };
+        let mut o = MountOptions { default_permissions: true, direct: true, ..Default::default() };
         for opt in list.iter().flat_map(|l| l.split(',')).filter(|s| !s.is_empty()) {
             match opt {
                 "ro" => o.read_only = true,
@@ -87,6 +90,8 @@ impl MountOptions {
                 "dev" => o.dev = true,
                 "nodev" => o.dev = false,
                 "debug" => o.debug = true,
+                "direct" => o.direct = true,
+                "nodirect" => o.direct = false,
                 s if s.starts_with("log=") && s.len() > "log=".len() => o.log = Some(s["log=".len()..].into()),
                 s if s.starts_with("threads=") => {
                     o.threads = s["threads=".len()..].parse().map_err(|_| format!("bad thread count in {s:?}"))?;
@@ -131,7 +136,13 @@ pub fn session(
     let fd = attach::attach(dir, opts)?;
     let c = opts.config();
     let poller = if opts.poll.is_zero() { None } else { Some(poll::Poller::start(fd.try_clone()?, opts.poll)?) };
-    fuser::Session::from_fd(UdaxFuse { fs, poller }, fd, c.acl, c).inspect_err(|_| {
+    let direct = match &opts.source {
+        Some(image) if opts.direct && !opts.read_only => direct::publish(&fs, Path::new(image))
+            .inspect_err(|e| log::warn!("no direct access for this mount: {e}"))
+            .ok(),
+        _ => None,
+    };
+    fuser::Session::from_fd(UdaxFuse { fs, poller, direct }, fd, c.acl, c).inspect_err(|_| {
         let _ = detach(dir, true);
     })
 }
@@ -144,6 +155,8 @@ static ON_HOST_FULL: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>> = std::syn
 pub struct UdaxFuse {
     fs: Fs,
     poller: Option<poll::Poller>,
+    /// What direct clients are told (`-o nodirect`, or a read-only mount: none).
+    direct: Option<direct::Published>,
 }
 
 impl UdaxFuse {
@@ -681,6 +694,25 @@ impl Filesystem for UdaxFuse {
         match r {
             Ok(at) => reply.offset(at as i64),
             Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn ioctl(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        cmd: u32,
+        in_data: &[u8],
+        out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        let _serving = self.serving();
+        match direct::ioctl(&self.fs, self.direct.as_ref(), ino.0, cmd, in_data) {
+            Ok(bytes) if bytes.len() <= out_size as usize => reply.ioctl(0, &bytes),
+            Ok(_) => reply.error(Errno::EINVAL),
+            Err(e) => reply.error(e),
         }
     }
 

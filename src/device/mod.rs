@@ -133,7 +133,18 @@ impl Device {
         Self::open_as(path.as_ref(), true)
     }
 
+    /// Maps an image that its mount server holds locked, read-write and without taking the
+    /// lock: for a direct client ([`crate::direct::Image`]), which stores only into blocks the
+    /// server's maps give a file it has open.
+    pub(crate) fn attach(path: &Path) -> Result<Device> {
+        Self::open_with(path, false, false)
+    }
+
     fn open_as(path: &Path, read_only: bool) -> Result<Device> {
+        Self::open_with(path, read_only, true)
+    }
+
+    fn open_with(path: &Path, read_only: bool, locked: bool) -> Result<Device> {
         let meta = std::fs::metadata(path).map_err(|e| Error::io(path.display(), e))?;
         let is_dax = meta.file_type().is_char_device();
         let what = if meta.is_dir() {
@@ -154,7 +165,9 @@ impl Device {
             .custom_flags(libc::O_CLOEXEC)
             .open(path)
             .map_err(|e| Error::io(format!("open {}", path.display()), e))?;
-        lock::lock(&file, !read_only)?;
+        if locked {
+            lock::lock(&file, !read_only)?;
+        }
         let len = dax_len.unwrap_or(meta.len());
         let backend = if is_dax { Backend::DevDax(path.into()) } else { Backend::File(path.into()) };
         // Fewer blocks than bytes: made with --sparse (or by an older udax), so allocations

@@ -1,0 +1,143 @@
+//! What the mount tests share: whether this machine can mount, and a mounted scratch image
+//! that is unmounted and removed on drop.
+#![allow(dead_code)]
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use tempfile::TempDir;
+
+/// Whether this machine can run the mount tests: root, /dev/fuse, and git, tar and flock. When
+/// not, says what is missing and the test passes without running, unless `UDAX_REQUIRE_MOUNT`
+/// is set (`.ci/run` sets it), where a missing piece is a failure.
+pub fn can_mount() -> bool {
+    let mut missing = Vec::new();
+    if !rustix::process::geteuid().is_root() {
+        missing.push("root");
+    }
+    if !Path::new("/dev/fuse").exists() {
+        missing.push("/dev/fuse");
+    }
+    for tool in ["git", "tar", "flock"] {
+        let found = Command::new("sh").args(["-c", &format!("command -v {tool}")]).output();
+        if !found.is_ok_and(|o| o.status.success()) {
+            missing.push(tool);
+        }
+    }
+    if missing.is_empty() {
+        return true;
+    }
+    let msg = format!("skipping: the mount tests need {}", missing.join(", "));
+    assert!(std::env::var_os("UDAX_REQUIRE_MOUNT").is_none(), "{msg}, and UDAX_REQUIRE_MOUNT is set");
+    eprintln!("{msg}");
+    false
+}
+
+pub fn tmp() -> TempDir {
+    tempfile::tempdir_in("/dev/shm").or_else(|_| tempfile::tempdir()).unwrap()
+}
+
+pub fn udax<S: AsRef<OsStr>>(args: &[S]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_udax")).args(args).output().unwrap()
+}
+
+#[track_caller]
+pub fn ok<S: AsRef<OsStr> + std::fmt::Debug>(args: &[S]) -> String {
+    let out = udax(args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "udax {args:?} failed ({}): {err}", out.status);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[track_caller]
+pub fn sh(cmd: &str, dir: &Path) -> String {
+    let out = Command::new("sh").arg("-c").arg(cmd).current_dir(dir).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "`{cmd}` failed ({}): {err}", out.status);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn is_mounted(dir: &Path) -> bool {
+    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    std::fs::read_to_string("/proc/self/mounts")
+        .unwrap()
+        .lines()
+        .any(|l| l.split(' ').nth(1) == Some(dir.to_str().unwrap()))
+}
+
+/// Unmounts `dir` lazily on drop if it is still mounted: cleanup only (a test may be failing
+/// already), no assertion.
+pub struct Detach<'a>(pub &'a Path);
+
+impl Drop for Detach<'_> {
+    fn drop(&mut self) {
+        if is_mounted(self.0) {
+            let _ = Command::new("umount").arg("-l").arg(self.0).status();
+        }
+    }
+}
+
+/// A scratch image mounted on a scratch directory; unmounted (lazily if need be) on drop.
+pub struct Mounted {
+    pub _dir: TempDir,
+    pub img: PathBuf,
+    pub mnt: PathBuf,
+}
+
+impl Mounted {
+    pub fn new(size: &str) -> Mounted {
+        Mounted::with_options(size, "rw")
+    }
+
+    pub fn with_options(size: &str, opts: &str) -> Mounted {
+        let dir = tmp();
+        let img = dir.path().join("img");
+        let mnt = dir.path().join("mnt");
+        std::fs::create_dir(&mnt).unwrap();
+        ok(&[OsStr::new("mkfs"), img.as_os_str(), OsStr::new("--size"), OsStr::new(size)]);
+        ok(&[OsStr::new("mount"), img.as_os_str(), mnt.as_os_str(), OsStr::new("-o"), OsStr::new(opts)]);
+        assert!(is_mounted(&mnt));
+        Mounted { _dir: dir, img, mnt }
+    }
+
+    /// Unmounts and waits for the server to let go of the image.
+    pub fn unmount(&self) {
+        umount(&self.mnt);
+        wait_released(&self.img);
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if is_mounted(&self.mnt) {
+            // Cleanup only (a test may be failing already): no assertion here.
+            let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+            let _ = Command::new("flock").arg("-w").arg("20").arg(&self.img).arg("true").status();
+        }
+    }
+}
+
+/// umount(8) on `dir`. Tests run in parallel and spawn programs: a child between fork and exec
+/// holds copies of every descriptor the test process had open, files on this mount included,
+/// for as long as the exec takes on a loaded machine; a busy mount is retried for up to 2 s.
+#[track_caller]
+pub fn umount(dir: &Path) {
+    for _ in 0..100 {
+        let out = Command::new("umount").arg(dir).output().unwrap();
+        if out.status.success() {
+            return;
+        }
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("busy"), "umount {} failed ({}): {err}", dir.display(), out.status);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    panic!("{} stayed busy for 2 s", dir.display());
+}
+
+/// The server holds the image's lock until it has checkpointed and synced it: taking the lock
+/// (flock(1), bounded at 20 s) waits for exactly that.
+pub fn wait_released(img: &Path) {
+    let got = Command::new("flock").arg("-w").arg("20").arg(img).arg("true").status().unwrap();
+    assert!(got.success(), "the server kept {} for 20 s after unmount", img.display());
+}

@@ -1,0 +1,139 @@
+//! A direct client of one udax mount: the image mapped, the table of map generations mapped
+//! read-only, and per file a cached map that each copy checks against the table (DESIGN.md
+//! "Direct access").
+
+use std::os::fd::BorrowedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use udax::direct::{self, DirectTable, Image, MapExtent, EXTENT_WRITTEN, STATE_LIVE};
+
+/// Copies that meet a moving generation this many times in a row give up and let the caller
+/// go through the mount.
+const RETRIES: usize = 8;
+
+/// What a direct call did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Served {
+    /// Served directly: this many bytes.
+    Bytes(usize),
+    /// Not served: the caller makes the real call on the mount (which is always correct).
+    PassThrough,
+}
+
+/// One udax mount as a client sees it.
+#[derive(Debug)]
+pub struct Mount {
+    image: Image,
+    table: DirectTable,
+    block_size: u64,
+}
+
+/// A file's extents as the mount last gave them, with the generation they belong to.
+#[derive(Debug, Default, Clone)]
+pub struct CachedMap {
+    generation: Option<u64>,
+    size: u64,
+    extents: Vec<MapExtent>,
+}
+
+impl Mount {
+    /// Attaches to the mount that `fd` (a descriptor of one of its files) belongs to: `None`
+    /// when it is not a udax mount that publishes maps, or when this process may not open the
+    /// image read-write (then it uses the mount like any program).
+    pub fn attach(fd: BorrowedFd<'_>) -> std::io::Result<Option<Mount>> {
+        let info = match crate::sys::info(fd) {
+            Ok(i) => i,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTTY | libc::EINVAL | libc::ENOSYS)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        if info.magic != direct::TABLE_MAGIC || info.version != direct::VERSION || info.block_size == 0 {
+            return Ok(None);
+        }
+        let image_path = Path::new(std::ffi::OsStr::from_bytes(direct::get_path(&info.image)));
+        let table_path = Path::new(std::ffi::OsStr::from_bytes(direct::get_path(&info.table)));
+        let (Ok(image), Ok(table)) = (Image::attach(image_path), DirectTable::open(table_path)) else {
+            return Ok(None);
+        };
+        if image.len() != info.image_bytes || table.inodes() != info.inodes {
+            return Ok(None);
+        }
+        Ok(Some(Mount { image, table, block_size: u64::from(info.block_size) }))
+    }
+
+    /// Whether the server still serves (a closed table means every cached map is worthless).
+    pub fn live(&self) -> bool {
+        self.table.state() == STATE_LIVE
+    }
+
+    /// Reads file `ino` (open as `fd`) at `off` into `buf` straight from the image, refreshing
+    /// `cache` from the mount when the file's generation has moved. Stops at end of file.
+    pub fn read_at(
+        &self,
+        fd: BorrowedFd<'_>,
+        ino: u64,
+        cache: &mut CachedMap,
+        buf: &mut [u8],
+        off: u64,
+    ) -> std::io::Result<Served> {
+        for _ in 0..RETRIES {
+            if !self.live() {
+                return Ok(Served::PassThrough);
+            }
+            let Ok(before) = self.table.generation(ino) else { return Ok(Served::PassThrough) };
+            if cache.generation != Some(before) {
+                self.refresh(fd, cache)?;
+                continue;
+            }
+            let end = off.saturating_add(buf.len() as u64).min(cache.size);
+            let n = end.saturating_sub(off) as usize;
+            if self.copy_out(cache, &mut buf[..n], off).is_err() {
+                return Ok(Served::PassThrough);
+            }
+            // The blocks were the file's for the whole copy only if no change moved the
+            // generation meanwhile (every change moves it before it commits).
+            if self.table.generation(ino).ok() == Some(before) {
+                return Ok(Served::Bytes(n));
+            }
+        }
+        Ok(Served::PassThrough)
+    }
+
+    /// Fetches the file's whole map, page by page (again from the start when it changes
+    /// between pages; the caller checks the generation anyway).
+    fn refresh(&self, fd: BorrowedFd<'_>, cache: &mut CachedMap) -> std::io::Result<()> {
+        let first = crate::sys::map(fd, 0)?;
+        let (generation, size) = (first.generation, first.size);
+        let mut extents = first.extents().to_vec();
+        let mut next = first.next_block;
+        while next != u64::MAX {
+            let page = crate::sys::map(fd, next)?;
+            if page.generation != generation || page.count == 0 {
+                // Moved on: what is cached now is stale and the next check refreshes it again.
+                break;
+            }
+            extents.extend_from_slice(page.extents());
+            next = page.next_block;
+        }
+        *cache = CachedMap { generation: Some(generation), size, extents };
+        Ok(())
+    }
+
+    /// Copies `[off, off + buf.len())` of the file as `cache` maps it: written extents from the
+    /// image, everything else zeros.
+    fn copy_out(&self, cache: &CachedMap, buf: &mut [u8], off: u64) -> udax::Result<()> {
+        let bs = self.block_size;
+        let end = off + buf.len() as u64;
+        buf.fill(0);
+        let first = cache.extents.partition_point(|e| (e.logical + e.blocks) * bs <= off);
+        for e in cache.extents[first..].iter().take_while(|e| e.logical * bs < end) {
+            if e.flags & EXTENT_WRITTEN == 0 {
+                continue;
+            }
+            let (s, t) = ((e.logical * bs).max(off), ((e.logical + e.blocks) * bs).min(end));
+            let at = e.physical + (s - e.logical * bs);
+            self.image.read(at, &mut buf[(s - off) as usize..(t - off) as usize])?;
+        }
+        Ok(())
+    }
+}

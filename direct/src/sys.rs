@@ -1,0 +1,32 @@
+//! The client's system calls that take raw pointers: the two direct-access ioctls. All of the
+//! crate's unsafe code for talking to the kernel is here.
+
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+use udax::direct::{InfoReply, MapIo, IOC_INFO, IOC_MAP};
+use zerocopy::FromZeros;
+
+/// Asks the mount for where its image and table are (ENOTTY: not a udax mount, or one that
+/// publishes no maps).
+pub(crate) fn info(fd: BorrowedFd<'_>) -> std::io::Result<InfoReply> {
+    let mut reply = InfoReply::new_zeroed();
+    // SAFETY: IOC_INFO is an _IOR of `size_of::<InfoReply>()` bytes: the kernel writes at most
+    // that many bytes into `reply`, a live, exclusively borrowed value of exactly that size.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), IOC_INFO as libc::c_ulong, &raw mut reply) };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(reply)
+}
+
+/// Asks the mount for the page of the file's extents from `from_block` on.
+pub(crate) fn map(fd: BorrowedFd<'_>, from_block: u64) -> std::io::Result<MapIo> {
+    let mut io = MapIo::request(from_block);
+    // SAFETY: IOC_MAP is an _IOWR of `size_of::<MapIo>()` bytes: the kernel reads and writes at
+    // most that many bytes of `io`, a live, exclusively borrowed value of exactly that size.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), IOC_MAP as libc::c_ulong, &raw mut io) };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(io)
+}

@@ -1,0 +1,73 @@
+//! The mount's side of direct access (DESIGN.md "Direct access"): the table of map generations
+//! it publishes beside the image, and the two ioctls a client asks on a file of the mount.
+
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use fuser::Errno;
+use udax::direct::{self, DirectTable, InfoReply, MapIo};
+use udax::Fs;
+use zerocopy::{FromBytes, FromZeros, IntoBytes};
+
+/// Where a mount's direct clients find the image and the table.
+#[derive(Debug)]
+pub(crate) struct Published {
+    info: InfoReply,
+}
+
+/// The table's path: one per server process, in /dev/shm.
+fn table_path() -> PathBuf {
+    PathBuf::from(format!("/dev/shm/udax-direct.{}", std::process::id()))
+}
+
+/// Makes the table (with the image's owner and permission bits, so that whoever may open the
+/// image read-write may open it) and has `fs` publish its map generations there.
+pub(crate) fn publish(fs: &Fs, image: &Path) -> std::io::Result<Published> {
+    let meta = std::fs::metadata(image)?;
+    let geo = fs.geometry();
+    let path = table_path();
+    let _ = std::fs::remove_file(&path); // a server that died with this pid left it
+    let table = DirectTable::create(&path, geo.inode_count, meta.mode() & 0o666).map_err(io_error)?;
+    // A root server serving someone else's image hands the table to the image's owner.
+    if rustix::process::geteuid().is_root() {
+        let _ = std::os::unix::fs::chown(&path, Some(meta.uid()), Some(meta.gid()));
+    }
+    let mut info = InfoReply::new_zeroed();
+    info.magic = direct::TABLE_MAGIC;
+    info.version = direct::VERSION;
+    info.block_size = geo.block_size as u32;
+    info.image_bytes = geo.size_bytes;
+    info.inodes = geo.inode_count;
+    if !direct::put_path(&mut info.image, image.as_os_str().as_bytes())
+        || !direct::put_path(&mut info.table, path.as_os_str().as_bytes())
+    {
+        return Err(std::io::Error::from_raw_os_error(libc::ENAMETOOLONG));
+    }
+    fs.publish_maps(table).map_err(io_error)?;
+    Ok(Published { info })
+}
+
+fn io_error(e: udax::Error) -> std::io::Error {
+    std::io::Error::other(e.to_string())
+}
+
+/// Answers a direct-access ioctl: the reply's bytes, or the errno.
+pub(crate) fn ioctl(
+    fs: &Fs,
+    published: Option<&Published>,
+    ino: u64,
+    cmd: u32,
+    input: &[u8],
+) -> Result<Vec<u8>, Errno> {
+    let Some(p) = published else { return Err(Errno::ENOTTY) };
+    match cmd {
+        direct::IOC_INFO => Ok(p.info.as_bytes().to_vec()),
+        direct::IOC_MAP => {
+            let req = MapIo::read_from_prefix(input).map_err(|_| Errno::EINVAL)?.0;
+            let map = fs.file_map(ino, req.from_block).map_err(|e| Errno::from_i32(e.errno()))?;
+            Ok(map.as_bytes().to_vec())
+        }
+        _ => Err(Errno::ENOTTY),
+    }
+}
