@@ -16,6 +16,7 @@ mod json;
 mod manual;
 mod mount;
 mod names;
+mod run;
 mod server_log;
 mod size;
 mod stdio;
@@ -272,6 +273,23 @@ enum Cmd {
                       Examples:\n  udax umount /mnt/pm\n  \
                       udax umount -l /mnt/pm      (detach now; finish when no longer busy)")]
     Umount(UmountArgs),
+
+    /// Run a program whose reads of files on udax mounts go straight to the image's memory
+    #[command(
+        long_about = "Run CMD with the preload library (libudax_preload.so) under it. Its reads of\n\
+                      files on udax mounts (read, pread, readv, preadv and their 64-bit and fortified\n\
+                      forms) are served straight from the image's memory, as the library serves its\n\
+                      own; opens, writes and every other call go through the mount as before, so the\n\
+                      kernel's permission checks and the server's journal still apply. Only a process\n\
+                      that may open the image itself read-write reads directly; others silently use\n\
+                      the mount. Static binaries and raw system calls are not seen.\n\n\
+                      UDAX_DIRECT_TRACE=1 prints each call served directly or passed on (stderr);\n\
+                      UDAX_PRELOAD_LIB names the library when it is not beside udax.",
+        after_help = "Exit status: CMD's; 126 or 127 when it cannot be run.\n\n\
+                      Examples:\n  udax run /mnt/pm -- cat /mnt/pm/big.log\n  \
+                      UDAX_DIRECT_TRACE=1 udax run /mnt/pm -- python3 load.py"
+    )]
+    Run(RunArgs),
 
     /// Explore crash states: recover every image a power cut could leave and judge it
     #[command(long_about = crash::LONG_ABOUT, after_help = crash::AFTER_HELP)]
@@ -625,6 +643,15 @@ pub struct UmountArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The udax mount whose files the program reads directly
+    pub mount: PathBuf,
+    /// The program and its arguments (after `--`)
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<std::ffi::OsString>,
+}
+
+#[derive(Debug, Args)]
 pub struct DemoArgs {
     /// Directory for the scratch image (default /dev/shm, else the temp directory)
     #[arg(long)]
@@ -655,6 +682,7 @@ fn run(cli: Cli) -> CliResult {
         Cmd::Crashtest(a) => crash::run(&a),
         Cmd::Mount(a) => mount::run(&a),
         Cmd::Umount(a) => mount::umount(&a),
+        Cmd::Run(a) => run::run(&a),
         Cmd::Touch(a) => usage::touch(&a),
         Cmd::Chmod(a) => usage::chmod(&a),
         Cmd::Chown(a) => usage::chown(&a),
@@ -697,6 +725,7 @@ impl Cmd {
             | Cmd::Demo(_)
             | Cmd::Mount(_)
             | Cmd::Umount(_)
+            | Cmd::Run(_)
             | Cmd::Completions(_)
             | Cmd::Man(_) => false,
         }

@@ -85,3 +85,71 @@ fn a_mount_without_direct_access_says_so() {
     let tmpfs = std::fs::File::open("/proc/self/status").unwrap();
     assert!(Mount::attach(tmpfs.as_fd()).unwrap().is_none(), "not a udax file at all");
 }
+
+/// The preload library beside the `udax` under test, built first when missing.
+fn preload_lib() -> std::path::PathBuf {
+    let exe = std::path::Path::new(env!("CARGO_BIN_EXE_udax"));
+    let lib = exe.with_file_name("libudax_preload.so");
+    if !lib.is_file() {
+        let release = exe.parent().and_then(|d| d.file_name()).is_some_and(|n| n == "release");
+        let mut cargo = std::process::Command::new(env!("CARGO"));
+        cargo.args(["build", "-q", "-p", "udax-preload"]).current_dir(env!("CARGO_MANIFEST_DIR"));
+        if release {
+            cargo.arg("--release");
+        }
+        assert!(cargo.status().unwrap().success(), "building the preload library failed");
+    }
+    assert!(lib.is_file(), "no {} after building it", lib.display());
+    lib
+}
+
+#[test]
+fn udax_run_serves_unmodified_programs_reads_directly() {
+    if !can_mount() {
+        return;
+    }
+    let lib = preload_lib();
+    let m = Mounted::new("64M");
+    let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8 ^ (i >> 12) as u8).collect();
+    let path = m.mnt.join("data");
+    std::fs::write(&path, &data).unwrap();
+    let script = format!(
+        "import os, hashlib\n\
+         d = open('{p}', 'rb').read()\n\
+         fd = os.open('{p}', os.O_RDONLY)\n\
+         tail = os.pread(fd, 4096, {tail})\n\
+         print(len(d), hashlib.sha256(d).hexdigest(), tail.hex())\n",
+        p = path.display(),
+        tail = data.len() - 100
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_udax"))
+        .arg("run")
+        .arg(&m.mnt)
+        .args(["--", "python3", "-c", &script])
+        .env("UDAX_DIRECT_TRACE", "1")
+        .env("UDAX_PRELOAD_LIB", &lib)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "python3 under udax run failed: {stderr}");
+    let expected = std::process::Command::new("python3").args(["-c", &script]).output().unwrap();
+    assert_eq!(stdout, String::from_utf8_lossy(&expected.stdout), "the same bytes with and without the library");
+    assert!(
+        stderr.contains("pread64(fd ") && stderr.contains("): direct, 100"),
+        "the pread was served directly: {stderr}"
+    );
+    assert!(stderr.lines().filter(|l| l.contains("read(fd ") && l.contains("direct")).count() >= 2, "{stderr}");
+    assert!(!stderr.contains("passed on"), "nothing passed on: {stderr}");
+    let cat = std::process::Command::new(env!("CARGO_BIN_EXE_udax"))
+        .arg("run")
+        .arg(&m.mnt)
+        .args(["--", "cat"])
+        .arg(&path)
+        .env("UDAX_PRELOAD_LIB", &lib)
+        .output()
+        .unwrap();
+    assert!(cat.status.success() && cat.stdout == data, "cat under udax run gives the file's bytes");
+    let refused =
+        std::process::Command::new(env!("CARGO_BIN_EXE_udax")).args(["run", "/proc", "--", "true"]).output().unwrap();
+    assert!(!refused.status.success() && String::from_utf8_lossy(&refused.stderr).contains("not a udax mount"));
+}

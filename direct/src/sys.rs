@@ -30,3 +30,29 @@ pub(crate) fn map(fd: BorrowedFd<'_>, from_block: u64) -> std::io::Result<MapIo>
     }
     Ok(io)
 }
+
+/// What `statx` says of a descriptor without asking a FUSE server (`AT_STATX_DONT_SYNC`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Identity {
+    /// The file system's device, as `major:minor`.
+    pub dev: (u32, u32),
+    /// The inode number (a udax mount's node id).
+    pub ino: u64,
+    /// A regular file.
+    pub regular: bool,
+}
+
+/// The identity of the file `fd` names.
+pub fn identity(fd: libc::c_int) -> Option<Identity> {
+    // SAFETY: an all-zero statx is a valid value of the plain C struct.
+    let mut st: libc::statx = unsafe { std::mem::zeroed() };
+    let flags = libc::AT_EMPTY_PATH | libc::AT_STATX_DONT_SYNC;
+    // SAFETY: the path is a NUL-terminated empty string (AT_EMPTY_PATH: `fd` itself); the
+    // kernel writes at most one `statx` into `st`, a live, exclusively borrowed value.
+    let rc = unsafe { libc::statx(fd, c"".as_ptr(), flags, libc::STATX_TYPE | libc::STATX_INO, &raw mut st) };
+    (rc == 0).then(|| Identity {
+        dev: (st.stx_dev_major, st.stx_dev_minor),
+        ino: st.stx_ino,
+        regular: u32::from(st.stx_mode) & libc::S_IFMT == libc::S_IFREG,
+    })
+}

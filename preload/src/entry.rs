@@ -1,0 +1,457 @@
+//! The C entry points of `libudax_preload.so` (DESIGN.md "Direct access"): each wraps libc's
+//! function of the same name. A call on a file of a udax mount is served directly when it can
+//! be; everything else, and every call made while the library itself is running (its own file
+//! opens and reads), goes to libc unchanged. No panic crosses into C: a panic sets EIO and
+//! returns -1.
+
+use std::cell::Cell;
+use std::ffi::CStr;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use libc::{c_char, c_int, c_uint, c_ulong, c_void, iovec, mode_t, off64_t, off_t, size_t, ssize_t, FILE};
+
+use crate::{fds, serve};
+
+thread_local! {
+    /// Set while this thread runs the library's own code.
+    static INSIDE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// The library's code is running on this thread until it drops.
+struct Inside;
+
+impl Inside {
+    /// `None` when the library is already running on this thread (its own calls go to libc).
+    fn enter() -> Option<Inside> {
+        INSIDE.with(|i| (!i.replace(true)).then(|| Inside))
+    }
+}
+
+impl Drop for Inside {
+    fn drop(&mut self) {
+        INSIDE.with(|i| i.set(false));
+    }
+}
+
+fn set_errno(e: c_int) {
+    // SAFETY: __errno_location returns the calling thread's errno, valid for the thread's life.
+    unsafe { *libc::__errno_location() = e };
+}
+
+/// The address of the next definition of `name` after this library's (libc's), looked up once.
+fn next(slot: &AtomicUsize, name: &CStr) -> usize {
+    let p = slot.load(Ordering::Relaxed);
+    if p != 0 {
+        return p;
+    }
+    // SAFETY: dlsym reads the NUL-terminated name; RTLD_NEXT searches the objects after this one.
+    let p = unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr()) } as usize;
+    slot.store(p, Ordering::Relaxed);
+    p
+}
+
+/// Calls libc's `name` with the given arguments (ENOSYS and -1 if it has none).
+macro_rules! real {
+    ($name:ident($($arg:expr => $ty:ty),* $(,)?) -> $ret:ty) => {{
+        static SLOT: AtomicUsize = AtomicUsize::new(0);
+        let name = concat!(stringify!($name), "\0");
+        let p = CStr::from_bytes_with_nul(name.as_bytes()).map_or(0, |n| next(&SLOT, n));
+        if p == 0 {
+            set_errno(libc::ENOSYS);
+            -1 as $ret
+        } else {
+            // SAFETY: `p` is libc's definition of this very function, whose C signature is the
+            // one spelled here.
+            let f = unsafe { std::mem::transmute::<usize, unsafe extern "C" fn($($ty),*) -> $ret>(p) };
+            // SAFETY: the arguments are the caller's, passed on unchanged, under the same
+            // contract the caller made with libc.
+            unsafe { f($($arg),*) }
+        }
+    }};
+}
+
+/// Runs the library's part of a call: `None` (the caller then makes the real call) when the
+/// library is already running on this thread; a panic sets EIO and returns `Some(-1)`.
+fn library<R: From<i8>>(f: impl FnOnce() -> Option<R>) -> Option<R> {
+    let _inside = Inside::enter()?;
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(_) => {
+            set_errno(libc::EIO);
+            Some(R::from(-1))
+        }
+    }
+}
+
+/// Notes a descriptor an open call returned.
+fn opened(fd: c_int, flags: c_int) -> c_int {
+    if fd >= 0 {
+        let _ = library(|| {
+            if flags & libc::O_ACCMODE == libc::O_WRONLY || flags & libc::O_PATH != 0 {
+                fds::closed(fd);
+            } else {
+                fds::classify(fd);
+            }
+            None::<i8>
+        });
+    }
+    fd
+}
+
+/// The caller's buffer as a slice.
+///
+/// # Safety
+/// `buf` is valid for writes of `len` bytes for the duration of the call (read(2)'s contract).
+unsafe fn out<'a>(buf: *mut c_void, len: size_t) -> &'a mut [u8] {
+    if len == 0 || buf.is_null() {
+        return &mut [];
+    }
+    // SAFETY: the caller's contract, above.
+    unsafe { std::slice::from_raw_parts_mut(buf.cast(), len) }
+}
+
+/// The caller's iovecs as slices.
+///
+/// # Safety
+/// `iov` points to `n` iovecs, each valid for writes of its length (readv(2)'s contract).
+unsafe fn outs<'a>(iov: *const iovec, n: c_int) -> Option<Vec<&'a mut [u8]>> {
+    if n < 0 || (n > 0 && iov.is_null()) {
+        return None;
+    }
+    // SAFETY: the caller's contract, above.
+    let v = unsafe { std::slice::from_raw_parts(iov, n as usize) };
+    // SAFETY: as above, each iovec's buffer.
+    Some(v.iter().map(|i| unsafe { out(i.iov_base, i.iov_len) }).collect())
+}
+
+/// Serves a read at the descriptor's position, moving it on by what was read.
+fn read_here(fd: c_int, serve: impl FnOnce(u64) -> Option<usize>) -> Option<ssize_t> {
+    fds::lookup(fd)?;
+    let here = real!(lseek(fd => c_int, 0 => off_t, libc::SEEK_CUR => c_int) -> off_t);
+    let here = u64::try_from(here).ok()?;
+    let n = serve(here)?;
+    real!(lseek(fd => c_int, (here + n as u64) as off_t => off_t, libc::SEEK_SET => c_int) -> off_t);
+    Some(n as ssize_t)
+}
+
+macro_rules! open_call {
+    ($name:ident($($arg:ident: $ty:ty),*) flags $flags:ident) => {
+        /// libc's function of this name; a descriptor of a udax file is noted.
+        ///
+        /// # Safety
+        /// libc's contract for this function.
+        #[no_mangle]
+        pub unsafe extern "C" fn $name($($arg: $ty),*) -> c_int {
+            opened(real!($name($($arg => $ty),*) -> c_int), $flags)
+        }
+    };
+}
+
+open_call!(open(path: *const c_char, flags: c_int, mode: mode_t) flags flags);
+open_call!(open64(path: *const c_char, flags: c_int, mode: mode_t) flags flags);
+open_call!(openat(dir: c_int, path: *const c_char, flags: c_int, mode: mode_t) flags flags);
+open_call!(openat64(dir: c_int, path: *const c_char, flags: c_int, mode: mode_t) flags flags);
+open_call!(__open_2(path: *const c_char, flags: c_int) flags flags);
+open_call!(__open64_2(path: *const c_char, flags: c_int) flags flags);
+open_call!(__openat_2(dir: c_int, path: *const c_char, flags: c_int) flags flags);
+open_call!(__openat64_2(dir: c_int, path: *const c_char, flags: c_int) flags flags);
+
+/// creat(2): a write-only descriptor, never served; its number is forgotten.
+///
+/// # Safety
+/// libc's contract for this function.
+#[no_mangle]
+pub unsafe extern "C" fn creat(path: *const c_char, mode: mode_t) -> c_int {
+    opened(real!(creat(path => *const c_char, mode => mode_t) -> c_int), libc::O_WRONLY)
+}
+
+/// creat64(2), as [`creat`].
+///
+/// # Safety
+/// libc's contract for this function.
+#[no_mangle]
+pub unsafe extern "C" fn creat64(path: *const c_char, mode: mode_t) -> c_int {
+    opened(real!(creat64(path => *const c_char, mode => mode_t) -> c_int), libc::O_WRONLY)
+}
+
+/// close(2); the descriptor is forgotten (Linux frees it even when close fails).
+///
+/// # Safety
+/// libc's contract for this function.
+#[no_mangle]
+pub unsafe extern "C" fn close(fd: c_int) -> c_int {
+    let r = real!(close(fd => c_int) -> c_int);
+    let _ = library(|| {
+        fds::closed(fd);
+        None::<i8>
+    });
+    r
+}
+
+/// close_range(2); the closed descriptors are forgotten.
+///
+/// # Safety
+/// libc's contract for this function.
+#[no_mangle]
+pub unsafe extern "C" fn close_range(first: c_uint, last: c_uint, flags: c_int) -> c_int {
+    let r = real!(close_range(first => c_uint, last => c_uint, flags => c_int) -> c_int);
+    if r == 0 && flags & libc::CLOSE_RANGE_CLOEXEC as c_int == 0 {
+        let _ = library(|| {
+            fds::closed_range(first, last);
+            None::<i8>
+        });
+    }
+    r
+}
+
+/// fclose(3): stdio closes its descriptor inside libc, where `close` is not seen.
+///
+/// # Safety
+/// libc's contract for this function.
+#[no_mangle]
+pub unsafe extern "C" fn fclose(stream: *mut FILE) -> c_int {
+    let fd = if stream.is_null() { -1 } else { real!(fileno(stream => *mut FILE) -> c_int) };
+    let r = real!(fclose(stream => *mut FILE) -> c_int);
+    if fd >= 0 {
+        let _ = library(|| {
+            fds::closed(fd);
+            None::<i8>
+        });
+    }
+    r
+}
+
+fn duplicated(from: c_int, to: c_int) -> c_int {
+    if to >= 0 {
+        let _ = library(|| {
+            fds::duplicated(from, to);
+            None::<i8>
+        });
+    }
+    to
+}
+
+/// dup(2); the copy names the same file.
+///
+/// # Safety
+/// libc's contract for this function.
+#[no_mangle]
+pub unsafe extern "C" fn dup(fd: c_int) -> c_int {
+    duplicated(fd, real!(dup(fd => c_int) -> c_int))
+}
+
+/// dup2(2), as [`dup`].
+///
+/// # Safety
+/// libc's contract for this function.
+#[no_mangle]
+pub unsafe extern "C" fn dup2(fd: c_int, to: c_int) -> c_int {
+    duplicated(fd, real!(dup2(fd => c_int, to => c_int) -> c_int))
+}
+
+/// dup3(2), as [`dup`].
+///
+/// # Safety
+/// libc's contract for this function.
+#[no_mangle]
+pub unsafe extern "C" fn dup3(fd: c_int, to: c_int, flags: c_int) -> c_int {
+    duplicated(fd, real!(dup3(fd => c_int, to => c_int, flags => c_int) -> c_int))
+}
+
+/// fcntl(2): F_DUPFD and F_DUPFD_CLOEXEC are dups; every command's argument is passed on as
+/// the machine word it was passed in.
+///
+/// # Safety
+/// libc's contract for this function.
+#[no_mangle]
+pub unsafe extern "C" fn fcntl(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
+    let r = real!(fcntl(fd => c_int, cmd => c_int, arg => c_ulong) -> c_int);
+    if cmd == libc::F_DUPFD || cmd == libc::F_DUPFD_CLOEXEC {
+        return duplicated(fd, r);
+    }
+    r
+}
+
+/// fcntl64, as [`fcntl`].
+///
+/// # Safety
+/// libc's contract for this function.
+#[no_mangle]
+pub unsafe extern "C" fn fcntl64(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
+    let r = real!(fcntl64(fd => c_int, cmd => c_int, arg => c_ulong) -> c_int);
+    if cmd == libc::F_DUPFD || cmd == libc::F_DUPFD_CLOEXEC {
+        return duplicated(fd, r);
+    }
+    r
+}
+
+/// read(2): served directly at the descriptor's position when it can be.
+///
+/// # Safety
+/// libc's contract for this function.
+#[no_mangle]
+pub unsafe extern "C" fn read(fd: c_int, buf: *mut c_void, count: size_t) -> ssize_t {
+    // SAFETY: read(2)'s contract on `buf`.
+    let served = library(|| read_here(fd, |at| serve::read_at("read", fd, unsafe { out(buf, count) }, at)));
+    served.unwrap_or_else(|| real!(read(fd => c_int, buf => *mut c_void, count => size_t) -> ssize_t))
+}
+
+/// __read_chk, the fortified read: as [`read`] when the buffer is large enough.
+///
+/// # Safety
+/// libc's contract for this function.
+#[no_mangle]
+pub unsafe extern "C" fn __read_chk(fd: c_int, buf: *mut c_void, count: size_t, buflen: size_t) -> ssize_t {
+    if count > buflen {
+        return real!(__read_chk(fd => c_int, buf => *mut c_void, count => size_t, buflen => size_t) -> ssize_t);
+    }
+    // SAFETY: the caller's contract, checked against the buffer's length as libc checks it.
+    unsafe { read(fd, buf, count) }
+}
+
+fn pread_direct(call: &str, fd: c_int, buf: *mut c_void, count: size_t, off: i64) -> Option<ssize_t> {
+    let off = u64::try_from(off).ok()?;
+    library(|| {
+        // SAFETY: pread(2)'s contract on `buf`.
+        serve::read_at(call, fd, unsafe { out(buf, count) }, off).map(|n| n as ssize_t)
+    })
+}
+
+/// pread(2): served directly when it can be.
+///
+/// # Safety
+/// libc's contract for this function.
+#[no_mangle]
+pub unsafe extern "C" fn pread(fd: c_int, buf: *mut c_void, count: size_t, off: off_t) -> ssize_t {
+    pread_direct("pread", fd, buf, count, off)
+        .unwrap_or_else(|| real!(pread(fd => c_int, buf => *mut c_void, count => size_t, off => off_t) -> ssize_t))
+}
+
+/// pread64, as [`pread`].
+///
+/// # Safety
+/// libc's contract for this function.
+#[no_mangle]
+pub unsafe extern "C" fn pread64(fd: c_int, buf: *mut c_void, count: size_t, off: off64_t) -> ssize_t {
+    pread_direct("pread64", fd, buf, count, off)
+        .unwrap_or_else(|| real!(pread64(fd => c_int, buf => *mut c_void, count => size_t, off => off64_t) -> ssize_t))
+}
+
+/// __pread_chk, the fortified pread: as [`pread`] when the buffer is large enough.
+///
+/// # Safety
+/// libc's contract for this function.
+#[no_mangle]
+pub unsafe extern "C" fn __pread_chk(
+    fd: c_int,
+    buf: *mut c_void,
+    count: size_t,
+    off: off_t,
+    buflen: size_t,
+) -> ssize_t {
+    if count > buflen {
+        return real!(__pread_chk(fd => c_int, buf => *mut c_void, count => size_t, off => off_t, buflen => size_t) -> ssize_t);
+    }
+    // SAFETY: the caller's contract, checked as libc checks it.
+    unsafe { pread(fd, buf, count, off) }
+}
+
+/// __pread64_chk, as [`__pread_chk`].
+///
+/// # Safety
+/// libc's contract for this function.
+#[no_mangle]
+pub unsafe extern "C" fn __pread64_chk(
+    fd: c_int,
+    buf: *mut c_void,
+    count: size_t,
+    off: off64_t,
+    buflen: size_t,
+) -> ssize_t {
+    if count > buflen {
+        return real!(__pread64_chk(fd => c_int, buf => *mut c_void, count => size_t, off => off64_t, buflen => size_t) -> ssize_t);
+    }
+    // SAFETY: the caller's contract, checked as libc checks it.
+    unsafe { pread64(fd, buf, count, off) }
+}
+
+/// readv(2): served directly at the descriptor's position when it can be.
+///
+/// # Safety
+/// libc's contract for this function.
+#[no_mangle]
+pub unsafe extern "C" fn readv(fd: c_int, iov: *const iovec, n: c_int) -> ssize_t {
+    let served = library(|| {
+        // SAFETY: readv(2)'s contract on `iov`.
+        let mut bufs = unsafe { outs(iov, n) }?;
+        read_here(fd, |at| serve::read_vectored_at("readv", fd, &mut bufs, at))
+    });
+    served.unwrap_or_else(|| real!(readv(fd => c_int, iov => *const iovec, n => c_int) -> ssize_t))
+}
+
+fn preadv_direct(call: &str, fd: c_int, iov: *const iovec, n: c_int, off: i64) -> Option<ssize_t> {
+    let off = u64::try_from(off).ok()?;
+    library(|| {
+        // SAFETY: preadv(2)'s contract on `iov`.
+        let mut bufs = unsafe { outs(iov, n) }?;
+        serve::read_vectored_at(call, fd, &mut bufs, off).map(|n| n as ssize_t)
+    })
+}
+
+/// preadv(2): served directly when it can be.
+///
+/// # Safety
+/// libc's contract for this function.
+#[no_mangle]
+pub unsafe extern "C" fn preadv(fd: c_int, iov: *const iovec, n: c_int, off: off_t) -> ssize_t {
+    preadv_direct("preadv", fd, iov, n, off)
+        .unwrap_or_else(|| real!(preadv(fd => c_int, iov => *const iovec, n => c_int, off => off_t) -> ssize_t))
+}
+
+/// preadv64, as [`preadv`].
+///
+/// # Safety
+/// libc's contract for this function.
+#[no_mangle]
+pub unsafe extern "C" fn preadv64(fd: c_int, iov: *const iovec, n: c_int, off: off64_t) -> ssize_t {
+    preadv_direct("preadv64", fd, iov, n, off)
+        .unwrap_or_else(|| real!(preadv64(fd => c_int, iov => *const iovec, n => c_int, off => off64_t) -> ssize_t))
+}
+
+/// preadv2(2): without flags as [`preadv`] (an offset of -1 reads at the position); with
+/// flags, the real call.
+///
+/// # Safety
+/// libc's contract for this function.
+#[no_mangle]
+pub unsafe extern "C" fn preadv2(fd: c_int, iov: *const iovec, n: c_int, off: off_t, flags: c_int) -> ssize_t {
+    if flags == 0 {
+        if off == -1 {
+            // SAFETY: the caller's contract, passed on.
+            return unsafe { readv(fd, iov, n) };
+        }
+        if let Some(r) = preadv_direct("preadv2", fd, iov, n, off) {
+            return r;
+        }
+    }
+    real!(preadv2(fd => c_int, iov => *const iovec, n => c_int, off => off_t, flags => c_int) -> ssize_t)
+}
+
+/// preadv64v2, as [`preadv2`].
+///
+/// # Safety
+/// libc's contract for this function.
+#[no_mangle]
+pub unsafe extern "C" fn preadv64v2(fd: c_int, iov: *const iovec, n: c_int, off: off64_t, flags: c_int) -> ssize_t {
+    if flags == 0 {
+        if off == -1 {
+            // SAFETY: the caller's contract, passed on.
+            return unsafe { readv(fd, iov, n) };
+        }
+        if let Some(r) = preadv_direct("preadv64v2", fd, iov, n, off) {
+            return r;
+        }
+    }
+    real!(preadv64v2(fd => c_int, iov => *const iovec, n => c_int, off => off64_t, flags => c_int) -> ssize_t)
+}

@@ -1,0 +1,104 @@
+//! Which descriptors of this process are files of a udax mount that publishes maps, and the
+//! per-file state a direct call needs. Descriptors are classified when opened or, for ones this
+//! library did not see open (inherited across exec, passed over a socket, made by a call it
+//! does not wrap), on their first data call.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+
+use udax_direct::{identity, CachedMap, Identity, Mount};
+
+/// A file of a udax mount, open in this process.
+#[derive(Debug)]
+pub(crate) struct OpenFile {
+    pub mount: Arc<Mount>,
+    pub ino: u64,
+    pub cache: Mutex<CachedMap>,
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    /// Descriptor → its file, or `None` once found not to be one.
+    fds: HashMap<libc::c_int, Option<Arc<OpenFile>>>,
+    /// Device → its mount, or `None` for any other file system.
+    mounts: HashMap<(u32, u32), Option<Arc<Mount>>>,
+}
+
+static TABLE: RwLock<Option<Table>> = RwLock::new(None);
+
+fn udax_devices() -> Vec<(u32, u32)> {
+    let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else { return Vec::new() };
+    text.lines()
+        .filter_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            (right.split(' ').next()? == "fuse.udax").then_some(())?;
+            let (major, minor) = left.split(' ').nth(2)?.split_once(':')?;
+            Some((major.parse().ok()?, minor.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The file `fd` names, if it is a regular file of a udax mount this process may reach
+/// directly; remembers the answer for the descriptor.
+pub(crate) fn classify(fd: libc::c_int) -> Option<Arc<OpenFile>> {
+    if fd < 0 {
+        return None;
+    }
+    let id = identity(fd);
+    let file = id.and_then(|id| file_for(fd, id));
+    let mut t = TABLE.write().unwrap_or_else(PoisonError::into_inner);
+    t.get_or_insert_with(Table::default).fds.insert(fd, file.clone());
+    file
+}
+
+fn file_for(fd: libc::c_int, id: Identity) -> Option<Arc<OpenFile>> {
+    if !id.regular {
+        return None;
+    }
+    let known =
+        TABLE.read().unwrap_or_else(PoisonError::into_inner).as_ref().and_then(|t| t.mounts.get(&id.dev).cloned());
+    let mount = match known {
+        Some(m) => m?,
+        None => {
+            let m = if udax_devices().contains(&id.dev) {
+                Mount::attach(crate::sys::borrow(fd)?).ok().flatten().map(Arc::new)
+            } else {
+                None
+            };
+            let mut t = TABLE.write().unwrap_or_else(PoisonError::into_inner);
+            t.get_or_insert_with(Table::default).mounts.insert(id.dev, m.clone());
+            m?
+        }
+    };
+    Some(Arc::new(OpenFile { mount, ino: id.ino, cache: Mutex::new(CachedMap::default()) }))
+}
+
+/// The file behind `fd`, classifying it on first sight.
+pub(crate) fn lookup(fd: libc::c_int) -> Option<Arc<OpenFile>> {
+    let seen = TABLE.read().unwrap_or_else(PoisonError::into_inner).as_ref().and_then(|t| t.fds.get(&fd).cloned());
+    match seen {
+        Some(f) => f,
+        None => classify(fd),
+    }
+}
+
+/// `to` now names what `from` names (dup, dup2, dup3, F_DUPFD).
+pub(crate) fn duplicated(from: libc::c_int, to: libc::c_int) {
+    let file = lookup(from);
+    let mut t = TABLE.write().unwrap_or_else(PoisonError::into_inner);
+    t.get_or_insert_with(Table::default).fds.insert(to, file);
+}
+
+/// `fd` is closed: forget it (its number will name something else).
+pub(crate) fn closed(fd: libc::c_int) {
+    if let Some(t) = TABLE.write().unwrap_or_else(PoisonError::into_inner).as_mut() {
+        t.fds.remove(&fd);
+    }
+}
+
+/// Descriptors `[first, last]` are closed.
+pub(crate) fn closed_range(first: libc::c_uint, last: libc::c_uint) {
+    if let Some(t) = TABLE.write().unwrap_or_else(PoisonError::into_inner).as_mut() {
+        t.fds.retain(|&fd, _| !(first..=last).contains(&(fd as libc::c_uint)));
+    }
+}

@@ -1,0 +1,61 @@
+//! What the preload library does with a data call on a descriptor: serve it directly, or say
+//! that the real call must run. Safe code; `preload` turns C arguments into these calls.
+
+use std::io::Write;
+use std::sync::{OnceLock, PoisonError};
+
+use crate::fds;
+use udax_direct::Served;
+
+/// Whether `UDAX_DIRECT_TRACE` is set: each call served or passed on is printed on stderr.
+fn tracing() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("UDAX_DIRECT_TRACE").is_some_and(|v| !v.is_empty() && v != "0"))
+}
+
+/// Prints one trace line (one write, so lines of threads do not mix).
+pub(crate) fn trace(what: std::fmt::Arguments<'_>) {
+    if tracing() {
+        let line = format!("udax-direct[{}]: {what}\n", std::process::id());
+        let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    }
+}
+
+/// Reads `buf.len()` bytes of `fd` at `off` directly: the bytes read, or `None` when the real
+/// call must run (not a file of a udax mount, a server gone, a map that kept changing).
+pub(crate) fn read_at(call: &str, fd: libc::c_int, buf: &mut [u8], off: u64) -> Option<usize> {
+    let file = fds::lookup(fd)?;
+    let served = {
+        let mut cache = file.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        file.mount.read_at(crate::sys::borrow(fd)?, file.ino, &mut cache, buf, off)
+    };
+    match served {
+        Ok(Served::Bytes(n)) => {
+            trace(format_args!("{call}(fd {fd}, {} at {off}): direct, {n}", buf.len()));
+            Some(n)
+        }
+        other => {
+            trace(format_args!("{call}(fd {fd}, {} at {off}): passed on ({other:?})", buf.len()));
+            None
+        }
+    }
+}
+
+/// Reads into `bufs` in turn from `off`, stopping at a short piece: the total, or `None` when
+/// the first piece could not be served directly (a later one that cannot ends the read short).
+pub(crate) fn read_vectored_at(call: &str, fd: libc::c_int, bufs: &mut [&mut [u8]], off: u64) -> Option<usize> {
+    let mut done = 0usize;
+    for (i, b) in bufs.iter_mut().enumerate() {
+        match read_at(call, fd, b, off + done as u64) {
+            Some(n) => {
+                done += n;
+                if n < b.len() {
+                    break;
+                }
+            }
+            None if i == 0 => return None,
+            None => break,
+        }
+    }
+    Some(done)
+}
