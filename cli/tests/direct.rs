@@ -86,23 +86,6 @@ fn a_mount_without_direct_access_says_so() {
     assert!(Mount::attach(tmpfs.as_fd()).unwrap().is_none(), "not a udax file at all");
 }
 
-/// The preload library beside the `udax` under test, built first when missing.
-fn preload_lib() -> std::path::PathBuf {
-    let exe = std::path::Path::new(env!("CARGO_BIN_EXE_udax"));
-    let lib = exe.with_file_name("libudax_preload.so");
-    if !lib.is_file() {
-        let release = exe.parent().and_then(|d| d.file_name()).is_some_and(|n| n == "release");
-        let mut cargo = std::process::Command::new(env!("CARGO"));
-        cargo.args(["build", "-q", "-p", "udax-preload"]).current_dir(env!("CARGO_MANIFEST_DIR"));
-        if release {
-            cargo.arg("--release");
-        }
-        assert!(cargo.status().unwrap().success(), "building the preload library failed");
-    }
-    assert!(lib.is_file(), "no {} after building it", lib.display());
-    lib
-}
-
 #[test]
 fn udax_run_serves_unmodified_programs_reads_directly() {
     if !can_mount() {

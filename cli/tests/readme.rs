@@ -3,6 +3,8 @@
 //! shell lines named files that were not there. Every `sh` block runs here, line by line, in a
 //! scratch root; the Rust snippets are this file's own code, checked to match the README's text.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -155,7 +157,11 @@ fn every_shell_line_runs() {
                     format!("udax {}", args.copied().collect::<Vec<_>>().join(" "))
                 }
                 ["cargo", "test", ..] => continue,
-                ["udax", "mount" | "umount", ..] if !mount => continue,
+                ["udax", "mount" | "umount" | "run", ..] if !mount => continue,
+                ["udax", "run", ..] => {
+                    common::preload_lib();
+                    as_run(line, r)
+                }
                 // A minute or more each: under UDAX_LONG, as `.ci/run` runs.
                 ["udax", "crashtest", "--mutants", ..] if !long => continue,
                 ["udax", "bench", ..] if !long && !line.contains("--quick") => continue,

@@ -141,3 +141,20 @@ pub fn wait_released(img: &Path) {
     let got = Command::new("flock").arg("-w").arg("20").arg(img).arg("true").status().unwrap();
     assert!(got.success(), "the server kept {} for 20 s after unmount", img.display());
 }
+
+/// The preload library beside the `udax` under test, built first when missing.
+pub fn preload_lib() -> std::path::PathBuf {
+    let exe = std::path::Path::new(env!("CARGO_BIN_EXE_udax"));
+    let lib = exe.with_file_name("libudax_preload.so");
+    if !lib.is_file() {
+        let release = exe.parent().and_then(|d| d.file_name()).is_some_and(|n| n == "release");
+        let mut cargo = std::process::Command::new(env!("CARGO"));
+        cargo.args(["build", "-q", "-p", "udax-preload"]).current_dir(env!("CARGO_MANIFEST_DIR"));
+        if release {
+            cargo.arg("--release");
+        }
+        assert!(cargo.status().unwrap().success(), "building the preload library failed");
+    }
+    assert!(lib.is_file(), "no {} after building it", lib.display());
+    lib
+}
