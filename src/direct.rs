@@ -8,30 +8,42 @@
 //! table *before* it commits, so a client that loads the same generation before and after a copy
 //! copied from blocks that were the file's for the whole copy.
 
+use std::collections::VecDeque;
 use std::path::Path;
 
 use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes, KnownLayout};
 
+use crate::alloc::{Allocator, Run};
 use crate::device::{Device, SharedWords};
 use crate::error::{Error, Result};
+use crate::sync::{lock, Mutex};
 
 /// The table's first word.
 pub const TABLE_MAGIC: u64 = u64::from_le_bytes(*b"udaxdmap");
 /// The protocol's version, in the table and in both replies.
 pub const VERSION: u32 = 1;
-/// Words before the first inode's generation: magic, version, server pid, inode count, state.
+/// Words before the first inode's generation: magic, version, server pid, inode count, state,
+/// epoch, writer slots.
 pub const HEADER_WORDS: usize = 8;
 const W_MAGIC: usize = 0;
 const W_VERSION: usize = 1;
 const W_PID: usize = 2;
 const W_INODES: usize = 3;
 const W_STATE: usize = 4;
+const W_EPOCH: usize = 5;
+const W_SLOTS: usize = 6;
+/// Writer slots: at most this many client processes write directly at once.
+pub const SLOTS: usize = 256;
+/// Words per writer slot: the owner's pid, its start time, the epoch its write began in (0:
+/// not in a write), and a spare.
+const SLOT_WORDS: usize = 4;
 /// [`DirectTable::state`] while its server serves.
 pub const STATE_LIVE: u64 = 1;
 /// [`DirectTable::state`] once its server has stopped: cached maps are worthless.
 pub const STATE_CLOSED: u64 = 2;
 
-/// The table of map generations, one word per inode number (see the module docs).
+/// The table of map generations, one word per inode number, and the writer slots of the
+/// clients that store into the image (see the module docs and DESIGN.md "Direct access").
 #[derive(Debug)]
 pub struct DirectTable {
     words: SharedWords,
@@ -40,23 +52,30 @@ pub struct DirectTable {
     owner: bool,
 }
 
+/// A writer slot this process holds in a table (see [`DirectTable::claim`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Slot(usize);
+
 impl DirectTable {
     /// Makes the table at `path` for an image of `inodes` inodes, open to whoever `mode`
     /// lets in (the server gives it the image's own bits); removed when dropped.
     pub fn create(path: &Path, inodes: u64, mode: u32) -> Result<DirectTable> {
-        let len = usize::try_from(inodes).ok().and_then(|n| n.checked_add(HEADER_WORDS + 1));
+        let len = usize::try_from(inodes).ok().and_then(|n| n.checked_add(HEADER_WORDS + 1 + SLOTS * SLOT_WORDS));
         let words = SharedWords::create(path, len.ok_or(Error::InvalidArgument("too many inodes"))?, mode)?;
         words.store(W_VERSION, u64::from(VERSION))?;
         words.store(W_PID, u64::from(std::process::id()))?;
         words.store(W_INODES, inodes)?;
         words.store(W_STATE, STATE_LIVE)?;
+        words.store(W_EPOCH, 1)?;
+        words.store(W_SLOTS, SLOTS as u64)?;
         words.store(W_MAGIC, TABLE_MAGIC)?;
         Ok(DirectTable { words, inodes, owner: true })
     }
 
-    /// Maps a table a server made, read-only, checking its header.
-    pub fn open(path: &Path) -> Result<DirectTable> {
-        let words = SharedWords::open(path, false)?;
+    /// Maps a table a server made, checking its header: read-only for a client that only
+    /// reads, read-write for one that claims a writer slot.
+    pub fn open(path: &Path, writable: bool) -> Result<DirectTable> {
+        let words = SharedWords::open(path, writable)?;
         let corrupt = |what| Error::Corrupt { what, at: 0 };
         if words.len() <= HEADER_WORDS || words.load(W_MAGIC)? != TABLE_MAGIC {
             return Err(corrupt("direct table magic"));
@@ -65,10 +84,16 @@ impl DirectTable {
             return Err(corrupt("direct table version"));
         }
         let inodes = words.load(W_INODES)?;
-        if inodes.checked_add(HEADER_WORDS as u64 + 1) != Some(words.len() as u64) {
-            return Err(corrupt("direct table inode count"));
+        let expected = inodes.checked_add((HEADER_WORDS + 1 + SLOTS * SLOT_WORDS) as u64);
+        if words.load(W_SLOTS)? != SLOTS as u64 || expected != Some(words.len() as u64) {
+            return Err(corrupt("direct table length"));
         }
         Ok(DirectTable { words, inodes, owner: false })
+    }
+
+    /// Inode slots the table has room for.
+    pub fn inodes(&self) -> u64 {
+        self.inodes
     }
 
     fn slot(&self, ino: u64) -> Result<usize> {
@@ -78,9 +103,9 @@ impl DirectTable {
         Ok(HEADER_WORDS + ino as usize)
     }
 
-    /// Inode slots the table has room for.
-    pub fn inodes(&self) -> u64 {
-        self.inodes
+    /// The first word of writer slot `i`.
+    fn writer(&self, i: usize) -> usize {
+        HEADER_WORDS + 1 + self.inodes as usize + i * SLOT_WORDS
     }
 
     /// `ino`'s map generation.
@@ -108,6 +133,143 @@ impl DirectTable {
     /// Marks the table closed (the server stops serving): clients stop using cached maps.
     pub fn close(&self) {
         let _ = self.words.store(W_STATE, STATE_CLOSED);
+    }
+
+    /// Takes a free writer slot for this process (a slot whose process is gone is free).
+    /// `None` when all are taken: the caller writes through the mount.
+    pub fn claim(&self) -> Option<Slot> {
+        let pid = u64::from(std::process::id());
+        let start = start_time(pid)?;
+        (0..SLOTS).find_map(|i| {
+            let w = self.writer(i);
+            let owner = self.words.load(w).ok()?;
+            if owner != 0 && self.alive(i) {
+                return None;
+            }
+            self.words.compare_exchange(w, owner, pid).ok()?.then_some(())?;
+            self.words.store(w + 1, start).ok()?;
+            self.words.store(w + 2, 0).ok()?;
+            Some(Slot(i))
+        })
+    }
+
+    /// Gives a slot back.
+    pub fn release(&self, slot: Slot) {
+        let w = self.writer(slot.0);
+        let _ = self.words.store(w + 2, 0);
+        let _ = self.words.store(w, 0);
+    }
+
+    /// Marks the slot's process as in a direct write, from the current epoch on. It must then
+    /// check the file's generation (the exchange is a full fence: the check cannot be done
+    /// before the mark is visible), store, fence, and [`DirectTable::leave`].
+    pub fn enter(&self, slot: Slot) {
+        let epoch = self.words.load(W_EPOCH).unwrap_or(1).max(1);
+        let _ = self.words.swap(self.writer(slot.0) + 2, epoch);
+    }
+
+    /// Ends the slot's direct write.
+    pub fn leave(&self, slot: Slot) {
+        let _ = self.words.store(self.writer(slot.0) + 2, 0);
+    }
+
+    /// Starts a new epoch and returns the one that ended: blocks freed now (their files'
+    /// generations already moved) may still be written by writes that began in it or earlier.
+    pub fn advance(&self) -> u64 {
+        self.words.fetch_add(W_EPOCH, 1).unwrap_or(0)
+    }
+
+    /// The latest epoch no direct write still runs in: blocks freed when that epoch ended may be
+    /// reused. Slots of processes that are gone are given back on the way.
+    pub fn quiet_through(&self) -> u64 {
+        let mut quiet = u64::MAX;
+        for i in 0..SLOTS {
+            let w = self.writer(i);
+            if self.words.load(w).unwrap_or(0) == 0 {
+                continue;
+            }
+            let active = self.words.load(w + 2).unwrap_or(0);
+            if active != 0 {
+                if self.alive(i) {
+                    quiet = quiet.min(active - 1);
+                } else {
+                    self.release(Slot(i));
+                }
+            }
+        }
+        quiet.min(self.words.load(W_EPOCH).unwrap_or(1))
+    }
+
+    /// Whether slot `i`'s owner is still the process that claimed it.
+    fn alive(&self, i: usize) -> bool {
+        let w = self.writer(i);
+        let (pid, start) = (self.words.load(w).unwrap_or(0), self.words.load(w + 1).unwrap_or(0));
+        pid != 0 && start_time(pid) == Some(start)
+    }
+}
+
+/// A process's start time (clock ticks after boot, /proc/PID/stat's 22nd field): with the pid,
+/// it names one process even after the pid is reused.
+fn start_time(pid: u64) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: count from its last ')'.
+    stat.rsplit_once(')')?.1.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// How long a change waits for direct writes that may still store into blocks it is about to
+/// reuse or zero, before it goes on (a writer stopped mid-store, say by SIGSTOP, is not waited
+/// for forever; its store then lands in a block no file owns).
+const WRITER_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// What a file system that publishes maps holds: the table, and the blocks it keeps from reuse
+/// while a direct write that began before their file's generation moved may still store there.
+#[derive(Debug)]
+pub(crate) struct Publication {
+    pub(crate) table: DirectTable,
+    /// Blocks freed (at a journal position) when an epoch ended, oldest first: reusable once no
+    /// direct write of that epoch or an earlier one runs.
+    quarantine: Mutex<VecDeque<(u64, u64, Vec<Run>)>>,
+}
+
+impl Publication {
+    pub(crate) fn new(table: DirectTable) -> Publication {
+        Publication { table, quarantine: Mutex::new(VecDeque::new()) }
+    }
+
+    /// Frees `runs`, which the commit at journal position `pos` unlinked, once no direct write
+    /// can reach them any more.
+    pub(crate) fn quarantine(&self, pos: u64, runs: Vec<Run>, alloc: &Mutex<Allocator>) {
+        // The commit moved the files' generations; writes that begin from the next epoch on see
+        // that and store nothing here.
+        let ended = self.table.advance();
+        lock(&self.quarantine).push_back((ended, pos, runs));
+        self.drain(alloc);
+    }
+
+    /// Hands the quarantined runs no direct write can reach any more to the allocator.
+    pub(crate) fn drain(&self, alloc: &Mutex<Allocator>) {
+        let mut q = lock(&self.quarantine);
+        if q.is_empty() {
+            return;
+        }
+        let quiet = self.table.quiet_through();
+        while q.front().is_some_and(|&(epoch, _, _)| epoch <= quiet) {
+            if let Some((_, pos, runs)) = q.pop_front() {
+                lock(alloc).free_after(pos, runs);
+            }
+        }
+    }
+
+    /// Waits (at most [`WRITER_WAIT`]) until no direct write that began before now runs, so
+    /// that blocks a commit just unlinked, or bytes it just put past EOF, see no more stores;
+    /// then drains the quarantine.
+    pub(crate) fn wait_for_writers(&self, alloc: &Mutex<Allocator>) {
+        let ended = self.table.advance();
+        let start = std::time::Instant::now();
+        while self.table.quiet_through() < ended && start.elapsed() < WRITER_WAIT {
+            std::thread::yield_now();
+        }
+        self.drain(alloc);
     }
 }
 
@@ -264,4 +426,56 @@ pub fn put_path(out: &mut [u8; PATH_MAX], s: &[u8]) -> bool {
 pub fn get_path(field: &[u8; PATH_MAX]) -> &[u8] {
     let end = field.iter().position(|&b| b == 0).unwrap_or(PATH_MAX);
     &field[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(what: &str) -> (DirectTable, DirectTable) {
+        let path = std::env::temp_dir().join(format!("udax-direct-unit-{what}-{}", std::process::id()));
+        let server = DirectTable::create(&path, 100, 0o600).unwrap();
+        let client = DirectTable::open(&path, true).unwrap();
+        (server, client)
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "maps shared memory")]
+    fn epochs_end_only_when_the_writes_that_began_in_them_do() {
+        let (server, client) = table("epochs");
+        assert_eq!(server.quiet_through(), 1, "no writer: everything up to the current epoch is quiet");
+        let a = client.claim().unwrap();
+        let b = client.claim().unwrap();
+        assert_ne!(a, b);
+        client.enter(a); // in epoch 1
+        let ended = server.advance();
+        assert_eq!(ended, 1);
+        assert_eq!(server.quiet_through(), 0, "a write of epoch 1 still runs");
+        client.enter(b); // in epoch 2: it sees what ended epoch 1
+        assert_eq!(server.quiet_through(), 0);
+        client.leave(a);
+        assert_eq!(server.quiet_through(), 1, "epoch 1's blocks are free; epoch 2's writer remains");
+        client.leave(b);
+        assert_eq!(server.quiet_through(), 2);
+        client.release(a);
+        client.release(b);
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "maps shared memory and spawns a process")]
+    fn a_writer_that_died_in_a_write_is_given_up() {
+        let (server, client) = table("dead");
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = u64::from(child.id());
+        child.wait().unwrap();
+        // The slot as the child would have left it: claimed, in a write of epoch 1.
+        let w = client.writer(0);
+        client.words.store(w, pid).unwrap();
+        client.words.store(w + 1, 12345).unwrap();
+        client.words.store(w + 2, 1).unwrap();
+        server.advance();
+        assert_eq!(server.quiet_through(), 2, "a gone process holds nothing back");
+        assert_eq!(client.words.load(w).unwrap(), 0, "and its slot is free again");
+        assert_eq!(client.claim(), Some(Slot(0)));
+    }
 }

@@ -42,7 +42,7 @@ fn maps_name_the_files_bytes_in_the_image() {
     fs.publish_maps(table).unwrap();
     let again = DirectTable::create(&scratch("second").0, fs.geometry().inode_count, 0o600).unwrap();
     assert_eq!(fs.publish_maps(again).unwrap_err().errno(), libc::EBUSY);
-    let client = DirectTable::open(&table_path.0).unwrap();
+    let client = DirectTable::open(&table_path.0, false).unwrap();
     assert_eq!(client.state(), STATE_LIVE);
     assert_eq!(client.server_pid(), u64::from(std::process::id()));
 
@@ -74,7 +74,7 @@ fn every_change_to_size_or_blocks_moves_the_generation() {
     let table_path = scratch("gens-table");
     let fs = Fs::mkfs(Device::create(&image.0, 64 << 20).unwrap(), &MkfsOptions::default()).unwrap();
     fs.publish_maps(DirectTable::create(&table_path.0, fs.geometry().inode_count, 0o600).unwrap()).unwrap();
-    let client = DirectTable::open(&table_path.0).unwrap();
+    let client = DirectTable::open(&table_path.0, false).unwrap();
     let f = fs.open("/f", OpenOptions::create()).unwrap();
     let ino = f.metadata().unwrap().ino;
     let mut last = client.generation(ino).unwrap();
@@ -103,20 +103,57 @@ fn every_change_to_size_or_blocks_moves_the_generation() {
     fs.unlink_path("/f").unwrap();
     moved("the last unlink, which frees the blocks");
     drop(fs);
-    assert_eq!(client.state(), STATE_LIVE, "dropping the file system leaves the table to its owner");
+    assert_eq!(client.state(), STATE_CLOSED, "the table closes with the file system that published it");
 }
 
 #[test]
 fn a_closed_or_foreign_table_is_refused_or_marked() {
     let p = scratch("closed");
     let t = DirectTable::create(&p.0, 10, 0o600).unwrap();
-    let c = DirectTable::open(&p.0).unwrap();
+    let c = DirectTable::open(&p.0, false).unwrap();
     t.close();
     assert_eq!(c.state(), STATE_CLOSED);
     assert!(c.generation(11).is_err() && c.generation(0).is_err());
     let other = scratch("foreign");
     std::fs::write(&other.0, [7u8; 4096]).unwrap();
-    assert!(matches!(DirectTable::open(&other.0), Err(udax::Error::Corrupt { .. })));
+    assert!(matches!(DirectTable::open(&other.0, false), Err(udax::Error::Corrupt { .. })));
     drop(t);
     assert!(!p.0.exists(), "the server's table goes with it");
+}
+
+#[test]
+fn blocks_freed_under_a_direct_write_wait_for_it_to_end() {
+    // A writer that checked the generation before a truncate moved it may still store into the
+    // blocks the truncate freed: they must not go to another file until it leaves.
+    let image = scratch("quarantine");
+    let table_path = scratch("quarantine-table");
+    let fs = Fs::mkfs(Device::create(&image.0, 16 << 20).unwrap(), &MkfsOptions::default()).unwrap();
+    fs.publish_maps(DirectTable::create(&table_path.0, fs.geometry().inode_count, 0o600).unwrap()).unwrap();
+    let client = DirectTable::open(&table_path.0, true).unwrap();
+    let slot = client.claim().expect("a free writer slot");
+    let f = fs.open("/victim", OpenOptions::create()).unwrap();
+    f.write_at(&[1u8; 1 << 20], 0).unwrap();
+    let freed: Vec<(u64, u64)> = f.extents().unwrap().iter().map(|e| (e.physical, e.physical + e.length)).collect();
+    client.enter(slot);
+    f.set_len(0).unwrap();
+    // Fill the rest of the image: every free block but the quarantined ones gets used.
+    let g = fs.open("/filler", OpenOptions::create()).unwrap();
+    let mut off = 0;
+    while g.write_at(&[2u8; 64 << 10], off).is_ok() {
+        off += 64 << 10;
+    }
+    let overlaps = |g: &udax::File| {
+        g.extents().unwrap().iter().any(|e| freed.iter().any(|&(s, t)| e.physical < t && s < e.physical + e.length))
+    };
+    assert!(!overlaps(&g), "a block freed under a direct write went to another file");
+    client.leave(slot);
+    // Now they may be reused: the next shortage takes them.
+    let mut more = 0;
+    while g.write_at(&[3u8; 64 << 10], off).is_ok() {
+        off += 64 << 10;
+        more += 1;
+    }
+    assert!(more >= 15, "the quarantined megabyte came back ({more} more 64 KiB writes)");
+    assert!(overlaps(&g));
+    client.release(slot);
 }

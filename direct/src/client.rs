@@ -52,7 +52,7 @@ impl Mount {
         }
         let image_path = Path::new(std::ffi::OsStr::from_bytes(direct::get_path(&info.image)));
         let table_path = Path::new(std::ffi::OsStr::from_bytes(direct::get_path(&info.table)));
-        let (Ok(image), Ok(table)) = (Image::attach(image_path), DirectTable::open(table_path)) else {
+        let (Ok(image), Ok(table)) = (Image::attach(image_path), DirectTable::open(table_path, false)) else {
             return Ok(None);
         };
         if image.len() != info.image_bytes || table.inodes() != info.inodes {

@@ -118,6 +118,17 @@ impl SharedWords {
         Ok(())
     }
 
+    /// Stores `v` in word `i` and returns the old value (sequentially consistent: a full
+    /// fence on x86).
+    pub fn swap(&self, i: usize, v: u64) -> Result<u64> {
+        Ok(self.word(i)?.swap(v, Ordering::SeqCst))
+    }
+
+    /// Stores `new` in word `i` if it holds `current`; returns whether it did.
+    pub fn compare_exchange(&self, i: usize, current: u64, new: u64) -> Result<bool> {
+        Ok(self.word(i)?.compare_exchange(current, new, Ordering::SeqCst, Ordering::SeqCst).is_ok())
+    }
+
     /// Adds `v` to word `i` (sequentially consistent, wrapping); returns the old value.
     pub fn fetch_add(&self, i: usize, v: u64) -> Result<u64> {
         Ok(self.word(i)?.fetch_add(v, Ordering::SeqCst))

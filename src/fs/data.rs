@@ -503,6 +503,8 @@ impl Fs {
         let head = self.commit(&tx)?;
         self.free_after(head, freed.iter().map(Extent::run).collect());
         if shrinking && size % bs != 0 && !self.planted(Sabotage::TruncateTail) {
+            // A direct write that began before the generation moved may still be storing there.
+            self.wait_for_direct_writers();
             // The tail of the new last block is past EOF now, where a mapping of the page must
             // see zeros; it holds the old data, zeroed after the commit (zeroing it before would
             // change bytes the old size still shows). A crash in between leaves them there,

@@ -18,9 +18,11 @@
 //!   directories; `snapshot`: a consistent copy of the image;
 //! - `namespace` and `rename`: names and attributes;
 //! - `data`, `space` and `xattr`: read and write, fallocate and seek, extended attributes;
-//! - `mmap` and `fault`: DAX mappings and the userfaultfd service behind them.
+//! - `mmap` and `fault`: DAX mappings and the userfaultfd service behind them;
+//! - `direct`: what direct clients of a mount are given, and the blocks kept from them.
 
 mod data;
+mod direct;
 mod fault;
 mod load;
 mod mmap;

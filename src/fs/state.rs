@@ -66,7 +66,7 @@ pub(crate) struct Inner {
     pub(super) stopped: AtomicBool,
     pub(crate) mmap: ServiceSlot,
     /// The map generations published to direct clients, once a server publishes them.
-    pub(crate) direct: std::sync::OnceLock<crate::direct::DirectTable>,
+    pub(crate) direct: std::sync::OnceLock<crate::direct::Publication>,
     /// Who owns what the path calls create: the process's effective ids at mount (taken once,
     /// not asked of the kernel on every call; the `_as` calls name someone else).
     pub(crate) owner: Creds,
@@ -280,8 +280,8 @@ impl Fs {
     pub(crate) fn commit(&self, tx: &Tx) -> Result<u64> {
         crate::faults::check(crate::faults::Step::Commit)?;
         // Before the record: a direct client that copied across this change sees it moved.
-        if let Some(t) = self.inner.direct.get() {
-            tx.inodes().iter().for_each(|&ino| t.bump(ino));
+        if let Some(p) = self.inner.direct.get() {
+            tx.inodes().iter().for_each(|&ino| p.table.bump(ino));
         }
         tx.fence_content(&self.inner.dev);
         let mut j = lock(&self.inner.journal);
@@ -293,6 +293,9 @@ impl Fs {
         #[cfg(feature = "crash-test")]
         self.inner.dev.ordered();
         if let Some(cp) = done.checkpoint {
+            if let Some(p) = self.inner.direct.get() {
+                p.drain(&self.inner.alloc);
+            }
             lock(&self.inner.alloc).release(cp);
         }
         Ok(head)
@@ -312,6 +315,12 @@ impl Fs {
         crate::faults::check(crate::faults::Step::Alloc)?;
         let runs = {
             let mut a = lock(&self.inner.alloc);
+            if let Some(p) = self.inner.direct.get().filter(|_| a.available_blocks() < n) {
+                // Blocks held from direct writers may make up the difference: wait for them.
+                drop(a);
+                p.wait_for_writers(&self.inner.alloc);
+                a = lock(&self.inner.alloc);
+            }
             match a.alloc(goal, n) {
                 Err(Error::NoSpace) if a.has_pending() && a.available_blocks() >= n => {
                     drop(a);
@@ -351,9 +360,10 @@ impl Fs {
             let mut a = lock(&self.inner.alloc);
             match a.alloc_aligned(n, align) {
                 Some(r) => r,
-                None if !a.has_pending() => return Err(Error::NoSpace),
+                None if !a.has_pending() && self.inner.direct.get().is_none() => return Err(Error::NoSpace),
                 None => {
                     drop(a);
+                    self.wait_for_direct_writers();
                     let cp = lock(&self.inner.journal).checkpoint(&self.inner.dev)?;
                     let mut a = lock(&self.inner.alloc);
                     a.release(cp);
@@ -386,7 +396,10 @@ impl Fs {
         if self.planted(crate::sabotage::Sabotage::EarlyReuse) {
             lock(&self.inner.alloc).unreserve(runs);
         } else if !runs.is_empty() {
-            lock(&self.inner.alloc).free_after(pos, runs);
+            match self.inner.direct.get() {
+                Some(p) => p.quarantine(pos, runs, &self.inner.alloc),
+                None => lock(&self.inner.alloc).free_after(pos, runs),
+            }
         }
     }
 
@@ -455,5 +468,12 @@ impl Fs {
         let head = self.commit(&tx)?;
         self.forget_freed(inode, head);
         Ok(())
+    }
+
+    /// Waits for direct writes that began before now (see [`crate::direct::Publication`]).
+    pub(crate) fn wait_for_direct_writers(&self) {
+        if let Some(p) = self.inner.direct.get() {
+            p.wait_for_writers(&self.inner.alloc);
+        }
     }
 }

@@ -1,0 +1,57 @@
+//! Direct clients of a mount (DESIGN.md "Direct access"): publishing map generations, and the
+//! file maps handed out.
+
+use crate::direct::{DirectTable, MapExtent, MapIo, Publication};
+use crate::error::{Error, Result};
+use crate::extent::State;
+use crate::layout::mode;
+use crate::sync::rd;
+
+use super::state::Fs;
+
+impl Fs {
+    /// Publishes map generations to direct clients in `table` (DESIGN.md "Direct access"):
+    /// from now on every commit that changes a file's size, extents or times moves the file's
+    /// generation first, and freed blocks wait for direct writes that may still store to them.
+    /// Once per mount: a second table is refused (EBUSY).
+    pub fn publish_maps(&self, table: DirectTable) -> Result<()> {
+        if table.inodes() < self.inner.geo.inode_count {
+            return Err(Error::InvalidArgument("the direct table is smaller than the inode table"));
+        }
+        self.inner.direct.set(Publication::new(table)).map_err(|_| Error::Busy)
+    }
+
+    /// The page of `ino`'s extents from file block `from_block` on, with its size and the map
+    /// generation they belong to (0 when no table is published), as [`crate::direct::IOC_MAP`]
+    /// answers it. A regular file only (EINVAL otherwise).
+    pub fn file_map(&self, ino: u64, from_block: u64) -> Result<MapIo> {
+        let n = self.node(ino)?;
+        let g = rd(&n.inode);
+        g.live()?;
+        if !mode::is_reg(g.attr.mode) {
+            return Err(Error::InvalidArgument("not a regular file"));
+        }
+        let mut m = MapIo::request(from_block);
+        m.version = crate::direct::VERSION;
+        // Under the inode lock, which every change to the map holds while it moves the
+        // generation: the extents below are the ones this generation names.
+        m.generation = self.inner.direct.get().map_or(Ok(0), |p| p.table.generation(ino))?;
+        m.size = g.attr.size;
+        m.next_block = u64::MAX;
+        let bs = self.inner.geo.block_size;
+        for e in g.ext.iter().filter(|e| e.end() > from_block) {
+            if m.count as usize == crate::direct::MAP_EXTENTS {
+                m.next_block = e.logical;
+                break;
+            }
+            m.extents[m.count as usize] = MapExtent {
+                logical: e.logical,
+                physical: e.physical * bs,
+                blocks: e.len,
+                flags: if e.state == State::Written { crate::direct::EXTENT_WRITTEN } else { 0 },
+            };
+            m.count += 1;
+        }
+        Ok(m)
+    }
+}
