@@ -330,6 +330,10 @@ const IOC_READ_WRITE: u32 = 3;
 pub const IOC_INFO: u32 = ioc(IOC_READ, 0xd0, size_of::<InfoReply>());
 /// A page of a file's extents: `_IOWR('U', 0xd1, MapIo)`.
 pub const IOC_MAP: u32 = ioc(IOC_READ_WRITE, 0xd1, size_of::<MapIo>());
+/// "I am writing this file directly" (`_IO('U', 0xd2)`): the server sets its times and drops
+/// set-ID bits as a write would ([`crate::Fs::note_direct_write`]). A client asks it before
+/// its first direct write in each tick of the coarse clock.
+pub const IOC_WRITING: u32 = ioc(0, 0xd2, 0);
 
 /// The longest image or table path [`InfoReply`] carries.
 pub const PATH_MAX: usize = 1024;

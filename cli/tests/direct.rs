@@ -23,6 +23,18 @@ fn direct_read(m: &Mount, f: &std::fs::File, cache: &mut CachedMap, off: u64, le
     buf
 }
 
+/// Asserts two byte strings are equal, naming the first difference (not printing them).
+#[track_caller]
+fn same(got: &[u8], want: &[u8], what: &str) {
+    let first = got.iter().zip(want).position(|(a, b)| a != b);
+    assert!(
+        got.len() == want.len() && first.is_none(),
+        "{what}: {} bytes, want {}; first difference at {first:?}",
+        got.len(),
+        want.len()
+    );
+}
+
 /// What the mount itself returns for the same read.
 fn mount_read(f: &std::fs::File, off: u64, len: usize) -> Vec<u8> {
     let mut buf = vec![0u8; len];
@@ -135,4 +147,86 @@ fn udax_run_serves_unmodified_programs_reads_directly() {
     let refused =
         std::process::Command::new(env!("CARGO_BIN_EXE_udax")).args(["run", "/proc", "--", "true"]).output().unwrap();
     assert!(!refused.status.success() && String::from_utf8_lossy(&refused.stderr).contains("not a udax mount"));
+}
+
+#[test]
+fn direct_writes_are_durable_and_seen_by_readers_through_the_mount() {
+    if !can_mount() {
+        return;
+    }
+    let m = Mounted::new("64M");
+    let path = m.mnt.join("w");
+    std::fs::write(&path, vec![1u8; 100_000]).unwrap();
+    // A reader through the mount, without the library, whose pages may be cached.
+    let reader = std::fs::File::open(&path).unwrap();
+    assert_eq!(mount_read(&reader, 5000, 10), vec![1u8; 10]);
+    let f = OpenOptions::new().read(true).write(true).open(&path).unwrap();
+    let ino = f.metadata().unwrap().ino();
+    let client = Mount::attach(f.as_fd()).unwrap().expect("direct access");
+    let mut cache = CachedMap::default();
+    let before = f.metadata().unwrap().modified().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    assert_eq!(client.write_at(f.as_fd(), ino, &mut cache, &[2u8; 6000], 4000).unwrap(), Served::Bytes(6000));
+    let mut expected = vec![1u8; 100_000];
+    expected[4000..10_000].fill(2);
+    same(&mount_read(&reader, 0, 100_000), &expected, "a reader through the mount after the direct write");
+    same(&direct_read(&client, &f, &mut cache, 0, 100_000), &expected, "a direct reader");
+    assert!(f.metadata().unwrap().modified().unwrap() > before, "the write moved mtime");
+    // Past EOF, or into a hole: the mount's (the caller then writes through it).
+    assert_eq!(client.write_at(f.as_fd(), ino, &mut cache, b"x", 100_000).unwrap(), Served::PassThrough);
+    f.set_len(1 << 20).unwrap();
+    assert_eq!(client.write_at(f.as_fd(), ino, &mut cache, b"x", 500_000).unwrap(), Served::PassThrough);
+    drop((f, reader, client));
+    // Durable: in the image after unmount.
+    m.unmount();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_udax")).arg("cat").arg(&m.img).arg("/w").output().unwrap();
+    assert!(out.status.success());
+    same(&out.stdout[..100_000], &expected, "the image after unmount");
+}
+
+#[test]
+fn udax_run_stores_overwrites_directly_and_passes_growth_on() {
+    if !can_mount() {
+        return;
+    }
+    let lib = preload_lib();
+    let m = Mounted::new("64M");
+    let path = m.mnt.join("o");
+    std::fs::write(&path, vec![b'.'; 20_000]).unwrap();
+    let script = format!(
+        "import os\n\
+         fd = os.open('{p}', os.O_RDWR)\n\
+         os.pwrite(fd, b'HELLO' * 1000, 1000)\n\
+         os.lseek(fd, 100, 0)\n\
+         os.write(fd, b'abc')\n\
+         os.writev(fd, [b'de', b'f'])\n\
+         os.pwrite(fd, b'grow', 20_000)\n\
+         os.close(fd)\n\
+         fd = os.open('{p}', os.O_WRONLY | os.O_APPEND)\n\
+         os.write(fd, b'tail')\n",
+        p = path.display()
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_udax"))
+        .arg("run")
+        .arg(&m.mnt)
+        .args(["--", "python3", "-c", &script])
+        .env("UDAX_DIRECT_TRACE", "1")
+        .env("UDAX_PRELOAD_LIB", &lib)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "python3 under udax run failed: {stderr}");
+    for served in
+        ["pwrite64(fd 3, 5000 at 1000): direct", "write(fd 3, 3 at 100): direct", "writev(fd 3, 3 at 103): direct"]
+    {
+        assert!(stderr.contains(served), "{served}: {stderr}");
+    }
+    assert!(stderr.contains("pwrite64(fd 3, 4 at 20000): passed on"), "growth goes through the mount: {stderr}");
+    assert!(!stderr.contains("write(fd 3, 4 at"), "an O_APPEND write is the mount's: {stderr}");
+    // A reader without the library, through the mount, sees all of it.
+    let mut want = vec![b'.'; 20_000];
+    want[1000..6000].copy_from_slice(&b"HELLO".repeat(1000));
+    want[100..106].copy_from_slice(b"abcdef");
+    want.extend_from_slice(b"growtail");
+    same(&std::fs::read(&path).unwrap(), &want, "the file through the mount");
 }

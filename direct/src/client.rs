@@ -5,8 +5,10 @@
 use std::os::fd::BorrowedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::sync::OnceLock;
 
-use udax::direct::{self, DirectTable, Image, MapExtent, EXTENT_WRITTEN, STATE_LIVE};
+use udax::direct::{self, DirectTable, Image, MapExtent, Slot, EXTENT_WRITTEN, STATE_LIVE};
+use udax::Timespec;
 
 /// Copies that meet a moving generation this many times in a row give up and let the caller
 /// go through the mount.
@@ -27,6 +29,19 @@ pub struct Mount {
     image: Image,
     table: DirectTable,
     block_size: u64,
+    /// The writer slot, claimed at the first direct write (`None`: the table is read-only to
+    /// this process, or every slot is taken; writes then go through the mount).
+    slot: OnceLock<Option<Slot>>,
+    /// Whether the table could be opened for writing.
+    writable: bool,
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if let Some(Some(slot)) = self.slot.get() {
+            self.table.release(*slot);
+        }
+    }
 }
 
 /// A file's extents as the mount last gave them, with the generation they belong to.
@@ -35,6 +50,8 @@ pub struct CachedMap {
     generation: Option<u64>,
     size: u64,
     extents: Vec<MapExtent>,
+    /// The coarse-clock tick of this process's last direct write to the file.
+    written_in: Option<Timespec>,
 }
 
 impl Mount {
@@ -52,13 +69,19 @@ impl Mount {
         }
         let image_path = Path::new(std::ffi::OsStr::from_bytes(direct::get_path(&info.image)));
         let table_path = Path::new(std::ffi::OsStr::from_bytes(direct::get_path(&info.table)));
-        let (Ok(image), Ok(table)) = (Image::attach(image_path), DirectTable::open(table_path, false)) else {
-            return Ok(None);
+        let Ok(image) = Image::attach(image_path) else { return Ok(None) };
+        let (table, writable) = match DirectTable::open(table_path, true) {
+            Ok(t) => (t, true),
+            Err(_) => match DirectTable::open(table_path, false) {
+                Ok(t) => (t, false),
+                Err(_) => return Ok(None),
+            },
         };
         if image.len() != info.image_bytes || table.inodes() != info.inodes {
             return Ok(None);
         }
-        Ok(Some(Mount { image, table, block_size: u64::from(info.block_size) }))
+        let block_size = u64::from(info.block_size);
+        Ok(Some(Mount { image, table, block_size, slot: OnceLock::new(), writable }))
     }
 
     /// Whether the server still serves (a closed table means every cached map is worthless).
@@ -99,6 +122,86 @@ impl Mount {
         Ok(Served::PassThrough)
     }
 
+    /// Writes `data` into file `ino` (open for writing as `fd`) at `off` straight into the
+    /// image, durable when it returns, when the whole range lies in written blocks inside the
+    /// file; anything else (holes, unwritten blocks, growth) is the mount's.
+    pub fn write_at(
+        &self,
+        fd: BorrowedFd<'_>,
+        ino: u64,
+        cache: &mut CachedMap,
+        data: &[u8],
+        off: u64,
+    ) -> std::io::Result<Served> {
+        let Some(slot) = *self.slot.get_or_init(|| self.writable.then(|| self.table.claim()).flatten()) else {
+            return Ok(Served::PassThrough);
+        };
+        let end = off.checked_add(data.len() as u64).ok_or(std::io::Error::from_raw_os_error(libc::EFBIG))?;
+        let tick = Timespec::coarse_now();
+        for _ in 0..RETRIES {
+            if !self.live() {
+                return Ok(Served::PassThrough);
+            }
+            if cache.written_in != Some(tick) {
+                // Times and set-ID bits, as a write changes them: once a tick.
+                crate::sys::writing(fd)?;
+                cache.written_in = Some(tick);
+            }
+            // In a write from here on: blocks freed from now wait for it (DESIGN.md).
+            self.table.enter(slot);
+            let Ok(generation) = self.table.generation(ino) else {
+                self.table.leave(slot);
+                return Ok(Served::PassThrough);
+            };
+            if cache.generation != Some(generation) {
+                self.table.leave(slot);
+                self.refresh(fd, cache)?;
+                continue;
+            }
+            let stored = if end <= cache.size && self.all_written(cache, off, end) {
+                Some(self.copy_in(cache, data, off))
+            } else {
+                None
+            };
+            self.table.leave(slot);
+            return Ok(match stored {
+                Some(Ok(())) => Served::Bytes(data.len()),
+                Some(Err(_)) | None => Served::PassThrough,
+            });
+        }
+        Ok(Served::PassThrough)
+    }
+
+    /// Whether `[off, end)` lies wholly in written extents of `cache`.
+    fn all_written(&self, cache: &CachedMap, off: u64, end: u64) -> bool {
+        let bs = self.block_size;
+        let mut at = off;
+        let first = cache.extents.partition_point(|e| (e.logical + e.blocks) * bs <= off);
+        for e in &cache.extents[first..] {
+            if at >= end {
+                break;
+            }
+            if e.logical * bs > at || e.flags & EXTENT_WRITTEN == 0 {
+                return false;
+            }
+            at = (e.logical + e.blocks) * bs;
+        }
+        at >= end
+    }
+
+    /// Stores `data` at file offset `off` through `cache`'s extents (all written), durable.
+    fn copy_in(&self, cache: &CachedMap, data: &[u8], off: u64) -> udax::Result<()> {
+        let bs = self.block_size;
+        let end = off + data.len() as u64;
+        let first = cache.extents.partition_point(|e| (e.logical + e.blocks) * bs <= off);
+        for e in cache.extents[first..].iter().take_while(|e| e.logical * bs < end) {
+            let (s, t) = ((e.logical * bs).max(off), ((e.logical + e.blocks) * bs).min(end));
+            let at = e.physical + (s - e.logical * bs);
+            self.image.write_durable(at, &data[(s - off) as usize..(t - off) as usize])?;
+        }
+        Ok(())
+    }
+
     /// Fetches the file's whole map, page by page (again from the start when it changes
     /// between pages; the caller checks the generation anyway).
     fn refresh(&self, fd: BorrowedFd<'_>, cache: &mut CachedMap) -> std::io::Result<()> {
@@ -115,7 +218,7 @@ impl Mount {
             extents.extend_from_slice(page.extents());
             next = page.next_block;
         }
-        *cache = CachedMap { generation: Some(generation), size, extents };
+        *cache = CachedMap { generation: Some(generation), size, extents, written_in: cache.written_in };
         Ok(())
     }
 

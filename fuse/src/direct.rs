@@ -52,10 +52,11 @@ fn io_error(e: udax::Error) -> std::io::Error {
     std::io::Error::other(e.to_string())
 }
 
-/// Answers a direct-access ioctl: the reply's bytes, or the errno.
+/// Answers a direct-access ioctl from user `caller`: the reply's bytes, or the errno.
 pub(crate) fn ioctl(
     fs: &Fs,
     published: Option<&Published>,
+    caller: u32,
     ino: u64,
     cmd: u32,
     input: &[u8],
@@ -67,6 +68,12 @@ pub(crate) fn ioctl(
             let req = MapIo::read_from_prefix(input).map_err(|_| Errno::EINVAL)?.0;
             let map = fs.file_map(ino, req.from_block).map_err(|e| Errno::from_i32(e.errno()))?;
             Ok(map.as_bytes().to_vec())
+        }
+        direct::IOC_WRITING => {
+            // As the kernel asks for a write by a caller without CAP_FSETID (taken to be
+            // anyone but root; FUSE does not send capabilities).
+            fs.note_direct_write(ino, caller != 0).map_err(|e| Errno::from_i32(e.errno()))?;
+            Ok(Vec::new())
         }
         _ => Err(Errno::ENOTTY),
     }

@@ -261,6 +261,17 @@ fn set_time(t: TimeOrNow) -> SetTime {
 }
 
 impl UdaxFuse {
+    /// How files are opened: through the page cache, or, when direct clients may store into the
+    /// image behind the kernel's back, with no cache at all (each read asks the server, which
+    /// reads the image), so no reader through the mount sees data older than a direct write.
+    fn open_flags(&self) -> FopenFlags {
+        if self.direct.is_some() {
+            FopenFlags::FOPEN_DIRECT_IO
+        } else {
+            OPEN_FLAGS
+        }
+    }
+
     /// Marks a request being served; with `-o poll` the poll window starts when the guard drops,
     /// after the reply.
     fn serving(&self) -> poll::Serving<'_> {
@@ -291,6 +302,8 @@ impl Filesystem for UdaxFuse {
             // `killed_privs`); in return the kernel stops asking for security.capability before
             // every write, which otherwise costs 4 KiB random writes 40% of their throughput.
             InitFlags::FUSE_HANDLE_KILLPRIV_V2,
+            // Shared mappings of files opened with FOPEN_DIRECT_IO (a mount publishing maps).
+            InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP,
         ] {
             let _ = config.add_capabilities(cap);
         }
@@ -431,7 +444,7 @@ impl Filesystem for UdaxFuse {
             return reply.error(Errno::EROFS);
         }
         match self.fs.open_ino(ino.0) {
-            Ok(_) => reply.opened(FileHandle(0), OPEN_FLAGS),
+            Ok(_) => reply.opened(FileHandle(0), self.open_flags()),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -449,7 +462,9 @@ impl Filesystem for UdaxFuse {
         let _serving = self.serving();
         let made = self.fs.create(parent.0, name.as_bytes(), mode & !umask & 0o7777, who(req));
         match made.and_then(|st| self.fs.open_ino(st.ino)) {
-            Ok(st) => reply.created(&TTL, &attr(&st), Generation(u64::from(st.generation)), FileHandle(0), OPEN_FLAGS),
+            Ok(st) => {
+                reply.created(&TTL, &attr(&st), Generation(u64::from(st.generation)), FileHandle(0), self.open_flags())
+            }
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -699,7 +714,7 @@ impl Filesystem for UdaxFuse {
 
     fn ioctl(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         _flags: fuser::IoctlFlags,
@@ -709,7 +724,7 @@ impl Filesystem for UdaxFuse {
         reply: fuser::ReplyIoctl,
     ) {
         let _serving = self.serving();
-        match direct::ioctl(&self.fs, self.direct.as_ref(), ino.0, cmd, in_data) {
+        match direct::ioctl(&self.fs, self.direct.as_ref(), req.uid(), ino.0, cmd, in_data) {
             Ok(bytes) if bytes.len() <= out_size as usize => reply.ioctl(0, &bytes),
             Ok(_) => reply.error(Errno::EINVAL),
             Err(e) => reply.error(e),

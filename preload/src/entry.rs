@@ -88,7 +88,7 @@ fn library<R: From<i8>>(f: impl FnOnce() -> Option<R>) -> Option<R> {
 fn opened(fd: c_int, flags: c_int) -> c_int {
     if fd >= 0 {
         let _ = library(|| {
-            if flags & libc::O_ACCMODE == libc::O_WRONLY || flags & libc::O_PATH != 0 {
+            if flags & libc::O_PATH != 0 {
                 fds::closed(fd);
             } else {
                 fds::classify(fd);
@@ -125,8 +125,8 @@ unsafe fn outs<'a>(iov: *const iovec, n: c_int) -> Option<Vec<&'a mut [u8]>> {
     Some(v.iter().map(|i| unsafe { out(i.iov_base, i.iov_len) }).collect())
 }
 
-/// Serves a read at the descriptor's position, moving it on by what was read.
-fn read_here(fd: c_int, serve: impl FnOnce(u64) -> Option<usize>) -> Option<ssize_t> {
+/// Serves a read or write at the descriptor's position, moving it on by what was done.
+fn at_position(fd: c_int, serve: impl FnOnce(u64) -> Option<usize>) -> Option<ssize_t> {
     fds::lookup(fd)?;
     let here = real!(lseek(fd => c_int, 0 => off_t, libc::SEEK_CUR => c_int) -> off_t);
     let here = u64::try_from(here).ok()?;
@@ -157,13 +157,13 @@ open_call!(__open64_2(path: *const c_char, flags: c_int) flags flags);
 open_call!(__openat_2(dir: c_int, path: *const c_char, flags: c_int) flags flags);
 open_call!(__openat64_2(dir: c_int, path: *const c_char, flags: c_int) flags flags);
 
-/// creat(2): a write-only descriptor, never served; its number is forgotten.
+/// creat(2): a new, empty file (every write grows it, which the mount serves); noted.
 ///
 /// # Safety
 /// libc's contract for this function.
 #[no_mangle]
 pub unsafe extern "C" fn creat(path: *const c_char, mode: mode_t) -> c_int {
-    opened(real!(creat(path => *const c_char, mode => mode_t) -> c_int), libc::O_WRONLY)
+    opened(real!(creat(path => *const c_char, mode => mode_t) -> c_int), libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC)
 }
 
 /// creat64(2), as [`creat`].
@@ -172,7 +172,10 @@ pub unsafe extern "C" fn creat(path: *const c_char, mode: mode_t) -> c_int {
 /// libc's contract for this function.
 #[no_mangle]
 pub unsafe extern "C" fn creat64(path: *const c_char, mode: mode_t) -> c_int {
-    opened(real!(creat64(path => *const c_char, mode => mode_t) -> c_int), libc::O_WRONLY)
+    opened(
+        real!(creat64(path => *const c_char, mode => mode_t) -> c_int),
+        libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC,
+    )
 }
 
 /// close(2); the descriptor is forgotten (Linux frees it even when close fails).
@@ -267,10 +270,7 @@ pub unsafe extern "C" fn dup3(fd: c_int, to: c_int, flags: c_int) -> c_int {
 #[no_mangle]
 pub unsafe extern "C" fn fcntl(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
     let r = real!(fcntl(fd => c_int, cmd => c_int, arg => c_ulong) -> c_int);
-    if cmd == libc::F_DUPFD || cmd == libc::F_DUPFD_CLOEXEC {
-        return duplicated(fd, r);
-    }
-    r
+    fcntl_done(fd, cmd, r)
 }
 
 /// fcntl64, as [`fcntl`].
@@ -280,8 +280,20 @@ pub unsafe extern "C" fn fcntl(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
 #[no_mangle]
 pub unsafe extern "C" fn fcntl64(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
     let r = real!(fcntl64(fd => c_int, cmd => c_int, arg => c_ulong) -> c_int);
+    fcntl_done(fd, cmd, r)
+}
+
+/// Notes what a successful fcntl changed: a new descriptor (F_DUPFD*), new status flags
+/// (F_SETFL: O_APPEND on or off).
+fn fcntl_done(fd: c_int, cmd: c_int, r: c_int) -> c_int {
     if cmd == libc::F_DUPFD || cmd == libc::F_DUPFD_CLOEXEC {
         return duplicated(fd, r);
+    }
+    if cmd == libc::F_SETFL && r == 0 {
+        let _ = library(|| {
+            fds::flags_changed(fd);
+            None::<i8>
+        });
     }
     r
 }
@@ -293,7 +305,7 @@ pub unsafe extern "C" fn fcntl64(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
 #[no_mangle]
 pub unsafe extern "C" fn read(fd: c_int, buf: *mut c_void, count: size_t) -> ssize_t {
     // SAFETY: read(2)'s contract on `buf`.
-    let served = library(|| read_here(fd, |at| serve::read_at("read", fd, unsafe { out(buf, count) }, at)));
+    let served = library(|| at_position(fd, |at| serve::read_at("read", fd, unsafe { out(buf, count) }, at)));
     served.unwrap_or_else(|| real!(read(fd => c_int, buf => *mut c_void, count => size_t) -> ssize_t))
 }
 
@@ -385,7 +397,7 @@ pub unsafe extern "C" fn readv(fd: c_int, iov: *const iovec, n: c_int) -> ssize_
     let served = library(|| {
         // SAFETY: readv(2)'s contract on `iov`.
         let mut bufs = unsafe { outs(iov, n) }?;
-        read_here(fd, |at| serve::read_vectored_at("readv", fd, &mut bufs, at))
+        at_position(fd, |at| serve::read_vectored_at("readv", fd, &mut bufs, at))
     });
     served.unwrap_or_else(|| real!(readv(fd => c_int, iov => *const iovec, n => c_int) -> ssize_t))
 }
@@ -454,4 +466,154 @@ pub unsafe extern "C" fn preadv64v2(fd: c_int, iov: *const iovec, n: c_int, off:
         }
     }
     real!(preadv64v2(fd => c_int, iov => *const iovec, n => c_int, off => off64_t, flags => c_int) -> ssize_t)
+}
+
+/// The caller's buffer as a slice.
+///
+/// # Safety
+/// `buf` is valid for reads of `len` bytes for the duration of the call (write(2)'s contract).
+unsafe fn input<'a>(buf: *const c_void, len: size_t) -> &'a [u8] {
+    if len == 0 || buf.is_null() {
+        return &[];
+    }
+    // SAFETY: the caller's contract, above.
+    unsafe { std::slice::from_raw_parts(buf.cast(), len) }
+}
+
+/// The caller's iovecs gathered into one buffer (a direct write is one store and one fence).
+///
+/// # Safety
+/// `iov` points to `n` iovecs, each valid for reads of its length (writev(2)'s contract).
+unsafe fn gathered(iov: *const iovec, n: c_int) -> Option<Vec<u8>> {
+    if n < 0 || (n > 0 && iov.is_null()) {
+        return None;
+    }
+    // SAFETY: the caller's contract, above.
+    let v = unsafe { std::slice::from_raw_parts(iov, n as usize) };
+    let mut all = Vec::with_capacity(v.iter().map(|i| i.iov_len).sum());
+    for i in v {
+        // SAFETY: as above, each iovec's buffer.
+        all.extend_from_slice(unsafe { input(i.iov_base, i.iov_len) });
+    }
+    Some(all)
+}
+
+/// write(2): an overwrite inside the file is stored directly at the descriptor's position.
+///
+/// # Safety
+/// libc's contract for this function.
+#[no_mangle]
+pub unsafe extern "C" fn write(fd: c_int, buf: *const c_void, count: size_t) -> ssize_t {
+    // SAFETY: write(2)'s contract on `buf`.
+    let served = library(|| at_position(fd, |at| serve::write_at("write", fd, unsafe { input(buf, count) }, at)));
+    served.unwrap_or_else(|| real!(write(fd => c_int, buf => *const c_void, count => size_t) -> ssize_t))
+}
+
+fn pwrite_direct(call: &str, fd: c_int, buf: *const c_void, count: size_t, off: i64) -> Option<ssize_t> {
+    let off = u64::try_from(off).ok()?;
+    library(|| {
+        // SAFETY: pwrite(2)'s contract on `buf`.
+        serve::write_at(call, fd, unsafe { input(buf, count) }, off).map(|n| n as ssize_t)
+    })
+}
+
+/// pwrite(2): an overwrite inside the file is stored directly.
+///
+/// # Safety
+/// libc's contract for this function.
+#[no_mangle]
+pub unsafe extern "C" fn pwrite(fd: c_int, buf: *const c_void, count: size_t, off: off_t) -> ssize_t {
+    pwrite_direct("pwrite", fd, buf, count, off)
+        .unwrap_or_else(|| real!(pwrite(fd => c_int, buf => *const c_void, count => size_t, off => off_t) -> ssize_t))
+}
+
+/// pwrite64, as [`pwrite`].
+///
+/// # Safety
+/// libc's contract for this function.
+#[no_mangle]
+pub unsafe extern "C" fn pwrite64(fd: c_int, buf: *const c_void, count: size_t, off: off64_t) -> ssize_t {
+    pwrite_direct("pwrite64", fd, buf, count, off).unwrap_or_else(
+        || real!(pwrite64(fd => c_int, buf => *const c_void, count => size_t, off => off64_t) -> ssize_t),
+    )
+}
+
+/// writev(2): as [`write`], the pieces gathered.
+///
+/// # Safety
+/// libc's contract for this function.
+#[no_mangle]
+pub unsafe extern "C" fn writev(fd: c_int, iov: *const iovec, n: c_int) -> ssize_t {
+    let served = library(|| {
+        // SAFETY: writev(2)'s contract on `iov`.
+        let all = unsafe { gathered(iov, n) }?;
+        at_position(fd, |at| serve::write_at("writev", fd, &all, at))
+    });
+    served.unwrap_or_else(|| real!(writev(fd => c_int, iov => *const iovec, n => c_int) -> ssize_t))
+}
+
+fn pwritev_direct(call: &str, fd: c_int, iov: *const iovec, n: c_int, off: i64) -> Option<ssize_t> {
+    let off = u64::try_from(off).ok()?;
+    library(|| {
+        // SAFETY: pwritev(2)'s contract on `iov`.
+        let all = unsafe { gathered(iov, n) }?;
+        serve::write_at(call, fd, &all, off).map(|n| n as ssize_t)
+    })
+}
+
+/// pwritev(2): as [`pwrite`], the pieces gathered.
+///
+/// # Safety
+/// libc's contract for this function.
+#[no_mangle]
+pub unsafe extern "C" fn pwritev(fd: c_int, iov: *const iovec, n: c_int, off: off_t) -> ssize_t {
+    pwritev_direct("pwritev", fd, iov, n, off)
+        .unwrap_or_else(|| real!(pwritev(fd => c_int, iov => *const iovec, n => c_int, off => off_t) -> ssize_t))
+}
+
+/// pwritev64, as [`pwritev`].
+///
+/// # Safety
+/// libc's contract for this function.
+#[no_mangle]
+pub unsafe extern "C" fn pwritev64(fd: c_int, iov: *const iovec, n: c_int, off: off64_t) -> ssize_t {
+    pwritev_direct("pwritev64", fd, iov, n, off)
+        .unwrap_or_else(|| real!(pwritev64(fd => c_int, iov => *const iovec, n => c_int, off => off64_t) -> ssize_t))
+}
+
+/// pwritev2(2): without flags as [`pwritev`] (an offset of -1 writes at the position); with
+/// flags (RWF_APPEND, RWF_DSYNC, …), the real call.
+///
+/// # Safety
+/// libc's contract for this function.
+#[no_mangle]
+pub unsafe extern "C" fn pwritev2(fd: c_int, iov: *const iovec, n: c_int, off: off_t, flags: c_int) -> ssize_t {
+    if flags == 0 {
+        if off == -1 {
+            // SAFETY: the caller's contract, passed on.
+            return unsafe { writev(fd, iov, n) };
+        }
+        if let Some(r) = pwritev_direct("pwritev2", fd, iov, n, off) {
+            return r;
+        }
+    }
+    real!(pwritev2(fd => c_int, iov => *const iovec, n => c_int, off => off_t, flags => c_int) -> ssize_t)
+}
+
+/// pwritev64v2, as [`pwritev2`].
+///
+/// # Safety
+/// libc's contract for this function.
+#[no_mangle]
+pub unsafe extern "C" fn pwritev64v2(fd: c_int, iov: *const iovec, n: c_int, off: off64_t, flags: c_int) -> ssize_t {
+    if flags == 0 {
+        if off == -1 {
+            // SAFETY: the caller's contract, passed on.
+            return unsafe { writev(fd, iov, n) };
+        }
+        if let Some(r) = pwritev_direct("pwritev64v2", fd, iov, n, off) {
+            return r;
+        }
+    }
+    real!(pwritev64v2(fd => c_int, iov => *const iovec, n => c_int, off => off64_t, flags => c_int) -> ssize_t)
 }

@@ -4,6 +4,7 @@
 //! does not wrap), on their first data call.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use udax_direct::{identity, CachedMap, Identity, Mount};
@@ -14,6 +15,22 @@ pub(crate) struct OpenFile {
     pub mount: Arc<Mount>,
     pub ino: u64,
     pub cache: Mutex<CachedMap>,
+    /// The open file description's status flags (shared by its duplicates, as in the kernel).
+    flags: AtomicI32,
+}
+
+impl OpenFile {
+    /// Whether direct writes may serve this descriptor: open for writing, and not appending
+    /// (O_APPEND writes go to the end, which the mount decides).
+    pub(crate) fn overwrites(&self) -> bool {
+        let flags = self.flags.load(Ordering::Relaxed);
+        flags & libc::O_ACCMODE != libc::O_RDONLY && flags & libc::O_APPEND == 0
+    }
+
+    /// Whether the descriptor was opened for reading.
+    pub(crate) fn reads(&self) -> bool {
+        self.flags.load(Ordering::Relaxed) & libc::O_ACCMODE != libc::O_WRONLY
+    }
 }
 
 #[derive(Debug, Default)]
@@ -70,7 +87,8 @@ fn file_for(fd: libc::c_int, id: Identity) -> Option<Arc<OpenFile>> {
             m?
         }
     };
-    Some(Arc::new(OpenFile { mount, ino: id.ino, cache: Mutex::new(CachedMap::default()) }))
+    let flags = AtomicI32::new(crate::sys::status_flags(fd)?);
+    Some(Arc::new(OpenFile { mount, ino: id.ino, cache: Mutex::new(CachedMap::default()), flags }))
 }
 
 /// The file behind `fd`, classifying it on first sight.
@@ -79,6 +97,13 @@ pub(crate) fn lookup(fd: libc::c_int) -> Option<Arc<OpenFile>> {
     match seen {
         Some(f) => f,
         None => classify(fd),
+    }
+}
+
+/// `fd`'s status flags may have changed (F_SETFL).
+pub(crate) fn flags_changed(fd: libc::c_int) {
+    if let (Some(file), Some(flags)) = (lookup(fd), crate::sys::status_flags(fd)) {
+        file.flags.store(flags, Ordering::Relaxed);
     }
 }
 

@@ -1,4 +1,4 @@
-//! Descriptors as Rust borrows.
+//! Descriptors as Rust borrows, and their status flags.
 
 use std::os::fd::BorrowedFd;
 
@@ -8,4 +8,11 @@ pub(crate) fn borrow(fd: libc::c_int) -> Option<BorrowedFd<'static>> {
     // by the program, which keeps `fd` open until that call returns; the borrow is dropped
     // before then.
     (fd >= 0).then(|| unsafe { BorrowedFd::borrow_raw(fd) })
+}
+
+/// The descriptor's status flags (F_GETFL: access mode, O_APPEND, …).
+pub(crate) fn status_flags(fd: libc::c_int) -> Option<libc::c_int> {
+    // SAFETY: F_GETFL takes no argument and touches no memory of this process.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    (flags >= 0).then_some(flags)
 }

@@ -4,10 +4,13 @@
 use crate::direct::{DirectTable, MapExtent, MapIo, Publication};
 use crate::error::{Error, Result};
 use crate::extent::State;
+use crate::inode::Timespec;
+use crate::journal::Tx;
 use crate::layout::mode;
-use crate::sync::rd;
+use crate::sync::{rd, wr};
 
 use super::state::Fs;
+use super::types::killed_set_id;
 
 impl Fs {
     /// Publishes map generations to direct clients in `table` (DESIGN.md "Direct access"):
@@ -53,5 +56,36 @@ impl Fs {
             m.count += 1;
         }
         Ok(m)
+    }
+
+    /// What a write a direct client stored into `ino` changes besides its bytes, as the write
+    /// through [`Fs::write`] would: mtime and ctime, when they are not inside the current tick
+    /// of the coarse clock, and the set-ID bits a write drops (`drop_set_id`: the writer lacks
+    /// CAP_FSETID). One transaction, and nothing at all within a tick.
+    pub fn note_direct_write(&self, ino: u64, drop_set_id: bool) -> Result<()> {
+        let n = self.node(ino)?;
+        let _change = self.writable()?;
+        let mut g = wr(&n.inode);
+        g.live()?;
+        if !mode::is_reg(g.attr.mode) {
+            return Err(Error::InvalidArgument("not a regular file"));
+        }
+        let kill = if drop_set_id { killed_set_id(g.attr.mode, false) } else { 0 };
+        let tick = Timespec::coarse_now();
+        if g.attr.mtime.in_tick(tick) && g.attr.ctime.in_tick(tick) && kill == 0 {
+            return Ok(());
+        }
+        let old = g.attr;
+        let now = Timespec::now();
+        g.attr.mtime = now;
+        g.attr.ctime = now;
+        g.attr.mode &= !kill;
+        let mut tx = Tx::new();
+        g.log_attr(&self.inner.geo, &mut tx);
+        if let Err(e) = self.commit(&tx) {
+            g.attr = old;
+            return Err(e);
+        }
+        Ok(())
     }
 }

@@ -142,19 +142,23 @@ pub fn wait_released(img: &Path) {
     assert!(got.success(), "the server kept {} for 20 s after unmount", img.display());
 }
 
-/// The preload library beside the `udax` under test, built first when missing.
+/// The preload library beside the `udax` under test, built (or brought up to date: a stale
+/// one would speak an older protocol) once per test process.
 pub fn preload_lib() -> std::path::PathBuf {
-    let exe = std::path::Path::new(env!("CARGO_BIN_EXE_udax"));
-    let lib = exe.with_file_name("libudax_preload.so");
-    if !lib.is_file() {
-        let release = exe.parent().and_then(|d| d.file_name()).is_some_and(|n| n == "release");
-        let mut cargo = std::process::Command::new(env!("CARGO"));
-        cargo.args(["build", "-q", "-p", "udax-preload"]).current_dir(env!("CARGO_MANIFEST_DIR"));
-        if release {
-            cargo.arg("--release");
-        }
-        assert!(cargo.status().unwrap().success(), "building the preload library failed");
-    }
-    assert!(lib.is_file(), "no {} after building it", lib.display());
-    lib
+    static BUILT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let exe = std::path::Path::new(env!("CARGO_BIN_EXE_udax"));
+            let release = exe.parent().and_then(|d| d.file_name()).is_some_and(|n| n == "release");
+            let mut cargo = std::process::Command::new(env!("CARGO"));
+            cargo.args(["build", "-q", "-p", "udax-preload"]).current_dir(env!("CARGO_MANIFEST_DIR"));
+            if release {
+                cargo.arg("--release");
+            }
+            assert!(cargo.status().unwrap().success(), "building the preload library failed");
+            let lib = exe.with_file_name("libudax_preload.so");
+            assert!(lib.is_file(), "no {} after building it", lib.display());
+            lib
+        })
+        .clone()
 }
