@@ -9,7 +9,7 @@ use std::ffi::CStr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use libc::{c_char, c_int, c_uint, c_ulong, c_void, iovec, mode_t, off64_t, off_t, size_t, ssize_t, FILE};
+use libc::{c_char, c_int, c_uint, c_ulong, c_void, iovec, loff_t, mode_t, off64_t, off_t, size_t, ssize_t, FILE};
 
 use crate::{fds, serve};
 
@@ -616,4 +616,133 @@ pub unsafe extern "C" fn pwritev64v2(fd: c_int, iov: *const iovec, n: c_int, off
         }
     }
     real!(pwritev64v2(fd => c_int, iov => *const iovec, n => c_int, off => off64_t, flags => c_int) -> ssize_t)
+}
+
+fn kernel_maps(fd: c_int, flags: c_int) {
+    if fd >= 0 && flags & libc::MAP_ANONYMOUS == 0 {
+        let _ = library(|| {
+            fds::mapped_by_kernel(fd);
+            None::<i8>
+        });
+    }
+}
+
+/// mmap(2): a mapping of a udax file goes through the kernel's page cache, which direct calls
+/// would bypass, so the file's later calls in this process go through the mount.
+///
+/// # Safety
+/// libc's contract for this function.
+#[no_mangle]
+pub unsafe extern "C" fn mmap(addr: *mut c_void, len: size_t, prot: c_int, flags: c_int, fd: c_int, off: off_t) -> *mut c_void {
+    kernel_maps(fd, flags);
+    // SAFETY: the caller's arguments, passed on unchanged.
+    unsafe { real_mmap(addr, len, prot, flags, fd, off) }
+}
+
+/// mmap64, as [`mmap`].
+///
+/// # Safety
+/// libc's contract for this function.
+#[no_mangle]
+pub unsafe extern "C" fn mmap64(addr: *mut c_void, len: size_t, prot: c_int, flags: c_int, fd: c_int, off: off64_t) -> *mut c_void {
+    kernel_maps(fd, flags);
+    // SAFETY: the caller's arguments, passed on unchanged.
+    unsafe { real_mmap(addr, len, prot, flags, fd, off) }
+}
+
+/// libc's mmap (MAP_FAILED and ENOSYS if it has none).
+///
+/// # Safety
+/// mmap(2)'s contract.
+unsafe fn real_mmap(addr: *mut c_void, len: size_t, prot: c_int, flags: c_int, fd: c_int, off: off_t) -> *mut c_void {
+    static SLOT: AtomicUsize = AtomicUsize::new(0);
+    let p = next(&SLOT, c"mmap");
+    if p == 0 {
+        set_errno(libc::ENOSYS);
+        return libc::MAP_FAILED;
+    }
+    // SAFETY: `p` is libc's mmap, whose C signature this is.
+    let f = unsafe {
+        std::mem::transmute::<usize, unsafe extern "C" fn(*mut c_void, size_t, c_int, c_int, c_int, off_t) -> *mut c_void>(p)
+    };
+    // SAFETY: the caller's arguments, under mmap(2)'s contract.
+    unsafe { f(addr, len, prot, flags, fd, off) }
+}
+
+/// The most one emulated sendfile moves.
+const SENDFILE_CHUNK: usize = 1 << 20;
+
+/// sendfile(2) from a udax file: the kernel would read the file through its page cache, which
+/// direct writes bypass, so the bytes are read directly and written to `out` here.
+///
+/// # Safety
+/// libc's contract for this function.
+#[no_mangle]
+pub unsafe extern "C" fn sendfile(out: c_int, input: c_int, offset: *mut off_t, count: size_t) -> ssize_t {
+    let served = library(|| {
+        fds::direct(input).filter(|f| f.reads())?;
+        let at = if offset.is_null() {
+            real!(lseek(input => c_int, 0 => off_t, libc::SEEK_CUR => c_int) -> off_t)
+        } else {
+            // SAFETY: sendfile(2)'s contract: a non-null offset points to an off_t.
+            unsafe { *offset }
+        };
+        let at = u64::try_from(at).ok()?;
+        let mut buf = vec![0u8; count.min(SENDFILE_CHUNK)];
+        let n = serve::read_at("sendfile", input, &mut buf, at)?;
+        let w = real!(write(out => c_int, buf.as_ptr().cast::<c_void>() => *const c_void, n => size_t) -> ssize_t);
+        if w > 0 {
+            let to = (at + w as u64) as off_t;
+            if offset.is_null() {
+                real!(lseek(input => c_int, to => off_t, libc::SEEK_SET => c_int) -> off_t);
+            } else {
+                // SAFETY: as above.
+                unsafe { *offset = to };
+            }
+        }
+        Some(w)
+    });
+    served.unwrap_or_else(|| real!(sendfile(out => c_int, input => c_int, offset => *mut off_t, count => size_t) -> ssize_t))
+}
+
+/// sendfile64, as [`sendfile`].
+///
+/// # Safety
+/// libc's contract for this function.
+#[no_mangle]
+pub unsafe extern "C" fn sendfile64(out: c_int, input: c_int, offset: *mut off64_t, count: size_t) -> ssize_t {
+    // SAFETY: off64_t is off_t on 64-bit Linux; the caller's contract, passed on.
+    unsafe { sendfile(out, input, offset, count) }
+}
+
+/// copy_file_range(2): between a udax file and a file elsewhere, EXDEV, so that the caller
+/// falls back to reads and writes (which are served directly); within one mount, the server
+/// copies.
+///
+/// # Safety
+/// libc's contract for this function.
+#[no_mangle]
+pub unsafe extern "C" fn copy_file_range(
+    input: c_int,
+    off_in: *mut loff_t,
+    out: c_int,
+    off_out: *mut loff_t,
+    len: size_t,
+    flags: c_uint,
+) -> ssize_t {
+    let refused = library(|| {
+        let (a, b) = (fds::lookup(input), fds::lookup(out));
+        let across = match (&a, &b) {
+            (Some(a), Some(b)) => !std::sync::Arc::ptr_eq(&a.mount, &b.mount),
+            (Some(_), None) | (None, Some(_)) => true,
+            (None, None) => false,
+        };
+        across.then(|| {
+            set_errno(libc::EXDEV);
+            -1
+        })
+    });
+    refused.unwrap_or_else(|| {
+        real!(copy_file_range(input => c_int, off_in => *mut loff_t, out => c_int, off_out => *mut loff_t, len => size_t, flags => c_uint) -> ssize_t)
+    })
 }

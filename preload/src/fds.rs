@@ -3,7 +3,7 @@
 //! library did not see open (inherited across exec, passed over a socket, made by a call it
 //! does not wrap), on their first data call.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
@@ -14,6 +14,7 @@ use udax_direct::{identity, CachedMap, Identity, Mount};
 pub(crate) struct OpenFile {
     pub mount: Arc<Mount>,
     pub ino: u64,
+    dev: (u32, u32),
     pub cache: Mutex<CachedMap>,
     /// The open file description's status flags (shared by its duplicates, as in the kernel).
     flags: AtomicI32,
@@ -39,6 +40,10 @@ struct Table {
     fds: HashMap<libc::c_int, Option<Arc<OpenFile>>>,
     /// Device → its mount, or `None` for any other file system.
     mounts: HashMap<(u32, u32), Option<Arc<Mount>>>,
+    /// Files (device, inode) this process has mapped through the kernel: their pages may sit
+    /// in the kernel's cache, which direct reads would not see and direct writes would leave
+    /// stale, so every later call on them goes through the mount.
+    kernel_mapped: HashSet<((u32, u32), u64)>,
 }
 
 static TABLE: RwLock<Option<Table>> = RwLock::new(None);
@@ -88,7 +93,7 @@ fn file_for(fd: libc::c_int, id: Identity) -> Option<Arc<OpenFile>> {
         }
     };
     let flags = AtomicI32::new(crate::sys::status_flags(fd)?);
-    Some(Arc::new(OpenFile { mount, ino: id.ino, cache: Mutex::new(CachedMap::default()), flags }))
+    Some(Arc::new(OpenFile { mount, ino: id.ino, dev: id.dev, cache: Mutex::new(CachedMap::default()), flags }))
 }
 
 /// The file behind `fd`, classifying it on first sight.
@@ -97,6 +102,22 @@ pub(crate) fn lookup(fd: libc::c_int) -> Option<Arc<OpenFile>> {
     match seen {
         Some(f) => f,
         None => classify(fd),
+    }
+}
+
+/// The file behind `fd`, if direct calls may serve it (not mapped through the kernel).
+pub(crate) fn direct(fd: libc::c_int) -> Option<Arc<OpenFile>> {
+    let file = lookup(fd)?;
+    let t = TABLE.read().unwrap_or_else(PoisonError::into_inner);
+    let mapped = t.as_ref().is_some_and(|t| t.kernel_mapped.contains(&(file.dev, file.ino)));
+    (!mapped).then_some(file)
+}
+
+/// `fd`'s file is being mapped through the kernel: no direct calls on it from now on.
+pub(crate) fn mapped_by_kernel(fd: libc::c_int) {
+    if let Some(file) = lookup(fd) {
+        let mut t = TABLE.write().unwrap_or_else(PoisonError::into_inner);
+        t.get_or_insert_with(Table::default).kernel_mapped.insert((file.dev, file.ino));
     }
 }
 

@@ -24,7 +24,7 @@ pub(crate) fn trace(what: std::fmt::Arguments<'_>) {
 /// Reads `buf.len()` bytes of `fd` at `off` directly: the bytes read, or `None` when the real
 /// call must run (not a file of a udax mount, a server gone, a map that kept changing).
 pub(crate) fn read_at(call: &str, fd: libc::c_int, buf: &mut [u8], off: u64) -> Option<usize> {
-    let file = fds::lookup(fd).filter(|f| f.reads())?;
+    let file = fds::direct(fd).filter(|f| f.reads())?;
     let served = {
         let mut cache = file.cache.lock().unwrap_or_else(PoisonError::into_inner);
         file.mount.read_at(crate::sys::borrow(fd)?, file.ino, &mut cache, buf, off)
@@ -63,7 +63,7 @@ pub(crate) fn read_vectored_at(call: &str, fd: libc::c_int, bufs: &mut [&mut [u8
 /// Writes `data` into `fd` at `off` directly (durable on return): the bytes written, or `None`
 /// when the real call must run (not open for overwriting, a hole, growth, a server gone).
 pub(crate) fn write_at(call: &str, fd: libc::c_int, data: &[u8], off: u64) -> Option<usize> {
-    let file = fds::lookup(fd).filter(|f| f.overwrites())?;
+    let file = fds::direct(fd).filter(|f| f.overwrites())?;
     let served = {
         let mut cache = file.cache.lock().unwrap_or_else(PoisonError::into_inner);
         file.mount.write_at(crate::sys::borrow(fd)?, file.ino, &mut cache, data, off)
