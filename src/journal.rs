@@ -77,6 +77,12 @@ impl Tx {
         }
     }
 
+    /// Forgets the inodes noted so far: the record changes their times or mode only, which
+    /// moves no map (see [`Tx::changes_inode`]).
+    pub fn keeps_maps(&mut self) {
+        self.inodes.clear();
+    }
+
     /// The inodes [`Tx::changes_inode`] noted.
     pub fn inodes(&self) -> &[u64] {
         &self.inodes

@@ -52,6 +52,9 @@ pub struct CachedMap {
     extents: Vec<MapExtent>,
     /// The coarse-clock tick of this process's last direct write to the file.
     written_in: Option<Timespec>,
+    /// The tick in which a write last found the map (fresh) unfit for a direct store: until the
+    /// next tick, writes the cached map finds unfit go to the mount without asking again.
+    checked_in: Option<Timespec>,
 }
 
 impl Mount {
@@ -142,10 +145,12 @@ impl Mount {
             if !self.live() {
                 return Ok(Served::PassThrough);
             }
-            if cache.written_in != Some(tick) {
-                // Times and set-ID bits, as a write changes them: once a tick.
-                crate::sys::writing(fd)?;
-                cache.written_in = Some(tick);
+            let unfit = end > cache.size || !self.all_written(cache, off, end);
+            if cache.generation.is_some() && unfit && cache.checked_in == Some(tick) {
+                // Growth, or blocks not written, as the map says (it may be old, but passing
+                // on is always right): the mount's, without a round trip to refresh the map
+                // more than once a tick.
+                return Ok(Served::PassThrough);
             }
             // In a write from here on: blocks freed from now wait for it (DESIGN.md).
             self.table.enter(slot);
@@ -156,18 +161,24 @@ impl Mount {
             if cache.generation != Some(generation) {
                 self.table.leave(slot);
                 self.refresh(fd, cache)?;
+                cache.checked_in = Some(tick);
                 continue;
             }
-            let stored = if end <= cache.size && self.all_written(cache, off, end) {
-                Some(self.copy_in(cache, data, off))
-            } else {
-                None
-            };
+            if end > cache.size || !self.all_written(cache, off, end) {
+                self.table.leave(slot);
+                cache.checked_in = Some(tick);
+                return Ok(Served::PassThrough);
+            }
+            if cache.written_in != Some(tick) {
+                // Times and set-ID bits, as a write changes them, before the store: once a tick.
+                self.table.leave(slot);
+                crate::sys::writing(fd)?;
+                cache.written_in = Some(tick);
+                continue;
+            }
+            let stored = self.copy_in(cache, data, off);
             self.table.leave(slot);
-            return Ok(match stored {
-                Some(Ok(())) => Served::Bytes(data.len()),
-                Some(Err(_)) | None => Served::PassThrough,
-            });
+            return Ok(if stored.is_ok() { Served::Bytes(data.len()) } else { Served::PassThrough });
         }
         Ok(Served::PassThrough)
     }
@@ -218,7 +229,7 @@ impl Mount {
             extents.extend_from_slice(page.extents());
             next = page.next_block;
         }
-        *cache = CachedMap { generation: Some(generation), size, extents, written_in: cache.written_in };
+        *cache = CachedMap { generation: Some(generation), size, extents, ..*cache };
         Ok(())
     }
 

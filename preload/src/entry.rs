@@ -633,7 +633,14 @@ fn kernel_maps(fd: c_int, flags: c_int) {
 /// # Safety
 /// libc's contract for this function.
 #[no_mangle]
-pub unsafe extern "C" fn mmap(addr: *mut c_void, len: size_t, prot: c_int, flags: c_int, fd: c_int, off: off_t) -> *mut c_void {
+pub unsafe extern "C" fn mmap(
+    addr: *mut c_void,
+    len: size_t,
+    prot: c_int,
+    flags: c_int,
+    fd: c_int,
+    off: off_t,
+) -> *mut c_void {
     kernel_maps(fd, flags);
     // SAFETY: the caller's arguments, passed on unchanged.
     unsafe { real_mmap(addr, len, prot, flags, fd, off) }
@@ -644,7 +651,14 @@ pub unsafe extern "C" fn mmap(addr: *mut c_void, len: size_t, prot: c_int, flags
 /// # Safety
 /// libc's contract for this function.
 #[no_mangle]
-pub unsafe extern "C" fn mmap64(addr: *mut c_void, len: size_t, prot: c_int, flags: c_int, fd: c_int, off: off64_t) -> *mut c_void {
+pub unsafe extern "C" fn mmap64(
+    addr: *mut c_void,
+    len: size_t,
+    prot: c_int,
+    flags: c_int,
+    fd: c_int,
+    off: off64_t,
+) -> *mut c_void {
     kernel_maps(fd, flags);
     // SAFETY: the caller's arguments, passed on unchanged.
     unsafe { real_mmap(addr, len, prot, flags, fd, off) }
@@ -663,7 +677,9 @@ unsafe fn real_mmap(addr: *mut c_void, len: size_t, prot: c_int, flags: c_int, f
     }
     // SAFETY: `p` is libc's mmap, whose C signature this is.
     let f = unsafe {
-        std::mem::transmute::<usize, unsafe extern "C" fn(*mut c_void, size_t, c_int, c_int, c_int, off_t) -> *mut c_void>(p)
+        std::mem::transmute::<usize, unsafe extern "C" fn(*mut c_void, size_t, c_int, c_int, c_int, off_t) -> *mut c_void>(
+            p,
+        )
     };
     // SAFETY: the caller's arguments, under mmap(2)'s contract.
     unsafe { f(addr, len, prot, flags, fd, off) }
@@ -702,7 +718,9 @@ pub unsafe extern "C" fn sendfile(out: c_int, input: c_int, offset: *mut off_t, 
         }
         Some(w)
     });
-    served.unwrap_or_else(|| real!(sendfile(out => c_int, input => c_int, offset => *mut off_t, count => size_t) -> ssize_t))
+    served.unwrap_or_else(
+        || real!(sendfile(out => c_int, input => c_int, offset => *mut off_t, count => size_t) -> ssize_t),
+    )
 }
 
 /// sendfile64, as [`sendfile`].

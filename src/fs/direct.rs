@@ -82,6 +82,8 @@ impl Fs {
         g.attr.mode &= !kill;
         let mut tx = Tx::new();
         g.log_attr(&self.inner.geo, &mut tx);
+        // Times and mode only: clients' cached maps stay good (the writer's own included).
+        tx.keeps_maps();
         if let Err(e) = self.commit(&tx) {
             g.attr = old;
             return Err(e);

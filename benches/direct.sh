@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Direct access under `udax run` against the same program on the plain mount and on tmpfs, in
+# one run: fio (psync, one job) 4 KiB random reads and overwrites of a written file, 4 KiB
+# appends to a new file, 1 MiB sequential reads and overwrites. fio calls pread/pwrite, which the
+# preload library serves from the image's memory; appends grow the file, which goes through the
+# mount (appends by reservation are not built yet). Prints IOPS (or MiB/s), time per call, and the
+# time ratio of `udax run` to tmpfs (below 1: faster than tmpfs). Needs root, /dev/fuse, fio.
+#
+#   bash benches/direct.sh [SIZE_MB=128] [SECONDS=4] [ROUNDS=3]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+size_mb=${1:-128}
+secs=${2:-4}
+rounds=${3:-3}
+command -v fio >/dev/null || { echo "fio is not installed (apt-get install fio)" >&2; exit 1; }
+cargo build --release -q -p udax-cli -p udax-preload
+udax="${CARGO_TARGET_DIR:-$PWD/target}/release/udax"
+
+work=$(mktemp -d /dev/shm/udax-direct.XXXXXX)
+mnt=$(mktemp -d /tmp/udax-direct-mnt.XXXXXX)
+cleanup() {
+  umount "$mnt" 2>/dev/null || true
+  rmdir "$mnt" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+mkdir "$work/tmpfs"
+"$udax" mkfs "$work/img" --size $((size_mb * 4 + 256))M >/dev/null
+"$udax" mount "$work/img" "$mnt"
+
+one() {  # one SIDE DIR NAME RW BS: prints "iops MiB/s" of one fio job
+  local side=$1 dir=$2 name=$3 rw=$4 bs=$5 pre=() timing=(--time_based --runtime="$secs")
+  [ "$side" = run ] && pre=("$udax" run "$mnt" --)
+  # An append run writes a new file once from start to end: timed, fio would wrap around and
+  # overwrite.
+  [ "$name" = append-4k ] && timing=()
+  "${pre[@]}" fio --name="$name" --directory="$dir" --rw="$rw" --bs="$bs" --size="${size_mb}M" \
+    --ioengine=psync "${timing[@]}" --invalidate=0 --output-format=json \
+    | python3 -c '
+import json, sys
+j = json.load(sys.stdin)["jobs"][0]
+s = j["read"] if j["read"]["io_bytes"] > 0 else j["write"]
+print("%.0f %.1f" % (s["iops"], s["bw_bytes"] / 2**20))'
+}
+
+median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+
+printf "%-14s %24s %24s %24s %10s\n" "job" "tmpfs" "udax mount" "udax run" "run/tmpfs"
+for spec in "randread 4k" "randwrite 4k" "append 4k" "read 1m" "write 1m"; do
+  set -- $spec
+  rw=$1
+  [ "$rw" = append ] && rw=write
+  declare -A iops=() med=()
+  for r in $(seq "$rounds"); do
+    for side in tmpfs mount run; do
+      dir=$mnt
+      [ "$side" = tmpfs ] && dir=$work/tmpfs
+      # Appends start from an empty file each time; the others reuse the file fio laid out.
+      [ "$1" = append ] && rm -f "$dir/$1-$2".*
+      read -r i _ <<<"$(one "$side" "$dir" "$1-$2" "$rw" "$2")"
+      iops[$side]+="$i "
+    done
+  done
+  line=$(printf "%-14s" "$1 $2")
+  for side in tmpfs mount run; do
+    m=$(tr ' ' '\n' <<<"${iops[$side]}" | grep . | median)
+    med[$side]=$m
+    line+=$(printf " %10s IOPS %7.2f µs" "$m" "$(python3 -c "print(1e6 / max($m, 1))")")
+  done
+  line+=$(printf " %9.2f×" "$(python3 -c "print(${med[tmpfs]} / max(${med[run]}, 1))")")
+  echo "$line"
+  unset iops
+  rm -f "$mnt/$1-$2".* "$work/tmpfs/$1-$2".*
+done
