@@ -135,6 +135,23 @@ impl DirectTable {
         let _ = self.words.store(W_STATE, STATE_CLOSED);
     }
 
+    /// Takes over from a server that left this table behind (it died, or was killed): closes
+    /// it, so that its clients stop reading and storing directly, and waits — at most `wait` —
+    /// until no write that began under it still runs (writers that died are given up). Busy
+    /// when some still do: the new server must not allocate a block they may store to.
+    pub fn retire(&self, wait: std::time::Duration) -> Result<()> {
+        self.close();
+        let ended = self.advance();
+        let start = std::time::Instant::now();
+        while self.quiet_through() < ended {
+            if start.elapsed() >= wait {
+                return Err(Error::Busy);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        Ok(())
+    }
+
     /// Takes a free writer slot for this process (a slot whose process is gone is free).
     /// `None` when all are taken: the caller writes through the mount.
     pub fn claim(&self) -> Option<Slot> {
@@ -481,5 +498,18 @@ mod tests {
         assert_eq!(server.quiet_through(), 2, "a gone process holds nothing back");
         assert_eq!(client.words.load(w).unwrap(), 0, "and its slot is free again");
         assert_eq!(client.claim(), Some(Slot(0)));
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "maps shared memory")]
+    fn a_new_server_waits_for_the_writes_of_the_old_ones_clients() {
+        let (left_behind, client) = table("retire");
+        let slot = client.claim().unwrap();
+        client.enter(slot);
+        let wait = std::time::Duration::from_millis(20);
+        assert!(matches!(left_behind.retire(wait), Err(Error::Busy)), "a write still runs");
+        assert_eq!(client.state(), STATE_CLOSED, "the clients were told at once");
+        client.leave(slot);
+        left_behind.retire(wait).unwrap();
     }
 }

@@ -255,7 +255,7 @@ enum Cmd {
                       each request, poll for the next one for US microseconds before sleeping: less\n\
                       latency per request, a CPU kept busy while requests come), max_read=N,\n\
                       nodirect (publish no file maps for direct clients; read-write mounts publish\n\
-                      them in /dev/shm/udax-direct.PID, open to whoever may open the image),\n\
+                      them in /dev/shm/udax-direct.DEV.INO, open to whoever may open the image),\n\
                       debug (log every request), log=FILE (append the log to FILE).\n\n\
                       The server logs its start, unmount and errors: to standard error with -f, to\n\
                       FILE with log=FILE, else to syslog. A user who is not root mounts through\n\

@@ -230,3 +230,121 @@ fn udax_run_stores_overwrites_directly_and_passes_growth_on() {
     want.extend_from_slice(b"growtail");
     same(&std::fs::read(&path).unwrap(), &want, "the file through the mount");
 }
+
+/// A python3 writer under `udax run`: overwrites block `i % blocks` of `path` with the number
+/// `i` (8 bytes, repeated over 4 KiB), printing `i` once pwrite returned; on an error, prints
+/// `error ERRNO` and stops.
+fn numbered_writer(m: &Mounted, path: &std::path::Path, blocks: u64) -> std::process::Child {
+    let script = format!(
+        "import os, sys\n\
+         fd = os.open('{p}', os.O_RDWR)\n\
+         i = 0\n\
+         while True:\n\
+         \x20   try:\n\
+         \x20       os.pwrite(fd, i.to_bytes(8, 'little') * 512, (i % {blocks}) * 4096)\n\
+         \x20   except OSError as e:\n\
+         \x20       print('error', e.errno, flush=True)\n\
+         \x20       break\n\
+         \x20   print(i, flush=True)\n\
+         \x20   i += 1\n",
+        p = path.display()
+    );
+    std::process::Command::new(env!("CARGO_BIN_EXE_udax"))
+        .arg("run")
+        .arg(&m.mnt)
+        .args(["--", "python3", "-c", &script])
+        .env("UDAX_PRELOAD_LIB", preload_lib())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Checks that each block of `data` holds a write at least as new as the last one reported
+/// for it (a later, unreported write may have landed too), and whole.
+#[track_caller]
+fn holds_returned_writes(data: &[u8], reported: &[u64], blocks: u64) {
+    let mut last = vec![None; blocks as usize];
+    for &i in reported {
+        last[(i % blocks) as usize] = Some(i);
+    }
+    for (b, want) in last.iter().enumerate() {
+        let Some(want) = want else { continue };
+        let block = &data[b * 4096..(b + 1) * 4096];
+        let got = u64::from_le_bytes(block[..8].try_into().unwrap());
+        assert!(block.chunks(8).all(|c| c == &block[..8]), "block {b} is torn");
+        assert!(
+            got >= *want && got % blocks == b as u64,
+            "block {b} holds write {got}, older than returned write {want}"
+        );
+    }
+}
+
+#[test]
+fn a_client_killed_mid_write_loses_only_what_had_not_returned() {
+    if !can_mount() {
+        return;
+    }
+    use std::io::BufRead;
+    let m = Mounted::new("64M");
+    let path = m.mnt.join("k");
+    let blocks = 256;
+    std::fs::write(&path, vec![0u8; blocks as usize * 4096]).unwrap();
+    let mut child = numbered_writer(&m, &path, blocks);
+    let mut reported = Vec::new();
+    for line in std::io::BufReader::new(child.stdout.take().unwrap()).lines() {
+        reported.push(line.unwrap().parse::<u64>().expect("a write failed"));
+        if reported.len() == 3000 {
+            child.kill().unwrap();
+            break;
+        }
+    }
+    child.wait().unwrap();
+    holds_returned_writes(&std::fs::read(&path).unwrap(), &reported, blocks);
+    // The dead writer's slot holds nothing back: a truncate's blocks come back for a new file.
+    std::fs::File::options().write(true).open(&path).unwrap().set_len(0).unwrap();
+    std::fs::write(m.mnt.join("after"), vec![7u8; 1 << 20]).unwrap();
+    m.unmount();
+    let fsck = ok(&[std::ffi::OsStr::new("fsck"), m.img.as_os_str()]);
+    assert_eq!(fsck.trim_end().lines().last(), Some("clean"), "{fsck}");
+}
+
+#[test]
+fn a_killed_server_stops_direct_writers_and_the_next_server_takes_over() {
+    if !can_mount() {
+        return;
+    }
+    use std::io::BufRead;
+    let m = Mounted::new("64M");
+    let server = server_pid(&m.img).expect("a server holds the image");
+    let path = m.mnt.join("s");
+    let blocks = 64;
+    std::fs::write(&path, vec![0u8; blocks as usize * 4096]).unwrap();
+    let mut child = numbered_writer(&m, &path, blocks);
+    let (mut reported, mut errno) = (Vec::new(), None);
+    let lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    for line in lines.map_while(Result::ok) {
+        if let Some(e) = line.strip_prefix("error ") {
+            errno = e.parse::<i32>().ok();
+            break;
+        }
+        reported.push(line.parse::<u64>().unwrap());
+        if reported.len() == 2000 {
+            sh(&format!("kill -KILL {server}"), std::path::Path::new("/"));
+        }
+        if reported.len() == 300_000 {
+            child.kill().unwrap();
+            panic!("the writer went on writing directly long after its server was killed");
+        }
+    }
+    child.wait().unwrap();
+    assert_eq!(errno, Some(libc::ENOTCONN), "the writer's next write failed as the mount does");
+    let _ = std::process::Command::new("umount").arg("-l").arg(&m.mnt).status();
+    wait_released(&m.img);
+    // The next server retires the table the killed one left, and serves.
+    ok(&[std::ffi::OsStr::new("mount"), m.img.as_os_str(), m.mnt.as_os_str()]);
+    holds_returned_writes(&std::fs::read(&path).unwrap(), &reported, blocks);
+    m.unmount();
+    let fsck = ok(&[std::ffi::OsStr::new("fsck"), m.img.as_os_str()]);
+    assert_eq!(fsck.trim_end().lines().last(), Some("clean"), "{fsck}");
+}

@@ -387,21 +387,6 @@ fn a_killed_server_leaves_every_returned_write_in_the_image() {
     assert!(log.lines().count() > last, "record {last} returned but the image has {} records", log.lines().count());
 }
 
-/// The pid of the process holding `img` open (the mount server), from /proc.
-fn server_pid(img: &Path) -> Option<u32> {
-    let want = std::fs::canonicalize(img).ok()?;
-    for p in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Ok(pid) = p.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else { continue };
-        for fd in fds.flatten() {
-            if std::fs::read_link(fd.path()).ok().as_deref() == Some(want.as_path()) {
-                return Some(pid);
-            }
-        }
-    }
-    None
-}
-
 /// The mount options the kernel shows for `dir`.
 fn mount_options(dir: &Path) -> Vec<String> {
     let dir = std::fs::canonicalize(dir).unwrap();

@@ -117,8 +117,9 @@ impl Mount {
                 return Ok(Served::PassThrough);
             }
             // The blocks were the file's for the whole copy only if no change moved the
-            // generation meanwhile (every change moves it before it commits).
-            if self.table.generation(ino).ok() == Some(before) {
+            // generation meanwhile (every change moves it before it commits), and no new server
+            // took the image over (it closes this table before it allocates anything).
+            if self.table.generation(ino).ok() == Some(before) && self.live() {
                 return Ok(Served::Bytes(n));
             }
         }
@@ -152,9 +153,10 @@ impl Mount {
                 // more than once a tick.
                 return Ok(Served::PassThrough);
             }
-            // In a write from here on: blocks freed from now wait for it (DESIGN.md).
+            // In a write from here on: blocks freed from now wait for it, and so does a new
+            // server taking the image over (DESIGN.md).
             self.table.enter(slot);
-            let Ok(generation) = self.table.generation(ino) else {
+            let Some(generation) = self.table.generation(ino).ok().filter(|_| self.live()) else {
                 self.table.leave(slot);
                 return Ok(Served::PassThrough);
             };
@@ -171,6 +173,8 @@ impl Mount {
             }
             if cache.written_in != Some(tick) {
                 // Times and set-ID bits, as a write changes them, before the store: once a tick.
+                // It is also how a writer learns that a killed server is gone (its table stays
+                // live): the request fails, and so, through the mount, does the write.
                 self.table.leave(slot);
                 crate::sys::writing(fd)?;
                 cache.written_in = Some(tick);

@@ -16,18 +16,38 @@ pub(crate) struct Published {
     info: InfoReply,
 }
 
-/// The table's path: one per server process, in /dev/shm.
-fn table_path() -> PathBuf {
-    PathBuf::from(format!("/dev/shm/udax-direct.{}", std::process::id()))
+/// How long a new server waits for the direct writes a previous server's clients still run.
+const RETIRE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The table's path, in /dev/shm, named after the image (its device and inode numbers): a
+/// server finds the table a previous server of the same image left behind.
+fn table_path(image: &std::fs::Metadata) -> PathBuf {
+    PathBuf::from(format!("/dev/shm/udax-direct.{:x}.{:x}", image.dev(), image.ino()))
 }
 
 /// Makes the table (with the image's owner and permission bits, so that whoever may open the
-/// image read-write may open it) and has `fs` publish its map generations there.
+/// image read-write may open it) and has `fs` publish its map generations there. A table a
+/// previous server left (killed, or died) is retired first: its clients stop, and writes they
+/// still run end before this server allocates (ErrorKind::ResourceBusy when they do not).
 pub(crate) fn publish(fs: &Fs, image: &Path) -> std::io::Result<Published> {
     let meta = std::fs::metadata(image)?;
     let geo = fs.geometry();
-    let path = table_path();
-    let _ = std::fs::remove_file(&path); // a server that died with this pid left it
+    let path = table_path(&meta);
+    if path.exists() {
+        if let Ok(old) = DirectTable::open(&path, true) {
+            if old.retire(RETIRE_WAIT).is_err() {
+                let msg = format!(
+                    "direct writers of the server before this one (pid {}) still run after {} s; \
+                     stop them, or remove {} once they are gone",
+                    old.server_pid(),
+                    RETIRE_WAIT.as_secs(),
+                    path.display()
+                );
+                return Err(std::io::Error::new(std::io::ErrorKind::ResourceBusy, msg));
+            }
+        }
+        std::fs::remove_file(&path)?;
+    }
     let table = DirectTable::create(&path, geo.inode_count, meta.mode() & 0o666).map_err(io_error)?;
     // A root server serving someone else's image hands the table to the image's owner.
     if rustix::process::geteuid().is_root() {

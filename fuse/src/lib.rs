@@ -137,9 +137,18 @@ pub fn session(
     let c = opts.config();
     let poller = if opts.poll.is_zero() { None } else { Some(poll::Poller::start(fd.try_clone()?, opts.poll)?) };
     let direct = match &opts.source {
-        Some(image) if opts.direct && !opts.read_only => direct::publish(&fs, Path::new(image))
-            .inspect_err(|e| log::warn!("no direct access for this mount: {e}"))
-            .ok(),
+        Some(image) if opts.direct && !opts.read_only => match direct::publish(&fs, Path::new(image)) {
+            Ok(p) => Some(p),
+            // Serving now could reuse a block a previous server's client is storing to.
+            Err(e) if e.kind() == std::io::ErrorKind::ResourceBusy => {
+                let _ = detach(dir, true);
+                return Err(e);
+            }
+            Err(e) => {
+                log::warn!("no direct access for this mount: {e}");
+                None
+            }
+        },
         _ => None,
     };
     fuser::Session::from_fd(UdaxFuse { fs, poller, direct }, fd, c.acl, c).inspect_err(|_| {

@@ -162,3 +162,19 @@ pub fn preload_lib() -> std::path::PathBuf {
         })
         .clone()
 }
+
+/// The process that holds the image open: its mount server (before any direct client runs,
+/// which opens it too).
+pub fn server_pid(img: &Path) -> Option<u32> {
+    let want = std::fs::canonicalize(img).ok()?;
+    for p in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = p.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else { continue };
+        for fd in fds.flatten() {
+            if std::fs::read_link(fd.path()).ok().as_deref() == Some(want.as_path()) {
+                return Some(pid);
+            }
+        }
+    }
+    None
+}
