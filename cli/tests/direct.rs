@@ -348,3 +348,52 @@ fn a_killed_server_stops_direct_writers_and_the_next_server_takes_over() {
     let fsck = ok(&[std::ffi::OsStr::new("fsck"), m.img.as_os_str()]);
     assert_eq!(fsck.trim_end().lines().last(), Some("clean"), "{fsck}");
 }
+
+#[test]
+fn real_programs_work_under_udax_run() {
+    if !can_mount() {
+        return;
+    }
+    let m = Mounted::new("1G");
+    let lib = preload_lib();
+    let run = |script: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_udax"))
+            .arg("run")
+            .arg(&m.mnt)
+            .args(["--", "bash", "-euo", "pipefail", "-c", script])
+            .current_dir(&m.mnt)
+            .env("UDAX_PRELOAD_LIB", &lib)
+            .output()
+            .unwrap();
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "`{script}` under udax run failed: {stdout}{stderr}");
+        stdout.into_owned()
+    };
+    run("cp -a /usr/share/doc doc && diff -r --no-dereference /usr/share/doc doc");
+    run("tar cf doc.tar doc && mkdir x && tar xf doc.tar -C x && diff -r --no-dereference doc x/doc");
+    run("git init -q g && cp -r doc g/ && cd g && git add -A \
+         && git -c user.email=t@t -c user.name=t commit -qm one && git fsck --strict");
+    if std::process::Command::new("sh").args(["-c", "command -v sqlite3"]).output().is_ok_and(|o| o.status.success()) {
+        let out = run("sqlite3 db 'pragma journal_mode=wal; create table t(a integer primary key, b text); \
+             with recursive c(x) as (select 1 union all select x+1 from c where x<20000) \
+             insert into t(b) select hex(randomblob(40)) from c; update t set b = lower(b) where a % 3 = 0; \
+             delete from t where a % 7 = 0; pragma integrity_check; select count(*) from t;'");
+        assert_eq!(out.lines().collect::<Vec<_>>(), ["wal", "ok", "17143"], "{out}");
+    } else {
+        assert!(std::env::var_os("UDAX_REQUIRE_MOUNT").is_none(), "sqlite3 is missing and UDAX_REQUIRE_MOUNT is set");
+    }
+    let out = run("python3 -c \"
+import hashlib, os, shutil
+data = os.urandom(3 << 20)
+open('p', 'wb').write(data)
+with open('p', 'r+b') as f:
+    f.seek(12345); f.write(b'x' * 70000)
+    data = data[:12345] + b'x' * 70000 + data[12345 + 70000:]
+shutil.copyfile('p', 'q')
+print(open('q', 'rb').read() == data and hashlib.sha1(open('p', 'rb').read()).digest() == hashlib.sha1(data).digest())
+\"");
+    assert_eq!(out.trim(), "True");
+    m.unmount();
+    let fsck = ok(&[std::ffi::OsStr::new("fsck"), m.img.as_os_str()]);
+    assert_eq!(fsck.trim_end().lines().last(), Some("clean"), "{fsck}");
+}
