@@ -397,3 +397,47 @@ print(open('q', 'rb').read() == data and hashlib.sha1(open('p', 'rb').read()).di
     let fsck = ok(&[std::ffi::OsStr::new("fsck"), m.img.as_os_str()]);
     assert_eq!(fsck.trim_end().lines().last(), Some("clean"), "{fsck}");
 }
+
+#[test]
+fn a_forked_child_writes_under_a_writer_slot_of_its_own() {
+    if !can_mount() {
+        return;
+    }
+    // A writer slot names one process: a child storing under its parent's would not be waited
+    // for once the parent exits.
+    let m = Mounted::new("16M");
+    let path = m.mnt.join("f");
+    std::fs::write(&path, vec![0u8; 8192]).unwrap();
+    let img = std::fs::metadata(&m.img).unwrap();
+    let table = format!("/dev/shm/udax-direct.{:x}.{:x}", img.dev(), img.ino());
+    let script = format!(
+        "import os, struct\n\
+         def slots(pid):\n\
+         \x20   w = open('{table}', 'rb').read()\n\
+         \x20   w = struct.unpack('<%dQ' % (len(w) // 8), w)\n\
+         \x20   base = 8 + w[3] + 1\n\
+         \x20   return sum(1 for i in range(256) if w[base + 4 * i] == pid)\n\
+         fd = os.open('{p}', os.O_RDWR)\n\
+         os.pwrite(fd, b'a' * 4096, 0)\n\
+         print('parent', slots(os.getpid()), flush=True)\n\
+         child = os.fork()\n\
+         if child == 0:\n\
+         \x20   os.pwrite(fd, b'b' * 4096, 4096)\n\
+         \x20   print('child', slots(os.getpid()), flush=True)\n\
+         \x20   os._exit(0)\n\
+         os.waitpid(child, 0)\n",
+        p = path.display()
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_udax"))
+        .arg("run")
+        .arg(&m.mnt)
+        .args(["--", "python3", "-c", &script])
+        .env("UDAX_PRELOAD_LIB", preload_lib())
+        .env("UDAX_DIRECT_TRACE", "1")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(stdout.lines().collect::<Vec<_>>(), ["parent 1", "child 1"], "{stderr}");
+    assert_eq!(stderr.matches("): direct, 4096").count(), 2, "both writes were direct: {stderr}");
+}

@@ -5,7 +5,8 @@
 use std::os::fd::BorrowedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
 
 use udax::direct::{self, DirectTable, Image, MapExtent, Slot, EXTENT_WRITTEN, STATE_LIVE};
 use udax::Timespec;
@@ -30,18 +31,32 @@ pub struct Mount {
     table: DirectTable,
     block_size: u64,
     /// The writer slot, claimed at the first direct write (`None`: the table is read-only to
-    /// this process, or every slot is taken; writes then go through the mount).
-    slot: OnceLock<Option<Slot>>,
+    /// this process, or every slot is taken; writes then go through the mount), with the
+    /// [`forked`] count it was claimed at: a child process claims a slot of its own.
+    slot: Mutex<Option<(u64, Option<Slot>)>>,
     /// Whether the table could be opened for writing.
     writable: bool,
 }
 
 impl Drop for Mount {
     fn drop(&mut self) {
-        if let Some(Some(slot)) = self.slot.get() {
-            self.table.release(*slot);
+        // Only a slot this process claimed (not its parent's, before a fork).
+        let held = *self.slot.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((_, Some(slot))) = held.filter(|&(f, _)| f == FORKS.load(Ordering::Relaxed)) {
+            self.table.release(slot);
         }
     }
+}
+
+/// Forks of this process so far, as [`forked`] counts them.
+static FORKS: AtomicU64 = AtomicU64::new(0);
+
+/// Tells the client that this process is a new child of a fork: the writer slots its parent
+/// holds are not its own (a slot names one process, and the server gives up a slot whose process
+/// is gone). The preload library calls it from a `pthread_atfork` child handler; a Rust program
+/// that forks and writes directly in the child calls it there. Async-signal-safe.
+pub fn forked() {
+    FORKS.fetch_add(1, Ordering::Relaxed);
 }
 
 /// A file's extents as the mount last gave them, with the generation they belong to.
@@ -84,7 +99,7 @@ impl Mount {
             return Ok(None);
         }
         let block_size = u64::from(info.block_size);
-        Ok(Some(Mount { image, table, block_size, slot: OnceLock::new(), writable }))
+        Ok(Some(Mount { image, table, block_size, slot: Mutex::new(None), writable }))
     }
 
     /// Whether the server still serves (a closed table means every cached map is worthless).
@@ -137,7 +152,7 @@ impl Mount {
         data: &[u8],
         off: u64,
     ) -> std::io::Result<Served> {
-        let Some(slot) = *self.slot.get_or_init(|| self.writable.then(|| self.table.claim()).flatten()) else {
+        let Some(slot) = self.writer_slot() else {
             return Ok(Served::PassThrough);
         };
         let end = off.checked_add(data.len() as u64).ok_or(std::io::Error::from_raw_os_error(libc::EFBIG))?;
@@ -185,6 +200,20 @@ impl Mount {
             return Ok(if stored.is_ok() { Served::Bytes(data.len()) } else { Served::PassThrough });
         }
         Ok(Served::PassThrough)
+    }
+
+    /// This process's writer slot, claimed on first use (and again in a child of a fork).
+    fn writer_slot(&self) -> Option<Slot> {
+        let forks = FORKS.load(Ordering::Relaxed);
+        let mut held = self.slot.lock().unwrap_or_else(PoisonError::into_inner);
+        match *held {
+            Some((f, slot)) if f == forks => slot,
+            _ => {
+                let slot = self.writable.then(|| self.table.claim()).flatten();
+                *held = Some((forks, slot));
+                slot
+            }
+        }
     }
 
     /// Whether `[off, end)` lies wholly in written extents of `cache`.

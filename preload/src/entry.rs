@@ -13,6 +13,20 @@ use libc::{c_char, c_int, c_uint, c_ulong, c_void, iovec, loff_t, mode_t, off64_
 
 use crate::{fds, serve};
 
+/// Runs when the library is loaded: a child of a fork claims writer slots of its own.
+#[used]
+#[link_section = ".init_array"]
+static ON_LOAD: extern "C" fn() = on_load;
+
+extern "C" fn on_load() {
+    extern "C" fn child() {
+        udax_direct::forked();
+    }
+    // SAFETY: registers a handler that only adds to an atomic counter (async-signal-safe, as a
+    // child handler of a multithreaded process must be).
+    unsafe { libc::pthread_atfork(None, None, Some(child)) };
+}
+
 thread_local! {
     /// Set while this thread runs the library's own code.
     static INSIDE: Cell<bool> = const { Cell::new(false) };
