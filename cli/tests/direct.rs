@@ -23,6 +23,20 @@ fn direct_read(m: &Mount, f: &std::fs::File, cache: &mut CachedMap, off: u64, le
     buf
 }
 
+/// `udax run` on `m`'s mount of `program` (the preload library built first), in the mount.
+fn under_run(m: &Mounted, program: &str) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_udax"));
+    cmd.arg("run").arg(&m.mnt).args(["--", program]).current_dir(&m.mnt).env("UDAX_PRELOAD_LIB", preload_lib());
+    cmd
+}
+
+/// Asserts that fsck finds the (unmounted) image clean.
+#[track_caller]
+fn fsck_clean(img: &std::path::Path) {
+    let fsck = ok(&[std::ffi::OsStr::new("fsck"), img.as_os_str()]);
+    assert_eq!(fsck.trim_end().lines().last(), Some("clean"), "{fsck}");
+}
+
 /// Asserts two byte strings are equal, naming the first difference (not printing them).
 #[track_caller]
 fn same(got: &[u8], want: &[u8], what: &str) {
@@ -103,7 +117,6 @@ fn udax_run_serves_unmodified_programs_reads_directly() {
     if !can_mount() {
         return;
     }
-    let lib = preload_lib();
     let m = Mounted::new("64M");
     let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8 ^ (i >> 12) as u8).collect();
     let path = m.mnt.join("data");
@@ -117,14 +130,7 @@ fn udax_run_serves_unmodified_programs_reads_directly() {
         p = path.display(),
         tail = data.len() - 100
     );
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_udax"))
-        .arg("run")
-        .arg(&m.mnt)
-        .args(["--", "python3", "-c", &script])
-        .env("UDAX_DIRECT_TRACE", "1")
-        .env("UDAX_PRELOAD_LIB", &lib)
-        .output()
-        .unwrap();
+    let out = under_run(&m, "python3").args(["-c", &script]).env("UDAX_DIRECT_TRACE", "1").output().unwrap();
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "python3 under udax run failed: {stderr}");
     let expected = std::process::Command::new("python3").args(["-c", &script]).output().unwrap();
@@ -135,14 +141,7 @@ fn udax_run_serves_unmodified_programs_reads_directly() {
     );
     assert!(stderr.lines().filter(|l| l.contains("read(fd ") && l.contains("direct")).count() >= 2, "{stderr}");
     assert!(!stderr.contains("passed on"), "nothing passed on: {stderr}");
-    let cat = std::process::Command::new(env!("CARGO_BIN_EXE_udax"))
-        .arg("run")
-        .arg(&m.mnt)
-        .args(["--", "cat"])
-        .arg(&path)
-        .env("UDAX_PRELOAD_LIB", &lib)
-        .output()
-        .unwrap();
+    let cat = under_run(&m, "cat").arg(&path).output().unwrap();
     assert!(cat.status.success() && cat.stdout == data, "cat under udax run gives the file's bytes");
     let refused =
         std::process::Command::new(env!("CARGO_BIN_EXE_udax")).args(["run", "/proc", "--", "true"]).output().unwrap();
@@ -189,7 +188,6 @@ fn udax_run_stores_overwrites_directly_and_passes_growth_on() {
     if !can_mount() {
         return;
     }
-    let lib = preload_lib();
     let m = Mounted::new("64M");
     let path = m.mnt.join("o");
     std::fs::write(&path, vec![b'.'; 20_000]).unwrap();
@@ -206,14 +204,7 @@ fn udax_run_stores_overwrites_directly_and_passes_growth_on() {
          os.write(fd, b'tail')\n",
         p = path.display()
     );
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_udax"))
-        .arg("run")
-        .arg(&m.mnt)
-        .args(["--", "python3", "-c", &script])
-        .env("UDAX_DIRECT_TRACE", "1")
-        .env("UDAX_PRELOAD_LIB", &lib)
-        .output()
-        .unwrap();
+    let out = under_run(&m, "python3").args(["-c", &script]).env("UDAX_DIRECT_TRACE", "1").output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "python3 under udax run failed: {stderr}");
     for served in
@@ -249,11 +240,8 @@ fn numbered_writer(m: &Mounted, path: &std::path::Path, blocks: u64) -> std::pro
          \x20   i += 1\n",
         p = path.display()
     );
-    std::process::Command::new(env!("CARGO_BIN_EXE_udax"))
-        .arg("run")
-        .arg(&m.mnt)
-        .args(["--", "python3", "-c", &script])
-        .env("UDAX_PRELOAD_LIB", preload_lib())
+    under_run(m, "python3")
+        .args(["-c", &script])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -305,8 +293,7 @@ fn a_client_killed_mid_write_loses_only_what_had_not_returned() {
     std::fs::File::options().write(true).open(&path).unwrap().set_len(0).unwrap();
     std::fs::write(m.mnt.join("after"), vec![7u8; 1 << 20]).unwrap();
     m.unmount();
-    let fsck = ok(&[std::ffi::OsStr::new("fsck"), m.img.as_os_str()]);
-    assert_eq!(fsck.trim_end().lines().last(), Some("clean"), "{fsck}");
+    fsck_clean(&m.img);
 }
 
 #[test]
@@ -345,8 +332,7 @@ fn a_killed_server_stops_direct_writers_and_the_next_server_takes_over() {
     ok(&[std::ffi::OsStr::new("mount"), m.img.as_os_str(), m.mnt.as_os_str()]);
     holds_returned_writes(&std::fs::read(&path).unwrap(), &reported, blocks);
     m.unmount();
-    let fsck = ok(&[std::ffi::OsStr::new("fsck"), m.img.as_os_str()]);
-    assert_eq!(fsck.trim_end().lines().last(), Some("clean"), "{fsck}");
+    fsck_clean(&m.img);
 }
 
 #[test]
@@ -355,16 +341,8 @@ fn real_programs_work_under_udax_run() {
         return;
     }
     let m = Mounted::new("1G");
-    let lib = preload_lib();
     let run = |script: &str| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_udax"))
-            .arg("run")
-            .arg(&m.mnt)
-            .args(["--", "bash", "-euo", "pipefail", "-c", script])
-            .current_dir(&m.mnt)
-            .env("UDAX_PRELOAD_LIB", &lib)
-            .output()
-            .unwrap();
+        let out = under_run(&m, "bash").args(["-euo", "pipefail", "-c", script]).output().unwrap();
         let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         assert!(out.status.success(), "`{script}` under udax run failed: {stdout}{stderr}");
         stdout.into_owned()
@@ -394,8 +372,7 @@ print(open('q', 'rb').read() == data and hashlib.sha1(open('p', 'rb').read()).di
 \"");
     assert_eq!(out.trim(), "True");
     m.unmount();
-    let fsck = ok(&[std::ffi::OsStr::new("fsck"), m.img.as_os_str()]);
-    assert_eq!(fsck.trim_end().lines().last(), Some("clean"), "{fsck}");
+    fsck_clean(&m.img);
 }
 
 #[test]
@@ -428,14 +405,7 @@ fn a_forked_child_writes_under_a_writer_slot_of_its_own() {
          os.waitpid(child, 0)\n",
         p = path.display()
     );
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_udax"))
-        .arg("run")
-        .arg(&m.mnt)
-        .args(["--", "python3", "-c", &script])
-        .env("UDAX_PRELOAD_LIB", preload_lib())
-        .env("UDAX_DIRECT_TRACE", "1")
-        .output()
-        .unwrap();
+    let out = under_run(&m, "python3").args(["-c", &script]).env("UDAX_DIRECT_TRACE", "1").output().unwrap();
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "{stderr}");
     assert_eq!(stdout.lines().collect::<Vec<_>>(), ["parent 1", "child 1"], "{stderr}");

@@ -29,13 +29,18 @@ pub(crate) fn read_at(call: &str, fd: libc::c_int, buf: &mut [u8], off: u64) -> 
         let mut cache = file.cache.lock().unwrap_or_else(PoisonError::into_inner);
         file.mount.read_at(crate::sys::borrow(fd)?, file.ino, &mut cache, buf, off)
     };
+    outcome(call, fd, buf.len(), off, served)
+}
+
+/// What a direct call did, traced: the bytes, or `None` for the real call.
+fn outcome(call: &str, fd: libc::c_int, len: usize, off: u64, served: std::io::Result<Served>) -> Option<usize> {
     match served {
         Ok(Served::Bytes(n)) => {
-            trace(format_args!("{call}(fd {fd}, {} at {off}): direct, {n}", buf.len()));
+            trace(format_args!("{call}(fd {fd}, {len} at {off}): direct, {n}"));
             Some(n)
         }
         other => {
-            trace(format_args!("{call}(fd {fd}, {} at {off}): passed on ({other:?})", buf.len()));
+            trace(format_args!("{call}(fd {fd}, {len} at {off}): passed on ({other:?})"));
             None
         }
     }
@@ -68,14 +73,5 @@ pub(crate) fn write_at(call: &str, fd: libc::c_int, data: &[u8], off: u64) -> Op
         let mut cache = file.cache.lock().unwrap_or_else(PoisonError::into_inner);
         file.mount.write_at(crate::sys::borrow(fd)?, file.ino, &mut cache, data, off)
     };
-    match served {
-        Ok(Served::Bytes(n)) => {
-            trace(format_args!("{call}(fd {fd}, {} at {off}): direct, {n}", data.len()));
-            Some(n)
-        }
-        other => {
-            trace(format_args!("{call}(fd {fd}, {} at {off}): passed on ({other:?})", data.len()));
-            None
-        }
-    }
+    outcome(call, fd, data.len(), off, served)
 }
