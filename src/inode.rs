@@ -24,9 +24,9 @@ thread_local! {
     static FROZEN: std::cell::Cell<Option<Timespec>> = const { std::cell::Cell::new(None) };
 }
 
-/// The longest tick of the coarse clock: Linux's is one jiffy, 1/HZ s, and HZ is at least 100.
-pub const COARSE_TICK_MAX: std::time::Duration = std::time::Duration::from_millis(10);
-const COARSE_TICK_MAX_NS: i128 = COARSE_TICK_MAX.as_nanos() as i128;
+/// The longest tick of the coarse clock, in nanoseconds: Linux's is one jiffy, 1/HZ s, and HZ
+/// is at least 100.
+const COARSE_TICK_MAX_NS: i128 = 10_000_000;
 
 /// A point in time with nanoseconds, as stat(2) reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, serde::Serialize)]
@@ -53,7 +53,7 @@ impl Timespec {
     /// [`Timespec::coarse_now`]): it lies inside the coarse tick that began at `tick`. A time
     /// from an earlier tick is stale, and so is one set ahead of the clock (by `utimensat`), as
     /// Linux replaces any time that differs from its clock's. A tick is taken to last at most
-    /// [`COARSE_TICK_MAX`]: a time set less than that ahead of the clock counts as current.
+    /// 10 ms: a time set less than that ahead of the clock counts as current.
     pub fn in_tick(self, tick: Timespec) -> bool {
         let ns = |t: Timespec| i128::from(t.sec) * 1_000_000_000 + i128::from(t.nsec);
         (0..COARSE_TICK_MAX_NS).contains(&(ns(self) - ns(tick)))
