@@ -115,6 +115,11 @@ impl Drop for Mounted {
             let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
             let _ = Command::new("flock").arg("-w").arg("20").arg(&self.img).arg("true").status();
         }
+        // A server killed by a test cannot remove its direct-access table (DESIGN.md).
+        if let Ok(meta) = std::fs::metadata(&self.img) {
+            use std::os::unix::fs::MetadataExt;
+            let _ = std::fs::remove_file(format!("/dev/shm/udax-direct.{:x}.{:x}", meta.dev(), meta.ino()));
+        }
     }
 }
 
