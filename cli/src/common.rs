@@ -105,6 +105,19 @@ impl Failure {
 }
 
 /// strerror(3) text for an errno, without std's " (os error N)" tail.
+/// Whether `dir` is the mount point of a udax mount, also one whose server is gone (its root then
+/// fails every call with ENOTCONN, so only its parent is resolved).
+pub fn is_udax_mount(dir: &Path) -> bool {
+    let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) else { return false };
+    let parent = if parent.as_os_str().is_empty() { Path::new(".") } else { parent };
+    let Ok(dir) = std::fs::canonicalize(parent).map(|p| p.join(name)) else { return false };
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return false };
+    info.lines().any(|l| {
+        let Some((left, right)) = l.split_once(" - ") else { return false };
+        right.split(' ').next() == Some("fuse.udax") && left.split(' ').nth(4).map(Path::new) == Some(dir.as_path())
+    })
+}
+
 pub fn strerror(errno: i32) -> String {
     strip_os_error(&std::io::Error::from_raw_os_error(errno).to_string())
 }

@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 
 use udax_fuse::MountOptions;
 
-use crate::common::{close_image, open_image, open_image_read_only, CliResult, Failure};
+use crate::common::{close_image, is_udax_mount, open_image, open_image_read_only, CliResult, Failure};
 use crate::server_log::{self, Sink};
 use crate::MountArgs;
 
@@ -175,7 +175,12 @@ fn serve(a: &MountArgs, opts: &MountOptions, report: bool) -> CliResult {
         a.dir.display(),
         if opts.read_only { "read-only" } else { "read-write" }
     );
-    let served = session.run();
+    let served = match session.run() {
+        // The kernel ends a connection this way when the file system goes while the server is
+        // reading a request; once unmounted that is the session's normal end.
+        Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) && !is_udax_mount(&a.dir) => Ok(()),
+        served => served,
+    };
     handle.close();
     let _ = waiter.join();
     if served.is_err() {

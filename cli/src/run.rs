@@ -35,18 +35,8 @@ pub fn preload_lib() -> Result<PathBuf, String> {
     })
 }
 
-/// Whether `dir` is the mount point of a udax mount.
-fn is_udax_mount(dir: &Path) -> bool {
-    let Ok(dir) = std::fs::canonicalize(dir) else { return false };
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return false };
-    info.lines().any(|l| {
-        let Some((left, right)) = l.split_once(" - ") else { return false };
-        right.split(' ').next() == Some("fuse.udax") && left.split(' ').nth(4).map(Path::new) == Some(dir.as_path())
-    })
-}
-
 pub fn run(a: &RunArgs) -> CliResult {
-    if !is_udax_mount(&a.mount) {
+    if !crate::common::is_udax_mount(&a.mount) {
         return Err(Failure::new(CMD, a.mount.display(), "not a udax mount (see `udax mount`)").errno(libc::EINVAL));
     }
     let lib = preload_lib().map_err(|m| Failure::plain(CMD, m).errno(libc::ENOENT))?;

@@ -161,9 +161,9 @@ fn a_full_host_turns_the_mount_read_only_and_the_server_unmounts_cleanly() {
     assert!([ENOSPC, EROFS, ENOTCONN].contains(&err.raw_os_error().unwrap_or(0)), "{err}");
     // The server says why, unmounts and exits cleanly; what it held is intact.
     let status = server.child.wait().unwrap();
-    assert!(status.success(), "the server exited with {status}");
-    assert!(!mounted(mnt.path()), "the server left its mount behind");
     let said = std::fs::read_to_string(log.path()).unwrap();
+    assert!(status.success(), "the server exited with {status}, saying {said:?}");
+    assert!(!mounted(mnt.path()), "the server left its mount behind");
     assert!(said.contains("no room") && said.contains("unmounting"), "the server did not say why: {said:?}");
     assert!(udax(&["fsck", s(&img)]).status.success());
     assert_eq!(udax(&["cat", s(&img), "/small"]).stdout, vec![9u8; 1 << 20]);
