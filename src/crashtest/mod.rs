@@ -550,8 +550,7 @@ fn recover_and_judge(
     record: bool,
     fences: &mut Vec<Vec<InFlight>>,
 ) -> std::result::Result<usize, String> {
-    let dev = Device::anonymous(img.len() as u64).map_err(|e| format!("device: {e}"))?;
-    dev.write(0, img).map_err(|e| format!("device: {e}"))?;
+    let dev = device_with(img).map_err(|e| format!("device: {e}"))?;
     dev.sabotage(sabotage);
     let seen = if record { record_fences(&dev) } else { Arc::default() };
     let fs = Fs::mount(dev).map_err(|e| format!("mount: {e}"))?;
@@ -559,15 +558,38 @@ fn recover_and_judge(
     if fs.recovery().replayed_records > 0 {
         *fences = std::mem::take(&mut *seen.lock().unwrap_or_else(|e| e.into_inner()));
     }
-    let report = crate::check::check(&fs, &mut |_, _| {});
-    if !report.is_clean() {
-        return Err(format!("fsck: {:?}", report.findings));
+    let verdict = (|| {
+        let report = crate::check::check(&fs, &mut |_, _| {});
+        if !report.is_clean() {
+            return Err(format!("fsck: {:?}", report.findings));
+        }
+        let got = FsState::capture(&fs)?;
+        if let Some(stale) = got.stale() {
+            return Err(stale);
+        }
+        judge(allowed, &got)
+    })();
+    if let Some(dev) = fs.into_device() {
+        SPARE.with(|s| *s.borrow_mut() = Some(dev));
     }
-    let got = FsState::capture(&fs)?;
-    if let Some(stale) = got.stale() {
-        return Err(stale);
-    }
-    judge(allowed, &got)
+    verdict
+}
+
+thread_local! {
+    /// The device of the last crash state this thread checked, for the next: a fresh one would
+    /// cost a page fault for every page of every image, most of a state's time.
+    static SPARE: std::cell::RefCell<Option<Device>> = const { std::cell::RefCell::new(None) };
+}
+
+/// A device holding `img`: this thread's spare one when it has the size, else a new one.
+fn device_with(img: &[u8]) -> Result<Device> {
+    let spare = SPARE.with(|s| s.borrow_mut().take()).filter(|d| d.len() == img.len() as u64);
+    let dev = match spare {
+        Some(dev) => dev,
+        None => Device::heap(img.len() as u64)?,
+    };
+    dev.write(0, img)?;
+    Ok(dev)
 }
 
 /// The crash images of one fence: `(label, lines to take)`, at most about `budget` of them; with

@@ -184,6 +184,13 @@ impl Fs {
         }
     }
 
+    /// The device back, neither checkpointed nor synced, when this is the last handle: the
+    /// crash explorer reuses it for the next image.
+    #[cfg(feature = "crash-test")]
+    pub(crate) fn into_device(self) -> Option<Device> {
+        Arc::try_unwrap(self.inner).ok().map(|inner| inner.dev)
+    }
+
     /// Every in-use inode number (for fsck and tests), loaded or not.
     pub fn inode_numbers(&self) -> Vec<u64> {
         let unloaded = lock(&self.inner.unloaded);
