@@ -34,6 +34,12 @@ pub fn can_mount() -> bool {
     false
 }
 
+/// Whether the long forms of the tests run (`UDAX_LONG=1`, as `.ci/run` sets): more rounds, deeper
+/// trees, whole suites; a newcomer's `cargo test` runs the quick ones.
+pub fn long() -> bool {
+    std::env::var("UDAX_LONG").is_ok_and(|v| v == "1")
+}
+
 pub fn tmp() -> TempDir {
     tempfile::tempdir_in("/dev/shm").or_else(|_| tempfile::tempdir()).unwrap()
 }
