@@ -416,3 +416,92 @@ fn a_forked_child_writes_under_a_writer_slot_of_its_own() {
     assert_eq!(stdout.lines().collect::<Vec<_>>(), ["parent 1", "child 1"], "{stderr}");
     assert_eq!(stderr.matches("): direct, 4096").count(), 2, "both writes were direct: {stderr}");
 }
+
+/// fsx under `udax run` with every operation enabled, while a second process reads the same file
+/// through the mount without the library: at random moments it stops fsx (SIGSTOP) and checks
+/// that the mount and the image, read directly, hold the same size and the same bytes. fsx checks
+/// every read of its own against what it wrote. Needs fsx (`cargo install fsx@0.3.2`): `.ci/run`
+/// runs it with 100,000 operations, the README's long run with 1,000,000 (`UDAX_FSX_OPS`), in
+/// runs of 100,000 with seeds 1, 2, … (fsx never unmaps its mapped reads, and one process of a
+/// million operations would run out of mappings).
+#[test]
+#[ignore = "needs fsx; .ci/run runs it"]
+fn fsx_under_udax_run_with_a_second_reader_through_the_mount() {
+    assert!(can_mount(), "the fsx test needs a mount");
+    let ops: u64 = std::env::var("UDAX_FSX_OPS").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
+    let m = Mounted::new("1G");
+    let (mut checks, mut moving, mut done) = (0, 0, 0);
+    for seed in 1.. {
+        let n = (ops - done).min(100_000);
+        if n == 0 {
+            break;
+        }
+        let (c, mv) = fsx_round(&m, n, seed);
+        (checks, moving, done) = (checks + c, moving + mv, done + n);
+    }
+    println!("{ops} fsx operations; {checks} stops compared the mount with the image ({moving} more caught a change in flight)");
+    m.unmount();
+    fsck_clean(&m.img);
+}
+
+/// One fsx process of `ops` operations from `seed`, with the second reader beside it: how many
+/// stops compared the two views, and how many found the file changing.
+fn fsx_round(m: &Mounted, ops: u64, seed: u64) -> (u64, u64) {
+    use rustix::process::{kill_process, waitpid, Pid, Signal, WaitOptions};
+    let conf = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.ci/fsx.toml");
+    let log_path = m.img.with_file_name("fsx.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let child = under_run(m, "fsx")
+        .arg("-f")
+        .arg(&conf)
+        .args(["-N", &ops.to_string(), "-S", &seed.to_string(), "-P"])
+        .arg(m.img.parent().unwrap())
+        .arg(m.mnt.join("fsx.data"))
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let pid = Pid::from_child(&child);
+    let path = m.mnt.join("fsx.data");
+    let (mut checks, mut moving, mut rng) = (0u64, 0u64, seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    let status = loop {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        std::thread::sleep(std::time::Duration::from_micros(500 + rng % 20_000));
+        if kill_process(pid, Signal::STOP).is_err() {
+            break waitpid(Some(pid), WaitOptions::empty()).unwrap().unwrap().1;
+        }
+        match waitpid(Some(pid), WaitOptions::UNTRACED).unwrap() {
+            Some((_, s)) if s.stopped() => {}
+            Some((_, s)) => break s,
+            None => unreachable!("waitpid without NOHANG returned nothing"),
+        }
+        // fsx may be stopped inside a request the server is still serving: compare only what
+        // the mount shows the same before and after the direct read.
+        if let Ok(f) = std::fs::File::open(&path) {
+            let through_mount = || (f.metadata().map(|m| m.len()).ok(), std::fs::read(&path).ok());
+            let before = through_mount();
+            if let (Some(len), Some(bytes)) = before.clone() {
+                let mount = Mount::attach(f.as_fd()).unwrap().expect("the mount publishes maps");
+                let direct = direct_read(&mount, &f, &mut CachedMap::default(), 0, len as usize + 4096);
+                if through_mount() == before {
+                    assert_eq!(bytes.len() as u64, len, "the mount's size and its bytes disagree");
+                    same(
+                        &direct,
+                        &bytes,
+                        &format!("seed {seed}, stop {checks}: the image read directly, against the mount"),
+                    );
+                    checks += 1;
+                } else {
+                    moving += 1;
+                }
+            }
+        }
+        kill_process(pid, Signal::CONT).unwrap();
+    };
+    let said = std::fs::read_to_string(&log_path).unwrap_or_default();
+    assert!(status.exited() && status.exit_status() == Some(0), "fsx -S {seed} failed ({status:?}):\n{said}");
+    assert!(checks >= ops / 10_000, "seed {seed}: only {checks} comparisons ({moving} in flight):\n{said}");
+    (checks, moving)
+}
