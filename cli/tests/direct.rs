@@ -451,17 +451,20 @@ fn fsx_round(m: &Mounted, ops: u64, seed: u64) -> (u64, u64) {
     let conf = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.ci/fsx.toml");
     let log_path = m.img.with_file_name("fsx.log");
     let log = std::fs::File::create(&log_path).unwrap();
-    let child = under_run(m, "fsx")
-        .arg("-f")
-        .arg(&conf)
-        .args(["-N", &ops.to_string(), "-S", &seed.to_string(), "-P"])
-        .arg(m.img.parent().unwrap())
-        .arg(m.mnt.join("fsx.data"))
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let pid = Pid::from_child(&child);
+    let mut fsx = Fsx {
+        reaped: false,
+        child: under_run(m, "fsx")
+            .arg("-f")
+            .arg(&conf)
+            .args(["-N", &ops.to_string(), "-S", &seed.to_string(), "-P"])
+            .arg(m.img.parent().unwrap())
+            .arg(m.mnt.join("fsx.data"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    };
+    let pid = Pid::from_child(&fsx.child);
     let path = m.mnt.join("fsx.data");
     let (mut checks, mut moving, mut rng) = (0u64, 0u64, seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
     let status = loop {
@@ -500,8 +503,24 @@ fn fsx_round(m: &Mounted, ops: u64, seed: u64) -> (u64, u64) {
         }
         kill_process(pid, Signal::CONT).unwrap();
     };
+    fsx.reaped = true;
     let said = std::fs::read_to_string(&log_path).unwrap_or_default();
     assert!(status.exited() && status.exit_status() == Some(0), "fsx -S {seed} failed ({status:?}):\n{said}");
     assert!(checks >= ops / 10_000, "seed {seed}: only {checks} comparisons ({moving} in flight):\n{said}");
     (checks, moving)
+}
+
+/// An fsx process, killed and reaped if the test fails before it is.
+struct Fsx {
+    child: std::process::Child,
+    reaped: bool,
+}
+
+impl Drop for Fsx {
+    fn drop(&mut self) {
+        if !self.reaped {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }
