@@ -417,6 +417,62 @@ fn a_forked_child_writes_under_a_writer_slot_of_its_own() {
     assert_eq!(stderr.matches("): direct, 4096").count(), 2, "both writes were direct: {stderr}");
 }
 
+/// A fork taken while other threads were inside the library (holding its descriptor table or a
+/// file's cached map) left the child those locks held by threads it does not have: its first
+/// call on the file hung. Threads read and write directly while the main thread forks 300
+/// children that each read and write the file; a watchdog fails the test on a hang.
+#[test]
+fn forks_while_threads_read_and_write_directly_never_hang_the_child() {
+    if !can_mount() {
+        return;
+    }
+    let m = Mounted::new("16M");
+    let path = m.mnt.join("f");
+    std::fs::write(&path, vec![0u8; 16384]).unwrap();
+    let script = format!(
+        "import os, threading\n\
+         fd = os.open('{p}', os.O_RDWR)\n\
+         stop = False\n\
+         def work(i):\n\
+         \x20   while not stop:\n\
+         \x20       os.pread(fd, 4096, 0)\n\
+         \x20       os.pwrite(fd, bytes([i]) * 4096, 4096)\n\
+         ts = [threading.Thread(target=work, args=(i,)) for i in range(3)]\n\
+         for t in ts: t.start()\n\
+         for i in range(300):\n\
+         \x20   pid = os.fork()\n\
+         \x20   if pid == 0:\n\
+         \x20       ok = len(os.pread(fd, 4096, 0)) == 4096 and os.pwrite(fd, b'c' * 4096, 8192) == 4096\n\
+         \x20       os._exit(0 if ok else 1)\n\
+         \x20   assert os.waitpid(pid, 0)[1] == 0, 'a child failed'\n\
+         stop = True\n\
+         for t in ts: t.join()\n\
+         print('forked', i + 1)\n",
+        p = path.display()
+    );
+    let mut child = under_run(&m, "python3")
+        .args(["-c", &script])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            // The hung child first, then the parent waiting for it.
+            sh(&format!("pkill -KILL -P {0}; kill -KILL {0}", child.id()), std::path::Path::new("/"));
+            let _ = child.wait();
+            panic!("a forked child hung (60 s)");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert_eq!(stdout.trim(), "forked 300", "{stderr}");
+    assert_eq!(&std::fs::read(&path).unwrap()[8192..12288], &[b'c'; 4096][..]);
+}
+
 /// fsx under `udax run` with every operation enabled, while a second process reads the same file
 /// through the mount without the library: at random moments it stops fsx (SIGSTOP) and checks
 /// that the mount and the image, read directly, hold the same size and the same bytes. fsx checks

@@ -13,18 +13,27 @@ use libc::{c_char, c_int, c_uint, c_ulong, c_void, iovec, loff_t, mode_t, off64_
 
 use crate::{fds, serve};
 
-/// Runs when the library is loaded: a child of a fork claims writer slots of its own.
+/// Runs when the library is loaded: a fork holds the descriptor table across it, and the child
+/// starts from a table no other thread can be holding and claims writer slots of its own.
 #[used]
 #[link_section = ".init_array"]
 static ON_LOAD: extern "C" fn() = on_load;
 
 extern "C" fn on_load() {
+    extern "C" fn prepare() {
+        fds::before_fork();
+    }
+    extern "C" fn parent() {
+        fds::after_fork_in_parent();
+    }
     extern "C" fn child() {
         udax_direct::forked();
+        fds::after_fork_in_child();
     }
-    // SAFETY: registers a handler that only adds to an atomic counter (async-signal-safe, as a
-    // child handler of a multithreaded process must be).
-    unsafe { libc::pthread_atfork(None, None, Some(child)) };
+    // SAFETY: registers three handlers. The child's adds to an atomic counter and puts a fresh,
+    // empty table in place of the old one without freeing anything of it (glibc's malloc is
+    // usable in the child of a fork; nothing else runs there before the handler returns).
+    unsafe { libc::pthread_atfork(Some(prepare), Some(parent), Some(child)) };
 }
 
 thread_local! {

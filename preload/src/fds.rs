@@ -3,9 +3,10 @@
 //! library did not see open (inherited across exec, passed over a socket, made by a call it
 //! does not wrap), on their first data call.
 
+use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicI32, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockWriteGuard};
 
 use udax_direct::{identity, CachedMap, Identity, Mount};
 
@@ -47,6 +48,36 @@ struct Table {
 }
 
 static TABLE: RwLock<Option<Table>> = RwLock::new(None);
+
+thread_local! {
+    /// The table, held by the thread that forks from just before the fork to just after it.
+    static FORKING: RefCell<Option<RwLockWriteGuard<'static, Option<Table>>>> = const { RefCell::new(None) };
+}
+
+/// Before a fork: takes the table, so that no other thread holds it when the child is made.
+pub(crate) fn before_fork() {
+    let held = TABLE.write().unwrap_or_else(PoisonError::into_inner);
+    FORKING.with(|f| *f.borrow_mut() = Some(held));
+}
+
+/// In the parent, after a fork: lets the table go.
+pub(crate) fn after_fork_in_parent() {
+    FORKING.with(|f| drop(f.borrow_mut().take()));
+}
+
+/// In the child, after a fork: the files and mounts that the parent's other threads may have
+/// been using (a file's cached map, a mount's writer slot: locks held by threads the child does
+/// not have) are left behind, never touched or freed, and each descriptor is classified again on
+/// its next call. Which files were mapped through the kernel stays: the child has those maps.
+pub(crate) fn after_fork_in_child() {
+    FORKING.with(|f| {
+        let Some(mut table) = f.borrow_mut().take() else { return };
+        if let Some(Table { fds, mounts, kernel_mapped }) = table.take() {
+            std::mem::forget((fds, mounts));
+            *table = Some(Table { kernel_mapped, ..Table::default() });
+        }
+    });
+}
 
 fn udax_devices() -> Vec<(u32, u32)> {
     let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else { return Vec::new() };
