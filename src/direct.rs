@@ -8,7 +8,7 @@
 //! table *before* it commits, so a client that loads the same generation before and after a copy
 //! copied from blocks that were the file's for the whole copy.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 
 use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes, KnownLayout};
@@ -37,6 +37,10 @@ pub const SLOTS: usize = 256;
 /// Words per writer slot: the owner's pid, its start time, the epoch its write began in (0:
 /// not in a write), and a spare.
 const SLOT_WORDS: usize = 4;
+/// The top bit of a file's generation word: some process maps the file through the kernel, whose
+/// cached pages direct reads would miss and direct writes would leave stale, so clients read and
+/// write it through the mount until the last such process lets go ([`crate::Fs::note_kernel_map`]).
+pub const KERNEL_MAPPED: u64 = 1 << 63;
 /// [`DirectTable::state`] while its server serves.
 pub const STATE_LIVE: u64 = 1;
 /// [`DirectTable::state`] once its server has stopped: cached maps are worthless.
@@ -117,6 +121,18 @@ impl DirectTable {
     pub fn bump(&self, ino: u64) {
         if let Ok(i) = self.slot(ino) {
             let _ = self.words.fetch_add(i, 1);
+        }
+    }
+
+    /// Sets (`on`) or clears `ino`'s [`KERNEL_MAPPED`] bit.
+    pub fn set_kernel_mapped(&self, ino: u64, on: bool) {
+        let Ok(i) = self.slot(ino) else { return };
+        loop {
+            let Ok(old) = self.words.load(i) else { return };
+            let new = if on { old | KERNEL_MAPPED } else { old & !KERNEL_MAPPED };
+            if old == new || self.words.compare_exchange(i, old, new).unwrap_or(true) {
+                return;
+            }
         }
     }
 
@@ -246,11 +262,13 @@ pub(crate) struct Publication {
     /// Blocks freed (at a journal position) when an epoch ended, oldest first: reusable once no
     /// direct write of that epoch or an earlier one runs.
     quarantine: Mutex<VecDeque<(u64, u64, Vec<Run>)>>,
+    /// Files mapped through the kernel, with how many open files map them.
+    pub(crate) kernel_maps: Mutex<HashMap<u64, u64>>,
 }
 
 impl Publication {
     pub(crate) fn new(table: DirectTable) -> Publication {
-        Publication { table, quarantine: Mutex::new(VecDeque::new()) }
+        Publication { table, quarantine: Mutex::new(VecDeque::new()), kernel_maps: Mutex::new(HashMap::new()) }
     }
 
     /// Frees `runs`, which the commit at journal position `pos` unlinked, once no direct write
@@ -351,6 +369,11 @@ pub const IOC_MAP: u32 = ioc(IOC_READ_WRITE, 0xd1, size_of::<MapIo>());
 /// set-ID bits as a write would ([`crate::Fs::note_direct_write`]). A client asks it before
 /// its first direct write in each tick of the coarse clock.
 pub const IOC_WRITING: u32 = ioc(0, 0xd2, 0);
+
+/// "I map this file through the kernel" (`_IO('U', 0xd3)`), asked on the descriptor before the
+/// mmap: until that open file is released, every client reads and writes the file through the
+/// mount ([`KERNEL_MAPPED`], [`crate::Fs::note_kernel_map`]).
+pub const IOC_KERNEL_MAP: u32 = ioc(0, 0xd3, 0);
 
 /// The longest image or table path [`InfoReply`] carries.
 pub const PATH_MAX: usize = 1024;

@@ -473,6 +473,72 @@ fn forks_while_threads_read_and_write_directly_never_hang_the_child() {
     assert_eq!(&std::fs::read(&path).unwrap()[8192..12288], &[b'c'; 4096][..]);
 }
 
+/// A file one process mapped through the kernel was still read and written directly by the
+/// others: the mapping kept pages older than their writes, and their reads missed its stores.
+/// While a process maps the file, every client goes through the mount, which keeps the kernel's
+/// pages coherent; once the mapping process lets go, direct calls serve again.
+#[test]
+fn a_file_mapped_through_the_kernel_anywhere_is_read_and_written_through_the_mount() {
+    use std::io::{BufRead, Write};
+    if !can_mount() {
+        return;
+    }
+    let m = Mounted::new("16M");
+    let path = m.mnt.join("f");
+    std::fs::write(&path, vec![0u8; 16384]).unwrap();
+    // One call by another process under `udax run`: what it printed, and how it was served.
+    let other = |code: &str| {
+        let script = format!("import os\nfd = os.open('{}', os.O_RDWR)\n{code}\n", path.display());
+        let out = under_run(&m, "python3").args(["-c", &script]).env("UDAX_DIRECT_TRACE", "1").output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{stderr}");
+        (String::from_utf8_lossy(&out.stdout).trim().to_string(), stderr.contains("): direct,"))
+    };
+    assert_eq!(other("os.pwrite(fd, b'z' * 4096, 0)"), (String::new(), true), "unmapped: direct");
+    let mapper = format!(
+        "import mmap, os, sys\n\
+         fd = os.open('{}', os.O_RDWR)\n\
+         m = mmap.mmap(fd, 16384)\n\
+         print(m[0:4096] == b'z' * 4096, flush=True)\n\
+         sys.stdin.readline()\n\
+         print(m[0:4096] == b'b' * 4096, flush=True)\n\
+         m[4096:8192] = b'a' * 4096\n\
+         print('stored', flush=True)\n\
+         sys.stdin.readline()\n\
+         m.close()\n\
+         os.close(fd)\n\
+         print('closed', flush=True)\n",
+        path.display()
+    );
+    let mut a = under_run(&m, "python3")
+        .args(["-c", &mapper])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut said = std::io::BufReader::new(a.stdout.take().unwrap()).lines();
+    let mut next = || said.next().unwrap().unwrap();
+    assert_eq!(next(), "True", "the mapping shows the file");
+    // Its pages are in the kernel's cache now: a direct write would leave them stale.
+    assert_eq!(other("os.pwrite(fd, b'b' * 4096, 0)"), (String::new(), false), "mapped elsewhere: through the mount");
+    a.stdin.as_ref().unwrap().write_all(b"\n").unwrap();
+    assert_eq!(next(), "True", "the mapping shows the other process's write");
+    assert_eq!(next(), "stored");
+    let (got, direct) = other("print(os.pread(fd, 4096, 4096) == b'a' * 4096)");
+    assert_eq!((got.as_str(), direct), ("True", false), "a read sees the mapping's store, through the mount");
+    a.stdin.as_ref().unwrap().write_all(b"\n").unwrap();
+    assert_eq!(next(), "closed");
+    assert!(a.wait().unwrap().success());
+    // The kernel releases the open file once its mapping is gone too; then direct calls serve.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !other("os.pwrite(fd, b'c' * 4096, 8192)").1 {
+        assert!(std::time::Instant::now() < deadline, "still through the mount 5 s after the mapping went");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let bytes = std::fs::read(&path).unwrap();
+    assert!(bytes[..4096] == [b'b'; 4096] && bytes[4096..8192] == [b'a'; 4096] && bytes[8192..12288] == [b'c'; 4096]);
+}
+
 /// fsx under `udax run` with every operation enabled, while a second process reads the same file
 /// through the mount without the library: at random moments it stops fsx (SIGSTOP) and checks
 /// that the mount and the image, read directly, hold the same size and the same bytes. fsx checks

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
-use udax::direct::{self, DirectTable, Image, MapExtent, Slot, EXTENT_WRITTEN, STATE_LIVE};
+use udax::direct::{self, DirectTable, Image, MapExtent, Slot, EXTENT_WRITTEN, KERNEL_MAPPED, STATE_LIVE};
 use udax::Timespec;
 
 /// Copies that meet a moving generation this many times in a row give up and let the caller
@@ -102,6 +102,12 @@ impl Mount {
         Ok(Some(Mount { image, table, block_size, slot: Mutex::new(None), writable }))
     }
 
+    /// Tells the server that this process is about to map file `fd` through the kernel: until
+    /// that open file is released, every client reads and writes the file through the mount.
+    pub fn kernel_map(&self, fd: BorrowedFd<'_>) -> std::io::Result<()> {
+        crate::sys::kernel_map(fd)
+    }
+
     /// Whether the server still serves (a closed table means every cached map is worthless).
     pub fn live(&self) -> bool {
         self.table.state() == STATE_LIVE
@@ -121,7 +127,10 @@ impl Mount {
             if !self.live() {
                 return Ok(Served::PassThrough);
             }
-            let Ok(before) = self.table.generation(ino) else { return Ok(Served::PassThrough) };
+            let Some(before) = self.table.generation(ino).ok().filter(|g| g & KERNEL_MAPPED == 0) else {
+                // Mapped through the kernel somewhere: its cached pages are the mount's to keep.
+                return Ok(Served::PassThrough);
+            };
             if cache.generation != Some(before) {
                 self.refresh(fd, cache)?;
                 continue;
@@ -171,7 +180,8 @@ impl Mount {
             // In a write from here on: blocks freed from now wait for it, and so does a new
             // server taking the image over (DESIGN.md).
             self.table.enter(slot);
-            let Some(generation) = self.table.generation(ino).ok().filter(|_| self.live()) else {
+            let generation = self.table.generation(ino).ok().filter(|g| g & KERNEL_MAPPED == 0 && self.live());
+            let Some(generation) = generation else {
                 self.table.leave(slot);
                 return Ok(Served::PassThrough);
             };

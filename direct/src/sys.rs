@@ -3,7 +3,7 @@
 
 use std::os::fd::{AsRawFd, BorrowedFd};
 
-use udax::direct::{InfoReply, MapIo, IOC_INFO, IOC_MAP, IOC_WRITING};
+use udax::direct::{InfoReply, MapIo, IOC_INFO, IOC_KERNEL_MAP, IOC_MAP, IOC_WRITING};
 use zerocopy::FromZeros;
 
 /// Asks the mount for where its image and table are (ENOTTY: not a udax mount, or one that
@@ -35,6 +35,16 @@ pub(crate) fn map(fd: BorrowedFd<'_>, from_block: u64) -> std::io::Result<MapIo>
 pub(crate) fn writing(fd: BorrowedFd<'_>) -> std::io::Result<()> {
     // SAFETY: IOC_WRITING is an _IO: the kernel passes no memory in or out.
     let rc = unsafe { libc::ioctl(fd.as_raw_fd(), IOC_WRITING as libc::c_ulong) };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Tells the mount that this process is about to map the file through the kernel.
+pub(crate) fn kernel_map(fd: BorrowedFd<'_>) -> std::io::Result<()> {
+    // SAFETY: IOC_KERNEL_MAP is an _IO: the kernel passes no memory in or out.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), IOC_KERNEL_MAP as libc::c_ulong) };
     if rc < 0 {
         return Err(std::io::Error::last_os_error());
     }

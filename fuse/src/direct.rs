@@ -1,19 +1,34 @@
 //! The mount's side of direct access (DESIGN.md "Direct access"): the table of map generations
-//! it publishes beside the image, and the two ioctls a client asks on a file of the mount.
+//! it publishes beside the image, and the ioctls a client asks on a file of the mount.
 
+use std::collections::HashSet;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
 
 use fuser::Errno;
 use udax::direct::{self, DirectTable, InfoReply, MapIo};
 use udax::Fs;
 use zerocopy::{FromBytes, FromZeros, IntoBytes};
 
-/// Where a mount's direct clients find the image and the table.
+/// Where a mount's direct clients find the image and the table, and which open files map their
+/// file through the kernel.
 #[derive(Debug)]
 pub(crate) struct Published {
     info: InfoReply,
+    /// The next file handle: each open file gets its own, so that its release is known.
+    next_handle: AtomicU64,
+    /// Handles of the open files a client said it maps through the kernel.
+    kernel_mapped: Mutex<HashSet<u64>>,
+}
+
+impl Published {
+    /// A handle for a new open file.
+    pub(crate) fn new_handle(&self) -> u64 {
+        self.next_handle.fetch_add(1, Ordering::Relaxed)
+    }
 }
 
 /// How long a new server waits for the direct writes a previous server's clients still run.
@@ -65,19 +80,20 @@ pub(crate) fn publish(fs: &Fs, image: &Path) -> std::io::Result<Published> {
         return Err(std::io::Error::from_raw_os_error(libc::ENAMETOOLONG));
     }
     fs.publish_maps(table).map_err(io_error)?;
-    Ok(Published { info })
+    Ok(Published { info, next_handle: AtomicU64::new(1), kernel_mapped: Mutex::new(HashSet::new()) })
 }
 
 fn io_error(e: udax::Error) -> std::io::Error {
     std::io::Error::other(e.to_string())
 }
 
-/// Answers a direct-access ioctl from user `caller`: the reply's bytes, or the errno.
+/// Answers a direct-access ioctl from user `caller` on open file `fh` of `ino`: the reply's
+/// bytes, or the errno.
 pub(crate) fn ioctl(
     fs: &Fs,
     published: Option<&Published>,
     caller: u32,
-    ino: u64,
+    (ino, fh): (u64, u64),
     cmd: u32,
     input: &[u8],
 ) -> Result<Vec<u8>, Errno> {
@@ -95,6 +111,20 @@ pub(crate) fn ioctl(
             fs.note_direct_write(ino, caller != 0).map_err(|e| Errno::from_i32(e.errno()))?;
             Ok(Vec::new())
         }
+        direct::IOC_KERNEL_MAP => {
+            if p.kernel_mapped.lock().unwrap_or_else(PoisonError::into_inner).insert(fh) {
+                fs.note_kernel_map(ino, true);
+            }
+            Ok(Vec::new())
+        }
         _ => Err(Errno::ENOTTY),
+    }
+}
+
+/// Open file `fh` of `ino` is released: if it mapped the file through the kernel, it no longer
+/// does (the kernel releases a file only once its mappings are gone too).
+pub(crate) fn released(fs: &Fs, published: Option<&Published>, ino: u64, fh: u64) {
+    if published.is_some_and(|p| p.kernel_mapped.lock().unwrap_or_else(PoisonError::into_inner).remove(&fh)) {
+        fs.note_kernel_map(ino, false);
     }
 }

@@ -283,6 +283,12 @@ impl UdaxFuse {
 
     /// Marks a request being served; with `-o poll` the poll window starts when the guard drops,
     /// after the reply.
+    /// The handle of a new open file: its own on a publishing mount (its release matters to
+    /// direct clients), else 0.
+    fn file_handle(&self) -> FileHandle {
+        FileHandle(self.direct.as_ref().map_or(0, direct::Published::new_handle))
+    }
+
     fn serving(&self) -> poll::Serving<'_> {
         poll::Serving::new(self.poller.as_ref())
     }
@@ -453,7 +459,7 @@ impl Filesystem for UdaxFuse {
             return reply.error(Errno::EROFS);
         }
         match self.fs.open_ino(ino.0) {
-            Ok(_) => reply.opened(FileHandle(0), self.open_flags()),
+            Ok(_) => reply.opened(self.file_handle(), self.open_flags()),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -472,7 +478,8 @@ impl Filesystem for UdaxFuse {
         let made = self.fs.create(parent.0, name.as_bytes(), mode & !umask & 0o7777, who(req));
         match made.and_then(|st| self.fs.open_ino(st.ino)) {
             Ok(st) => {
-                reply.created(&TTL, &attr(&st), Generation(u64::from(st.generation)), FileHandle(0), self.open_flags())
+                let fh = self.file_handle();
+                reply.created(&TTL, &attr(&st), Generation(u64::from(st.generation)), fh, self.open_flags())
             }
             Err(e) => reply.error(errno(&e)),
         }
@@ -532,13 +539,14 @@ impl Filesystem for UdaxFuse {
         &self,
         _req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
         let _serving = self.serving();
+        direct::released(&self.fs, self.direct.as_ref(), ino.0, fh.0);
         done(self.fs.release(ino.0), reply)
     }
 
@@ -725,7 +733,7 @@ impl Filesystem for UdaxFuse {
         &self,
         req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         _flags: fuser::IoctlFlags,
         cmd: u32,
         in_data: &[u8],
@@ -733,7 +741,7 @@ impl Filesystem for UdaxFuse {
         reply: fuser::ReplyIoctl,
     ) {
         let _serving = self.serving();
-        match direct::ioctl(&self.fs, self.direct.as_ref(), req.uid(), ino.0, cmd, in_data) {
+        match direct::ioctl(&self.fs, self.direct.as_ref(), req.uid(), (ino.0, fh.0), cmd, in_data) {
             Ok(bytes) if bytes.len() <= out_size as usize => reply.ioctl(0, &bytes),
             Ok(_) => reply.error(Errno::EINVAL),
             Err(e) => reply.error(e),

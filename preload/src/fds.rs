@@ -144,9 +144,15 @@ pub(crate) fn direct(fd: libc::c_int) -> Option<Arc<OpenFile>> {
     (!mapped).then_some(file)
 }
 
-/// `fd`'s file is being mapped through the kernel: no direct calls on it from now on.
+/// `fd`'s file is being mapped through the kernel: no direct calls on it from now on, here, and
+/// the server is told, so that no other process's either while the mapping lasts.
 pub(crate) fn mapped_by_kernel(fd: libc::c_int) {
     if let Some(file) = lookup(fd) {
+        if let Some(fd) = crate::sys::borrow(fd) {
+            // A server that does not know the request leaves only this process's calls to the
+            // mount, as before.
+            let _ = file.mount.kernel_map(fd);
+        }
         let mut t = TABLE.write().unwrap_or_else(PoisonError::into_inner);
         t.get_or_insert_with(Table::default).kernel_mapped.insert((file.dev, file.ino));
     }

@@ -7,7 +7,7 @@ use crate::extent::State;
 use crate::inode::Timespec;
 use crate::journal::Tx;
 use crate::layout::mode;
-use crate::sync::{rd, wr};
+use crate::sync::{lock, rd, wr};
 
 use super::state::Fs;
 use super::types::killed_set_id;
@@ -56,6 +56,28 @@ impl Fs {
             m.count += 1;
         }
         Ok(m)
+    }
+
+    /// An open file of `ino` is about to be mapped through the kernel (`mapped`), or one that was
+    /// has been released. While any is, the file's generation word carries
+    /// [`crate::direct::KERNEL_MAPPED`] and clients read and write it through the mount, whose
+    /// requests keep the kernel's cached pages coherent; a mapping waits (at most a second) for
+    /// direct writes that may have checked the word before it changed. No-op without a table.
+    pub fn note_kernel_map(&self, ino: u64, mapped: bool) {
+        let Some(p) = self.inner.direct.get() else { return };
+        let mut maps = lock(&p.kernel_maps);
+        if mapped {
+            *maps.entry(ino).or_insert(0) += 1;
+            p.table.set_kernel_mapped(ino, true);
+            drop(maps);
+            p.wait_for_writers(&self.inner.alloc);
+        } else if let Some(n) = maps.get_mut(&ino) {
+            *n -= 1;
+            if *n == 0 {
+                maps.remove(&ino);
+                p.table.set_kernel_mapped(ino, false);
+            }
+        }
     }
 
     /// What a write a direct client stored into `ino` changes besides its bytes, as the write
