@@ -535,4 +535,19 @@ mod tests {
         client.leave(slot);
         left_behind.retire(wait).unwrap();
     }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "maps shared memory")]
+    fn the_kernel_mapped_bit_rides_on_the_generation_and_leaves_it_counting() {
+        let (server, client) = table("mapped");
+        server.bump(7);
+        server.set_kernel_mapped(7, true);
+        server.set_kernel_mapped(7, true);
+        assert_eq!(client.generation(7).unwrap(), KERNEL_MAPPED | 1);
+        server.bump(7);
+        assert_eq!(client.generation(7).unwrap(), KERNEL_MAPPED | 2, "changes still move the generation");
+        assert_eq!(client.generation(8).unwrap(), 0, "other files keep theirs");
+        server.set_kernel_mapped(7, false);
+        assert_eq!(client.generation(7).unwrap(), 2);
+    }
 }
