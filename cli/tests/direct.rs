@@ -450,23 +450,21 @@ fn forks_while_threads_read_and_write_directly_never_hang_the_child() {
          print('forked', i + 1)\n",
         p = path.display()
     );
-    let mut child = under_run(&m, "python3")
+    let child = under_run(&m, "python3")
         .args(["-c", &script])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while child.try_wait().unwrap().is_none() {
-        if std::time::Instant::now() > deadline {
-            // The hung child first, then the parent waiting for it.
-            sh(&format!("pkill -KILL -P {0}; kill -KILL {0}", child.id()), std::path::Path::new("/"));
-            let _ = child.wait();
-            panic!("a forked child hung (60 s)");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    let out = child.wait_with_output().unwrap();
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let waiter = std::thread::spawn(move || tx.send(child.wait_with_output().unwrap()));
+    let Ok(out) = rx.recv_timeout(std::time::Duration::from_secs(60)) else {
+        // The hung child first, then the parent waiting for it.
+        sh(&format!("pkill -KILL -P {pid}; kill -KILL {pid}"), std::path::Path::new("/"));
+        let _ = waiter.join();
+        panic!("a forked child hung (60 s)");
+    };
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "{stdout}{stderr}");
     assert_eq!(stdout.trim(), "forked 300", "{stderr}");
@@ -564,12 +562,7 @@ fn fsx_under_udax_run_with_a_second_reader_through_the_mount() {
             if n == 0 {
                 break;
             }
-            let s = fsx_round(&m, conf, n, seed);
-            total = Stops {
-                compared: total.compared + s.compared,
-                mapped: total.mapped + s.mapped,
-                moving: total.moving + s.moving,
-            };
+            total += fsx_round(&m, conf, n, seed);
             done += n;
         }
         println!("{conf}: {ops} fsx operations; at the reader's stops {total:?}");
@@ -589,6 +582,14 @@ struct Stops {
     compared: u64,
     mapped: u64,
     moving: u64,
+}
+
+impl std::ops::AddAssign for Stops {
+    fn add_assign(&mut self, o: Stops) {
+        self.compared += o.compared;
+        self.mapped += o.mapped;
+        self.moving += o.moving;
+    }
 }
 
 /// One fsx process of `ops` operations from `seed` with configuration `conf` (in `.ci/`), with
@@ -614,6 +615,8 @@ fn fsx_round(m: &Mounted, conf: &str, ops: u64, seed: u64) -> Stops {
     let pid = Pid::from_child(&fsx.child);
     let path = m.mnt.join("fsx.data");
     let (mut stops, mut rng) = (Stops::default(), seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    // Attached at the first stop that finds the file (fsx creates it), kept for the rest.
+    let mut mount: Option<Mount> = None;
     let status = loop {
         rng ^= rng << 13;
         rng ^= rng >> 7;
@@ -633,7 +636,8 @@ fn fsx_round(m: &Mounted, conf: &str, ops: u64, seed: u64) -> Stops {
             let through_mount = || (f.metadata().map(|m| m.len()).ok(), std::fs::read(&path).ok());
             let before = through_mount();
             if let (Some(len), Some(bytes)) = before.clone() {
-                let mount = Mount::attach(f.as_fd()).unwrap().expect("the mount publishes maps");
+                let mount =
+                    mount.get_or_insert_with(|| Mount::attach(f.as_fd()).unwrap().expect("the mount publishes maps"));
                 let mut direct = vec![0u8; len as usize + 4096];
                 let ino = f.metadata().unwrap().ino();
                 match mount.read_at(f.as_fd(), ino, &mut CachedMap::default(), &mut direct, 0).unwrap() {
