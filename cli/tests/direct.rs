@@ -598,6 +598,9 @@ fn fsx_round(m: &Mounted, conf: &str, ops: u64, seed: u64) -> Stops {
     use rustix::process::{kill_process, waitpid, Pid, Signal, WaitOptions};
     let conf = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.ci").join(conf);
     let log_path = m.img.with_file_name("fsx.log");
+    // A file of its own per configuration: the kernel releases the last round's mapped file (and
+    // with it the file's mapped mark) some time after that fsx exits.
+    let path = m.mnt.join(conf.file_name().unwrap()).with_extension("data");
     let log = std::fs::File::create(&log_path).unwrap();
     let mut fsx = Fsx {
         reaped: false,
@@ -606,14 +609,13 @@ fn fsx_round(m: &Mounted, conf: &str, ops: u64, seed: u64) -> Stops {
             .arg(&conf)
             .args(["-N", &ops.to_string(), "-S", &seed.to_string(), "-P"])
             .arg(m.img.parent().unwrap())
-            .arg(m.mnt.join("fsx.data"))
+            .arg(&path)
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .unwrap(),
     };
     let pid = Pid::from_child(&fsx.child);
-    let path = m.mnt.join("fsx.data");
     let (mut stops, mut rng) = (Stops::default(), seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
     // Attached at the first stop that finds the file (fsx creates it), kept for the rest.
     let mut mount: Option<Mount> = None;
