@@ -10,6 +10,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes, KnownLayout};
 
@@ -20,8 +21,8 @@ use crate::sync::{lock, Mutex};
 
 /// The table's first word.
 pub const TABLE_MAGIC: u64 = u64::from_le_bytes(*b"udaxdmap");
-/// The protocol's version, in the table and in both replies.
-pub const VERSION: u32 = 1;
+/// The protocol's version, in the table and in the replies.
+pub const VERSION: u32 = 2;
 /// Words before the first inode's generation: magic, version, server pid, inode count, state,
 /// epoch, writer slots.
 pub const HEADER_WORDS: usize = 8;
@@ -264,11 +265,54 @@ pub(crate) struct Publication {
     quarantine: Mutex<VecDeque<(u64, u64, Vec<Run>)>>,
     /// Files mapped through the kernel, with how many open files map them.
     pub(crate) kernel_maps: Mutex<HashMap<u64, u64>>,
+    /// Leases by inode number (`fs::lease`); changed only under the file's inode lock.
+    leases: Mutex<HashMap<u64, Lease>>,
+    /// How many leases there are: operations skip the map while there are none.
+    leased: AtomicUsize,
+}
+
+/// An open file's lease on a file's growth (DESIGN.md "Appends by lease").
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Lease {
+    /// The open file (its handle) that holds it.
+    pub(crate) owner: u64,
+    /// The file's size when it was granted.
+    pub(crate) start: u64,
+    /// The client may store below this byte: the blocks up to it are the file's.
+    pub(crate) end: u64,
 }
 
 impl Publication {
     pub(crate) fn new(table: DirectTable) -> Publication {
-        Publication { table, quarantine: Mutex::new(VecDeque::new()), kernel_maps: Mutex::new(HashMap::new()) }
+        Publication {
+            table,
+            quarantine: Mutex::new(VecDeque::new()),
+            kernel_maps: Mutex::new(HashMap::new()),
+            leases: Mutex::new(HashMap::new()),
+            leased: AtomicUsize::new(0),
+        }
+    }
+
+    /// `ino`'s lease, if it has one.
+    pub(crate) fn lease(&self, ino: u64) -> Option<Lease> {
+        if self.leased.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        lock(&self.leases).get(&ino).copied()
+    }
+
+    /// Records `ino`'s lease (`Some`) or its end.
+    pub(crate) fn set_lease(&self, ino: u64, lease: Option<Lease>) {
+        let mut leases = lock(&self.leases);
+        match lease {
+            Some(l) => {
+                leases.insert(ino, l);
+            }
+            None => {
+                leases.remove(&ino);
+            }
+        }
+        self.leased.store(leases.len(), Ordering::Release);
     }
 
     /// Frees `runs`, which the commit at journal position `pos` unlinked, once no direct write
@@ -352,6 +396,26 @@ impl Image {
         self.dev.fence();
         Ok(())
     }
+
+    /// Zeroes `[off, off+len)` and fences.
+    pub fn zero_durable(&self, off: u64, len: u64) -> Result<()> {
+        self.dev.zero(off, len)?;
+        self.dev.fence();
+        Ok(())
+    }
+
+    /// Loads the aligned word at `off` (a lane: [`MapIo::lane`]).
+    pub fn load_word(&self, off: u64) -> Result<u64> {
+        self.dev.load_u64(off)
+    }
+
+    /// Raises the aligned word at `off` to `v` if it is below (one atomic read-modify-write, so
+    /// concurrent raises keep the largest), writes it back and fences.
+    pub fn raise_word_durable(&self, off: u64, v: u64) -> Result<()> {
+        self.dev.raise_u64(off, v)?;
+        self.dev.fence();
+        Ok(())
+    }
 }
 
 /// Builds an ioctl request number as Linux's `_IOC` does (x86, arm and riscv layout).
@@ -374,6 +438,32 @@ pub const IOC_WRITING: u32 = ioc(0, 0xd2, 0);
 /// mmap: until that open file is released, every client reads and writes the file through the
 /// mount ([`KERNEL_MAPPED`], [`crate::Fs::note_kernel_map`]).
 pub const IOC_KERNEL_MAP: u32 = ioc(0, 0xd3, 0);
+
+/// "Let me append" (`_IOWR('U', 0xd4, LeaseIo)`): grants the open file a lease on the file's
+/// growth, or extends the one it holds, with blocks reserved past EOF up to at least
+/// [`LeaseIo::want`] ([`crate::Fs::lease`]; DESIGN.md "Appends by lease").
+pub const IOC_LEASE: u32 = ioc(IOC_READ_WRITE, 0xd4, size_of::<LeaseIo>());
+
+/// The request and reply of [`IOC_LEASE`]: the client fills `want`; the server the rest.
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, Default)]
+#[repr(C)]
+pub struct LeaseIo {
+    /// In: the byte the client wants to store up to (exclusive).
+    pub want: u64,
+    /// [`VERSION`].
+    pub version: u32,
+    /// Zero.
+    pub reserved: u32,
+    /// The file's map generation with the lease in place: the lease holds while it does.
+    pub generation: u64,
+    /// The client may store below this byte (whole blocks past EOF are the file's up to it).
+    pub end: u64,
+    /// Device offset of the file's lane word (see [`MapIo::lane`]).
+    pub lane: u64,
+    /// The file's committed size.
+    pub size: u64,
+}
+const _: () = assert!(size_of::<LeaseIo>() == 48);
 
 /// The longest image or table path [`InfoReply`] carries.
 pub const PATH_MAX: usize = 1024;
@@ -437,10 +527,14 @@ pub struct MapIo {
     /// The file block after the last one this reply covers: extents starting there or later
     /// are in the next page (`u64::MAX` when this page reaches the end of the map).
     pub next_block: u64,
+    /// While a client appends to the file under a lease: the device offset of its lane word
+    /// (0 or 1 + the size its returned appends reach), which readers load after the generation
+    /// and take the size from when it is larger. 0 when there is no lease.
+    pub lane: u64,
     /// The file's extents from the one holding `from_block` on, sorted.
     pub extents: [MapExtent; MAP_EXTENTS],
 }
-const _: () = assert!(size_of::<MapIo>() == 40 + 32 * MAP_EXTENTS && size_of::<MapIo>() < 1 << 14);
+const _: () = assert!(size_of::<MapIo>() == 48 + 32 * MAP_EXTENTS && size_of::<MapIo>() < 1 << 14);
 
 impl MapIo {
     /// A request for the extents from `from_block` on.

@@ -178,6 +178,9 @@ pub struct Inode {
     /// Whether the bytes past EOF in its page are known to be zero (a new inode's are; after a
     /// mount they may hold what a crash left there, until the first mapping zeroes them).
     pub(crate) tail_clean: bool,
+    /// The slot's lane word as decoded (nonzero: a direct client appended under a lease that
+    /// recovery has not folded yet; see `Fs::fold_lane`).
+    pub(crate) lane: u64,
 }
 
 impl Inode {
@@ -194,6 +197,7 @@ impl Inode {
             freed: false,
             writing: None,
             tail_clean: true,
+            lane: 0,
         }
     }
 
@@ -253,7 +257,12 @@ impl Inode {
             return Err(Error::Corrupt { what: "extents on a special file", at: at + INODE_EXTENTS_OFF });
         }
         let xattr = Xattrs::load(dev, geo, raw.xattr.get(), ino, at + off!(RawInode, xattr))?;
-        let inode = Inode { ino, attr, ext, dir: None, xattr, open: 0, freed: false, writing: None, tail_clean: false };
+        let lane = raw.lane.get();
+        if lane != 0 && (!geo.lanes || !mode::is_reg(m) || lane - 1 > crate::MAX_FILE_SIZE) {
+            return Err(Error::Corrupt { what: "inode lane", at: at + off!(RawInode, lane) });
+        }
+        let inode =
+            Inode { ino, attr, ext, dir: None, xattr, open: 0, freed: false, writing: None, tail_clean: false, lane };
         if mode::is_dir(m) {
             inode.check_dir_map(geo)?;
         }
@@ -301,7 +310,7 @@ impl Inode {
             ext_next: self.ext.first_block().into(),
             xattr: self.xattr.block.into(),
             extents: Default::default(),
-            reserved: [0; 8],
+            lane: 0.into(),
         };
         r.extents = Default::default();
         r
@@ -313,10 +322,12 @@ impl Inode {
         tx.put(geo.inode_at(self.ino), &self.raw().as_bytes()[..INODE_ATTR_LEN]);
     }
 
-    /// Logs the whole slot of a new inode (clearing whatever a previous owner left in it).
+    /// Logs the whole slot of a new inode (clearing whatever a previous owner left in it) but
+    /// its lane, which the journal never writes (a replayed record would overwrite a client's
+    /// later store); a slot is freed only with its lane 0.
     pub fn log_new(&self, geo: &Geometry, tx: &mut Tx) {
         tx.changes_inode(self.ino);
-        tx.put_obj(geo.inode_at(self.ino), &self.raw());
+        tx.put(geo.inode_at(self.ino), &self.raw().as_bytes()[..crate::layout::INODE_LANE_OFF as usize]);
     }
 
     /// Logs the slot as free.

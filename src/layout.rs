@@ -29,8 +29,12 @@ pub const VERSION: u32 = 1;
 /// Inodes may name an extended-attribute block (`RawInode::xattr`). Incompatible: a reader
 /// without it would take such an inode for damage.
 pub const FEATURE_INCOMPAT_XATTR: u64 = 1;
+/// Inodes may hold a lane (`RawInode::lane`): the size a direct client has appended up to,
+/// which recovery folds into the size. Incompatible: a reader without it would lose appends
+/// that returned.
+pub const FEATURE_INCOMPAT_LANES: u64 = 2;
 /// Incompatible feature bits this udax knows; an image with any other is refused.
-pub const FEATURES_INCOMPAT_KNOWN: u64 = FEATURE_INCOMPAT_XATTR;
+pub const FEATURES_INCOMPAT_KNOWN: u64 = FEATURE_INCOMPAT_XATTR | FEATURE_INCOMPAT_LANES;
 /// Read-only-compatible feature bits this udax knows; an image with any other opens read-only.
 pub const FEATURES_RO_COMPAT_KNOWN: u64 = 0;
 
@@ -239,10 +243,15 @@ pub struct RawInode {
     pub xattr: U64,
     /// The first extents of the map, in file order; empty slots are all zero.
     pub extents: [RawExtent; INLINE_EXTENTS],
-    /// Zero.
-    pub reserved: [u8; 8],
+    /// The lane of a regular file that a direct client appends to under a lease: 0 when none,
+    /// else 1 + the size the client's returned appends reach. Stored by the client with one
+    /// atomic store, never through the journal (DESIGN.md "Appends by lease"). Nonzero only on
+    /// images with [`FEATURE_INCOMPAT_LANES`].
+    pub lane: U64,
 }
 const _: () = assert!(core::mem::size_of::<RawInode>() == INODE_SIZE as usize);
+/// Offset of the lane word within an inode; what the journal writes of an inode ends before it.
+pub const INODE_LANE_OFF: u64 = off!(RawInode, lane);
 /// Bytes of an inode that hold its attributes (before the extent slots).
 pub const INODE_ATTR_LEN: usize = 128;
 /// Offset of the inline extent slots within an inode.
@@ -420,6 +429,8 @@ pub struct Geometry {
     pub data_blocks: u64,
     /// The image carries the extended-attribute feature flag (every image mkfs makes now does).
     pub xattr: bool,
+    /// The image carries the lanes feature flag (every image mkfs makes now does).
+    pub lanes: bool,
 }
 
 impl Geometry {
@@ -490,6 +501,7 @@ impl Geometry {
             data_start: data_off / bs,
             data_blocks,
             xattr: true,
+            lanes: true,
         })
     }
 
@@ -535,7 +547,8 @@ impl Geometry {
         if sb.root_ino.get() != ROOT_INO {
             return Err(Error::Corrupt { what: "superblock root inode", at: at + off!(RawSuperblock, root_ino) });
         }
-        Ok(Geometry { xattr: sb.features_incompat.get() & FEATURE_INCOMPAT_XATTR != 0, ..g })
+        let f = sb.features_incompat.get();
+        Ok(Geometry { xattr: f & FEATURE_INCOMPAT_XATTR != 0, lanes: f & FEATURE_INCOMPAT_LANES != 0, ..g })
     }
 
     /// The superblock that describes this geometry, with its checksum.
@@ -548,7 +561,9 @@ impl Geometry {
             version: VERSION.into(),
             block_size: (self.block_size as u32).into(),
             features_compat: 0.into(),
-            features_incompat: if self.xattr { FEATURE_INCOMPAT_XATTR } else { 0 }.into(),
+            features_incompat: (if self.xattr { FEATURE_INCOMPAT_XATTR } else { 0 }
+                | if self.lanes { FEATURE_INCOMPAT_LANES } else { 0 })
+            .into(),
             features_ro_compat: 0.into(),
             size_bytes: self.size_bytes.into(),
             journal_len: self.journal_len.into(),

@@ -13,7 +13,7 @@
 
 use std::sync::Arc;
 
-use zerocopy::FromZeros;
+use zerocopy::{FromZeros, IntoBytes};
 
 use crate::dir::DT_DIR;
 use crate::error::{Error, Result};
@@ -79,8 +79,9 @@ impl Fs {
         for &(ino, what, at) in &damaged {
             let raw: RawInode = self.inner.dev.read_obj(geo.inode_at(ino))?;
             let free = RawInode { generation: raw.generation, ..RawInode::new_zeroed() };
+            self.clear_lane(ino)?;
             let mut tx = Tx::new();
-            tx.put_obj(geo.inode_at(ino), &free);
+            tx.put(geo.inode_at(ino), &free.as_bytes()[..crate::layout::INODE_LANE_OFF as usize]);
             head = Some(self.commit(&tx)?);
             wr(&self.inner.damaged).remove(&ino);
             done.push(Repair { kind: "damaged inode", ino, detail: format!("cleared (bad {what} at byte {at:#x})") });

@@ -50,7 +50,7 @@ fn design_byte_tables_match_the_structs() {
         (
             "Inode",
             fields!(RawInode; mode, nlink, uid, gid, size, generation, flags, mtime, ctime, atime,
-                crtime, rdev, parent, ext_next, xattr, extents, reserved),
+                crtime, rdev, parent, ext_next, xattr, extents, lane),
         ),
         ("Extent", fields!(RawExtent; logical, physical, len, flags)),
         ("Extended-attribute block", fields!(RawXattrHeader; magic, count, reserved, owner)),
@@ -69,6 +69,6 @@ fn a_wrong_table_is_caught() {
     assert_ne!(
         table(&broken, "Inode"),
         fields!(RawInode; mode, nlink, uid, gid, size, generation, flags, mtime,
-        ctime, atime, crtime, rdev, parent, ext_next, xattr, extents, reserved)
+        ctime, atime, crtime, rdev, parent, ext_next, xattr, extents, lane)
     );
 }

@@ -221,12 +221,12 @@ fn extended_attributes_survive_remount_and_go_with_their_inode() {
 /// and setxattr is EOPNOTSUPP instead of writing a block their readers would take for damage.
 #[test]
 fn images_without_the_xattr_feature_refuse_attributes() {
-    use udax::layout::{superblock_crc, RawSuperblock, FEATURE_INCOMPAT_XATTR};
+    use udax::layout::{superblock_crc, RawSuperblock, FEATURE_INCOMPAT_LANES, FEATURE_INCOMPAT_XATTR};
     let fs = fresh();
     fs.write_file("/f", b"x").unwrap();
     let dev = fs.unmount().unwrap().unwrap();
     let mut sb: RawSuperblock = dev.read_obj(0).unwrap();
-    assert_eq!(sb.features_incompat.get(), FEATURE_INCOMPAT_XATTR);
+    assert_eq!(sb.features_incompat.get(), FEATURE_INCOMPAT_XATTR | FEATURE_INCOMPAT_LANES);
     sb.features_incompat = 0.into();
     sb.crc = superblock_crc(&sb).into();
     dev.write_obj(0, &sb).unwrap();

@@ -121,6 +121,11 @@ fn serve(a: &MountArgs, opts: &MountOptions, report: bool) -> CliResult {
     };
     let signals = signal_hook::iterator::Signals::new([libc::SIGINT, libc::SIGTERM, libc::SIGHUP]);
     let mut signals = signals.map_err(|e| fail(Failure::plain(CMD, format!("signal handlers: {e}"))))?;
+    if opts.direct && !opts.read_only {
+        // Before the image's recovery folds the lanes of files a previous server's clients
+        // appended to: none of them may store there any more.
+        udax_fuse::retire_previous(&a.image).map_err(|e| fail(Failure::new(CMD, a.image.display(), e)))?;
+    }
     let open = if opts.read_only { open_image_read_only } else { open_image };
     let fs = open(CMD, &a.image).map_err(fail)?;
     let keep = fs.clone();

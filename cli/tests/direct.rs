@@ -171,8 +171,12 @@ fn direct_writes_are_durable_and_seen_by_readers_through_the_mount() {
     same(&mount_read(&reader, 0, 100_000), &expected, "a reader through the mount after the direct write");
     same(&direct_read(&client, &f, &mut cache, 0, 100_000), &expected, "a direct reader");
     assert!(f.metadata().unwrap().modified().unwrap() > before, "the write moved mtime");
-    // Past EOF, or into a hole: the mount's (the caller then writes through it).
-    assert_eq!(client.write_at(f.as_fd(), ino, &mut cache, b"x", 100_000).unwrap(), Served::PassThrough);
+    // At EOF: under a lease, direct too, and the mount's size and bytes follow at once.
+    assert_eq!(client.write_at(f.as_fd(), ino, &mut cache, b"x", 100_000).unwrap(), Served::Bytes(1));
+    expected.push(b'x');
+    assert_eq!(reader.metadata().unwrap().len(), 100_001, "the size through the mount");
+    same(&mount_read(&reader, 0, 100_001), &expected, "a reader through the mount after the append");
+    // Into a hole: the mount's (the caller then writes through it).
     f.set_len(1 << 20).unwrap();
     assert_eq!(client.write_at(f.as_fd(), ino, &mut cache, b"x", 500_000).unwrap(), Served::PassThrough);
     drop((f, reader, client));
@@ -180,11 +184,11 @@ fn direct_writes_are_durable_and_seen_by_readers_through_the_mount() {
     m.unmount();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_udax")).arg("cat").arg(&m.img).arg("/w").output().unwrap();
     assert!(out.status.success());
-    same(&out.stdout[..100_000], &expected, "the image after unmount");
+    same(&out.stdout[..100_001], &expected, "the image after unmount");
 }
 
 #[test]
-fn udax_run_stores_overwrites_directly_and_passes_growth_on() {
+fn udax_run_stores_overwrites_and_appends_directly_and_passes_o_append_on() {
     if !can_mount() {
         return;
     }
@@ -212,7 +216,7 @@ fn udax_run_stores_overwrites_directly_and_passes_growth_on() {
     {
         assert!(stderr.contains(served), "{served}: {stderr}");
     }
-    assert!(stderr.contains("pwrite64(fd 3, 4 at 20000): passed on"), "growth goes through the mount: {stderr}");
+    assert!(stderr.contains("pwrite64(fd 3, 4 at 20000): direct"), "growth under a lease: {stderr}");
     assert!(!stderr.contains("write(fd 3, 4 at"), "an O_APPEND write is the mount's: {stderr}");
     // A reader without the library, through the mount, sees all of it.
     let mut want = vec![b'.'; 20_000];
@@ -222,17 +226,30 @@ fn udax_run_stores_overwrites_directly_and_passes_growth_on() {
     same(&std::fs::read(&path).unwrap(), &want, "the file through the mount");
 }
 
-/// A python3 writer under `udax run`: overwrites block `i % blocks` of `path` with the number
-/// `i` (8 bytes, repeated over 4 KiB), printing `i` once pwrite returned; on an error, prints
-/// `error ERRNO` and stops.
-fn numbered_writer(m: &Mounted, path: &std::path::Path, blocks: u64) -> std::process::Child {
+/// What a numbered writer does with write `i`.
+#[derive(Debug, Clone, Copy)]
+enum Writes {
+    /// Overwrites block `i % blocks` of a file that holds them.
+    Over { blocks: u64 },
+    /// Appends block `i` with write(2) (under a lease).
+    Append,
+}
+
+/// A python3 writer under `udax run`: stores the number `i` (8 bytes, repeated over 4 KiB) as
+/// `how` says, printing `i` once the call returned; on an error, prints `error ERRNO` and stops.
+fn numbered_writer(m: &Mounted, path: &std::path::Path, how: Writes) -> std::process::Child {
+    let (open, store) = match how {
+        Writes::Over { blocks } => ("os.O_RDWR", format!("os.pwrite(fd, b, (i % {blocks}) * 4096)")),
+        Writes::Append => ("os.O_WRONLY | os.O_CREAT", "os.write(fd, b)".to_string()),
+    };
     let script = format!(
         "import os, sys\n\
-         fd = os.open('{p}', os.O_RDWR)\n\
+         fd = os.open('{p}', {open})\n\
          i = 0\n\
          while True:\n\
+         \x20   b = i.to_bytes(8, 'little') * 512\n\
          \x20   try:\n\
-         \x20       os.pwrite(fd, i.to_bytes(8, 'little') * 512, (i % {blocks}) * 4096)\n\
+         \x20       {store}\n\
          \x20   except OSError as e:\n\
          \x20       print('error', e.errno, flush=True)\n\
          \x20       break\n\
@@ -240,19 +257,33 @@ fn numbered_writer(m: &Mounted, path: &std::path::Path, blocks: u64) -> std::pro
          \x20   i += 1\n",
         p = path.display()
     );
+    let trace = std::fs::File::create(m.img.with_file_name("writer.trace")).unwrap();
     under_run(m, "python3")
         .args(["-c", &script])
+        .env("UDAX_DIRECT_TRACE", "1")
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
+        .stderr(trace)
         .spawn()
         .unwrap()
+}
+
+/// Checks that the numbered writer's first writes were served directly.
+#[track_caller]
+fn wrote_directly(m: &Mounted, how: Writes) {
+    let trace = std::fs::read_to_string(m.img.with_file_name("writer.trace")).unwrap();
+    let first = match how {
+        Writes::Over { .. } => "pwrite64(fd 3, 4096 at 0): direct",
+        Writes::Append => "write(fd 3, 4096 at 4096): direct",
+    };
+    assert!(trace.contains(first), "{how:?}: not direct: {}", &trace[..trace.len().min(2000)]);
 }
 
 /// Checks that each block of `data` holds writes at least as new as the last one reported for
 /// it, word by word: a write that had not returned when the writer died may have landed in part
 /// (an overwrite is not atomic), but nothing older than a returned write may show.
 #[track_caller]
-fn holds_returned_writes(data: &[u8], reported: &[u64], blocks: u64) {
+fn holds_returned_writes(data: &[u8], reported: &[u64], how: Writes) {
+    let Writes::Over { blocks } = how else { return holds_returned_appends(data, reported) };
     let mut last = vec![None; blocks as usize];
     for &i in reported {
         last[(i % blocks) as usize] = Some(i);
@@ -269,17 +300,47 @@ fn holds_returned_writes(data: &[u8], reported: &[u64], blocks: u64) {
     }
 }
 
+/// Checks that `data` holds every returned append whole, in order, and only appends: block `i`
+/// holds `i`. An append that had not returned may be there too (then whole: the size moves
+/// only after the bytes are stored).
+#[track_caller]
+fn holds_returned_appends(data: &[u8], reported: &[u64]) {
+    assert_eq!(data.len() % 4096, 0, "the size is a whole number of appends");
+    assert!(data.len() / 4096 >= reported.len(), "{} blocks, {} appends returned", data.len() / 4096, reported.len());
+    for (b, block) in data.chunks(4096).enumerate() {
+        assert!(
+            block.chunks(8).all(|w| u64::from_le_bytes(w.try_into().unwrap()) == b as u64),
+            "block {b} does not hold append {b}"
+        );
+    }
+}
+
+/// The file a numbered writer works on, made for `how`.
+fn numbered_file(m: &Mounted, name: &str, how: Writes) -> std::path::PathBuf {
+    let path = m.mnt.join(name);
+    let blocks = match how {
+        Writes::Over { blocks } => blocks,
+        Writes::Append => 0,
+    };
+    std::fs::write(&path, vec![0u8; blocks as usize * 4096]).unwrap();
+    path
+}
+
 #[test]
 fn a_client_killed_mid_write_loses_only_what_had_not_returned() {
     if !can_mount() {
         return;
     }
+    for how in [Writes::Over { blocks: 256 }, Writes::Append] {
+        killed_mid_write(how);
+    }
+}
+
+fn killed_mid_write(how: Writes) {
     use std::io::BufRead;
     let m = Mounted::new("64M");
-    let path = m.mnt.join("k");
-    let blocks = 256;
-    std::fs::write(&path, vec![0u8; blocks as usize * 4096]).unwrap();
-    let mut child = numbered_writer(&m, &path, blocks);
+    let path = numbered_file(&m, "k", how);
+    let mut child = numbered_writer(&m, &path, how);
     let mut reported = Vec::new();
     for line in std::io::BufReader::new(child.stdout.take().unwrap()).lines() {
         reported.push(line.unwrap().parse::<u64>().expect("a write failed"));
@@ -289,7 +350,8 @@ fn a_client_killed_mid_write_loses_only_what_had_not_returned() {
         }
     }
     child.wait().unwrap();
-    holds_returned_writes(&std::fs::read(&path).unwrap(), &reported, blocks);
+    wrote_directly(&m, how);
+    holds_returned_writes(&std::fs::read(&path).unwrap(), &reported, how);
     // The dead writer's slot holds nothing back: a truncate's blocks come back for a new file.
     std::fs::File::options().write(true).open(&path).unwrap().set_len(0).unwrap();
     std::fs::write(m.mnt.join("after"), vec![7u8; 1 << 20]).unwrap();
@@ -302,13 +364,19 @@ fn a_killed_server_stops_direct_writers_and_the_next_server_takes_over() {
     if !can_mount() {
         return;
     }
+    for how in [Writes::Over { blocks: 64 }, Writes::Append] {
+        killed_server(how);
+    }
+}
+
+/// A server killed while `how` writes directly: the writer stops with ENOTCONN, and the next
+/// server (which folds a lane the writer appended through) holds every returned write.
+fn killed_server(how: Writes) {
     use std::io::BufRead;
     let m = Mounted::new("64M");
     let server = server_pid(&m.img).expect("a server holds the image");
-    let path = m.mnt.join("s");
-    let blocks = 64;
-    std::fs::write(&path, vec![0u8; blocks as usize * 4096]).unwrap();
-    let mut child = numbered_writer(&m, &path, blocks);
+    let path = numbered_file(&m, "s", how);
+    let mut child = numbered_writer(&m, &path, how);
     let (mut reported, mut errno) = (Vec::new(), None);
     let lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
     for line in lines.map_while(Result::ok) {
@@ -326,12 +394,17 @@ fn a_killed_server_stops_direct_writers_and_the_next_server_takes_over() {
         }
     }
     child.wait().unwrap();
-    assert_eq!(errno, Some(libc::ENOTCONN), "the writer's next write failed as the mount does");
+    wrote_directly(&m, how);
+    // ECONNABORTED when its request was in flight as the server died.
+    assert!(
+        matches!(errno, Some(libc::ENOTCONN | libc::ECONNABORTED)),
+        "{how:?}: the writer's next write failed as the mount does, not with {errno:?}"
+    );
     let _ = std::process::Command::new("umount").arg("-l").arg(&m.mnt).status();
     wait_released(&m.img);
     // The next server retires the table the killed one left, and serves.
     ok(&[std::ffi::OsStr::new("mount"), m.img.as_os_str(), m.mnt.as_os_str()]);
-    holds_returned_writes(&std::fs::read(&path).unwrap(), &reported, blocks);
+    holds_returned_writes(&std::fs::read(&path).unwrap(), &reported, how);
     m.unmount();
     fsck_clean(&m.img);
 }

@@ -65,6 +65,13 @@ pub struct CachedMap {
     generation: Option<u64>,
     size: u64,
     extents: Vec<MapExtent>,
+    /// The device offset of the file's lane while a client appends under a lease (0: none).
+    lane: u64,
+    /// The lease this open file holds on the file's growth: the generation it holds in and the
+    /// byte it reaches (DESIGN.md "Appends by lease").
+    lease: Option<(u64, u64)>,
+    /// The tick in which the mount last refused this open file a lease.
+    refused_in: Option<Timespec>,
     /// The coarse-clock tick of this process's last direct write to the file.
     written_in: Option<Timespec>,
     /// The tick in which a write last found the map (fresh) unfit for a direct store: until the
@@ -135,7 +142,7 @@ impl Mount {
                 self.refresh(fd, cache)?;
                 continue;
             }
-            let end = off.saturating_add(buf.len() as u64).min(cache.size);
+            let end = off.saturating_add(buf.len() as u64).min(self.size(cache));
             let n = end.saturating_sub(off) as usize;
             if self.copy_out(cache, &mut buf[..n], off).is_err() {
                 return Ok(Served::PassThrough);
@@ -170,8 +177,14 @@ impl Mount {
             if !self.live() {
                 return Ok(Served::PassThrough);
             }
-            let unfit = end > cache.size || !self.all_written(cache, off, end);
-            if cache.generation.is_some() && unfit && cache.checked_in == Some(tick) {
+            let unfit = if end > self.size(cache) {
+                !self.leased(cache, off, end, tick)
+            } else {
+                !self.all_written(cache, off, end)
+            };
+            // A lease newer than the map: the map is refreshed below.
+            let newer = cache.lease.is_some_and(|(g, _)| Some(g) != cache.generation);
+            if cache.generation.is_some() && unfit && !newer && cache.checked_in == Some(tick) {
                 // Growth, or blocks not written, as the map says (it may be old, but passing
                 // on is always right): the mount's, without a round trip to refresh the map
                 // more than once a tick.
@@ -191,7 +204,26 @@ impl Mount {
                 cache.checked_in = Some(tick);
                 continue;
             }
-            if end > cache.size || !self.all_written(cache, off, end) {
+            let size = self.size(cache);
+            let growth = end > size;
+            if growth && cache.lease.is_none_or(|(g, reach)| g != generation || end > reach) {
+                // Growth: under a lease of this open file's, or through the mount.
+                self.table.leave(slot);
+                if !self.leased(cache, off, end, tick) {
+                    return Ok(Served::PassThrough);
+                }
+                match crate::sys::lease(fd, end) {
+                    Ok(l) if l.version == direct::VERSION => cache.lease = Some((l.generation, l.end)),
+                    // Refused (mapped through the kernel, preallocated past EOF, an image
+                    // without lanes), or a server gone: the mount's, and it says which.
+                    _ => {
+                        cache.refused_in = Some(tick);
+                        return Ok(Served::PassThrough);
+                    }
+                }
+                continue;
+            }
+            if !self.all_written(cache, off, end) {
                 self.table.leave(slot);
                 cache.checked_in = Some(tick);
                 return Ok(Served::PassThrough);
@@ -205,11 +237,51 @@ impl Mount {
                 cache.written_in = Some(tick);
                 continue;
             }
-            let stored = self.copy_in(cache, data, off);
+            let stored = if growth { self.append(cache, data, off, size) } else { self.copy_in(cache, data, off) };
             self.table.leave(slot);
             return Ok(if stored.is_ok() { Served::Bytes(data.len()) } else { Served::PassThrough });
         }
         Ok(Served::PassThrough)
+    }
+
+    /// The file's size as `cache` and the file's lane give it: the lane holds the size a
+    /// lease holder's returned appends reach, stored after their bytes.
+    fn size(&self, cache: &CachedMap) -> u64 {
+        let lane = if cache.lane == 0 { 0 } else { self.image.load_word(cache.lane).unwrap_or(0) };
+        cache.size.max(lane.saturating_sub(1))
+    }
+
+    /// Whether a write of `[off, end)` growing the file may be served under a lease: one held
+    /// that reaches `end`, or one worth asking for (not refused in this tick, and the write
+    /// starts inside the file or what the lease reaches: a write far past EOF leaves a hole,
+    /// which only the mount keeps sparse).
+    fn leased(&self, cache: &CachedMap, off: u64, end: u64, tick: Timespec) -> bool {
+        let held = cache.lease.filter(|&(g, _)| Some(g) == cache.generation);
+        if held.is_some_and(|(_, reach)| end <= reach) {
+            return true;
+        }
+        let reach = held.map_or(0, |(_, reach)| reach).max(self.size(cache));
+        cache.refused_in != Some(tick) && off <= reach
+    }
+
+    /// Stores `data` at `off`, past the file's `size`, in blocks this open file's lease reserved:
+    /// the gap from `size` first (zeros: the blocks hold what their last owner left), then the
+    /// bytes, then the new size into the lane, each durable before the next.
+    fn append(&self, cache: &CachedMap, data: &[u8], off: u64, size: u64) -> udax::Result<()> {
+        if off > size {
+            self.zero_in(cache, size, off)?;
+        }
+        self.copy_in(cache, data, off)?;
+        let end = off + data.len() as u64;
+        if cache.lane != 0 {
+            self.image.raise_word_durable(cache.lane, end + 1)?;
+        }
+        Ok(())
+    }
+
+    /// Zeroes file bytes `[off, end)` through `cache`'s extents (all written), durable.
+    fn zero_in(&self, cache: &CachedMap, off: u64, end: u64) -> udax::Result<()> {
+        self.each_piece(cache, off, end, |at, s, t| self.image.zero_durable(at, t - s))
     }
 
     /// This process's writer slot, claimed on first use (and again in a child of a fork).
@@ -245,13 +317,26 @@ impl Mount {
 
     /// Stores `data` at file offset `off` through `cache`'s extents (all written), durable.
     fn copy_in(&self, cache: &CachedMap, data: &[u8], off: u64) -> udax::Result<()> {
-        let bs = self.block_size;
         let end = off + data.len() as u64;
+        self.each_piece(cache, off, end, |at, s, t| {
+            self.image.write_durable(at, &data[(s - off) as usize..(t - off) as usize])
+        })
+    }
+
+    /// Calls `f(device offset, file start, file end)` for each piece of file bytes `[off, end)`
+    /// that one extent of `cache` holds.
+    fn each_piece(
+        &self,
+        cache: &CachedMap,
+        off: u64,
+        end: u64,
+        mut f: impl FnMut(u64, u64, u64) -> udax::Result<()>,
+    ) -> udax::Result<()> {
+        let bs = self.block_size;
         let first = cache.extents.partition_point(|e| (e.logical + e.blocks) * bs <= off);
         for e in cache.extents[first..].iter().take_while(|e| e.logical * bs < end) {
             let (s, t) = ((e.logical * bs).max(off), ((e.logical + e.blocks) * bs).min(end));
-            let at = e.physical + (s - e.logical * bs);
-            self.image.write_durable(at, &data[(s - off) as usize..(t - off) as usize])?;
+            f(e.physical + (s - e.logical * bs), s, t)?;
         }
         Ok(())
     }
@@ -260,7 +345,7 @@ impl Mount {
     /// between pages; the caller checks the generation anyway).
     fn refresh(&self, fd: BorrowedFd<'_>, cache: &mut CachedMap) -> std::io::Result<()> {
         let first = crate::sys::map(fd, 0)?;
-        let (generation, size) = (first.generation, first.size);
+        let (generation, size, lane) = (first.generation, first.size, first.lane);
         let mut extents = first.extents().to_vec();
         let mut next = first.next_block;
         while next != u64::MAX {
@@ -272,7 +357,7 @@ impl Mount {
             extents.extend_from_slice(page.extents());
             next = page.next_block;
         }
-        *cache = CachedMap { generation: Some(generation), size, extents, ..*cache };
+        *cache = CachedMap { generation: Some(generation), size, extents, lane, ..*cache };
         Ok(())
     }
 

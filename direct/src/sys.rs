@@ -1,9 +1,9 @@
-//! The client's system calls that take raw pointers: the two direct-access ioctls. All of the
+//! The client's system calls that take raw pointers: the direct-access ioctls. All of the
 //! crate's unsafe code for talking to the kernel is here.
 
 use std::os::fd::{AsRawFd, BorrowedFd};
 
-use udax::direct::{InfoReply, MapIo, IOC_INFO, IOC_KERNEL_MAP, IOC_MAP, IOC_WRITING};
+use udax::direct::{InfoReply, LeaseIo, MapIo, IOC_INFO, IOC_KERNEL_MAP, IOC_LEASE, IOC_MAP, IOC_WRITING};
 use zerocopy::FromZeros;
 
 /// Asks the mount for where its image and table are (ENOTTY: not a udax mount, or one that
@@ -25,6 +25,18 @@ pub(crate) fn map(fd: BorrowedFd<'_>, from_block: u64) -> std::io::Result<MapIo>
     // SAFETY: IOC_MAP is an _IOWR of `size_of::<MapIo>()` bytes: the kernel reads and writes at
     // most that many bytes of `io`, a live, exclusively borrowed value of exactly that size.
     let rc = unsafe { libc::ioctl(fd.as_raw_fd(), IOC_MAP as libc::c_ulong, &raw mut io) };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(io)
+}
+
+/// Asks the mount for a lease on the file's growth up to `want` bytes.
+pub(crate) fn lease(fd: BorrowedFd<'_>, want: u64) -> std::io::Result<LeaseIo> {
+    let mut io = LeaseIo { want, ..LeaseIo::default() };
+    // SAFETY: IOC_LEASE is an _IOWR of `size_of::<LeaseIo>()` bytes: the kernel reads and writes
+    // at most that many bytes of `io`, a live, exclusively borrowed value of exactly that size.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), IOC_LEASE as libc::c_ulong, &raw mut io) };
     if rc < 0 {
         return Err(std::io::Error::last_os_error());
     }

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 use fuser::Errno;
-use udax::direct::{self, DirectTable, InfoReply, MapIo};
+use udax::direct::{self, DirectTable, InfoReply, LeaseIo, MapIo};
 use udax::Fs;
 use zerocopy::{FromBytes, FromZeros, IntoBytes};
 
@@ -31,6 +31,10 @@ impl Published {
     }
 }
 
+/// The session's notifier, for dropping the kernel's cached attributes of a file whose size a
+/// lease lets a client change (one mount per process).
+pub(crate) static NOTIFIER: std::sync::OnceLock<fuser::Notifier> = std::sync::OnceLock::new();
+
 /// How long a new server waits for the direct writes a previous server's clients still run.
 const RETIRE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -40,14 +44,12 @@ fn table_path(image: &std::fs::Metadata) -> PathBuf {
     PathBuf::from(format!("/dev/shm/udax-direct.{:x}.{:x}", image.dev(), image.ino()))
 }
 
-/// Makes the table (with the image's owner and permission bits, so that whoever may open the
-/// image read-write may open it) and has `fs` publish its map generations there. A table a
-/// previous server left (killed, or died) is retired first: its clients stop, and writes they
-/// still run end before this server allocates (ErrorKind::ResourceBusy when they do not).
-pub(crate) fn publish(fs: &Fs, image: &Path) -> std::io::Result<Published> {
-    let meta = std::fs::metadata(image)?;
-    let geo = fs.geometry();
-    let path = table_path(&meta);
+/// Retires the table a previous server of `image` left (killed, or died): its clients stop,
+/// and writes they still run end (ErrorKind::ResourceBusy when they do not). `udax mount` calls
+/// it before it opens the image, so that the mount's recovery folds lanes no client stores to
+/// any more; [`session`](crate::session) calls it again (a no-op then).
+pub fn retire_previous(image: &Path) -> std::io::Result<()> {
+    let path = table_path(&std::fs::metadata(image)?);
     if path.exists() {
         if let Ok(old) = DirectTable::open(&path, true) {
             if old.retire(RETIRE_WAIT).is_err() {
@@ -63,6 +65,17 @@ pub(crate) fn publish(fs: &Fs, image: &Path) -> std::io::Result<Published> {
         }
         std::fs::remove_file(&path)?;
     }
+    Ok(())
+}
+
+/// Makes the table (with the image's owner and permission bits, so that whoever may open the
+/// image read-write may open it) and has `fs` publish its map generations there. A table a
+/// previous server left is retired first ([`retire_previous`]).
+pub(crate) fn publish(fs: &Fs, image: &Path) -> std::io::Result<Published> {
+    retire_previous(image)?;
+    let meta = std::fs::metadata(image)?;
+    let geo = fs.geometry();
+    let path = table_path(&meta);
     let table = DirectTable::create(&path, geo.inode_count, meta.mode() & 0o666).map_err(io_error)?;
     // A root server serving someone else's image hands the table to the image's owner.
     if rustix::process::geteuid().is_root() {
@@ -110,6 +123,18 @@ pub(crate) fn ioctl(
             // anyone but root; FUSE does not send capabilities).
             fs.note_direct_write(ino, caller != 0).map_err(|e| Errno::from_i32(e.errno()))?;
             Ok(Vec::new())
+        }
+        direct::IOC_LEASE => {
+            let req = LeaseIo::read_from_prefix(input).map_err(|_| Errno::EINVAL)?.0;
+            let lease = fs.lease(ino, fh, req.want).map_err(|e| Errno::from_i32(e.errno()))?;
+            // The size the kernel may have cached stops being the file's once the holder
+            // appends. Every request that returns a size ends the lease first, so a size
+            // cached after this is right until the next lease (a reply racing with this is
+            // not cached: the kernel counts attribute versions).
+            if let Some(n) = NOTIFIER.get() {
+                let _ = n.inval_inode(fuser::INodeNo(ino), -1, 0);
+            }
+            Ok(lease.as_bytes().to_vec())
         }
         direct::IOC_KERNEL_MAP => {
             if p.kernel_mapped.lock().unwrap_or_else(PoisonError::into_inner).insert(fh) {

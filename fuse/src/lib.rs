@@ -20,6 +20,7 @@ mod poll;
 pub mod snapshot;
 
 pub use attach::{detach, FS_TYPE};
+pub use direct::retire_previous;
 
 use fuser::{
     AccessFlags, Config, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
@@ -151,9 +152,11 @@ pub fn session(
         },
         _ => None,
     };
-    fuser::Session::from_fd(UdaxFuse { fs, poller, direct }, fd, c.acl, c).inspect_err(|_| {
+    let session = fuser::Session::from_fd(UdaxFuse { fs, poller, direct }, fd, c.acl, c).inspect_err(|_| {
         let _ = detach(dir, true);
-    })
+    })?;
+    let _ = direct::NOTIFIER.set(session.notifier());
+    Ok(session)
 }
 
 /// What to do when the host fills up (see [`session`]): one mount per process.

@@ -72,7 +72,7 @@ impl Fs {
     /// Reads up to `buf.len()` bytes at `off`; stops at EOF. Holes and unwritten extents read
     /// as zeros.
     pub fn read(&self, ino: u64, buf: &mut [u8], off: u64) -> Result<usize> {
-        self.read_node(&*self.node(ino)?, off, buf)
+        self.read_node(&*self.settled(ino)?, off, buf)
     }
 
     pub(crate) fn read_node(&self, n: &Node, off: u64, buf: &mut [u8]) -> Result<usize> {
@@ -127,19 +127,19 @@ impl Fs {
     /// Writes `data` at `off` (growing the file past EOF); durable on return. Returns the
     /// bytes written, short only when the device filled after some of them.
     pub fn write(&self, ino: u64, data: &[u8], off: u64) -> Result<usize> {
-        self.write_node(&*self.node(ino)?, Some(off), data, false)
+        self.write_node(&*self.settled(ino)?, Some(off), data, false)
     }
 
     /// As [`Fs::write`], for a caller without CAP_FSETID (a front end serving other processes):
     /// the file's set-user-ID bit, and its set-group-ID bit when group-executable, go in the
     /// transaction of the write's first chunk, as Linux drops them.
     pub fn write_dropping_set_id(&self, ino: u64, data: &[u8], off: u64) -> Result<usize> {
-        self.write_node(&*self.node(ino)?, Some(off), data, true)
+        self.write_node(&*self.settled(ino)?, Some(off), data, true)
     }
 
     /// Appends `data` at EOF atomically with respect to other writers (O_APPEND).
     pub fn append(&self, ino: u64, data: &[u8]) -> Result<usize> {
-        self.write_node(&*self.node(ino)?, None, data, false)
+        self.write_node(&*self.settled(ino)?, None, data, false)
     }
 
     /// Writes at `off`, or at EOF when `off` is `None`; `drop_set_id` as in
@@ -429,7 +429,7 @@ impl Fs {
     /// Sets the size of a regular file (DESIGN.md "Space"): down frees whole blocks past the new last block
     /// and then zeroes its tail; up leaves `[old EOF, new EOF)` reading zero.
     pub fn truncate(&self, ino: u64, size: u64) -> Result<()> {
-        self.truncate_node(&*self.node(ino)?, size)
+        self.truncate_node(&*self.settled(ino)?, size)
     }
 
     pub(crate) fn truncate_node(&self, n: &Node, size: u64) -> Result<()> {
@@ -521,7 +521,7 @@ impl Fs {
     /// Makes a file's data and metadata durable across power loss (every return is already
     /// durable against a process crash).
     pub fn fsync(&self, ino: u64) -> Result<()> {
-        self.flush_mapped(&*self.node(ino)?)?;
+        self.flush_mapped(&*self.settled(ino)?)?;
         self.sync()
     }
 }

@@ -41,6 +41,9 @@ impl Fs {
         m.generation = self.inner.direct.get().map_or(Ok(0), |p| p.table.generation(ino))?;
         m.size = g.attr.size;
         m.next_block = u64::MAX;
+        if self.inner.direct.get().and_then(|p| p.lease(ino)).is_some() {
+            m.lane = self.inner.geo.inode_at(ino) + crate::layout::INODE_LANE_OFF;
+        }
         let bs = self.inner.geo.block_size;
         for e in g.ext.iter().filter(|e| e.end() > from_block) {
             if m.count as usize == crate::direct::MAP_EXTENTS {
@@ -65,12 +68,18 @@ impl Fs {
     /// direct writes that may have checked the word before it changed. No-op without a table.
     pub fn note_kernel_map(&self, ino: u64, mapped: bool) {
         let Some(p) = self.inner.direct.get() else { return };
+
         let mut maps = lock(&p.kernel_maps);
         if mapped {
             *maps.entry(ino).or_insert(0) += 1;
             p.table.set_kernel_mapped(ino, true);
             drop(maps);
             p.wait_for_writers(&self.inner.alloc);
+            // No lease is granted from here on; one granted before ends, so that the pages the
+            // kernel fills through the mount hold its appends.
+            if let Ok(n) = self.node(ino) {
+                let _ = self.settle(&n);
+            }
         } else if let Some(n) = maps.get_mut(&ino) {
             *n -= 1;
             if *n == 0 {

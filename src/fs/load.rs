@@ -57,6 +57,8 @@ struct TablePart {
     used: Vec<Run>,
     held: Vec<Run>,
     damaged: Vec<(u64, Damage)>,
+    /// Files with a lane to fold.
+    lanes: Vec<u64>,
     /// Free slots whose last owner had a generation.
     generations: Vec<(u64, u32)>,
 }
@@ -72,6 +74,8 @@ pub(super) struct Loaded {
     pub(super) itable: InodeTable,
     /// Inodes no entry names that have no links (see [`load`]).
     pub(super) orphans: Vec<u64>,
+    /// Files whose lane holds appends to fold into their size (`Fs::fold_lane`).
+    pub(super) lanes: Vec<u64>,
 }
 
 /// Loads every inode and checks every directory entry; fills in the report's phases from
@@ -93,8 +97,9 @@ pub(super) fn load(dev: &Device, geo: &Geometry, report: &mut MountReport) -> Re
     let t = Instant::now();
     let mut damaged = BTreeMap::new();
     let (mut dirs, mut used, mut held) = (Vec::new(), Vec::new(), Vec::new());
-    let mut generations = Vec::new();
+    let (mut generations, mut lanes) = (Vec::new(), Vec::new());
     for p in parts {
+        lanes.extend(p.lanes);
         dirs.extend(p.dirs);
         used.extend(p.used);
         held.extend(p.held);
@@ -159,7 +164,7 @@ pub(super) fn load(dev: &Device, geo: &Geometry, report: &mut MountReport) -> Re
         nodes.insert(inode.ino, Node::new(inode));
     }
     report.numbers = t.elapsed();
-    Ok(Loaded { nodes, unloaded, used, held, damaged, itable, orphans })
+    Ok(Loaded { nodes, unloaded, used, held, damaged, itable, orphans, lanes })
 }
 
 /// How many threads a pass over `slots` inode slots is split among.
@@ -243,6 +248,9 @@ fn table_part(
         };
         if !inode.is_dir() {
             (kind[i], nlink[i]) = (FILE, inode.attr.nlink);
+            if inode.lane != 0 {
+                part.lanes.push(ino);
+            }
             part.used.extend(inode.owned_runs());
             return Ok(());
         }

@@ -19,11 +19,13 @@
 //! - `namespace` and `rename`: names and attributes;
 //! - `data`, `space` and `xattr`: read and write, fallocate and seek, extended attributes;
 //! - `mmap` and `fault`: DAX mappings and the userfaultfd service behind them;
-//! - `direct`: what direct clients of a mount are given, and the blocks kept from them.
+//! - `direct`: what direct clients of a mount are given, and the blocks kept from them;
+//!   `lease`: appends by direct clients under a lease, and their lanes.
 
 mod data;
 mod direct;
 mod fault;
+mod lease;
 mod load;
 mod mmap;
 mod mount;

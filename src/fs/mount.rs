@@ -143,6 +143,12 @@ impl Fs {
             }),
         };
         let t = Instant::now();
+        // Lanes first: an orphan's slot is freed with its lane 0.
+        for ino in loaded.lanes {
+            let node = fs.node(ino)?;
+            let mut g = wr(&node.inode);
+            fs.fold_lane(&mut g)?;
+        }
         report.orphans_freed = loaded.orphans.len() as u64;
         for ino in loaded.orphans {
             let node = fs.node(ino)?;

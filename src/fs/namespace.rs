@@ -20,7 +20,7 @@ impl Fs {
 
     /// Attributes of inode `ino`.
     pub fn getattr(&self, ino: u64) -> Result<Stat> {
-        self.getattr_node(&*self.node(ino)?)
+        self.getattr_node(&*self.settled(ino)?)
     }
 
     pub(crate) fn getattr_node(&self, n: &Node) -> Result<Stat> {
@@ -31,7 +31,10 @@ impl Fs {
 
     /// Looks `name` up in directory `parent` ("." and ".." included).
     pub fn lookup(&self, parent: u64, name: &[u8]) -> Result<Stat> {
-        self.getattr_node(&*self.lookup_node(&self.node(parent)?, name)?)
+        let n = self.lookup_node(&self.node(parent)?, name)?;
+        // The attributes go to the kernel's cache: with the size a lease's appends reach.
+        self.settle(&n)?;
+        self.getattr_node(&n)
     }
 
     /// The inode `name` names in directory `parent`, taken while the directory is locked: an
@@ -151,6 +154,8 @@ impl Fs {
             }
             self.add_entry(&mut pg, name, ino, mode::dtype(mode_bits), &mut tx, &mut taken)?;
             inode.attr.size = target.map_or(0, |t| t.len() as u64);
+            // A free slot's lane is 0 unless damage set it; the journal never writes it.
+            self.clear_lane(ino)?;
             inode.log_new(&geo, &mut tx);
             if let Some(t) = target {
                 let mut at = 0usize;
@@ -404,7 +409,7 @@ impl Fs {
 
     /// Changes attributes; `size` truncates or extends (DESIGN.md "Space"). Returns the new attributes.
     pub fn setattr(&self, ino: u64, set: &SetAttr) -> Result<Stat> {
-        self.setattr_node(&*self.node(ino)?, set)
+        self.setattr_node(&*self.settled(ino)?, set)
     }
 
     pub(crate) fn setattr_node(&self, n: &Node, set: &SetAttr) -> Result<Stat> {
@@ -439,7 +444,7 @@ impl Fs {
 
     /// Marks `ino` open (an unlinked inode lives until its last close).
     pub fn open_ino(&self, ino: u64) -> Result<Stat> {
-        self.open_node(&*self.node(ino)?)
+        self.open_node(&*self.settled(ino)?)
     }
 
     pub(crate) fn open_node(&self, n: &Node) -> Result<Stat> {
@@ -451,7 +456,7 @@ impl Fs {
 
     /// Closes one open of `ino`, freeing it if it was the last and the inode has no links.
     pub fn release(&self, ino: u64) -> Result<()> {
-        self.release_node(&*self.node(ino)?)
+        self.release_node(&*self.settled(ino)?)
     }
 
     pub(crate) fn release_node(&self, n: &Node) -> Result<()> {

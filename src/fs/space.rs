@@ -53,7 +53,7 @@ pub struct ExtentInfo {
 impl Fs {
     /// fallocate(2) on `ino` over `[off, off+len)`.
     pub fn fallocate(&self, ino: u64, off: u64, len: u64, how: FallocMode) -> Result<()> {
-        self.fallocate_node(&*self.node(ino)?, off, len, how)
+        self.fallocate_node(&*self.settled(ino)?, off, len, how)
     }
 
     pub(crate) fn fallocate_node(&self, n: &Node, off: u64, len: u64, how: FallocMode) -> Result<()> {
@@ -212,7 +212,7 @@ impl Fs {
     /// lseek(SEEK_DATA): the first offset at or after `off` holding written data. Unwritten
     /// extents count as holes, as on ext4 and XFS. ENXIO at or past EOF.
     pub fn seek_data(&self, ino: u64, off: u64) -> Result<u64> {
-        self.seek_data_node(&*self.node(ino)?, off)
+        self.seek_data_node(&*self.settled(ino)?, off)
     }
 
     pub(crate) fn seek_data_node(&self, n: &Node, off: u64) -> Result<u64> {
@@ -223,7 +223,7 @@ impl Fs {
     /// lseek(SEEK_HOLE): the first offset at or after `off` in a hole or unwritten extent, or EOF
     /// (every file ends in a hole). ENXIO at or past EOF.
     pub fn seek_hole(&self, ino: u64, off: u64) -> Result<u64> {
-        self.seek_hole_node(&*self.node(ino)?, off)
+        self.seek_hole_node(&*self.settled(ino)?, off)
     }
 
     pub(crate) fn seek_hole_node(&self, n: &Node, off: u64) -> Result<u64> {
@@ -254,7 +254,7 @@ impl Fs {
 
     /// The file's extents in logical order, in bytes.
     pub fn extents(&self, ino: u64) -> Result<Vec<ExtentInfo>> {
-        self.extents_node(&*self.node(ino)?)
+        self.extents_node(&*self.settled(ino)?)
     }
 
     pub(crate) fn extents_node(&self, n: &Node) -> Result<Vec<ExtentInfo>> {
