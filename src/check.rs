@@ -308,7 +308,7 @@ fn compare_with_memory(fs: &Fs, inode: &Inode, r: &mut Report) {
     };
     let g = rd(&node.inode);
     // A read-only mount folds a lane in memory only.
-    let folded = inode.lane.checked_sub(1).map_or(inode.attr.size, |w| w.max(inode.attr.size));
+    let folded = crate::layout::lane_size(inode.lane).map_or(inode.attr.size, |w| w.max(inode.attr.size));
     if g.attr != (crate::inode::Attr { size: folded, ..inode.attr }) {
         r.find("memory", Some(inode.ino), None, format!("medium {:?} vs mount {:?}", inode.attr, g.attr));
     }

@@ -10,7 +10,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes, KnownLayout};
 
@@ -267,6 +267,8 @@ pub(crate) struct Publication {
     pub(crate) kernel_maps: Mutex<HashMap<u64, u64>>,
     /// Leases by inode number (`fs::lease`); changed only under the file's inode lock.
     leases: Mutex<HashMap<u64, Lease>>,
+    /// The token of the last lease granted.
+    last_token: AtomicU64,
     /// How many leases there are: operations skip the map while there are none.
     leased: AtomicUsize,
 }
@@ -280,6 +282,8 @@ pub(crate) struct Lease {
     pub(crate) start: u64,
     /// The client may store below this byte: the blocks up to it are the file's.
     pub(crate) end: u64,
+    /// The token its lane words carry.
+    pub(crate) token: u64,
 }
 
 impl Publication {
@@ -289,8 +293,14 @@ impl Publication {
             quarantine: Mutex::new(VecDeque::new()),
             kernel_maps: Mutex::new(HashMap::new()),
             leases: Mutex::new(HashMap::new()),
+            last_token: AtomicU64::new(0),
             leased: AtomicUsize::new(0),
         }
+    }
+
+    /// A token for a new lease: 1 to 0x7fff, in turn (a lane word's token bits).
+    pub(crate) fn next_token(&self) -> u64 {
+        self.last_token.fetch_add(1, Ordering::Relaxed) % 0x7fff + 1
     }
 
     /// `ino`'s lease, if it has one.
@@ -404,17 +414,31 @@ impl Image {
         Ok(())
     }
 
-    /// Loads the aligned word at `off` (a lane: [`MapIo::lane`]).
-    pub fn load_word(&self, off: u64) -> Result<u64> {
-        self.dev.load_u64(off)
+    /// The size the lane word at `off` ([`MapIo::lane`]) says appends reach, if it holds a lane.
+    pub fn lane_size(&self, off: u64) -> Result<Option<u64>> {
+        Ok(crate::layout::lane_size(self.dev.load_u64(off)?))
     }
 
-    /// Raises the aligned word at `off` to `v` if it is below (one atomic read-modify-write, so
-    /// concurrent raises keep the largest), writes it back and fences.
-    pub fn raise_word_durable(&self, off: u64, v: u64) -> Result<()> {
-        self.dev.raise_u64(off, v)?;
+    /// Raises the lane word at `off` of the lease named `token` so that it says the appends
+    /// reach `size` bytes, durable when it returns: false when the lane is no longer that
+    /// lease's (ended, or being folded), and the caller's append must go through the mount.
+    pub fn raise_lane(&self, off: u64, token: u64, size: u64) -> Result<bool> {
+        let mut held = self.dev.load_u64(off)?;
+        loop {
+            if held >> crate::layout::LANE_TOKEN_SHIFT != token {
+                return Ok(false);
+            }
+            if held & crate::layout::LANE_REACH > size {
+                return Ok(true);
+            }
+            let new = (token << crate::layout::LANE_TOKEN_SHIFT) | (size + 1);
+            match self.dev.compare_exchange_u64(off, held, new)? {
+                h if h == held => break,
+                h => held = h,
+            }
+        }
         self.dev.fence();
-        Ok(())
+        Ok(true)
     }
 }
 
@@ -452,8 +476,8 @@ pub struct LeaseIo {
     pub want: u64,
     /// [`VERSION`].
     pub version: u32,
-    /// Zero.
-    pub reserved: u32,
+    /// The lease's token, which the client's lane words carry ([`Image::raise_lane`]).
+    pub token: u32,
     /// The file's map generation with the lease in place: the lease holds while it does.
     pub generation: u64,
     /// The client may store below this byte (whole blocks past EOF are the file's up to it).

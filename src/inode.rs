@@ -258,7 +258,7 @@ impl Inode {
         }
         let xattr = Xattrs::load(dev, geo, raw.xattr.get(), ino, at + off!(RawInode, xattr))?;
         let lane = raw.lane.get();
-        if lane != 0 && (!geo.lanes || !mode::is_reg(m) || lane - 1 > crate::MAX_FILE_SIZE) {
+        if lane != 0 && (!geo.lanes || !mode::is_reg(m) || crate::layout::lane_size(lane).is_none_or(|s| s > crate::MAX_FILE_SIZE)) {
             return Err(Error::Corrupt { what: "inode lane", at: at + off!(RawInode, lane) });
         }
         let inode =

@@ -244,12 +244,25 @@ pub struct RawInode {
     /// The first extents of the map, in file order; empty slots are all zero.
     pub extents: [RawExtent; INLINE_EXTENTS],
     /// The lane of a regular file that a direct client appends to under a lease: 0 when none,
-    /// else 1 + the size the client's returned appends reach. Stored by the client with one
-    /// atomic store, never through the journal (DESIGN.md "Appends by lease"). Nonzero only on
-    /// images with [`FEATURE_INCOMPAT_LANES`].
+    /// else 1 + the size the client's returned appends reach ([`LANE_REACH`]), the lease's token
+    /// and the frozen bit. Changed by atomic operations only, never through the journal
+    /// (DESIGN.md "Appends by lease"). Nonzero only on images with [`FEATURE_INCOMPAT_LANES`].
     pub lane: U64,
 }
 const _: () = assert!(core::mem::size_of::<RawInode>() == INODE_SIZE as usize);
+/// The bits of a lane word that hold 1 + the size its appends reach (0: no lane).
+pub const LANE_REACH: u64 = (1 << 48) - 1;
+/// The bits of a lane word that name its lease (1 to 0x7fff), so that a client of an ended lease
+/// never stores into the next one's lane.
+pub const LANE_TOKEN_SHIFT: u32 = 48;
+/// The lane word's top bit: the server is folding the lane; clients store to it no more.
+pub const LANE_FROZEN: u64 = 1 << 63;
+
+/// The size a lane word says its appends reach, if it holds a lane.
+pub fn lane_size(word: u64) -> Option<u64> {
+    (word & LANE_REACH).checked_sub(1)
+}
+
 /// Offset of the lane word within an inode; what the journal writes of an inode ends before it.
 pub const INODE_LANE_OFF: u64 = off!(RawInode, lane);
 /// Bytes of an inode that hold its attributes (before the extent slots).

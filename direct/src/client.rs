@@ -67,9 +67,9 @@ pub struct CachedMap {
     extents: Vec<MapExtent>,
     /// The device offset of the file's lane while a client appends under a lease (0: none).
     lane: u64,
-    /// The lease this open file holds on the file's growth: the generation it holds in and the
-    /// byte it reaches (DESIGN.md "Appends by lease").
-    lease: Option<(u64, u64)>,
+    /// The lease this open file holds on the file's growth: the generation it holds in, the
+    /// byte it reaches and its token (DESIGN.md "Appends by lease").
+    lease: Option<(u64, u64, u64)>,
     /// The tick in which the mount last refused this open file a lease.
     refused_in: Option<Timespec>,
     /// The coarse-clock tick of this process's last direct write to the file.
@@ -183,7 +183,7 @@ impl Mount {
                 !self.all_written(cache, off, end)
             };
             // A lease newer than the map: the map is refreshed below.
-            let newer = cache.lease.is_some_and(|(g, _)| Some(g) != cache.generation);
+            let newer = cache.lease.is_some_and(|(g, _, _)| Some(g) != cache.generation);
             if cache.generation.is_some() && unfit && !newer && cache.checked_in == Some(tick) {
                 // Growth, or blocks not written, as the map says (it may be old, but passing
                 // on is always right): the mount's, without a round trip to refresh the map
@@ -206,14 +206,16 @@ impl Mount {
             }
             let size = self.size(cache);
             let growth = end > size;
-            if growth && cache.lease.is_none_or(|(g, reach)| g != generation || end > reach) {
+            if growth && cache.lease.is_none_or(|(g, reach, _)| g != generation || end > reach) {
                 // Growth: under a lease of this open file's, or through the mount.
                 self.table.leave(slot);
                 if !self.leased(cache, off, end, tick) {
                     return Ok(Served::PassThrough);
                 }
                 match crate::sys::lease(fd, end) {
-                    Ok(l) if l.version == direct::VERSION => cache.lease = Some((l.generation, l.end)),
+                    Ok(l) if l.version == direct::VERSION => {
+                        cache.lease = Some((l.generation, l.end, u64::from(l.token)))
+                    }
                     // Refused (mapped through the kernel, preallocated past EOF, an image
                     // without lanes), or a server gone: the mount's, and it says which.
                     _ => {
@@ -237,9 +239,15 @@ impl Mount {
                 cache.written_in = Some(tick);
                 continue;
             }
-            let stored = if growth { self.append(cache, data, off, size) } else { self.copy_in(cache, data, off) };
+            let stored = if growth {
+                self.append(cache, data, off, size)
+            } else {
+                self.copy_in(cache, data, off).map(|()| true)
+            };
             self.table.leave(slot);
-            return Ok(if stored.is_ok() { Served::Bytes(data.len()) } else { Served::PassThrough });
+            // An append whose lease ended under it (its lane frozen) is made again through the
+            // mount: the bytes are the same, and the mount's size then covers them.
+            return Ok(if stored.is_ok_and(|s| s) { Served::Bytes(data.len()) } else { Served::PassThrough });
         }
         Ok(Served::PassThrough)
     }
@@ -247,8 +255,8 @@ impl Mount {
     /// The file's size as `cache` and the file's lane give it: the lane holds the size a
     /// lease holder's returned appends reach, stored after their bytes.
     fn size(&self, cache: &CachedMap) -> u64 {
-        let lane = if cache.lane == 0 { 0 } else { self.image.load_word(cache.lane).unwrap_or(0) };
-        cache.size.max(lane.saturating_sub(1))
+        let lane = if cache.lane == 0 { None } else { self.image.lane_size(cache.lane).ok().flatten() };
+        cache.size.max(lane.unwrap_or(0))
     }
 
     /// Whether a write of `[off, end)` growing the file may be served under a lease: one held
@@ -256,27 +264,25 @@ impl Mount {
     /// starts inside the file or what the lease reaches: a write far past EOF leaves a hole,
     /// which only the mount keeps sparse).
     fn leased(&self, cache: &CachedMap, off: u64, end: u64, tick: Timespec) -> bool {
-        let held = cache.lease.filter(|&(g, _)| Some(g) == cache.generation);
-        if held.is_some_and(|(_, reach)| end <= reach) {
+        let held = cache.lease.filter(|&(g, _, _)| Some(g) == cache.generation);
+        if held.is_some_and(|(_, reach, _)| end <= reach) {
             return true;
         }
-        let reach = held.map_or(0, |(_, reach)| reach).max(self.size(cache));
+        let reach = held.map_or(0, |(_, reach, _)| reach).max(self.size(cache));
         cache.refused_in != Some(tick) && off <= reach
     }
 
     /// Stores `data` at `off`, past the file's `size`, in blocks this open file's lease reserved:
     /// the gap from `size` first (zeros: the blocks hold what their last owner left), then the
-    /// bytes, then the new size into the lane, each durable before the next.
-    fn append(&self, cache: &CachedMap, data: &[u8], off: u64, size: u64) -> udax::Result<()> {
+    /// bytes, then the new size into the lane, each durable before the next. False when the
+    /// lease ended meanwhile (its lane frozen or another's): the caller appends through the mount.
+    fn append(&self, cache: &CachedMap, data: &[u8], off: u64, size: u64) -> udax::Result<bool> {
+        let Some((_, _, token)) = cache.lease.filter(|_| cache.lane != 0) else { return Ok(false) };
         if off > size {
             self.zero_in(cache, size, off)?;
         }
         self.copy_in(cache, data, off)?;
-        let end = off + data.len() as u64;
-        if cache.lane != 0 {
-            self.image.raise_word_durable(cache.lane, end + 1)?;
-        }
-        Ok(())
+        self.image.raise_lane(cache.lane, token, off + data.len() as u64)
     }
 
     /// Zeroes file bytes `[off, end)` through `cache`'s extents (all written), durable.

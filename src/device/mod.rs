@@ -590,23 +590,26 @@ impl Device {
     }
 
     raw! {
-        /// Raises the aligned 8-byte word at `off` to `v` if it is below (one atomic
-        /// read-modify-write) and writes it back. The caller fences.
-        fn raise_u64(&self, off: u64, v: u64) -> Result<()> {
+        /// Compare-and-swap of the aligned 8-byte word at `off` (sequentially consistent): when
+        /// it holds `current` it becomes `new`, written back. Returns what it held. The caller
+        /// fences.
+        fn compare_exchange_u64(&self, off: u64, current: u64, new: u64) -> Result<u64> {
             if off % 8 != 0 {
                 return Err(Error::InvalidArgument("unaligned 8-byte store"));
             }
             let at = self.check(off, 8)?;
             // SAFETY: `check` proved the 8 bytes lie inside the mapping and the offset is 8-aligned
             // (the mapping base is page-aligned), so an AtomicU64 view of them is valid.
-            let lines = unsafe {
+            let (held, lines) = unsafe {
                 let p = self.base.as_ptr().add(at);
-                (*(p as *const AtomicU64)).fetch_max(v, Ordering::AcqRel);
-                persist::flush_range(p, 8, self.flush)
+                let held = (*(p as *const AtomicU64))
+                    .compare_exchange(current, new, Ordering::SeqCst, Ordering::SeqCst)
+                    .unwrap_or_else(|h| h);
+                (held, persist::flush_range(p, 8, self.flush))
             };
             self.counters.mine().flush_lines.fetch_add(lines, Ordering::Relaxed);
             self.note(off, 8);
-            Ok(())
+            Ok(held)
         }
     }
 

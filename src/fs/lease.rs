@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::extent::{Extent, ExtentMap, Piece, State};
 use crate::inode::Inode;
 use crate::journal::Tx;
-use crate::layout::{mode, INODE_LANE_OFF};
+use crate::layout::{lane_size, mode, INODE_LANE_OFF, LANE_FROZEN, LANE_TOKEN_SHIFT};
 use crate::sync::wr;
 use crate::MAX_FILE_SIZE;
 
@@ -80,7 +80,7 @@ impl Fs {
         Ok(LeaseIo {
             want,
             version: crate::direct::VERSION,
-            reserved: 0,
+            token: lease.token as u32,
             generation,
             end: lease.end,
             lane,
@@ -112,33 +112,39 @@ impl Fs {
         self.end_lease_locked(p, &mut g)
     }
 
-    /// Ends the lease on locked file `g`: no client stores under it once the generation has
-    /// moved and the writes that checked it before have left; then its lane is folded.
+    /// Ends the lease on locked file `g` and folds its lane. A client still in an append
+    /// under it (stopped, say) fails to raise the frozen lane, and makes its append again
+    /// through the mount.
     fn end_lease_locked(&self, p: &Publication, g: &mut Inode) -> Result<()> {
-        p.table.bump(g.ino);
-        p.wait_for_writers(&self.inner.alloc);
         p.set_lease(g.ino, None);
         self.fold_lane(g)
     }
 
-    /// Folds locked file `g`'s lane into its size, if it holds one: the size becomes the larger
-    /// of the two, the blocks past the new EOF block go, and then the lane is cleared (a crash
-    /// in between folds it again, to the same result). The bytes past EOF in its page are
-    /// zeroed: a client killed in an append may have stored there. At mount, and when a lease
-    /// ends. A read-only file system takes the size in memory only.
+    /// Folds locked file `g`'s lane into its size, if it holds one: the lane is frozen (one
+    /// atomic operation, after which no client raises it), the size becomes the larger of the
+    /// two, the blocks past the new EOF block go, and then the lane is cleared (a crash in
+    /// between folds it again, to the same result). The bytes past EOF in its page are left to
+    /// the next mapping to zero (`clean_tail`): a client in an append may store there still.
+    /// At mount, and when a lease ends. A read-only file system takes the size in memory only.
     pub(crate) fn fold_lane(&self, g: &mut Inode) -> Result<()> {
         let (dev, geo) = (&self.inner.dev, self.inner.geo);
         let lane = geo.inode_at(g.ino) + INODE_LANE_OFF;
-        let w = dev.load_u64(lane)?;
+        let mut w = dev.load_u64(lane)?;
         g.lane = 0;
-        if w == 0 {
+        if lane_size(w).is_none() {
             return Ok(());
         }
-        let size = g.attr.size.max(w - 1);
         if self.is_read_only() {
-            g.attr.size = size;
+            g.attr.size = g.attr.size.max(lane_size(w).unwrap_or(0));
             return Ok(());
         }
+        while w & LANE_FROZEN == 0 {
+            match dev.compare_exchange_u64(lane, w, w | LANE_FROZEN)? {
+                held if held == w => break,
+                held => w = held,
+            }
+        }
+        let size = g.attr.size.max(lane_size(w).unwrap_or(0).min(MAX_FILE_SIZE));
         let keep = size.div_ceil(geo.block_size);
         self.undoable(g, |g, _| {
             let mut tx = Tx::new();
@@ -156,7 +162,7 @@ impl Fs {
         dev.store_u64(lane, 0)?;
         dev.fence();
         g.tail_clean = false;
-        self.clean_tail(g)
+        Ok(())
     }
 
     /// Opens a lane on locked file `g` for `owner`: the file may hold nothing past its EOF
@@ -177,18 +183,19 @@ impl Fs {
         // The client zeroes only the gaps it leaves past EOF in blocks the lease reserved.
         self.clean_tail(g)?;
         let dev = &self.inner.dev;
-        dev.store_u64(geo.inode_at(g.ino) + INODE_LANE_OFF, size + 1)?;
+        let token = p.next_token();
+        dev.store_u64(geo.inode_at(g.ino) + INODE_LANE_OFF, (token << LANE_TOKEN_SHIFT) | (size + 1))?;
         dev.fence();
         // Maps fetched before name no lane.
         p.table.bump(g.ino);
-        let lease = Lease { owner, start: size, end: size };
+        let lease = Lease { owner, start: size, end: size, token };
         p.set_lease(g.ino, Some(lease));
         Ok(lease)
     }
 
     /// Makes the holes of file blocks `[from, to)` (bytes, rounded out to blocks) written blocks
     /// of locked file `g`, in one transaction; returns the byte they reach. Their old bytes are
-    /// not zeroed: they lie past EOF, where only the lease holder stores.
+    /// zeroed only inside EOF: past it only the lease holder stores, zeroing what it skips.
     fn reserve(&self, g: &mut Inode, from: u64, to: u64) -> Result<u64> {
         let bs = self.inner.geo.block_size;
         let (first, last) = (from / bs, to.div_ceil(bs));
@@ -203,9 +210,15 @@ impl Fs {
             let mut tx = Tx::new();
             self.reserve_slots(g, ExtentMap::slots_needed(carved_extents(&runs, hole_lens(&pieces))), &mut tx)?;
             let mut queue = RunQueue::new(&runs);
+            let (geo, size) = (self.inner.geo, g.attr.size);
             for p in &pieces {
                 if let Piece::Hole { logical, len } = *p {
                     for e in ExtentMap::extents_for(logical, &queue.take(len), State::Written) {
+                        // A hole's bytes inside EOF (the EOF block's) read zero, as before.
+                        let inside = (size.min(e.end() * bs)).saturating_sub(e.logical * bs);
+                        if inside > 0 {
+                            tx.content_zero(&self.inner.dev, geo.block_at(e.physical), inside)?;
+                        }
                         g.ext.insert(e, &mut tx)?;
                     }
                 }
