@@ -2,9 +2,9 @@
 # Direct access under `udax run` against the same program on the plain mount and on tmpfs, in
 # one run: fio (psync, one job) 4 KiB random reads and overwrites of a written file, 4 KiB
 # appends to a new file, 1 MiB sequential reads and overwrites. fio calls pread/pwrite, which the
-# preload library serves from the image's memory; appends grow the file, which goes through the
-# mount (appends by reservation are not built yet). Prints IOPS (or MiB/s), time per call, and the
-# time ratio of `udax run` to tmpfs (below 1: faster than tmpfs). Needs root, /dev/fuse, fio.
+# preload library serves from the image's memory; appends grow the file under a lease (DESIGN.md
+# "Appends by lease"). Prints IOPS (or MiB/s), time per call, and the time ratio of `udax run` to
+# tmpfs (below 1: faster than tmpfs). Needs root, /dev/fuse, fio.
 #
 #   bash benches/direct.sh [SIZE_MB=128] [SECONDS=4] [ROUNDS=3]
 set -euo pipefail
@@ -32,8 +32,9 @@ one() {  # one SIDE DIR NAME RW BS: prints "iops MiB/s" of one fio job
   local side=$1 dir=$2 name=$3 rw=$4 bs=$5 pre=() timing=(--time_based --runtime="$secs")
   [ "$side" = run ] && pre=("$udax" run "$mnt" --)
   # An append run writes a new file once from start to end: timed, fio would wrap around and
-  # overwrite.
-  [ "$name" = append-4k ] && timing=()
+  # overwrite; and without fio's preallocation, which would make every write an overwrite of
+  # unwritten blocks inside EOF.
+  [ "$name" = append-4k ] && timing=(--fallocate=none)
   "${pre[@]}" fio --name="$name" --directory="$dir" --rw="$rw" --bs="$bs" --size="${size_mb}M" \
     --ioengine=psync "${timing[@]}" --invalidate=0 --output-format=json \
     | python3 -c '

@@ -407,6 +407,11 @@ impl Image {
         Ok(())
     }
 
+    /// Maps the pages of `[off, off+len)` now, so that stores there take no page fault.
+    pub fn prefault(&self, off: u64, len: u64) -> Result<()> {
+        self.dev.prefault(off, len)
+    }
+
     /// Zeroes `[off, off+len)` and fences.
     pub fn zero_durable(&self, off: u64, len: u64) -> Result<()> {
         self.dev.zero(off, len)?;

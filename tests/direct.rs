@@ -3,7 +3,7 @@
 
 use std::os::unix::fs::FileExt;
 
-use udax::direct::{DirectTable, MapIo, EXTENT_WRITTEN, MAP_EXTENTS, STATE_CLOSED, STATE_LIVE};
+use udax::direct::{DirectTable, Image, LeaseIo, MapIo, EXTENT_WRITTEN, MAP_EXTENTS, STATE_CLOSED, STATE_LIVE};
 use udax::{Device, FallocMode, Fs, MkfsOptions, OpenOptions};
 
 struct Scratch(std::path::PathBuf);
@@ -156,4 +156,77 @@ fn blocks_freed_under_a_direct_write_wait_for_it_to_end() {
     assert!(more >= 15, "the quarantined megabyte came back ({more} more 64 KiB writes)");
     assert!(overlaps(&g));
     client.release(slot);
+}
+
+/// A client's append under a lease, as `udax-direct` makes it: the bytes into the blocks the
+/// lease reserved, then the lane raised. False when the lane refused it.
+fn append_directly(fs: &Fs, image: &Image, ino: u64, lease: &LeaseIo, data: &[u8], off: u64) -> bool {
+    let bs = fs.geometry().block_size;
+    let (_, _, map) = whole_map(fs, ino);
+    for (i, b) in data.iter().enumerate() {
+        let at = off + i as u64;
+        let e =
+            map.iter().find(|e| e.logical * bs <= at && at < (e.logical + e.blocks) * bs).expect("a reserved block");
+        image.write_durable(e.physical + at - e.logical * bs, &[*b]).unwrap();
+    }
+    image.raise_lane(lease.lane, u64::from(lease.token), off + data.len() as u64).unwrap()
+}
+
+#[test]
+fn a_lane_holds_returned_appends_through_a_crash() {
+    // Appends under a lease move no committed size: after a crash, the lane is what holds them.
+    let image_path = scratch("lane");
+    let table_path = scratch("lane-table");
+    let fs = Fs::mkfs(Device::create(&image_path.0, 16 << 20).unwrap(), &MkfsOptions::default()).unwrap();
+    fs.publish_maps(DirectTable::create(&table_path.0, fs.geometry().inode_count, 0o600).unwrap()).unwrap();
+    let f = fs.open("/log", OpenOptions::create()).unwrap();
+    f.write_at(&[1u8; 1000], 0).unwrap();
+    let ino = f.metadata().unwrap().ino;
+    drop(f);
+    let lease = fs.lease(ino, 7, 5000).unwrap();
+    assert!(lease.end >= 5000 && lease.size == 1000, "{lease:?}");
+    let image = Image::attach(&image_path.0).unwrap();
+    assert!(append_directly(&fs, &image, ino, &lease, &[2u8; 4000], 1000));
+    // Readers find the lane in the map, and the size in it.
+    let m = fs.file_map(ino, 0).unwrap();
+    assert_eq!((m.lane, m.size), (lease.lane, 1000));
+    assert_eq!(image.lane_size(lease.lane).unwrap(), Some(5000));
+    // A crash: no unmount, the lease never ended.
+    drop(fs);
+    let fs = Fs::open_image(&image_path.0).unwrap();
+    let f = fs.open("/log", OpenOptions::read_only()).unwrap();
+    assert_eq!(f.metadata().unwrap().size, 5000);
+    let mut got = vec![0u8; 5000];
+    assert_eq!(f.read_at(&mut got, 0).unwrap(), 5000);
+    assert!(got[..1000].iter().all(|&b| b == 1) && got[1000..].iter().all(|&b| b == 2));
+    let bs = fs.geometry().block_size;
+    assert!(f.extents().unwrap().iter().all(|e| e.logical + e.length <= 5000u64.div_ceil(bs) * bs), "trimmed");
+    assert_eq!(image.lane_size(lease.lane).unwrap(), None, "folded");
+    assert!(udax::check::check(&fs, &mut |_, _| {}).is_clean());
+}
+
+#[test]
+fn an_ended_lease_takes_no_more_appends() {
+    // A client still in an append when its lease ends (stopped, say) must not move the size the
+    // server folded, nor the lane of the next lease: it makes the append through the mount.
+    let image_path = scratch("frozen");
+    let table_path = scratch("frozen-table");
+    let fs = Fs::mkfs(Device::create(&image_path.0, 16 << 20).unwrap(), &MkfsOptions::default()).unwrap();
+    fs.publish_maps(DirectTable::create(&table_path.0, fs.geometry().inode_count, 0o600).unwrap()).unwrap();
+    let ino = fs.open("/f", OpenOptions::create()).unwrap().metadata().unwrap().ino;
+    let image = Image::attach(&image_path.0).unwrap();
+    let first = fs.lease(ino, 1, 100).unwrap();
+    assert!(append_directly(&fs, &image, ino, &first, &[5u8; 100], 0));
+    // Any other request ends the lease; its appends are the file's.
+    assert_eq!(fs.getattr(ino).unwrap().size, 100);
+    assert!(!image.raise_lane(first.lane, u64::from(first.token), 200).unwrap(), "the ended lease's lane");
+    // Nor does it reach the next lease's lane, even at the same size.
+    let second = fs.lease(ino, 2, 200).unwrap();
+    assert_ne!(second.token, first.token);
+    assert!(!image.raise_lane(second.lane, u64::from(first.token), 200).unwrap());
+    assert_eq!(fs.getattr(ino).unwrap().size, 100);
+    // Preallocated blocks past EOF are the file's own: no lease over them.
+    fs.fallocate(ino, 0, 1 << 20, FallocMode::Allocate { keep_size: true }).unwrap();
+    assert_eq!(fs.lease(ino, 3, 4096).unwrap_err().errno(), libc::EBUSY);
+    assert!(udax::check::check(&fs, &mut |_, _| {}).is_clean());
 }

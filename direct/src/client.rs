@@ -72,6 +72,8 @@ pub struct CachedMap {
     lease: Option<(u64, u64, u64)>,
     /// The tick in which the mount last refused this open file a lease.
     refused_in: Option<Timespec>,
+    /// How far the blocks of this open file's leases have been mapped ahead of its appends.
+    prefaulted: u64,
     /// The coarse-clock tick of this process's last direct write to the file.
     written_in: Option<Timespec>,
     /// The tick in which a write last found the map (fresh) unfit for a direct store: until the
@@ -276,8 +278,14 @@ impl Mount {
     /// the gap from `size` first (zeros: the blocks hold what their last owner left), then the
     /// bytes, then the new size into the lane, each durable before the next. False when the
     /// lease ended meanwhile (its lane frozen or another's): the caller appends through the mount.
-    fn append(&self, cache: &CachedMap, data: &[u8], off: u64, size: u64) -> udax::Result<bool> {
-        let Some((_, _, token)) = cache.lease.filter(|_| cache.lane != 0) else { return Ok(false) };
+    fn append(&self, cache: &mut CachedMap, data: &[u8], off: u64, size: u64) -> udax::Result<bool> {
+        let Some((_, reach, token)) = cache.lease.filter(|_| cache.lane != 0) else { return Ok(false) };
+        if cache.prefaulted < reach {
+            // Once per lease window: its blocks mapped in one call rather than a fault per page.
+            let from = cache.prefaulted.max(off);
+            let _ = self.each_piece(cache, from, reach, |at, s, t| self.image.prefault(at, t - s));
+            cache.prefaulted = reach;
+        }
         if off > size {
             self.zero_in(cache, size, off)?;
         }

@@ -30,7 +30,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 
 use zerocopy::{FromBytes, Immutable, IntoBytes};
 
@@ -115,6 +115,8 @@ macro_rules! raw {
         pub(crate) fn $($rest)*
     };
 }
+
+mod word;
 
 const MAP_SHARED_VALIDATE: libc::c_int = 0x03;
 const MAP_SYNC: libc::c_int = 0x80000;
@@ -405,6 +407,25 @@ impl Device {
         Ok(())
     }
 
+    /// Maps the pages of `[off, off+len)` now (MADV_POPULATE_WRITE, rounded out to pages), so
+    /// that stores there take no page fault: what a direct client does with the blocks a lease
+    /// gives it, once, rather than one fault per page in its appends.
+    pub(crate) fn prefault(&self, off: u64, len: u64) -> Result<()> {
+        let page = 4096; // the base page size (the device maps page-aligned)
+        let (start, end) = (off / page * page, off.saturating_add(len).next_multiple_of(page).min(self.len as u64));
+        let at = self.check(start, (end.saturating_sub(start)) as usize)?;
+        // SAFETY: `check` proved `[at, at + end - start)` lies inside the device's own mapping,
+        // which lives until drop, and `at` is page-aligned (the base is); populating writes no
+        // byte (pages read as they were).
+        let rc = unsafe {
+            libc::madvise(self.base.as_ptr().add(at).cast(), (end - start) as usize, libc::MADV_POPULATE_WRITE)
+        };
+        if rc != 0 {
+            return Err(Error::io("populate the image", std::io::Error::last_os_error()));
+        }
+        Ok(())
+    }
+
     /// Whether MAP_SYNC held when the image was mapped (only on real DAX media).
     pub fn map_sync(&self) -> bool {
         self.map_sync
@@ -567,60 +588,6 @@ impl Device {
         self.note_store(off, len, false);
         #[cfg(not(feature = "crash-test"))]
         let _ = (off, len);
-    }
-
-    raw! {
-        /// Failure-atomic aligned 8-byte store, written back. The caller fences.
-        fn store_u64(&self, off: u64, v: u64) -> Result<()> {
-            if off % 8 != 0 {
-                return Err(Error::InvalidArgument("unaligned 8-byte store"));
-            }
-            let at = self.check(off, 8)?;
-            // SAFETY: `check` proved the 8 bytes lie inside the mapping and the offset is 8-aligned
-            // (the mapping base is page-aligned), so an AtomicU64 view of them is valid.
-            let lines = unsafe {
-                let p = self.base.as_ptr().add(at);
-                (*(p as *const AtomicU64)).store(v, Ordering::Release);
-                persist::flush_range(p, 8, self.flush)
-            };
-            self.counters.mine().flush_lines.fetch_add(lines, Ordering::Relaxed);
-            self.note(off, 8);
-            Ok(())
-        }
-    }
-
-    raw! {
-        /// Compare-and-swap of the aligned 8-byte word at `off` (sequentially consistent): when
-        /// it holds `current` it becomes `new`, written back. Returns what it held. The caller
-        /// fences.
-        fn compare_exchange_u64(&self, off: u64, current: u64, new: u64) -> Result<u64> {
-            if off % 8 != 0 {
-                return Err(Error::InvalidArgument("unaligned 8-byte store"));
-            }
-            let at = self.check(off, 8)?;
-            // SAFETY: `check` proved the 8 bytes lie inside the mapping and the offset is 8-aligned
-            // (the mapping base is page-aligned), so an AtomicU64 view of them is valid.
-            let (held, lines) = unsafe {
-                let p = self.base.as_ptr().add(at);
-                let held = (*(p as *const AtomicU64))
-                    .compare_exchange(current, new, Ordering::SeqCst, Ordering::SeqCst)
-                    .unwrap_or_else(|h| h);
-                (held, persist::flush_range(p, 8, self.flush))
-            };
-            self.counters.mine().flush_lines.fetch_add(lines, Ordering::Relaxed);
-            self.note(off, 8);
-            Ok(held)
-        }
-    }
-
-    /// Aligned 8-byte load (pairs with [`Device::store_u64`]).
-    pub(crate) fn load_u64(&self, off: u64) -> Result<u64> {
-        if off % 8 != 0 {
-            return Err(Error::InvalidArgument("unaligned 8-byte load"));
-        }
-        let at = self.check(off, 8)?;
-        // SAFETY: `check` proved the 8 bytes lie inside the mapping; 8-alignment checked above.
-        Ok(unsafe { (*(self.base.as_ptr().add(at) as *const AtomicU64)).load(Ordering::Acquire) })
     }
 
     /// Makes everything durable across power loss when the medium is a page-cache file:
