@@ -359,6 +359,73 @@ fn killed_mid_write(how: Writes) {
     fsck_clean(&m.img);
 }
 
+/// Appends under a lease race readers through the mount, whose every request ends the lease:
+/// each read and stat must show every append that returned before it began, whole and in
+/// order, and the appender must go on appending directly between them. A watchdog fails the
+/// test when the appender stops reporting for 30 s.
+#[test]
+fn appends_race_readers_through_the_mount_and_each_sees_every_returned_append() {
+    if !can_mount() {
+        return;
+    }
+    use std::io::BufRead;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let m = Mounted::new("256M");
+    let path = numbered_file(&m, "race", Writes::Append);
+    let mut child = numbered_writer(&m, &path, Writes::Append);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let out = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let returned = AtomicU64::new(0);
+    let stop = AtomicBool::new(false);
+    let reads = std::thread::scope(|s| {
+        let reader = s.spawn(|| {
+            let mut reads = 0u64;
+            while !stop.load(Ordering::Acquire) {
+                let before = returned.load(Ordering::Acquire);
+                let len = std::fs::metadata(&path).unwrap().len();
+                assert!(len / 4096 >= before, "stat: {len} bytes after {before} appends returned");
+                let data = std::fs::read(&path).unwrap();
+                holds_returned_appends(&data, &vec![0; before as usize]);
+                reads += 1;
+            }
+            reads
+        });
+        let mut n = 0u64;
+        let done = loop {
+            match rx.recv_timeout(std::time::Duration::from_secs(30)) {
+                Ok(line) => {
+                    assert_eq!(line.parse::<u64>().expect("an append failed"), n);
+                    n += 1;
+                    returned.store(n, Ordering::Release);
+                    if n == 20_000 {
+                        break true;
+                    }
+                }
+                Err(_) => break false,
+            }
+        };
+        stop.store(true, Ordering::Release);
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(done, "the appender stopped after {n} appends (30 s)");
+        reader.join().unwrap()
+    });
+    let trace = std::fs::read_to_string(m.img.with_file_name("writer.trace")).unwrap();
+    let direct = trace.matches("): direct, 4096").count();
+    println!("{reads} reads through the mount, {direct} of 20,000 appends served directly");
+    assert!(reads >= 20 && direct >= 1000, "{reads} reads, {direct} appends served directly");
+    holds_returned_appends(&std::fs::read(&path).unwrap(), &vec![0; 20_000]);
+    m.unmount();
+    fsck_clean(&m.img);
+}
+
 #[test]
 fn a_killed_server_stops_direct_writers_and_the_next_server_takes_over() {
     if !can_mount() {
