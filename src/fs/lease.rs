@@ -32,7 +32,8 @@ impl Fs {
     /// size reaches them), and the client records each append's end in the lane before the
     /// append returns. A lease another open file holds ends first. Refused with EBUSY while the
     /// file is mapped through the kernel or holds blocks past EOF of its own (preallocated),
-    /// and with EOPNOTSUPP on a mount that publishes no maps or an image without lanes.
+    /// with EFBIG for more than one transaction's worth of blocks at once, and with EOPNOTSUPP
+    /// on a mount that publishes no maps or an image without lanes.
     pub fn lease(&self, ino: u64, owner: u64, want: u64) -> Result<LeaseIo> {
         let p = self.publication()?;
         if !self.inner.geo.lanes {
@@ -65,10 +66,14 @@ impl Fs {
         };
         if want > lease.end {
             let bs = self.inner.geo.block_size;
-            let cap = (self.max_tx_blocks() - 2) * bs;
+            // One transaction's worth of blocks at most: a larger write goes through the mount.
+            let cap = lease.end.next_multiple_of(bs) + (self.max_tx_blocks() - 2) * bs;
+            if want > cap {
+                return Err(Error::FileTooBig);
+            }
             let window = (lease.end - lease.start).clamp(MIN_WINDOW, MAX_WINDOW);
-            let wide = want.max(lease.end + window).min(lease.end.next_multiple_of(bs) + cap).min(MAX_FILE_SIZE);
-            let end = match self.reserve(&mut g, lease.end, wide.max(want)) {
+            let wide = want.max(lease.end + window).min(cap).min(MAX_FILE_SIZE);
+            let end = match self.reserve(&mut g, lease.end, wide) {
                 Err(Error::NoSpace) if wide > want => self.reserve(&mut g, lease.end, want)?,
                 r => r?,
             };

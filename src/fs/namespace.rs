@@ -209,7 +209,7 @@ impl Fs {
 
     /// Adds a hard link `newparent/newname` to `ino`.
     pub fn link(&self, ino: u64, newparent: u64, newname: &[u8]) -> Result<Stat> {
-        self.link_nodes(&*self.node(ino)?, &*self.node(newparent)?, newname)
+        self.link_nodes(&*self.settled(ino)?, &*self.node(newparent)?, newname)
     }
 
     /// Adds a hard link `p/newname` to the inode of `c`.
