@@ -161,7 +161,8 @@ impl Mount {
 
     /// Writes `data` into file `ino` (open for writing as `fd`) at `off` straight into the
     /// image, durable when it returns, when the whole range lies in written blocks inside the
-    /// file; anything else (holes, unwritten blocks, growth) is the mount's.
+    /// file, or grows the file under a lease of this open file's (DESIGN.md "Appends by
+    /// lease"); anything else (holes, unwritten blocks, writes far past EOF) is the mount's.
     pub fn write_at(
         &self,
         fd: BorrowedFd<'_>,
