@@ -2,9 +2,10 @@
 //! client that reads and writes a file's blocks straight in the image, and the table of map
 //! generations it publishes for the client to check its cached maps against.
 //!
-//! The server answers two ioctls on a descriptor of a file of the mount: [`IOC_INFO`] (where the
-//! image and the table are) and [`IOC_MAP`] (a page of the file's extents with the generation
-//! they belong to). Every change to a file's size or blocks bumps the file's generation in the
+//! The server answers ioctls on a descriptor of a file of the mount: [`IOC_INFO`] (where the
+//! image and the table are), [`IOC_MAP`] (a page of the file's extents with the generation
+//! they belong to), [`IOC_WRITING`], [`IOC_KERNEL_MAP`] and [`IOC_LEASE`] (appends by lease,
+//! whose sizes live in the file's lane until the server folds them). Every change to a file's size or blocks bumps the file's generation in the
 //! table *before* it commits, so a client that loads the same generation before and after a copy
 //! copied from blocks that were the file's for the whole copy.
 

@@ -19,6 +19,16 @@ fn scratch(what: &str) -> Scratch {
     Scratch(dir.join(format!("udax-direct-{what}-{}", std::process::id())))
 }
 
+/// A fresh image of `mib` MiB publishing its maps: the image's and the table's scratch files,
+/// and the file system.
+fn published(what: &str, mib: u64) -> (Scratch, Scratch, Fs) {
+    let image = scratch(what);
+    let table = scratch(&format!("{what}-table"));
+    let fs = Fs::mkfs(Device::create(&image.0, mib << 20).unwrap(), &MkfsOptions::default()).unwrap();
+    fs.publish_maps(DirectTable::create(&table.0, fs.geometry().inode_count, 0o600).unwrap()).unwrap();
+    (image, table, fs)
+}
+
 /// All of a file's extents, page by page.
 fn whole_map(fs: &Fs, ino: u64) -> (u64, u64, Vec<udax::direct::MapExtent>) {
     let (mut from, mut all) = (0, Vec::new());
@@ -70,10 +80,7 @@ fn maps_name_the_files_bytes_in_the_image() {
 
 #[test]
 fn every_change_to_size_or_blocks_moves_the_generation() {
-    let image = scratch("gens");
-    let table_path = scratch("gens-table");
-    let fs = Fs::mkfs(Device::create(&image.0, 64 << 20).unwrap(), &MkfsOptions::default()).unwrap();
-    fs.publish_maps(DirectTable::create(&table_path.0, fs.geometry().inode_count, 0o600).unwrap()).unwrap();
+    let (_image, table_path, fs) = published("gens", 64);
     let client = DirectTable::open(&table_path.0, false).unwrap();
     let f = fs.open("/f", OpenOptions::create()).unwrap();
     let ino = f.metadata().unwrap().ino;
@@ -125,10 +132,7 @@ fn a_closed_or_foreign_table_is_refused_or_marked() {
 fn blocks_freed_under_a_direct_write_wait_for_it_to_end() {
     // A writer that checked the generation before a truncate moved it may still store into the
     // blocks the truncate freed: they must not go to another file until it leaves.
-    let image = scratch("quarantine");
-    let table_path = scratch("quarantine-table");
-    let fs = Fs::mkfs(Device::create(&image.0, 16 << 20).unwrap(), &MkfsOptions::default()).unwrap();
-    fs.publish_maps(DirectTable::create(&table_path.0, fs.geometry().inode_count, 0o600).unwrap()).unwrap();
+    let (_image, table_path, fs) = published("quarantine", 16);
     let client = DirectTable::open(&table_path.0, true).unwrap();
     let slot = client.claim().expect("a free writer slot");
     let f = fs.open("/victim", OpenOptions::create()).unwrap();
@@ -175,10 +179,7 @@ fn append_directly(fs: &Fs, image: &Image, ino: u64, lease: &LeaseIo, data: &[u8
 #[test]
 fn a_lane_holds_returned_appends_through_a_crash() {
     // Appends under a lease move no committed size: after a crash, the lane is what holds them.
-    let image_path = scratch("lane");
-    let table_path = scratch("lane-table");
-    let fs = Fs::mkfs(Device::create(&image_path.0, 16 << 20).unwrap(), &MkfsOptions::default()).unwrap();
-    fs.publish_maps(DirectTable::create(&table_path.0, fs.geometry().inode_count, 0o600).unwrap()).unwrap();
+    let (image_path, _table, fs) = published("lane", 16);
     let f = fs.open("/log", OpenOptions::create()).unwrap();
     f.write_at(&[1u8; 1000], 0).unwrap();
     let ino = f.metadata().unwrap().ino;
@@ -209,10 +210,7 @@ fn a_lane_holds_returned_appends_through_a_crash() {
 fn an_ended_lease_takes_no_more_appends() {
     // A client still in an append when its lease ends (stopped, say) must not move the size the
     // server folded, nor the lane of the next lease: it makes the append through the mount.
-    let image_path = scratch("frozen");
-    let table_path = scratch("frozen-table");
-    let fs = Fs::mkfs(Device::create(&image_path.0, 16 << 20).unwrap(), &MkfsOptions::default()).unwrap();
-    fs.publish_maps(DirectTable::create(&table_path.0, fs.geometry().inode_count, 0o600).unwrap()).unwrap();
+    let (image_path, _table, fs) = published("frozen", 16);
     let ino = fs.open("/f", OpenOptions::create()).unwrap().metadata().unwrap().ino;
     let image = Image::attach(&image_path.0).unwrap();
     let first = fs.lease(ino, 1, 100).unwrap();

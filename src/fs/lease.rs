@@ -136,11 +136,9 @@ impl Fs {
         let lane = geo.inode_at(g.ino) + INODE_LANE_OFF;
         let mut w = dev.load_u64(lane)?;
         g.lane = 0;
-        if lane_size(w).is_none() {
-            return Ok(());
-        }
+        let Some(reach) = lane_size(w) else { return Ok(()) };
         if self.is_read_only() {
-            g.attr.size = g.attr.size.max(lane_size(w).unwrap_or(0));
+            g.attr.size = g.attr.size.max(reach.min(MAX_FILE_SIZE));
             return Ok(());
         }
         while w & LANE_FROZEN == 0 {
@@ -149,7 +147,8 @@ impl Fs {
                 held => w = held,
             }
         }
-        let size = g.attr.size.max(lane_size(w).unwrap_or(0).min(MAX_FILE_SIZE));
+        // Raises only grow the lane, so what froze reaches at least `reach`.
+        let size = g.attr.size.max(lane_size(w).unwrap_or(reach).min(MAX_FILE_SIZE));
         let keep = size.div_ceil(geo.block_size);
         self.undoable(g, |g, _| {
             let mut tx = Tx::new();
