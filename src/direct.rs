@@ -413,16 +413,16 @@ impl Image {
         self.dev.prefault(off, len)
     }
 
-    /// Zeroes `[off, off+len)` and fences.
-    pub fn zero_durable(&self, off: u64, len: u64) -> Result<()> {
-        self.dev.zero(off, len)?;
-        self.dev.fence();
-        Ok(())
-    }
-
     /// The size the lane word at `off` ([`MapIo::lane`]) says appends reach, if it holds a lane.
     pub fn lane_size(&self, off: u64) -> Result<Option<u64>> {
         Ok(crate::layout::lane_size(self.dev.load_u64(off)?))
+    }
+
+    /// The size the lane word at `off` says appends reach, if it is the lane of the lease named
+    /// `token` and not frozen.
+    pub fn lane_of(&self, off: u64, token: u64) -> Result<Option<u64>> {
+        let w = self.dev.load_u64(off)?;
+        Ok(crate::layout::lane_size(w).filter(|_| w >> crate::layout::LANE_TOKEN_SHIFT == token))
     }
 
     /// Raises the lane word at `off` of the lease named `token` so that it says the appends

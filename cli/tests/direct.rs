@@ -310,7 +310,13 @@ fn holds_returned_appends(data: &[u8], reported: &[u64]) {
     for (b, block) in data.chunks(4096).enumerate() {
         assert!(
             block.chunks(8).all(|w| u64::from_le_bytes(w.try_into().unwrap()) == b as u64),
-            "block {b} does not hold append {b}"
+            "block {b} does not hold append {b}: words {:?} (of {} blocks, {} returned)",
+            block
+                .chunks(8)
+                .map(|w| u64::from_le_bytes(w.try_into().unwrap()))
+                .collect::<std::collections::BTreeSet<_>>(),
+            data.len() / 4096,
+            reported.len()
         );
     }
 }

@@ -242,11 +242,8 @@ impl Mount {
                 cache.written_in = Some(tick);
                 continue;
             }
-            let stored = if growth {
-                self.append(cache, data, off, size)
-            } else {
-                self.copy_in(cache, data, off).map(|()| true)
-            };
+            let stored =
+                if growth { self.append(cache, data, off) } else { self.copy_in(cache, data, off).map(|()| true) };
             self.table.leave(slot);
             // An append whose lease ended under it (its lane frozen) is made again through the
             // mount: the bytes are the same, and the mount's size then covers them.
@@ -262,41 +259,38 @@ impl Mount {
         cache.size.max(lane.unwrap_or(0))
     }
 
-    /// Whether a write of `[off, end)` growing the file may be served under a lease: one held
-    /// that reaches `end`, or one worth asking for (not refused in this tick, and the write
-    /// starts inside the file or what the lease reaches: a write far past EOF leaves a hole,
-    /// which only the mount keeps sparse).
+    /// Whether a write of `[off, end)` growing the file may be served under a lease: it starts
+    /// inside the file (a write past EOF leaves a gap to zero, the mount's: see `append`), and
+    /// a lease held reaches `end` or one is worth asking for (not refused in this tick).
     fn leased(&self, cache: &CachedMap, off: u64, end: u64, tick: Timespec) -> bool {
-        let held = cache.lease.filter(|&(g, _, _)| Some(g) == cache.generation);
-        if held.is_some_and(|(_, reach, _)| end <= reach) {
-            return true;
+        if off > self.size(cache) {
+            return false;
         }
-        let reach = held.map_or(0, |(_, reach, _)| reach).max(self.size(cache));
-        cache.refused_in != Some(tick) && off <= reach
+        let held = cache.lease.filter(|&(g, _, _)| Some(g) == cache.generation);
+        held.is_some_and(|(_, reach, _)| end <= reach) || cache.refused_in != Some(tick)
     }
 
-    /// Stores `data` at `off`, past the file's `size`, in blocks this open file's lease reserved:
-    /// the gap from `size` first (zeros: the blocks hold what their last owner left), then the
-    /// bytes, then the new size into the lane, each durable before the next. False when the
-    /// lease ended meanwhile (its lane frozen or another's): the caller appends through the mount.
-    fn append(&self, cache: &mut CachedMap, data: &[u8], off: u64, size: u64) -> udax::Result<bool> {
+    /// Stores `data` at `off`, at or before the end of the file, into blocks this open file's
+    /// lease reserved, durable, then raises the lane to its end. False, with nothing stored,
+    /// when the lane is no longer this lease's (the lease ended: frozen, cleared or another's)
+    /// or the write would leave a gap past EOF; false after the store when the lease ended
+    /// during it. Then the caller writes through the mount. No gap is zeroed here: by the time
+    /// a client that stopped mid-append zeroed it, the gap could hold what a write through the
+    /// mount put there after the lease ended, and the client's own bytes it rewrites anyway.
+    fn append(&self, cache: &mut CachedMap, data: &[u8], off: u64) -> udax::Result<bool> {
         let Some((_, reach, token)) = cache.lease.filter(|_| cache.lane != 0) else { return Ok(false) };
+        match self.image.lane_of(cache.lane, token)? {
+            Some(lane) if off <= cache.size.max(lane) => {}
+            _ => return Ok(false),
+        }
         if cache.prefaulted < reach {
             // Once per lease window: its blocks mapped in one call rather than a fault per page.
             let from = cache.prefaulted.max(off);
             let _ = self.each_piece(cache, from, reach, |at, s, t| self.image.prefault(at, t - s));
             cache.prefaulted = reach;
         }
-        if off > size {
-            self.zero_in(cache, size, off)?;
-        }
         self.copy_in(cache, data, off)?;
         self.image.raise_lane(cache.lane, token, off + data.len() as u64)
-    }
-
-    /// Zeroes file bytes `[off, end)` through `cache`'s extents (all written), durable.
-    fn zero_in(&self, cache: &CachedMap, off: u64, end: u64) -> udax::Result<()> {
-        self.each_piece(cache, off, end, |at, s, t| self.image.zero_durable(at, t - s))
     }
 
     /// This process's writer slot, claimed on first use (and again in a child of a fork).

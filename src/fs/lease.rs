@@ -184,7 +184,8 @@ impl Fs {
         {
             return Err(Error::Busy);
         }
-        // The client zeroes only the gaps it leaves past EOF in blocks the lease reserved.
+        // Appends start at or before EOF and leave no gap; what lies past EOF in its page stays
+        // zero, as everywhere while the file system runs.
         self.clean_tail(g)?;
         let dev = &self.inner.dev;
         let token = p.next_token();
@@ -199,7 +200,7 @@ impl Fs {
 
     /// Makes the holes of file blocks `[from, to)` (bytes, rounded out to blocks) written blocks
     /// of locked file `g`, in one transaction; returns the byte they reach. Their old bytes are
-    /// zeroed only inside EOF: past it only the lease holder stores, zeroing what it skips.
+    /// zeroed only inside EOF: past it only the lease holder stores, from EOF on, with no gap.
     fn reserve(&self, g: &mut Inode, from: u64, to: u64) -> Result<u64> {
         let bs = self.inner.geo.block_size;
         let (first, last) = (from / bs, to.div_ceil(bs));
