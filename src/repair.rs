@@ -179,7 +179,7 @@ impl Fs {
                 Ok((head, freed))
             })?;
             let blocks: u64 = freed.1.iter().map(|e| e.len).sum();
-            self.free_after(freed.0, freed.1.iter().map(Extent::run).collect());
+            self.free_after(ino, freed.0, freed.1.iter().map(Extent::run).collect());
             done.push(Repair {
                 kind: "extent past EOF",
                 ino,

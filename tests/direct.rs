@@ -228,3 +228,72 @@ fn an_ended_lease_takes_no_more_appends() {
     assert_eq!(fs.lease(ino, 3, 4096).unwrap_err().errno(), libc::EBUSY);
     assert!(udax::check::check(&fs, &mut |_, _| {}).is_clean());
 }
+
+#[test]
+fn blocks_a_client_maps_from_the_image_wait_for_its_open_file_to_go() {
+    // A mapping served from the image stores into the blocks it mapped until it is unmapped:
+    // freed from the file meanwhile, they must not go to another file before its open file is
+    // released.
+    let (_image, _table, fs) = published("pinned", 16);
+    let f = fs.open("/mapped", OpenOptions::create()).unwrap();
+    f.write_at(&[1u8; 1 << 20], 0).unwrap();
+    let ino = f.ino();
+    let pinned: Vec<(u64, u64)> = f.extents().unwrap().iter().map(|e| (e.physical, e.physical + e.length)).collect();
+    fs.direct_map(ino, 7, 0, 1 << 20).unwrap();
+    f.set_len(0).unwrap();
+    let g = fs.open("/filler", OpenOptions::create()).unwrap();
+    let mut off = 0;
+    while g.write_at(&[2u8; 64 << 10], off).is_ok() {
+        off += 64 << 10;
+    }
+    let overlaps = |g: &udax::File| {
+        g.extents().unwrap().iter().any(|e| pinned.iter().any(|&(s, t)| e.physical < t && s < e.physical + e.length))
+    };
+    assert!(!overlaps(&g), "a block a client maps went to another file");
+    // Another open file's release frees nothing of it.
+    fs.direct_unmap(8);
+    assert!(g.write_at(&[3u8; 64 << 10], off).is_err());
+    fs.direct_unmap(7);
+    let mut more = 0;
+    while g.write_at(&[3u8; 64 << 10], off).is_ok() {
+        off += 64 << 10;
+        more += 1;
+    }
+    assert!(more >= 15, "the pinned megabyte came back ({more} more 64 KiB writes)");
+    assert!(overlaps(&g));
+    assert!(udax::check::check(&fs, &mut |_, _| {}).is_clean());
+}
+
+#[test]
+fn a_range_mapped_from_the_image_is_made_written_inside_eof() {
+    let (_image, _table, fs) = published("filled", 16);
+    let f = fs.open("/sparse", OpenOptions::create()).unwrap();
+    f.write_at(&[5u8; 4096], 0).unwrap();
+    f.set_len(10 * 4096 + 100).unwrap();
+    fs.fallocate(f.ino(), 4 * 4096, 2 * 4096, FallocMode::Allocate { keep_size: true }).unwrap();
+    let (before, _, _) = whole_map(&fs, f.ino());
+    let reply = fs.direct_map(f.ino(), 1, 0, 16 * 4096).unwrap();
+    let (generation, size, extents) = whole_map(&fs, f.ino());
+    assert_eq!((reply.generation, reply.size, size), (generation, 10 * 4096 + 100, 10 * 4096 + 100));
+    assert_ne!(before, generation, "filling moved the generation");
+    // Written up to the end of the EOF block, nothing past it.
+    let mut at = 0;
+    for e in &extents {
+        assert_eq!((e.logical, e.flags & EXTENT_WRITTEN), (at, EXTENT_WRITTEN), "{extents:?}");
+        at += e.blocks;
+    }
+    assert_eq!(at, 11);
+    let mut back = vec![9u8; 11 * 4096];
+    assert_eq!(f.read_at(&mut back, 0).unwrap(), 10 * 4096 + 100);
+    assert!(back[..4096].iter().all(|&b| b == 5) && back[4096..10 * 4096 + 100].iter().all(|&b| b == 0));
+    // Past EOF in its block, the image holds zeros too (what the mapping shows there).
+    let image = Image::attach(&_image.0).unwrap();
+    let last = extents.iter().find(|e| e.logical + e.blocks == 11).unwrap();
+    let mut tail = vec![1u8; 4096 - 100];
+    image.read(last.physical + (10 - last.logical) * 4096 + 100, &mut tail).unwrap();
+    assert!(tail.iter().all(|&b| b == 0));
+    assert!(udax::check::check(&fs, &mut |_, _| {}).is_clean());
+    // A file mapped through the kernel is not mapped from the image as well.
+    fs.note_kernel_map(f.ino(), true);
+    assert_eq!(fs.direct_map(f.ino(), 2, 0, 4096).unwrap_err().errno(), libc::EBUSY);
+}

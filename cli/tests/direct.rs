@@ -654,8 +654,10 @@ fn a_file_mapped_through_the_kernel_anywhere_is_read_and_written_through_the_mou
          print('closed', flush=True)\n",
         path.display()
     );
+    // Mapped through the kernel (as a mapping the image cannot serve is: past EOF, say).
     let mut a = under_run(&m, "python3")
         .args(["-c", &mapper])
+        .env("UDAX_DIRECT_MMAP", "0")
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -681,6 +683,76 @@ fn a_file_mapped_through_the_kernel_anywhere_is_read_and_written_through_the_mou
     }
     let bytes = std::fs::read(&path).unwrap();
     assert!(bytes[..4096] == [b'b'; 4096] && bytes[4096..8192] == [b'a'; 4096] && bytes[8192..12288] == [b'c'; 4096]);
+}
+
+/// Mappings under `udax run` are served from the image: the mapping, direct calls of other
+/// processes and reads through the mount without the library all show the same bytes at once,
+/// with no page cache between them; holes inside EOF are filled when mapped.
+#[test]
+fn udax_run_maps_files_from_the_image_and_every_process_sees_the_same_bytes() {
+    use std::io::{BufRead, Write};
+    if !can_mount() {
+        return;
+    }
+    let m = Mounted::new("16M");
+    let path = m.mnt.join("f");
+    std::fs::write(&path, vec![b'z'; 16384]).unwrap();
+    std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(24576).unwrap();
+    let other = |code: &str| {
+        let script = format!("import os\nfd = os.open('{}', os.O_RDWR)\n{code}\n", path.display());
+        let out = under_run(&m, "python3").args(["-c", &script]).env("UDAX_DIRECT_TRACE", "1").output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{stderr}");
+        assert!(stderr.contains("): direct,"), "not served directly: {stderr}");
+    };
+    let mapper = format!(
+        "import mmap, os, sys\n\
+         fd = os.open('{}', os.O_RDWR)\n\
+         m = mmap.mmap(fd, 24576)\n\
+         print(m[0:16384] == b'z' * 16384 and m[16384:] == bytes(8192), flush=True)\n\
+         sys.stdin.readline()\n\
+         print(m[0:4096] == b'b' * 4096, flush=True)\n\
+         m[4096:8192] = b'a' * 4096\n\
+         m[20480:20485] = b'hello'\n\
+         m.flush()\n\
+         print('stored', flush=True)\n\
+         sys.stdin.readline()\n\
+         m.close()\n\
+         os.close(fd)\n\
+         print('closed', flush=True)\n",
+        path.display()
+    );
+    let mut a = under_run(&m, "python3")
+        .args(["-c", &mapper])
+        .env("UDAX_DIRECT_TRACE", "1")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut said = std::io::BufReader::new(a.stdout.take().unwrap()).lines();
+    let mut next = || said.next().unwrap().unwrap();
+    assert_eq!(next(), "True", "the mapping shows the file, zeros over its hole");
+    other("os.pwrite(fd, b'b' * 4096, 0)");
+    a.stdin.as_ref().unwrap().write_all(b"\n").unwrap();
+    assert_eq!(next(), "True", "the mapping shows another process's direct write at once");
+    assert_eq!(next(), "stored");
+    // Through the mount, without the library: the mapping's stores, with no request between.
+    let bytes = std::fs::read(&path).unwrap();
+    assert!(bytes[4096..8192] == [b'a'; 4096] && &bytes[20480..20485] == b"hello", "the mount misses the stores");
+    other("assert os.pread(fd, 4096, 4096) == b'a' * 4096");
+    a.stdin.as_ref().unwrap().write_all(b"\n").unwrap();
+    assert_eq!(next(), "closed");
+    let out = a.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && stderr.contains("from the image"), "{stderr}");
+    assert!(!stderr.contains("through the kernel"), "{stderr}");
+    let bytes = std::fs::read(&path).unwrap();
+    assert!(bytes[..4096] == [b'b'; 4096] && bytes[8192..16384] == [b'z'; 8192] && bytes.len() == 24576);
+    // The mapped blocks go back once the mapping's open file is released.
+    std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(0).unwrap();
+    m.unmount();
+    fsck_clean(&m.img);
 }
 
 /// fsx under `udax run`, while a second process reads the same file through the mount without

@@ -24,10 +24,23 @@ pub enum Served {
     PassThrough,
 }
 
+/// A piece of a mapping served from the image: file bytes `[file, file + len)` are the image's
+/// bytes from `dev` on (all three page-aligned).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MapPiece {
+    /// File offset.
+    pub file: u64,
+    /// Image offset.
+    pub dev: u64,
+    /// Length in bytes.
+    pub len: u64,
+}
+
 /// One udax mount as a client sees it.
 #[derive(Debug)]
 pub struct Mount {
     image: Image,
+    image_path: std::path::PathBuf,
     table: DirectTable,
     block_size: u64,
     /// The writer slot, claimed at the first direct write (`None`: the table is read-only to
@@ -108,13 +121,79 @@ impl Mount {
             return Ok(None);
         }
         let block_size = u64::from(info.block_size);
-        Ok(Some(Mount { image, table, block_size, slot: Mutex::new(None), writable }))
+        let image_path = image_path.to_path_buf();
+        Ok(Some(Mount { image, image_path, table, block_size, slot: Mutex::new(None), writable }))
     }
 
     /// Tells the server that this process is about to map file `fd` through the kernel: until
     /// that open file is released, every client reads and writes the file through the mount.
     pub fn kernel_map(&self, fd: BorrowedFd<'_>) -> std::io::Result<()> {
         crate::sys::kernel_map(fd)
+    }
+
+    /// The image file: a mapping served from the image maps it.
+    pub fn image_path(&self) -> &Path {
+        &self.image_path
+    }
+
+    /// File `ino`'s map generation now (`None`: mapped through the kernel, or no such file).
+    pub fn generation(&self, ino: u64) -> Option<u64> {
+        self.table.generation(ino).ok().filter(|g| g & KERNEL_MAPPED == 0)
+    }
+
+    /// Writes back the image's cache lines of `[dev, dev + len)` (stores through a mapping
+    /// served from the image) and fences: durable when it returns.
+    pub fn flush(&self, dev: u64, len: u64) -> std::io::Result<()> {
+        self.image.flush(dev, len).map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
+    }
+
+    /// The pieces of the image that map bytes `[off, end)` of the file (`end` a multiple of
+    /// `page`), with the generation they belong to, after the server made the range written
+    /// and pinned its blocks to open file `pin`, which the caller keeps open as long as it maps
+    /// them (DESIGN.md "Mappings served from the image"). `None` when the range cannot be
+    /// served from the image: past the page holding EOF, blocks not page-aligned, refused by
+    /// the server (the file mapped through the kernel, too much to fill, no space), or the
+    /// server gone. The caller maps through the kernel then.
+    pub fn map_pieces(
+        &self,
+        pin: BorrowedFd<'_>,
+        cache: &mut CachedMap,
+        off: u64,
+        end: u64,
+        page: u64,
+    ) -> std::io::Result<Option<(u64, Vec<MapPiece>)>> {
+        for _ in 0..RETRIES {
+            if !self.live() {
+                return Ok(None);
+            }
+            let Ok(reply) = crate::sys::direct_map(pin, off, end - off) else { return Ok(None) };
+            if reply.version != direct::VERSION || end > reply.size.next_multiple_of(page) {
+                return Ok(None);
+            }
+            if cache.generation != Some(reply.generation) {
+                self.refresh(pin, cache)?;
+                if cache.generation != Some(reply.generation) {
+                    // Changed since the pin: the blocks of the newer map may not be pinned yet.
+                    continue;
+                }
+            }
+            if !self.all_written(cache, off, end) {
+                return Ok(None);
+            }
+            let mut pieces: Vec<MapPiece> = Vec::new();
+            let aligned = self.each_piece(cache, off, end, |dev, s, t| {
+                if dev % page != 0 || s % page != 0 || t % page != 0 {
+                    return Err(udax::Error::InvalidArgument("blocks not page-aligned"));
+                }
+                match pieces.last_mut() {
+                    Some(p) if p.file + p.len == s && p.dev + p.len == dev => p.len += t - s,
+                    _ => pieces.push(MapPiece { file: s, dev, len: t - s }),
+                }
+                Ok(())
+            });
+            return Ok(aligned.is_ok().then_some((reply.generation, pieces)));
+        }
+        Ok(None)
     }
 
     /// Whether the server still serves (a closed table means every cached map is worthless).

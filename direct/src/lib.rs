@@ -11,5 +11,5 @@ mod client;
 #[allow(unsafe_code)]
 mod sys;
 
-pub use client::{forked, CachedMap, Mount, Served};
+pub use client::{forked, CachedMap, MapPiece, Mount, Served};
 pub use sys::{identity, Identity};

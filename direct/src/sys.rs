@@ -3,7 +3,9 @@
 
 use std::os::fd::{AsRawFd, BorrowedFd};
 
-use udax::direct::{InfoReply, LeaseIo, MapIo, IOC_INFO, IOC_KERNEL_MAP, IOC_LEASE, IOC_MAP, IOC_WRITING};
+use udax::direct::{
+    DirectMapIo, InfoReply, LeaseIo, MapIo, IOC_DIRECT_MAP, IOC_INFO, IOC_KERNEL_MAP, IOC_LEASE, IOC_MAP, IOC_WRITING,
+};
 use zerocopy::FromZeros;
 
 /// Asks the mount for where its image and table are (ENOTTY: not a udax mount, or one that
@@ -37,6 +39,20 @@ pub(crate) fn lease(fd: BorrowedFd<'_>, want: u64) -> std::io::Result<LeaseIo> {
     // SAFETY: IOC_LEASE is an _IOWR of `size_of::<LeaseIo>()` bytes: the kernel reads and writes
     // at most that many bytes of `io`, a live, exclusively borrowed value of exactly that size.
     let rc = unsafe { libc::ioctl(fd.as_raw_fd(), IOC_LEASE as libc::c_ulong, &raw mut io) };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(io)
+}
+
+/// Asks the mount to make `[off, off+len)` of the file written and pin its blocks to open file
+/// `fd` (a mapping served from the image).
+pub(crate) fn direct_map(fd: BorrowedFd<'_>, off: u64, len: u64) -> std::io::Result<DirectMapIo> {
+    let mut io = DirectMapIo { off, len, ..DirectMapIo::default() };
+    // SAFETY: IOC_DIRECT_MAP is an _IOWR of `size_of::<DirectMapIo>()` bytes: the kernel reads
+    // and writes at most that many bytes of `io`, a live, exclusively borrowed value of exactly
+    // that size.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), IOC_DIRECT_MAP as libc::c_ulong, &raw mut io) };
     if rc < 0 {
         return Err(std::io::Error::last_os_error());
     }

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 use fuser::Errno;
-use udax::direct::{self, DirectTable, InfoReply, LeaseIo, MapIo};
+use udax::direct::{self, DirectMapIo, DirectTable, InfoReply, LeaseIo, MapIo};
 use udax::Fs;
 use zerocopy::{FromBytes, FromZeros, IntoBytes};
 
@@ -136,6 +136,11 @@ pub(crate) fn ioctl(
             }
             Ok(lease.as_bytes().to_vec())
         }
+        direct::IOC_DIRECT_MAP => {
+            let req = DirectMapIo::read_from_prefix(input).map_err(|_| Errno::EINVAL)?.0;
+            let reply = fs.direct_map(ino, fh, req.off, req.len).map_err(|e| Errno::from_i32(e.errno()))?;
+            Ok(reply.as_bytes().to_vec())
+        }
         direct::IOC_KERNEL_MAP => {
             if p.kernel_mapped.lock().unwrap_or_else(PoisonError::into_inner).insert(fh) {
                 fs.note_kernel_map(ino, true);
@@ -147,8 +152,12 @@ pub(crate) fn ioctl(
 }
 
 /// Open file `fh` of `ino` is released: if it mapped the file through the kernel, it no longer
-/// does (the kernel releases a file only once its mappings are gone too).
+/// does (the kernel releases a file only once its mappings are gone too), and the blocks a
+/// mapping served from the image pinned to it may be reused.
 pub(crate) fn released(fs: &Fs, published: Option<&Published>, ino: u64, fh: u64) {
+    if published.is_some() {
+        fs.direct_unmap(fh);
+    }
     if published.is_some_and(|p| p.kernel_mapped.lock().unwrap_or_else(PoisonError::into_inner).remove(&fh)) {
         fs.note_kernel_map(ino, false);
     }

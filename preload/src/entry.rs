@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use libc::{c_char, c_int, c_uint, c_ulong, c_void, iovec, loff_t, mode_t, off64_t, off_t, size_t, ssize_t, FILE};
 
-use crate::{fds, serve};
+use crate::{fds, maps, serve};
 
 /// Runs when the library is loaded: a fork holds the descriptor table across it, and the child
 /// starts from a table no other thread can be holding and claims writer slots of its own.
@@ -22,12 +22,15 @@ static ON_LOAD: extern "C" fn() = on_load;
 extern "C" fn on_load() {
     extern "C" fn prepare() {
         fds::before_fork();
+        maps::before_fork();
     }
     extern "C" fn parent() {
+        maps::after_fork();
         fds::after_fork_in_parent();
     }
     extern "C" fn child() {
         udax_direct::forked();
+        maps::after_fork();
         fds::after_fork_in_child();
     }
     // SAFETY: registers three handlers. The child's adds to an atomic counter and puts a fresh,
@@ -57,13 +60,13 @@ impl Drop for Inside {
     }
 }
 
-fn set_errno(e: c_int) {
+pub(crate) fn set_errno(e: c_int) {
     // SAFETY: __errno_location returns the calling thread's errno, valid for the thread's life.
     unsafe { *libc::__errno_location() = e };
 }
 
 /// The address of the next definition of `name` after this library's (libc's), looked up once.
-fn next(slot: &AtomicUsize, name: &CStr) -> usize {
+pub(crate) fn next(slot: &AtomicUsize, name: &CStr) -> usize {
     let p = slot.load(Ordering::Relaxed);
     if p != 0 {
         return p;
@@ -94,9 +97,18 @@ macro_rules! real {
     }};
 }
 
+pub(crate) use real;
+
+/// Runs the library's part of a call that has no errno to report: `None` (the caller then
+/// makes the real call) when the library is already running on this thread or panics.
+pub(crate) fn inside<R>(f: impl FnOnce() -> Option<R>) -> Option<R> {
+    let _inside = Inside::enter()?;
+    catch_unwind(AssertUnwindSafe(f)).ok().flatten()
+}
+
 /// Runs the library's part of a call: `None` (the caller then makes the real call) when the
 /// library is already running on this thread; a panic sets EIO and returns `Some(-1)`.
-fn library<R: From<i8>>(f: impl FnOnce() -> Option<R>) -> Option<R> {
+pub(crate) fn library<R: From<i8>>(f: impl FnOnce() -> Option<R>) -> Option<R> {
     let _inside = Inside::enter()?;
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(r) => r,
@@ -639,73 +651,6 @@ pub unsafe extern "C" fn pwritev64v2(fd: c_int, iov: *const iovec, n: c_int, off
         }
     }
     real!(pwritev64v2(fd => c_int, iov => *const iovec, n => c_int, off => off64_t, flags => c_int) -> ssize_t)
-}
-
-fn kernel_maps(fd: c_int, flags: c_int) {
-    if fd >= 0 && flags & libc::MAP_ANONYMOUS == 0 {
-        let _ = library(|| {
-            fds::mapped_by_kernel(fd);
-            None::<i8>
-        });
-    }
-}
-
-/// mmap(2): a mapping of a udax file goes through the kernel's page cache, which direct calls
-/// would bypass, so the file's later calls in this process go through the mount.
-///
-/// # Safety
-/// libc's contract for this function.
-#[no_mangle]
-pub unsafe extern "C" fn mmap(
-    addr: *mut c_void,
-    len: size_t,
-    prot: c_int,
-    flags: c_int,
-    fd: c_int,
-    off: off_t,
-) -> *mut c_void {
-    kernel_maps(fd, flags);
-    // SAFETY: the caller's arguments, passed on unchanged.
-    unsafe { real_mmap(addr, len, prot, flags, fd, off) }
-}
-
-/// mmap64, as [`mmap`].
-///
-/// # Safety
-/// libc's contract for this function.
-#[no_mangle]
-pub unsafe extern "C" fn mmap64(
-    addr: *mut c_void,
-    len: size_t,
-    prot: c_int,
-    flags: c_int,
-    fd: c_int,
-    off: off64_t,
-) -> *mut c_void {
-    kernel_maps(fd, flags);
-    // SAFETY: the caller's arguments, passed on unchanged.
-    unsafe { real_mmap(addr, len, prot, flags, fd, off) }
-}
-
-/// libc's mmap (MAP_FAILED and ENOSYS if it has none).
-///
-/// # Safety
-/// mmap(2)'s contract.
-unsafe fn real_mmap(addr: *mut c_void, len: size_t, prot: c_int, flags: c_int, fd: c_int, off: off_t) -> *mut c_void {
-    static SLOT: AtomicUsize = AtomicUsize::new(0);
-    let p = next(&SLOT, c"mmap");
-    if p == 0 {
-        set_errno(libc::ENOSYS);
-        return libc::MAP_FAILED;
-    }
-    // SAFETY: `p` is libc's mmap, whose C signature this is.
-    let f = unsafe {
-        std::mem::transmute::<usize, unsafe extern "C" fn(*mut c_void, size_t, c_int, c_int, c_int, off_t) -> *mut c_void>(
-            p,
-        )
-    };
-    // SAFETY: the caller's arguments, under mmap(2)'s contract.
-    unsafe { f(addr, len, prot, flags, fd, off) }
 }
 
 /// The most one emulated sendfile moves.

@@ -29,6 +29,17 @@ impl OpenFile {
         flags & libc::O_ACCMODE != libc::O_RDONLY && flags & libc::O_APPEND == 0
     }
 
+    /// Whether the descriptor was opened for reading and writing (as a shared writable
+    /// mapping needs).
+    pub(crate) fn read_write(&self) -> bool {
+        self.flags.load(Ordering::Relaxed) & libc::O_ACCMODE == libc::O_RDWR
+    }
+
+    /// The file's device and inode numbers.
+    pub(crate) fn key(&self) -> ((u32, u32), u64) {
+        (self.dev, self.ino)
+    }
+
     /// Whether the descriptor was opened for reading.
     pub(crate) fn reads(&self) -> bool {
         self.flags.load(Ordering::Relaxed) & libc::O_ACCMODE != libc::O_WRONLY

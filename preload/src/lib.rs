@@ -7,6 +7,9 @@
 #[allow(unsafe_code)]
 mod entry;
 mod fds;
+mod maps;
+#[allow(unsafe_code)]
+mod mmap;
 mod serve;
 #[allow(unsafe_code)]
 mod sys;

@@ -480,7 +480,7 @@ impl Fs {
                 let freed = g.ext.remove_range(from, to - from, &mut tx)?;
                 g.log_attr(&geo, &mut tx);
                 let head = self.commit(&tx)?;
-                self.free_after(head, freed.iter().map(Extent::run).collect());
+                self.free_after(g.ino, head, freed.iter().map(Extent::run).collect());
             }
         }
         let mut tx = Tx::new();
@@ -501,7 +501,7 @@ impl Fs {
         finish(g);
         g.log_attr(&geo, &mut tx);
         let head = self.commit(&tx)?;
-        self.free_after(head, freed.iter().map(Extent::run).collect());
+        self.free_after(g.ino, head, freed.iter().map(Extent::run).collect());
         if shrinking && size % bs != 0 && !self.planted(Sabotage::TruncateTail) {
             // A direct write that began before the generation moved may still be storing there.
             self.wait_for_direct_writers();

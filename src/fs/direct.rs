@@ -1,9 +1,9 @@
 //! Direct clients of a mount (DESIGN.md "Direct access"): publishing map generations, and the
 //! file maps handed out.
 
-use crate::direct::{DirectTable, MapExtent, MapIo, Publication};
+use crate::direct::{DirectMapIo, DirectTable, MapExtent, MapIo, Publication, KERNEL_MAPPED};
 use crate::error::{Error, Result};
-use crate::extent::State;
+use crate::extent::{Piece, State};
 use crate::inode::Timespec;
 use crate::journal::Tx;
 use crate::layout::mode;
@@ -86,6 +86,70 @@ impl Fs {
                 maps.remove(&ino);
                 p.table.set_kernel_mapped(ino, false);
             }
+        }
+    }
+
+    /// Open file `owner` of regular file `ino` is about to map `[off, off+len)` of it straight
+    /// from the image (DESIGN.md "Mappings served from the image"): the range's blocks inside
+    /// EOF become written (holes and unwritten blocks zeroed, in one transaction), the bytes
+    /// past EOF in its page read zero, and the blocks are pinned to `owner` until
+    /// [`Fs::direct_unmap`]: freed from the file meanwhile, they are not reused. Refused with
+    /// EBUSY while the file is mapped through the kernel, with EFBIG for more than one
+    /// transaction's worth of blocks to fill, and with EOPNOTSUPP on a mount that publishes no
+    /// maps.
+    pub fn direct_map(&self, ino: u64, owner: u64, off: u64, len: u64) -> Result<DirectMapIo> {
+        let p =
+            self.inner.direct.get().ok_or_else(|| Error::Unsupported("this mount publishes no file maps".into()))?;
+        let n = self.settled(ino)?;
+        let _change = self.writable()?;
+        let _io = wr(&n.io);
+        let mut g = wr(&n.inode);
+        g.live()?;
+        if !mode::is_reg(g.attr.mode) {
+            return Err(Error::InvalidArgument("not a regular file"));
+        }
+        if p.table.generation(ino)? & KERNEL_MAPPED != 0 {
+            return Err(Error::Busy);
+        }
+        let bs = self.inner.geo.block_size;
+        let end = off.saturating_add(len).min(g.attr.size.next_multiple_of(bs));
+        let (first, last) = (off / bs, end.div_ceil(bs));
+        if last > first {
+            let pieces = g.ext.pieces(first, last - first);
+            let fill: u64 = pieces
+                .iter()
+                .map(|p| match p {
+                    Piece::Hole { len, .. } => *len,
+                    Piece::Mapped(e) if e.state != State::Written => e.len,
+                    Piece::Mapped(_) => 0,
+                })
+                .sum();
+            if fill > self.max_tx_blocks() - 2 {
+                return Err(Error::FileTooBig);
+            }
+            self.make_written(&mut g, first * bs, last * bs, u64::MAX)?;
+            self.clean_tail(&mut g)?;
+            let runs = g.ext.pieces(first, last - first).into_iter().filter_map(|p| match p {
+                Piece::Mapped(e) => Some(e.run()),
+                Piece::Hole { .. } => None,
+            });
+            p.pin(owner, ino, runs.collect());
+        }
+        Ok(DirectMapIo {
+            off,
+            len,
+            version: crate::direct::VERSION,
+            reserved: 0,
+            generation: p.table.generation(ino)?,
+            size: g.attr.size,
+        })
+    }
+
+    /// Open file `owner` is released: the blocks it pinned ([`Fs::direct_map`]) that its file
+    /// freed meanwhile are freed now, unless another open file pins them too.
+    pub fn direct_unmap(&self, owner: u64) {
+        if let Some(p) = self.inner.direct.get() {
+            p.unpin(owner, &self.inner.alloc);
         }
     }
 

@@ -321,7 +321,7 @@ impl Fs {
             g.attr.ctime = now;
             g.log_attr(&geo, &mut tx);
             let head = self.commit(&tx)?;
-            self.free_after(head, freed.iter().map(Extent::run).collect());
+            self.free_after(g.ino, head, freed.iter().map(Extent::run).collect());
             Ok(geo.block_at(target))
         })
     }

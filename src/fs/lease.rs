@@ -73,8 +73,9 @@ impl Fs {
             }
             let window = (lease.end - lease.start).clamp(MIN_WINDOW, MAX_WINDOW);
             let wide = want.max(lease.end + window).min(cap).min(MAX_FILE_SIZE);
-            let end = match self.reserve(&mut g, lease.end, wide) {
-                Err(Error::NoSpace) if wide > want => self.reserve(&mut g, lease.end, want)?,
+            let size = g.attr.size;
+            let end = match self.make_written(&mut g, lease.end, wide, size) {
+                Err(Error::NoSpace) if wide > want => self.make_written(&mut g, lease.end, want, size)?,
                 r => r?,
             };
             lease.end = end;
@@ -160,7 +161,7 @@ impl Fs {
             g.attr.size = size;
             g.log_attr(&geo, &mut tx);
             let head = self.commit(&tx)?;
-            self.free_after(head, freed.iter().map(Extent::run).collect());
+            self.free_after(g.ino, head, freed.iter().map(Extent::run).collect());
             Ok(())
         })?;
         dev.store_u64(lane, 0)?;
@@ -198,37 +199,57 @@ impl Fs {
         Ok(lease)
     }
 
-    /// Makes the holes of file blocks `[from, to)` (bytes, rounded out to blocks) written blocks
-    /// of locked file `g`, in one transaction; returns the byte they reach. Their old bytes are
-    /// zeroed only inside EOF: past it only the lease holder stores, from EOF on, with no gap.
-    fn reserve(&self, g: &mut Inode, from: u64, to: u64) -> Result<u64> {
+    /// Makes file blocks `[from, to)` (bytes, rounded out to blocks) of locked file `g` written
+    /// blocks, in one transaction: holes get fresh blocks and unwritten blocks are converted.
+    /// Their bytes below `zero_below` are zeroed (the rest keep their old bytes: past EOF only a
+    /// lease holder stores, from EOF on, with no gap). Returns the byte they reach.
+    pub(super) fn make_written(&self, g: &mut Inode, from: u64, to: u64, zero_below: u64) -> Result<u64> {
         let bs = self.inner.geo.block_size;
         let (first, last) = (from / bs, to.div_ceil(bs));
         if last <= first {
             return Ok(from);
         }
+        let pieces = g.ext.pieces(first, last - first);
+        let unwritten = |p: &&Piece| matches!(p, Piece::Mapped(e) if e.state != State::Written);
+        if pieces.iter().all(|p| matches!(p, Piece::Mapped(e) if e.state == State::Written)) {
+            return Ok(last * bs);
+        }
         self.undoable(g, |g, taken| {
-            let pieces = g.ext.pieces(first, last - first);
             let need: u64 = hole_lens(&pieces).sum();
             let runs = if need > 0 { self.alloc_blocks(self.goal(g, first), need)? } else { Default::default() };
             taken.extend_from_slice(&runs);
             let mut tx = Tx::new();
-            self.reserve_slots(g, ExtentMap::slots_needed(carved_extents(&runs, hole_lens(&pieces))), &mut tx)?;
+            let converts = pieces.iter().filter(unwritten).count();
+            let inserts = carved_extents(&runs, hole_lens(&pieces)) + 2 * converts;
+            self.reserve_slots(g, ExtentMap::slots_needed(inserts), &mut tx)?;
             let mut queue = RunQueue::new(&runs);
-            let (geo, size) = (self.inner.geo, g.attr.size);
+            let (geo, dev) = (self.inner.geo, &self.inner.dev);
+            // The bytes of new written extent `e` below `zero_below`.
+            let zero = |e: &Extent, tx: &mut Tx| {
+                let inside = zero_below.min(e.end() * bs).saturating_sub(e.logical * bs);
+                if inside > 0 {
+                    tx.content_zero(dev, geo.block_at(e.physical), inside)?;
+                }
+                Ok::<(), Error>(())
+            };
             for p in &pieces {
-                if let Piece::Hole { logical, len } = *p {
-                    for e in ExtentMap::extents_for(logical, &queue.take(len), State::Written) {
-                        // A hole's bytes inside EOF (the EOF block's) read zero, as before.
-                        let inside = (size.min(e.end() * bs)).saturating_sub(e.logical * bs);
-                        if inside > 0 {
-                            tx.content_zero(&self.inner.dev, geo.block_at(e.physical), inside)?;
+                match *p {
+                    Piece::Hole { logical, len } => {
+                        for e in ExtentMap::extents_for(logical, &queue.take(len), State::Written) {
+                            zero(&e, &mut tx)?;
+                            g.ext.insert(e, &mut tx)?;
                         }
+                    }
+                    Piece::Mapped(e) if e.state != State::Written => {
+                        let e = Extent { state: State::Written, ..e };
+                        zero(&e, &mut tx)?;
+                        g.ext.remove_range(e.logical, e.len, &mut tx)?;
                         g.ext.insert(e, &mut tx)?;
                     }
+                    Piece::Mapped(_) => {}
                 }
             }
-            g.log_attr(&self.inner.geo, &mut tx);
+            g.log_attr(&geo, &mut tx);
             self.commit(&tx)?;
             Ok(())
         })?;

@@ -384,7 +384,7 @@ impl Fs {
     /// Drops a freed inode from memory after the transaction that cleared its slot (at `head`).
     pub(super) fn forget_freed(&self, inode: &mut Inode, head: u64) {
         let runs: Vec<Run> = inode.owned_runs().collect();
-        self.free_after(head, runs);
+        self.free_after(inode.ino, head, runs);
         inode.freed = true;
         inode.ext = ExtentMap::empty(self.inner.geo.inode_at(inode.ino));
         inode.xattr = Default::default();

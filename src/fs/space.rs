@@ -142,7 +142,7 @@ impl Fs {
                 }
                 g.log_attr(&self.inner.geo, &mut tx);
                 let head = self.commit(&tx)?;
-                self.free_after(head, freed.iter().map(Extent::run).collect());
+                self.free_after(g.ino, head, freed.iter().map(Extent::run).collect());
                 if done {
                     debug_assert!(queue.is_empty(), "every allocated block was placed");
                     return Ok(());

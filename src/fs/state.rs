@@ -392,12 +392,13 @@ impl Fs {
         }
     }
 
-    pub(crate) fn free_after(&self, pos: u64, runs: Vec<Run>) {
+    /// Frees `runs`, which the commit at journal position `pos` unlinked from file `ino`.
+    pub(crate) fn free_after(&self, ino: u64, pos: u64, runs: Vec<Run>) {
         if self.planted(crate::sabotage::Sabotage::EarlyReuse) {
             lock(&self.inner.alloc).unreserve(runs);
         } else if !runs.is_empty() {
             match self.inner.direct.get() {
-                Some(p) => p.quarantine(pos, runs, &self.inner.alloc),
+                Some(p) => p.quarantine(ino, pos, runs, &self.inner.alloc),
                 None => lock(&self.inner.alloc).free_after(pos, runs),
             }
         }

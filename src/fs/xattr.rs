@@ -123,7 +123,7 @@ impl Fs {
         match self.commit(&tx) {
             Ok(head) => {
                 if block == 0 && old != 0 {
-                    self.free_after(head, vec![crate::alloc::Run { start: old, len: 1 }]);
+                    self.free_after(g.ino, head, vec![crate::alloc::Run { start: old, len: 1 }]);
                 }
                 g.xattr.map = map;
                 Ok(())

@@ -4,8 +4,9 @@
 //!
 //! The server answers ioctls on a descriptor of a file of the mount: [`IOC_INFO`] (where the
 //! image and the table are), [`IOC_MAP`] (a page of the file's extents with the generation
-//! they belong to), [`IOC_WRITING`], [`IOC_KERNEL_MAP`] and [`IOC_LEASE`] (appends by lease,
-//! whose sizes live in the file's lane until the server folds them). Every change to a file's size or blocks bumps the file's generation in the
+//! they belong to), [`IOC_WRITING`], [`IOC_KERNEL_MAP`], [`IOC_LEASE`] (appends by lease,
+//! whose sizes live in the file's lane until the server folds them) and [`IOC_DIRECT_MAP`]
+//! (mappings served from the image). Every change to a file's size or blocks bumps the file's generation in the
 //! table *before* it commits, so a client that loads the same generation before and after a copy
 //! copied from blocks that were the file's for the whole copy.
 
@@ -19,6 +20,9 @@ use crate::alloc::{Allocator, Run};
 use crate::device::{Device, SharedWords};
 use crate::error::{Error, Result};
 use crate::sync::{lock, Mutex};
+
+mod pins;
+use pins::Pins;
 
 /// The table's first word.
 pub const TABLE_MAGIC: u64 = u64::from_le_bytes(*b"udaxdmap");
@@ -272,6 +276,8 @@ pub(crate) struct Publication {
     last_token: AtomicU64,
     /// How many leases there are: operations skip the map while there are none.
     leased: AtomicUsize,
+    /// Blocks that clients map from the image, and the freed ones they hold ([`pins`]).
+    pins: Mutex<Pins>,
 }
 
 /// An open file's lease on a file's growth (DESIGN.md "Appends by lease").
@@ -296,6 +302,7 @@ impl Publication {
             leases: Mutex::new(HashMap::new()),
             last_token: AtomicU64::new(0),
             leased: AtomicUsize::new(0),
+            pins: Mutex::new(Pins::default()),
         }
     }
 
@@ -326,14 +333,48 @@ impl Publication {
         self.leased.store(leases.len(), Ordering::Release);
     }
 
-    /// Frees `runs`, which the commit at journal position `pos` unlinked, once no direct write
-    /// can reach them any more.
-    pub(crate) fn quarantine(&self, pos: u64, runs: Vec<Run>, alloc: &Mutex<Allocator>) {
+    /// Frees `runs`, which the commit at journal position `pos` unlinked from file `ino`, once
+    /// no direct write can reach them any more and no client maps them.
+    pub(crate) fn quarantine(&self, ino: u64, pos: u64, runs: Vec<Run>, alloc: &Mutex<Allocator>) {
+        let runs = {
+            let mut pins = lock(&self.pins);
+            if pins.is_empty() {
+                runs
+            } else {
+                pins.hold(ino, pos, runs)
+            }
+        };
+        if !runs.is_empty() {
+            self.quarantine_runs(pos, runs, alloc);
+        }
+    }
+
+    fn quarantine_runs(&self, pos: u64, runs: Vec<Run>, alloc: &Mutex<Allocator>) {
         // The commit moved the files' generations; writes that begin from the next epoch on see
         // that and store nothing here.
         let ended = self.table.advance();
         lock(&self.quarantine).push_back((ended, pos, runs));
         self.drain(alloc);
+    }
+
+    /// Open file `owner` of file `ino` maps `runs` of it from the image: they are not reused
+    /// while it is open, even once the file frees them.
+    pub(crate) fn pin(&self, owner: u64, ino: u64, runs: Vec<Run>) {
+        lock(&self.pins).pin(owner, ino, runs);
+    }
+
+    /// Open file `owner` is released: the blocks it alone kept from reuse are freed.
+    pub(crate) fn unpin(&self, owner: u64, alloc: &Mutex<Allocator>) {
+        let back = {
+            let mut pins = lock(&self.pins);
+            if pins.is_empty() {
+                return;
+            }
+            pins.release(owner)
+        };
+        for (pos, runs) in back {
+            self.quarantine_runs(pos, runs, alloc);
+        }
     }
 
     /// Hands the quarantined runs no direct write can reach any more to the allocator.
@@ -408,6 +449,14 @@ impl Image {
         Ok(())
     }
 
+    /// Writes back the cache lines of `[off, off+len)`, stored to through a mapping of the
+    /// image, and fences: durable when it returns.
+    pub fn flush(&self, off: u64, len: u64) -> Result<()> {
+        self.dev.flush(off, len)?;
+        self.dev.fence();
+        Ok(())
+    }
+
     /// Maps the pages of `[off, off+len)` now, so that stores there take no page fault.
     pub fn prefault(&self, off: u64, len: u64) -> Result<()> {
         self.dev.prefault(off, len)
@@ -473,6 +522,33 @@ pub const IOC_KERNEL_MAP: u32 = ioc(0, 0xd3, 0);
 /// growth, or extends the one it holds, with blocks reserved past EOF up to at least
 /// [`LeaseIo::want`] ([`crate::Fs::lease`]; DESIGN.md "Appends by lease").
 pub const IOC_LEASE: u32 = ioc(IOC_READ_WRITE, 0xd4, size_of::<LeaseIo>());
+
+/// "I map this range from the image" (`_IOWR('U', 0xd5, DirectMapIo)`), asked on an open file
+/// of the client's own that lives as long as the mapping: the server makes the range's blocks
+/// inside EOF written (holes and unwritten blocks zeroed) and pins them to that open file until
+/// it is released ([`crate::Fs::direct_map`]; DESIGN.md "Mappings served from the image").
+pub const IOC_DIRECT_MAP: u32 = ioc(IOC_READ_WRITE, 0xd5, size_of::<DirectMapIo>());
+
+/// The request and reply of [`IOC_DIRECT_MAP`]: the client fills `off` and `len`; the server
+/// the rest.
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, Default)]
+#[repr(C)]
+pub struct DirectMapIo {
+    /// In: the first byte of the range.
+    pub off: u64,
+    /// In: its length.
+    pub len: u64,
+    /// [`VERSION`].
+    pub version: u32,
+    /// Zero.
+    pub reserved: u32,
+    /// The file's map generation with the range written and pinned: the client maps the
+    /// blocks of that generation's map.
+    pub generation: u64,
+    /// The file's size.
+    pub size: u64,
+}
+const _: () = assert!(size_of::<DirectMapIo>() == 40);
 
 /// The request and reply of [`IOC_LEASE`]: the client fills `want`; the server the rest.
 #[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, Default)]
