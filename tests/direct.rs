@@ -206,6 +206,22 @@ fn a_lane_holds_returned_appends_through_a_crash() {
     assert!(udax::check::check(&fs, &mut |_, _| {}).is_clean());
 }
 
+/// An EOF block preallocated inside EOF (unwritten) is converted when a lease reserves from it,
+/// so the appends stored there are the file's once the lease ends.
+#[test]
+fn appends_into_a_preallocated_eof_block_are_kept() {
+    let (image_path, _table, fs) = published("unwritten-eof", 16);
+    let ino = fs.open("/f", OpenOptions::create()).unwrap().metadata().unwrap().ino;
+    fs.fallocate(ino, 0, 6000, FallocMode::Allocate { keep_size: false }).unwrap();
+    let image = Image::attach(&image_path.0).unwrap();
+    let lease = fs.lease(ino, 1, 7000).unwrap();
+    assert!(append_directly(&fs, &image, ino, &lease, &[7u8; 1000], 6000));
+    let mut got = vec![1u8; 7000];
+    assert_eq!(fs.read(ino, &mut got, 0).unwrap(), 7000);
+    assert!(got[..6000].iter().all(|&b| b == 0) && got[6000..].iter().all(|&b| b == 7));
+    assert!(udax::check::check(&fs, &mut |_, _| {}).is_clean());
+}
+
 #[test]
 fn an_ended_lease_takes_no_more_appends() {
     // A client still in an append when its lease ends (stopped, say) must not move the size the

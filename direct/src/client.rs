@@ -147,6 +147,22 @@ impl Mount {
         self.image.flush(dev, len).map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
     }
 
+    /// The image ranges (`[start, end)`) of file `ino`'s written blocks now, refreshing `cache`
+    /// from the mount when the file's generation has moved.
+    pub fn written_runs(
+        &self,
+        fd: BorrowedFd<'_>,
+        ino: u64,
+        cache: &mut CachedMap,
+    ) -> std::io::Result<Vec<(u64, u64)>> {
+        if cache.generation.is_none() || cache.generation != self.generation(ino) {
+            self.refresh(fd, cache)?;
+        }
+        let bs = self.block_size;
+        let written = cache.extents.iter().filter(|e| e.flags & EXTENT_WRITTEN != 0);
+        Ok(written.map(|e| (e.physical, e.physical + e.blocks * bs)).collect())
+    }
+
     /// The pieces of the image that map bytes `[off, end)` of the file (`end` a multiple of
     /// `page`), with the generation they belong to, after the server made the range written
     /// and pinned its blocks to open file `pin`, which the caller keeps open as long as it maps

@@ -29,6 +29,8 @@ pub(crate) struct Prepared {
     pub off: u64,
     /// The pieces of the image that map it, in file order, covering all of it.
     pub pieces: Vec<MapPiece>,
+    /// Whether stores through it may reach the file (shared, on a read-write descriptor).
+    stores: bool,
     mount: Arc<Mount>,
     file: ((u32, u32), u64),
 }
@@ -42,6 +44,8 @@ struct Region {
     guard: usize,
     /// Address, image offset and length of each piece.
     pieces: Vec<(usize, u64, u64)>,
+    /// Whether stores through it may reach the file.
+    stores: bool,
     mount: Arc<Mount>,
     file: ((u32, u32), u64),
 }
@@ -136,6 +140,7 @@ pub(crate) fn prepare(
         span,
         off,
         pieces,
+        stores: shared_write,
         mount: file.mount.clone(),
         file: file.key(),
     })
@@ -147,7 +152,8 @@ pub(crate) fn mapped(p: Prepared, start: usize, guard: usize) {
     let pieces: Vec<_> = p.pieces.iter().map(|x| (start + (x.file - p.off) as usize, x.dev, x.len)).collect();
     VMAS.fetch_add(pieces.len() + 1, Ordering::Relaxed);
     trace(format_args!("mmap({} at {}): from the image, {} pieces", p.span, p.off, pieces.len()));
-    regions().push(Region { live: vec![(start, start + p.span)], guard, pieces, mount: p.mount, file: p.file });
+    let live = vec![(start, start + p.span)];
+    regions().push(Region { live, guard, pieces, stores: p.stores, mount: p.mount, file: p.file });
 }
 
 /// `[addr, addr + len)` is no longer mapped as it was (munmap, or a mapping made over it):
@@ -188,22 +194,65 @@ pub(crate) fn flush(addr: usize, len: usize) {
     flush_where(|at, n| (at < end && addr < at + n).then(|| (addr.max(at), end.min(at + n))));
 }
 
-/// Makes the stores into every region of `fd`'s file durable (fsync).
+/// Makes the stores into every region of `fd`'s file durable (fsync): the blocks that the
+/// file holds now and that a region may store to, each written back once (a program may keep
+/// thousands of mappings of one file, many of blocks the file has freed since).
 pub(crate) fn flush_file(fd: libc::c_int) {
     let Some(file) = fds::lookup(fd) else { return };
     let key = file.key();
-    let all = regions();
-    for r in all.iter().filter(|r| r.file == key) {
-        for &(_, dev, n) in &r.pieces {
-            let _ = r.mount.flush(dev, n);
+    let mapped: Vec<(u64, u64)> = regions()
+        .iter()
+        .filter(|r| r.stores && r.file == key)
+        .flat_map(|r| r.pieces.iter().map(|&(_, dev, n)| (dev, dev + n)))
+        .collect();
+    if mapped.is_empty() {
+        return;
+    }
+    let Some(fd) = crate::sys::borrow(fd) else { return };
+    let held = {
+        let mut cache = file.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        file.mount.written_runs(fd, file.ino, &mut cache)
+    };
+    let Ok(held) = held else { return };
+    for (s, t) in intersect(union(mapped), union(held)) {
+        let _ = file.mount.flush(s, t - s);
+    }
+}
+
+/// `runs` (`[start, end)` pairs) sorted, overlapping ones joined.
+fn union(mut runs: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
+    runs.sort_unstable();
+    let mut out: Vec<(u64, u64)> = Vec::with_capacity(runs.len());
+    for (s, t) in runs {
+        match out.last_mut() {
+            Some(last) if s <= last.1 => last.1 = last.1.max(t),
+            _ => out.push((s, t)),
         }
     }
+    out
+}
+
+/// The ranges both sorted, disjoint lists cover.
+fn intersect(a: Vec<(u64, u64)>, b: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
+    let (mut i, mut j, mut out) = (0, 0, Vec::new());
+    while i < a.len() && j < b.len() {
+        let (s, t) = (a[i].0.max(b[j].0), a[i].1.min(b[j].1));
+        if s < t {
+            out.push((s, t));
+        }
+        if a[i].1 < b[j].1 {
+            i += 1;
+        } else {
+            j += 1;
+        }
+    }
+    out
 }
 
 /// Flushes, of each piece `(address, length)`, the part `pick` names.
 fn flush_where(pick: impl Fn(usize, usize) -> Option<(usize, usize)>) {
     let all = regions();
-    for r in all.iter() {
+    for r in all.iter().filter(|r| r.stores) {
         for &(at, dev, n) in &r.pieces {
             if let Some((s, t)) = pick(at, n as usize) {
                 let _ = r.mount.flush(dev + (s - at) as u64, (t - s) as u64);

@@ -180,11 +180,6 @@ impl Fs {
         if g.ext.last().is_some_and(|e| e.end() > size.div_ceil(bs)) {
             return Err(Error::Busy);
         }
-        if size % bs != 0
-            && g.ext.pieces(size / bs, 1).iter().any(|p| matches!(p, Piece::Mapped(e) if e.state == State::Unwritten))
-        {
-            return Err(Error::Busy);
-        }
         // Appends start at or before EOF and leave no gap; what lies past EOF in its page stays
         // zero, as everywhere while the file system runs.
         self.clean_tail(g)?;
