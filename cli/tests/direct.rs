@@ -685,6 +685,40 @@ fn a_file_mapped_through_the_kernel_anywhere_is_read_and_written_through_the_mou
     assert!(bytes[..4096] == [b'b'; 4096] && bytes[4096..8192] == [b'a'; 4096] && bytes[8192..12288] == [b'c'; 4096]);
 }
 
+/// Programs that make the wrapped calls through libc's `syscall()` by number are served as
+/// when they call the functions.
+#[test]
+fn udax_run_serves_calls_made_through_syscall_by_number() {
+    if !can_mount() {
+        return;
+    }
+    let m = Mounted::new("16M");
+    let path = m.mnt.join("f");
+    std::fs::write(&path, vec![b'x'; 8192]).unwrap();
+    let script = format!(
+        "import ctypes, os\n\
+         libc = ctypes.CDLL(None, use_errno=True)\n\
+         libc.syscall.restype = ctypes.c_long\n\
+         fd = os.open('{}', os.O_RDWR)\n\
+         buf = ctypes.create_string_buffer(4096)\n\
+         assert libc.syscall({}, fd, buf, 4096, ctypes.c_long(4096)) == 4096 and buf.raw == b'x' * 4096\n\
+         assert libc.syscall({}, fd, b'y' * 4096, 4096, ctypes.c_long(0)) == 4096\n\
+         assert libc.syscall({}) == os.getpid()\n",
+        path.display(),
+        libc::SYS_pread64,
+        libc::SYS_pwrite64,
+        libc::SYS_getpid
+    );
+    let out = under_run(&m, "python3").args(["-c", &script]).env("UDAX_DIRECT_TRACE", "1").output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("pread(fd 3, 4096 at 4096): direct") && stderr.contains("pwrite(fd 3, 4096 at 0): direct"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read(&path).unwrap()[..4096], [b'y'; 4096]);
+}
+
 /// Mappings under `udax run` are served from the image: the mapping, direct calls of other
 /// processes and reads through the mount without the library all show the same bytes at once,
 /// with no page cache between them; holes inside EOF are filled when mapped.

@@ -13,3 +13,5 @@ mod mmap;
 mod serve;
 #[allow(unsafe_code)]
 mod sys;
+#[allow(unsafe_code)]
+mod syscall;
