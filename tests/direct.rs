@@ -255,7 +255,9 @@ fn blocks_a_client_maps_from_the_image_wait_for_its_open_file_to_go() {
     f.write_at(&[1u8; 1 << 20], 0).unwrap();
     let ino = f.ino();
     let pinned: Vec<(u64, u64)> = f.extents().unwrap().iter().map(|e| (e.physical, e.physical + e.length)).collect();
-    fs.direct_map(ino, 7, 0, 1 << 20).unwrap();
+    assert_eq!(fs.direct_map(ino, 7, 0, 0, 1 << 20).unwrap().pin, 7);
+    // Pinned to an open file that pins blocks of this file already, not to the one asking.
+    assert_eq!(fs.direct_map(ino, 9, 7, 0, 4096).unwrap().pin, 7);
     f.set_len(0).unwrap();
     let g = fs.open("/filler", OpenOptions::create()).unwrap();
     let mut off = 0;
@@ -288,7 +290,7 @@ fn a_range_mapped_from_the_image_is_made_written_inside_eof() {
     f.set_len(10 * 4096 + 100).unwrap();
     fs.fallocate(f.ino(), 4 * 4096, 2 * 4096, FallocMode::Allocate { keep_size: true }).unwrap();
     let (before, _, _) = whole_map(&fs, f.ino());
-    let reply = fs.direct_map(f.ino(), 1, 0, 16 * 4096).unwrap();
+    let reply = fs.direct_map(f.ino(), 1, 0, 0, 16 * 4096).unwrap();
     let (generation, size, extents) = whole_map(&fs, f.ino());
     assert_eq!((reply.generation, reply.size, size), (generation, 10 * 4096 + 100, 10 * 4096 + 100));
     assert_ne!(before, generation, "filling moved the generation");
@@ -311,5 +313,5 @@ fn a_range_mapped_from_the_image_is_made_written_inside_eof() {
     assert!(udax::check::check(&fs, &mut |_, _| {}).is_clean());
     // A file mapped through the kernel is not mapped from the image as well.
     fs.note_kernel_map(f.ino(), true);
-    assert_eq!(fs.direct_map(f.ino(), 2, 0, 4096).unwrap_err().errno(), libc::EBUSY);
+    assert_eq!(fs.direct_map(f.ino(), 2, 1, 0, 4096).unwrap_err().errno(), libc::EBUSY);
 }

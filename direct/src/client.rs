@@ -163,31 +163,31 @@ impl Mount {
         Ok(written.map(|e| (e.physical, e.physical + e.blocks * bs)).collect())
     }
 
-    /// The pieces of the image that map bytes `[off, end)` of the file (`end` a multiple of
-    /// `page`), with the generation they belong to, after the server made the range written
-    /// and pinned its blocks to open file `pin`, which the caller keeps open as long as it maps
-    /// them (DESIGN.md "Mappings served from the image"). `None` when the range cannot be
-    /// served from the image: past the page holding EOF, blocks not page-aligned, refused by
-    /// the server (the file mapped through the kernel, too much to fill, no space), or the
-    /// server gone. The caller maps through the kernel then.
+    /// The pieces of the image that map bytes `[off, end)` of the file open as `fd` (`end` a
+    /// multiple of `page`), after the server made the range written and pinned its blocks to
+    /// open file `pin` (as an earlier call returned it) if that one pins blocks of this file
+    /// already, else to `fd`'s; returns that open file too. The caller keeps it open as long as
+    /// it maps the pieces (DESIGN.md "Mappings served from the image"). `None` when the range
+    /// cannot be served from the image: past the page holding EOF, blocks not page-aligned,
+    /// refused by the server (the file mapped through the kernel, too much to fill, no space),
+    /// or the server gone. The caller maps through the kernel then.
     pub fn map_pieces(
         &self,
-        pin: BorrowedFd<'_>,
+        fd: BorrowedFd<'_>,
         cache: &mut CachedMap,
-        off: u64,
-        end: u64,
-        page: u64,
+        (off, end, page): (u64, u64, u64),
+        pin: u64,
     ) -> std::io::Result<Option<(u64, Vec<MapPiece>)>> {
         for _ in 0..RETRIES {
             if !self.live() {
                 return Ok(None);
             }
-            let Ok(reply) = crate::sys::direct_map(pin, off, end - off) else { return Ok(None) };
+            let Ok(reply) = crate::sys::direct_map(fd, off, end - off, pin) else { return Ok(None) };
             if reply.version != direct::VERSION || end > reply.size.next_multiple_of(page) {
                 return Ok(None);
             }
             if cache.generation != Some(reply.generation) {
-                self.refresh(pin, cache)?;
+                self.refresh(fd, cache)?;
                 if cache.generation != Some(reply.generation) {
                     // Changed since the pin: the blocks of the newer map may not be pinned yet.
                     continue;
@@ -207,7 +207,7 @@ impl Mount {
                 }
                 Ok(())
             });
-            return Ok(aligned.is_ok().then_some((reply.generation, pieces)));
+            return Ok(aligned.is_ok().then_some((reply.pin, pieces)));
         }
         Ok(None)
     }

@@ -46,9 +46,9 @@ pub(crate) fn lease(fd: BorrowedFd<'_>, want: u64) -> std::io::Result<LeaseIo> {
 }
 
 /// Asks the mount to make `[off, off+len)` of the file written and pin its blocks to open file
-/// `fd` (a mapping served from the image).
-pub(crate) fn direct_map(fd: BorrowedFd<'_>, off: u64, len: u64) -> std::io::Result<DirectMapIo> {
-    let mut io = DirectMapIo { off, len, ..DirectMapIo::default() };
+/// `pin` or `fd`'s (a mapping served from the image).
+pub(crate) fn direct_map(fd: BorrowedFd<'_>, off: u64, len: u64, pin: u64) -> std::io::Result<DirectMapIo> {
+    let mut io = DirectMapIo { off, len, pin, ..DirectMapIo::default() };
     // SAFETY: IOC_DIRECT_MAP is an _IOWR of `size_of::<DirectMapIo>()` bytes: the kernel reads
     // and writes at most that many bytes of `io`, a live, exclusively borrowed value of exactly
     // that size.

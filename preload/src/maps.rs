@@ -18,9 +18,14 @@ pub(crate) const PAGE: usize = 4096;
 /// What a mapping served from the image needs, found before anything is mapped.
 #[derive(Debug)]
 pub(crate) struct Prepared {
-    /// An open file of the mapped file that lives as long as the mapping (the server pins the
-    /// mapped blocks to it): the guard page maps it.
-    pub pin: OwnedFd,
+    /// A new open file of the mapped file, to which the server pinned the mapped blocks: the
+    /// caller maps its guard page, which keeps it open as long as this process maps blocks of
+    /// the file. `None`: the blocks are pinned to the open file of the guard at `guard`.
+    pub pin: Option<OwnedFd>,
+    /// The guard of the pin the blocks are pinned to (0 with a new pin).
+    pub guard: usize,
+    /// The server's name for the pin's open file.
+    owner: u64,
     /// The image, open for what the mapping may do.
     pub image: OwnedFd,
     /// The mapping's length, in whole pages.
@@ -40,7 +45,7 @@ pub(crate) struct Prepared {
 struct Region {
     /// The pages still mapped: `(first, end)` address ranges.
     live: Vec<(usize, usize)>,
-    /// The guard page holding the pin open file.
+    /// The guard page of its pin.
     guard: usize,
     /// Address, image offset and length of each piece.
     pieces: Vec<(usize, u64, u64)>,
@@ -50,22 +55,40 @@ struct Region {
     file: ((u32, u32), u64),
 }
 
-static REGIONS: Mutex<Vec<Region>> = Mutex::new(Vec::new());
+/// An open file of a mapped file, held by a guard page, to which the server pins the blocks
+/// this process maps of the file: one per file (a second only when two threads race to make
+/// the first), released once no region of it is left.
+#[derive(Debug)]
+struct Pin {
+    file: ((u32, u32), u64),
+    owner: u64,
+    guard: usize,
+    /// Regions that use it, and mappings being made with it.
+    users: usize,
+}
+
+#[derive(Debug)]
+struct State {
+    regions: Vec<Region>,
+    pins: Vec<Pin>,
+}
+
+static STATE: Mutex<State> = Mutex::new(State { regions: Vec::new(), pins: Vec::new() });
 /// Mappings (VMAs) the regions take: one per piece and one per guard.
 static VMAS: AtomicUsize = AtomicUsize::new(0);
 
 thread_local! {
-    /// The regions, held by the thread that forks from just before the fork to just after it.
-    static FORKING: RefCell<Option<MutexGuard<'static, Vec<Region>>>> = const { RefCell::new(None) };
+    /// The state, held by the thread that forks from just before the fork to just after it.
+    static FORKING: RefCell<Option<MutexGuard<'static, State>>> = const { RefCell::new(None) };
 }
 
-fn regions() -> MutexGuard<'static, Vec<Region>> {
-    REGIONS.lock().unwrap_or_else(PoisonError::into_inner)
+fn state() -> MutexGuard<'static, State> {
+    STATE.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Before a fork: takes the regions, so that no other thread holds them when the child is made.
 pub(crate) fn before_fork() {
-    let held = regions();
+    let held = state();
     FORKING.with(|f| *f.borrow_mut() = Some(held));
 }
 
@@ -124,56 +147,117 @@ pub(crate) fn prepare(
     }
     let span = len.checked_next_multiple_of(PAGE)?;
     let end = off.checked_add(span as u64)?;
-    // An open file of its own, released when the mapping and the program's descriptor are
-    // gone: the server keeps the mapped blocks from reuse until then.
-    let pin = std::fs::File::open(format!("/proc/self/fd/{fd}")).ok()?;
-    let mut cache = udax_direct::CachedMap::default();
-    let found = file.mount.map_pieces(pin.as_fd(), &mut cache, off, end, PAGE as u64);
-    let Ok(Some((_, pieces))) = found else {
-        trace(format_args!("mmap(fd {fd}, {len} at {off}): through the kernel ({found:?})"));
+    let key = file.key();
+    // This process's pin of the file, taken for this mapping so that no munmap releases it
+    // meanwhile.
+    let held = {
+        let mut st = state();
+        st.pins.iter_mut().find(|p| p.file == key).map(|p| {
+            p.users += 1;
+            (p.owner, p.guard)
+        })
+    };
+    let mut cache = file.cache.lock().unwrap_or_else(PoisonError::into_inner);
+    let range = (off, end, PAGE as u64);
+    let (pin, owner, guard, pieces) = match held {
+        Some((owner, guard)) => {
+            let found = file.mount.map_pieces(crate::sys::borrow(fd)?, &mut cache, range, owner);
+            match found {
+                Ok(Some((o, pieces))) if o == owner => (None, owner, guard, pieces),
+                other => {
+                    // Not pinned to the pin this process holds: give it back and say so.
+                    drop_user(guard);
+                    trace(format_args!("mmap(fd {fd}, {len} at {off}): through the kernel ({other:?})"));
+                    return None;
+                }
+            }
+        }
+        None => {
+            // An open file of its own, released when every mapping of the file in this process
+            // (and in children that inherit them) is gone: the server keeps the mapped blocks
+            // from reuse until then.
+            let pin = std::fs::File::open(format!("/proc/self/fd/{fd}")).ok()?;
+            let found = file.mount.map_pieces(pin.as_fd(), &mut cache, range, 0);
+            let Ok(Some((owner, pieces))) = found else {
+                trace(format_args!("mmap(fd {fd}, {len} at {off}): through the kernel ({found:?})"));
+                return None;
+            };
+            (Some(OwnedFd::from(pin)), owner, 0, pieces)
+        }
+    };
+    let image = std::fs::OpenOptions::new().read(true).write(shared_write).open(file.mount.image_path());
+    let Ok(image) = image else {
+        if guard != 0 {
+            drop_user(guard);
+        }
         return None;
     };
-    let image = std::fs::OpenOptions::new().read(true).write(shared_write).open(file.mount.image_path()).ok()?;
     Some(Prepared {
-        pin: pin.into(),
+        pin,
+        guard,
+        owner,
         image: image.into(),
         span,
         off,
         pieces,
         stores: shared_write,
         mount: file.mount.clone(),
-        file: file.key(),
+        file: key,
     })
 }
 
-/// A region `[start, start + p.span)` is now mapped from the image as `p` said, with the guard
-/// page at `guard`.
+/// A mapping made with the pin whose guard is at `guard` failed: it no longer uses the pin.
+pub(crate) fn drop_user(guard: usize) {
+    let mut st = state();
+    if let Some(p) = st.pins.iter_mut().find(|p| p.guard == guard) {
+        p.users -= 1;
+    }
+}
+
+/// A region `[start, start + p.span)` is now mapped from the image as `p` said; `guard` is the
+/// guard page of `p`'s new pin, or of the one it used.
 pub(crate) fn mapped(p: Prepared, start: usize, guard: usize) {
     let pieces: Vec<_> = p.pieces.iter().map(|x| (start + (x.file - p.off) as usize, x.dev, x.len)).collect();
-    VMAS.fetch_add(pieces.len() + 1, Ordering::Relaxed);
+    let new_pin = p.pin.is_some();
+    VMAS.fetch_add(pieces.len() + usize::from(new_pin), Ordering::Relaxed);
     trace(format_args!("mmap({} at {}): from the image, {} pieces", p.span, p.off, pieces.len()));
     let live = vec![(start, start + p.span)];
-    regions().push(Region { live, guard, pieces, stores: p.stores, mount: p.mount, file: p.file });
+    let mut st = state();
+    if new_pin {
+        st.pins.push(Pin { file: p.file, owner: p.owner, guard, users: 1 });
+    }
+    st.regions.push(Region { live, guard, pieces, stores: p.stores, mount: p.mount, file: p.file });
 }
 
 /// `[addr, addr + len)` is no longer mapped as it was (munmap, or a mapping made over it):
 /// returns the guard pages of the regions that are now wholly gone, for the caller to unmap.
 pub(crate) fn unmapped(addr: usize, len: usize) -> Vec<usize> {
     let end = addr.saturating_add(len.next_multiple_of(PAGE));
-    let mut all = regions();
-    let mut guards = Vec::new();
-    all.retain_mut(|r| {
+    let mut st = state();
+    let mut gone = Vec::new();
+    st.regions.retain_mut(|r| {
         if !r.live.iter().any(|&(s, t)| s < end && addr < t) {
             return true;
         }
         r.live =
             r.live.iter().flat_map(|&(s, t)| [(s, t.min(addr)), (s.max(end), t)]).filter(|&(s, t)| s < t).collect();
         if r.live.is_empty() {
-            guards.push(r.guard);
-            VMAS.fetch_sub(r.pieces.len() + 1, Ordering::Relaxed);
+            gone.push(r.guard);
+            VMAS.fetch_sub(r.pieces.len(), Ordering::Relaxed);
         }
         !r.live.is_empty()
     });
+    let mut guards = Vec::new();
+    for g in gone {
+        if let Some(i) = st.pins.iter().position(|p| p.guard == g) {
+            st.pins[i].users -= 1;
+            if st.pins[i].users == 0 {
+                st.pins.swap_remove(i);
+                VMAS.fetch_sub(1, Ordering::Relaxed);
+                guards.push(g);
+            }
+        }
+    }
     guards
 }
 
@@ -185,7 +269,7 @@ pub(crate) fn any() -> bool {
 /// Whether any of `[addr, addr + len)` is mapped from the image.
 pub(crate) fn overlaps(addr: usize, len: usize) -> bool {
     let end = addr.saturating_add(len);
-    regions().iter().any(|r| r.live.iter().any(|&(s, t)| s < end && addr < t))
+    state().regions.iter().any(|r| r.live.iter().any(|&(s, t)| s < end && addr < t))
 }
 
 /// Makes the stores into `[addr, addr + len)` of regions mapped from the image durable (msync).
@@ -200,7 +284,8 @@ pub(crate) fn flush(addr: usize, len: usize) {
 pub(crate) fn flush_file(fd: libc::c_int) {
     let Some(file) = fds::lookup(fd) else { return };
     let key = file.key();
-    let mapped: Vec<(u64, u64)> = regions()
+    let mapped: Vec<(u64, u64)> = state()
+        .regions
         .iter()
         .filter(|r| r.stores && r.file == key)
         .flat_map(|r| r.pieces.iter().map(|&(_, dev, n)| (dev, dev + n)))
@@ -251,8 +336,8 @@ fn intersect(a: Vec<(u64, u64)>, b: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
 
 /// Flushes, of each piece `(address, length)`, the part `pick` names.
 fn flush_where(pick: impl Fn(usize, usize) -> Option<(usize, usize)>) {
-    let all = regions();
-    for r in all.iter().filter(|r| r.stores) {
+    let st = state();
+    for r in st.regions.iter().filter(|r| r.stores) {
         for &(at, dev, n) in &r.pieces {
             if let Some((s, t)) = pick(at, n as usize) {
                 let _ = r.mount.flush(dev + (s - at) as u64, (t - s) as u64);

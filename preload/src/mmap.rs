@@ -80,41 +80,51 @@ unsafe fn map(addr: *mut c_void, len: size_t, prot: c_int, flags: c_int, fd: c_i
 }
 
 /// Maps `p` from the image: a reservation of the whole range (where the caller asked), each
-/// piece mapped over it, and the guard page that holds the pin open file. The address, or the
-/// errno the reservation failed with (`Some`), or `None` when a later step failed and nothing
-/// is left mapped: the kernel maps it then.
+/// piece mapped over it, and, for a new pin, the guard page that holds its open file. The
+/// address, or the errno the reservation failed with (`Some`), or `None` when a later step
+/// failed and nothing is left mapped: the kernel maps it then.
 ///
 /// # Safety
 /// A mapping of `p.span` bytes at `addr` with `flags` must be the caller's to make, as in an
 /// mmap(2) call it made.
 unsafe fn from_image(p: Prepared, addr: usize, prot: c_int, flags: c_int) -> Result<usize, Option<c_int>> {
+    let failed = |p: &Prepared, e| {
+        if p.pin.is_none() {
+            maps::drop_user(p.guard);
+        }
+        Err(e)
+    };
     let fixed = flags & (libc::MAP_FIXED | libc::MAP_FIXED_NOREPLACE);
     let reserve = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | fixed;
     // SAFETY: the caller's own request, with its address and fixed flags (the caller's contract).
-    let base = unsafe { raw_mmap(addr, p.span, libc::PROT_NONE, reserve, -1, 0) }.map_err(Some)?;
+    let base = match unsafe { raw_mmap(addr, p.span, libc::PROT_NONE, reserve, -1, 0) } {
+        Ok(b) => b,
+        Err(e) => return failed(&p, Some(e)),
+    };
     if fixed & libc::MAP_FIXED != 0 {
         forget(base, p.span);
     }
     let kind = flags & (libc::MAP_SHARED | libc::MAP_PRIVATE);
     let piece_flags = kind | libc::MAP_FIXED | libc::MAP_POPULATE | (flags & libc::MAP_NORESERVE);
-    for x in &p.pieces {
+    let mut made = p.pieces.iter().all(|x| {
         let at = base + (x.file - p.off) as usize;
         // SAFETY: `[at, at + x.len)` lies inside the reservation just made (the pieces cover
         // `[p.off, p.off + p.span)` in file order), which nothing else uses.
-        let r = unsafe { raw_mmap(at, x.len as usize, prot, piece_flags, p.image.as_raw_fd(), x.dev) };
-        if r.is_err() {
-            // SAFETY: the reservation is this call's own.
-            unsafe { raw_munmap(base, p.span) };
-            return Err(None);
+        unsafe { raw_mmap(at, x.len as usize, prot, piece_flags, p.image.as_raw_fd(), x.dev) }.is_ok()
+    });
+    let mut guard = p.guard;
+    if let (true, Some(pin)) = (made, &p.pin) {
+        // SAFETY: a fresh mapping wherever the kernel puts it (no MAP_FIXED).
+        match unsafe { raw_mmap(0, PAGE, libc::PROT_NONE, libc::MAP_PRIVATE, pin.as_raw_fd(), 0) } {
+            Ok(g) => guard = g,
+            Err(_) => made = false,
         }
     }
-    // SAFETY: a fresh mapping wherever the kernel puts it (no MAP_FIXED).
-    let guard = unsafe { raw_mmap(0, PAGE, libc::PROT_NONE, libc::MAP_PRIVATE, p.pin.as_raw_fd(), 0) };
-    let Ok(guard) = guard else {
+    if !made {
         // SAFETY: the reservation is this call's own.
         unsafe { raw_munmap(base, p.span) };
-        return Err(None);
-    };
+        return failed(&p, None);
+    }
     maps::mapped(p, base, guard);
     Ok(base)
 }

@@ -357,10 +357,14 @@ impl Publication {
         self.drain(alloc);
     }
 
-    /// Open file `owner` of file `ino` maps `runs` of it from the image: they are not reused
-    /// while it is open, even once the file frees them.
-    pub(crate) fn pin(&self, owner: u64, ino: u64, runs: Vec<Run>) {
-        lock(&self.pins).pin(owner, ino, runs);
+    /// A client maps `runs` of file `ino` from the image: they are pinned to open file `to`
+    /// when it already pins blocks of that file, else to open file `asking`, and are not reused
+    /// while that open file is, even once the file frees them. Returns the open file.
+    pub(crate) fn pin(&self, to: u64, asking: u64, ino: u64, runs: Vec<Run>) -> u64 {
+        let mut pins = lock(&self.pins);
+        let owner = if to != 0 && pins.pins_of(to) == Some(ino) { to } else { asking };
+        pins.pin(owner, ino, runs);
+        owner
     }
 
     /// Open file `owner` is released: the blocks it alone kept from reuse are freed.
@@ -523,10 +527,10 @@ pub const IOC_KERNEL_MAP: u32 = ioc(0, 0xd3, 0);
 /// [`LeaseIo::want`] ([`crate::Fs::lease`]; DESIGN.md "Appends by lease").
 pub const IOC_LEASE: u32 = ioc(IOC_READ_WRITE, 0xd4, size_of::<LeaseIo>());
 
-/// "I map this range from the image" (`_IOWR('U', 0xd5, DirectMapIo)`), asked on an open file
-/// of the client's own that lives as long as the mapping: the server makes the range's blocks
-/// inside EOF written (holes and unwritten blocks zeroed) and pins them to that open file until
-/// it is released ([`crate::Fs::direct_map`]; DESIGN.md "Mappings served from the image").
+/// "I map this range from the image" (`_IOWR('U', 0xd5, DirectMapIo)`): the server makes the
+/// range's blocks inside EOF written (holes and unwritten blocks zeroed) and pins them to an
+/// open file of the client's that lives as long as its mappings of the file (the one asking, or
+/// the one [`DirectMapIo::pin`] names) until it is released ([`crate::Fs::direct_map`]; DESIGN.md "Mappings served from the image").
 pub const IOC_DIRECT_MAP: u32 = ioc(IOC_READ_WRITE, 0xd5, size_of::<DirectMapIo>());
 
 /// The request and reply of [`IOC_DIRECT_MAP`]: the client fills `off` and `len`; the server
@@ -547,8 +551,11 @@ pub struct DirectMapIo {
     pub generation: u64,
     /// The file's size.
     pub size: u64,
+    /// In: the open file (as an earlier reply named it) to pin the blocks to, when it still
+    /// pins blocks of this file; 0 for the one asking. Out: the open file they are pinned to.
+    pub pin: u64,
 }
-const _: () = assert!(size_of::<DirectMapIo>() == 40);
+const _: () = assert!(size_of::<DirectMapIo>() == 48);
 
 /// The request and reply of [`IOC_LEASE`]: the client fills `want`; the server the rest.
 #[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, Default)]

@@ -1,8 +1,8 @@
 //! Blocks that direct clients map into their address space (DESIGN.md "Mappings served from the
 //! image"). A client maps a file's written blocks straight from the image, and no request
-//! reaches the server when it unmaps them, so each such mapping holds an open file of its own
-//! (the kernel releases it once the mapping and the process's descriptor are gone). The blocks
-//! it maps are *pinned* to that open file: when the file frees one, the block waits here until
+//! reaches the server when it unmaps them, so a process's mappings of a file hold an open file
+//! of its own (the kernel releases it once they are all gone). The blocks they map are
+//! *pinned* to that open file: when the file frees one, the block waits here until
 //! no open file pins it any more, so a mapping never shows or stores into another file's data.
 
 use std::collections::{BTreeMap, HashMap};
@@ -84,6 +84,11 @@ impl Pins {
     /// Whether no open file pins anything (the common case: frees skip the rest).
     pub(crate) fn is_empty(&self) -> bool {
         self.by_owner.is_empty() && self.held.is_empty()
+    }
+
+    /// The file whose blocks open file `owner` pins, if it pins any.
+    pub(crate) fn pins_of(&self, owner: u64) -> Option<u64> {
+        self.by_owner.get(&owner).map(|&(ino, _)| ino)
     }
 
     /// Open file `owner` of file `ino` pins `runs` (added to what it pinned before).

@@ -89,17 +89,18 @@ impl Fs {
         }
     }
 
-    /// Open file `owner` of regular file `ino` is about to map `[off, off+len)` of it straight
-    /// from the image (DESIGN.md "Mappings served from the image"): the range's blocks inside
-    /// EOF become written (holes and unwritten blocks zeroed, in one transaction), the bytes
-    /// past EOF in its page read zero, and the blocks are pinned to `owner` until
-    /// [`Fs::direct_unmap`]: freed from the file meanwhile, they are not reused. Refused with
+    /// A client is about to map `[off, off+len)` of regular file `ino` straight from the image
+    /// (DESIGN.md "Mappings served from the image"), asking on open file `asking`: the range's
+    /// blocks inside EOF become written (holes and unwritten blocks zeroed, in one
+    /// transaction), the bytes past EOF in its page read zero, and the blocks are pinned to
+    /// open file `pin` if it pins blocks of this file already, else to `asking`, until
+    /// [`Fs::direct_unmap`] of that open file: freed from the file meanwhile, they are not
+    /// reused. The reply names the open file. Refused with
     /// EBUSY while the file is mapped through the kernel, with EFBIG for more than one
     /// transaction's worth of blocks to fill, and with EOPNOTSUPP on a mount that publishes no
     /// maps.
-    pub fn direct_map(&self, ino: u64, owner: u64, off: u64, len: u64) -> Result<DirectMapIo> {
-        let p =
-            self.inner.direct.get().ok_or_else(|| Error::Unsupported("this mount publishes no file maps".into()))?;
+    pub fn direct_map(&self, ino: u64, asking: u64, pin: u64, off: u64, len: u64) -> Result<DirectMapIo> {
+        let p = self.publication()?;
         let n = self.settled(ino)?;
         let _change = self.writable()?;
         let _io = wr(&n.io);
@@ -114,6 +115,7 @@ impl Fs {
         let bs = self.inner.geo.block_size;
         let end = off.saturating_add(len).min(g.attr.size.next_multiple_of(bs));
         let (first, last) = (off / bs, end.div_ceil(bs));
+        let mut owner = asking;
         if last > first {
             let pieces = g.ext.pieces(first, last - first);
             let fill: u64 = pieces
@@ -133,7 +135,7 @@ impl Fs {
                 Piece::Mapped(e) => Some(e.run()),
                 Piece::Hole { .. } => None,
             });
-            p.pin(owner, ino, runs.collect());
+            owner = p.pin(pin, asking, ino, runs.collect());
         }
         Ok(DirectMapIo {
             off,
@@ -142,6 +144,7 @@ impl Fs {
             reserved: 0,
             generation: p.table.generation(ino)?,
             size: g.attr.size,
+            pin: owner,
         })
     }
 

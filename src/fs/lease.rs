@@ -263,7 +263,7 @@ impl Fs {
     }
 
     /// The publication, or EOPNOTSUPP on a file system that publishes no maps.
-    fn publication(&self) -> Result<&Publication> {
+    pub(super) fn publication(&self) -> Result<&Publication> {
         self.inner.direct.get().ok_or_else(|| Error::Unsupported("this mount publishes no file maps".into()))
     }
 }
