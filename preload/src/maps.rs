@@ -206,7 +206,8 @@ pub(crate) fn prepare(
     })
 }
 
-/// A mapping made with the pin whose guard is at `guard` failed: it no longer uses the pin.
+/// A mapping made with the pin whose guard is at `guard` failed: it no longer uses the pin
+/// (which the next munmap lets go if nothing else does).
 pub(crate) fn drop_user(guard: usize) {
     let mut st = state();
     if let Some(p) = st.pins.iter_mut().find(|p| p.guard == guard) {
@@ -247,17 +248,20 @@ pub(crate) fn unmapped(addr: usize, len: usize) -> Vec<usize> {
         }
         !r.live.is_empty()
     });
-    let mut guards = Vec::new();
     for g in gone {
-        if let Some(i) = st.pins.iter().position(|p| p.guard == g) {
-            st.pins[i].users -= 1;
-            if st.pins[i].users == 0 {
-                st.pins.swap_remove(i);
-                VMAS.fetch_sub(1, Ordering::Relaxed);
-                guards.push(g);
-            }
+        if let Some(p) = st.pins.iter_mut().find(|p| p.guard == g) {
+            p.users -= 1;
         }
     }
+    // Pins no region uses any more (a failed mapping may have left one too) go.
+    let mut guards = Vec::new();
+    st.pins.retain(|p| {
+        if p.users == 0 {
+            guards.push(p.guard);
+            VMAS.fetch_sub(1, Ordering::Relaxed);
+        }
+        p.users != 0
+    });
     guards
 }
 
