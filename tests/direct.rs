@@ -128,6 +128,27 @@ fn a_closed_or_foreign_table_is_refused_or_marked() {
     assert!(!p.0.exists(), "the server's table goes with it");
 }
 
+/// The device ranges (`[start, end)`) of `f`'s blocks.
+fn device_ranges(f: &udax::File) -> Vec<(u64, u64)> {
+    f.extents().unwrap().iter().map(|e| (e.physical, e.physical + e.length)).collect()
+}
+
+/// Whether any block of `f` lies in `ranges`.
+fn holds_any(f: &udax::File, ranges: &[(u64, u64)]) -> bool {
+    f.extents().unwrap().iter().any(|e| ranges.iter().any(|&(s, t)| e.physical < t && s < e.physical + e.length))
+}
+
+/// Appends 64 KiB writes to `f` from `*off` until one fails (the image is full); returns how
+/// many went in.
+fn fill(f: &udax::File, off: &mut u64, byte: u8) -> usize {
+    let mut n = 0;
+    while f.write_at(&[byte; 64 << 10], *off).is_ok() {
+        *off += 64 << 10;
+        n += 1;
+    }
+    n
+}
+
 #[test]
 fn blocks_freed_under_a_direct_write_wait_for_it_to_end() {
     // A writer that checked the generation before a truncate moved it may still store into the
@@ -137,28 +158,19 @@ fn blocks_freed_under_a_direct_write_wait_for_it_to_end() {
     let slot = client.claim().expect("a free writer slot");
     let f = fs.open("/victim", OpenOptions::create()).unwrap();
     f.write_at(&[1u8; 1 << 20], 0).unwrap();
-    let freed: Vec<(u64, u64)> = f.extents().unwrap().iter().map(|e| (e.physical, e.physical + e.length)).collect();
+    let freed = device_ranges(&f);
     client.enter(slot);
     f.set_len(0).unwrap();
     // Fill the rest of the image: every free block but the quarantined ones gets used.
     let g = fs.open("/filler", OpenOptions::create()).unwrap();
     let mut off = 0;
-    while g.write_at(&[2u8; 64 << 10], off).is_ok() {
-        off += 64 << 10;
-    }
-    let overlaps = |g: &udax::File| {
-        g.extents().unwrap().iter().any(|e| freed.iter().any(|&(s, t)| e.physical < t && s < e.physical + e.length))
-    };
-    assert!(!overlaps(&g), "a block freed under a direct write went to another file");
+    fill(&g, &mut off, 2);
+    assert!(!holds_any(&g, &freed), "a block freed under a direct write went to another file");
     client.leave(slot);
     // Now they may be reused: the next shortage takes them.
-    let mut more = 0;
-    while g.write_at(&[3u8; 64 << 10], off).is_ok() {
-        off += 64 << 10;
-        more += 1;
-    }
+    let more = fill(&g, &mut off, 3);
     assert!(more >= 15, "the quarantined megabyte came back ({more} more 64 KiB writes)");
-    assert!(overlaps(&g));
+    assert!(holds_any(&g, &freed));
     client.release(slot);
 }
 
@@ -254,31 +266,22 @@ fn blocks_a_client_maps_from_the_image_wait_for_its_open_file_to_go() {
     let f = fs.open("/mapped", OpenOptions::create()).unwrap();
     f.write_at(&[1u8; 1 << 20], 0).unwrap();
     let ino = f.ino();
-    let pinned: Vec<(u64, u64)> = f.extents().unwrap().iter().map(|e| (e.physical, e.physical + e.length)).collect();
+    let pinned = device_ranges(&f);
     assert_eq!(fs.direct_map(ino, 7, 0, 0, 1 << 20).unwrap().pin, 7);
     // Pinned to an open file that pins blocks of this file already, not to the one asking.
     assert_eq!(fs.direct_map(ino, 9, 7, 0, 4096).unwrap().pin, 7);
     f.set_len(0).unwrap();
     let g = fs.open("/filler", OpenOptions::create()).unwrap();
     let mut off = 0;
-    while g.write_at(&[2u8; 64 << 10], off).is_ok() {
-        off += 64 << 10;
-    }
-    let overlaps = |g: &udax::File| {
-        g.extents().unwrap().iter().any(|e| pinned.iter().any(|&(s, t)| e.physical < t && s < e.physical + e.length))
-    };
-    assert!(!overlaps(&g), "a block a client maps went to another file");
-    // Another open file's release frees nothing of it.
-    fs.direct_unmap(8);
-    assert!(g.write_at(&[3u8; 64 << 10], off).is_err());
+    fill(&g, &mut off, 2);
+    assert!(!holds_any(&g, &pinned), "a block a client maps went to another file");
+    // The release of an open file that pins nothing frees nothing.
+    fs.direct_unmap(9);
+    assert_eq!(fill(&g, &mut off, 3), 0);
     fs.direct_unmap(7);
-    let mut more = 0;
-    while g.write_at(&[3u8; 64 << 10], off).is_ok() {
-        off += 64 << 10;
-        more += 1;
-    }
+    let more = fill(&g, &mut off, 3);
     assert!(more >= 15, "the pinned megabyte came back ({more} more 64 KiB writes)");
-    assert!(overlaps(&g));
+    assert!(holds_any(&g, &pinned));
     assert!(udax::check::check(&fs, &mut |_, _| {}).is_clean());
 }
 
