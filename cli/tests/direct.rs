@@ -789,6 +789,97 @@ fn udax_run_maps_files_from_the_image_and_every_process_sees_the_same_bytes() {
     fsck_clean(&m.img);
 }
 
+/// Mappings served from the image race the freeing of their blocks: two threads of a process
+/// under `udax run` map and read a file over and over while another process punches its whole
+/// range and writes it again, and a third fills the image with other files, so freed blocks are
+/// reused at once. A mapping may show the file's old bytes or zeros, never another file's (the
+/// pins hold its blocks; with the hold bypassed, mappings show `B`). Watchdog: 60 s.
+#[test]
+fn mappings_race_punches_and_never_show_another_files_bytes() {
+    if !can_mount() {
+        return;
+    }
+    let m = Mounted::new("24M");
+    let path = m.mnt.join("a");
+    std::fs::write(&path, vec![b'A'; 1 << 20]).unwrap();
+    let secs = 8;
+    let mapper = format!(
+        "import mmap, os, threading, time\n\
+         bad = []\n\
+         def run():\n\
+         \x20   end = time.time() + {secs}\n\
+         \x20   while time.time() < end and not bad:\n\
+         \x20       fd = os.open('{p}', os.O_RDWR)\n\
+         \x20       n = os.fstat(fd).st_size\n\
+         \x20       if n:\n\
+         \x20           m = mmap.mmap(fd, n)\n\
+         \x20           d = m[:]\n\
+         \x20           m.close()\n\
+         \x20           if d.count(b'A') + d.count(0) != len(d): bad.append(d[:64])\n\
+         \x20       os.close(fd)\n\
+         ts = [threading.Thread(target=run) for _ in range(2)]\n\
+         [t.start() for t in ts]\n\
+         [t.join() for t in ts]\n\
+         print('bad' if bad else 'ok', bad[:1], flush=True)\n",
+        p = path.display()
+    );
+    let churn = format!(
+        "import ctypes, os, time\n\
+         libc = ctypes.CDLL(None, use_errno=True)\n\
+         end = time.time() + {secs}\n\
+         fd = os.open('{p}', os.O_RDWR)\n\
+         while time.time() < end:\n\
+         \x20   libc.fallocate(fd, 3, ctypes.c_long(0), ctypes.c_long(1 << 20))\n\
+         \x20   try:\n\
+         \x20       os.pwrite(fd, b'A' * (1 << 20), 0)\n\
+         \x20   except OSError:\n\
+         \x20       pass\n",
+        p = path.display()
+    );
+    let fill = format!(
+        "import os, time\n\
+         end, i = time.time() + {secs}, 0\n\
+         while time.time() < end:\n\
+         \x20   f = '{d}/b%d' % (i % 8)\n\
+         \x20   i += 1\n\
+         \x20   try:\n\
+         \x20       with open(f, 'wb') as o: o.write(b'B' * (2 << 20))\n\
+         \x20   except OSError:\n\
+         \x20       pass\n\
+         \x20   os.unlink(f) if i % 3 == 0 and os.path.exists(f) else None\n",
+        d = m.mnt.display()
+    );
+    let mut kids: Vec<std::process::Child> = [(&mapper, true), (&churn, false), (&fill, false)]
+        .into_iter()
+        .map(|(code, piped)| {
+            let mut c = under_run(&m, "python3");
+            c.args(["-c", code]);
+            if piped {
+                c.stdout(std::process::Stdio::piped());
+            }
+            c.spawn().unwrap()
+        })
+        .collect();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    for k in &mut kids {
+        while k.try_wait().unwrap().is_none() {
+            if std::time::Instant::now() > deadline {
+                kids.iter_mut().for_each(|k| {
+                    let _ = k.kill();
+                });
+                panic!("the race did not finish in 60 s");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+    let mut said = String::new();
+    std::io::Read::read_to_string(&mut kids[0].stdout.take().unwrap(), &mut said).unwrap();
+    assert!(kids.iter_mut().all(|k| k.wait().unwrap().success()), "a racer failed: {said}");
+    assert!(said.starts_with("ok"), "a mapping showed another file's bytes: {said}");
+    m.unmount();
+    fsck_clean(&m.img);
+}
+
 /// fsx under `udax run`, while a second process reads the same file through the mount without
 /// the library: at random moments it stops fsx (SIGSTOP) and checks that the mount and the
 /// image, read directly, hold the same size and the same bytes; fsx checks every read of its own
