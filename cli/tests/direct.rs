@@ -606,10 +606,12 @@ fn forks_while_threads_read_and_write_directly_never_hang_the_child() {
     let (tx, rx) = std::sync::mpsc::channel();
     let waiter = std::thread::spawn(move || tx.send(child.wait_with_output().unwrap()));
     let Ok(out) = rx.recv_timeout(std::time::Duration::from_secs(60)) else {
+        let server = server_pid(&m.img).into_iter();
+        let stacks = stacks(&std::iter::once(pid).chain(server).collect::<Vec<_>>());
         // The hung child first, then the parent waiting for it.
         sh(&format!("pkill -KILL -P {pid}; kill -KILL {pid}"), std::path::Path::new("/"));
         let _ = waiter.join();
-        panic!("a forked child hung (60 s)");
+        panic!("a forked child hung (60 s); the processes then:\n{stacks}");
     };
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "{stdout}{stderr}");
@@ -864,10 +866,12 @@ fn mappings_race_punches_and_never_show_another_files_bytes() {
     for k in &mut kids {
         while k.try_wait().unwrap().is_none() {
             if std::time::Instant::now() > deadline {
+                let pids: Vec<u32> = kids.iter().map(|k| k.id()).chain(server_pid(&m.img)).collect();
+                let stacks = stacks(&pids);
                 kids.iter_mut().for_each(|k| {
                     let _ = k.kill();
                 });
-                panic!("the race did not finish in 60 s");
+                panic!("the race did not finish in 60 s; the processes then:\n{stacks}");
             }
             std::thread::sleep(std::time::Duration::from_millis(50));
         }

@@ -189,3 +189,56 @@ pub fn server_pid(img: &Path) -> Option<u32> {
     }
     None
 }
+
+/// What the processes `pids` and all their descendants are doing, for a watchdog to print
+/// before it kills a hang: each thread's state, wait channel, system call and kernel stack,
+/// then the user stacks gdb gives where it is installed.
+pub fn stacks(pids: &[u32]) -> String {
+    use std::fmt::Write;
+    let parent_of = |pid: u32| -> Option<u32> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+    };
+    let all: Vec<u32> = std::fs::read_dir("/proc")
+        .map(|d| d.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect())
+        .unwrap_or_default();
+    let mut seen: Vec<u32> = pids.to_vec();
+    let mut i = 0;
+    while i < seen.len() {
+        let p = seen[i];
+        let children: Vec<u32> =
+            all.iter().copied().filter(|&c| parent_of(c) == Some(p) && !seen.contains(&c)).collect();
+        seen.extend(children);
+        i += 1;
+    }
+    let read = |p: String| std::fs::read_to_string(p).unwrap_or_default().trim_end().to_string();
+    let mut out = String::new();
+    for pid in seen {
+        let cmd = read(format!("/proc/{pid}/cmdline")).replace('\0', " ");
+        let _ = writeln!(out, "== pid {pid} (parent {:?}): {cmd}", parent_of(pid));
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).map(|d| d.flatten().collect::<Vec<_>>());
+        for t in tasks.unwrap_or_default() {
+            let dir = t.path().display().to_string();
+            let state = read(format!("{dir}/stat"));
+            let state = state.rsplit_once(')').map_or("?", |(_, r)| r.split_whitespace().next().unwrap_or("?"));
+            let _ = writeln!(
+                out,
+                "-- task {} state {state} wchan {} syscall {}\n{}",
+                t.file_name().to_string_lossy(),
+                read(format!("{dir}/wchan")),
+                read(format!("{dir}/syscall")),
+                read(format!("{dir}/stack"))
+            );
+        }
+        let gdb = Command::new("timeout")
+            .args(["20", "gdb", "-batch", "-nx", "-ex", "thread apply all bt 30", "-p", &pid.to_string()])
+            .output();
+        if let Some(g) = gdb.ok().filter(|g| g.status.code() != Some(127)) {
+            let text = String::from_utf8_lossy(&g.stdout);
+            out.extend(
+                text.lines().filter(|l| l.starts_with('#') || l.starts_with("Thread")).map(|l| format!("{l}\n")),
+            );
+        }
+    }
+    out
+}
