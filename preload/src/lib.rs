@@ -10,6 +10,7 @@ mod fds;
 mod maps;
 #[allow(unsafe_code)]
 mod mmap;
+mod once;
 mod serve;
 #[allow(unsafe_code)]
 mod sys;

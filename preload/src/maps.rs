@@ -5,11 +5,12 @@
 use std::cell::RefCell;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use udax_direct::{MapPiece, Mount};
 
 use crate::fds;
+use crate::once::Cached;
 use crate::serve::trace;
 
 /// The page size mappings are made of.
@@ -99,15 +100,15 @@ pub(crate) fn after_fork() {
 
 /// Whether `UDAX_DIRECT_MMAP=0` asks for every mapping to go through the kernel.
 fn enabled() -> bool {
-    static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| std::env::var_os("UDAX_DIRECT_MMAP").is_none_or(|v| v != "0"))
+    static ON: Cached = Cached::new();
+    ON.flag(|| std::env::var_os("UDAX_DIRECT_MMAP").is_none_or(|v| v != "0"))
 }
 
 /// Half of vm.max_map_count: the most VMAs the regions may take, so that the program keeps the
 /// rest (past it, mappings go through the kernel).
 fn vma_budget() -> usize {
-    static BUDGET: OnceLock<usize> = OnceLock::new();
-    *BUDGET.get_or_init(|| {
+    static BUDGET: Cached = Cached::new();
+    BUDGET.get(|| {
         let max = std::fs::read_to_string("/proc/sys/vm/max_map_count").ok().and_then(|s| s.trim().parse().ok());
         max.unwrap_or(65_530) / 2
     })

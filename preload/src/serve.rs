@@ -1,23 +1,24 @@
 //! What the preload library does with a data call on a descriptor: serve it directly, or say
 //! that the real call must run. Safe code; `preload` turns C arguments into these calls.
 
-use std::io::Write;
-use std::sync::{OnceLock, PoisonError};
+use std::sync::PoisonError;
 
 use crate::fds;
+use crate::once::Cached;
 use udax_direct::Served;
 
 /// Whether `UDAX_DIRECT_TRACE` is set: each call served or passed on is printed on stderr.
 fn tracing() -> bool {
-    static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| std::env::var_os("UDAX_DIRECT_TRACE").is_some_and(|v| !v.is_empty() && v != "0"))
+    static ON: Cached = Cached::new();
+    ON.flag(|| std::env::var_os("UDAX_DIRECT_TRACE").is_some_and(|v| !v.is_empty() && v != "0"))
 }
 
-/// Prints one trace line (one write, so lines of threads do not mix).
+/// Prints one trace line, in one write(2) of its own, so lines of threads do not mix, and
+/// without std's lock on stderr, which a thread of the parent may hold when a child is forked.
 pub(crate) fn trace(what: std::fmt::Arguments<'_>) {
     if tracing() {
         let line = format!("udax-direct[{}]: {what}\n", std::process::id());
-        let _ = std::io::stderr().lock().write_all(line.as_bytes());
+        crate::sys::write_stderr(line.as_bytes());
     }
 }
 

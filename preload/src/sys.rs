@@ -10,6 +10,12 @@ pub(crate) fn borrow(fd: libc::c_int) -> Option<BorrowedFd<'static>> {
     (fd >= 0).then(|| unsafe { BorrowedFd::borrow_raw(fd) })
 }
 
+/// Writes `line` to standard error in one write(2), as much of it as the call takes.
+pub(crate) fn write_stderr(line: &[u8]) {
+    // SAFETY: `line` is a live slice of `line.len()` bytes, only read by the call.
+    let _ = unsafe { libc::write(libc::STDERR_FILENO, line.as_ptr().cast(), line.len()) };
+}
+
 /// The descriptor's status flags (F_GETFL: access mode, O_APPEND, …).
 pub(crate) fn status_flags(fd: libc::c_int) -> Option<libc::c_int> {
     // SAFETY: F_GETFL takes no argument and touches no memory of this process.

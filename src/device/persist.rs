@@ -3,7 +3,7 @@
 //! The write-back instruction is chosen once at run time (clwb > clflushopt > clflush) from CPUID.
 //! Everything here works on raw pointers that [`super::Device`] has already bounds-checked.
 
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 /// Cache-line size the flush loops step by.
 pub const LINE: usize = 64;
@@ -63,15 +63,31 @@ impl NtInsn {
     }
 }
 
+/// `detect()`'s answer, as its index in `all`, worked out on first use and kept in `cache`
+/// (0: not yet). Threads that race each detect (the same answer); none ever waits for another,
+/// so a child forked while a thread of its parent was detecting does not wait for ever on a
+/// thread it does not have (which a `OnceLock` would), and a direct-access client may fork.
+fn detected<T: Copy + PartialEq>(cache: &AtomicU8, all: &[T], detect: impl FnOnce() -> T) -> T {
+    match cache.load(Ordering::Relaxed) {
+        0 => {
+            let v = detect();
+            let i = all.iter().position(|&x| x == v).expect("a detected value is one of all");
+            cache.store(i as u8 + 1, Ordering::Relaxed);
+            v
+        }
+        n => all[usize::from(n) - 1],
+    }
+}
+
 /// Detected once per process.
 pub fn flush_insn() -> FlushInsn {
-    static INSN: OnceLock<FlushInsn> = OnceLock::new();
-    *INSN.get_or_init(detect_flush)
+    static INSN: AtomicU8 = AtomicU8::new(0);
+    detected(&INSN, &[FlushInsn::Clwb, FlushInsn::Clflushopt, FlushInsn::Clflush, FlushInsn::None], detect_flush)
 }
 
 pub fn nt_insn() -> NtInsn {
-    static INSN: OnceLock<NtInsn> = OnceLock::new();
-    *INSN.get_or_init(|| {
+    static INSN: AtomicU8 = AtomicU8::new(0);
+    detected(&INSN, &[NtInsn::Avx2, NtInsn::Sse2, NtInsn::None], || {
         #[cfg(all(target_arch = "x86_64", not(miri)))]
         {
             if std::arch::is_x86_feature_detected!("avx2") {
@@ -389,4 +405,36 @@ unsafe fn stream_sse2(dst: *mut u8, src: *const u8, len: usize) {
             options(nostack)
         )
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_detection_is_kept_and_a_racing_one_needs_no_wait() {
+        let cache = AtomicU8::new(0);
+        let all = [NtInsn::Avx2, NtInsn::Sse2, NtInsn::None];
+        assert_eq!(detected(&cache, &all, || NtInsn::Sse2), NtInsn::Sse2);
+        assert_eq!(detected(&cache, &all, || unreachable!()), NtInsn::Sse2);
+        // A thread that finds the cache empty detects for itself while another is still at
+        // it: the slow detection goes on only once this one has returned.
+        let slow = AtomicU8::new(0);
+        let (go, wait) = std::sync::mpsc::channel();
+        let (inside, started) = std::sync::mpsc::channel();
+        std::thread::scope(|s| {
+            let racer = s.spawn(|| {
+                detected(&slow, &all, move || {
+                    inside.send(()).unwrap();
+                    wait.recv_timeout(std::time::Duration::from_secs(60))
+                        .expect("the other detection waited for this one");
+                    NtInsn::None
+                })
+            });
+            started.recv().unwrap();
+            assert_eq!(detected(&slow, &all, || NtInsn::None), NtInsn::None);
+            go.send(()).unwrap();
+            racer.join().unwrap();
+        });
+    }
 }
