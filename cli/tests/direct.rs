@@ -619,6 +619,76 @@ fn forks_while_threads_read_and_write_directly_never_hang_the_child() {
     assert_eq!(&std::fs::read(&path).unwrap()[8192..12288], &[b'c'; 4096][..]);
 }
 
+/// A child made by vfork (as Python's subprocess makes them) shares its parent's memory until
+/// it execs: its dup2 of a udax file onto its standard input went into the parent's descriptor
+/// table, and the parent's own later reads of its standard input (a file elsewhere) were served
+/// from the udax file. vfork is served as fork, whose handlers keep the tables apart.
+#[test]
+fn a_vfork_child_redirecting_from_a_udax_file_leaves_its_parent_table_alone() {
+    if !can_mount() {
+        return;
+    }
+    let m = Mounted::new("16M");
+    let path = m.mnt.join("f");
+    std::fs::write(&path, vec![b'u'; 8192]).unwrap();
+    let host = tmp();
+    let input = host.path().join("input");
+    std::fs::write(&input, "host input\n").unwrap();
+    let script = format!(
+        "import os, subprocess\n\
+         f = open('{p}', 'r+b')\n\
+         assert os.pread(f.fileno(), 4, 0) == b'uuuu'\n\
+         subprocess.run(['true'], stdin=f)\n\
+         print(os.read(0, 11), os.pread(f.fileno(), 4, 0))\n",
+        p = path.display()
+    );
+    let out = under_run(&m, "python3")
+        .args(["-c", &script])
+        .stdin(std::fs::File::open(&input).unwrap())
+        .env("UDAX_DIRECT_TRACE", "1")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(stdout.trim(), "b'host input\\n' b'uuuu'", "{stderr}");
+    assert_eq!(stderr.matches("(fd 3, 4 at 0): direct, 4").count(), 2, "the udax file is read directly: {stderr}");
+}
+
+/// freopen(3) moves a new file onto the stream's descriptor inside libc: standard input, first
+/// read directly from a udax file, was still served from it after freopen named a file elsewhere.
+#[test]
+fn freopen_onto_a_descriptor_of_a_udax_file_is_seen() {
+    if !can_mount() {
+        return;
+    }
+    let m = Mounted::new("16M");
+    let path = m.mnt.join("f");
+    std::fs::write(&path, vec![b'u'; 8192]).unwrap();
+    let host = tmp();
+    let input = host.path().join("input");
+    std::fs::write(&input, "host input\n").unwrap();
+    let script = format!(
+        "import ctypes, os\n\
+         libc = ctypes.CDLL(None, use_errno=True)\n\
+         libc.freopen.restype = ctypes.c_void_p\n\
+         libc.freopen.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_void_p]\n\
+         assert os.read(0, 4) == b'uuuu'\n\
+         assert libc.freopen(b'{i}', b'r', ctypes.c_void_p.in_dll(libc, 'stdin'))\n\
+         print(os.read(0, 11))\n",
+        i = input.display()
+    );
+    let out = under_run(&m, "python3")
+        .args(["-c", &script])
+        .stdin(std::fs::File::open(&path).unwrap())
+        .env("UDAX_DIRECT_TRACE", "1")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("read(fd 0, 4 at 0): direct, 4"), "standard input was read directly first: {stderr}");
+    assert_eq!(stdout.trim(), "b'host input\\n'", "{stderr}");
+}
+
 /// A file one process mapped through the kernel was still read and written directly by the
 /// others: the mapping kept pages older than their writes, and their reads missed its stores.
 /// While a process maps the file, every client goes through the mount, which keeps the kernel's

@@ -39,6 +39,18 @@ extern "C" fn on_load() {
     unsafe { libc::pthread_atfork(Some(prepare), Some(parent), Some(child)) };
 }
 
+/// vfork(2) is served as fork(2), which POSIX allows. A vfork child shares its parent's memory
+/// until it execs, and runs no fork handler: its dup2s and closes (Python's subprocess redirects
+/// that way) would change the parent's descriptor table, so that the parent's own descriptors
+/// were then served from a udax file they do not name. A fork child has a table of its own.
+///
+/// # Safety
+/// libc's contract for fork (which a vfork caller's contract is narrower than).
+#[no_mangle]
+pub unsafe extern "C" fn vfork() -> libc::pid_t {
+    real!(fork() -> libc::pid_t)
+}
+
 thread_local! {
     /// Set while this thread runs the library's own code.
     static INSIDE: Cell<bool> = const { Cell::new(false) };
@@ -259,6 +271,42 @@ pub unsafe extern "C" fn fclose(stream: *mut FILE) -> c_int {
     }
     r
 }
+
+/// freopen(3) and freopen64: stdio opens the new file and moves it onto the stream's old
+/// descriptor inside libc, where neither call is seen, so the number is forgotten and classified
+/// again on its next call.
+macro_rules! freopen_call {
+    ($name:ident) => {
+        /// libc's function of this name; the stream's descriptor is classified again.
+        ///
+        /// # Safety
+        /// libc's contract for this function.
+        #[no_mangle]
+        pub unsafe extern "C" fn $name(path: *const c_char, mode: *const c_char, stream: *mut FILE) -> *mut FILE {
+            static SLOT: AtomicUsize = AtomicUsize::new(0);
+            let p = next(&SLOT, CStr::from_bytes_with_nul(concat!(stringify!($name), "\0").as_bytes()).unwrap_or(c""));
+            if p == 0 {
+                set_errno(libc::ENOSYS);
+                return std::ptr::null_mut();
+            }
+            type Freopen = unsafe extern "C" fn(*const c_char, *const c_char, *mut FILE) -> *mut FILE;
+            let fd = if stream.is_null() { -1 } else { real!(fileno(stream => *mut FILE) -> c_int) };
+            // SAFETY: `p` is libc's function of this name, with this C signature; the caller's
+            // arguments, passed on unchanged.
+            let r = unsafe { std::mem::transmute::<usize, Freopen>(p)(path, mode, stream) };
+            if fd >= 0 {
+                let _ = library(|| {
+                    fds::closed(fd);
+                    None::<i8>
+                });
+            }
+            r
+        }
+    };
+}
+
+freopen_call!(freopen);
+freopen_call!(freopen64);
 
 fn duplicated(from: c_int, to: c_int) -> c_int {
     if to >= 0 {

@@ -72,6 +72,7 @@ pub unsafe extern "C" fn syscall(
             libc::SYS_msync => mmap::msync(a as *mut c_void, b as size_t, c as c_int) as c_long,
             libc::SYS_fsync => mmap::fsync(a as c_int) as c_long,
             libc::SYS_fdatasync => mmap::fdatasync(a as c_int) as c_long,
+            libc::SYS_vfork => entry::vfork() as c_long,
             _ => real_syscall(n, a, b, c, d, e, f),
         }
     }
