@@ -460,7 +460,13 @@ fn a_command_right_after_umount_finds_the_image_free() {
         std::fs::write(m.mnt.join(format!("f{}", i % 4)), vec![i as u8; 1 << 20]).unwrap();
         umount(&m.mnt);
         let out = udax(&[OsStr::new("fsck"), m.img.as_os_str()]);
-        assert!(out.status.success(), "round {i}: {}", String::from_utf8_lossy(&out.stderr));
+        let err = String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() {
+            // Who held the lock, as far as /proc still tells (state, parent, stacks).
+            let holder = err.split("in use by process ").nth(1).and_then(|r| r.split(' ').next()?.parse().ok());
+            let locks = std::fs::read_to_string("/proc/locks").unwrap_or_default();
+            panic!("round {i}: {err}\n/proc/locks:\n{locks}{}", stacks(&Vec::from_iter(holder)));
+        }
     }
 }
 

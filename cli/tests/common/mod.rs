@@ -215,7 +215,8 @@ pub fn stacks(pids: &[u32]) -> String {
     let mut out = String::new();
     for pid in seen {
         let cmd = read(format!("/proc/{pid}/cmdline")).replace('\0', " ");
-        let _ = writeln!(out, "== pid {pid} (parent {:?}): {cmd}", parent_of(pid));
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).map(|p| p.display().to_string()).unwrap_or_default();
+        let _ = writeln!(out, "== pid {pid} (parent {:?}, exe {exe}): {cmd}", parent_of(pid));
         let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).map(|d| d.flatten().collect::<Vec<_>>());
         for t in tasks.unwrap_or_default() {
             let dir = t.path().display().to_string();
