@@ -71,8 +71,9 @@ fn detected<T: Copy + PartialEq>(cache: &AtomicU8, all: &[T], detect: impl FnOnc
     match cache.load(Ordering::Relaxed) {
         0 => {
             let v = detect();
-            let i = all.iter().position(|&x| x == v).expect("a detected value is one of all");
-            cache.store(i as u8 + 1, Ordering::Relaxed);
+            if let Some(i) = all.iter().position(|&x| x == v) {
+                cache.store(i as u8 + 1, Ordering::Relaxed);
+            }
             v
         }
         n => all[usize::from(n) - 1],
