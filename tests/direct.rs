@@ -267,9 +267,9 @@ fn blocks_a_client_maps_from_the_image_wait_for_its_open_file_to_go() {
     f.write_at(&[1u8; 1 << 20], 0).unwrap();
     let ino = f.ino();
     let pinned = device_ranges(&f);
-    assert_eq!(fs.direct_map(ino, 7, 0, 0, 1 << 20).unwrap().pin, 7);
+    assert_eq!(fs.direct_map(ino, 7, 0, (0, 1 << 20), false).unwrap().pin, 7);
     // Pinned to an open file that pins blocks of this file already, not to the one asking.
-    assert_eq!(fs.direct_map(ino, 9, 7, 0, 4096).unwrap().pin, 7);
+    assert_eq!(fs.direct_map(ino, 9, 7, (0, 4096), false).unwrap().pin, 7);
     f.set_len(0).unwrap();
     let g = fs.open("/filler", OpenOptions::create()).unwrap();
     let mut off = 0;
@@ -293,7 +293,7 @@ fn a_range_mapped_from_the_image_is_made_written_inside_eof() {
     f.set_len(10 * 4096 + 100).unwrap();
     fs.fallocate(f.ino(), 4 * 4096, 2 * 4096, FallocMode::Allocate { keep_size: true }).unwrap();
     let (before, _, _) = whole_map(&fs, f.ino());
-    let reply = fs.direct_map(f.ino(), 1, 0, 0, 16 * 4096).unwrap();
+    let reply = fs.direct_map(f.ino(), 1, 0, (0, 16 * 4096), false).unwrap();
     let (generation, size, extents) = whole_map(&fs, f.ino());
     assert_eq!((reply.generation, reply.size, size), (generation, 10 * 4096 + 100, 10 * 4096 + 100));
     assert_ne!(before, generation, "filling moved the generation");
@@ -316,5 +316,37 @@ fn a_range_mapped_from_the_image_is_made_written_inside_eof() {
     assert!(udax::check::check(&fs, &mut |_, _| {}).is_clean());
     // A file mapped through the kernel is not mapped from the image as well.
     fs.note_kernel_map(f.ino(), true);
-    assert_eq!(fs.direct_map(f.ino(), 2, 1, 0, 4096).unwrap_err().errno(), libc::EBUSY);
+    assert_eq!(fs.direct_map(f.ino(), 2, 1, (0, 4096), false).unwrap_err().errno(), libc::EBUSY);
+}
+
+/// A private mapping of a sparse file filled every hole in it (a read-only mapping of a large
+/// sparse file spent the whole device): asked to leave holes, the server allocates nothing and
+/// still pins the written blocks.
+#[test]
+fn a_private_mapping_leaves_holes_and_unwritten_blocks_alone() {
+    let (_image, _table, fs) = published("holes", 16);
+    let f = fs.open("/sparse", OpenOptions::create()).unwrap();
+    f.write_at(&[5u8; 4096], 0).unwrap();
+    f.set_len(1 << 30).unwrap();
+    fs.fallocate(f.ino(), 4 * 4096, 2 * 4096, FallocMode::Allocate { keep_size: true }).unwrap();
+    let (before, _, map_before) = whole_map(&fs, f.ino());
+    let free = fs.statfs().blocks_free;
+    let reply = fs.direct_map(f.ino(), 1, 0, (0, 1 << 30), true).unwrap();
+    let (generation, _, map_after) = whole_map(&fs, f.ino());
+    assert_eq!((reply.generation, reply.flags), (before, udax::direct::MAP_LEAVE_HOLES));
+    assert_eq!((generation, fs.statfs().blocks_free), (before, free), "nothing filled");
+    assert_eq!(format!("{map_before:?}"), format!("{map_after:?}"));
+    // The written block is pinned: truncated away, it is not reused until the unmap.
+    let pinned = device_ranges(&f);
+    f.set_len(0).unwrap();
+    let g = fs.open("/filler", OpenOptions::create()).unwrap();
+    let mut off = 0;
+    fill(&g, &mut off, 3);
+    assert!(!holds_any(&g, &pinned), "a pinned block went to another file");
+    fs.direct_unmap(1);
+    while g.write_at(&[3; 4096], off).is_ok() {
+        off += 4096;
+    }
+    assert!(holds_any(&g, &pinned), "the pinned blocks came back");
+    assert!(udax::check::check(&fs, &mut |_, _| {}).is_clean());
 }

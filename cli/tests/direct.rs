@@ -861,6 +861,53 @@ fn udax_run_maps_files_from_the_image_and_every_process_sees_the_same_bytes() {
     fsck_clean(&m.img);
 }
 
+/// A private mapping of a sparse file filled its holes: the server allocated (and zeroed) every
+/// block of the range, though no store through it can reach the file. Holes are now zero pages
+/// of the mapping's own, and nothing is allocated; stores through a private mapping stay in it.
+#[test]
+fn a_private_mapping_of_a_sparse_file_allocates_nothing() {
+    if !can_mount() {
+        return;
+    }
+    let m = Mounted::new("16M");
+    let path = m.mnt.join("f");
+    let f = std::fs::File::create(&path).unwrap();
+    f.write_all_at(&[b'z'; 4096], 0).unwrap();
+    f.write_all_at(&[b'y'; 4096], 65536).unwrap();
+    f.set_len(1 << 20).unwrap();
+    drop(f);
+    let script = format!(
+        "import mmap, os\n\
+         free = os.statvfs('{mnt}').f_bfree\n\
+         fd = os.open('{p}', os.O_RDONLY)\n\
+         m = mmap.mmap(fd, 1 << 20, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ)\n\
+         seen = m[:4096] == b'z' * 4096 and m[65536:69632] == b'y' * 4096\n\
+         zeros = m[4096:65536] == bytes(61440) and m[69632:] == bytes((1 << 20) - 69632)\n\
+         w = mmap.mmap(fd, 1 << 20, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)\n\
+         w[0:2] = b'ab'\n\
+         w[8192:8197] = b'hello'\n\
+         own = w[:2] == b'ab' and w[8192:8197] == b'hello' and m[:2] == b'zz' and m[8192:8197] == bytes(5)\n\
+         print(seen, zeros, own, os.statvfs('{mnt}').f_bfree == free)\n",
+        mnt = m.mnt.display(),
+        p = path.display()
+    );
+    let out = under_run(&m, "python3").args(["-c", &script]).env("UDAX_DIRECT_TRACE", "1").output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(stdout.trim(), "True True True True", "data, zeros, private stores, no block allocated: {stderr}");
+    assert_eq!(stderr.matches("from the image, 2 pieces, 2 zero").count(), 2, "{stderr}");
+    assert!(!stderr.contains("through the kernel"), "{stderr}");
+    let bytes = std::fs::read(&path).unwrap();
+    assert!(
+        bytes[..4096] == [b'z'; 4096] && bytes[4096..65536].iter().all(|&b| b == 0),
+        "a private store reached the file"
+    );
+    m.unmount();
+    fsck_clean(&m.img);
+    let extents = ok(&[std::ffi::OsStr::new("extents"), m.img.as_os_str(), std::ffi::OsStr::new("/f")]);
+    assert_eq!(extents.lines().filter(|l| l.contains("written")).count(), 2, "holes were filled:\n{extents}");
+}
+
 /// Mappings served from the image race the freeing of their blocks: two threads of a process
 /// under `udax run` map and read a file over and over while another process punches its whole
 /// range and writes it again, and a third fills the image with other files, so freed blocks are

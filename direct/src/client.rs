@@ -166,7 +166,9 @@ impl Mount {
     /// The pieces of the image that map bytes `[off, end)` of the file open as `fd` (`end` a
     /// multiple of `page`), after the server made the range written and pinned its blocks to
     /// open file `pin` (as an earlier call returned it) if that one pins blocks of this file
-    /// already, else to `fd`'s; returns that open file too. The caller keeps it open as long as
+    /// already, else to `fd`'s; returns that open file too. For a `private` mapping the server
+    /// leaves holes and unwritten blocks as they are, and the pieces cover only the written
+    /// blocks: the caller maps zero pages of its own between them. The caller keeps it open as long as
     /// it maps the pieces (DESIGN.md "Mappings served from the image"). `None` when the range
     /// cannot be served from the image: past the page holding EOF, blocks not page-aligned,
     /// refused by the server (the file mapped through the kernel, too much to fill, no space),
@@ -177,12 +179,13 @@ impl Mount {
         cache: &mut CachedMap,
         (off, end, page): (u64, u64, u64),
         pin: u64,
+        private: bool,
     ) -> std::io::Result<Option<(u64, Vec<MapPiece>)>> {
         for _ in 0..RETRIES {
             if !self.live() {
                 return Ok(None);
             }
-            let Ok(reply) = crate::sys::direct_map(fd, off, end - off, pin) else { return Ok(None) };
+            let Ok(reply) = crate::sys::direct_map(fd, off, end - off, pin, private) else { return Ok(None) };
             if reply.version != direct::VERSION || end > reply.size.next_multiple_of(page) {
                 return Ok(None);
             }
@@ -193,7 +196,7 @@ impl Mount {
                     continue;
                 }
             }
-            if !self.all_written(cache, off, end) {
+            if !private && !self.all_written(cache, off, end) {
                 return Ok(None);
             }
             let mut pieces: Vec<MapPiece> = Vec::new();
@@ -428,7 +431,7 @@ impl Mount {
     }
 
     /// Calls `f(device offset, file start, file end)` for each piece of file bytes `[off, end)`
-    /// that one extent of `cache` holds.
+    /// that one written extent of `cache` holds.
     fn each_piece(
         &self,
         cache: &CachedMap,
@@ -439,6 +442,9 @@ impl Mount {
         let bs = self.block_size;
         let first = cache.extents.partition_point(|e| (e.logical + e.blocks) * bs <= off);
         for e in cache.extents[first..].iter().take_while(|e| e.logical * bs < end) {
+            if e.flags & EXTENT_WRITTEN == 0 {
+                continue;
+            }
             let (s, t) = ((e.logical * bs).max(off), ((e.logical + e.blocks) * bs).min(end));
             f(e.physical + (s - e.logical * bs), s, t)?;
         }

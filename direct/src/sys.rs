@@ -4,7 +4,8 @@
 use std::os::fd::{AsRawFd, BorrowedFd};
 
 use udax::direct::{
-    DirectMapIo, InfoReply, LeaseIo, MapIo, IOC_DIRECT_MAP, IOC_INFO, IOC_KERNEL_MAP, IOC_LEASE, IOC_MAP, IOC_WRITING,
+    self as direct, DirectMapIo, InfoReply, LeaseIo, MapIo, IOC_DIRECT_MAP, IOC_INFO, IOC_KERNEL_MAP, IOC_LEASE,
+    IOC_MAP, IOC_WRITING,
 };
 use zerocopy::FromZeros;
 
@@ -45,10 +46,18 @@ pub(crate) fn lease(fd: BorrowedFd<'_>, want: u64) -> std::io::Result<LeaseIo> {
     Ok(io)
 }
 
-/// Asks the mount to make `[off, off+len)` of the file written and pin its blocks to open file
-/// `pin` or `fd`'s (a mapping served from the image).
-pub(crate) fn direct_map(fd: BorrowedFd<'_>, off: u64, len: u64, pin: u64) -> std::io::Result<DirectMapIo> {
-    let mut io = DirectMapIo { off, len, pin, ..DirectMapIo::default() };
+/// Asks the mount to make `[off, off+len)` of the file written (unless `private`: a private
+/// mapping leaves holes) and pin its blocks to open file `pin` or `fd`'s (a mapping served
+/// from the image).
+pub(crate) fn direct_map(
+    fd: BorrowedFd<'_>,
+    off: u64,
+    len: u64,
+    pin: u64,
+    private: bool,
+) -> std::io::Result<DirectMapIo> {
+    let flags = if private { direct::MAP_LEAVE_HOLES } else { 0 };
+    let mut io = DirectMapIo { off, len, pin, flags, ..DirectMapIo::default() };
     // SAFETY: IOC_DIRECT_MAP is an _IOWR of `size_of::<DirectMapIo>()` bytes: the kernel reads
     // and writes at most that many bytes of `io`, a live, exclusively borrowed value of exactly
     // that size.

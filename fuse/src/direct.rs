@@ -138,7 +138,9 @@ pub(crate) fn ioctl(
         }
         direct::IOC_DIRECT_MAP => {
             let req = DirectMapIo::read_from_prefix(input).map_err(|_| Errno::EINVAL)?.0;
-            let reply = fs.direct_map(ino, fh, req.pin, req.off, req.len).map_err(|e| Errno::from_i32(e.errno()))?;
+            let holes = req.flags & direct::MAP_LEAVE_HOLES != 0;
+            let reply =
+                fs.direct_map(ino, fh, req.pin, (req.off, req.len), holes).map_err(|e| Errno::from_i32(e.errno()))?;
             Ok(reply.as_bytes().to_vec())
         }
         direct::IOC_KERNEL_MAP => {

@@ -33,8 +33,11 @@ pub(crate) struct Prepared {
     pub span: usize,
     /// The file offset of its first byte.
     pub off: u64,
-    /// The pieces of the image that map it, in file order, covering all of it.
+    /// The pieces of the image that map it, in file order: all of it, but for a private
+    /// mapping's holes and unwritten blocks.
     pub pieces: Vec<MapPiece>,
+    /// Those holes, `(file offset, length)`: mapped as zero pages of the mapping's own.
+    pub gaps: Vec<(u64, u64)>,
     /// Whether stores through it may reach the file (shared, on a read-write descriptor).
     stores: bool,
     mount: Arc<Mount>,
@@ -50,6 +53,8 @@ struct Region {
     guard: usize,
     /// Address, image offset and length of each piece.
     pieces: Vec<(usize, u64, u64)>,
+    /// The VMAs its pieces and zero pages take.
+    vmas: usize,
     /// Whether stores through it may reach the file.
     stores: bool,
     mount: Arc<Mount>,
@@ -140,6 +145,9 @@ pub(crate) fn prepare(
     }
     let file = fds::direct(fd).filter(|f| f.reads())?;
     let shared_write = kind == libc::MAP_SHARED && file.read_write();
+    // A private mapping need not see later stores to the file (POSIX leaves it unspecified):
+    // its holes stay holes, mapped as zero pages of its own, so a sparse file is not filled.
+    let private = kind == libc::MAP_PRIVATE;
     if kind == libc::MAP_SHARED && prot & libc::PROT_WRITE != 0 && !shared_write {
         return None;
     }
@@ -162,7 +170,7 @@ pub(crate) fn prepare(
     let range = (off, end, PAGE as u64);
     let (pin, owner, guard, pieces) = match held {
         Some((owner, guard)) => {
-            let found = file.mount.map_pieces(crate::sys::borrow(fd)?, &mut cache, range, owner);
+            let found = file.mount.map_pieces(crate::sys::borrow(fd)?, &mut cache, range, owner, private);
             match found {
                 Ok(Some((o, pieces))) if o == owner => (None, owner, guard, pieces),
                 other => {
@@ -178,7 +186,7 @@ pub(crate) fn prepare(
             // (and in children that inherit them) is gone: the server keeps the mapped blocks
             // from reuse until then.
             let pin = std::fs::File::open(format!("/proc/self/fd/{fd}")).ok()?;
-            let found = file.mount.map_pieces(pin.as_fd(), &mut cache, range, 0);
+            let found = file.mount.map_pieces(pin.as_fd(), &mut cache, range, 0, private);
             let Ok(Some((owner, pieces))) = found else {
                 trace(format_args!("mmap(fd {fd}, {len} at {off}): through the kernel ({found:?})"));
                 return None;
@@ -200,6 +208,7 @@ pub(crate) fn prepare(
         image: image.into(),
         span,
         off,
+        gaps: gaps(&pieces, off, end),
         pieces,
         stores: shared_write,
         mount: file.mount.clone(),
@@ -221,14 +230,21 @@ pub(crate) fn drop_user(guard: usize) {
 pub(crate) fn mapped(p: Prepared, start: usize, guard: usize) {
     let pieces: Vec<_> = p.pieces.iter().map(|x| (start + (x.file - p.off) as usize, x.dev, x.len)).collect();
     let new_pin = p.pin.is_some();
-    VMAS.fetch_add(pieces.len() + usize::from(new_pin), Ordering::Relaxed);
-    trace(format_args!("mmap({} at {}): from the image, {} pieces", p.span, p.off, pieces.len()));
+    let vmas = pieces.len() + p.gaps.len();
+    VMAS.fetch_add(vmas + usize::from(new_pin), Ordering::Relaxed);
+    trace(format_args!(
+        "mmap({} at {}): from the image, {} pieces, {} zero",
+        p.span,
+        p.off,
+        pieces.len(),
+        p.gaps.len()
+    ));
     let live = vec![(start, start + p.span)];
     let mut st = state();
     if new_pin {
         st.pins.push(Pin { file: p.file, owner: p.owner, guard, users: 1 });
     }
-    st.regions.push(Region { live, guard, pieces, stores: p.stores, mount: p.mount, file: p.file });
+    st.regions.push(Region { live, guard, pieces, vmas, stores: p.stores, mount: p.mount, file: p.file });
 }
 
 /// `[addr, addr + len)` is no longer mapped as it was (munmap, or a mapping made over it):
@@ -245,7 +261,7 @@ pub(crate) fn unmapped(addr: usize, len: usize) -> Vec<usize> {
             r.live.iter().flat_map(|&(s, t)| [(s, t.min(addr)), (s.max(end), t)]).filter(|&(s, t)| s < t).collect();
         if r.live.is_empty() {
             gone.push(r.guard);
-            VMAS.fetch_sub(r.pieces.len(), Ordering::Relaxed);
+            VMAS.fetch_sub(r.vmas, Ordering::Relaxed);
         }
         !r.live.is_empty()
     });
@@ -307,6 +323,19 @@ pub(crate) fn flush_file(fd: libc::c_int) {
     for (s, t) in intersect(union(mapped), union(held)) {
         let _ = file.mount.flush(s, t - s);
     }
+}
+
+/// The parts of `[off, end)` that `pieces` (in file order) leave uncovered: `(start, length)`.
+fn gaps(pieces: &[MapPiece], off: u64, end: u64) -> Vec<(u64, u64)> {
+    let mut at = off;
+    let mut out = Vec::new();
+    for p in pieces.iter().chain([&MapPiece { file: end, dev: 0, len: 0 }]) {
+        if p.file > at {
+            out.push((at, p.file - at));
+        }
+        at = at.max(p.file + p.len);
+    }
+    out
 }
 
 /// `runs` (`[start, end)` pairs) sorted, overlapping ones joined.

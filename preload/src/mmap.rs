@@ -108,10 +108,17 @@ unsafe fn from_image(p: Prepared, addr: usize, prot: c_int, flags: c_int) -> Res
     let piece_flags = kind | libc::MAP_FIXED | libc::MAP_POPULATE | (flags & libc::MAP_NORESERVE);
     let mut made = p.pieces.iter().all(|x| {
         let at = base + (x.file - p.off) as usize;
-        // SAFETY: `[at, at + x.len)` lies inside the reservation just made (the pieces cover
-        // `[p.off, p.off + p.span)` in file order), which nothing else uses.
+        // SAFETY: `[at, at + x.len)` lies inside the reservation just made (the pieces lie in
+        // `[p.off, p.off + p.span)`, in file order), which nothing else uses.
         unsafe { raw_mmap(at, x.len as usize, prot, piece_flags, p.image.as_raw_fd(), x.dev) }.is_ok()
     });
+    let zero_flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED | (flags & libc::MAP_NORESERVE);
+    made = made
+        && p.gaps.iter().all(|&(file, len)| {
+            // SAFETY: `[at, at + len)` lies inside the reservation just made (the gaps lie in
+            // `[p.off, p.off + p.span)`, between the pieces), which nothing else uses.
+            unsafe { raw_mmap(base + (file - p.off) as usize, len as usize, prot, zero_flags, -1, 0) }.is_ok()
+        });
     let mut guard = p.guard;
     if let (true, Some(pin)) = (made, &p.pin) {
         // SAFETY: a fresh mapping wherever the kernel puts it (no MAP_FIXED).

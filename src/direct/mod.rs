@@ -544,10 +544,10 @@ pub struct DirectMapIo {
     pub len: u64,
     /// [`VERSION`].
     pub version: u32,
-    /// Zero.
-    pub reserved: u32,
-    /// The file's map generation with the range written and pinned: the client maps the
-    /// blocks of that generation's map.
+    /// In: [`MAP_LEAVE_HOLES`] or zero. Out: as it came in.
+    pub flags: u32,
+    /// The file's map generation with the range written (unless holes were left) and pinned:
+    /// the client maps the blocks of that generation's map.
     pub generation: u64,
     /// The file's size.
     pub size: u64,
@@ -556,6 +556,11 @@ pub struct DirectMapIo {
     pub pin: u64,
 }
 const _: () = assert!(size_of::<DirectMapIo>() == 48);
+
+/// [`DirectMapIo::flags`]: leave the range's holes and unwritten blocks as they are, for a
+/// private mapping, which shows them as zero pages of its own; only the written blocks are
+/// pinned. Without it, they are made written (a shared mapping must see later stores there).
+pub const MAP_LEAVE_HOLES: u32 = 1;
 
 /// The request and reply of [`IOC_LEASE`]: the client fills `want`; the server the rest.
 #[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, Default)]

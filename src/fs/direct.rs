@@ -1,7 +1,7 @@
 //! Direct clients of a mount (DESIGN.md "Direct access"): publishing map generations, and the
 //! file maps handed out.
 
-use crate::direct::{DirectMapIo, DirectTable, MapExtent, MapIo, Publication, KERNEL_MAPPED};
+use crate::direct::{DirectMapIo, DirectTable, MapExtent, MapIo, Publication, KERNEL_MAPPED, MAP_LEAVE_HOLES};
 use crate::error::{Error, Result};
 use crate::extent::{Piece, State};
 use crate::inode::Timespec;
@@ -92,14 +92,22 @@ impl Fs {
     /// A client is about to map `[off, off+len)` of regular file `ino` straight from the image
     /// (DESIGN.md "Mappings served from the image"), asking on open file `asking`: the range's
     /// blocks inside EOF become written (holes and unwritten blocks zeroed, in one
-    /// transaction), the bytes past EOF in its page read zero, and the blocks are pinned to
+    /// transaction; not with `leave_holes`, for a private mapping, which shows them as zero
+    /// pages of its own), the bytes past EOF in its page read zero, and the blocks are pinned to
     /// open file `pin` if it pins blocks of this file already, else to `asking`, until
     /// [`Fs::direct_unmap`] of that open file: freed from the file meanwhile, they are not
     /// reused. The reply names the open file. Refused with
     /// EBUSY while the file is mapped through the kernel, with EFBIG for more than one
     /// transaction's worth of blocks to fill, and with EOPNOTSUPP on a mount that publishes no
     /// maps.
-    pub fn direct_map(&self, ino: u64, asking: u64, pin: u64, off: u64, len: u64) -> Result<DirectMapIo> {
+    pub fn direct_map(
+        &self,
+        ino: u64,
+        asking: u64,
+        pin: u64,
+        (off, len): (u64, u64),
+        leave_holes: bool,
+    ) -> Result<DirectMapIo> {
         let p = self.publication()?;
         let n = self.settled(ino)?;
         let _change = self.writable()?;
@@ -117,19 +125,22 @@ impl Fs {
         let (first, last) = (off / bs, end.div_ceil(bs));
         let mut owner = asking;
         if last > first {
-            let pieces = g.ext.pieces(first, last - first);
-            let fill: u64 = pieces
-                .iter()
-                .map(|p| match p {
-                    Piece::Hole { len, .. } => *len,
-                    Piece::Mapped(e) if e.state != State::Written => e.len,
-                    Piece::Mapped(_) => 0,
-                })
-                .sum();
-            if fill > self.max_tx_blocks() - 2 {
-                return Err(Error::FileTooBig);
+            if !leave_holes {
+                let fill: u64 = g
+                    .ext
+                    .pieces(first, last - first)
+                    .iter()
+                    .map(|p| match p {
+                        Piece::Hole { len, .. } => *len,
+                        Piece::Mapped(e) if e.state != State::Written => e.len,
+                        Piece::Mapped(_) => 0,
+                    })
+                    .sum();
+                if fill > self.max_tx_blocks() - 2 {
+                    return Err(Error::FileTooBig);
+                }
+                self.make_written(&mut g, first * bs, last * bs, u64::MAX)?;
             }
-            self.make_written(&mut g, first * bs, last * bs, u64::MAX)?;
             self.clean_tail(&mut g)?;
             let runs = g.ext.pieces(first, last - first).into_iter().filter_map(|p| match p {
                 Piece::Mapped(e) => Some(e.run()),
@@ -141,7 +152,7 @@ impl Fs {
             off,
             len,
             version: crate::direct::VERSION,
-            reserved: 0,
+            flags: if leave_holes { MAP_LEAVE_HOLES } else { 0 },
             generation: p.table.generation(ino)?,
             size: g.attr.size,
             pin: owner,
