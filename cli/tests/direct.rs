@@ -619,6 +619,30 @@ fn forks_while_threads_read_and_write_directly_never_hang_the_child() {
     assert_eq!(&std::fs::read(&path).unwrap()[8192..12288], &[b'c'; 4096][..]);
 }
 
+/// Runs the python `script` (made from the paths of a udax file of 8 KiB of `u` and of a file
+/// elsewhere holding "host input\n") under `udax run`, traced, standard input from the udax
+/// file or the other one: its standard output and error.
+fn udax_and_host_input(
+    script: impl FnOnce(&std::path::Path, &std::path::Path) -> String,
+    stdin_udax: bool,
+) -> (String, String) {
+    let m = Mounted::new("16M");
+    let path = m.mnt.join("f");
+    std::fs::write(&path, vec![b'u'; 8192]).unwrap();
+    let host = tmp();
+    let input = host.path().join("input");
+    std::fs::write(&input, "host input\n").unwrap();
+    let out = under_run(&m, "python3")
+        .args(["-c", &script(&path, &input)])
+        .stdin(std::fs::File::open(if stdin_udax { &path } else { &input }).unwrap())
+        .env("UDAX_DIRECT_TRACE", "1")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    (stdout.trim().to_string(), stderr.into_owned())
+}
+
 /// A child made by vfork (as Python's subprocess makes them) shares its parent's memory until
 /// it execs: its dup2 of a udax file onto its standard input went into the parent's descriptor
 /// table, and the parent's own later reads of its standard input (a file elsewhere) were served
@@ -628,29 +652,18 @@ fn a_vfork_child_redirecting_from_a_udax_file_leaves_its_parent_table_alone() {
     if !can_mount() {
         return;
     }
-    let m = Mounted::new("16M");
-    let path = m.mnt.join("f");
-    std::fs::write(&path, vec![b'u'; 8192]).unwrap();
-    let host = tmp();
-    let input = host.path().join("input");
-    std::fs::write(&input, "host input\n").unwrap();
-    let script = format!(
-        "import os, subprocess\n\
-         f = open('{p}', 'r+b')\n\
-         assert os.pread(f.fileno(), 4, 0) == b'uuuu'\n\
-         subprocess.run(['true'], stdin=f)\n\
-         print(os.read(0, 11), os.pread(f.fileno(), 4, 0))\n",
-        p = path.display()
-    );
-    let out = under_run(&m, "python3")
-        .args(["-c", &script])
-        .stdin(std::fs::File::open(&input).unwrap())
-        .env("UDAX_DIRECT_TRACE", "1")
-        .output()
-        .unwrap();
-    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "{stderr}");
-    assert_eq!(stdout.trim(), "b'host input\\n' b'uuuu'", "{stderr}");
+    let script = |udax: &std::path::Path, _: &std::path::Path| {
+        format!(
+            "import os, subprocess\n\
+             f = open('{p}', 'r+b')\n\
+             assert os.pread(f.fileno(), 4, 0) == b'uuuu'\n\
+             subprocess.run(['true'], stdin=f)\n\
+             print(os.read(0, 11), os.pread(f.fileno(), 4, 0))\n",
+            p = udax.display()
+        )
+    };
+    let (stdout, stderr) = udax_and_host_input(script, false);
+    assert_eq!(stdout, "b'host input\\n' b'uuuu'", "{stderr}");
     assert_eq!(stderr.matches("(fd 3, 4 at 0): direct, 4").count(), 2, "the udax file is read directly: {stderr}");
 }
 
@@ -661,32 +674,21 @@ fn freopen_onto_a_descriptor_of_a_udax_file_is_seen() {
     if !can_mount() {
         return;
     }
-    let m = Mounted::new("16M");
-    let path = m.mnt.join("f");
-    std::fs::write(&path, vec![b'u'; 8192]).unwrap();
-    let host = tmp();
-    let input = host.path().join("input");
-    std::fs::write(&input, "host input\n").unwrap();
-    let script = format!(
-        "import ctypes, os\n\
-         libc = ctypes.CDLL(None, use_errno=True)\n\
-         libc.freopen.restype = ctypes.c_void_p\n\
-         libc.freopen.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_void_p]\n\
-         assert os.read(0, 4) == b'uuuu'\n\
-         assert libc.freopen(b'{i}', b'r', ctypes.c_void_p.in_dll(libc, 'stdin'))\n\
-         print(os.read(0, 11))\n",
-        i = input.display()
-    );
-    let out = under_run(&m, "python3")
-        .args(["-c", &script])
-        .stdin(std::fs::File::open(&path).unwrap())
-        .env("UDAX_DIRECT_TRACE", "1")
-        .output()
-        .unwrap();
-    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "{stderr}");
+    let script = |_: &std::path::Path, host: &std::path::Path| {
+        format!(
+            "import ctypes, os\n\
+             libc = ctypes.CDLL(None, use_errno=True)\n\
+             libc.freopen.restype = ctypes.c_void_p\n\
+             libc.freopen.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_void_p]\n\
+             assert os.read(0, 4) == b'uuuu'\n\
+             assert libc.freopen(b'{i}', b'r', ctypes.c_void_p.in_dll(libc, 'stdin'))\n\
+             print(os.read(0, 11))\n",
+            i = host.display()
+        )
+    };
+    let (stdout, stderr) = udax_and_host_input(script, true);
     assert!(stderr.contains("read(fd 0, 4 at 0): direct, 4"), "standard input was read directly first: {stderr}");
-    assert_eq!(stdout.trim(), "b'host input\\n'", "{stderr}");
+    assert_eq!(stdout, "b'host input\\n'", "{stderr}");
 }
 
 /// A file one process mapped through the kernel was still read and written directly by the

@@ -38,7 +38,7 @@ impl Cached {
 mod tests {
     use super::Cached;
     use std::sync::mpsc;
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
 
     #[test]
     fn works_a_value_out_once_and_keeps_it() {
@@ -56,10 +56,12 @@ mod tests {
     fn a_child_forked_mid_way_works_the_value_out_itself() {
         static VALUE: Cached = Cached::new();
         let (inside, started) = mpsc::channel();
-        std::thread::spawn(move || {
+        let (release, held) = mpsc::channel::<()>();
+        let worker = std::thread::spawn(move || {
             VALUE.get(|| {
                 inside.send(()).unwrap();
-                std::thread::sleep(Duration::from_secs(3600));
+                // Stays inside until the test is over.
+                let _ = held.recv();
                 1
             })
         });
@@ -73,17 +75,20 @@ mod tests {
             unsafe { libc::_exit(if v == 7 { 0 } else { 1 }) };
         }
         assert!(pid > 0, "fork: {}", std::io::Error::last_os_error());
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let mut status = 0;
-        // SAFETY: waits for the child made above, writing its status into a live local.
-        while unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } == 0 {
-            if Instant::now() > deadline {
-                // SAFETY: the child is ours and has not been reaped.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-                panic!("the child waited for its parent's thread");
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let (done, exited) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut status = 0;
+            // SAFETY: waits for the child made above, writing its status into a live local.
+            unsafe { libc::waitpid(pid, &mut status, 0) };
+            let _ = done.send(status);
+        });
+        let status = exited.recv_timeout(Duration::from_secs(20)).unwrap_or_else(|_| {
+            // SAFETY: the child is ours and has not been reaped.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            panic!("the child waited for its parent's thread");
+        });
         assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "status {status:#x}");
+        drop(release);
+        assert_eq!(worker.join().unwrap(), 1);
     }
 }
