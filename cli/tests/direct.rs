@@ -911,9 +911,9 @@ fn a_private_mapping_of_a_sparse_file_allocates_nothing() {
 }
 
 /// Mappings served from the image race the freeing of their blocks: two threads of a process
-/// under `udax run` map and read a file over and over while another process punches its whole
-/// range and writes it again, and a third fills the image with other files, so freed blocks are
-/// reused at once. A mapping may show the file's old bytes or zeros, never another file's (the
+/// under `udax run` map (one shared, one private) and read a file over and over while another
+/// process punches its whole range and writes it again, and a third fills the image with other
+/// files, so freed blocks are reused at once. A mapping may show the file's old bytes or zeros, never another file's (the
 /// pins hold its blocks; with the hold bypassed, mappings show `B`). Watchdog: 60 s.
 #[test]
 fn mappings_race_punches_and_never_show_another_files_bytes() {
@@ -927,18 +927,18 @@ fn mappings_race_punches_and_never_show_another_files_bytes() {
     let mapper = format!(
         "import mmap, os, threading, time\n\
          bad = []\n\
-         def run():\n\
+         def run(flags):\n\
          \x20   end = time.time() + {secs}\n\
          \x20   while time.time() < end and not bad:\n\
          \x20       fd = os.open('{p}', os.O_RDWR)\n\
          \x20       n = os.fstat(fd).st_size\n\
          \x20       if n:\n\
-         \x20           m = mmap.mmap(fd, n)\n\
+         \x20           m = mmap.mmap(fd, n, flags=flags)\n\
          \x20           d = m[:]\n\
          \x20           m.close()\n\
          \x20           if d.count(b'A') + d.count(0) != len(d): bad.append(d[:64])\n\
          \x20       os.close(fd)\n\
-         ts = [threading.Thread(target=run) for _ in range(2)]\n\
+         ts = [threading.Thread(target=run, args=(f,)) for f in (mmap.MAP_SHARED, mmap.MAP_PRIVATE)]\n\
          [t.start() for t in ts]\n\
          [t.join() for t in ts]\n\
          print('bad' if bad else 'ok', bad[:1], flush=True)\n",
