@@ -168,11 +168,11 @@ impl Mount {
     /// open file `pin` (as an earlier call returned it) if that one pins blocks of this file
     /// already, else to `fd`'s; returns that open file too. For a `private` mapping the server
     /// leaves holes and unwritten blocks as they are, and the pieces cover only the written
-    /// blocks: the caller maps zero pages of its own between them. The caller keeps it open as long as
-    /// it maps the pieces (DESIGN.md "Mappings served from the image"). `None` when the range
-    /// cannot be served from the image: past the page holding EOF, blocks not page-aligned,
-    /// refused by the server (the file mapped through the kernel, too much to fill, no space),
-    /// or the server gone. The caller maps through the kernel then.
+    /// blocks: the caller maps zero pages of its own between them. The caller keeps the open
+    /// file open as long as it maps the pieces (DESIGN.md "Mappings served from the image").
+    /// `None` when the range cannot be served from the image: past the page holding EOF,
+    /// blocks not page-aligned, refused by the server (the file mapped through the kernel, too
+    /// much to fill, no space), or the server gone. The caller maps through the kernel then.
     pub fn map_pieces(
         &self,
         fd: BorrowedFd<'_>,

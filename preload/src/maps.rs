@@ -379,3 +379,20 @@ fn flush_where(pick: impl Fn(usize, usize) -> Option<(usize, usize)>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{gaps, MapPiece};
+
+    #[test]
+    fn gaps_are_what_the_pieces_leave_of_the_range() {
+        let piece = |file, len| MapPiece { file, dev: 0, len };
+        assert_eq!(gaps(&[], 4096, 16384), [(4096, 12288)], "a range with no written block");
+        assert_eq!(gaps(&[piece(0, 8192)], 0, 8192), [], "all written");
+        assert_eq!(
+            gaps(&[piece(4096, 4096), piece(12288, 4096)], 0, 20480),
+            [(0, 4096), (8192, 4096), (16384, 4096)],
+            "before, between and after"
+        );
+    }
+}
